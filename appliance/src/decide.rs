@@ -1,0 +1,204 @@
+//! The decision: from the measured defects and the uncertainty map of one layer to a verdict,
+//! by the rules of the configuration.
+
+use hal::Verdict;
+use models::{Defect, Fused};
+
+use crate::config::Config;
+
+/// What was decided and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    /// One line per rule that fired, e.g. `streaking: total area 12.40 mm² > 5.00 mm²`.
+    pub reasons: Vec<String>,
+    /// Share of the bed's pixels whose uncertainty passes the gate's pixel threshold (0..1).
+    pub uncertainty_score: f64,
+    /// Share of the defect-class pixels whose uncertainty passes that threshold (0..1).
+    pub defect_uncertain_share: f64,
+}
+
+/// Applies the per-class rules, then the uncertainty gate.
+///
+/// Per class: a rule trips when the class's total area, largest defect or count passes its
+/// limit, and gives the rule's verdict; the most severe tripped verdict wins. Then, when the
+/// layer has defects and more than `uncertainty_gate.max_share` of their pixels are uncertain,
+/// the verdict becomes REVIEW: the model is not sure enough of what it found to act on it.
+pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], defects: &[Defect], fused: &Fused) -> Decision {
+    let mut verdict = Verdict::Pass;
+    let mut reasons = Vec::new();
+    for (class_index, class_name) in class_names.iter().enumerate() {
+        let Some(rule) = config.rules.get(class_name) else { continue };
+        let rule_verdict = Verdict::parse(&rule.verdict).expect("checked at load");
+        let of_class = defects.iter().filter(|d| d.class as usize == class_index);
+        let (count, total_mm2, largest_mm2) =
+            of_class.fold((0u32, 0.0f64, 0.0f64), |(n, total, largest), d| (n + 1, total + d.area_mm2, largest.max(d.area_mm2)));
+        let mut tripped = Vec::new();
+        if let Some(limit) = rule.max_total_area_mm2 {
+            if total_mm2 > limit {
+                tripped.push(format!("total area {total_mm2:.2} mm² > {limit:.2} mm²"));
+            }
+        }
+        if let Some(limit) = rule.max_largest_area_mm2 {
+            if largest_mm2 > limit {
+                tripped.push(format!("largest defect {largest_mm2:.2} mm² > {limit:.2} mm²"));
+            }
+        }
+        if let Some(limit) = rule.max_count {
+            if count > limit {
+                tripped.push(format!("{count} defects > {limit}"));
+            }
+        }
+        if !tripped.is_empty() {
+            reasons.push(format!("{class_name}: {} → {rule_verdict}", tripped.join(", ")));
+            if rule_verdict.severity() > verdict.severity() {
+                verdict = rule_verdict;
+            }
+        }
+    }
+
+    let threshold = config.uncertainty_gate.pixel_threshold;
+    let (mut uncertain_pixels, mut defect_pixels, mut uncertain_defect_pixels) = (0usize, 0usize, 0usize);
+    for (&class, &uncertainty) in fused.mask.iter().zip(&fused.uncertainty) {
+        let uncertain = uncertainty > threshold;
+        uncertain_pixels += uncertain as usize;
+        if defect_classes.get(class as usize).copied().unwrap_or(false) {
+            defect_pixels += 1;
+            uncertain_defect_pixels += uncertain as usize;
+        }
+    }
+    let uncertainty_score = uncertain_pixels as f64 / fused.mask.len().max(1) as f64;
+    let defect_uncertain_share = if defect_pixels == 0 { 0.0 } else { uncertain_defect_pixels as f64 / defect_pixels as f64 };
+    if !defects.is_empty() && defect_uncertain_share > config.uncertainty_gate.max_share {
+        reasons.push(format!(
+            "uncertainty gate: {:.0}% of defect pixels are uncertain > {:.0}% → REVIEW (was {verdict})",
+            defect_uncertain_share * 100.0,
+            config.uncertainty_gate.max_share * 100.0
+        ));
+        verdict = Verdict::Review;
+    }
+    Decision { verdict, reasons, uncertainty_score, defect_uncertain_share }
+}
+
+/// Bounds how often one layer is spread again: past `max_retries` RECOATs of the same layer
+/// the verdict becomes PAUSE (DESIGN.md, "Verdicts").
+#[derive(Debug, Default)]
+pub struct RecoatBudget {
+    layer: Option<u32>,
+    recoats: u32,
+}
+
+impl RecoatBudget {
+    /// Returns the verdict to send for `layer`, turning a RECOAT past the limit into PAUSE.
+    pub fn apply(&mut self, layer: u32, verdict: Verdict, max_retries: u32) -> Verdict {
+        if self.layer != Some(layer) {
+            self.layer = Some(layer);
+            self.recoats = 0;
+        }
+        if verdict != Verdict::Recoat {
+            return verdict;
+        }
+        if self.recoats >= max_retries {
+            return Verdict::Pause;
+        }
+        self.recoats += 1;
+        Verdict::Recoat
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use models::Ellipse;
+
+    fn names() -> Vec<String> {
+        ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"].map(String::from).to_vec()
+    }
+
+    fn defect_classes() -> Vec<bool> {
+        vec![false, true, true, true, true, false]
+    }
+
+    fn defect(class: u8, area_mm2: f64) -> Defect {
+        Defect {
+            class,
+            area_px: 10,
+            area_mm2,
+            bbox: [0, 0, 1, 1],
+            centroid: [0.0, 0.0],
+            equivalent_diameter_mm: 1.0,
+            ellipse: Ellipse { theta_deg: 0.0, semi_major_px: 1.0, semi_minor_px: 1.0 },
+            mean_uncertainty: 0.0,
+            max_uncertainty: 0.0,
+        }
+    }
+
+    /// A 10x10 layer whose first `defect_pixels` pixels are class 2, of which the first
+    /// `uncertain_pixels` carry uncertainty 0.2.
+    fn layer(defect_pixels: usize, uncertain_pixels: usize) -> Fused {
+        let mut fused = Fused::new(10, 10, 6);
+        for i in 0..defect_pixels {
+            fused.mask[i] = 2;
+        }
+        for i in 0..uncertain_pixels {
+            fused.uncertainty[i] = 0.2;
+        }
+        fused
+    }
+
+    fn config(extra: &str) -> Config {
+        Config::parse(&format!("[bed]\nwidth_mm = 100\nheight_mm = 100\n{extra}"), "test.toml").unwrap()
+    }
+
+    #[test]
+    fn no_defects_pass() {
+        let decision = decide(&config(""), &names(), &defect_classes(), &[], &layer(0, 0));
+        assert_eq!(decision.verdict, Verdict::Pass);
+        assert!(decision.reasons.is_empty());
+        assert_eq!(decision.uncertainty_score, 0.0);
+    }
+
+    #[test]
+    fn the_most_severe_tripped_rule_wins_and_is_named() {
+        let config = config(
+            "[rules.incompleteness]\nmax_total_area_mm2 = 5.0\nverdict = \"RECOAT\"\n\
+             [rules.super-elevation]\nmax_count = 0\nverdict = \"PAUSE\"\n",
+        );
+        let defects = [defect(2, 3.0), defect(2, 3.0), defect(1, 0.5)];
+        let decision = decide(&config, &names(), &defect_classes(), &defects, &layer(20, 0));
+        assert_eq!(decision.verdict, Verdict::Pause);
+        assert_eq!(decision.reasons.len(), 2);
+        assert!(decision.reasons.iter().any(|r| r.starts_with("incompleteness: total area 6.00 mm² > 5.00 mm²")), "{:?}", decision.reasons);
+        assert!(decision.reasons.iter().any(|r| r.starts_with("super-elevation: 1 defects > 0")), "{:?}", decision.reasons);
+    }
+
+    #[test]
+    fn a_defect_under_every_limit_passes() {
+        let config = config("[rules.streaking]\nmax_total_area_mm2 = 5.0\nmax_largest_area_mm2 = 4.0\nmax_count = 2\nverdict = \"RECOAT\"\n");
+        let decision = decide(&config, &names(), &defect_classes(), &[defect(4, 3.9)], &layer(10, 0));
+        assert_eq!(decision.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn uncertain_defects_turn_the_verdict_into_review() {
+        let config = config("[rules.incompleteness]\nmax_count = 0\nverdict = \"RECOAT\"\n[uncertainty_gate]\npixel_threshold = 0.1\nmax_share = 0.5\n");
+        // 20 defect pixels, 12 of them uncertain: 60% > 50%.
+        let decision = decide(&config, &names(), &defect_classes(), &[defect(2, 1.0)], &layer(20, 12));
+        assert_eq!(decision.verdict, Verdict::Review);
+        assert!((decision.defect_uncertain_share - 0.6).abs() < 1e-12);
+        assert!((decision.uncertainty_score - 0.12).abs() < 1e-12);
+        // 8 of 20 uncertain: 40%, the rule's RECOAT stands.
+        let decision = decide(&config, &names(), &defect_classes(), &[defect(2, 1.0)], &layer(20, 8));
+        assert_eq!(decision.verdict, Verdict::Recoat);
+    }
+
+    #[test]
+    fn recoat_is_bounded_per_layer_then_pauses() {
+        let mut budget = RecoatBudget::default();
+        assert_eq!(budget.apply(7, Verdict::Recoat, 2), Verdict::Recoat);
+        assert_eq!(budget.apply(7, Verdict::Recoat, 2), Verdict::Recoat);
+        assert_eq!(budget.apply(7, Verdict::Recoat, 2), Verdict::Pause);
+        assert_eq!(budget.apply(8, Verdict::Recoat, 2), Verdict::Recoat);
+        assert_eq!(budget.apply(9, Verdict::Pass, 2), Verdict::Pass);
+    }
+}

@@ -1,0 +1,108 @@
+//! `bedsight demo`: the whole loop on the embedded defaults: the sample build replayed as a
+//! camera, the default model, a simulated PLC that logs what it hears.
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use hal::{Camera, Outputs, ReplayCamera, SimulatedPlc, Verdict, VerdictMessage};
+use include_dir::{include_dir, Dir};
+
+use crate::decide::RecoatBudget;
+use crate::output::write_layer_files;
+use crate::pipeline::Pipeline;
+use crate::report::{defect_summary, layer_json};
+
+/// The sample build made by the training tool's generator (`quantize/scripts/build-default-model.sh`).
+static SAMPLE_BUILD: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../assets/sample-build");
+
+/// The sample build's layer images, in name order.
+pub fn sample_layers() -> Vec<(&'static str, &'static [u8])> {
+    let mut layers: Vec<(&str, &[u8])> = SAMPLE_BUILD
+        .files()
+        .filter(|file| file.path().extension().is_some_and(|ext| ext == "png"))
+        .map(|file| (file.path().to_str().expect("asset names are UTF-8"), file.contents()))
+        .collect();
+    layers.sort_by_key(|(name, _)| *name);
+    layers
+}
+
+/// Runs the demo; returns the verdict of every layer.
+pub fn demo(pipeline: &mut Pipeline, out_dir: &Path) -> Result<Vec<Verdict>> {
+    std::fs::create_dir_all(out_dir).with_context(|| format!("demo output folder {}: cannot create it", out_dir.display()))?;
+    let layers = sample_layers();
+    let mut camera = ReplayCamera::from_memory("the embedded sample build", &layers);
+    let mut plc = SimulatedPlc::default();
+    let mut budget = RecoatBudget::default();
+    let mut records = Vec::new();
+    let mut verdicts = Vec::new();
+    println!(
+        "bedsight demo: model {} {} on {}, camera: {}, PLC: {}",
+        pipeline.model.name,
+        pipeline.model.version,
+        pipeline.model.backend_label(),
+        camera.describe(),
+        plc.describe()
+    );
+    for (index, (name, _)) in layers.iter().enumerate() {
+        let layer = index as u32 + 1;
+        print!("[{layer:>3}/{}] ", layers.len());
+        std::io::stdout().flush().ok();
+        let outcome = match camera.capture() {
+            Ok(frame) => pipeline.run_layer(&frame.image),
+            Err(error) => {
+                println!("layer {layer:>4}  FAULT   {error}");
+                plc.publish(&VerdictMessage { layer, verdict: Verdict::Fault, defect_count: 0, total_defect_area_mm2: 0.0, uncertainty_score: 0.0 })?;
+                verdicts.push(Verdict::Fault);
+                continue;
+            }
+        };
+        let verdict = budget.apply(layer, outcome.verdict, pipeline.config.recoat.max_retries);
+        let uncertainty_score = outcome.decision.as_ref().map(|d| d.uncertainty_score).unwrap_or(0.0);
+        let detail = match &outcome.fault {
+            Some(reason) => reason.clone(),
+            None => defect_summary(&outcome, &pipeline.model.class_names),
+        };
+        println!("layer {layer:>4}  {:<7} {detail:<60} u {uncertainty_score:.3}  {:>6.0} ms", verdict.as_str(), outcome.timing.total_ms);
+        plc.publish(&VerdictMessage {
+            layer,
+            verdict,
+            defect_count: outcome.defects.len() as u32,
+            total_defect_area_mm2: outcome.defects.iter().map(|d| d.area_mm2).sum(),
+            uncertainty_score,
+        })?;
+        if outcome.fault.is_none() {
+            let stem = format!("layer-{layer:04}");
+            write_layer_files(out_dir, &stem, &pipeline.bed_image, &pipeline.fused, &pipeline.model.spec.classes, &outcome.defects)?;
+        }
+        let mut record = layer_json(name, &outcome, pipeline);
+        record["layer"] = layer.into();
+        record["verdict"] = verdict.as_str().into();
+        records.push(record);
+        verdicts.push(verdict);
+    }
+
+    let summary_path = out_dir.join("summary.json");
+    let counts: serde_json::Map<String, serde_json::Value> =
+        Verdict::ALL.iter().map(|v| (v.as_str().to_string(), verdicts.iter().filter(|x| *x == v).count().into())).collect();
+    let summary = serde_json::json!({
+        "model": { "name": pipeline.model.name, "version": pipeline.model.version },
+        "backend": pipeline.model.backend_label(),
+        "verdict_counts": counts,
+        "plc_heard": plc.heard,
+        "layers": records,
+    });
+    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", summary_path.display()))?;
+    let plc_log = out_dir.join("plc.log");
+    std::fs::write(&plc_log, plc.heard.join("\n") + "\n").with_context(|| format!("cannot write {}", plc_log.display()))?;
+    let tally: Vec<String> = Verdict::ALL
+        .iter()
+        .filter_map(|v| {
+            let n = verdicts.iter().filter(|x| *x == v).count();
+            (n > 0).then(|| format!("{n} {v}"))
+        })
+        .collect();
+    println!("{} layers: {}", verdicts.len(), tally.join(", "));
+    println!("overlays, masks, uncertainty maps, summary.json and plc.log are in {}", out_dir.display());
+    Ok(verdicts)
+}

@@ -1,0 +1,253 @@
+//! One layer, start to end: check the frame, rectify, infer, fuse, refine, measure, decide.
+//! `Pipeline::run_layer` is the entry point; everything it needs per layer is allocated once
+//! in `Pipeline::new`.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use hal::Verdict;
+use image::{DynamicImage, GrayImage};
+use models::{Defect, Fused, RefineReport};
+
+use crate::config::Config;
+use crate::decide::{decide, Decision};
+use crate::model::LoadedModel;
+
+/// Milliseconds spent in each stage of one layer.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct StageTimes {
+    pub check_ms: f64,
+    pub rectify_ms: f64,
+    pub preprocess_ms: f64,
+    pub infer_ms: f64,
+    pub fuse_ms: f64,
+    pub refine_ms: f64,
+    pub measure_ms: f64,
+    pub decide_ms: f64,
+    pub total_ms: f64,
+}
+
+/// What one layer came to.
+#[derive(Debug, Clone)]
+pub struct LayerOutcome {
+    pub verdict: Verdict,
+    /// Why the layer was a FAULT (a frame the model must not judge), when it was.
+    pub fault: Option<String>,
+    pub decision: Option<Decision>,
+    pub defects: Vec<Defect>,
+    pub refine: Option<RefineReport>,
+    pub timing: StageTimes,
+}
+
+/// The per-layer machinery around one loaded model.
+pub struct Pipeline {
+    pub config: Config,
+    pub model: LoadedModel,
+    refine_classes: Vec<u8>,
+    input_tensor: Vec<f32>,
+    logits: Vec<f32>,
+    /// The fused result of the last layer (mask, probabilities, uncertainty, confidence).
+    pub fused: Fused,
+    /// The last layer's bed, rectified to the model's input size.
+    pub bed_image: GrayImage,
+    /// Millimetres per pixel of `bed_image`.
+    pub bed_mm_per_px: f64,
+}
+
+impl Pipeline {
+    pub fn new(config: Config, model: LoadedModel, config_origin: &str) -> Result<Pipeline> {
+        config.check_against_classes(&model.class_names, config_origin)?;
+        let input = &model.spec.input;
+        if input.channels != 1 {
+            bail!("model {}: the appliance feeds grey bed images, the model wants {} channels", model.origin, input.channels);
+        }
+        let (width, height) = (input.width as usize, input.height as usize);
+        let classes = model.spec.classes.len();
+        let bed_mm_per_px = pixel_pitch_mm(&config, input.width, input.height);
+        Ok(Pipeline {
+            refine_classes: model.class_indices(&config.refine.classes)?,
+            input_tensor: vec![0.0; width * height],
+            logits: vec![0.0; model.spec.members * classes * width * height],
+            fused: Fused::new(width, height, classes),
+            bed_image: GrayImage::new(input.width, input.height),
+            bed_mm_per_px,
+            config,
+            model,
+        })
+    }
+
+    /// Runs one layer's frame through every stage. A frame the model must not judge comes back
+    /// as FAULT with the reason; it never reaches the model.
+    pub fn run_layer(&mut self, frame: &DynamicImage) -> LayerOutcome {
+        let started = Instant::now();
+        let mut timing = StageTimes::default();
+        let mut stage = Instant::now();
+        let mut lap = |slot: &mut f64| {
+            *slot = stage.elapsed().as_secs_f64() * 1e3;
+            stage = Instant::now();
+        };
+
+        if let Err(reason) = self.check_frame(frame) {
+            lap(&mut timing.check_ms);
+            timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
+            return LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: Vec::new(), refine: None, timing };
+        }
+        lap(&mut timing.check_ms);
+
+        let input = &self.model.spec.input;
+        let rectified = match &self.config.bed.corners_px {
+            Some(corners) => models::rectify(&frame.to_luma8(), *corners, input.width, input.height),
+            None => Ok(image::imageops::resize(&frame.to_luma8(), input.width, input.height, image::imageops::FilterType::Triangle)),
+        };
+        lap(&mut timing.rectify_ms);
+        match rectified {
+            Ok(bed) => self.bed_image = bed,
+            Err(error) => return self.fault_outcome(format!("rectification failed: {error}"), timing, started),
+        }
+
+        let bed = DynamicImage::ImageLuma8(std::mem::take(&mut self.bed_image));
+        let prepared = models::preprocess(&bed, input, &mut self.input_tensor);
+        self.bed_image = bed.into_luma8();
+        lap(&mut timing.preprocess_ms);
+        if let Err(error) = prepared {
+            return self.fault_outcome(format!("pre-processing failed: {error}"), timing, started);
+        }
+
+        if let Err(error) = self.model.backend.infer(&self.input_tensor, &mut self.logits) {
+            lap(&mut timing.infer_ms);
+            return self.fault_outcome(format!("inference failed: {error}"), timing, started);
+        }
+        lap(&mut timing.infer_ms);
+
+        models::fuse(&self.logits, self.model.spec.members, &self.model.spec.temperatures, &mut self.fused);
+        lap(&mut timing.fuse_ms);
+
+        let refine = models::refine(&mut self.fused, &self.refine_classes);
+        lap(&mut timing.refine_ms);
+
+        let defects = models::measure(&self.fused, &self.model.spec.classes, self.bed_mm_per_px, self.config.model.min_defect_area_px);
+        lap(&mut timing.measure_ms);
+
+        let decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &defects, &self.fused);
+        lap(&mut timing.decide_ms);
+        timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        LayerOutcome { verdict: decision.verdict, fault: None, decision: Some(decision), defects, refine: Some(refine), timing }
+    }
+
+    fn fault_outcome(&self, reason: String, mut timing: StageTimes, started: Instant) -> LayerOutcome {
+        timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: Vec::new(), refine: None, timing }
+    }
+
+    /// Refuses frames that cannot be judged: a pixel format the camera path does not carry,
+    /// a bed of the wrong shape, a black or over-exposed frame.
+    fn check_frame(&self, frame: &DynamicImage) -> Result<(), String> {
+        check_pixel_format(frame)?;
+        if self.config.bed.corners_px.is_none() {
+            let frame_aspect = frame.width() as f64 / frame.height() as f64;
+            let bed_aspect = self.config.bed.width_mm / self.config.bed.height_mm;
+            if (frame_aspect / bed_aspect - 1.0).abs() > 0.02 {
+                return Err(format!(
+                    "image is {}x{} px (aspect {frame_aspect:.2}) but the bed is {}x{} mm (aspect {bed_aspect:.2}); \
+                     crop it to the bed or set bed.corners_px",
+                    frame.width(),
+                    frame.height(),
+                    self.config.bed.width_mm,
+                    self.config.bed.height_mm
+                ));
+            }
+        }
+        let min_side = self.model.spec.input.width.min(self.model.spec.input.height) / 4;
+        if frame.width() < min_side || frame.height() < min_side {
+            return Err(format!("image is {}x{} px, too small for a {}x{} model", frame.width(), frame.height(), self.model.spec.input.width, self.model.spec.input.height));
+        }
+        let (mean, saturated_share) = brightness(frame);
+        if mean < self.config.frame_check.min_mean_brightness {
+            return Err(format!("black frame: mean brightness {mean:.1} < {:.1} (lights off, lens covered?)", self.config.frame_check.min_mean_brightness));
+        }
+        if saturated_share > self.config.frame_check.max_saturated_share {
+            return Err(format!(
+                "over-exposed frame: {:.0}% of pixels saturated > {:.0}% (laser in view, exposure too long?)",
+                saturated_share * 100.0,
+                self.config.frame_check.max_saturated_share * 100.0
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The bed's millimetres per pixel once rectified to the model's input size. A bed that is not
+/// square has two pitches; areas use their product, lengths the mean.
+fn pixel_pitch_mm(config: &Config, width: u32, height: u32) -> f64 {
+    let along_x = config.bed.width_mm / width as f64;
+    let along_y = config.bed.height_mm / height as f64;
+    (along_x * along_y).sqrt()
+}
+
+/// Grey or colour, 8 or 16 bit; anything with alpha or floats is not what a bed camera sends.
+pub fn check_pixel_format(frame: &DynamicImage) -> Result<(), String> {
+    match frame {
+        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLuma16(_) | DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgb16(_) => Ok(()),
+        other => Err(format!(
+            "pixel format {:?} with {} channels is not a bed camera frame: use grey or RGB, 8 or 16 bit, without alpha",
+            other.color(),
+            other.color().channel_count()
+        )),
+    }
+}
+
+/// Mean brightness (0..255) and the share of saturated pixels, on a grid of at most ~64k samples.
+fn brightness(frame: &DynamicImage) -> (f64, f64) {
+    let step = ((frame.width() as u64 * frame.height() as u64 / 65_536) as f64).sqrt().max(1.0) as u32;
+    let (mut sum, mut saturated, mut count) = (0u64, 0u64, 0u64);
+    let luma_at = |x: u32, y: u32| -> u8 {
+        match frame {
+            DynamicImage::ImageLuma8(img) => img.get_pixel(x, y).0[0],
+            DynamicImage::ImageLuma16(img) => (img.get_pixel(x, y).0[0] >> 8) as u8,
+            DynamicImage::ImageRgb8(img) => {
+                let [r, g, b] = img.get_pixel(x, y).0;
+                ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000) as u8
+            }
+            DynamicImage::ImageRgb16(img) => {
+                let [r, g, b] = img.get_pixel(x, y).0;
+                ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000 >> 8) as u8
+            }
+            _ => 0,
+        }
+    };
+    for y in (0..frame.height()).step_by(step as usize) {
+        for x in (0..frame.width()).step_by(step as usize) {
+            let value = luma_at(x, y);
+            sum += value as u64;
+            saturated += (value >= 250) as u64;
+            count += 1;
+        }
+    }
+    (sum as f64 / count.max(1) as f64, saturated as f64 / count.max(1) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn brightness_of_a_half_saturated_frame() {
+        let mut frame = GrayImage::from_pixel(100, 100, image::Luma([100]));
+        for y in 0..50 {
+            for x in 0..100 {
+                frame.put_pixel(x, y, image::Luma([255]));
+            }
+        }
+        let (mean, saturated) = brightness(&DynamicImage::ImageLuma8(frame));
+        assert!((mean - 177.5).abs() < 1e-9, "{mean}");
+        assert!((saturated - 0.5).abs() < 1e-9, "{saturated}");
+    }
+
+    #[test]
+    fn frames_with_alpha_are_refused_with_the_channel_count() {
+        let frame = DynamicImage::ImageRgba8(image::RgbaImage::new(4, 4));
+        let reason = check_pixel_format(&frame).unwrap_err();
+        assert!(reason.contains("4 channels"), "{reason}");
+        assert!(check_pixel_format(&DynamicImage::ImageLuma16(image::ImageBuffer::new(4, 4))).is_ok());
+    }
+}

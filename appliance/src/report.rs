@@ -1,0 +1,117 @@
+//! How one layer's outcome is shown: a JSON object for machines, a few lines for people.
+
+use serde_json::{json, Value};
+
+use crate::pipeline::{LayerOutcome, Pipeline};
+
+/// The `--json` object of one analysed image.
+pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> Value {
+    let model = &pipeline.model;
+    let defects: Vec<Value> = outcome
+        .defects
+        .iter()
+        .map(|d| {
+            json!({
+                "class": model.class_names[d.class as usize],
+                "area_px": d.area_px,
+                "area_mm2": round(d.area_mm2, 3),
+                "bbox": d.bbox,
+                "centroid": [round(d.centroid[0], 2), round(d.centroid[1], 2)],
+                "equivalent_diameter_mm": round(d.equivalent_diameter_mm, 3),
+                "ellipse": {
+                    "theta_deg": round(d.ellipse.theta_deg, 2),
+                    "semi_major_px": round(d.ellipse.semi_major_px, 2),
+                    "semi_minor_px": round(d.ellipse.semi_minor_px, 2),
+                },
+                "mean_uncertainty": round(d.mean_uncertainty as f64, 5),
+                "max_uncertainty": round(d.max_uncertainty as f64, 5),
+            })
+        })
+        .collect();
+    let judged = outcome.decision.is_some();
+    let uncertainty = if judged {
+        let map = &pipeline.fused.uncertainty;
+        let mean = map.iter().map(|&u| u as f64).sum::<f64>() / map.len().max(1) as f64;
+        let max = map.iter().copied().fold(0.0f32, f32::max) as f64;
+        let decision = outcome.decision.as_ref().expect("judged");
+        json!({
+            "mean": round(mean, 6),
+            "max": round(max, 6),
+            "score": round(decision.uncertainty_score, 6),
+            "defect_share": round(decision.defect_uncertain_share, 6),
+        })
+    } else {
+        Value::Null
+    };
+    json!({
+        "image": image,
+        "verdict": outcome.verdict.as_str(),
+        "fault": outcome.fault,
+        "reasons": outcome.decision.as_ref().map(|d| d.reasons.clone()).unwrap_or_default(),
+        "backend": model.backend_label(),
+        "model": { "name": model.name, "version": model.version, "architecture": model.architecture, "graph": model.graph_name },
+        "mm_per_px": round(pipeline.bed_mm_per_px, 6),
+        "defects": defects,
+        "uncertainty": uncertainty,
+        "refine": outcome.refine.as_ref().map(|r| json!({ "regions": r.regions, "pixels_changed": r.pixels_changed })),
+        "timing_ms": outcome.timing,
+    })
+}
+
+/// A person's summary of the defects: `streaking 2 (14.2 mm²), hopping 1 (3.1 mm²)`.
+pub fn defect_summary(outcome: &LayerOutcome, class_names: &[String]) -> String {
+    let mut per_class: Vec<(usize, u32, f64)> = Vec::new();
+    for defect in &outcome.defects {
+        let class = defect.class as usize;
+        match per_class.iter_mut().find(|(c, _, _)| *c == class) {
+            Some(entry) => {
+                entry.1 += 1;
+                entry.2 += defect.area_mm2;
+            }
+            None => per_class.push((class, 1, defect.area_mm2)),
+        }
+    }
+    if per_class.is_empty() {
+        return "no defects".into();
+    }
+    per_class.sort_by_key(|(class, _, _)| *class);
+    per_class.iter().map(|(class, count, area)| format!("{} {count} ({area:.1} mm²)", class_names[*class])).collect::<Vec<_>>().join(", ")
+}
+
+/// The lines `analyze` prints for a person.
+pub fn layer_text(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> String {
+    let mut text = format!("{image}: {} [{}] {:.0} ms", outcome.verdict, pipeline.model.backend_label(), outcome.timing.total_ms);
+    if let Some(reason) = &outcome.fault {
+        text.push_str(&format!("\n  fault: {reason}"));
+        return text;
+    }
+    if let Some(decision) = &outcome.decision {
+        text.push_str(&format!(", uncertainty score {:.3}", decision.uncertainty_score));
+        for reason in &decision.reasons {
+            text.push_str(&format!("\n  rule: {reason}"));
+        }
+    }
+    for d in &outcome.defects {
+        text.push_str(&format!(
+            "\n  {:<16} {:>9.2} mm²  {:>6} px  bbox {:?}  Ø {:.2} mm  ellipse {:.1}°/{:.1}/{:.1} px  u {:.4}",
+            pipeline.model.class_names[d.class as usize],
+            d.area_mm2,
+            d.area_px,
+            d.bbox,
+            d.equivalent_diameter_mm,
+            d.ellipse.theta_deg,
+            d.ellipse.semi_major_px,
+            d.ellipse.semi_minor_px,
+            d.mean_uncertainty
+        ));
+    }
+    if outcome.defects.is_empty() {
+        text.push_str("\n  no defects");
+    }
+    text
+}
+
+fn round(value: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (value * scale).round() / scale
+}

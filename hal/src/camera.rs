@@ -1,0 +1,169 @@
+//! Cameras: anything that hands the pipeline one frame of the bed per layer.
+
+use std::path::{Path, PathBuf};
+
+use image::DynamicImage;
+
+/// One captured frame of the bed and where it came from.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The image as the camera delivered it (grey or colour, 8 or 16 bit).
+    pub image: DynamicImage,
+    /// Where the frame came from: a file path, a device, an embedded sample name.
+    pub source: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CameraError {
+    #[error("camera {source_name}: {reason}")]
+    Unreadable { source_name: String, reason: String },
+    #[error("camera {0}: no more frames to replay")]
+    Exhausted(String),
+    #[error("replay folder {0}: {1}")]
+    Folder(PathBuf, String),
+}
+
+/// A camera: one `capture` per layer trigger.
+pub trait Camera {
+    /// Captures the frame for the current layer.
+    fn capture(&mut self) -> Result<Frame, CameraError>;
+    /// A short human name for status lines ("replay of 12 frames from samples/").
+    fn describe(&self) -> String;
+}
+
+/// Where a replayed frame's bytes live.
+#[derive(Debug, Clone)]
+enum ReplaySource {
+    File(PathBuf),
+    Memory { name: String, bytes: &'static [u8] },
+}
+
+/// The simulated twin of a camera: replays images in name order, one per capture. This is what
+/// `bedsight demo` and the tests use in place of a real camera over the printer's bed.
+#[derive(Debug, Clone)]
+pub struct ReplayCamera {
+    origin: String,
+    frames: Vec<ReplaySource>,
+    next: usize,
+}
+
+/// File extensions a replay folder may hold.
+const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"];
+
+impl ReplayCamera {
+    /// Every image file in `folder`, in name order.
+    pub fn from_folder(folder: &Path) -> Result<Self, CameraError> {
+        let entries = std::fs::read_dir(folder)
+            .map_err(|e| CameraError::Folder(folder.to_path_buf(), format!("cannot list it: {e}")))?;
+        let mut paths: Vec<PathBuf> = entries
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|path| path.is_file() && has_image_extension(path))
+            .collect();
+        paths.sort();
+        if paths.is_empty() {
+            return Err(CameraError::Folder(
+                folder.to_path_buf(),
+                format!("holds no images ({})", IMAGE_EXTENSIONS.join(", ")),
+            ));
+        }
+        Ok(Self { origin: folder.display().to_string(), frames: paths.into_iter().map(ReplaySource::File).collect(), next: 0 })
+    }
+
+    /// The given files, in the order given.
+    pub fn from_files(paths: &[PathBuf]) -> Self {
+        Self { origin: "command line".into(), frames: paths.iter().cloned().map(ReplaySource::File).collect(), next: 0 }
+    }
+
+    /// Frames embedded in the binary (`name`, encoded image bytes), in the order given.
+    pub fn from_memory(origin: &str, frames: &[(&str, &'static [u8])]) -> Self {
+        let frames = frames.iter().map(|(name, bytes)| ReplaySource::Memory { name: name.to_string(), bytes }).collect();
+        Self { origin: origin.to_string(), frames, next: 0 }
+    }
+
+    /// How many frames the replay holds in all.
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.frames.is_empty()
+    }
+}
+
+fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|ext| ext.to_str())
+        .map(|ext| IMAGE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+impl Camera for ReplayCamera {
+    fn capture(&mut self) -> Result<Frame, CameraError> {
+        let source = self.frames.get(self.next).cloned().ok_or_else(|| CameraError::Exhausted(self.origin.clone()))?;
+        self.next += 1;
+        match source {
+            ReplaySource::File(path) => {
+                let name = path.display().to_string();
+                let image = image::ImageReader::open(&path)
+                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("cannot open: {e}") })?
+                    .with_guessed_format()
+                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("cannot read: {e}") })?
+                    .decode()
+                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("not a readable image: {e}") })?;
+                Ok(Frame { image, source: name })
+            }
+            ReplaySource::Memory { name, bytes } => {
+                let image = image::load_from_memory(bytes)
+                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("not a readable image: {e}") })?;
+                Ok(Frame { image, source: name })
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!("replay of {} frames from {}", self.frames.len(), self.origin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replays_a_folder_in_name_order_and_then_says_it_is_exhausted() {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, value) in [("layer-0002.png", 20u8), ("layer-0001.png", 10u8), ("notes.txt", 0)] {
+            let path = dir.path().join(name);
+            if name.ends_with(".png") {
+                image::GrayImage::from_pixel(4, 4, image::Luma([value])).save(&path).unwrap();
+            } else {
+                std::fs::write(&path, "not an image").unwrap();
+            }
+        }
+        let mut camera = ReplayCamera::from_folder(dir.path()).unwrap();
+        assert_eq!(camera.len(), 2);
+        let first = camera.capture().unwrap();
+        assert!(first.source.ends_with("layer-0001.png"));
+        assert_eq!(first.image.to_luma8().get_pixel(0, 0).0[0], 10);
+        assert_eq!(camera.capture().unwrap().image.to_luma8().get_pixel(0, 0).0[0], 20);
+        assert!(matches!(camera.capture(), Err(CameraError::Exhausted(_))));
+    }
+
+    #[test]
+    fn an_unreadable_frame_names_the_file_and_the_next_one_still_plays() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"garbage").unwrap();
+        image::GrayImage::new(2, 2).save(dir.path().join("b.png")).unwrap();
+        let mut camera = ReplayCamera::from_folder(dir.path()).unwrap();
+        let error = camera.capture().unwrap_err().to_string();
+        assert!(error.contains("a.png") && error.contains("not a readable image"), "{error}");
+        assert!(camera.capture().is_ok());
+    }
+
+    #[test]
+    fn an_empty_folder_is_refused_with_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let error = ReplayCamera::from_folder(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("holds no images"), "{error}");
+    }
+}

@@ -1,0 +1,132 @@
+//! What the PLC hears: the verdict codes and the outputs that carry them.
+
+use std::fmt;
+
+/// What the PLC is told to do with a layer (DESIGN.md, "Verdicts").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verdict {
+    /// The layer is good: go on and melt it.
+    Pass,
+    /// Spread this layer again (bounded retries, then PAUSE).
+    Recoat,
+    /// The model is not sure enough to decide: a person must.
+    Review,
+    /// Stop the build for an operator.
+    Pause,
+    /// The appliance itself cannot judge (no camera, no model, a frame it cannot use).
+    Fault,
+}
+
+impl Verdict {
+    pub const ALL: [Verdict; 5] = [Verdict::Pass, Verdict::Recoat, Verdict::Review, Verdict::Pause, Verdict::Fault];
+
+    /// The word on the wire and in the journal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Pass => "PASS",
+            Verdict::Recoat => "RECOAT",
+            Verdict::Review => "REVIEW",
+            Verdict::Pause => "PAUSE",
+            Verdict::Fault => "FAULT",
+        }
+    }
+
+    /// Parses the wire word (`PASS`, `RECOAT`, ...), case-insensitively.
+    pub fn parse(word: &str) -> Option<Verdict> {
+        Verdict::ALL.into_iter().find(|verdict| verdict.as_str().eq_ignore_ascii_case(word))
+    }
+
+    /// How much attention the verdict asks for; the pipeline keeps the most severe one.
+    /// PASS < RECOAT < REVIEW < PAUSE < FAULT.
+    pub fn severity(self) -> u8 {
+        self as u8
+    }
+}
+
+impl fmt::Display for Verdict {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One layer's verdict as the PLC receives it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerdictMessage {
+    pub layer: u32,
+    pub verdict: Verdict,
+    pub defect_count: u32,
+    pub total_defect_area_mm2: f64,
+    /// The layer's uncertainty score, 0..1.
+    pub uncertainty_score: f64,
+}
+
+impl VerdictMessage {
+    /// The serial line protocol's answer: `VERDICT <n> <word> <defects> <area_mm2> <uncertainty>`.
+    pub fn to_line(&self) -> String {
+        format!(
+            "VERDICT {} {} {} {:.2} {:.3}",
+            self.layer, self.verdict, self.defect_count, self.total_defect_area_mm2, self.uncertainty_score
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlcError {
+    #[error("PLC link {link}: {reason}")]
+    Link { link: String, reason: String },
+}
+
+/// Something that carries verdicts to the printer's PLC.
+pub trait Outputs {
+    fn publish(&mut self, message: &VerdictMessage) -> Result<(), PlcError>;
+    fn describe(&self) -> String;
+}
+
+/// The simulated twin of a PLC: it keeps every line it hears, the way the serial line protocol
+/// would carry it, so a demo or a test can show and check what the printer was told.
+#[derive(Debug, Default, Clone)]
+pub struct SimulatedPlc {
+    pub heard: Vec<String>,
+}
+
+impl Outputs for SimulatedPlc {
+    fn publish(&mut self, message: &VerdictMessage) -> Result<(), PlcError> {
+        self.heard.push(message.to_line());
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "simulated PLC (logs what it hears)".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn verdict_words_round_trip_and_rank_by_severity() {
+        for verdict in Verdict::ALL {
+            assert_eq!(Verdict::parse(verdict.as_str()), Some(verdict));
+        }
+        assert_eq!(Verdict::parse("recoat"), Some(Verdict::Recoat));
+        assert_eq!(Verdict::parse("MAYBE"), None);
+        assert!(Verdict::Pass.severity() < Verdict::Recoat.severity());
+        assert!(Verdict::Review.severity() < Verdict::Pause.severity());
+        assert!(Verdict::Pause.severity() < Verdict::Fault.severity());
+    }
+
+    #[test]
+    fn the_simulated_plc_hears_the_serial_protocol_line() {
+        let mut plc = SimulatedPlc::default();
+        let message = VerdictMessage {
+            layer: 17,
+            verdict: Verdict::Recoat,
+            defect_count: 2,
+            total_defect_area_mm2: 12.345,
+            uncertainty_score: 0.0421,
+        };
+        plc.publish(&message).unwrap();
+        assert_eq!(plc.heard, vec!["VERDICT 17 RECOAT 2 12.35 0.042".to_string()]);
+    }
+}

@@ -1,0 +1,42 @@
+//! The bedsight model image format (`.bsimg`): pack, open and verify, sign, and the key files.
+//!
+//! `images` knows the format and nothing else: it never parses or runs a graph (no ONNX Runtime,
+//! no tract), and it knows nothing about cameras, the PLC, HTTP or the appliance's configuration
+//! files. It turns files on disk into a checked [`ModelImage`] (every file's sha256 against the
+//! manifest, the ed25519 signature against a set of [`TrustedKey`]s) and back. The format itself
+//! is specified in `docs/model-image.md`; this crate is its one implementation.
+//!
+//! This is a boundary crate: its public types are plain data with public fields, documented and
+//! kept stable. Slots (A/B), activation and rollback will be added next to this API, not into it.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), images::ImageError> {
+//! use std::path::Path;
+//! let trusted = images::load_trusted_keys(Path::new("/etc/bedsight/trusted-keys"))?;
+//! let image = images::ModelImage::open(Path::new("models/default.bsimg"))?;
+//! let signer = image.check_signature(&trusted)?;
+//! println!("{} {} signed by {}", image.manifest.name, image.manifest.version, signer.owner);
+//! let graph: &[u8] = image.default_graph();
+//! # let _ = graph; Ok(()) }
+//! ```
+
+mod archive;
+mod error;
+mod keys;
+mod manifest;
+
+pub use archive::{
+    pack, ModelImage, PackInput, PackedInfo, ENTRY_FP32_GRAPH, ENTRY_INT8_GRAPH, ENTRY_MANIFEST,
+    ENTRY_SELFTEST_EXPECTED, ENTRY_SELFTEST_INPUT, ENTRY_SIGNATURE, MAX_IMAGE_BYTES,
+    MAX_MANIFEST_BYTES,
+};
+pub use error::ImageError;
+pub use keys::{keygen, load_signing_key, load_trusted_key, load_trusted_keys, TrustedKey};
+pub use manifest::{
+    ClassEntry, EnsembleTable, GraphsTable, InputTable, Manifest, FORMAT_MAJOR, FORMAT_MINOR,
+    FORMAT_VERSION,
+};
+
+/// The ed25519 types that appear in this API, re-exported so that users need not depend on
+/// `ed25519-dalek` themselves.
+pub use ed25519_dalek::{Signature, SigningKey, VerifyingKey};

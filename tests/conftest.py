@@ -1,0 +1,49 @@
+"""End-to-end tests of the `bedsight` binary, run the way a user runs it.
+
+The project's test command (./test.sh) builds the binary and sets BEDSIGHT_BIN; run alone,
+these tests fall back to target/debug/bedsight and fail clearly when it is missing.
+"""
+import json
+import os
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ASSETS = REPO / "assets"
+SAMPLE_BUILD = ASSETS / "sample-build"
+
+
+def bedsight_bin() -> str:
+    path = os.environ.get("BEDSIGHT_BIN") or str(REPO / "target" / "debug" / "bedsight")
+    if not Path(path).is_file():
+        pytest.fail(f"no bedsight binary at {path}: run ./test.sh (it builds it), or cargo build")
+    return path
+
+
+def run(*args, cwd=None, check=False, env=None):
+    """Runs bedsight with args; returns the CompletedProcess (text)."""
+    result = subprocess.run([bedsight_bin(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"bedsight {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def analyze_json(*args, **kwargs):
+    """`bedsight analyze --json ...`: (process, list of objects by line)."""
+    result = run("analyze", "--json", *args, **kwargs)
+    objects = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    return result, objects
+
+
+def sample_ledger():
+    """The sample build's ledger: layer file -> set of planted class names."""
+    ledger = tomllib.loads((SAMPLE_BUILD / "layers.toml").read_text())
+    return {entry["file"]: set(entry["planted"]) for entry in ledger["layer"]}
+
+
+@pytest.fixture(scope="session")
+def ledger():
+    return sample_ledger()

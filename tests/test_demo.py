@@ -1,0 +1,27 @@
+"""`bedsight demo`: the whole loop on the embedded defaults, as a first-time user sees it."""
+import json
+import re
+
+from conftest import SAMPLE_BUILD, run
+
+
+def test_demo_prints_a_line_per_layer_and_writes_its_outputs(tmp_path, ledger):
+    out = tmp_path / "demo"
+    result = run("demo", "--out", out)
+    assert result.returncode == 0, result.stderr
+    layers = sorted(ledger)
+    lines = [l for l in result.stdout.splitlines() if re.match(r"\[\s*\d+/\d+\] layer", l)]
+    assert len(lines) == len(layers), result.stdout
+    assert str(out) in result.stdout.splitlines()[-1]
+
+    summary = json.loads((out / "summary.json").read_text())
+    verdicts = [layer["verdict"] for layer in summary["layers"]]
+    assert len(verdicts) == len(layers)
+    # The simulated PLC heard one VERDICT line per layer, the same verdicts the demo printed.
+    heard = (out / "plc.log").read_text().splitlines()
+    assert [line.split()[2] for line in heard] == verdicts
+    assert all(line.startswith(f"VERDICT {i + 1} ") for i, line in enumerate(heard))
+    for i, name in enumerate(layers):
+        planted = ledger[name] - {"lattice"}
+        assert (verdicts[i] == "PASS") == (not planted), f"{name}: planted {sorted(planted)}, verdict {verdicts[i]}"
+        assert (out / f"layer-{i + 1:04d}.overlay.png").is_file()
