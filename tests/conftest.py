@@ -41,7 +41,7 @@ def analyze_json(*args, **kwargs):
 def sample_ledger():
     """The sample build's ledger: layer file -> set of planted class names."""
     ledger = tomllib.loads((SAMPLE_BUILD / "layers.toml").read_text())
-    return {entry["file"]: set(entry["planted"]) for entry in ledger["layer"]}
+    return {entry["file"]: set(entry["planted"]) for entry in ledger["layers"]}
 
 
 @pytest.fixture(scope="session")

@@ -138,7 +138,7 @@ impl Default for UncertaintyGate {
 }
 
 fn default_pixel_threshold() -> f32 {
-    0.05
+    0.01
 }
 
 fn default_max_share() -> f64 {

@@ -1,6 +1,6 @@
 //! `bedsight image ...`: make, check and read model images.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use images::{Manifest, ModelImage, PackInput};
@@ -99,7 +99,7 @@ pub fn info(path: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn keygen(stem: &PathBuf) -> Result<()> {
+pub fn keygen(stem: &Path) -> Result<()> {
     let (secret, public) = images::keygen(stem)?;
     println!("private key {} (keep it off the boxes)", secret.display());
     println!("public key  {} (copy it into each box's trusted keys folder)", public.display());

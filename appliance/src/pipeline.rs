@@ -44,6 +44,10 @@ pub struct Pipeline {
     pub config: Config,
     pub model: LoadedModel,
     refine_classes: Vec<u8>,
+    /// The bed-corner homography, when the camera sees more than the bed.
+    rectifier: Option<models::Rectifier>,
+    /// The camera frame in grey, reused across layers.
+    grey_frame: GrayImage,
     input_tensor: Vec<f32>,
     logits: Vec<f32>,
     /// The fused result of the last layer (mask, probabilities, uncertainty, confidence).
@@ -64,8 +68,17 @@ impl Pipeline {
         let (width, height) = (input.width as usize, input.height as usize);
         let classes = model.spec.classes.len();
         let bed_mm_per_px = pixel_pitch_mm(&config, input.width, input.height);
+        let rectifier = match &config.bed.corners_px {
+            Some(corners) => Some(
+                models::Rectifier::new(*corners, input.width, input.height)
+                    .map_err(|e| anyhow::anyhow!("configuration {config_origin}: bed.corners_px: {e}"))?,
+            ),
+            None => None,
+        };
         Ok(Pipeline {
             refine_classes: model.class_indices(&config.refine.classes)?,
+            rectifier,
+            grey_frame: GrayImage::new(1, 1),
             input_tensor: vec![0.0; width * height],
             logits: vec![0.0; model.spec.members * classes * width * height],
             fused: Fused::new(width, height, classes),
@@ -95,19 +108,20 @@ impl Pipeline {
         lap(&mut timing.check_ms);
 
         let input = &self.model.spec.input;
-        let rectified = match &self.config.bed.corners_px {
-            Some(corners) => models::rectify(&frame.to_luma8(), *corners, input.width, input.height),
-            None => Ok(image::imageops::resize(&frame.to_luma8(), input.width, input.height, image::imageops::FilterType::Triangle)),
+        grey_into(frame, &mut self.grey_frame);
+        let rectified = match &self.rectifier {
+            Some(rectifier) => rectifier.rectify_into(&self.grey_frame, &mut self.bed_image),
+            None => {
+                self.bed_image = image::imageops::resize(&self.grey_frame, input.width, input.height, image::imageops::FilterType::Triangle);
+                Ok(())
+            }
         };
         lap(&mut timing.rectify_ms);
-        match rectified {
-            Ok(bed) => self.bed_image = bed,
-            Err(error) => return self.fault_outcome(format!("rectification failed: {error}"), timing, started),
+        if let Err(error) = rectified {
+            return self.fault_outcome(format!("rectification failed: {error}"), timing, started);
         }
 
-        let bed = DynamicImage::ImageLuma8(std::mem::take(&mut self.bed_image));
-        let prepared = models::preprocess(&bed, input, &mut self.input_tensor);
-        self.bed_image = bed.into_luma8();
+        let prepared = models::preprocess_gray(&self.bed_image, input, &mut self.input_tensor);
         lap(&mut timing.preprocess_ms);
         if let Err(error) = prepared {
             return self.fault_outcome(format!("pre-processing failed: {error}"), timing, started);
@@ -176,6 +190,15 @@ impl Pipeline {
     }
 }
 
+/// The frame in 8-bit grey (ITU-R 601 luma for colour, the high byte for 16 bit), into `grey`,
+/// which keeps its buffer when the frame size does not change.
+fn grey_into(frame: &DynamicImage, grey: &mut GrayImage) {
+    match frame {
+        DynamicImage::ImageLuma8(image) => grey.clone_from(image),
+        other => *grey = other.to_luma8(),
+    }
+}
+
 /// The bed's millimetres per pixel once rectified to the model's input size. A bed that is not
 /// square has two pitches; areas use their product, lengths the mean.
 fn pixel_pitch_mm(config: &Config, width: u32, height: u32) -> f64 {
@@ -210,7 +233,7 @@ fn brightness(frame: &DynamicImage) -> (f64, f64) {
             }
             DynamicImage::ImageRgb16(img) => {
                 let [r, g, b] = img.get_pixel(x, y).0;
-                ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000 >> 8) as u8
+                (((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000) >> 8) as u8
             }
             _ => 0,
         }

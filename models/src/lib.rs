@@ -1,0 +1,33 @@
+//! `models` turns a rectified image of the powder bed into a measured result: it prepares the
+//! graph's input (rectify, resize, normalise), runs the model's graph on a backend (ONNX Runtime
+//! with TensorRT, CUDA or CPU, or tract), fuses the ensemble members' logits into a mask, an
+//! uncertainty map and a confidence map (seed 000, Eq. 11-13, 20-21), refines the mask where the
+//! model is unsure (seed 000, Algorithm 2) and measures each defect (area, equivalent diameter,
+//! best-fit ellipse).
+//!
+//! It must not touch cameras, GPIO, the PLC, configuration files, HTTP or JSON, nor the model
+//! image archive: the appliance unpacks the image with the `images` crate and hands this crate
+//! the graph's bytes and a plain [`ModelSpec`]. Its public types are plain data with public
+//! fields; the per-layer functions ([`fuse()`], [`Rectifier::rectify_into`], [`Backend::infer`])
+//! work in buffers allocated once at start-up.
+//!
+//! One layer, in order:
+//! ```text
+//! Rectifier::rectify_into → preprocess_gray → Backend::infer → fuse → refine → measure
+//! ```
+
+pub mod backend;
+pub mod error;
+pub mod fuse;
+pub mod measure;
+pub mod preprocess;
+pub mod refine;
+pub mod spec;
+
+pub use backend::{find_onnxruntime, load_backend, Backend, BackendChoice, BackendInfo};
+pub use error::ModelError;
+pub use fuse::{fuse, Fused};
+pub use measure::{measure, Defect, Ellipse};
+pub use preprocess::{preprocess, preprocess_gray, rectify, Rectifier};
+pub use refine::{refine, RefineReport};
+pub use spec::{ClassInfo, InputSpec, ModelSpec, MAX_CLASSES, MAX_MEMBERS};

@@ -1,0 +1,298 @@
+//! Both backends on the project's default model: they load it, check it against its manifest,
+//! and agree on the fused probabilities.
+//!
+//! Needs ONNX Runtime (`ORT_DYLIB_PATH`, or a library `find_onnxruntime` finds: the project's test
+//! command points `ORT_DYLIB_PATH` at the venv's) and `assets/default-model/`. Without them these
+//! tests fail and say so; they do not skip.
+
+mod common;
+
+use std::time::Instant;
+
+use models::{fuse, load_backend, preprocess_gray, BackendChoice, Fused, ModelError, ModelSpec};
+
+fn require_onnxruntime() {
+    if models::find_onnxruntime().is_none() {
+        panic!(
+            "no ONNX Runtime library: set ORT_DYLIB_PATH to libonnxruntime.so (for example \
+             ~/.cache/bedsight/venv/lib/python3.11/site-packages/onnxruntime/capi/libonnxruntime.so.1.32.0)"
+        );
+    }
+}
+
+fn input_for(spec: &ModelSpec) -> Vec<f32> {
+    let bed = common::synthetic_bed(spec.input.width, spec.input.height);
+    let mut input = vec![0.0f32; spec.input.len()];
+    if spec.input.channels == 1 {
+        preprocess_gray(&bed, &spec.input, &mut input).unwrap();
+    } else {
+        models::preprocess(
+            &image::DynamicImage::ImageLuma8(bed),
+            &spec.input,
+            &mut input,
+        )
+        .unwrap();
+    }
+    input
+}
+
+/// Runs `runs` inferences and returns the logits of the last and the mean time per run.
+fn run(
+    backend: &mut dyn models::Backend,
+    input: &[f32],
+    logits_len: usize,
+    runs: usize,
+) -> (Vec<f32>, f64) {
+    let mut logits = vec![0.0f32; logits_len];
+    backend.infer(input, &mut logits).unwrap(); // warm-up
+    let start = Instant::now();
+    for _ in 0..runs {
+        backend.infer(input, &mut logits).unwrap();
+    }
+    (logits, start.elapsed().as_secs_f64() * 1000.0 / runs as f64)
+}
+
+#[test]
+fn ort_and_tract_agree_on_the_default_model() {
+    require_onnxruntime();
+    let (graph, spec) = common::default_model();
+    let input = input_for(&spec);
+
+    let mut ort = load_backend(BackendChoice::Ort, &graph, &spec, None).unwrap();
+    assert_eq!(ort.info().name, "ort");
+    assert!(
+        ["TensorRT", "CUDA", "CPU"].contains(&ort.info().execution_provider.as_str()),
+        "{:?}",
+        ort.info()
+    );
+    let mut tract = load_backend(BackendChoice::Tract, &graph, &spec, None).unwrap();
+    assert_eq!(
+        (
+            tract.info().name.as_str(),
+            tract.info().execution_provider.as_str()
+        ),
+        ("tract", "tract")
+    );
+
+    let (ort_logits, ort_ms) = run(ort.as_mut(), &input, spec.logits_len(), 3);
+    let (tract_logits, tract_ms) = run(tract.as_mut(), &input, spec.logits_len(), 3);
+    let (width, height) = (spec.input.width as usize, spec.input.height as usize);
+    let mut ort_fused = Fused::new(width, height, spec.classes.len());
+    let mut tract_fused = Fused::new(width, height, spec.classes.len());
+    let start = Instant::now();
+    fuse(
+        &ort_logits,
+        spec.members,
+        &spec.temperatures,
+        &mut ort_fused,
+    );
+    let fuse_ms = start.elapsed().as_secs_f64() * 1000.0;
+    fuse(
+        &tract_logits,
+        spec.members,
+        &spec.temperatures,
+        &mut tract_fused,
+    );
+    eprintln!(
+        "default model {}x{}x{}, M={}, K={}: ort ({}) {ort_ms:.1} ms, tract {tract_ms:.1} ms per inference; fuse {fuse_ms:.1} ms",
+        spec.input.channels,
+        height,
+        width,
+        spec.members,
+        spec.classes.len(),
+        ort.info().execution_provider
+    );
+
+    let worst = ort_fused
+        .probabilities
+        .iter()
+        .zip(&tract_fused.probabilities)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    // fp32 on the CPU: 1e-4. TensorRT runs fp16 and CUDA may use TF32, so on a GPU the two
+    // backends agree only to about 1e-2.
+    let tolerance = if ort.info().execution_provider == "CPU" {
+        1e-4
+    } else {
+        1e-2
+    };
+    assert!(
+        worst <= tolerance,
+        "ort ({}) and tract probabilities differ by up to {worst}",
+        ort.info().execution_provider
+    );
+    let worst_uncertainty = ort_fused
+        .uncertainty
+        .iter()
+        .zip(&tract_fused.uncertainty)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst_uncertainty <= tolerance,
+        "ort and tract uncertainty differ by up to {worst_uncertainty}"
+    );
+    // Probabilities are a distribution at every pixel.
+    let pixels = width * height;
+    for p in (0..pixels).step_by(97) {
+        let total: f32 = (0..spec.classes.len())
+            .map(|k| ort_fused.probabilities[k * pixels + p])
+            .sum();
+        assert!((total - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn auto_runs_on_onnxruntime_when_it_loads() {
+    require_onnxruntime();
+    let (graph, spec) = common::default_model();
+    let backend = load_backend(BackendChoice::Auto, &graph, &spec, None).unwrap();
+    assert_eq!(backend.info().name, "ort", "{:?}", backend.info());
+    assert!(
+        backend.info().detail.contains("libonnxruntime"),
+        "{:?}",
+        backend.info()
+    );
+}
+
+/// The same graph with a manifest that disagrees: each backend refuses it and names the
+/// disagreement.
+#[test]
+fn a_graph_that_disagrees_with_the_manifest_is_refused() {
+    require_onnxruntime();
+    let (graph, spec) = common::default_model();
+    let contract_error = |choice: BackendChoice, spec: &ModelSpec| -> String {
+        match load_backend(choice, &graph, spec, None) {
+            Err(error @ ModelError::Contract(_)) => error.to_string(),
+            Err(other) => panic!("{choice:?}: expected a contract error, got {other}"),
+            Ok(_) => panic!("{choice:?}: a graph that disagrees with the manifest was accepted"),
+        }
+    };
+    for choice in [BackendChoice::Ort, BackendChoice::Tract] {
+        let mut more_members = spec.clone();
+        more_members.members += 2;
+        more_members.temperatures.extend([1.0, 1.0]);
+        let message = contract_error(choice, &more_members);
+        let expected = format!(
+            "graph returns {} members, manifest says {}",
+            spec.members,
+            spec.members + 2
+        );
+        assert!(message.contains(&expected), "{choice:?}: {message}");
+
+        let mut more_classes = spec.clone();
+        more_classes.classes.push(models::ClassInfo {
+            name: "extra".into(),
+            colour: [1, 2, 3],
+            defect: true,
+        });
+        let message = contract_error(choice, &more_classes);
+        let expected = format!(
+            "graph returns {} classes, manifest lists {}",
+            spec.classes.len(),
+            spec.classes.len() + 1
+        );
+        assert!(message.contains(&expected), "{choice:?}: {message}");
+    }
+}
+
+/// Wrong buffer sizes are errors, not panics.
+#[test]
+fn infer_checks_its_buffers() {
+    let (graph, spec) = common::default_model();
+    let mut tract = load_backend(BackendChoice::Tract, &graph, &spec, None).unwrap();
+    let mut logits = vec![0.0f32; spec.logits_len()];
+    let error = tract
+        .infer(&vec![0.0; spec.input.len() - 1], &mut logits)
+        .unwrap_err();
+    assert!(matches!(error, ModelError::Input(_)), "{error}");
+    let error = tract
+        .infer(&vec![0.0; spec.input.len()], &mut logits[1..])
+        .unwrap_err();
+    assert!(matches!(error, ModelError::Input(_)), "{error}");
+}
+
+/// The default model's self-test sample (`selftest/input.png`, and the mask the Python tools got
+/// from the fp32 graph through onnxruntime and their own fusion, `selftest/expected_mask.png`):
+/// preprocess → infer → fuse here gives the same mask on both backends. A pixel may only differ
+/// where the top two fused probabilities are within 1e-3 (a near tie).
+#[test]
+fn selftest_sample_gives_the_expected_mask_on_both_backends() {
+    require_onnxruntime();
+    let (graph, spec) = common::default_model();
+    let dir = common::default_model_dir();
+    let layer = image::open(dir.join("selftest/input.png")).expect("selftest/input.png");
+    let expected = image::open(dir.join("selftest/expected_mask.png"))
+        .expect("selftest/expected_mask.png")
+        .to_luma8();
+    let mut input = vec![0.0f32; spec.input.len()];
+    models::preprocess(&layer, &spec.input, &mut input).unwrap();
+    let (width, height) = (spec.input.width as usize, spec.input.height as usize);
+    assert_eq!(
+        (expected.width() as usize, expected.height() as usize),
+        (width, height)
+    );
+
+    for choice in [BackendChoice::Ort, BackendChoice::Tract] {
+        let mut backend = load_backend(choice, &graph, &spec, None).unwrap();
+        let mut logits = vec![0.0f32; spec.logits_len()];
+        backend.infer(&input, &mut logits).unwrap();
+        let mut fused = Fused::new(width, height, spec.classes.len());
+        fuse(&logits, spec.members, &spec.temperatures, &mut fused);
+        let pixels = width * height;
+        let mut differing = 0;
+        for (p, (&ours, &theirs)) in fused.mask.iter().zip(expected.as_raw()).enumerate() {
+            if ours == theirs {
+                continue;
+            }
+            differing += 1;
+            let mut probabilities: Vec<f32> = (0..spec.classes.len())
+                .map(|k| fused.probabilities[k * pixels + p])
+                .collect();
+            probabilities.sort_by(|a, b| b.total_cmp(a));
+            assert!(
+                probabilities[0] - probabilities[1] < 1e-3,
+                "{choice:?}: pixel ({}, {}) is class {ours}, expected {theirs}, with a clear margin {:?}",
+                p % width,
+                p / width,
+                &probabilities[..2]
+            );
+        }
+        eprintln!("{choice:?}: {differing} of {pixels} mask pixels differ from expected_mask.png (near ties only)");
+    }
+}
+
+/// The INT8 QDQ graph (the image's default graph) loads and runs on both backends and its mask
+/// stays close to the fp32 one: at least 99% of the self-test pixels agree.
+#[test]
+fn int8_graph_runs_on_both_backends() {
+    require_onnxruntime();
+    let (_, spec) = common::default_model();
+    let dir = common::default_model_dir();
+    let graph = std::fs::read(dir.join("model.int8.onnx")).expect("model.int8.onnx");
+    let layer = image::open(dir.join("selftest/input.png")).unwrap();
+    let expected = image::open(dir.join("selftest/expected_mask.png"))
+        .unwrap()
+        .to_luma8();
+    let mut input = vec![0.0f32; spec.input.len()];
+    models::preprocess(&layer, &spec.input, &mut input).unwrap();
+    let (width, height) = (spec.input.width as usize, spec.input.height as usize);
+    for choice in [BackendChoice::Ort, BackendChoice::Tract] {
+        let mut backend = load_backend(choice, &graph, &spec, None).unwrap();
+        let mut logits = vec![0.0f32; spec.logits_len()];
+        backend.infer(&input, &mut logits).unwrap();
+        let mut fused = Fused::new(width, height, spec.classes.len());
+        fuse(&logits, spec.members, &spec.temperatures, &mut fused);
+        let agreeing = fused
+            .mask
+            .iter()
+            .zip(expected.as_raw())
+            .filter(|(a, b)| a == b)
+            .count();
+        let share = agreeing as f64 / (width * height) as f64;
+        assert!(
+            share >= 0.99,
+            "{choice:?}: INT8 mask agrees with the fp32 one on {:.2}% of pixels",
+            share * 100.0
+        );
+    }
+}
