@@ -1,0 +1,178 @@
+"""The `bedsight-train` command: argument parsing and error reporting only; the work is in the
+modules named after each subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .common import BadInput
+
+
+def _widths(items: list[str] | None) -> dict:
+    """--width key=v[,v...] -> {key: int or [ints] or float}"""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise BadInput(f"--width {item!r}: expected KEY=VALUE, e.g. --width shallow=8,16,32")
+        key, value = item.split("=", 1)
+        try:
+            values = [float(v) if "." in v else int(v) for v in value.split(",") if v]
+        except ValueError:
+            raise BadInput(f"--width {item!r}: values must be numbers") from None
+        out[key.strip()] = values if len(values) > 1 else values[0]
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bedsight-train",
+        description="Train, calibrate, export, quantize, evaluate and pack bedsight's powder-bed defect models.",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="write a synthetic labelled powder-bed dataset (or the demo's sample build)")
+    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--layers", type=int, default=100)
+    s.add_argument("--size", type=int, default=256)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--sample-build", action="store_true", help="write the demo's sample build (a fixed plan of layers) instead")
+
+    t = sub.add_parser("train", help="train ISDNet-SR or AM-SegNet from scratch, a checkpoint per epoch")
+    t.add_argument("--arch", required=True, choices=["isdnet-sr", "am-segnet"])
+    t.add_argument("--data", required=True, type=Path)
+    t.add_argument("--epochs", type=int, required=True)
+    t.add_argument("--out", required=True, type=Path, help="the run folder")
+    t.add_argument("--batch-size", type=int, default=8)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--split-seed", type=int, default=0)
+    t.add_argument("--crop", type=int, default=None, help="train on random square crops of this size")
+    t.add_argument("--class-weights", choices=["none", "inverse-sqrt"], default="none")
+    t.add_argument("--sr-weight", type=float, default=0.1, help="weight of ISDNet-SR's MSE (SR) loss")
+    t.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run in --out")
+    t.add_argument("--photometric", type=float, default=0.15, help="random grey-level gain/offset augmentation strength (0: off)")
+    t.add_argument("--width", action="append", metavar="KEY=V[,V..]", help="architecture widths, e.g. shallow=16,32,64 fuse=64 sr=24,16,8 head_sr=1")
+
+    c = sub.add_parser("calibrate", help="pick the top-M checkpoints and fit a temperature per member")
+    c.add_argument("--run", required=True, type=Path)
+    c.add_argument("--members", type=int, default=5)
+
+    e = sub.add_parser("export", help="export the ensemble to one ONNX graph plus manifest.toml, checked against PyTorch")
+    e.add_argument("--run", required=True, type=Path)
+    e.add_argument("-o", "--out", required=True, type=Path)
+    e.add_argument("--name", default="bedsight-synthetic")
+    e.add_argument("--version", default=None, help="model version (default: today's date)")
+    e.add_argument("--description", default=None)
+
+    q = sub.add_parser("quantize", help="static INT8 QDQ quantization, fp32 vs INT8 on the test split")
+    q.add_argument("--model", required=True, type=Path)
+    q.add_argument("--data", required=True, type=Path)
+    q.add_argument("-o", "--out", required=True, type=Path)
+    q.add_argument("--margin", type=float, default=0.02, help="largest allowed MIoU drop (default 0.02)")
+    q.add_argument("--calibration-images", type=int, default=32)
+    q.add_argument("--split-seed", type=int, default=0)
+
+    v = sub.add_parser("evaluate", help="CPA, IoU, MPA, MIoU, ECE and uncertainty AUROC of a model on a dataset")
+    v.add_argument("--model", required=True, type=Path, help=".onnx (manifest.toml beside it) or .bsimg")
+    v.add_argument("--data", required=True, type=Path)
+    v.add_argument("--out", type=Path, default=Path("evaluation"), help="folder for metrics.json and PNGs")
+    v.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
+    v.add_argument("--split-seed", type=int, default=0)
+
+    k = sub.add_parser("pack", help="build a .bsimg model image with `bedsight image pack`")
+    k.add_argument("--model", required=True, type=Path, help="the fp32 graph (model.onnx)")
+    k.add_argument("--int8", type=Path, default=None, help="the INT8 graph (default: model.int8.onnx beside --model)")
+    k.add_argument("--manifest", type=Path, default=None, help="default: manifest.toml beside --model")
+    k.add_argument("--key", type=Path, default=None, help="ed25519 signing key")
+    k.add_argument("--selftest-input", type=Path, default=None)
+    k.add_argument("--selftest-mask", type=Path, default=None)
+    k.add_argument("-o", "--out", required=True, type=Path)
+
+    l = sub.add_parser("select", help="pick the layers most worth labelling next")
+    l.add_argument("--journal", required=True, type=Path, help="folder of REVIEW layers (or any images)")
+    l.add_argument("--strategy", choices=["uncertainty", "smile"], default="uncertainty")
+    l.add_argument("--count", type=int, default=10)
+    l.add_argument("--model", type=Path, default=None, help=".onnx or .bsimg (needed for uncertainty)")
+    l.add_argument("--out", type=Path, default=Path("to-label"))
+    l.add_argument("--seed", type=int, default=0)
+    l.add_argument("--verdict", default=None, help="only layers with this verdict in the folder's *.jsonl records (e.g. REVIEW)")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    progress = not args.quiet
+    if args.command == "synth":
+        from . import synth
+
+        if args.sample_build:
+            synth.write_sample_build(args.out, args.size, args.seed)
+            print(f"wrote the sample build to {args.out}")
+        else:
+            if args.layers < 1 or args.size < 32:
+                raise BadInput("--layers must be >= 1 and --size >= 32")
+            synth.write_dataset(args.out, args.layers, args.size, args.seed, progress=progress)
+            print(f"wrote {args.layers} layers of {args.size}x{args.size} to {args.out}")
+    elif args.command == "train":
+        from .train import TrainOptions, train
+
+        history = train(
+            TrainOptions(
+                arch=args.arch, data=args.data, epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr=args.lr,
+                seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), crop=args.crop,
+                class_weights=args.class_weights, sr_weight=args.sr_weight, photometric=args.photometric, overwrite=args.overwrite, progress=progress,
+            )
+        )
+        best = max(history["epochs"], key=lambda e: e["score"])
+        print(f"trained {args.epochs} epochs in {history['train_seconds']:.0f} s; best epoch {best['epoch']}: Score {best['score']:.4f} (MPA {best['mpa']:.4f}, MIoU {best['miou']:.4f}); curves in {args.out / 'curves.png'}")
+    elif args.command == "calibrate":
+        from .calibrate import calibrate
+
+        calibrate(args.run, args.members, progress=progress)
+    elif args.command == "export":
+        from .export import export
+
+        export(args.run, args.out, name=args.name, version=args.version, description=args.description, progress=progress)
+    elif args.command == "quantize":
+        from .quant import quantize
+
+        quantize(args.model, args.data, args.out, margin=args.margin, calibration_images=args.calibration_images, split_seed=args.split_seed, progress=progress)
+    elif args.command == "evaluate":
+        from .evaluate import evaluate
+
+        evaluate(args.model, args.data, args.out, split=args.split, split_seed=args.split_seed, progress=progress)
+    elif args.command == "pack":
+        from .pack import pack
+
+        pack(args.model, args.out, int8=args.int8, manifest=args.manifest, key=args.key, selftest_input=args.selftest_input, selftest_mask=args.selftest_mask, progress=progress)
+    elif args.command == "select":
+        from .select import select
+
+        select(args.journal, args.strategy, args.count, args.out, model=args.model, seed=args.seed, progress=progress, verdict=args.verdict)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .export import ExportMismatch
+    from .pack import PackError
+    from .quant import QuantizationRegression
+
+    try:
+        run(args)
+    except BadInput as e:
+        print(f"bedsight-train {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except (QuantizationRegression, ExportMismatch, PackError) as e:
+        print(f"bedsight-train {args.command}: failed: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"bedsight-train {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+"""The default model that ships in the repository: check it on the sample build and lay it out.
+
+`python -m bedsight_train.default_model --work WORK --assets ASSETS` is the last step of
+quantize/scripts/build-default-model.sh. It
+
+- runs the fp32 and INT8 graphs on every layer of WORK/sample-build with the appliance's fusion
+  and checks that every planted class is found where it was planted and that clean layers stay
+  (almost) clean; it fails otherwise;
+- lays out the unpacked model (manifest.toml, model.onnx, model.int8.onnx), a self-test sample and
+  the training, calibration and evaluation plots, with a report.md and metrics.json that hold the
+  measured numbers, and, only when the check passes, copies it to ASSETS/default-model/ and the
+  sample build to ASSETS/sample-build/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import data as data_mod
+from .common import BadInput, ClassInfo, class_colours_rgb, limit_threads, load_grey, read_toml
+from .evaluate import check_manifest, overlay, run_members
+from .export import ort_session
+from .metrics import fuse
+
+# A planted class counts as found when at least this share of its planted pixels, or at least
+# MIN_FOUND_PIXELS of them, come out as that class.
+MIN_FOUND_SHARE = 0.25
+MIN_FOUND_PIXELS = 40
+# A clean layer may have at most this share of its pixels called a defect or lattice (33 px at
+# 256x256), and a layer with planted classes at most MAX_STRAY_SHARE of its pixels called a class
+# that was not planted there.
+MAX_CLEAN_SHARE = 0.0005
+MAX_STRAY_SHARE = 0.001
+
+
+def check_sample_build(graph: Path, manifest: dict[str, Any], sample: Path) -> dict[str, Any]:
+    ledger = read_toml(sample / "layers.toml")
+    session = ort_session(graph)
+    names = [c["name"] for c in manifest["classes"]]
+    mean, std = manifest["input"]["mean"][0], manifest["input"]["std"][0]
+    temps = manifest["ensemble"]["temperatures"]
+    rows, ok = [], True
+    masks_out, seconds = [], []
+    for layer in ledger["layers"]:
+        image = load_grey(sample / layer["file"])
+        truth = load_grey(sample / "masks" / layer["file"])
+        x = data_mod.to_input(image[None], mean, std)
+        t0 = time.perf_counter()
+        logits = run_members(session, x)
+        seconds.append(time.perf_counter() - t0)
+        _, mask, uncertainty = fuse(logits, temps)
+        masks_out.append(mask)
+        found = {}
+        for k in layer["planted_index"]:
+            planted = truth == k
+            hit = int((planted & (mask == k)).sum())
+            share = hit / max(1, int(planted.sum()))
+            good = share >= MIN_FOUND_SHARE or hit >= MIN_FOUND_PIXELS
+            found[names[k]] = {"planted_px": int(planted.sum()), "found_px": hit, "share": share, "ok": good}
+            ok &= good
+        non_background = float((mask > 0).mean())
+        stray = float(((mask > 0) & ~np.isin(mask, layer["planted_index"])).mean())
+        clean_ok = non_background <= MAX_CLEAN_SHARE if layer["clean"] else stray <= MAX_STRAY_SHARE
+        ok &= clean_ok
+        predicted = {names[k]: int((mask == k).sum()) for k in range(1, len(names)) if (mask == k).any()}
+        rows.append(
+            {
+                "file": layer["file"],
+                "planted": layer["planted"],
+                "found": found,
+                "clean": layer["clean"],
+                "clean_ok": clean_ok,
+                "non_background_share": non_background,
+                "stray_share": stray,
+                "predicted_px": predicted,
+                "mean_uncertainty": float(uncertainty.mean()),
+            }
+        )
+    return {"ok": bool(ok), "layers": rows, "seconds_per_layer": float(np.median(seconds)), "masks": masks_out}
+
+
+def format_check(result: dict[str, Any], label: str) -> str:
+    lines = [f"sample build, {label} graph ({result['seconds_per_layer'] * 1000:.0f} ms per layer in onnxruntime):"]
+    for row in result["layers"]:
+        if row["clean"]:
+            status = "ok" if row["clean_ok"] else "FALSE ALARM"
+            lines.append(f"  {row['file']}  clean: {row['non_background_share'] * 100:.3f}% non-background  {status}  {row['predicted_px'] or ''}")
+        else:
+            parts = [
+                f"{name} {f['found_px']}/{f['planted_px']} px ({f['share'] * 100:.0f}%) {'ok' if f['ok'] else 'MISSED'}"
+                for name, f in row["found"].items()
+            ]
+            stray = "" if row["clean_ok"] else f"; STRAY classes on {row['stray_share'] * 100:.3f}% of the layer"
+            lines.append(f"  {row['file']}  " + "; ".join(parts) + stray + f"  {row['predicted_px']}")
+    lines.append("  => " + ("every planted class found, nothing else called" if result["ok"] else "CHECK FAILED"))
+    return "\n".join(lines)
+
+
+def _mosaic(sample: Path, result: dict[str, Any], classes: list[ClassInfo], path: Path) -> None:
+    """Each sample layer with the fused mask drawn over it (top: truth, bottom: prediction)."""
+    from PIL import Image
+
+    colours = class_colours_rgb(classes)
+    tiles_truth, tiles_pred = [], []
+    for row, mask in zip(result["layers"], result["masks"]):
+        image = load_grey(sample / row["file"])
+        truth = load_grey(sample / "masks" / row["file"])
+        tiles_truth.append(overlay(image, truth, colours))
+        tiles_pred.append(overlay(image, mask, colours))
+    grid = np.concatenate([np.concatenate(tiles_truth, 1), np.concatenate(tiles_pred, 1)], 0)
+    scale = 0.5 if grid.shape[1] > 2048 else 1.0
+    im = Image.fromarray(grid)
+    if scale != 1.0:
+        im = im.resize((int(grid.shape[1] * scale), int(grid.shape[0] * scale)), Image.BILINEAR)
+    im.save(path)
+
+
+def finalize(work: Path, assets: Path, command: str) -> bool:
+    from .pack import make_selftest
+
+    limit_threads()
+    model_dir = work / "model"
+    # everything is laid out under WORK first and replaces ASSETS/default-model and
+    # ASSETS/sample-build only when the sample-build check passes
+    out = work / "default-model"
+    sample = work / "sample-build"
+    manifest = check_manifest(model_dir / "manifest.toml", read_toml(model_dir / "manifest.toml"))
+    classes = [ClassInfo(c["name"], c["colour"], c["defect"]) for c in manifest["classes"]]
+
+    checks = {}
+    for label, graph in (("fp32", model_dir / "model.onnx"), ("int8", model_dir / "model.int8.onnx")):
+        checks[label] = check_sample_build(graph, manifest, sample)
+        print(format_check(checks[label], label))
+
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in ("manifest.toml", "model.onnx", "model.int8.onnx"):
+        shutil.copyfile(model_dir / name, out / name)
+    make_selftest(out / "model.onnx", manifest, out / "selftest")
+    plots = out / "report"
+    plots.mkdir()
+    copies = {
+        work / "run" / "curves.png": "training-curves.png",
+        work / "run" / "reliability.png": "reliability-members.png",
+        work / "eval-fp32" / "confusion.png": "confusion-fp32-test.png",
+        work / "eval-int8" / "confusion.png": "confusion-int8-test.png",
+        work / "eval-int8" / "reliability.png": "reliability-int8-test.png",
+    }
+    for src, dst in copies.items():
+        if src.exists():
+            shutil.copyfile(src, plots / dst)
+    _mosaic(sample, checks["int8"], classes, plots / "sample-build-int8.png")
+
+    history = json.loads((work / "run" / "history.json").read_text())
+    calibration = json.loads((work / "run" / "calibration.json").read_text())
+    export_report = json.loads((model_dir / "model.export.json").read_text())
+    quant_report = json.loads((model_dir / "model.int8.quantize.json").read_text())
+    eval_fp32 = json.loads((work / "eval-fp32" / "metrics.json").read_text())
+    eval_int8 = json.loads((work / "eval-int8" / "metrics.json").read_text())
+    run_info = json.loads((work / "run" / "run.json").read_text())
+    metrics = {
+        "train_seconds": history.get("train_seconds"),
+        "epochs": len(history["epochs"]),
+        "parameters": run_info.get("parameters"),
+        "config": run_info["config"],
+        "calibration": calibration,
+        "flops": export_report["flops"],
+        "onnx_max_abs_diff": export_report["max_abs_diff"],
+        "quantize": quant_report,
+        "test_fp32": {k: eval_fp32[k] for k in ("cpa", "iou", "mpa", "miou", "ece", "auroc")},
+        "test_int8": {k: eval_int8[k] for k in ("cpa", "iou", "mpa", "miou", "ece", "auroc")},
+        "sample_build": {label: {k: v for k, v in c.items() if k != "masks"} for label, c in checks.items()},
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "report.md").write_text(_report(metrics, manifest, command, checks))
+    if not all(c["ok"] for c in checks.values()):
+        print(f"left {assets} as it was; the rejected model is in {out}")
+        return False
+    for name, src in (("default-model", out), ("sample-build", sample)):
+        dst = assets / name
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(src, dst)
+    print(f"wrote {assets / 'default-model'} and {assets / 'sample-build'}")
+    return True
+
+
+def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: dict[str, Any]) -> str:
+    names = [c["name"] for c in manifest["classes"]]
+
+    def f(v, d=4):
+        return "-" if v is None else f"{v:.{d}f}"
+
+    lines = [
+        "# The default model",
+        "",
+        f"`{manifest['name']}` {manifest['version']}: {manifest['description']}.",
+        "",
+        f"Rebuild it with `{command}` (about 15-20 minutes on two CPU cores).",
+        "Trained on synthetic layers only (`bedsight-train synth`): it is a demo model for `bedsight demo`, not one for a real printer.",
+        "",
+        "## Training",
+        f"- {m['epochs']} epochs in {m['train_seconds'] / 60:.1f} min on the CPU; {m['parameters']:,} parameters; widths {json.dumps(m['config'])}",
+        f"- input {manifest['input']['width']}x{manifest['input']['height']} grey, mean {manifest['input']['mean'][0]:.4f}, std {manifest['input']['std'][0]:.4f}"
+        " (256x256 keeps CPU training feasible; the appliance resizes the rectified bed to it)",
+        f"- FLOPs at that size: one member {m['flops']['member'] / 1e9:.3f} G, ensemble of {manifest['ensemble']['members']} {m['flops']['ensemble'] / 1e9:.3f} G"
+        f" ({m['flops']['ensemble_over_member']:.2f}x; 5 members would be {m['flops']['five_members_over_member']:.2f}x, seed 000 §4.4 claims under 2x)",
+        f"- onnxruntime vs PyTorch on the exported graph: max |logit difference| {m['onnx_max_abs_diff']:.2e}",
+        "",
+        "## Calibration (validation split; seed 000 Table 3)",
+        "",
+        "| member | checkpoint | MPA | MIoU | Score | T | ECE before | ECE after | NLL before | NLL after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in m["calibration"]["members"]:
+        lines.append(f"| #{r['member']} | {r['checkpoint']} | {f(r['mpa'])} | {f(r['miou'])} | {f(r['score'])} | {f(r['temperature'])} | {f(r['ece_before'], 5)} | {f(r['ece_after'], 5)} | {f(r['nll_before'], 5)} | {f(r['nll_after'], 5)} |")
+    e = m["calibration"]["ensemble"]
+    lines += [
+        "",
+        f"Fused ensemble: ECE {f(e['before']['ece'], 5)} before, {f(e['after']['ece'], 5)} after calibration; NLL {f(e['before']['nll'], 5)} -> {f(e['after']['nll'], 5)}.",
+        "",
+        "## Test split (fp32 vs INT8, fused ensemble)",
+        "",
+        "| class | CPA fp32 | CPA int8 | IoU fp32 | IoU int8 |",
+        "|---|---|---|---|---|",
+    ]
+    for k, name in enumerate(names):
+        lines.append(f"| {name} | {f(m['test_fp32']['cpa'][k])} | {f(m['test_int8']['cpa'][k])} | {f(m['test_fp32']['iou'][k])} | {f(m['test_int8']['iou'][k])} |")
+    lines += [
+        f"| **MPA** | {f(m['test_fp32']['mpa'])} | {f(m['test_int8']['mpa'])} | | |",
+        f"| **MIoU** | | | {f(m['test_fp32']['miou'])} | {f(m['test_int8']['miou'])} |",
+        "",
+        f"ECE (10 bins) {f(m['test_fp32']['ece'], 5)} fp32, {f(m['test_int8']['ece'], 5)} INT8; AUROC of the uncertainty map for misclassified pixels {f(m['test_fp32']['auroc'])} fp32, {f(m['test_int8']['auroc'])} INT8.",
+        f"Graph sizes: {m['quantize']['fp32_bytes'] / 1024:.0f} KiB fp32, {m['quantize']['int8_bytes'] / 1024:.0f} KiB INT8.",
+        "CPA follows seed 000 Eq. 24: TP / (TP + FP).",
+        "",
+        "## Sample build (assets/sample-build)",
+        "",
+        "```",
+        format_check(checks["fp32"], "fp32"),
+        format_check(checks["int8"], "int8"),
+        "```",
+        "",
+        "Plots: report/training-curves.png, report/reliability-members.png (Fig. 7), report/confusion-*-test.png, report/reliability-int8-test.png, "
+        "report/sample-build-int8.png (top: planted truth, bottom: INT8 prediction).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bedsight_train.default_model")
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--assets", type=Path, required=True)
+    p.add_argument("--command", default="quantize/scripts/build-default-model.sh")
+    args = p.parse_args(argv)
+    try:
+        ok = finalize(args.work, args.assets, args.command)
+    except BadInput as e:
+        print(f"default model: error: {e}", file=sys.stderr)
+        return 2
+    if not ok:
+        print("default model: the sample-build check failed (see above)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""`bedsight-train export`: one ONNX graph with the shared trunk and the M heads, and its manifest.
+
+The graph follows the appliance's model contract (docs/model-image.md): input `image` float32
+[1, C, H, W], output `logits` float32 [1, M, K, H, W], static shapes, opset 17, only plain ops
+(Conv, Relu, pooling, Resize with fixed scales, Concat, Sigmoid, MatMul, Reshape) so that both
+onnxruntime and tract run it. Feature reuse: one trunk F(H(x)), M heads S_i (seed 000 Eq. 14).
+
+The export checks itself: onnxruntime must reproduce PyTorch's logits on the same input to within
+1e-3, and it reports the FLOPs of one member and of the whole ensemble (seed 000 §4.4 reports 165.1
+vs 299.4 GFLOPs for 5 members: under 2x).
+
+The manifest (manifest.toml next to the graph) carries every table of docs/model-image.md except
+[graphs] and [files], which `bedsight image pack` adds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import data as data_mod
+from .calibrate import load_ensemble, read_run, run_split
+from .common import BadInput, limit_threads, toml_dumps
+
+MAX_ABS_DIFF = 1e-3
+OPSET = 17
+
+
+class ExportMismatch(Exception):
+    """onnxruntime and PyTorch disagree on the exported graph."""
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises several types for a bad file
+        raise BadInput(f"{path}: onnxruntime cannot load it ({str(e).splitlines()[0]})") from None
+
+
+def count_flops(ensemble: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
+    """FLOPs (multiply and add counted separately) of the trunk, one head, one member
+    (trunk + one head) and the ensemble (trunk + M heads), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            features = ensemble.trunk(x)
+        trunk = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
+            ensemble.heads[0](features)
+        head = counter.get_total_flops()
+    m = len(ensemble.heads)
+    return {
+        "trunk": float(trunk),
+        "head": float(head),
+        "member": float(trunk + head),
+        "ensemble": float(trunk + m * head),
+        "ensemble_over_member": float((trunk + m * head) / (trunk + head)),
+        "five_members_over_member": float((trunk + 5 * head) / (trunk + head)),
+    }
+
+
+def export_onnx(ensemble: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ensemble.eval()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            ensemble,
+            (example,),
+            str(path),
+            input_names=["image"],
+            output_names=["logits"],
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    import onnx
+
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    model.producer_name = "bedsight-train"
+    model.doc_string = "bedsight ensemble: input image [1,C,H,W] -> logits [1,M,K,H,W] (seed 000 Eq. 14)"
+    onnx.save(model, str(path))
+
+
+def check_against_torch(ensemble: torch.nn.Module, path: Path, x: np.ndarray) -> float:
+    with torch.no_grad():
+        expected = ensemble(torch.from_numpy(x)).numpy()
+    got = ort_session(path).run(["logits"], {"image": x})[0]
+    if got.shape != expected.shape:
+        raise ExportMismatch(f"{path}: onnxruntime returns {got.shape}, PyTorch {expected.shape}")
+    return float(np.abs(got - expected).max())
+
+
+def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, version: str, description: str) -> dict[str, Any]:
+    """The manifest of docs/model-image.md, without [graphs] and [files]."""
+    inp = saved["input"]
+    return {
+        "format_version": "1.0",
+        "name": name,
+        "version": version,
+        "architecture": saved["arch"],
+        "description": description,
+        "input": {
+            "width": int(inp["width"]),
+            "height": int(inp["height"]),
+            "channels": int(inp["channels"]),
+            "mean": [float(v) for v in inp["mean"]],
+            "std": [float(v) for v in inp["std"]],
+        },
+        "ensemble": {"members": len(saved["temperatures"]), "temperatures": [float(t) for t in saved["temperatures"]]},
+        "classes": [{"name": c["name"], "colour": c["colour"], "defect": bool(c["defect"])} for c in saved["classes"]],
+        "training": {k: float(v) for k, v in training.items()},
+    }
+
+
+def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str | None = None, description: str | None = None, progress: bool = True) -> dict[str, Any]:
+    limit_threads()
+    run, out = Path(run), Path(out)
+    info = read_run(run)
+    ensemble, saved = load_ensemble(run / "ensemble.pt")
+    if saved["arch"] != info["arch"]:
+        raise BadInput(f"{run / 'ensemble.pt'}: ensemble is {saved['arch']} but the run is {info['arch']}")
+    val = run_split(run, info, "val")
+    mean, std = saved["input"]["mean"][0], saved["input"]["std"][0]
+    x = data_mod.to_input(val.images[:1], mean, std)
+
+    export_onnx(ensemble, torch.from_numpy(x), out)
+    max_diff = check_against_torch(ensemble, out, x)
+    if not max_diff < MAX_ABS_DIFF:
+        raise ExportMismatch(f"{out}: onnxruntime and PyTorch logits differ by {max_diff:.3g} (limit {MAX_ABS_DIFF}); the export is wrong")
+    flops = count_flops(ensemble, torch.from_numpy(x))
+
+    calibration_path = run / "calibration.json"
+    calibration = json.loads(calibration_path.read_text()) if calibration_path.exists() else None
+    history = json.loads((run / "history.json").read_text()) if (run / "history.json").exists() else {}
+    training: dict[str, float] = {}
+    if calibration:
+        after, before = calibration["ensemble"]["after"], calibration["ensemble"]["before"]
+        training.update(
+            miou=after["miou"], mpa=after["mpa"], score=after["score"], ece_before=before["ece"], ece_after=after["ece"],
+            nll_before=before["nll"], nll_after=after["nll"],
+        )
+    training.update(
+        gflops_member=flops["member"] / 1e9,
+        gflops_ensemble=flops["ensemble"] / 1e9,
+        epochs=float(len(history.get("epochs", []))),
+        onnx_max_abs_diff=max_diff,
+    )
+    if "train_seconds" in history:
+        training["train_seconds"] = float(history["train_seconds"])
+    version = version or dt.date.today().strftime("%Y.%m.%d")
+    m = len(saved["temperatures"])
+    description = description or (
+        f"{saved['arch']} checkpoint ensemble of {m} heads on one trunk (seed 000 Eq. 14), trained by bedsight-train "
+        f"on {info['input']['width']}x{info['input']['height']} layers from {Path(info['data']).name}"
+    )
+    manifest = manifest_dict(saved, training, name, version, description)
+    manifest_path = out.parent / "manifest.toml"
+    manifest_path.write_text("# written by bedsight-train export; `bedsight image pack` adds [graphs] and [files]\n" + toml_dumps(manifest))
+    report = {"onnx": str(out), "manifest": str(manifest_path), "max_abs_diff": max_diff, "flops": flops, "members": m}
+    (out.parent / (out.stem + ".export.json")).write_text(json.dumps(report, indent=1))
+    if progress:
+        print(f"exported {out} and {manifest_path}")
+        print(f"  onnxruntime vs PyTorch: max |logit difference| = {max_diff:.2e} (limit {MAX_ABS_DIFF:g})")
+        print(
+            f"  FLOPs at {info['input']['width']}x{info['input']['height']}: one member {flops['member'] / 1e9:.3f} G, "
+            f"ensemble of {m} {flops['ensemble'] / 1e9:.3f} G ({flops['ensemble_over_member']:.2f}x; "
+            f"5 members would be {flops['five_members_over_member']:.2f}x, seed 000 §4.4 claims under 2x)"
+        )
+    return report

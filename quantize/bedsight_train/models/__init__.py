@@ -1,0 +1,74 @@
+"""The two architectures, the checkpoint format and the ensemble with feature reuse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..common import BadInput
+from .am_segnet import AmSegNet, AmSegNetConfig
+from .isdnet_sr import IsdnetConfig, IsdnetSr
+
+ARCHS = ("isdnet-sr", "am-segnet")
+# the input size must be a multiple of this (ISDNet-SR's deep branch works at 1/16)
+SIZE_MULTIPLE = {"isdnet-sr": 16, "am-segnet": 8}
+
+
+def make_config(arch: str, in_channels: int, num_classes: int, overrides: dict[str, Any] | None = None):
+    overrides = dict(overrides or {})
+    overrides.update(in_channels=in_channels, num_classes=num_classes)
+    if arch == "isdnet-sr":
+        return IsdnetConfig.from_dict(overrides)
+    if arch == "am-segnet":
+        return AmSegNetConfig.from_dict(overrides)
+    raise BadInput(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+
+
+def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
+    if arch == "isdnet-sr":
+        return IsdnetSr(IsdnetConfig.from_dict(config))
+    if arch == "am-segnet":
+        return AmSegNet(AmSegNetConfig.from_dict(config))
+    raise BadInput(f"unknown architecture {arch!r}; expected one of {', '.join(ARCHS)}")
+
+
+class Ensemble(nn.Module):
+    """One trunk, M heads (seed 000 Eq. 14): returns the members' logits [N, M, K, H, W], the
+    appliance's model contract. Temperatures and the fusion (Eq. 21, 12, 13) stay outside the
+    graph: they live in the manifest and `models::fuse` applies them."""
+
+    def __init__(self, trunk: nn.Module, heads: list[nn.Module]):
+        super().__init__()
+        self.trunk = trunk
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.trunk(x)
+        return torch.stack([head(features) for head in self.heads], dim=1)
+
+
+def load_checkpoint(path: Path, expect_arch: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint written by `train` and check that it is one, of the expected architecture."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise BadInput(f"{path}: checkpoint not found") from None
+    except Exception as e:  # noqa: BLE001 - any unreadable file is bad input
+        raise BadInput(f"{path}: not a readable checkpoint ({e})") from None
+    if not isinstance(ckpt, dict) or "arch" not in ckpt or "state_dict" not in ckpt or "config" not in ckpt:
+        raise BadInput(f"{path}: not a bedsight-train checkpoint (no arch/config/state_dict)")
+    if expect_arch is not None and ckpt["arch"] != expect_arch:
+        raise BadInput(f"{path}: checkpoint is {ckpt['arch']}, but this run is {expect_arch}")
+    return ckpt
+
+
+def model_from_checkpoint(path: Path, ckpt: dict[str, Any]) -> nn.Module:
+    model = build_model(ckpt["arch"], ckpt["config"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise BadInput(f"{path}: weights do not fit a {ckpt['arch']} of the recorded widths ({str(e).splitlines()[0]})") from None
+    return model

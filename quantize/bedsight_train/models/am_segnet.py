@@ -1,0 +1,125 @@
+"""AM-SegNet (seed 002 §2.1, Fig. 1): an encoder-decoder built from a lightweight squeeze/expand
+convolution block, standard convolutions at the last encoder stage, and an attention gate there.
+
+- Lightweight block (seed 002 §2.1, Fig. 1(b)): a squeeze conv (1x1) down to n1 channels, then an
+  expand module of (1) a separable conv (depthwise 3x3 + pointwise 1x1), (2) a residual 1x1 conv and
+  (3) an expand 3x3 conv, whose outputs are concatenated, "increasing the channel number from n1 to
+  4 x n1" (the separable conv gives 2 n1, the other two n1 each).
+- "In the last encoder step, standard convolutional layers are retained."
+- Attention gate (seed 002 Eq. 1-2): x' = x * alpha, alpha = sigma_2(phi(sigma_1(theta(x) + theta(g)))),
+  theta and phi 1x1 convs, sigma_1 ReLU, sigma_2 sigmoid; it gates the skip features of the last
+  encoder stage with the bottleneck's features g.
+- Loss: Dice plus categorical focal loss (seed 002 §3.1, ref. [44]); see losses.py.
+
+For the checkpoint ensemble with feature reuse (seed 000 Eq. 14) the trunk is the encoder and the
+decoder up to the last skip concatenation; each head S_i is the last decoder block and the 1x1
+classifier, at full resolution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from .blocks import ConvBNReLU, up2
+
+
+@dataclass
+class AmSegNetConfig:
+    in_channels: int = 1
+    num_classes: int = 6
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # encoder stages 1-3 (light blocks), 4 (standard)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "AmSegNetConfig":
+        fields = cls.__dataclass_fields__
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
+
+
+class LightBlock(nn.Module):
+    """Squeeze/expand block (seed 002 Fig. 1(b)); cout must be a multiple of 4 (= 4 n1)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        if cout % 4:
+            raise ValueError(f"AM-SegNet block width {cout} must be a multiple of 4")
+        n1 = cout // 4
+        self.squeeze = ConvBNReLU(cin, n1, 1)
+        self.separable = nn.Sequential(
+            ConvBNReLU(n1, n1, 3, groups=n1, relu=False),  # depth-wise
+            ConvBNReLU(n1, 2 * n1, 1),  # point-wise
+        )
+        self.residual = ConvBNReLU(n1, n1, 1)
+        self.expand = ConvBNReLU(n1, n1, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.squeeze(x)
+        return torch.cat([self.separable(s), self.residual(s), self.expand(s)], dim=1)
+
+
+class AttentionGate(nn.Module):
+    """seed 002 Eq. 1-2."""
+
+    def __init__(self, x_channels: int, g_channels: int, inter: int):
+        super().__init__()
+        self.theta_x = nn.Conv2d(x_channels, inter, 1)
+        self.theta_g = nn.Conv2d(g_channels, inter, 1)
+        self.phi = nn.Conv2d(inter, 1, 1)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        alpha = torch.sigmoid(self.phi(torch.relu(self.theta_x(x) + self.theta_g(g))))  # Eq. 2
+        return x * alpha  # Eq. 1
+
+
+class AmSegNetTrunk(nn.Module):
+    def __init__(self, cfg: AmSegNetConfig):
+        super().__init__()
+        w1, w2, w3, w4 = cfg.widths
+        self.enc1 = LightBlock(cfg.in_channels, w1)
+        self.enc2 = LightBlock(w1, w2)
+        self.enc3 = LightBlock(w2, w3)
+        self.pool = nn.MaxPool2d(2)
+        self.enc4 = nn.Sequential(ConvBNReLU(w3, w4, 3), ConvBNReLU(w4, w4, 3))  # standard convs
+        self.gate = AttentionGate(w3, w4, max(4, w3 // 2))
+        self.dec3 = LightBlock(w4 + w3, w3)
+        self.dec2 = LightBlock(w3 + w2, w2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        e1 = self.enc1(x)  # 1
+        e2 = self.enc2(self.pool(e1))  # 1/2
+        e3 = self.enc3(self.pool(e2))  # 1/4
+        bottleneck = self.enc4(self.pool(e3))  # 1/8
+        g = up2(bottleneck, "nearest")
+        d3 = self.dec3(torch.cat([g, self.gate(e3, g)], dim=1))  # attention-gated skip
+        d2 = self.dec2(torch.cat([up2(d3, "nearest"), e2], dim=1))
+        return torch.cat([up2(d2, "nearest"), e1], dim=1)
+
+
+class AmSegNetHead(nn.Module):
+    def __init__(self, cfg: AmSegNetConfig):
+        super().__init__()
+        w1, w2 = cfg.widths[0], cfg.widths[1]
+        self.dec1 = LightBlock(w2 + w1, w1)
+        self.classify = nn.Conv2d(w1, cfg.num_classes, 1)
+
+    def forward(self, features: torch.Tensor, return_aux: bool = False):
+        logits = self.classify(self.dec1(features))
+        return (logits, {}) if return_aux else logits
+
+
+class AmSegNet(nn.Module):
+    arch = "am-segnet"
+
+    def __init__(self, cfg: AmSegNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = AmSegNetTrunk(cfg)
+        self.head = AmSegNetHead(cfg)
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False):
+        return self.head(self.trunk(x), return_aux=return_aux)

@@ -1,0 +1,346 @@
+"""A synthetic powder-bed layer generator, for demos and tests.
+
+Each layer is an 8-bit grey image of a freshly recoated bed: granular powder texture under uneven
+lighting, the cross-sections of the parts (melted regions: brighter, smoother, with a faint hatch),
+and the five classes of seed 000 §4.1 (Fig. 4) drawn the way they look there:
+
+- super-elevation: bright, specular patches on the edges of parts, where the melted layer stands
+  above the powder;
+- incompleteness: large dark areas that the powder did not cover;
+- hopping: stripes perpendicular to the recoater travel (vertical here: the recoater moves along +x);
+- streaking: thin stripes parallel to the recoater travel (horizontal here), dragged to the far end;
+- lattice: dense dotted patterns of support structures (not a defect in the strict sense).
+
+The mask holds the class index per pixel. The same generator makes the demo's sample build.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from .common import (
+    DEFAULT_CLASSES,
+    RECOATER_DIRECTION,
+    SYNTH_BED_WIDTH_MM,
+    save_png_grey,
+    toml_dumps,
+)
+
+BACKGROUND, SUPER_ELEVATION, INCOMPLETENESS, HOPPING, STREAKING, LATTICE = range(6)
+DEFECT_CLASSES = (SUPER_ELEVATION, INCOMPLETENESS, HOPPING, STREAKING, LATTICE)
+
+
+@dataclass
+class Part:
+    """One part's cross-section on the bed: an ellipse or a rotated rectangle, in pixels."""
+
+    kind: str
+    cx: float
+    cy: float
+    rx: float
+    ry: float
+    angle: float
+
+    def mask(self, size: int) -> np.ndarray:
+        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        u = (xx - self.cx) * c + (yy - self.cy) * s
+        v = -(xx - self.cx) * s + (yy - self.cy) * c
+        if self.kind == "ellipse":
+            return (u / self.rx) ** 2 + (v / self.ry) ** 2 <= 1.0
+        return (np.abs(u) <= self.rx) & (np.abs(v) <= self.ry)
+
+
+@dataclass
+class Layer:
+    image: np.ndarray  # uint8 [S, S]
+    mask: np.ndarray  # uint8 [S, S], class index per pixel
+    planted: list[int] = field(default_factory=list)  # classes present in the mask
+
+
+def random_parts(rng: np.random.Generator, size: int, count: int) -> list[Part]:
+    parts: list[Part] = []
+    for _ in range(count):
+        r = rng.uniform(0.06, 0.16) * size
+        parts.append(
+            Part(
+                kind=str(rng.choice(["ellipse", "rect"])),
+                cx=float(rng.uniform(0.2, 0.8) * size),
+                cy=float(rng.uniform(0.2, 0.8) * size),
+                rx=float(r * rng.uniform(0.7, 1.4)),
+                ry=float(r * rng.uniform(0.7, 1.4)),
+                angle=float(rng.uniform(0, np.pi)),
+            )
+        )
+    return parts
+
+
+def _unit_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    field_ = ndimage.gaussian_filter(rng.standard_normal((size, size)).astype(np.float32), sigma)
+    return field_ / (field_.std() + 1e-6)
+
+
+def _blob(rng: np.random.Generator, size: int, cx: float, cy: float, radius: float, roughness: float = 0.35) -> np.ndarray:
+    """An irregular blob: a disc whose boundary is perturbed by smooth noise."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / max(radius, 0.5)
+    wobble = _unit_noise(rng, size, max(1.0, radius / 2.5)) * roughness
+    return d + wobble < 1.0
+
+
+def render_layer(
+    rng: np.random.Generator,
+    size: int,
+    plant: set[int] | list[int] | tuple[int, ...] = (),
+    parts: list[Part] | None = None,
+) -> Layer:
+    """Render one layer with the classes in `plant` drawn on it (any subset of 1..5)."""
+    s = size / 256.0
+    plant = set(int(c) for c in plant)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+
+    # Powder: fine grain plus a slower mottling, around a grey level that varies from build to build.
+    base = rng.uniform(105, 135)
+    grain = _unit_noise(rng, size, 0.6) * rng.uniform(9, 14)
+    mottle = _unit_noise(rng, size, 6 * s + 1) * rng.uniform(3, 7)
+    image = base + grain + mottle
+
+    # Part cross-sections: brighter and smoother (melted metal), with a faint diagonal hatch.
+    if parts is None:
+        parts = random_parts(rng, size, int(rng.integers(0, 4)))
+    if SUPER_ELEVATION in plant and not parts:
+        parts = random_parts(rng, size, 1)
+    part_union = np.zeros((size, size), dtype=bool)
+    hatch_angle = rng.choice([np.pi / 4, -np.pi / 4])
+    hatch = np.sin((xx * np.cos(hatch_angle) + yy * np.sin(hatch_angle)) * (2 * np.pi / max(3.0, 4 * s)))
+    for part in parts:
+        region = part.mask(size)
+        part_union |= region
+        level = base + rng.uniform(28, 45)
+        smooth = level + 0.3 * grain + 0.5 * mottle + 3.0 * hatch
+        image = np.where(region, smooth, image)
+    soft = ndimage.gaussian_filter(part_union.astype(np.float32), 0.8)
+    mask = np.zeros((size, size), dtype=np.uint8)
+
+    # Incompleteness: a large dark area the powder did not cover; the previous, smoother melted
+    # layer shows through. Most often at the end of the recoater's travel (+x side).
+    if INCOMPLETENESS in plant:
+        for _ in range(int(rng.integers(1, 3))):
+            radius = rng.uniform(0.12, 0.24) * size
+            cx = rng.uniform(0.45, 1.0) * size if rng.random() < 0.6 else rng.uniform(0.1, 0.9) * size
+            cy = rng.uniform(0.15, 0.85) * size
+            region = _blob(rng, size, cx, cy, radius, 0.3)
+            level = rng.uniform(35, 62)
+            uncovered = level + 0.25 * grain + 0.8 * mottle
+            edge = ndimage.gaussian_filter(region.astype(np.float32), 1.0)
+            image = image * (1 - edge) + uncovered * edge
+            mask[region] = INCOMPLETENESS
+
+    # Lattice: dense dotted pattern of supports in a rectangular patch.
+    if LATTICE in plant:
+        for _ in range(int(rng.integers(1, 3))):
+            w = rng.uniform(0.12, 0.3) * size
+            h = rng.uniform(0.12, 0.3) * size
+            x0 = rng.uniform(0.02, 0.98) * size - w / 2
+            y0 = rng.uniform(0.02, 0.98) * size - h / 2
+            region = (xx >= x0) & (xx < x0 + w) & (yy >= y0) & (yy < y0 + h)
+            pitch = max(3.0, rng.uniform(5.0, 7.0) * s)
+            dot_r = max(0.7, rng.uniform(1.0, 1.6) * s)
+            phase = rng.uniform(0, pitch, size=2)
+            du = ((xx - x0 + phase[0]) % pitch) - pitch / 2
+            dv = ((yy - y0 + phase[1]) % pitch) - pitch / 2
+            dots = np.exp(-(du**2 + dv**2) / (2 * dot_r**2))
+            patch = image - rng.uniform(5, 15) + rng.uniform(40, 60) * dots
+            image = np.where(region, patch, image)
+            mask[region] = LATTICE
+
+    # Hopping: the recoater jumped over a protrusion; stripes across its travel (vertical lines,
+    # constant x), alternately raised and lowered, repeated along x.
+    if HOPPING in plant:
+        for _ in range(int(rng.integers(1, 3))):
+            n_stripes = int(rng.integers(3, 8))
+            pitch = max(3.0, rng.uniform(6, 11) * s)
+            width = max(1.0, rng.uniform(2.0, 3.5) * s)
+            x_start = rng.uniform(0.05, 0.95) * size - n_stripes * pitch / 2
+            y0 = rng.uniform(0.0, 0.4) * size
+            y1 = min(size, y0 + rng.uniform(0.4, 1.0) * size)
+            amplitude = rng.uniform(28, 42)
+            # the label covers the band of stripes, as a person would outline it
+            band = (xx >= x_start - width) & (xx <= x_start + (n_stripes - 1) * pitch + width) & (yy >= y0) & (yy < y1)
+            mask[band] = HOPPING
+            for k in range(n_stripes):
+                xc = x_start + k * pitch
+                sign = 1.0 if k % 2 == 0 else -1.0
+                profile = np.exp(-((xx - xc) ** 2) / (2 * (width / 2 + 0.3) ** 2))
+                taper = np.clip(np.minimum(yy - y0, y1 - yy) / (6 * s + 1), 0, 1)
+                image = image + sign * amplitude * profile * taper * ((yy >= y0) & (yy < y1))
+
+    # Streaking: thin grooves parallel to the recoater travel (horizontal), dragged by a damaged
+    # blade or a particle from where it caught to the end of the travel (+x edge).
+    if STREAKING in plant:
+        for _ in range(int(rng.integers(1, 4))):
+            yc = rng.uniform(0.05, 0.95) * size
+            x0 = rng.uniform(0.0, 0.6) * size
+            width = max(1.0, rng.uniform(1.5, 2.8) * s)
+            depth = rng.uniform(30, 45)
+            wobble = ndimage.gaussian_filter1d(rng.standard_normal(size), 12 * s + 1) * 1.5 * s
+            yline = yc + wobble[None, :]
+            profile = np.exp(-((yy - yline) ** 2) / (2 * (width / 2 + 0.3) ** 2))
+            ramp = np.clip((xx - x0) / (8 * s + 1), 0, 1)
+            image = image - depth * profile * ramp
+            # a faint raised ridge beside the groove, where the displaced powder piled up
+            ridge = np.exp(-((yy - yline - width * 1.3) ** 2) / (2 * (width / 2 + 0.3) ** 2))
+            image = image + 0.35 * depth * ridge * ramp
+            mask[(np.abs(yy - yline) <= width / 2 + 0.5) & (xx >= x0)] = STREAKING
+
+    # Super-elevation: specular, bright patches on part edges (the melted layer stands proud of
+    # the powder and reflects the light).
+    if SUPER_ELEVATION in plant and parts:
+        edge_band = (soft > 0.1) & (soft < 0.9)
+        ys, xs = np.nonzero(edge_band)
+        for _ in range(int(rng.integers(1, 4))):
+            if len(xs) == 0:
+                break
+            i = int(rng.integers(0, len(xs)))
+            radius = rng.uniform(3.0, 7.0) * s + 1
+            region = _blob(rng, size, float(xs[i]), float(ys[i]), radius, 0.3)
+            glare = ndimage.gaussian_filter(region.astype(np.float32), 0.7)
+            image = image * (1 - glare) + rng.uniform(225, 250) * glare + 4 * grain * glare
+            mask[region] = SUPER_ELEVATION
+
+    # Uneven lighting: a tilted plane and a vignette, up to about +-15 % (darker corners than that
+    # would make bare powder as dark as an uncovered area; a real installation corrects its
+    # lighting, or flat-fields the camera, well before that).
+    cx, cy = rng.uniform(0.3, 0.7, size=2) * size
+    r2 = ((xx - cx) ** 2 + (yy - cy) ** 2) / (size**2)
+    light = 1.0 + rng.uniform(-0.15, 0.15) * (xx / size - 0.5) + rng.uniform(-0.15, 0.15) * (yy / size - 0.5)
+    light = light - rng.uniform(0.0, 0.2) * r2
+    image = image * light + rng.normal(0, 2.0, size=(size, size))
+
+    image_u8 = np.clip(np.round(image), 0, 255).astype(np.uint8)
+    planted = sorted(int(c) for c in np.unique(mask) if c != BACKGROUND)
+    return Layer(image=image_u8, mask=mask, planted=planted)
+
+
+def random_plan(rng: np.random.Generator, p_defect: float = 0.45, p_clean: float = 0.15) -> set[int]:
+    """Which classes a training layer gets: each with probability `p_defect`, a few clean layers."""
+    if rng.random() < p_clean:
+        return set()
+    return {c for c in DEFECT_CLASSES if rng.random() < p_defect}
+
+
+def dataset_toml(size: int, seed: int, layers: int, name: str = "synthetic") -> str:
+    doc = {
+        "name": name,
+        "generator": "bedsight-train synth",
+        "seed": seed,
+        "layers": layers,
+        "size": size,
+        "channels": 1,
+        "recoater_direction": RECOATER_DIRECTION,
+        "mm_per_px": SYNTH_BED_WIDTH_MM / size,
+        "classes": [
+            {"index": i, "name": c.name, "colour": c.colour, "defect": c.defect}
+            for i, c in enumerate(DEFAULT_CLASSES)
+        ],
+    }
+    return (
+        "# A labelled powder-bed dataset: images/*.png (8-bit grey) and masks/*.png (class index per\n"
+        "# pixel, same file name). The recoater travels along recoater_direction in image coordinates.\n"
+        + toml_dumps(doc)
+    )
+
+
+def write_dataset(out: Path, layers: int, size: int, seed: int, progress: bool = True) -> list[list[int]]:
+    """Write `layers` random synthetic layers to out/images, out/masks and out/dataset.toml.
+    Returns the planted classes per layer."""
+    from tqdm import tqdm
+
+    if layers < 1:
+        raise ValueError("--layers must be at least 1")
+    if size < 32:
+        raise ValueError("--size must be at least 32 pixels")
+    rng = np.random.default_rng(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    planted_all: list[list[int]] = []
+    width = max(4, len(str(layers)))
+    for i in tqdm(range(layers), desc="synth", unit="layer", disable=not progress):
+        layer = render_layer(rng, size, random_plan(rng))
+        stem = f"layer-{i + 1:0{width}d}"
+        save_png_grey(out / "images" / f"{stem}.png", layer.image)
+        save_png_grey(out / "masks" / f"{stem}.png", layer.mask)
+        planted_all.append(layer.planted)
+    (out / "dataset.toml").write_text(dataset_toml(size, seed, layers))
+    return planted_all
+
+
+# The demo's sample build: a clean first layer, then layers that each plant defect classes, with
+# clean layers in between. The parts stay where they are from layer to layer, as in a real build.
+SAMPLE_BUILD_PLAN: tuple[tuple[int, ...], ...] = (
+    (),
+    (SUPER_ELEVATION,),
+    (),
+    (INCOMPLETENESS,),
+    (HOPPING,),
+    (),
+    (STREAKING,),
+    (LATTICE,),
+    (),
+    (SUPER_ELEVATION, STREAKING),
+    (HOPPING, LATTICE),
+    (),
+)
+
+
+def write_sample_build(out: Path, size: int = 256, seed: int = 2026) -> list[list[int]]:
+    """The layers `bedsight demo` replays: out/layer-NNNN.png, out/masks/layer-NNNN.png, a ledger
+    out/layers.toml and a README.md."""
+    rng = np.random.default_rng(seed)
+    parts = random_parts(rng, size, 3)
+    out.mkdir(parents=True, exist_ok=True)
+    ledger = []
+    planted_all = []
+    for i, plan in enumerate(SAMPLE_BUILD_PLAN):
+        layer = render_layer(rng, size, plan, parts=parts)
+        name = f"layer-{i + 1:04d}.png"
+        save_png_grey(out / name, layer.image)
+        save_png_grey(out / "masks" / name, layer.mask)
+        counts = np.bincount(layer.mask.ravel(), minlength=len(DEFAULT_CLASSES))
+        ledger.append(
+            {
+                "file": name,
+                "planted": [DEFAULT_CLASSES[c].name for c in layer.planted],
+                "planted_index": [int(c) for c in layer.planted],
+                "pixels": [int(counts[c]) for c in layer.planted],
+                "clean": not layer.planted,
+            }
+        )
+        planted_all.append(layer.planted)
+    doc = {
+        "generator": "bedsight-train synth (sample build)",
+        "seed": seed,
+        "size": size,
+        "recoater_direction": RECOATER_DIRECTION,
+        "mm_per_px": SYNTH_BED_WIDTH_MM / size,
+        "layers": ledger,
+    }
+    (out / "layers.toml").write_text(
+        "# Ledger of the sample build: which classes are planted in which layer (masks/ holds the truth).\n"
+        + toml_dumps(doc)
+    )
+    rows = "\n".join(
+        f"| {row['file']} | {', '.join(row['planted']) if row['planted'] else 'clean'} |" for row in ledger
+    )
+    (out / "README.md").write_text(
+        "# Sample build\n\n"
+        f"{len(ledger)} synthetic layers ({size}x{size}, 8-bit grey, {SYNTH_BED_WIDTH_MM / size:.4f} mm per pixel, "
+        "recoater travelling along +x) that `bedsight demo` replays. Made by "
+        "`quantize/scripts/build-default-model.sh` with `bedsight_train.synth.write_sample_build`; "
+        "the ground truth is in `masks/` (class index per pixel) and `layers.toml`.\n\n"
+        "| layer | planted |\n|---|---|\n" + rows + "\n"
+    )
+    return planted_all

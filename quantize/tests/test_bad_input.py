@@ -1,0 +1,109 @@
+"""Bad outside input gets one clear error naming the file, before any training starts."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from bedsight_train.common import BadInput
+from bt_helpers import TINY_WIDTHS
+
+
+def _copy(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return data
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "bedsight_train.cli", "--quiet", *map(str, args)], capture_output=True, text=True)
+
+
+def test_mask_of_another_size(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    bad = sorted((data / "masks").glob("*.png"))[3]
+    Image.fromarray(np.zeros((32, 48), dtype=np.uint8)).save(bad)
+    with pytest.raises(BadInput, match=bad.name):
+        from bedsight_train.data import load_dataset
+
+        load_dataset(data)
+    result = _cli("train", "--arch", "isdnet-sr", "--data", data, "--epochs", 1, "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+def test_class_index_outside_the_table(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    bad = sorted((data / "masks").glob("*.png"))[0]
+    mask = np.array(Image.open(bad))
+    mask[0, 0] = 9
+    Image.fromarray(mask).save(bad)
+    result = _cli("train", "--arch", "am-segnet", "--data", data, "--epochs", 1, "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert str(bad) in result.stderr and "[9]" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_empty_split(tiny_data, tmp_path):
+    data = _copy(tiny_data, tmp_path)
+    for p in sorted((data / "images").glob("*.png"))[2:]:
+        p.unlink()
+        (data / "masks" / p.name).unlink()
+    result = _cli("train", "--arch", "isdnet-sr", "--data", data, "--epochs", 1, "--out", tmp_path / "run")
+    assert result.returncode == 2
+    assert str(data) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_missing_mask_and_bad_table(tiny_data, tmp_path):
+    from bedsight_train.data import load_dataset
+
+    data = _copy(tiny_data, tmp_path)
+    victim = sorted((data / "masks").glob("*.png"))[1]
+    victim.unlink()
+    with pytest.raises(BadInput, match=victim.name):
+        load_dataset(data)
+    (data / "dataset.toml").write_text("classes = 3\n")
+    with pytest.raises(BadInput, match="dataset.toml"):
+        load_dataset(data)
+
+
+def test_checkpoint_from_another_architecture(tiny_data, tiny_isdnet_run, tmp_path):
+    from bedsight_train.calibrate import calibrate
+    from bedsight_train.models import build_model, make_config
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_isdnet_run, run)
+    # training another architecture into this run folder is refused before training starts
+    before = sorted((run / "checkpoints").glob("*.pt"))
+    result = _cli("train", "--arch", "am-segnet", "--data", tiny_data, "--epochs", 1, "--out", run)
+    assert result.returncode == 2 and "run.json" in result.stderr and "Traceback" not in result.stderr
+    assert sorted((run / "checkpoints").glob("*.pt")) == before
+    # a foreign checkpoint among the run's is named
+    cfg = make_config("am-segnet", 1, 6, TINY_WIDTHS["am-segnet"]).to_dict()
+    foreign = run / "checkpoints" / "epoch-0099.pt"
+    torch.save({"arch": "am-segnet", "config": cfg, "state_dict": build_model("am-segnet", cfg).state_dict(), "epoch": 99, "metrics": {"score": 1.0}}, foreign)
+    with pytest.raises(BadInput, match="epoch-0099.pt"):
+        calibrate(run, members=2, progress=False)
+    result = _cli("calibrate", "--run", run, "--members", 2)
+    assert result.returncode == 2 and "epoch-0099.pt" in result.stderr and "am-segnet" in result.stderr
+
+
+def test_not_a_checkpoint(tiny_isdnet_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_isdnet_run, run)
+    (run / "checkpoints" / "epoch-0050.pt").write_bytes(b"not a checkpoint")
+    result = _cli("calibrate", "--run", run, "--members", 2)
+    assert result.returncode == 2 and "epoch-0050.pt" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_folder_with_earlier_checkpoints(tiny_data, tiny_isdnet_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_isdnet_run, run)
+    before = {p.name: p.stat().st_mtime for p in (run / "checkpoints").glob("*.pt")}
+    result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", run)
+    assert result.returncode == 2 and "--overwrite" in result.stderr and "Traceback" not in result.stderr
+    assert {p.name: p.stat().st_mtime for p in (run / "checkpoints").glob("*.pt")} == before

@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+import pytest
+
+from bt_helpers import train_tiny
+
+
+@pytest.mark.parametrize("arch", ["isdnet-sr", "am-segnet"])
+def test_tiny_training_lowers_the_loss(arch, tiny_data, tmp_path):
+    history = train_tiny(arch, tiny_data, tmp_path / "run", epochs=4)
+    losses = np.array(history["step_loss"])
+    assert np.all(np.isfinite(losses))
+    k = max(2, len(losses) // 4)
+    assert losses[-k:].mean() < losses[:k].mean(), f"{arch}: loss did not fall: {losses}"
+    # a checkpoint per epoch, each with its validation metrics (seed 000 Eq. 24-28)
+    ckpts = sorted((tmp_path / "run" / "checkpoints").glob("epoch-*.pt"))
+    assert len(ckpts) == 4
+    epochs = json.loads((tmp_path / "run" / "history.json").read_text())["epochs"]
+    for e in epochs:
+        assert {"cpa", "iou", "mpa", "miou", "score"} <= set(e)
+        assert np.isclose(e["score"], 0.5 * e["mpa"] + 0.5 * e["miou"])
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 0
+
+
+def test_split_has_every_class_in_every_split(tiny_isdnet_run, tiny_data):
+    from bedsight_train import data
+
+    split = json.loads((tiny_isdnet_run / "split.json").read_text())
+    ds = data.load_dataset(tiny_data)
+    index = {n: i for i, n in enumerate(ds.names)}
+    assert set(split) == {"train", "val", "test"}
+    assert sum(len(v) for v in split.values()) == len(ds.names)
+    for name, names in split.items():
+        classes = set(np.unique(ds.masks[[index[n] for n in names]]).tolist())
+        assert classes == set(range(6)), f"{name} lacks {set(range(6)) - classes}"
+
+
+def test_isdnet_sr_structure():
+    """The pieces of seed 000 §3.1 are where the paper puts them."""
+    import torch
+
+    from bedsight_train.models import build_model
+    from bedsight_train.models.isdnet_sr import IsdnetConfig, SrModule
+
+    cfg = IsdnetConfig(head_sr=1)
+    model = build_model("isdnet-sr", cfg.to_dict())
+    srs = [m for m in model.modules() if isinstance(m, SrModule)]
+    assert len(srs) == 3  # three x2 SR modules: 1/8 -> 1
+    assert len([m for m in model.head.modules() if isinstance(m, SrModule)]) == 1
+    x = torch.randn(2, 1, 64, 64)
+    logits, aux = model(x, return_aux=True)
+    assert logits.shape == (2, 6, 64, 64)
+    assert aux["reconstruction"].shape == x.shape  # the SR (MSE) loss's output
+    # the shallow branch sees the image and its Laplacian residual
+    assert model.trunk.shallow.stage1[0].in_channels == 2
