@@ -1,12 +1,13 @@
 //! `bedsight image ...`: make, check and read model images.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use images::{Manifest, ModelImage, PackInput};
+use images::{Manifest, ModelImage, PackInput, Slots};
 use models::BackendChoice;
 
-use crate::model::LoadedModel;
+use crate::config::{self, Config};
+use crate::model::{self, LoadedModel};
 
 pub struct PackArgs<'a> {
     pub onnx: &'a Path,
@@ -67,8 +68,8 @@ pub fn verify(path: &Path, trusted_keys: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-/// Prints the manifest as a person reads it.
-pub fn info(path: &Path) -> Result<()> {
+/// Prints the manifest as a person reads it; with trusted keys, who signed it.
+pub fn info(path: &Path, trusted_keys: Option<&Path>) -> Result<()> {
     let image = ModelImage::open(path)?;
     let m = &image.manifest;
     println!("model image   {}", path.display());
@@ -95,7 +96,19 @@ pub fn info(path: &Path) -> Result<()> {
             println!("  {metric:<18} {value:.4}");
         }
     }
-    println!("signature     {}", if image.signature.is_some() { "present (check it with: bedsight image verify --trusted-keys DIR)" } else { "none" });
+    println!("manifest      sha256 {}", image.manifest_sha256());
+    let signature = match (&image.signature, trusted_keys) {
+        (None, _) => "none (unsigned: a box installs it only with allow_unsigned = true)".to_string(),
+        (Some(_), None) => "present, not checked (give --trusted-keys DIR to see who signed it)".to_string(),
+        (Some(_), Some(dir)) => {
+            let keys = images::load_trusted_keys(dir)?;
+            match image.check_signature(&keys) {
+                Ok(signer) => format!("signed by {} (a trusted key in {})", signer.owner, dir.display()),
+                Err(error) => format!("DOES NOT VERIFY: {error}"),
+            }
+        }
+    };
+    println!("signature     {signature}");
     Ok(())
 }
 
@@ -103,5 +116,160 @@ pub fn keygen(stem: &Path) -> Result<()> {
     let (secret, public) = images::keygen(stem)?;
     println!("private key {} (keep it off the boxes)", secret.display());
     println!("public key  {} (copy it into each box's trusted keys folder)", public.display());
+    Ok(())
+}
+
+/// The state folder when none is given (`--state-dir`, `BEDSIGHT_STATE_DIR`).
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/bedsight";
+
+/// Set to `kill-before-switch` to abort `image install` after the image is unpacked into the
+/// idle slot and before `active` is switched, as a power cut or `kill -9` would (for tests).
+pub const FAULT_INJECT_ENV: &str = "BEDSIGHT_FAULT_INJECT";
+
+pub struct InstallArgs<'a> {
+    pub image: &'a Path,
+    pub state_dir: &'a Path,
+    pub trusted_keys: Option<&'a Path>,
+    pub config: Option<&'a Path>,
+    pub backend: Option<&'a str>,
+    pub fp32: bool,
+}
+
+/// `bedsight image install`: verify (hashes, signature against the trusted keys), unpack into
+/// the idle slot, load the graph with the box's backend, self-test, then switch `active`.
+pub fn install(args: &InstallArgs) -> Result<()> {
+    let (config, config_origin) = match args.config {
+        Some(path) => (Config::load(path)?, format!("configuration {}", path.display())),
+        None => (Config::embedded(), "the configuration (--config FILE)".to_string()),
+    };
+    let choice = match args.backend {
+        Some(word) => config::parse_backend(word).context("--backend")?,
+        None => config.backend_choice(),
+    };
+    let prefer_fp32 = args.fp32 || config.model.prefer_fp32;
+    let mut slots = Slots::open(args.state_dir)?;
+    report_recovery(&slots);
+
+    println!("install: verifying {} (every file's sha256)", args.image.display());
+    let image = ModelImage::open(args.image).map_err(|error| refused(args.image, error.into()))?;
+    let signed_by = match &image.signature {
+        Some(_) => {
+            let dir = trusted_keys_dir(args.trusted_keys, &config, args.state_dir);
+            let keys = images::load_trusted_keys(&dir).map_err(|error| refused(args.image, error.into()))?;
+            let signer = image.check_signature(&keys).map_err(|error| refused(args.image, error.into()))?;
+            println!("install: signed by {} (trusted key {}/{}.pub)", signer.owner, dir.display(), signer.owner);
+            Some(signer.owner.clone())
+        }
+        None if config.images.allow_unsigned => {
+            println!("install: {} is not signed; installing it because {config_origin} sets allow_unsigned = true", args.image.display());
+            None
+        }
+        None => {
+            return Err(refused(
+                args.image,
+                anyhow::anyhow!(
+                    "model image {} is not signed (it has no manifest.sig), and this box installs signed images only: sign it \
+                     (bedsight image pack --key KEY), or, on a development box, set allow_unsigned = true in the [images] table of {config_origin}",
+                    args.image.display()
+                ),
+            ))
+        }
+    };
+
+    let idle = slots.idle()?;
+    let cache_dir = model::engine_cache_dir(args.state_dir);
+    println!("install: unpacking {} {} into slot {idle} ({})", image.manifest.name, image.manifest.version, slots.slot_dir(idle).display());
+    let installed = slots.install(&image, signed_by.as_deref(), |staged, staged_image| {
+        if std::env::var(FAULT_INJECT_ENV).as_deref() == Ok("kill-before-switch") {
+            eprintln!("install: {FAULT_INJECT_ENV}=kill-before-switch: aborting between unpack and switch");
+            std::process::abort();
+        }
+        println!("install: loading {} with the box's backend", staged.display());
+        let mut model = LoadedModel::from_image(staged.display().to_string(), staged_image, choice, prefer_fp32, Some(&cache_dir))
+            .map_err(|error| format!("the graph does not load: {error:#}"))?;
+        // TensorRT has built its engine into the cache by now, so the first layer after
+        // activation does not wait for it.
+        println!("install: loaded on {} ({} graph)", model.backend_label(), model.graph_name);
+        let outcome = model.selftest(staged_image).map_err(|error| format!("{error:#}"))?;
+        println!(
+            "install: self-test on {}, {} graph: {:.2}% of {} pixels agree with the expected mask (at least {:.0}% required)",
+            outcome.backend,
+            outcome.graph,
+            outcome.agreement * 100.0,
+            outcome.pixels,
+            images::SELFTEST_MIN_AGREEMENT * 100.0
+        );
+        Ok(outcome)
+    });
+    let installed = installed.map_err(|error| refused(args.image, error.into()))?;
+    let status = &installed.status;
+    match installed.previous {
+        Some(previous) => println!(
+            "install: active slot is now {}: {} {} (slot {previous} kept: `bedsight image rollback` goes back to it)",
+            installed.slot, status.name, status.version
+        ),
+        None => println!("install: active slot is now {}: {} {}", installed.slot, status.name, status.version),
+    }
+    Ok(())
+}
+
+/// Adds "nothing was installed" to a refusal, so no one wonders what state the box is in.
+fn refused(path: &Path, error: anyhow::Error) -> anyhow::Error {
+    error.context(format!("refused {}: nothing was installed, the active model is unchanged", path.display()))
+}
+
+fn trusted_keys_dir(given: Option<&Path>, config: &Config, state_dir: &Path) -> PathBuf {
+    given.map(Path::to_path_buf).or_else(|| config.images.trusted_keys.clone()).unwrap_or_else(|| state_dir.join("trusted-keys"))
+}
+
+fn report_recovery(slots: &Slots) {
+    for line in &slots.recovered {
+        println!("slots: {line}");
+    }
+}
+
+/// `bedsight image rollback`: switch `active` back to the previous slot.
+pub fn rollback(state_dir: &Path) -> Result<()> {
+    let mut slots = Slots::open(state_dir)?;
+    report_recovery(&slots);
+    let (now, was) = slots.rollback()?;
+    let describe = |slot| match slots.status(slot) {
+        Ok(Some(status)) => format!("{} {}", status.name, status.version),
+        _ => "?".to_string(),
+    };
+    println!("rolled back: active slot is now {now} ({}); slot {was} ({}) kept as previous", describe(now), describe(was));
+    Ok(())
+}
+
+/// `bedsight image list`: both slots, one line each.
+pub fn list(state_dir: &Path) -> Result<()> {
+    let slots = Slots::open(state_dir)?;
+    report_recovery(&slots);
+    println!("state folder {}", state_dir.display());
+    for view in slots.list()? {
+        let role = if view.active {
+            "active"
+        } else if view.previous {
+            "previous"
+        } else {
+            "idle"
+        };
+        match &view.status {
+            None => println!("slot {}  {role:<8}  empty", view.slot),
+            Some(status) => println!(
+                "slot {}  {role:<8}  {} {}  self-test {} {:.2}% ({}, {} graph)  {}  installed {}  manifest-sha256 {}",
+                view.slot,
+                status.name,
+                status.version,
+                if status.selftest_passed() { "passed" } else { "FAILED" },
+                status.selftest_agreement * 100.0,
+                status.backend,
+                status.graph,
+                status.signed_by.as_ref().map_or("unsigned".to_string(), |owner| format!("signed by {owner}")),
+                status.installed_at,
+                status.manifest_sha256
+            ),
+        }
+    }
     Ok(())
 }

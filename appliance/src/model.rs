@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use images::ModelImage;
+use images::{ActiveGeneration, ModelImage, SelfTestOutcome, Slots};
 use models::{Backend, BackendChoice, ClassInfo, InputSpec, ModelSpec};
 
 /// The model image embedded in the binary (trained by `quantize/scripts/build-default-model.sh`).
@@ -34,6 +34,40 @@ impl LoadedModel {
             Some(path) => (path.display().to_string(), ModelImage::open(path)?),
             None => (EMBEDDED_IMAGE_NAME.to_string(), ModelImage::from_bytes(EMBEDDED_IMAGE, EMBEDDED_IMAGE_NAME)?),
         };
+        Self::from_image(origin, &image, choice, prefer_fp32, engine_cache_dir)
+    }
+
+    /// Loads the model image that is active in the slots under `state_dir` (what `bedsight image
+    /// install` activated), with TensorRT's engine cache in [`engine_cache_dir`] of the state
+    /// folder, where install built it. Returns the model and the [`ActiveGeneration`] it was
+    /// loaded from; `None` when no image is installed. A running loop compares
+    /// `images::active_generation(state_dir)` with the generation between layers and calls this
+    /// again when it differs.
+    ///
+    /// The slot's archive is verified again as it is read (every sha256) and must be the image
+    /// the slot's status names. An interrupted install is cleaned up first.
+    #[allow(dead_code)] // for `bedsight run`, which reloads the active image between layers
+    pub fn load_active(state_dir: &Path, choice: BackendChoice, prefer_fp32: bool) -> Result<Option<(LoadedModel, ActiveGeneration)>> {
+        let slots = Slots::open(state_dir)?;
+        let Some((slot, path, status)) = slots.active_image()? else {
+            return Ok(None);
+        };
+        let image = ModelImage::open(&path)?;
+        if image.manifest_sha256() != status.manifest_sha256 {
+            bail!(
+                "model image {}: its manifest sha256 is {}, the slot's status.toml says {}: the slot was changed after install; install the image again or roll back",
+                path.display(),
+                image.manifest_sha256(),
+                status.manifest_sha256
+            );
+        }
+        let origin = format!("slot {slot} ({})", path.display());
+        let model = Self::from_image(origin, &image, choice, prefer_fp32, Some(&engine_cache_dir(state_dir)))?;
+        Ok(Some((model, ActiveGeneration { slot, manifest_sha256: status.manifest_sha256 })))
+    }
+
+    /// Loads the graph of a verified model image; `origin` names it in errors.
+    pub fn from_image(origin: String, image: &ModelImage, choice: BackendChoice, prefer_fp32: bool, engine_cache_dir: Option<&Path>) -> Result<LoadedModel> {
         let manifest = &image.manifest;
         let classes: Vec<ClassInfo> =
             manifest.classes.iter().map(|class| ClassInfo { name: class.name.clone(), colour: class.rgb(), defect: class.defect }).collect();
@@ -64,6 +98,45 @@ impl LoadedModel {
         })
     }
 
+    /// Runs an image's golden self-test through the real pipeline maths: the input layer
+    /// (`selftest/input.png`) through `models::preprocess_gray` (or `preprocess` for colour
+    /// models), this model's backend and `models::fuse`, then compares the argmax mask with
+    /// `selftest/expected_mask.png` pixel by pixel. Returns the share that agrees; the caller
+    /// (`images::Slots::install`) decides whether that is enough.
+    pub fn selftest(&mut self, image: &ModelImage) -> Result<SelfTestOutcome> {
+        let (input_png, expected_png) = image.selftest().with_context(|| format!("model image {}: it holds no self-test sample", image.path.display()))?;
+        let origin = image.path.display();
+        let input_image = image::load_from_memory_with_format(input_png, image::ImageFormat::Png)
+            .with_context(|| format!("model image {origin}: selftest/input.png is not a readable PNG"))?;
+        let expected = image::load_from_memory_with_format(expected_png, image::ImageFormat::Png)
+            .with_context(|| format!("model image {origin}: selftest/expected_mask.png is not a readable PNG"))?
+            .to_luma8();
+        let input = &self.spec.input;
+        if expected.dimensions() != (input.width, input.height) {
+            bail!(
+                "model image {origin}: selftest/expected_mask.png is {}x{} px, the model's output is {}x{}",
+                expected.width(),
+                expected.height(),
+                input.width,
+                input.height
+            );
+        }
+        let mut tensor = vec![0.0f32; input.len()];
+        if input.channels == 1 {
+            models::preprocess_gray(&input_image.to_luma8(), input, &mut tensor)
+        } else {
+            models::preprocess(&input_image, input, &mut tensor)
+        }
+        .with_context(|| format!("model image {origin}: selftest/input.png"))?;
+        let mut logits = vec![0.0f32; self.spec.logits_len()];
+        self.backend.infer(&tensor, &mut logits).with_context(|| format!("model image {origin}: running the self-test input"))?;
+        let mut fused = models::Fused::new(input.width as usize, input.height as usize, self.spec.classes.len());
+        models::fuse(&logits, self.spec.members, &self.spec.temperatures, &mut fused);
+        let agreeing = fused.mask.iter().zip(expected.as_raw()).filter(|(got, want)| got == want).count();
+        let pixels = fused.mask.len();
+        Ok(SelfTestOutcome { agreement: agreeing as f64 / pixels.max(1) as f64, pixels: pixels as u64, backend: self.backend_label(), graph: self.graph_name.clone() })
+    }
+
     /// "ort (CPU)" or "tract".
     pub fn backend_label(&self) -> String {
         let info = self.backend.info();
@@ -83,5 +156,42 @@ impl LoadedModel {
                 None => bail!("model {}: no class {name:?}", self.origin),
             })
             .collect()
+    }
+}
+
+/// Where TensorRT keeps the engines it builds for the images in a state folder: built when an
+/// image is installed (its self-test loads the graph), reused when the loop loads it.
+pub fn engine_cache_dir(state_dir: &Path) -> std::path::PathBuf {
+    state_dir.join("engine-cache")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The embedded image installed into a slot (self-test through the real maths on tract), then
+    /// loaded back as the active model, with the generation a running loop compares.
+    #[test]
+    fn an_installed_image_self_tests_and_loads_as_the_active_model() {
+        let state = tempfile::tempdir().unwrap();
+        assert!(LoadedModel::load_active(state.path(), BackendChoice::Tract, false).unwrap().is_none());
+        let archive = state.path().join("default.bsimg");
+        std::fs::write(&archive, EMBEDDED_IMAGE).unwrap();
+        let image = ModelImage::open(&archive).unwrap();
+        let mut slots = Slots::open(state.path()).unwrap();
+        let report = slots
+            .install(&image, None, |staged, staged_image| {
+                let mut model = LoadedModel::from_image(staged.display().to_string(), staged_image, BackendChoice::Tract, false, None).map_err(|e| format!("{e:#}"))?;
+                model.selftest(staged_image).map_err(|e| format!("{e:#}"))
+            })
+            .unwrap();
+        assert!(report.status.selftest_agreement >= images::SELFTEST_MIN_AGREEMENT, "{:?}", report.status);
+        assert_eq!(report.status.backend, "tract");
+
+        let (model, generation) = LoadedModel::load_active(state.path(), BackendChoice::Tract, false).unwrap().unwrap();
+        assert_eq!(generation, images::active_generation(state.path()).unwrap().unwrap());
+        assert_eq!(generation.manifest_sha256, image.manifest_sha256());
+        assert_eq!((model.name.as_str(), model.version.as_str()), (image.manifest.name.as_str(), image.manifest.version.as_str()));
+        assert!(model.origin.starts_with("slot a"), "{}", model.origin);
     }
 }

@@ -143,6 +143,30 @@ pub enum ImageError {
         problem: String,
     },
 
+    /// The slots on a box (`STATE/slots`, the `active` and `previous` pointers) are in a state
+    /// the operation cannot proceed from, or an install was refused before activation.
+    #[error("model slots {}: {problem}", path.display())]
+    Slot {
+        /// The state folder, slot or pointer file concerned.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        problem: String,
+    },
+
+    /// The image's self-test failed: the golden input did not give the expected mask (or could
+    /// not be run). The image was not activated.
+    #[error(
+        "model image {}: self-test failed: {problem}; the image was not activated (the active \
+         model is unchanged)",
+        path.display()
+    )]
+    SelfTest {
+        /// The model image.
+        path: PathBuf,
+        /// What went wrong, e.g. "mask agreement 41.2% < 99.0%".
+        problem: String,
+    },
+
     /// The input to [`crate::pack`] is unusable (other than the manifest, which gives
     /// [`ImageError::Manifest`]).
     #[error("cannot pack {}: {problem}", out.display())]

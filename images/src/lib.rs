@@ -7,7 +7,8 @@
 //! is specified in `docs/model-image.md`; this crate is its one implementation.
 //!
 //! This is a boundary crate: its public types are plain data with public fields, documented and
-//! kept stable. Slots (A/B), activation and rollback will be added next to this API, not into it.
+//! kept stable. The A/B slots of a box (install into the idle slot, self-test, activate, roll back)
+//! are in [`slots`]; the self-test that runs a graph is passed in by the caller.
 //!
 //! ```no_run
 //! # fn main() -> Result<(), images::ImageError> {
@@ -24,6 +25,7 @@ mod archive;
 mod error;
 mod keys;
 mod manifest;
+pub mod slots;
 
 pub use archive::{
     pack, ModelImage, PackInput, PackedInfo, ENTRY_FP32_GRAPH, ENTRY_INT8_GRAPH, ENTRY_MANIFEST,
@@ -35,6 +37,10 @@ pub use keys::{keygen, load_signing_key, load_trusted_key, load_trusted_keys, Tr
 pub use manifest::{
     ClassEntry, EnsembleTable, GraphsTable, InputTable, Manifest, FORMAT_MAJOR, FORMAT_MINOR,
     FORMAT_VERSION,
+};
+pub use slots::{
+    active_generation, ActiveGeneration, InstallReport, SelfTestOutcome, Slot, SlotStatus,
+    SlotView, Slots, SELFTEST_MIN_AGREEMENT,
 };
 
 /// The ed25519 types that appear in this API, re-exported so that users need not depend on
