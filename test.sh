@@ -18,15 +18,22 @@ fi
 ORT_DYLIB_PATH="$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
 export ORT_DYLIB_PATH
 
+# The V4L2 camera's bindings (hal, crate v4l) are generated at build time with libclang.
+if command -v dpkg >/dev/null && ! dpkg -s libclang-dev >/dev/null 2>&1; then
+    echo "== installing libclang-dev (needed to build the V4L2 bindings)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends libclang-dev
+fi
+
 echo "== building"
-cargo build --workspace --bins
+cargo build --workspace --bins --features appliance/v4l2
 export BEDSIGHT_BIN="$PWD/target/debug/bedsight"
 
 echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --no-fail-fast
+    cargo nextest run --workspace --features appliance/v4l2 --no-fail-fast
 else
-    cargo test --workspace --no-fail-fast
+    cargo test --workspace --features appliance/v4l2 --no-fail-fast
 fi
 
 echo "== Python tests"

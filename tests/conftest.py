@@ -47,3 +47,22 @@ def sample_ledger():
 @pytest.fixture(scope="session")
 def ledger():
     return sample_ledger()
+
+
+# Fault injection (tests/test_slots.py): each case records whether the broken image was refused
+# with the active model untouched; the count is the last line of the run.
+FAULT_CASES = {"run": 0, "refused": 0}
+
+
+@pytest.fixture
+def fault_case():
+    """Call the returned function once the case's checks have all passed."""
+    FAULT_CASES["run"] += 1
+    return lambda: FAULT_CASES.__setitem__("refused", FAULT_CASES["refused"] + 1)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FAULT_CASES["run"]:
+        terminalreporter.write_line(
+            f"fault injection: {FAULT_CASES['refused']} of {FAULT_CASES['run']} refused, active model untouched"
+        )

@@ -30,6 +30,277 @@ pub struct Config {
     /// Per-class rules, keyed by the class name of the model image.
     #[serde(default)]
     pub rules: BTreeMap<String, ClassRule>,
+    /// Model images: whether unsigned ones may be installed, where the trusted keys are.
+    #[serde(default)]
+    pub images: ImagesConfig,
+    /// Where `bedsight run` gets its frames from.
+    #[serde(default)]
+    pub camera: Option<CameraConfig>,
+    /// What tells `bedsight run` that a layer is ready to inspect.
+    #[serde(default)]
+    pub trigger: Option<TriggerConfig>,
+    /// How `bedsight run` talks to the printer's PLC.
+    #[serde(default)]
+    pub plc: PlcConfig,
+}
+
+/// `[camera]`: where frames come from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CameraConfig {
+    /// `replay`: a folder of images, in name order, one per trigger.
+    pub kind: String,
+    /// `replay`: the folder (relative paths are taken from the configuration file's folder).
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
+    /// `replay`: start again from the first image after the last one (else: FAULT, no frames).
+    #[serde(default)]
+    pub repeat: bool,
+    /// `v4l2`: the device, e.g. `/dev/video0` or a stable udev name (board/).
+    #[serde(default)]
+    pub device: Option<String>,
+    /// `v4l2`: frame size in pixels.
+    #[serde(default)]
+    pub width: Option<u32>,
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// `v4l2`: GREY, Y16, YUYV or MJPEG.
+    #[serde(default)]
+    pub pixel_format: Option<String>,
+    /// `v4l2`: frames averaged per layer.
+    #[serde(default = "default_frames_averaged")]
+    pub frames_averaged: u32,
+    /// `v4l2`: exposure (V4L2 absolute exposure, 100 µs units) where the driver offers it.
+    #[serde(default)]
+    pub exposure: Option<i64>,
+    /// `v4l2`: gain where the driver offers it.
+    #[serde(default)]
+    pub gain: Option<i64>,
+    /// `v4l2`: driver buffers; as many stale frames are dropped before the kept ones.
+    #[serde(default = "default_camera_buffers")]
+    pub buffers: u32,
+}
+
+fn default_frames_averaged() -> u32 {
+    4
+}
+
+fn default_camera_buffers() -> u32 {
+    2
+}
+
+impl CameraConfig {
+    /// The hal's settings for a `v4l2` camera (checked at load).
+    pub fn v4l2_settings(&self) -> Option<hal::v4l2::V4l2Settings> {
+        Some(hal::v4l2::V4l2Settings {
+            device: self.device.clone()?,
+            width: self.width?,
+            height: self.height?,
+            format: hal::v4l2::PixelFormat::parse(self.pixel_format.as_deref()?)?,
+            frames_averaged: self.frames_averaged,
+            exposure: self.exposure,
+            gain: self.gain,
+            buffers: self.buffers,
+            capture_timeout: std::time::Duration::from_secs(1),
+        })
+    }
+}
+
+/// `[trigger]`: the one source of layer triggers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TriggerConfig {
+    /// `modbus` (command register 102), `serial` (`LAYER <n>` on plc.serial_line) or `timer`.
+    pub kind: String,
+    /// `timer`: milliseconds between layers. `video`: milliseconds between preview frames
+    /// (default 100).
+    #[serde(default)]
+    pub interval_ms: Option<u64>,
+    /// `video`: mean grey-level change (0..255) between preview frames above which the
+    /// recoater is passing (default 10).
+    #[serde(default)]
+    pub pass_threshold: Option<f64>,
+    /// `video`: change below which the bed is still (default 2).
+    #[serde(default)]
+    pub settle_threshold: Option<f64>,
+    /// `video`: how long the bed must stay still after a pass (default 1000).
+    #[serde(default)]
+    pub hold_ms: Option<u64>,
+}
+
+impl TriggerConfig {
+    /// The recoat detector's settings for `kind = "video"`, defaults filled in.
+    pub fn video_settings(&self) -> hal::video_trigger::VideoTriggerSettings {
+        hal::video_trigger::VideoTriggerSettings {
+            pass_threshold: self.pass_threshold.unwrap_or(10.0),
+            settle_threshold: self.settle_threshold.unwrap_or(2.0),
+            hold: std::time::Duration::from_millis(self.hold_ms.unwrap_or(1_000)),
+        }
+    }
+
+    /// Milliseconds between preview frames for `kind = "video"`.
+    pub fn video_interval_ms(&self) -> u64 {
+        self.interval_ms.unwrap_or(100)
+    }
+}
+
+/// `[plc]`: the outputs, any combination.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlcConfig {
+    #[serde(default)]
+    pub modbus_tcp: Option<ModbusTcpConfig>,
+    #[serde(default)]
+    pub modbus_rtu: Option<ModbusRtuConfig>,
+    #[serde(default)]
+    pub serial_line: Option<SerialLineConfig>,
+    #[serde(default)]
+    pub gpio: Option<GpioConfig>,
+}
+
+/// `[plc.gpio]`: lines on the Linux GPIO character device, by offset on `chip`. A line left
+/// out is not driven (or not watched).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpioConfig {
+    /// `cdev` (the Linux GPIO character device, default) or `rppal` (Raspberry Pi, BCM
+    /// numbers; needs a build with the `rppal` feature).
+    #[serde(default = "default_gpio_driver")]
+    pub driver: String,
+    /// The character device, e.g. `/dev/gpiochip0` (ignored by `rppal`).
+    pub chip: String,
+    #[serde(default)]
+    pub ready: Option<u32>,
+    #[serde(default)]
+    pub busy: Option<u32>,
+    #[serde(default)]
+    pub pass: Option<u32>,
+    #[serde(default)]
+    pub nok: Option<u32>,
+    #[serde(default)]
+    pub code0: Option<u32>,
+    #[serde(default)]
+    pub code1: Option<u32>,
+    #[serde(default)]
+    pub alive: Option<u32>,
+    /// Input: the PLC's "recoat done" (the layer trigger when trigger.kind = "gpio").
+    #[serde(default)]
+    pub layer_ready: Option<u32>,
+    /// Input: the PLC has read the verdict (clears the verdict lines in level mode).
+    #[serde(default)]
+    pub ack: Option<u32>,
+    /// Names of the lines that are active-low, e.g. ["busy", "layer_ready"].
+    #[serde(default)]
+    pub active_low: Vec<String>,
+    /// `level` (held until the next layer or ACK) or `pulse` (active for pulse_ms).
+    #[serde(default = "default_verdict_mode")]
+    pub verdict_mode: String,
+    #[serde(default = "default_pulse_ms")]
+    pub pulse_ms: u64,
+    /// Input edges closer together than this are one edge.
+    #[serde(default = "default_debounce_ms")]
+    pub debounce_ms: u64,
+}
+
+impl GpioConfig {
+    /// The hal's plan for these lines (checked at load).
+    pub fn plan(&self) -> hal::gpio::GpioPlan {
+        use hal::gpio::{GpioPlan, InputLine, LineSpec, OutputLine, VerdictMode};
+        let spec = |name: &str, offset: u32| LineSpec { offset, active_low: self.active_low.iter().any(|n| n == name) };
+        let outputs = [
+            (OutputLine::Ready, self.ready),
+            (OutputLine::Busy, self.busy),
+            (OutputLine::Pass, self.pass),
+            (OutputLine::Nok, self.nok),
+            (OutputLine::Code0, self.code0),
+            (OutputLine::Code1, self.code1),
+            (OutputLine::Alive, self.alive),
+        ]
+        .into_iter()
+        .filter_map(|(line, offset)| offset.map(|offset| (line, spec(line.name(), offset))))
+        .collect();
+        let inputs = [(InputLine::LayerReady, self.layer_ready), (InputLine::Ack, self.ack)]
+            .into_iter()
+            .filter_map(|(line, offset)| offset.map(|offset| (line, spec(line.name(), offset))))
+            .collect();
+        let verdict_mode = if self.verdict_mode == "pulse" { VerdictMode::Pulse(std::time::Duration::from_millis(self.pulse_ms)) } else { VerdictMode::Level };
+        GpioPlan { chip: self.chip.clone(), outputs, inputs, verdict_mode, debounce: std::time::Duration::from_millis(self.debounce_ms) }
+    }
+}
+
+/// The line names `[plc.gpio]` knows.
+const GPIO_LINE_NAMES: [&str; 9] = ["ready", "busy", "pass", "nok", "code0", "code1", "alive", "layer_ready", "ack"];
+
+fn default_gpio_driver() -> String {
+    "cdev".into()
+}
+
+fn default_verdict_mode() -> String {
+    "level".into()
+}
+
+fn default_pulse_ms() -> u64 {
+    200
+}
+
+fn default_debounce_ms() -> u64 {
+    20
+}
+
+/// `[plc.modbus_tcp]`: bedsight as a Modbus TCP server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusTcpConfig {
+    /// Address to listen on, e.g. `0.0.0.0:502`; port 0 picks a free port (printed at start).
+    pub listen: String,
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+}
+
+/// `[plc.modbus_rtu]`: bedsight as a Modbus RTU slave on a serial port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModbusRtuConfig {
+    pub port: String,
+    #[serde(default = "default_rtu_baud")]
+    pub baud: u32,
+    /// `none`, `even` (the Modbus serial-line default) or `odd`.
+    #[serde(default = "default_rtu_parity")]
+    pub parity: String,
+    /// 1 or 2.
+    #[serde(default = "default_stop_bits")]
+    pub stop_bits: u8,
+    #[serde(default = "default_unit_id")]
+    pub unit_id: u8,
+}
+
+/// `[plc.serial_line]`: the `LAYER n` / `VERDICT ...` line protocol on a serial port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SerialLineConfig {
+    pub port: String,
+    #[serde(default = "default_line_baud")]
+    pub baud: u32,
+}
+
+fn default_unit_id() -> u8 {
+    1
+}
+
+fn default_rtu_baud() -> u32 {
+    19_200
+}
+
+fn default_rtu_parity() -> String {
+    "even".into()
+}
+
+fn default_stop_bits() -> u8 {
+    1
+}
+
+fn default_line_baud() -> u32 {
+    9_600
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -163,6 +434,19 @@ fn default_max_retries() -> u32 {
     2
 }
 
+/// `[images]`: what `bedsight image install` accepts.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesConfig {
+    /// Install model images that carry no signature (development boxes only). A signature that
+    /// is present is always checked.
+    #[serde(default)]
+    pub allow_unsigned: bool,
+    /// The folder of trusted public keys (`*.pub`); default: `trusted-keys` in the state folder.
+    #[serde(default)]
+    pub trusted_keys: Option<PathBuf>,
+}
+
 /// The limits for one class; any limit passed trips the rule and gives its verdict.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -234,6 +518,154 @@ impl Config {
                 _ => bail!("rules.{class}.verdict must be RECOAT, REVIEW or PAUSE, got {:?}", rule.verdict),
             }
         }
+        self.check_run_tables()
+    }
+
+    /// `[camera]`, `[trigger]` and `[plc]`: only `bedsight run` uses them, but they are checked
+    /// whenever the file is read.
+    fn check_run_tables(&self) -> Result<()> {
+        if let Some(camera) = &self.camera {
+            let v4l2_keys = [
+                ("device", camera.device.is_some()),
+                ("width", camera.width.is_some()),
+                ("height", camera.height.is_some()),
+                ("pixel_format", camera.pixel_format.is_some()),
+                ("exposure", camera.exposure.is_some()),
+                ("gain", camera.gain.is_some()),
+            ];
+            match camera.kind.as_str() {
+                "replay" => {
+                    if camera.folder.is_none() {
+                        bail!("camera.folder is missing: a replay camera needs the folder of images to replay");
+                    }
+                    if let Some((key, _)) = v4l2_keys.iter().find(|(_, set)| *set) {
+                        bail!("camera.{key} is for kind = \"v4l2\", not \"replay\"");
+                    }
+                }
+                "v4l2" => {
+                    for (key, set) in &v4l2_keys[..4] {
+                        if !set {
+                            bail!("camera.{key} is missing: a v4l2 camera needs device, width, height and pixel_format");
+                        }
+                    }
+                    if camera.folder.is_some() || camera.repeat {
+                        bail!("camera.folder and camera.repeat are for kind = \"replay\", not \"v4l2\"");
+                    }
+                    let format = camera.pixel_format.as_deref().unwrap_or_default();
+                    if hal::v4l2::PixelFormat::parse(format).is_none() {
+                        bail!("camera.pixel_format must be GREY, Y16, YUYV or MJPEG, got {format:?}");
+                    }
+                    for (key, value) in [("width", camera.width), ("height", camera.height)] {
+                        let value = value.unwrap_or_default();
+                        if !(16..=16_384).contains(&value) {
+                            bail!("camera.{key} must be in 16..16384 pixels, got {value}");
+                        }
+                    }
+                    if !(1..=64).contains(&camera.frames_averaged) {
+                        bail!("camera.frames_averaged must be in 1..64, got {}", camera.frames_averaged);
+                    }
+                    if !(1..=16).contains(&camera.buffers) {
+                        bail!("camera.buffers must be in 1..16, got {}", camera.buffers);
+                    }
+                }
+                other => bail!("camera.kind must be \"replay\" or \"v4l2\", got {other:?}"),
+            }
+        }
+        let plc = &self.plc;
+        if let Some(tcp) = &plc.modbus_tcp {
+            if tcp.listen.parse::<std::net::SocketAddr>().is_err() {
+                bail!("plc.modbus_tcp.listen must be an address and port such as \"0.0.0.0:502\", got {:?}", tcp.listen);
+            }
+        }
+        if let Some(rtu) = &plc.modbus_rtu {
+            serial_port_keys("plc.modbus_rtu", &rtu.port, rtu.baud)?;
+            if hal::serial::Parity::parse(&rtu.parity).is_none() {
+                bail!("plc.modbus_rtu.parity must be none, even or odd, got {:?}", rtu.parity);
+            }
+            if !matches!(rtu.stop_bits, 1 | 2) {
+                bail!("plc.modbus_rtu.stop_bits must be 1 or 2, got {}", rtu.stop_bits);
+            }
+            if !(1..=247).contains(&rtu.unit_id) {
+                bail!("plc.modbus_rtu.unit_id must be in 1..247, got {}", rtu.unit_id);
+            }
+        }
+        if let Some(line) = &plc.serial_line {
+            serial_port_keys("plc.serial_line", &line.port, line.baud)?;
+            if plc.modbus_rtu.as_ref().is_some_and(|rtu| rtu.port == line.port) {
+                bail!("plc.serial_line.port and plc.modbus_rtu.port are both {}: one port carries one protocol", line.port);
+            }
+        }
+        if let Some(gpio) = &plc.gpio {
+            match gpio.driver.as_str() {
+                "cdev" | "rppal" => {}
+                other => bail!("plc.gpio.driver must be cdev or rppal, got {other:?}"),
+            }
+            if gpio.chip.trim().is_empty() {
+                bail!("plc.gpio.chip must name a GPIO character device, e.g. \"/dev/gpiochip0\"");
+            }
+            for name in &gpio.active_low {
+                if !GPIO_LINE_NAMES.contains(&name.as_str()) {
+                    bail!("plc.gpio.active_low: no line called {name:?} (lines: {})", GPIO_LINE_NAMES.join(", "));
+                }
+            }
+            match gpio.verdict_mode.as_str() {
+                "level" | "pulse" => {}
+                other => bail!("plc.gpio.verdict_mode must be level or pulse, got {other:?}"),
+            }
+            if !(10..=10_000).contains(&gpio.pulse_ms) {
+                bail!("plc.gpio.pulse_ms must be in 10..10000, got {}", gpio.pulse_ms);
+            }
+            if gpio.debounce_ms > 1_000 {
+                bail!("plc.gpio.debounce_ms must be at most 1000, got {}", gpio.debounce_ms);
+            }
+            gpio.plan().check().map_err(|reason| anyhow::anyhow!("plc.gpio: {reason}"))?;
+        }
+        if let Some(trigger) = &self.trigger {
+            match trigger.kind.as_str() {
+                "modbus" => {
+                    if plc.modbus_tcp.is_none() && plc.modbus_rtu.is_none() {
+                        bail!("trigger.kind = \"modbus\" needs [plc.modbus_tcp] or [plc.modbus_rtu]");
+                    }
+                }
+                "serial" => {
+                    if plc.serial_line.is_none() {
+                        bail!("trigger.kind = \"serial\" needs [plc.serial_line]");
+                    }
+                }
+                "timer" => match trigger.interval_ms {
+                    Some(interval) if (50..=3_600_000).contains(&interval) => {}
+                    Some(interval) => bail!("trigger.interval_ms must be in 50..3600000, got {interval}"),
+                    None => bail!("trigger.interval_ms is missing: a timer trigger needs it"),
+                },
+                "gpio" => {
+                    if plc.gpio.as_ref().and_then(|gpio| gpio.layer_ready).is_none() {
+                        bail!("trigger.kind = \"gpio\" needs plc.gpio.layer_ready (the PLC's recoat-done line)");
+                    }
+                }
+                "video" => {
+                    let video = trigger.video_settings();
+                    if !(video.pass_threshold.is_finite() && video.pass_threshold > 0.0 && video.pass_threshold < 255.0) {
+                        bail!("trigger.pass_threshold must be in (0, 255), got {}", video.pass_threshold);
+                    }
+                    if !(video.settle_threshold.is_finite() && video.settle_threshold > 0.0 && video.settle_threshold < video.pass_threshold) {
+                        bail!("trigger.settle_threshold must be > 0 and below trigger.pass_threshold, got {}", video.settle_threshold);
+                    }
+                    if video.hold > std::time::Duration::from_secs(60) {
+                        bail!("trigger.hold_ms must be at most 60000, got {}", video.hold.as_millis());
+                    }
+                    if !(20..=10_000).contains(&trigger.video_interval_ms()) {
+                        bail!("trigger.interval_ms must be in 20..10000 for a video trigger, got {}", trigger.video_interval_ms());
+                    }
+                }
+                other => bail!("trigger.kind must be modbus, serial, gpio, timer or video, got {other:?}"),
+            }
+            if !matches!(trigger.kind.as_str(), "timer" | "video") && trigger.interval_ms.is_some() {
+                bail!("trigger.interval_ms is only for trigger.kind = \"timer\" or \"video\"");
+            }
+            if trigger.kind != "video" && (trigger.pass_threshold.is_some() || trigger.settle_threshold.is_some() || trigger.hold_ms.is_some()) {
+                bail!("trigger.pass_threshold, settle_threshold and hold_ms are only for trigger.kind = \"video\"");
+            }
+        }
         Ok(())
     }
 
@@ -265,6 +697,16 @@ pub fn parse_backend(word: &str) -> Result<models::BackendChoice> {
         "tract" => Ok(models::BackendChoice::Tract),
         other => bail!("unknown backend {other:?}: use auto, ort or tract"),
     }
+}
+
+fn serial_port_keys(table: &str, port: &str, baud: u32) -> Result<()> {
+    if port.trim().is_empty() {
+        bail!("{table}.port must name a serial device, e.g. \"/dev/ttyUSB0\"");
+    }
+    if !(300..=4_000_000).contains(&baud) {
+        bail!("{table}.baud must be in 300..4000000, got {baud}");
+    }
+    Ok(())
 }
 
 fn positive(key: &str, value: f64) -> Result<()> {
@@ -316,6 +758,72 @@ mod tests {
         }
         let message = format!("{:#}", Config::parse("[bed]\nwidth_mm = 0\nheight_mm = 250\n", "test.toml").unwrap_err());
         assert!(message.contains("bed.width_mm"), "{message}");
+    }
+
+    #[test]
+    fn run_tables_parse_and_bad_ones_are_named() {
+        let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
+        let good = format!(
+            "{base}[camera]\nkind = \"replay\"\nfolder = \"frames\"\nrepeat = true\n[trigger]\nkind = \"modbus\"\n\
+             [plc.modbus_tcp]\nlisten = \"127.0.0.1:1502\"\n[plc.modbus_rtu]\nport = \"/dev/ttyUSB0\"\nparity = \"none\"\n\
+             [plc.serial_line]\nport = \"/dev/ttyS1\"\n"
+        );
+        let config = Config::parse(&good, "t.toml").unwrap();
+        assert_eq!(config.plc.modbus_rtu.as_ref().unwrap().baud, 19_200);
+        assert_eq!(config.plc.serial_line.as_ref().unwrap().baud, 9_600);
+        assert_eq!(config.plc.modbus_tcp.as_ref().unwrap().unit_id, 1);
+        let gpio = format!(
+            "{base}[trigger]\nkind = \"gpio\"\n[plc.gpio]\nchip = \"/dev/gpiochip0\"\nready = 5\nbusy = 6\nlayer_ready = 16\n\
+             active_low = [\"busy\", \"layer_ready\"]\nverdict_mode = \"pulse\"\npulse_ms = 300\n"
+        );
+        let v4l2 = format!(
+            "{base}[camera]\nkind = \"v4l2\"\ndevice = \"/dev/video0\"\nwidth = 1280\nheight = 1024\npixel_format = \"Y16\"\nexposure = 50\n"
+        );
+        let settings = Config::parse(&v4l2, "t.toml").unwrap().camera.unwrap().v4l2_settings().unwrap();
+        assert_eq!((settings.width, settings.format, settings.frames_averaged, settings.exposure), (1280, hal::v4l2::PixelFormat::Y16, 4, Some(50)));
+        let plan = Config::parse(&gpio, "t.toml").unwrap().plc.gpio.unwrap().plan();
+        assert_eq!(plan.outputs.len(), 2);
+        assert!(plan.outputs[&hal::gpio::OutputLine::Busy].active_low && !plan.outputs[&hal::gpio::OutputLine::Ready].active_low);
+        assert!(plan.inputs[&hal::gpio::InputLine::LayerReady].active_low);
+        assert_eq!(plan.verdict_mode, hal::gpio::VerdictMode::Pulse(std::time::Duration::from_millis(300)));
+        let cases = [
+            ("[camera]\nkind = \"replay\"\n", "camera.folder"),
+            ("[camera]\nkind = \"webcam\"\n", "camera.kind"),
+            ("[camera]\nkind = \"v4l2\"\ndevice = \"/dev/video0\"\nwidth = 640\nheight = 480\n", "camera.pixel_format"),
+            ("[camera]\nkind = \"v4l2\"\ndevice = \"/dev/video0\"\nwidth = 640\nheight = 480\npixel_format = \"NV12\"\n", "camera.pixel_format"),
+            ("[camera]\nkind = \"v4l2\"\ndevice = \"/dev/video0\"\nwidth = 640\nheight = 480\npixel_format = \"GREY\"\nframes_averaged = 0\n", "camera.frames_averaged"),
+            ("[camera]\nkind = \"replay\"\nfolder = \"f\"\ndevice = \"/dev/video0\"\n", "camera.device"),
+            ("[camera]\nkind = \"replay\"\nfolder = \"f\"\nfps = 3\n", "fps"),
+            ("[trigger]\nkind = \"modbus\"\n", "trigger.kind"),
+            ("[trigger]\nkind = \"timer\"\ninterval_ms = 1\n", "trigger.interval_ms"),
+            ("[trigger]\nkind = \"serial\"\n", "plc.serial_line"),
+            ("[trigger]\nkind = \"video\"\nsettle_threshold = 20.0\n", "trigger.settle_threshold"),
+            ("[trigger]\nkind = \"timer\"\ninterval_ms = 100\nhold_ms = 5\n", "trigger.pass_threshold"),
+            ("[plc.modbus_tcp]\nlisten = \"localhost\"\n", "plc.modbus_tcp.listen"),
+            ("[plc.modbus_rtu]\nport = \"/dev/x\"\nparity = \"mark\"\n", "plc.modbus_rtu.parity"),
+            ("[plc.modbus_rtu]\nport = \"/dev/x\"\n[plc.serial_line]\nport = \"/dev/x\"\n", "plc.serial_line.port"),
+            ("[plc.serial_line]\nport = \"/dev/x\"\nbaud = 7\n", "plc.serial_line.baud"),
+            ("[plc.gpio]\nchip = \"/dev/gpiochip0\"\nready = 3\nbusy = 3\n", "plc.gpio: lines ready and busy are both offset 3"),
+            ("[plc.gpio]\nchip = \"/dev/gpiochip0\"\nactive_low = [\"redy\"]\n", "plc.gpio.active_low"),
+            ("[plc.gpio]\nchip = \"/dev/gpiochip0\"\nverdict_mode = \"toggle\"\n", "plc.gpio.verdict_mode"),
+            ("[plc.gpio]\nchip = \"/dev/gpiochip0\"\nready = 3\n[trigger]\nkind = \"gpio\"\n", "plc.gpio.layer_ready"),
+        ];
+        for (extra, key) in cases {
+            let message = format!("{:#}", Config::parse(&format!("{base}{extra}"), "t.toml").unwrap_err());
+            assert!(message.contains("t.toml") && message.contains(key), "{key}: {message}");
+        }
+    }
+
+    #[test]
+    fn the_images_table_defaults_to_signed_images_only_and_refuses_unknown_keys() {
+        let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
+        let config = Config::parse(base, "t.toml").unwrap();
+        assert!(!config.images.allow_unsigned && config.images.trusted_keys.is_none());
+        let config = Config::parse(&format!("{base}[images]\nallow_unsigned = true\ntrusted_keys = \"/etc/keys\"\n"), "t.toml").unwrap();
+        assert!(config.images.allow_unsigned);
+        assert_eq!(config.images.trusted_keys.as_deref(), Some(Path::new("/etc/keys")));
+        let message = format!("{:#}", Config::parse(&format!("{base}[images]\nallow_unsigend = true\n"), "t.toml").unwrap_err());
+        assert!(message.contains("t.toml") && message.contains("allow_unsigend"), "{message}");
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path) -> Result<Vec<Verdict>> {
             Ok(frame) => pipeline.run_layer(&frame.image),
             Err(error) => {
                 println!("layer {layer:>4}  FAULT   {error}");
-                plc.publish(&VerdictMessage { layer, verdict: Verdict::Fault, defect_count: 0, total_defect_area_mm2: 0.0, uncertainty_score: 0.0 })?;
+                plc.publish(&VerdictMessage::fault(layer))?;
                 verdicts.push(Verdict::Fault);
                 continue;
             }
@@ -69,6 +69,8 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path) -> Result<Vec<Verdict>> {
             verdict,
             defect_count: outcome.defects.len() as u32,
             total_defect_area_mm2: outcome.defects.iter().map(|d| d.area_mm2).sum(),
+            largest_defect_area_mm2: outcome.defects.iter().map(|d| d.area_mm2).fold(0.0, f64::max),
+            class_areas_mm2: crate::run::class_areas_mm2(&outcome.defects),
             uncertainty_score,
         })?;
         if outcome.fault.is_none() {

@@ -10,6 +10,7 @@ mod model;
 mod output;
 mod pipeline;
 mod report;
+mod run;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +63,16 @@ enum Command {
         #[arg(long)]
         backend: Option<String>,
     },
+    /// The appliance loop: wait for a layer trigger, capture, analyse, tell the PLC; until
+    /// SIGINT/SIGTERM (the layer in progress is finished first).
+    Run {
+        /// Configuration file (TOML) with [camera], [trigger] and [plc].
+        #[arg(long)]
+        config: PathBuf,
+        /// auto, ort or tract; overrides the configuration.
+        #[arg(long)]
+        backend: Option<String>,
+    },
     /// Make, check and read model images.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -96,10 +107,46 @@ enum ImageCommand {
         #[arg(long)]
         trusted_keys: Option<PathBuf>,
     },
-    /// Print a model image's manifest.
-    Info { image: PathBuf },
+    /// Print a model image's manifest: model, classes, M, temperatures, input, metrics, signer.
+    Info {
+        image: PathBuf,
+        /// Folder of trusted public keys (*.pub): say which one signed the image.
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+    },
     /// Make an ed25519 key pair: STEM.key (private) and STEM.pub (public).
     Keygen { stem: PathBuf },
+    /// Install a model image on this box: verify it against the trusted keys, unpack it into the
+    /// idle slot, load its graph with the box's backend, self-test it, then activate it.
+    Install {
+        image: PathBuf,
+        /// The box's state folder (slots, active pointer, trusted-keys/).
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Folder of trusted public keys (*.pub); default: [images] trusted_keys of the
+        /// configuration, else STATE_DIR/trusted-keys.
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+        /// Configuration file (TOML): [images] allow_unsigned and trusted_keys, [model] backend.
+        #[arg(long, env = "BEDSIGHT_CONFIG")]
+        config: Option<PathBuf>,
+        /// auto, ort or tract (the backend the box runs); overrides the configuration.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Self-test the fp32 graph instead of the default (INT8) one.
+        #[arg(long)]
+        fp32: bool,
+    },
+    /// Switch back to the model image that was active before the last install or rollback.
+    Rollback {
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Show both slots: which is active, what each holds, its self-test.
+    List {
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -119,6 +166,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let failed = analyze::analyze(&mut pipeline, &images, json, out.as_deref())?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Run { config, backend } => {
+            run::run(&config, backend.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { out, backend } => {
             let mut pipeline = build_pipeline(None, None, backend.as_deref(), false)?;
             demo::demo(&mut pipeline, &out)?;
@@ -136,8 +187,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     out: &out,
                 })?,
                 ImageCommand::Verify { image, trusted_keys } => image_cmd::verify(&image, trusted_keys.as_deref())?,
-                ImageCommand::Info { image } => image_cmd::info(&image)?,
+                ImageCommand::Info { image, trusted_keys } => image_cmd::info(&image, trusted_keys.as_deref())?,
                 ImageCommand::Keygen { stem } => image_cmd::keygen(&stem)?,
+                ImageCommand::Install { image, state_dir, trusted_keys, config, backend, fp32 } => image_cmd::install(&image_cmd::InstallArgs {
+                    image: &image,
+                    state_dir: &state_dir,
+                    trusted_keys: trusted_keys.as_deref(),
+                    config: config.as_deref(),
+                    backend: backend.as_deref(),
+                    fp32,
+                })?,
+                ImageCommand::Rollback { state_dir } => image_cmd::rollback(&state_dir)?,
+                ImageCommand::List { state_dir } => image_cmd::list(&state_dir)?,
             }
             Ok(ExitCode::SUCCESS)
         }

@@ -27,6 +27,11 @@ pub enum CameraError {
 pub trait Camera {
     /// Captures the frame for the current layer.
     fn capture(&mut self) -> Result<Frame, CameraError>;
+    /// One quick frame for watching the bed between layers (the video trigger): no averaging,
+    /// no stale-frame guard. Default: a capture.
+    fn preview(&mut self) -> Result<Frame, CameraError> {
+        self.capture()
+    }
     /// A short human name for status lines ("replay of 12 frames from samples/").
     fn describe(&self) -> String;
 }
@@ -45,6 +50,8 @@ pub struct ReplayCamera {
     origin: String,
     frames: Vec<ReplaySource>,
     next: usize,
+    /// Start again from the first frame after the last one.
+    repeat: bool,
 }
 
 /// File extensions a replay folder may hold.
@@ -66,18 +73,24 @@ impl ReplayCamera {
                 format!("holds no images ({})", IMAGE_EXTENSIONS.join(", ")),
             ));
         }
-        Ok(Self { origin: folder.display().to_string(), frames: paths.into_iter().map(ReplaySource::File).collect(), next: 0 })
+        Ok(Self { origin: folder.display().to_string(), frames: paths.into_iter().map(ReplaySource::File).collect(), next: 0, repeat: false })
     }
 
     /// The given files, in the order given.
     pub fn from_files(paths: &[PathBuf]) -> Self {
-        Self { origin: "command line".into(), frames: paths.iter().cloned().map(ReplaySource::File).collect(), next: 0 }
+        Self { origin: "command line".into(), frames: paths.iter().cloned().map(ReplaySource::File).collect(), next: 0, repeat: false }
     }
 
     /// Frames embedded in the binary (`name`, encoded image bytes), in the order given.
     pub fn from_memory(origin: &str, frames: &[(&str, &'static [u8])]) -> Self {
         let frames = frames.iter().map(|(name, bytes)| ReplaySource::Memory { name: name.to_string(), bytes }).collect();
-        Self { origin: origin.to_string(), frames, next: 0 }
+        Self { origin: origin.to_string(), frames, next: 0, repeat: false }
+    }
+
+    /// After the last frame, start again from the first (a build replayed for ever).
+    pub fn repeating(mut self, repeat: bool) -> Self {
+        self.repeat = repeat;
+        self
     }
 
     /// How many frames the replay holds in all.
@@ -99,6 +112,9 @@ fn has_image_extension(path: &Path) -> bool {
 
 impl Camera for ReplayCamera {
     fn capture(&mut self) -> Result<Frame, CameraError> {
+        if self.repeat && self.next >= self.frames.len() {
+            self.next = 0;
+        }
         let source = self.frames.get(self.next).cloned().ok_or_else(|| CameraError::Exhausted(self.origin.clone()))?;
         self.next += 1;
         match source {

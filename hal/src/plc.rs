@@ -49,6 +49,9 @@ impl fmt::Display for Verdict {
     }
 }
 
+/// How many per-class areas the PLC outputs carry (Modbus holding registers 11-16).
+pub const CLASSES_ON_WIRE: usize = 6;
+
 /// One layer's verdict as the PLC receives it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerdictMessage {
@@ -56,16 +59,39 @@ pub struct VerdictMessage {
     pub verdict: Verdict,
     pub defect_count: u32,
     pub total_defect_area_mm2: f64,
+    /// The largest single defect's area.
+    pub largest_defect_area_mm2: f64,
+    /// Defect area per class, indexed by the model image's class index (0 is background and
+    /// stays 0); classes past `CLASSES_ON_WIRE` are counted in the total only.
+    pub class_areas_mm2: [f64; CLASSES_ON_WIRE],
     /// The layer's uncertainty score, 0..1.
     pub uncertainty_score: f64,
 }
 
 impl VerdictMessage {
+    /// A FAULT for `layer`: nothing measured.
+    pub fn fault(layer: u32) -> VerdictMessage {
+        VerdictMessage {
+            layer,
+            verdict: Verdict::Fault,
+            defect_count: 0,
+            total_defect_area_mm2: 0.0,
+            largest_defect_area_mm2: 0.0,
+            class_areas_mm2: [0.0; CLASSES_ON_WIRE],
+            uncertainty_score: 0.0,
+        }
+    }
+
     /// The serial line protocol's answer: `VERDICT <n> <word> <defects> <area_mm2> <uncertainty>`.
     pub fn to_line(&self) -> String {
         format!(
             "VERDICT {} {} {} {:.2} {:.3}",
-            self.layer, self.verdict, self.defect_count, self.total_defect_area_mm2, self.uncertainty_score
+            self.layer,
+            self.verdict,
+            self.defect_count,
+            // + 0.0 turns a -0.0 (the float sum of nothing) into 0.0.
+            self.total_defect_area_mm2 + 0.0,
+            self.uncertainty_score + 0.0
         )
     }
 }
@@ -74,12 +100,79 @@ impl VerdictMessage {
 pub enum PlcError {
     #[error("PLC link {link}: {reason}")]
     Link { link: String, reason: String },
+    /// A device named in the configuration cannot be opened at start.
+    #[error("{device}: {reason}")]
+    Open { device: String, reason: String },
+}
+
+/// Where the appliance is in its loop, as the PLC sees it (Modbus holding register 2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoopState {
+    /// Waiting for a layer trigger.
+    Ready = 0,
+    /// A trigger was accepted; the camera is capturing.
+    Capturing = 1,
+    /// The frame is being analysed.
+    Analysing = 2,
+    /// A verdict is ready (until the PLC acknowledges it or triggers the next layer).
+    VerdictReady = 3,
+    /// The appliance cannot judge layers right now (camera or model missing).
+    Fault = 4,
 }
 
 /// Something that carries verdicts to the printer's PLC.
 pub trait Outputs {
+    /// Tells the PLC one layer's verdict.
     fn publish(&mut self, message: &VerdictMessage) -> Result<(), PlcError>;
+    /// Tells the PLC where the loop is (READY/BUSY lines, the state register). Default: nothing.
+    fn set_state(&mut self, _state: LoopState) -> Result<(), PlcError> {
+        Ok(())
+    }
+    /// Called once a second by the loop while it is alive (heartbeat register, ALIVE line).
+    fn heartbeat(&mut self) -> Result<(), PlcError> {
+        Ok(())
+    }
+    /// Called every few tens of milliseconds by the loop (ends verdict pulses). Default: nothing.
+    fn tick(&mut self) -> Result<(), PlcError> {
+        Ok(())
+    }
     fn describe(&self) -> String;
+}
+
+/// Several outputs at once: each hears every call; the first error is returned after all ran.
+impl Outputs for Vec<Box<dyn Outputs + Send>> {
+    fn publish(&mut self, message: &VerdictMessage) -> Result<(), PlcError> {
+        first_error(self.iter_mut().map(|output| output.publish(message)))
+    }
+
+    fn set_state(&mut self, state: LoopState) -> Result<(), PlcError> {
+        first_error(self.iter_mut().map(|output| output.set_state(state)))
+    }
+
+    fn heartbeat(&mut self) -> Result<(), PlcError> {
+        first_error(self.iter_mut().map(|output| output.heartbeat()))
+    }
+
+    fn tick(&mut self) -> Result<(), PlcError> {
+        first_error(self.iter_mut().map(|output| output.tick()))
+    }
+
+    fn describe(&self) -> String {
+        if self.is_empty() {
+            return "no PLC outputs".into();
+        }
+        self.iter().map(|output| output.describe()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+fn first_error(results: impl Iterator<Item = Result<(), PlcError>>) -> Result<(), PlcError> {
+    let mut first = Ok(());
+    for result in results {
+        if first.is_ok() {
+            first = result;
+        }
+    }
+    first
 }
 
 /// The simulated twin of a PLC: it keeps every line it hears, the way the serial line protocol
@@ -124,6 +217,8 @@ mod tests {
             verdict: Verdict::Recoat,
             defect_count: 2,
             total_defect_area_mm2: 12.345,
+            largest_defect_area_mm2: 10.0,
+            class_areas_mm2: [0.0, 0.0, 0.0, 12.345, 0.0, 0.0],
             uncertainty_score: 0.0421,
         };
         plc.publish(&message).unwrap();

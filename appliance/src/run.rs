@@ -1,0 +1,491 @@
+//! `bedsight run --config FILE`: the appliance loop. Wait for a layer trigger, capture,
+//! analyse, tell the PLC; for ever, until SIGINT or SIGTERM (the layer in progress, or one
+//! whose trigger was already accepted, is finished and its verdict sent first, then the
+//! process exits 0).
+//!
+//! Two threads and two bounded queues:
+//! - the control thread (this one) owns the trigger queue and the PLC outputs; it never blocks
+//!   for long, so the heartbeat keeps beating while a layer is analysed;
+//! - the analysis thread owns the camera and the pipeline (buffers allocated once at start); it
+//!   takes one job at a time and reports back.
+//!
+//! A trigger that arrives while a layer is in progress is refused by the gate (`hal::trigger`)
+//! and answered BUSY by its source; nothing queues up behind a slow model.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use hal::modbus::{spawn_rtu_server, spawn_tcp_server, ModbusOutputs, RegisterBank};
+use hal::serial::{Parity, SerialSettings};
+use hal::video_trigger::RecoatDetector;
+use hal::{Camera, LoopState, Outputs, ReplayCamera, Trigger, TriggerError, TriggerSource, Verdict, VerdictMessage, CLASSES_ON_WIRE};
+use models::Defect;
+
+use crate::config::{CameraConfig, Config, TriggerConfig};
+use crate::decide::RecoatBudget;
+use crate::report::defect_summary;
+
+/// Per-class defect areas as the PLC outputs carry them (class index < `CLASSES_ON_WIRE`).
+pub fn class_areas_mm2(defects: &[Defect]) -> [f64; CLASSES_ON_WIRE] {
+    let mut areas = [0.0; CLASSES_ON_WIRE];
+    for defect in defects {
+        if let Some(area) = areas.get_mut(defect.class as usize) {
+            *area += defect.area_mm2;
+        }
+    }
+    areas
+}
+
+/// The analysis thread's job: capture and analyse one layer.
+struct LayerJob;
+
+/// What the analysis thread reports.
+enum AnalysisEvent {
+    /// The pipeline is built (its description) or could not be.
+    Started(Result<String, String>),
+    /// The frame is captured; the model is running.
+    Analysing,
+    /// The layer's result, before the recoat budget.
+    Done(LayerResult),
+}
+
+struct LayerResult {
+    verdict: Verdict,
+    defect_count: u32,
+    total_defect_area_mm2: f64,
+    largest_defect_area_mm2: f64,
+    class_areas_mm2: [f64; CLASSES_ON_WIRE],
+    uncertainty_score: f64,
+    /// Defects per class, or the fault's reason.
+    detail: String,
+    frame_source: String,
+    /// The camera gave no frame (the appliance cannot judge layers until it is back).
+    camera_failed: bool,
+}
+
+impl LayerResult {
+    fn fault(reason: String) -> LayerResult {
+        LayerResult {
+            verdict: Verdict::Fault,
+            defect_count: 0,
+            total_defect_area_mm2: 0.0,
+            largest_defect_area_mm2: 0.0,
+            class_areas_mm2: [0.0; CLASSES_ON_WIRE],
+            uncertainty_score: 0.0,
+            detail: reason,
+            frame_source: String::new(),
+            camera_failed: false,
+        }
+    }
+}
+
+/// Layer numbers for triggers that carry none (timer, GPIO edge, video): the next layer after a
+/// verdict, the same layer again after a RECOAT.
+#[derive(Debug)]
+struct LayerCounter {
+    next: u32,
+}
+
+impl LayerCounter {
+    fn after(&mut self, layer: u32, verdict: Verdict) {
+        self.next = if verdict == Verdict::Recoat { layer } else { layer.saturating_add(1) };
+    }
+}
+
+/// Runs the loop until SIGINT/SIGTERM.
+pub fn run(config_path: &Path, backend: Option<&str>) -> Result<()> {
+    let config = Config::load(config_path)?;
+    let origin = config_path.display().to_string();
+    let base_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let camera_config = config.camera.clone().ok_or_else(|| anyhow!("configuration {origin}: [camera] is missing: bedsight run needs a camera"))?;
+    let trigger_config =
+        config.trigger.clone().ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("cannot install the SIGINT/SIGTERM handler")?;
+    }
+
+    let camera = open_camera(&camera_config, &base_dir).with_context(|| format!("configuration {origin}: camera"))?;
+    let camera_label = camera.describe();
+
+    let (gate, mut queue) = hal::trigger_channel();
+    let mut outputs: Vec<Box<dyn Outputs + Send>> = Vec::new();
+    let mut threads = Vec::new();
+    let plc = &config.plc;
+    let mut modbus_bank = None;
+    if plc.modbus_tcp.is_some() || plc.modbus_rtu.is_some() {
+        let modbus_gate = (trigger_config.kind == "modbus").then(|| gate.clone());
+        let bank = Arc::new(Mutex::new(RegisterBank::new(modbus_gate)));
+        let mut labels = Vec::new();
+        if let Some(tcp) = &plc.modbus_tcp {
+            let (address, handle) = spawn_tcp_server(&tcp.listen, tcp.unit_id, bank.clone(), stop.clone())
+                .with_context(|| format!("configuration {origin}: plc.modbus_tcp.listen"))?;
+            println!("modbus tcp: listening on {address}, unit {}", tcp.unit_id);
+            labels.push(format!("Modbus TCP on {address}"));
+            threads.push(handle);
+        }
+        if let Some(rtu) = &plc.modbus_rtu {
+            let settings = SerialSettings {
+                port: rtu.port.clone(),
+                baud: rtu.baud,
+                parity: Parity::parse(&rtu.parity).expect("checked at load"),
+                stop_bits: rtu.stop_bits,
+            };
+            let handle = spawn_rtu_server(&settings, rtu.unit_id, bank.clone(), stop.clone())
+                .with_context(|| format!("configuration {origin}: plc.modbus_rtu.port"))?;
+            println!("modbus rtu: serving unit {} on {} at {} baud", rtu.unit_id, rtu.port, rtu.baud);
+            labels.push(format!("Modbus RTU on {}", rtu.port));
+            threads.push(handle);
+        }
+        modbus_bank = Some(bank.clone());
+        outputs.push(Box::new(ModbusOutputs { bank, label: labels.join(" and ") }));
+    }
+    if let Some(line) = &plc.serial_line {
+        let line_gate = (trigger_config.kind == "serial").then(|| gate.clone());
+        let (line_outputs, handle) = hal::line::spawn_line_server(&SerialSettings::new(&line.port, line.baud), line_gate, stop.clone())
+            .with_context(|| format!("configuration {origin}: plc.serial_line.port"))?;
+        println!("serial line: LAYER/VERDICT protocol on {} at {} baud", line.port, line.baud);
+        outputs.push(Box::new(line_outputs));
+        threads.push(handle);
+    }
+    if let Some(gpio) = &plc.gpio {
+        let plan = gpio.plan();
+        let acknowledged = Arc::new(AtomicBool::new(false));
+        let key = if gpio.driver == "rppal" { "plc.gpio.driver" } else { "plc.gpio.chip" };
+        let (lines, inputs) = open_gpio(&gpio.driver, &plan).with_context(|| format!("configuration {origin}: {key}"))?;
+        let gpio_outputs = hal::gpio::GpioOutputs::new(lines, &plan, acknowledged.clone()).with_context(|| format!("configuration {origin}: plc.gpio"))?;
+        if let Some(inputs) = inputs {
+            let gpio_gate = (trigger_config.kind == "gpio").then(|| gate.clone());
+            threads.push(hal::gpio::spawn_gpio_inputs(inputs, gpio_gate, acknowledged, plan.debounce, stop.clone()));
+        }
+        println!("gpio: {} output and {} input lines on {}", plan.outputs.len(), plan.inputs.len(), plan.chip);
+        outputs.push(Box::new(gpio_outputs));
+    }
+    let trigger_label = start_trigger(&trigger_config, &gate, &stop, &mut threads);
+
+    let (job_sender, job_receiver) = sync_channel::<LayerJob>(1);
+    let (event_sender, events) = sync_channel::<AnalysisEvent>(2);
+    let config_path_owned = config_path.to_path_buf();
+    let backend_owned = backend.map(str::to_string);
+    let video = (trigger_config.kind == "video").then(|| VideoWatch {
+        detector: RecoatDetector::new(trigger_config.video_settings()),
+        interval: Duration::from_millis(trigger_config.video_interval_ms()),
+        gate: gate.clone(),
+    });
+    drop(gate);
+    let analysis = std::thread::Builder::new()
+        .name("analysis".into())
+        .spawn(move || analysis_thread(config_path_owned, backend_owned, camera, video, job_receiver, event_sender))
+        .context("cannot start the analysis thread")?;
+    let model_label = match events.recv() {
+        Ok(AnalysisEvent::Started(Ok(label))) => label,
+        Ok(AnalysisEvent::Started(Err(error))) => bail!("{error}"),
+        _ => bail!("the analysis thread stopped while starting"),
+    };
+
+    println!(
+        "bedsight run: model {model_label}, camera: {camera_label}, trigger: {trigger_label}, outputs: {}",
+        outputs.describe()
+    );
+    outputs.set_state(LoopState::Ready).map_err(|e| anyhow!("{e}"))?;
+    println!("ready");
+    std::io::stdout().flush().ok();
+
+    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop)?;
+    println!("stopped after {layers} layers ({} triggers answered BUSY)", queue.busy_refusals());
+    if let Some(bank) = &modbus_bank {
+        let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
+        println!(
+            "modbus: {} requests answered ({} with an exception), {} frames dropped for a bad CRC, {} broken frames",
+            counters.requests, counters.exceptions, counters.crc_errors, counters.broken_frames
+        );
+    }
+    std::io::stdout().flush().ok();
+    stop.store(true, Ordering::Relaxed);
+    drop(job_sender);
+    analysis.join().ok();
+    for thread in threads {
+        thread.join().ok();
+    }
+    Ok(())
+}
+
+type GpioPorts = (Box<dyn hal::gpio::GpioOutputPort>, Option<Box<dyn hal::gpio::GpioInputPort>>);
+
+/// The GPIO driver the configuration names: its outputs, and its inputs when any are wired.
+fn open_gpio(driver: &str, plan: &hal::gpio::GpioPlan) -> Result<GpioPorts> {
+    match driver {
+        #[cfg(feature = "rppal")]
+        "rppal" => {
+            let outputs = hal::gpio::rpi::RppalOutputs::open(plan)?;
+            let inputs = if plan.inputs.is_empty() { None } else { Some(Box::new(hal::gpio::rpi::RppalInputs::open(plan)?) as Box<dyn hal::gpio::GpioInputPort>) };
+            Ok((Box::new(outputs), inputs))
+        }
+        #[cfg(not(feature = "rppal"))]
+        "rppal" => bail!("this bedsight was built without Raspberry Pi GPIO: build it with --features rppal, or use driver = \"cdev\""),
+        _ => {
+            let outputs = hal::gpio::cdev::CdevOutputs::open(plan)?;
+            let inputs = if plan.inputs.is_empty() { None } else { Some(Box::new(hal::gpio::cdev::CdevInputs::open(plan)?) as Box<dyn hal::gpio::GpioInputPort>) };
+            Ok((Box::new(outputs), inputs))
+        }
+    }
+}
+
+fn open_camera(camera: &CameraConfig, base_dir: &Path) -> Result<Box<dyn Camera + Send>> {
+    match camera.kind.as_str() {
+        "replay" => {
+            let folder = camera.folder.as_ref().expect("checked at load");
+            let folder: PathBuf = if folder.is_absolute() { folder.clone() } else { base_dir.join(folder) };
+            let replay = ReplayCamera::from_folder(&folder).map_err(|e| anyhow!("camera.folder: {e}"))?;
+            Ok(Box::new(replay.repeating(camera.repeat)))
+        }
+        "v4l2" => {
+            let settings = camera.v4l2_settings().expect("checked at load");
+            let v4l2 = hal::v4l2::V4l2Camera::open(settings).map_err(|e| anyhow!("camera.device: {e}"))?;
+            Ok(Box::new(v4l2))
+        }
+        other => bail!("camera.kind {other:?} is not available"),
+    }
+}
+
+/// Starts the trigger source that is not a PLC protocol (the timer); returns its description.
+fn start_trigger(trigger: &TriggerConfig, gate: &hal::TriggerGate, stop: &Arc<AtomicBool>, threads: &mut Vec<std::thread::JoinHandle<()>>) -> String {
+    match trigger.kind.as_str() {
+        "timer" => {
+            let interval = Duration::from_millis(trigger.interval_ms.expect("checked at load"));
+            threads.push(hal::trigger::spawn_timer(gate.clone(), interval, stop.clone()));
+            format!("timer every {} ms", interval.as_millis())
+        }
+        "modbus" => "Modbus command register 102".into(),
+        "serial" => "LAYER lines on the serial line".into(),
+        "gpio" => "the GPIO LAYER_READY line".into(),
+        "video" => {
+            let video = trigger.video_settings();
+            format!(
+                "the video (recoater: change > {}, settled: change < {} for {} ms)",
+                video.pass_threshold,
+                video.settle_threshold,
+                video.hold.as_millis()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Builds the pipeline on this thread (the model's backend stays where it was made), then
+/// analyses one layer per job until the job queue closes.
+/// The video trigger: preview frames between layers go through the recoat detector.
+struct VideoWatch {
+    detector: RecoatDetector,
+    interval: Duration,
+    gate: hal::TriggerGate,
+}
+
+/// Waits for the next job; with a video trigger, watches the bed meanwhile. `None`: the
+/// control thread is gone.
+fn next_job(jobs: &Receiver<LayerJob>, camera: &mut Box<dyn Camera + Send>, video: &mut Option<VideoWatch>) -> Option<LayerJob> {
+    let Some(watch) = video else { return jobs.recv().ok() };
+    loop {
+        match jobs.recv_timeout(watch.interval) {
+            Ok(job) => return Some(job),
+            Err(RecvTimeoutError::Disconnected) => return None,
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        if watch.gate.is_busy() {
+            continue;
+        }
+        // A preview frame that cannot be had is skipped; the layer's own capture reports it.
+        if let Ok(frame) = camera.preview() {
+            if watch.detector.push(&frame.image, Instant::now()) {
+                let _ = watch.gate.request(None, TriggerSource::Video);
+            }
+        }
+    }
+}
+
+fn analysis_thread(
+    config_path: PathBuf,
+    backend: Option<String>,
+    mut camera: Box<dyn Camera + Send>,
+    mut video: Option<VideoWatch>,
+    jobs: Receiver<LayerJob>,
+    events: SyncSender<AnalysisEvent>,
+) {
+    let mut pipeline = match crate::build_pipeline(Some(&config_path), None, backend.as_deref(), false) {
+        Ok(pipeline) => pipeline,
+        Err(error) => {
+            events.send(AnalysisEvent::Started(Err(format!("{error:#}")))).ok();
+            return;
+        }
+    };
+    let label = format!("{} {} on {}", pipeline.model.name, pipeline.model.version, pipeline.model.backend_label());
+    if events.send(AnalysisEvent::Started(Ok(label))).is_err() {
+        return;
+    }
+    while let Some(LayerJob) = next_job(&jobs, &mut camera, &mut video) {
+        let frame = match camera.capture() {
+            Ok(frame) => frame,
+            Err(error) => {
+                let mut result = LayerResult::fault(format!("camera: {error}"));
+                result.camera_failed = true;
+                if events.send(AnalysisEvent::Done(result)).is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if events.send(AnalysisEvent::Analysing).is_err() {
+            return;
+        }
+        let outcome = pipeline.run_layer(&frame.image);
+        let detail = match &outcome.fault {
+            Some(reason) => reason.clone(),
+            None => defect_summary(&outcome, &pipeline.model.class_names),
+        };
+        let result = LayerResult {
+            verdict: outcome.verdict,
+            defect_count: outcome.defects.len() as u32,
+            total_defect_area_mm2: outcome.defects.iter().fold(0.0, |total, d| total + d.area_mm2),
+            largest_defect_area_mm2: outcome.defects.iter().map(|d| d.area_mm2).fold(0.0, f64::max),
+            class_areas_mm2: class_areas_mm2(&outcome.defects),
+            uncertainty_score: outcome.decision.as_ref().map(|d| d.uncertainty_score).unwrap_or(0.0),
+            detail,
+            frame_source: frame.source,
+            camera_failed: false,
+        };
+        if events.send(AnalysisEvent::Done(result)).is_err() {
+            return;
+        }
+    }
+}
+
+/// One layer in flight: its number, who asked, when.
+struct InFlight {
+    layer: u32,
+    source: TriggerSource,
+    started: Instant,
+}
+
+/// The control loop; returns how many layers got a verdict.
+fn control_loop(
+    config: &Config,
+    queue: &mut hal::TriggerQueue,
+    outputs: &mut Vec<Box<dyn Outputs + Send>>,
+    jobs: &SyncSender<LayerJob>,
+    events: &Receiver<AnalysisEvent>,
+    stop: &AtomicBool,
+) -> Result<u64> {
+    let tick = Duration::from_millis(50);
+    let mut next_heartbeat = Instant::now() + Duration::from_secs(1);
+    let mut budget = RecoatBudget::default();
+    let mut counter = LayerCounter { next: 1 };
+    let mut in_flight: Option<InFlight> = None;
+    let mut layers = 0u64;
+    loop {
+        if Instant::now() >= next_heartbeat {
+            report(outputs.heartbeat());
+            next_heartbeat += Duration::from_secs(1);
+            // After a stall, beat on from now: the missed beats are what tells the PLC.
+            if next_heartbeat < Instant::now() {
+                next_heartbeat = Instant::now() + Duration::from_secs(1);
+            }
+        }
+        report(outputs.tick());
+        match &in_flight {
+            None => {
+                // Stopping: a trigger the gate already accepted is still answered, then out.
+                let stopping = stop.load(Ordering::Relaxed);
+                let request = match queue.wait(if stopping { Duration::ZERO } else { tick }) {
+                    Ok(Some(request)) => request,
+                    Ok(None) if stopping => return Ok(layers),
+                    Ok(None) => continue,
+                    Err(_) if stopping => return Ok(layers),
+                    Err(TriggerError::Closed) => {
+                        // Every source is gone (nothing to trigger layers): idle until stopped.
+                        std::thread::sleep(tick);
+                        continue;
+                    }
+                    Err(error) => {
+                        eprintln!("trigger: {error}");
+                        continue;
+                    }
+                };
+                let layer = request.layer.unwrap_or(counter.next);
+                report(outputs.set_state(LoopState::Capturing));
+                jobs.send(LayerJob).map_err(|_| anyhow!("the analysis thread stopped"))?;
+                in_flight = Some(InFlight { layer, source: request.source, started: Instant::now() });
+            }
+            Some(flight) => match events.recv_timeout(tick) {
+                Ok(AnalysisEvent::Analysing) => report(outputs.set_state(LoopState::Analysing)),
+                Ok(AnalysisEvent::Done(result)) => {
+                    let verdict = budget.apply(flight.layer, result.verdict, config.recoat.max_retries);
+                    let message = VerdictMessage {
+                        layer: flight.layer,
+                        verdict,
+                        defect_count: result.defect_count,
+                        total_defect_area_mm2: result.total_defect_area_mm2,
+                        largest_defect_area_mm2: result.largest_defect_area_mm2,
+                        class_areas_mm2: result.class_areas_mm2,
+                        uncertainty_score: result.uncertainty_score,
+                    };
+                    // Free the gate first: a PLC that triggers the moment it sees this verdict
+                    // must not be told BUSY. A trigger that slips in between waits in the
+                    // one-slot queue until this iteration is over.
+                    queue.layer_done();
+                    report(outputs.publish(&message));
+                    // A camera that gave no frame is a standing fault until a layer captures again.
+                    report(outputs.set_state(if result.camera_failed { LoopState::Fault } else { LoopState::Ready }));
+                    counter.after(flight.layer, verdict);
+                    layers += 1;
+                    let budget_note = if verdict != result.verdict { format!(" ({} past recoat.max_retries)", result.verdict) } else { String::new() };
+                    println!(
+                        "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms {} {}",
+                        flight.layer,
+                        verdict,
+                        result.defect_count,
+                        result.total_defect_area_mm2,
+                        result.uncertainty_score,
+                        flight.source.as_str(),
+                        flight.started.elapsed().as_secs_f64() * 1e3,
+                        result.frame_source,
+                        result.detail
+                    );
+                    std::io::stdout().flush().ok();
+                    in_flight = None;
+                }
+                Ok(AnalysisEvent::Started(_)) => {}
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => bail!("the analysis thread stopped during layer {}", flight.layer),
+            },
+        }
+    }
+}
+
+/// An output that fails is reported and the loop goes on: the other outputs still work.
+fn report(result: Result<(), hal::PlcError>) {
+    if let Err(error) = result {
+        eprintln!("plc: {error}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_without_numbers_count_on_and_repeat_after_recoat() {
+        let mut counter = LayerCounter { next: 1 };
+        counter.after(1, Verdict::Pass);
+        assert_eq!(counter.next, 2);
+        counter.after(2, Verdict::Recoat);
+        assert_eq!(counter.next, 2);
+        counter.after(2, Verdict::Pause);
+        assert_eq!(counter.next, 3);
+    }
+}

@@ -1,0 +1,65 @@
+"""`bedsight run` with the video as the trigger (a bolt-on retrofit, no line from the printer):
+a replayed video-like frame sequence (a settled bed, the recoater blade crossing it, the new
+settled bed) must give exactly one layer per recoat, analysed on the settled new bed."""
+import re
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from run_harness import Appliance, write_config
+from conftest import SAMPLE_BUILD
+
+
+def blade_over(bed: np.ndarray, x: int) -> np.ndarray:
+    frame = bed.copy()
+    frame[:, x : x + 60] = 10
+    return frame
+
+
+def test_two_recoats_in_the_video_give_two_layers(tmp_path, ledger):
+    names = sorted(ledger)
+    beds = [np.array(Image.open(SAMPLE_BUILD / name).convert("L")) for name in names[:3]]
+    folder = tmp_path / "video"
+    folder.mkdir()
+    frames = []
+    # Settled bed A, the blade crossing, settled bed B (long enough to settle and be captured),
+    # the blade again, settled bed C.
+    frames += [("a", beds[0])] * 3
+    frames += [("blade", blade_over(beds[0], x)) for x in (0, 90, 180)]
+    frames += [("b", beds[1])] * 12
+    frames += [("blade", blade_over(beds[1], x)) for x in (0, 90, 180)]
+    frames += [("c", beds[2])] * 12
+    for index, (kind, frame) in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame-{index:03d}-{kind}.png")
+
+    config = write_config(
+        tmp_path,
+        f"""
+[camera]
+kind = "replay"
+folder = "{folder}"
+
+[trigger]
+kind = "video"
+interval_ms = 50
+pass_threshold = 10.0
+settle_threshold = 2.0
+hold_ms = 200
+""",
+    )
+    appliance = Appliance(config)
+    try:
+        appliance.wait_for(r"^ready$")
+        first = appliance.wait_for(r"^layer 1 (\w+) .*\[video\].*frame-\d+-(\w+)\.png")
+        second = appliance.wait_for(r"^layer 2 (\w+) .*\[video\].*frame-\d+-(\w+)\.png")
+        # Each layer is analysed on the new, settled bed, never on a blade frame.
+        assert first.group(2) == "b" and second.group(2) == "c", appliance.seen
+        for match, name in [(first, names[1]), (second, names[2])]:
+            planted = ledger[name] - {"lattice"}
+            assert (match.group(1) == "PASS") == (not planted), match.group(0)
+        assert appliance.stop() == 0
+        layers = [line for line in appliance.seen if re.match(r"^layer \d+ ", line)]
+        assert len(layers) == 2, layers
+    finally:
+        appliance.kill()
