@@ -67,10 +67,10 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path) -> Result<Vec<Verdict>> {
         plc.publish(&VerdictMessage {
             layer,
             verdict,
-            defect_count: outcome.defects.len() as u32,
-            total_defect_area_mm2: outcome.defects.iter().map(|d| d.area_mm2).sum(),
-            largest_defect_area_mm2: outcome.defects.iter().map(|d| d.area_mm2).fold(0.0, f64::max),
-            class_areas_mm2: crate::run::class_areas_mm2(&outcome.defects),
+            defect_count: outcome.totals.count,
+            total_defect_area_mm2: outcome.totals.total_area_mm2,
+            largest_defect_area_mm2: outcome.totals.largest_area_mm2,
+            class_areas_mm2: outcome.totals.class_areas_mm2,
             uncertainty_score,
         })?;
         if outcome.fault.is_none() {

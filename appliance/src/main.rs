@@ -2,6 +2,7 @@
 //! owns configuration, the layer loop and what is shown to people; it holds no maths.
 
 mod analyze;
+mod calibrate;
 mod config;
 mod decide;
 mod demo;
@@ -72,6 +73,18 @@ enum Command {
         /// auto, ort or tract; overrides the configuration.
         #[arg(long)]
         backend: Option<String>,
+    },
+    /// Check the bed corners: print the homography and write the rectified bed for a person.
+    Calibrate {
+        /// Configuration file (TOML) with the [bed] table.
+        #[arg(long)]
+        config: PathBuf,
+        /// A camera frame of the empty bed.
+        #[arg(long)]
+        frame: PathBuf,
+        /// Stem of the check images (default: next to the frame).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Make, check and read model images.
     #[command(subcommand)]
@@ -168,6 +181,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run { config, backend } => {
             run::run(&config, backend.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Calibrate { config, frame, out } => {
+            let stem = out.unwrap_or_else(|| frame.with_extension(""));
+            calibrate::calibrate(&config, &frame, &stem)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out, backend } => {

@@ -27,6 +27,34 @@ pub struct StageTimes {
     pub total_ms: f64,
 }
 
+/// The most defects one layer's outcome lists; past it the smallest are dropped and counted.
+/// A layer with this many separate defects is already a PAUSE or REVIEW for any sane rule.
+pub const MAX_DEFECTS_PER_LAYER: usize = 64;
+
+/// Sums over every defect measured on a layer, listed or dropped.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DefectTotals {
+    pub count: u32,
+    pub total_area_mm2: f64,
+    pub largest_area_mm2: f64,
+    /// Area per class index, for the PLC's per-class registers.
+    pub class_areas_mm2: [f64; hal::CLASSES_ON_WIRE],
+}
+
+impl DefectTotals {
+    pub fn of(defects: &[Defect]) -> DefectTotals {
+        let mut totals = DefectTotals { count: defects.len() as u32, ..DefectTotals::default() };
+        for defect in defects {
+            totals.total_area_mm2 += defect.area_mm2;
+            totals.largest_area_mm2 = totals.largest_area_mm2.max(defect.area_mm2);
+            if let Some(area) = totals.class_areas_mm2.get_mut(defect.class as usize) {
+                *area += defect.area_mm2;
+            }
+        }
+        totals
+    }
+}
+
 /// What one layer came to.
 #[derive(Debug, Clone)]
 pub struct LayerOutcome {
@@ -34,7 +62,12 @@ pub struct LayerOutcome {
     /// Why the layer was a FAULT (a frame the model must not judge), when it was.
     pub fault: Option<String>,
     pub decision: Option<Decision>,
-    pub defects: Vec<Defect>,
+    /// The defects, largest first, at most MAX_DEFECTS_PER_LAYER of them.
+    pub defects: heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER>,
+    /// How many smaller defects did not fit in `defects` (they still count in `totals` and in
+    /// the decision).
+    pub defects_dropped: u32,
+    pub totals: DefectTotals,
     pub refine: Option<RefineReport>,
     pub timing: StageTimes,
 }
@@ -103,7 +136,7 @@ impl Pipeline {
         if let Err(reason) = self.check_frame(frame) {
             lap(&mut timing.check_ms);
             timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-            return LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: Vec::new(), refine: None, timing };
+            return LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing };
         }
         lap(&mut timing.check_ms);
 
@@ -139,18 +172,20 @@ impl Pipeline {
         let refine = models::refine(&mut self.fused, &self.refine_classes);
         lap(&mut timing.refine_ms);
 
-        let defects = models::measure(&self.fused, &self.model.spec.classes, self.bed_mm_per_px, self.config.model.min_defect_area_px);
+        let measured = models::measure(&self.fused, &self.model.spec.classes, self.bed_mm_per_px, self.config.model.min_defect_area_px);
         lap(&mut timing.measure_ms);
 
-        let decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &defects, &self.fused);
+        let decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &measured, &self.fused);
         lap(&mut timing.decide_ms);
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-        LayerOutcome { verdict: decision.verdict, fault: None, decision: Some(decision), defects, refine: Some(refine), timing }
+        let totals = DefectTotals::of(&measured);
+        let (defects, defects_dropped) = largest_first(measured);
+        LayerOutcome { verdict: decision.verdict, fault: None, decision: Some(decision), defects, defects_dropped, totals, refine: Some(refine), timing }
     }
 
     fn fault_outcome(&self, reason: String, mut timing: StageTimes, started: Instant) -> LayerOutcome {
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-        LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: Vec::new(), refine: None, timing }
+        LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing }
     }
 
     /// Refuses frames that cannot be judged: a pixel format the camera path does not carry,
@@ -188,6 +223,14 @@ impl Pipeline {
         }
         Ok(())
     }
+}
+
+/// The largest MAX_DEFECTS_PER_LAYER defects, largest first, and how many were dropped.
+fn largest_first(mut measured: Vec<Defect>) -> (heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER>, u32) {
+    measured.sort_by(|a, b| b.area_px.cmp(&a.area_px));
+    let dropped = measured.len().saturating_sub(MAX_DEFECTS_PER_LAYER) as u32;
+    let kept = measured.into_iter().take(MAX_DEFECTS_PER_LAYER).collect();
+    (kept, dropped)
 }
 
 /// The frame in 8-bit grey (ITU-R 601 luma for colour, the high byte for 16 bit), into `grey`,
@@ -264,6 +307,31 @@ mod tests {
         let (mean, saturated) = brightness(&DynamicImage::ImageLuma8(frame));
         assert!((mean - 177.5).abs() < 1e-9, "{mean}");
         assert!((saturated - 0.5).abs() < 1e-9, "{saturated}");
+    }
+
+    #[test]
+    fn past_the_maximum_the_smallest_defects_are_dropped_and_counted_but_still_summed() {
+        let defect = |class: u8, area_px: u32| Defect {
+            class,
+            area_px,
+            area_mm2: area_px as f64 * 0.25,
+            bbox: [0, 0, 1, 1],
+            centroid: [0.0, 0.0],
+            equivalent_diameter_mm: 1.0,
+            ellipse: models::Ellipse { theta_deg: 0.0, semi_major_px: 1.0, semi_minor_px: 1.0 },
+            mean_uncertainty: 0.0,
+            max_uncertainty: 0.0,
+        };
+        let measured: Vec<Defect> = (1..=70).map(|area| defect(if area % 2 == 0 { 2 } else { 4 }, area)).collect();
+        let totals = DefectTotals::of(&measured);
+        assert_eq!(totals.count, 70);
+        assert_eq!(totals.total_area_mm2, (70.0 * 71.0 / 2.0) * 0.25);
+        assert_eq!(totals.largest_area_mm2, 70.0 * 0.25);
+        assert_eq!(totals.class_areas_mm2[2], (2..=70).step_by(2).sum::<u32>() as f64 * 0.25);
+        let (kept, dropped) = largest_first(measured);
+        assert_eq!((kept.len(), dropped), (64, 6));
+        assert_eq!(kept[0].area_px, 70);
+        assert_eq!(kept[63].area_px, 7);
     }
 
     #[test]

@@ -52,6 +52,7 @@ pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> V
         "model": { "name": model.name, "version": model.version, "architecture": model.architecture, "graph": model.graph_name },
         "mm_per_px": round(pipeline.bed_mm_per_px, 6),
         "defects": defects,
+        "defects_dropped": outcome.defects_dropped,
         "uncertainty": uncertainty,
         "refine": outcome.refine.as_ref().map(|r| json!({ "regions": r.regions, "pixels_changed": r.pixels_changed })),
         "timing_ms": outcome.timing,
@@ -74,8 +75,9 @@ pub fn defect_summary(outcome: &LayerOutcome, class_names: &[String]) -> String 
     if per_class.is_empty() {
         return "no defects".into();
     }
+    let dropped = if outcome.defects_dropped > 0 { format!(" (+{} smaller not listed)", outcome.defects_dropped) } else { String::new() };
     per_class.sort_by_key(|(class, _, _)| *class);
-    per_class.iter().map(|(class, count, area)| format!("{} {count} ({area:.1} mm²)", class_names[*class])).collect::<Vec<_>>().join(", ")
+    per_class.iter().map(|(class, count, area)| format!("{} {count} ({area:.1} mm²)", class_names[*class])).collect::<Vec<_>>().join(", ") + &dropped
 }
 
 /// The lines `analyze` prints for a person.

@@ -24,22 +24,10 @@ use hal::modbus::{spawn_rtu_server, spawn_tcp_server, ModbusOutputs, RegisterBan
 use hal::serial::{Parity, SerialSettings};
 use hal::video_trigger::RecoatDetector;
 use hal::{Camera, LoopState, Outputs, ReplayCamera, Trigger, TriggerError, TriggerSource, Verdict, VerdictMessage, CLASSES_ON_WIRE};
-use models::Defect;
 
 use crate::config::{CameraConfig, Config, TriggerConfig};
 use crate::decide::RecoatBudget;
 use crate::report::defect_summary;
-
-/// Per-class defect areas as the PLC outputs carry them (class index < `CLASSES_ON_WIRE`).
-pub fn class_areas_mm2(defects: &[Defect]) -> [f64; CLASSES_ON_WIRE] {
-    let mut areas = [0.0; CLASSES_ON_WIRE];
-    for defect in defects {
-        if let Some(area) = areas.get_mut(defect.class as usize) {
-            *area += defect.area_mm2;
-        }
-    }
-    areas
-}
 
 /// The analysis thread's job: capture and analyse one layer.
 struct LayerJob;
@@ -350,10 +338,10 @@ fn analysis_thread(
         };
         let result = LayerResult {
             verdict: outcome.verdict,
-            defect_count: outcome.defects.len() as u32,
-            total_defect_area_mm2: outcome.defects.iter().fold(0.0, |total, d| total + d.area_mm2),
-            largest_defect_area_mm2: outcome.defects.iter().map(|d| d.area_mm2).fold(0.0, f64::max),
-            class_areas_mm2: class_areas_mm2(&outcome.defects),
+            defect_count: outcome.totals.count,
+            total_defect_area_mm2: outcome.totals.total_area_mm2,
+            largest_defect_area_mm2: outcome.totals.largest_area_mm2,
+            class_areas_mm2: outcome.totals.class_areas_mm2,
             uncertainty_score: outcome.decision.as_ref().map(|d| d.uncertainty_score).unwrap_or(0.0),
             detail,
             frame_source: frame.source,

@@ -87,6 +87,27 @@ impl Rectifier {
         })
     }
 
+    /// Where the camera pixel (`x`, `y`) lands on the rectified bed, in output pixels.
+    pub fn camera_to_bed(&self, x: f32, y: f32) -> (f32, f32) {
+        self.projection * (x, y)
+    }
+
+    /// The homography from camera pixels to output pixels, row-major 3x3, scaled so that the
+    /// last entry is 1: what a person copies into another tool to check the calibration.
+    pub fn homography(&self) -> [f64; 9] {
+        // imageproc keeps the matrix private; its Debug output is the only way to read it back,
+        // and the unit test checks it against `camera_to_bed`.
+        let debug = format!("{:?}", self.projection);
+        let start = debug.find("transform: [").map(|i| i + "transform: [".len()).unwrap_or(0);
+        let end = debug[start..].find(']').map(|i| start + i).unwrap_or(start);
+        let mut matrix = [0.0f64; 9];
+        for (slot, value) in matrix.iter_mut().zip(debug[start..end].split(',')) {
+            *slot = value.trim().parse().unwrap_or(f64::NAN);
+        }
+        let scale = matrix[8];
+        matrix.map(|v| v / scale)
+    }
+
     /// Warps `frame` into `out` (which must be `out_w` x `out_h`), bilinear; parts of the output
     /// whose pre-image lies outside the frame are black. Does not allocate.
     pub fn rectify_into(&self, frame: &GrayImage, out: &mut GrayImage) -> Result<(), ModelError> {
@@ -250,6 +271,22 @@ fn fill(image: &DynamicImage, spec: &InputSpec, out: &mut [f32]) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_homography_maps_points_as_the_rectifier_does() {
+        let corners = [[112.0, 80.0], [1830.0, 96.0], [1850.0, 1810.0], [96.0, 1795.0]];
+        let rectifier = Rectifier::new(corners, 256, 256).unwrap();
+        let h = rectifier.homography();
+        assert_eq!(h[8], 1.0);
+        for (x, y) in [(112.0f64, 80.0f64), (1850.0, 1810.0), (900.0, 1000.0)] {
+            let w = h[6] * x + h[7] * y + h[8];
+            let mapped = ((h[0] * x + h[1] * y + h[2]) / w, (h[3] * x + h[4] * y + h[5]) / w);
+            let (bx, by) = rectifier.camera_to_bed(x as f32, y as f32);
+            assert!((mapped.0 - bx as f64).abs() < 1e-2 && (mapped.1 - by as f64).abs() < 1e-2, "{mapped:?} vs {bx},{by}");
+        }
+        let (bx, by) = rectifier.camera_to_bed(1850.0, 1810.0);
+        assert!((bx - 255.0).abs() < 1e-2 && (by - 255.0).abs() < 1e-2);
+    }
+
     use super::*;
     use image::{ImageBuffer, Rgb};
 
