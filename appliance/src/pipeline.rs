@@ -227,7 +227,7 @@ impl Pipeline {
 
 /// The largest MAX_DEFECTS_PER_LAYER defects, largest first, and how many were dropped.
 fn largest_first(mut measured: Vec<Defect>) -> (heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER>, u32) {
-    measured.sort_by(|a, b| b.area_px.cmp(&a.area_px));
+    measured.sort_by_key(|d| std::cmp::Reverse(d.area_px));
     let dropped = measured.len().saturating_sub(MAX_DEFECTS_PER_LAYER) as u32;
     let kept = measured.into_iter().take(MAX_DEFECTS_PER_LAYER).collect();
     (kept, dropped)
