@@ -73,6 +73,10 @@ enum Command {
         /// auto, ort or tract; overrides the configuration.
         #[arg(long)]
         backend: Option<String>,
+        /// The box's state folder: without [model] image in the configuration, the loop runs
+        /// the image active in its slots and picks up a newly installed one between layers.
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
     },
     /// Check the bed corners: print the homography and write the rectified bed for a person.
     Calibrate {
@@ -179,8 +183,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let failed = analyze::analyze(&mut pipeline, &images, json, out.as_deref())?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Run { config, backend } => {
-            run::run(&config, backend.as_deref())?;
+        Command::Run { config, backend, state_dir } => {
+            run::run(&config, backend.as_deref(), &state_dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Calibrate { config, frame, out } => {

@@ -46,7 +46,6 @@ impl LoadedModel {
     ///
     /// The slot's archive is verified again as it is read (every sha256) and must be the image
     /// the slot's status names. An interrupted install is cleaned up first.
-    #[allow(dead_code)] // for `bedsight run`, which reloads the active image between layers
     pub fn load_active(state_dir: &Path, choice: BackendChoice, prefer_fp32: bool) -> Result<Option<(LoadedModel, ActiveGeneration)>> {
         let slots = Slots::open(state_dir)?;
         let Some((slot, path, status)) = slots.active_image()? else {

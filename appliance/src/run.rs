@@ -23,10 +23,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use hal::modbus::{spawn_rtu_server, spawn_tcp_server, ModbusOutputs, RegisterBank};
 use hal::serial::{Parity, SerialSettings};
 use hal::video_trigger::RecoatDetector;
+use images::ActiveGeneration;
 use hal::{Camera, LoopState, Outputs, ReplayCamera, Trigger, TriggerError, TriggerSource, Verdict, VerdictMessage, CLASSES_ON_WIRE};
 
 use crate::config::{CameraConfig, Config, TriggerConfig};
 use crate::decide::RecoatBudget;
+use crate::model::LoadedModel;
+use crate::pipeline::Pipeline;
 use crate::report::defect_summary;
 
 /// The analysis thread's job: capture and analyse one layer.
@@ -54,6 +57,8 @@ struct LayerResult {
     frame_source: String,
     /// The camera gave no frame (the appliance cannot judge layers until it is back).
     camera_failed: bool,
+    /// The model that judged the layer: name and version.
+    model: String,
 }
 
 impl LayerResult {
@@ -68,6 +73,7 @@ impl LayerResult {
             detail: reason,
             frame_source: String::new(),
             camera_failed: false,
+            model: String::new(),
         }
     }
 }
@@ -86,7 +92,7 @@ impl LayerCounter {
 }
 
 /// Runs the loop until SIGINT/SIGTERM.
-pub fn run(config_path: &Path, backend: Option<&str>) -> Result<()> {
+pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
     let origin = config_path.display().to_string();
     let base_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -167,9 +173,10 @@ pub fn run(config_path: &Path, backend: Option<&str>) -> Result<()> {
         gate: gate.clone(),
     });
     drop(gate);
+    let state_dir_owned = state_dir.to_path_buf();
     let analysis = std::thread::Builder::new()
         .name("analysis".into())
-        .spawn(move || analysis_thread(config_path_owned, backend_owned, camera, video, job_receiver, event_sender))
+        .spawn(move || analysis_thread(config_path_owned, backend_owned, state_dir_owned, camera, video, job_receiver, event_sender))
         .context("cannot start the analysis thread")?;
     let model_label = match events.recv() {
         Ok(AnalysisEvent::Started(Ok(label))) => label,
@@ -297,16 +304,54 @@ fn next_job(jobs: &Receiver<LayerJob>, camera: &mut Box<dyn Camera + Send>, vide
     }
 }
 
+/// The loop's model: the configuration's fixed `[model] image` when set; otherwise the image
+/// active in the slots under `state_dir` (what `bedsight image install` activated), and the
+/// embedded one on a box where nothing is installed yet.
+fn load_pipeline(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Result<(Pipeline, Option<ActiveGeneration>)> {
+    let config = Config::load(config_path)?;
+    if config.model.image.is_none() && matches!(images::active_generation(state_dir), Ok(Some(_))) {
+        let choice = match backend {
+            Some(word) => crate::config::parse_backend(word).context("--backend")?,
+            None => config.backend_choice(),
+        };
+        if let Some((model, generation)) = LoadedModel::load_active(state_dir, choice, config.model.prefer_fp32)? {
+            return Ok((Pipeline::new(config, model, &config_path.display().to_string())?, Some(generation)));
+        }
+    }
+    Ok((crate::build_pipeline(Some(config_path), None, backend, false)?, None))
+}
+
+/// Between layers: when a new image has been activated in the slots, load it and run the next
+/// layer on it. An image that does not load leaves the running model in place.
+fn follow_active_image(pipeline: &mut Pipeline, generation: &mut Option<ActiveGeneration>, config_path: &Path, backend: Option<&str>, state_dir: &Path) {
+    let Ok(Some(active)) = images::active_generation(state_dir) else { return };
+    if generation.as_ref() == Some(&active) {
+        return;
+    }
+    match load_pipeline(config_path, backend, state_dir) {
+        Ok((next, next_generation)) => {
+            println!("model: now {} {} from slot {} on {}", next.model.name, next.model.version, active.slot, next.model.backend_label());
+            *pipeline = next;
+            *generation = next_generation;
+        }
+        Err(error) => {
+            eprintln!("model: the newly active image in {} did not load; still running {} {}: {error:#}", state_dir.display(), pipeline.model.name, pipeline.model.version);
+            *generation = Some(active);
+        }
+    }
+}
+
 fn analysis_thread(
     config_path: PathBuf,
     backend: Option<String>,
+    state_dir: PathBuf,
     mut camera: Box<dyn Camera + Send>,
     mut video: Option<VideoWatch>,
     jobs: Receiver<LayerJob>,
     events: SyncSender<AnalysisEvent>,
 ) {
-    let mut pipeline = match crate::build_pipeline(Some(&config_path), None, backend.as_deref(), false) {
-        Ok(pipeline) => pipeline,
+    let (mut pipeline, mut generation) = match load_pipeline(&config_path, backend.as_deref(), &state_dir) {
+        Ok(loaded) => loaded,
         Err(error) => {
             events.send(AnalysisEvent::Started(Err(format!("{error:#}")))).ok();
             return;
@@ -317,11 +362,15 @@ fn analysis_thread(
         return;
     }
     while let Some(LayerJob) = next_job(&jobs, &mut camera, &mut video) {
+        if pipeline.config.model.image.is_none() {
+            follow_active_image(&mut pipeline, &mut generation, &config_path, backend.as_deref(), &state_dir);
+        }
         let frame = match camera.capture() {
             Ok(frame) => frame,
             Err(error) => {
                 let mut result = LayerResult::fault(format!("camera: {error}"));
                 result.camera_failed = true;
+                result.model = format!("{} {}", pipeline.model.name, pipeline.model.version);
                 if events.send(AnalysisEvent::Done(result)).is_err() {
                     return;
                 }
@@ -346,6 +395,7 @@ fn analysis_thread(
             detail,
             frame_source: frame.source,
             camera_failed: false,
+            model: format!("{} {}", pipeline.model.name, pipeline.model.version),
         };
         if events.send(AnalysisEvent::Done(result)).is_err() {
             return;
@@ -433,7 +483,7 @@ fn control_loop(
                     layers += 1;
                     let budget_note = if verdict != result.verdict { format!(" ({} past recoat.max_retries)", result.verdict) } else { String::new() };
                     println!(
-                        "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms {} {}",
+                        "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms model {} {} {}",
                         flight.layer,
                         verdict,
                         result.defect_count,
@@ -441,6 +491,7 @@ fn control_loop(
                         result.uncertainty_score,
                         flight.source.as_str(),
                         flight.started.elapsed().as_secs_f64() * 1e3,
+                        if result.model.is_empty() { "-" } else { &result.model },
                         result.frame_source,
                         result.detail
                     );
