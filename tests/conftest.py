@@ -6,6 +6,7 @@ these tests fall back to target/debug/bedsight and fail clearly when it is missi
 import json
 import os
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -25,6 +26,9 @@ def bedsight_bin() -> str:
 
 def run(*args, cwd=None, check=False, env=None):
     """Runs bedsight with args; returns the CompletedProcess (text)."""
+    if env is None:
+        # Never the box's /var/lib/bedsight: a scratch state folder unless --state-dir is given.
+        env = dict(os.environ, BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
     result = subprocess.run([bedsight_bin(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"bedsight {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")

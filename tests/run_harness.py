@@ -6,6 +6,7 @@ import re
 import select
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import tty
@@ -52,8 +53,11 @@ class Appliance:
     """A running `bedsight run --config FILE`, its stdout lines in a queue."""
 
     def __init__(self, config: Path, *extra):
+        # Never the box's /var/lib/bedsight: a fresh state folder unless --state-dir is given.
+        env = dict(os.environ, BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
         self.process = subprocess.Popen(
             [bedsight_bin(), "run", "--config", str(config), *map(str, extra)],
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -42,6 +42,18 @@ pub struct Config {
     /// How `bedsight run` talks to the printer's PLC.
     #[serde(default)]
     pub plc: PlcConfig,
+    /// Where `bedsight run` keeps its per-layer journal.
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+/// `[journal]`: the per-layer journal of `bedsight run`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JournalConfig {
+    /// The journal file; default: `journal/layers.bsj` in the state folder.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
 }
 
 /// `[camera]`: where frames come from.
@@ -734,6 +746,16 @@ mod tests {
         let config = Config::embedded();
         assert!(config.bed.width_mm > 0.0);
         assert_eq!(config.refine.classes, vec!["lattice".to_string()]);
+    }
+
+    #[test]
+    fn the_journal_table_takes_a_path_and_nothing_else() {
+        let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
+        assert_eq!(Config::parse(base, "test.toml").unwrap().journal.path, None);
+        let config = Config::parse(&format!("{base}[journal]\npath = \"/data/layers.bsj\"\n"), "test.toml").unwrap();
+        assert_eq!(config.journal.path, Some(PathBuf::from("/data/layers.bsj")));
+        let message = format!("{:#}", Config::parse(&format!("{base}[journal]\nfile = \"x\"\n"), "test.toml").unwrap_err());
+        assert!(message.contains("test.toml") && message.contains("file"), "{message}");
     }
 
     #[test]

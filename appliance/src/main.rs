@@ -7,6 +7,7 @@ mod config;
 mod decide;
 mod demo;
 mod image_cmd;
+mod journal;
 mod model;
 mod output;
 mod pipeline;
@@ -93,6 +94,23 @@ enum Command {
     /// Make, check and read model images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Read the per-layer journal that `bedsight run` writes.
+    #[command(subcommand)]
+    Journal(JournalCommand),
+}
+
+#[derive(Subcommand)]
+enum JournalCommand {
+    /// Count the records, show the first and last layer, say whether a bad tail would be cut
+    /// on the next open. Changes nothing.
+    Check { file: PathBuf },
+    /// Write every record to stdout: one CSV row or one JSON object per layer.
+    Export {
+        file: PathBuf,
+        /// csv or jsonl.
+        #[arg(long, default_value = "csv", value_parser = ["csv", "jsonl"])]
+        format: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -221,6 +239,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 })?,
                 ImageCommand::Rollback { state_dir } => image_cmd::rollback(&state_dir)?,
                 ImageCommand::List { state_dir } => image_cmd::list(&state_dir)?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journal(command) => {
+            match command {
+                JournalCommand::Check { file } => journal::check(&file)?,
+                JournalCommand::Export { file, format } => journal::export(&file, &format)?,
             }
             Ok(ExitCode::SUCCESS)
         }

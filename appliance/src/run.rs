@@ -28,6 +28,7 @@ use hal::{Camera, LoopState, Outputs, ReplayCamera, Trigger, TriggerError, Trigg
 
 use crate::config::{CameraConfig, Config, TriggerConfig};
 use crate::decide::RecoatBudget;
+use crate::journal::{DefectRecord, Journal, LayerRecord};
 use crate::model::LoadedModel;
 use crate::pipeline::Pipeline;
 use crate::report::defect_summary;
@@ -42,7 +43,7 @@ enum AnalysisEvent {
     /// The frame is captured; the model is running.
     Analysing,
     /// The layer's result, before the recoat budget.
-    Done(LayerResult),
+    Done(Box<LayerResult>),
 }
 
 struct LayerResult {
@@ -59,6 +60,14 @@ struct LayerResult {
     camera_failed: bool,
     /// The model that judged the layer: name and version.
     model: String,
+    /// For the journal: the model's name and version apart, the backend, the listed defects
+    /// and the pipeline's timings.
+    model_name: String,
+    model_version: String,
+    backend: String,
+    defects: Vec<DefectRecord>,
+    total_ms: f64,
+    infer_ms: f64,
 }
 
 impl LayerResult {
@@ -74,6 +83,12 @@ impl LayerResult {
             frame_source: String::new(),
             camera_failed: false,
             model: String::new(),
+            model_name: String::new(),
+            model_version: String::new(),
+            backend: String::new(),
+            defects: Vec::new(),
+            total_ms: 0.0,
+            infer_ms: 0.0,
         }
     }
 }
@@ -99,6 +114,14 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     let camera_config = config.camera.clone().ok_or_else(|| anyhow!("configuration {origin}: [camera] is missing: bedsight run needs a camera"))?;
     let trigger_config =
         config.trigger.clone().ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
+
+    let journal_path = match &config.journal.path {
+        Some(path) if path.is_relative() => base_dir.join(path),
+        Some(path) => path.clone(),
+        None => state_dir.join("journal").join("layers.bsj"),
+    };
+    let (mut journal, opened) = Journal::open(&journal_path)?;
+    println!("journal: {}: {opened}", journal_path.display());
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -192,8 +215,9 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     println!("ready");
     std::io::stdout().flush().ok();
 
-    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop)?;
+    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut journal)?;
     println!("stopped after {layers} layers ({} triggers answered BUSY)", queue.busy_refusals());
+    println!("journal: {} records in {}", journal.records(), journal_path.display());
     if let Some(bank) = &modbus_bank {
         let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
         println!(
@@ -371,7 +395,10 @@ fn analysis_thread(
                 let mut result = LayerResult::fault(format!("camera: {error}"));
                 result.camera_failed = true;
                 result.model = format!("{} {}", pipeline.model.name, pipeline.model.version);
-                if events.send(AnalysisEvent::Done(result)).is_err() {
+                result.model_name = pipeline.model.name.clone();
+                result.model_version = pipeline.model.version.clone();
+                result.backend = pipeline.model.backend_label();
+                if events.send(AnalysisEvent::Done(Box::new(result))).is_err() {
                     return;
                 }
                 continue;
@@ -396,8 +423,24 @@ fn analysis_thread(
             frame_source: frame.source,
             camera_failed: false,
             model: format!("{} {}", pipeline.model.name, pipeline.model.version),
+            model_name: pipeline.model.name.clone(),
+            model_version: pipeline.model.version.clone(),
+            backend: pipeline.model.backend_label(),
+            defects: outcome
+                .defects
+                .iter()
+                .map(|d| DefectRecord {
+                    class: pipeline.model.class_names.get(d.class as usize).cloned().unwrap_or_else(|| format!("class {}", d.class)),
+                    area_mm2: d.area_mm2,
+                    bbox: d.bbox,
+                    centroid: d.centroid,
+                    mean_uncertainty: d.mean_uncertainty,
+                })
+                .collect(),
+            total_ms: outcome.timing.total_ms,
+            infer_ms: outcome.timing.infer_ms,
         };
-        if events.send(AnalysisEvent::Done(result)).is_err() {
+        if events.send(AnalysisEvent::Done(Box::new(result))).is_err() {
             return;
         }
     }
@@ -418,6 +461,7 @@ fn control_loop(
     jobs: &SyncSender<LayerJob>,
     events: &Receiver<AnalysisEvent>,
     stop: &AtomicBool,
+    journal: &mut Journal,
 ) -> Result<u64> {
     let tick = Duration::from_millis(50);
     let mut next_heartbeat = Instant::now() + Duration::from_secs(1);
@@ -496,6 +540,24 @@ fn control_loop(
                         result.detail
                     );
                     std::io::stdout().flush().ok();
+                    // After the PLC has its verdict: a journal that cannot be written is
+                    // reported and the build goes on.
+                    let record = LayerRecord {
+                        layer: flight.layer,
+                        time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0),
+                        trigger: flight.source.as_str().to_string(),
+                        verdict: verdict.as_str().to_string(),
+                        defects: result.defects,
+                        uncertainty_score: result.uncertainty_score,
+                        model: result.model_name,
+                        model_version: result.model_version,
+                        backend: result.backend,
+                        total_ms: result.total_ms,
+                        infer_ms: result.infer_ms,
+                    };
+                    if let Err(error) = journal.append(&record) {
+                        eprintln!("{error:#}");
+                    }
                     in_flight = None;
                 }
                 Ok(AnalysisEvent::Started(_)) => {}

@@ -1,0 +1,380 @@
+//! The per-layer journal: an append-only file with one record per finished layer, fsynced
+//! before the next layer starts, so a power cut loses at most the layer being written.
+//!
+//! On disk: the 8-byte magic `BSJRNL01`, then frames of `u32 LE payload length`, the payload
+//! (`postcard`), `u32 LE crc32 of the payload`. A torn or corrupt record is cut at open, with
+//! everything before it kept; `read` finds the same thing without touching the file.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// The first 8 bytes of every journal file.
+pub const MAGIC: &[u8; 8] = b"BSJRNL01";
+
+/// A record larger than this is taken for a corrupt length field (64 defects take ~3 KiB).
+const MAX_PAYLOAD_BYTES: u32 = 1 << 20;
+
+/// One measured defect of a layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DefectRecord {
+    pub class: String,
+    pub area_mm2: f64,
+    /// `[x, y, width, height]`, pixels of the rectified bed.
+    pub bbox: [u32; 4],
+    /// `[x, y]`, pixels of the rectified bed.
+    pub centroid: [f64; 2],
+    pub mean_uncertainty: f32,
+}
+
+/// One finished layer, as the PLC was told.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    pub layer: u32,
+    /// When the verdict was sent, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// Who triggered the layer (`serial`, `modbus`, `timer`, ...).
+    pub trigger: String,
+    /// The verdict word sent to the PLC (`PASS`, `RECOAT`, ...).
+    pub verdict: String,
+    pub defects: Vec<DefectRecord>,
+    pub uncertainty_score: f64,
+    pub model: String,
+    pub model_version: String,
+    pub backend: String,
+    pub total_ms: f64,
+    pub infer_ms: f64,
+}
+
+/// What opening a journal found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenReport {
+    /// Good records kept.
+    pub records: usize,
+    /// Bytes cut from the end of the file (a torn or corrupt record and whatever followed it).
+    pub cut_bytes: u64,
+    /// Why bytes were cut, when they were.
+    pub reason: Option<String>,
+}
+
+impl std::fmt::Display for OpenReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} records", self.records)?;
+        if let Some(reason) = &self.reason {
+            write!(f, ", cut {} bytes: {reason}", self.cut_bytes)?;
+        }
+        Ok(())
+    }
+}
+
+/// A journal read without changing it.
+#[derive(Debug, Clone)]
+pub struct Contents {
+    pub records: Vec<LayerRecord>,
+    /// End of the last good record: where an open would cut the file.
+    pub good_end: u64,
+    pub file_len: u64,
+    /// Why the bytes past `good_end` are not records, when there are any.
+    pub reason: Option<String>,
+}
+
+/// The journal open for appending.
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    records: usize,
+}
+
+impl Journal {
+    /// Opens the journal at `path`, creating it (and its folder) when missing. A torn or corrupt
+    /// record is cut off, with everything after it; the records before it are kept. Every
+    /// append goes to the end of the file (O_APPEND).
+    pub fn open(path: &Path) -> Result<(Journal, OpenReport)> {
+        if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(folder).with_context(|| format!("journal {}: cannot create its folder", path.display()))?;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("journal {}: cannot open it for writing", path.display()))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).with_context(|| format!("journal {}: cannot read it", path.display()))?;
+        if bytes.is_empty() {
+            file.write_all(MAGIC).and_then(|_| file.sync_all()).with_context(|| format!("journal {}: cannot write its header", path.display()))?;
+            return Ok((Journal { path: path.to_path_buf(), file, records: 0 }, OpenReport { records: 0, cut_bytes: 0, reason: None }));
+        }
+        let contents = scan(path, &bytes)?;
+        if contents.good_end < contents.file_len {
+            file.set_len(contents.good_end)
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("journal {}: cannot cut the bad tail at byte {}", path.display(), contents.good_end))?;
+        }
+        file.seek(SeekFrom::Start(contents.good_end)).with_context(|| format!("journal {}", path.display()))?;
+        let report = OpenReport { records: contents.records.len(), cut_bytes: contents.file_len - contents.good_end, reason: contents.reason };
+        Ok((Journal { path: path.to_path_buf(), file, records: report.records }, report))
+    }
+
+    /// Appends one record and waits until it is on the disk.
+    pub fn append(&mut self, record: &LayerRecord) -> Result<()> {
+        let payload = postcard::to_allocvec(record).with_context(|| format!("journal {}: cannot encode layer {}", self.path.display(), record.layer))?;
+        let mut frame = Vec::with_capacity(payload.len() + 8);
+        frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&payload);
+        frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        self.file
+            .write_all(&frame)
+            .and_then(|_| self.file.sync_data())
+            .with_context(|| format!("journal {}: cannot append layer {}", self.path.display(), record.layer))?;
+        self.records += 1;
+        Ok(())
+    }
+
+    pub fn records(&self) -> usize {
+        self.records
+    }
+}
+
+/// Reads every good record of the journal at `path`; changes nothing.
+pub fn read(path: &Path) -> Result<Contents> {
+    let bytes = std::fs::read(path).with_context(|| format!("journal {}: cannot read it", path.display()))?;
+    scan(path, &bytes)
+}
+
+/// Walks the frames of a journal file's bytes up to the first one that is not a good record.
+fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        bail!("journal {}: not a bedsight journal (it does not start with {:?}); move it away and a new one is started", path.display(), std::str::from_utf8(MAGIC).unwrap_or_default());
+    }
+    let file_len = bytes.len() as u64;
+    let mut records = Vec::new();
+    let mut pos = MAGIC.len();
+    let mut reason = None;
+    while pos < bytes.len() {
+        let rest = bytes.len() - pos;
+        let frame_end = |payload_len: usize| pos + 4 + payload_len + 4;
+        let problem = if rest < 4 {
+            Err(format!("torn record at byte {pos}: {rest} bytes of its 4-byte length"))
+        } else {
+            let payload_len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
+            if payload_len > MAX_PAYLOAD_BYTES {
+                Err(format!("corrupt record at byte {pos}: length {payload_len} is implausible"))
+            } else if frame_end(payload_len as usize) > bytes.len() {
+                Err(format!("torn record at byte {pos}: it needs {} bytes, {rest} are there", payload_len as usize + 8))
+            } else {
+                let payload = &bytes[pos + 4..pos + 4 + payload_len as usize];
+                let end = frame_end(payload_len as usize);
+                let stored_crc = u32::from_le_bytes(bytes[end - 4..end].try_into().expect("4 bytes"));
+                if crc32fast::hash(payload) != stored_crc {
+                    Err(format!("corrupt record at byte {pos}: bad CRC"))
+                } else {
+                    match postcard::from_bytes::<LayerRecord>(payload) {
+                        Ok(record) => Ok((record, end)),
+                        Err(error) => Err(format!("corrupt record at byte {pos}: cannot decode it ({error})")),
+                    }
+                }
+            }
+        };
+        match problem {
+            Ok((record, end)) => {
+                records.push(record);
+                pos = end;
+            }
+            Err(mut why) => {
+                // A bad frame whose declared end is short of the file's end is not a torn
+                // append: say that good-looking data after it goes too.
+                let declared_end = if rest >= 4 { frame_end(u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize) } else { bytes.len() };
+                if declared_end < bytes.len() {
+                    why.push_str(&format!(" in the middle of the file, {} more bytes after it are cut with it", bytes.len() - declared_end));
+                } else if records.is_empty() {
+                    why.push_str(" (the first record)");
+                } else {
+                    why.push_str(" (the last record)");
+                }
+                reason = Some(why);
+                break;
+            }
+        }
+    }
+    Ok(Contents { records, good_end: pos as u64, file_len, reason })
+}
+
+/// `bedsight journal check FILE`: count, layers, and whether an open would cut a bad tail.
+pub fn check(path: &Path) -> Result<()> {
+    let contents = read(path)?;
+    let layers = match (contents.records.first(), contents.records.last()) {
+        (Some(first), Some(last)) => format!(", layers {} to {}", first.layer, last.layer),
+        _ => String::new(),
+    };
+    println!("journal {}: {} records{layers}", path.display(), contents.records.len());
+    match &contents.reason {
+        Some(reason) => println!("bad tail: {} bytes would be cut on the next open: {reason}", contents.file_len - contents.good_end),
+        None => println!("no bad tail"),
+    }
+    Ok(())
+}
+
+/// `bedsight journal export FILE --format csv|jsonl`, to stdout.
+pub fn export(path: &Path, format: &str) -> Result<()> {
+    let contents = read(path)?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    match format {
+        "csv" => {
+            writeln!(out, "layer,time_ms,trigger,verdict,defects,total_area_mm2,uncertainty,model,version,backend,total_ms")?;
+            for r in &contents.records {
+                let area = r.defects.iter().fold(0.0, |sum, d| sum + d.area_mm2);
+                writeln!(
+                    out,
+                    "{},{},{},{},{},{area:.3},{:.6},{},{},{},{:.1}",
+                    r.layer,
+                    r.time_ms,
+                    csv_field(&r.trigger),
+                    csv_field(&r.verdict),
+                    r.defects.len(),
+                    r.uncertainty_score,
+                    csv_field(&r.model),
+                    csv_field(&r.model_version),
+                    csv_field(&r.backend),
+                    r.total_ms
+                )?;
+            }
+        }
+        "jsonl" => {
+            for r in &contents.records {
+                writeln!(out, "{}", serde_json::to_string(r)?)?;
+            }
+        }
+        other => bail!("--format {other:?}: use csv or jsonl"),
+    }
+    if let Some(reason) = &contents.reason {
+        eprintln!("journal {}: {} bytes after the last good record are not exported: {reason}", path.display(), contents.file_len - contents.good_end);
+    }
+    Ok(())
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break.
+fn csv_field(text: &str) -> String {
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(layer: u32) -> LayerRecord {
+        LayerRecord {
+            layer,
+            time_ms: 1_764_000_000_000 + layer as u64,
+            trigger: "serial".into(),
+            verdict: if layer % 2 == 0 { "RECOAT".into() } else { "PASS".into() },
+            defects: (0..layer)
+                .map(|i| DefectRecord { class: "streaking".into(), area_mm2: 1.5 * i as f64, bbox: [i, 2, 30, 4], centroid: [15.5, 4.25], mean_uncertainty: 0.125 })
+                .collect(),
+            uncertainty_score: 0.031,
+            model: "amsegnet".into(),
+            model_version: "1.0.0".into(),
+            backend: "tract (CPU)".into(),
+            total_ms: 41.5,
+            infer_ms: 30.25,
+        }
+    }
+
+    fn write(path: &Path, layers: &[u32]) {
+        let (mut journal, _) = Journal::open(path).unwrap();
+        for &layer in layers {
+            journal.append(&record(layer)).unwrap();
+        }
+    }
+
+    #[test]
+    fn records_come_back_as_written() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("journal/layers.bsj");
+        write(&path, &[1, 2, 3]);
+        let (journal, report) = Journal::open(&path).unwrap();
+        assert_eq!(report, OpenReport { records: 3, cut_bytes: 0, reason: None });
+        assert_eq!(journal.records(), 3);
+        assert_eq!(read(&path).unwrap().records, vec![record(1), record(2), record(3)]);
+    }
+
+    #[test]
+    fn a_last_record_torn_at_any_byte_is_cut_and_the_rest_kept() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("layers.bsj");
+        write(&path, &[1, 2]);
+        let two_records = std::fs::metadata(&path).unwrap().len();
+        write(&path, &[3]);
+        let whole = std::fs::read(&path).unwrap();
+        for cut_at in two_records..whole.len() as u64 {
+            std::fs::write(&path, &whole[..cut_at as usize]).unwrap();
+            let (mut journal, report) = Journal::open(&path).unwrap();
+            assert_eq!(report.records, 2, "cut at byte {cut_at}");
+            assert_eq!(report.cut_bytes, cut_at - two_records, "cut at byte {cut_at}");
+            assert_eq!(report.reason.is_some(), cut_at > two_records, "cut at byte {cut_at}");
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), two_records, "cut at byte {cut_at}");
+            journal.append(&record(4)).unwrap();
+            drop(journal);
+            let contents = read(&path).unwrap();
+            assert_eq!(contents.records, vec![record(1), record(2), record(4)], "cut at byte {cut_at}");
+            assert_eq!(contents.reason, None);
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_in_the_last_payload_fails_the_crc_and_is_cut() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("layers.bsj");
+        write(&path, &[1, 2]);
+        let two_records = std::fs::metadata(&path).unwrap().len();
+        write(&path, &[3]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[two_records as usize + 4 + 3] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+
+        let contents = read(&path).unwrap();
+        assert!(contents.reason.as_deref().unwrap().contains("bad CRC"), "{:?}", contents.reason);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64, "read must not change the file");
+
+        let (_, report) = Journal::open(&path).unwrap();
+        assert_eq!(report.records, 2);
+        assert_eq!(report.cut_bytes, bytes.len() as u64 - two_records);
+        assert!(report.reason.unwrap().contains("bad CRC (the last record)"));
+        assert_eq!(read(&path).unwrap().records, vec![record(1), record(2)]);
+    }
+
+    #[test]
+    fn a_bad_record_in_the_middle_is_cut_with_what_follows_and_said_so() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("layers.bsj");
+        write(&path, &[1]);
+        let one_record = std::fs::metadata(&path).unwrap().len();
+        write(&path, &[2, 3]);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[one_record as usize + 5] ^= 0x01;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, report) = Journal::open(&path).unwrap();
+        assert_eq!(report.records, 1);
+        assert!(report.reason.unwrap().contains("in the middle of the file"));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), one_record);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_journal_is_an_error_naming_it() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("notes.txt");
+        std::fs::write(&path, b"hello, this is not a journal").unwrap();
+        let error = format!("{:#}", Journal::open(&path).err().unwrap());
+        assert!(error.contains("notes.txt") && error.contains("not a bedsight journal"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"hello, this is not a journal");
+    }
+}
