@@ -18,11 +18,17 @@ fi
 ORT_DYLIB_PATH="$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
 export ORT_DYLIB_PATH
 
-# The V4L2 camera's bindings (hal, crate v4l) are generated at build time with libclang.
-if command -v dpkg >/dev/null && ! dpkg -s libclang-dev >/dev/null 2>&1; then
-    echo "== installing libclang-dev (needed to build the V4L2 bindings)"
+# Debian packages the build and the tests need: libclang for the V4L2 bindings (hal, crate v4l),
+# openssh-server and -client for flash.sh's test over real ssh to localhost, openssl for the
+# key-file interoperability test.
+missing=""
+for package in libclang-dev openssh-server openssh-client openssl; do
+    dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
+done
+if [ -n "$missing" ]; then
+    echo "== installing$missing"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-    $SUDO apt-get update -qq && $SUDO apt-get install -y --no-install-recommends libclang-dev
+    $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
 fi
 
 echo "== building"

@@ -1,24 +1,10 @@
 """`bedsight image pack` / `verify` refuse what does not hold together."""
-import tarfile
+import tomllib
 
+from bsimg_tools import MODEL, training_manifest
 from conftest import ASSETS, run
 
-
-def unpack_default(tmp_path):
-    with tarfile.open(ASSETS / "default.bsimg") as archive:
-        archive.extractall(tmp_path / "default", filter="data")
-    return tmp_path / "default"
-
-
-def strip_pack_tables(manifest: str) -> str:
-    """The manifest as the training tool writes it: without [graphs] and [files]."""
-    out, skipping = [], False
-    for line in manifest.splitlines():
-        if line.startswith("["):
-            skipping = line.strip() in ("[graphs]", "[files]")
-        if not skipping:
-            out.append(line)
-    return "\n".join(out) + "\n"
+MEMBERS = tomllib.loads((MODEL / "manifest.toml").read_text())["ensemble"]["members"]
 
 
 def test_the_default_image_verifies():
@@ -28,29 +14,20 @@ def test_the_default_image_verifies():
 
 
 def test_pack_then_verify_round_trip(tmp_path):
-    src = unpack_default(tmp_path)
     manifest = tmp_path / "manifest.toml"
-    manifest.write_text(strip_pack_tables((src / "manifest.toml").read_text()))
+    manifest.write_text(training_manifest("1.0.0"))
     out = tmp_path / "repacked.bsimg"
-    result = run("image", "pack", "--onnx", src / "model.onnx", "--manifest", manifest, "-o", out)
+    result = run("image", "pack", "--onnx", MODEL / "model.onnx", "--manifest", manifest, "-o", out)
     assert result.returncode == 0, result.stderr
     assert run("image", "verify", out).returncode == 0
 
 
 def test_pack_refuses_a_manifest_whose_members_disagree_with_the_graph(tmp_path):
-    src = unpack_default(tmp_path)
-    text = strip_pack_tables((src / "manifest.toml").read_text())
-    import tomllib
-    members = tomllib.loads(text)["ensemble"]["members"]
-    wrong = members + 2
-    text = text.replace(f"members = {members}", f"members = {wrong}")
-    temps = ", ".join(["1.0"] * wrong)
-    import re
-    text = re.sub(r"temperatures = \[[^\]]*\]", f"temperatures = [{temps}]", text)
+    wrong = MEMBERS + 2
     manifest = tmp_path / "manifest.toml"
-    manifest.write_text(text)
+    manifest.write_text(training_manifest("1.0.0", members=wrong))
     out = tmp_path / "wrong.bsimg"
-    result = run("image", "pack", "--onnx", src / "model.onnx", "--manifest", manifest, "-o", out)
+    result = run("image", "pack", "--onnx", MODEL / "model.onnx", "--manifest", manifest, "-o", out)
     assert result.returncode != 0
-    assert f"{members}" in result.stderr and f"{wrong}" in result.stderr and "members" in result.stderr, result.stderr
+    assert f"{MEMBERS}" in result.stderr and f"{wrong}" in result.stderr and "members" in result.stderr, result.stderr
     assert not out.exists()

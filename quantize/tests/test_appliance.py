@@ -1,7 +1,7 @@
 """The packed model image runs in the appliance (`bedsight analyze`), INT8 graph by default.
 
 These tests need the `bedsight` binary (the project's test command builds it and sets
-BEDSIGHT_BIN); they are skipped, with the reason, only when there is none."""
+BEDSIGHT_BIN); without one they fail and say how to build it."""
 
 import json
 import os
@@ -12,7 +12,13 @@ import pytest
 from bt_helpers import bedsight_bin
 
 BIN = bedsight_bin()
-needs_bin = pytest.mark.skipif(BIN is None, reason="no bedsight binary: BEDSIGHT_BIN is unset and none is on PATH or in target/")
+@pytest.fixture
+def require_bin():
+    if BIN is None:
+        pytest.fail("no bedsight binary: BEDSIGHT_BIN is unset and none is on PATH or in target/ (run ./test.sh, or cargo build)")
+
+
+needs_bin = pytest.mark.usefixtures("require_bin")
 
 
 @pytest.fixture(scope="module")
