@@ -266,24 +266,9 @@ pub fn check_pixel_format(frame: &DynamicImage) -> Result<(), String> {
 fn brightness(frame: &DynamicImage) -> (f64, f64) {
     let step = ((frame.width() as u64 * frame.height() as u64 / 65_536) as f64).sqrt().max(1.0) as u32;
     let (mut sum, mut saturated, mut count) = (0u64, 0u64, 0u64);
-    let luma_at = |x: u32, y: u32| -> u8 {
-        match frame {
-            DynamicImage::ImageLuma8(img) => img.get_pixel(x, y).0[0],
-            DynamicImage::ImageLuma16(img) => (img.get_pixel(x, y).0[0] >> 8) as u8,
-            DynamicImage::ImageRgb8(img) => {
-                let [r, g, b] = img.get_pixel(x, y).0;
-                ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000) as u8
-            }
-            DynamicImage::ImageRgb16(img) => {
-                let [r, g, b] = img.get_pixel(x, y).0;
-                (((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000) >> 8) as u8
-            }
-            _ => 0,
-        }
-    };
     for y in (0..frame.height()).step_by(step as usize) {
         for x in (0..frame.width()).step_by(step as usize) {
-            let value = luma_at(x, y);
+            let value = hal::camera::luma_at(frame, x, y);
             sum += value as u64;
             saturated += (value >= 250) as u64;
             count += 1;

@@ -141,6 +141,23 @@ impl Camera for ReplayCamera {
     }
 }
 
+/// The 8-bit ITU-R 601 luma of one pixel of a frame, whatever its pixel format (16 bit: the
+/// high byte).
+pub fn luma_at(frame: &DynamicImage, x: u32, y: u32) -> u8 {
+    match frame {
+        DynamicImage::ImageLuma8(image) => image.get_pixel(x, y).0[0],
+        DynamicImage::ImageLuma16(image) => (image.get_pixel(x, y).0[0] >> 8) as u8,
+        DynamicImage::ImageRgb8(image) => {
+            let [r, g, b] = image.get_pixel(x, y).0;
+            ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000) as u8
+        }
+        other => {
+            let pixel = image::GenericImageView::get_pixel(other, x, y).0;
+            ((pixel[0] as u32 * 299 + pixel[1] as u32 * 587 + pixel[2] as u32 * 114) / 1000) as u8
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

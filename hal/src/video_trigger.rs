@@ -102,22 +102,7 @@ fn sample_grid(frame: &DynamicImage, grid: &mut [u8; GRID * GRID]) {
         let y = ((gy as u64 * 2 + 1) * height as u64 / (GRID as u64 * 2)) as u32;
         for gx in 0..GRID {
             let x = ((gx as u64 * 2 + 1) * width as u64 / (GRID as u64 * 2)) as u32;
-            grid[gy * GRID + gx] = luma_at(frame, x.min(width - 1), y.min(height - 1));
-        }
-    }
-}
-
-fn luma_at(frame: &DynamicImage, x: u32, y: u32) -> u8 {
-    match frame {
-        DynamicImage::ImageLuma8(image) => image.get_pixel(x, y).0[0],
-        DynamicImage::ImageLuma16(image) => (image.get_pixel(x, y).0[0] >> 8) as u8,
-        DynamicImage::ImageRgb8(image) => {
-            let [r, g, b] = image.get_pixel(x, y).0;
-            ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114) / 1000) as u8
-        }
-        other => {
-            let pixel = image::GenericImageView::get_pixel(other, x, y).0;
-            ((pixel[0] as u32 * 299 + pixel[1] as u32 * 587 + pixel[2] as u32 * 114) / 1000) as u8
+            grid[gy * GRID + gx] = crate::camera::luma_at(frame, x.min(width - 1), y.min(height - 1));
         }
     }
 }
