@@ -49,6 +49,27 @@ def write_config(tmp_path: Path, body: str, max_retries: int = 2) -> Path:
     return path
 
 
+def serial_line_config(tmp_path: Path, port_path: str, folder: Path, max_retries: int = 2, repeat: bool = False) -> Path:
+    """A configuration that replays `folder` and takes LAYER lines on the serial port `port_path`."""
+    return write_config(
+        tmp_path,
+        f"""
+[camera]
+kind = "replay"
+folder = "{folder}"
+repeat = {str(repeat).lower()}
+
+[trigger]
+kind = "serial"
+
+[plc.serial_line]
+port = "{port_path}"
+baud = 115200
+""",
+        max_retries=max_retries,
+    )
+
+
 class Appliance:
     """A running `bedsight run --config FILE`, its stdout lines in a queue."""
 

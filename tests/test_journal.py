@@ -6,28 +6,12 @@ import json
 import re
 
 from conftest import SAMPLE_BUILD, run
-from run_harness import Appliance, LinePort, write_config
-
-
-def line_config(port: LinePort) -> str:
-    return f"""
-[camera]
-kind = "replay"
-folder = "{SAMPLE_BUILD}"
-repeat = true
-
-[trigger]
-kind = "serial"
-
-[plc.serial_line]
-port = "{port.path}"
-baud = 115200
-"""
+from run_harness import Appliance, LinePort, serial_line_config
 
 
 def test_each_layer_the_plc_hears_is_in_the_journal(tmp_path):
     port = LinePort()
-    config = write_config(tmp_path, line_config(port))
+    config = serial_line_config(tmp_path, port.path, SAMPLE_BUILD, repeat=True)
     state_dir = tmp_path / "state"
     journal = state_dir / "journal" / "layers.bsj"
     appliance = Appliance(config, "--state-dir", state_dir)
@@ -67,7 +51,7 @@ def test_each_layer_the_plc_hears_is_in_the_journal(tmp_path):
     assert journal.stat().st_size == len(whole) - 5
 
     port = LinePort()
-    config = write_config(tmp_path, line_config(port))
+    config = serial_line_config(tmp_path, port.path, SAMPLE_BUILD, repeat=True)
     appliance = Appliance(config, "--state-dir", state_dir)
     try:
         line = appliance.wait_for(r"^journal: .*$").group(0)

@@ -7,30 +7,10 @@ import time
 
 import pytest
 
-from run_harness import Appliance, LinePort, write_config
+from run_harness import Appliance, LinePort, serial_line_config
 from conftest import SAMPLE_BUILD, analyze_json
 
 VERDICT_LINE = re.compile(r"^VERDICT (\d+) (PASS|RECOAT|PAUSE|REVIEW|FAULT) (\d+) (\d+\.\d{2}) (\d\.\d{3})$")
-
-
-def line_config(tmp_path, port, folder, max_retries=2, repeat=False):
-    return write_config(
-        tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{folder}"
-repeat = {str(repeat).lower()}
-
-[trigger]
-kind = "serial"
-
-[plc.serial_line]
-port = "{port}"
-baud = 115200
-""",
-        max_retries=max_retries,
-    )
 
 
 @pytest.fixture
@@ -41,7 +21,7 @@ def line_port():
 
 
 def test_layer_lines_get_verdict_lines_and_bad_lines_get_err(tmp_path, line_port, ledger):
-    appliance = Appliance(line_config(tmp_path, line_port.path, SAMPLE_BUILD))
+    appliance = Appliance(serial_line_config(tmp_path, line_port.path, SAMPLE_BUILD))
     try:
         appliance.wait_for(r"^ready$")
         names = sorted(ledger)
@@ -88,7 +68,7 @@ def test_recoat_is_retried_up_to_the_limit_then_pause(tmp_path, line_port, ledge
     folder = tmp_path / "frames"
     folder.mkdir()
     shutil.copy(SAMPLE_BUILD / recoat_frame, folder / recoat_frame)
-    appliance = Appliance(line_config(tmp_path, line_port.path, folder, max_retries=2, repeat=True))
+    appliance = Appliance(serial_line_config(tmp_path, line_port.path, folder, max_retries=2, repeat=True))
     try:
         appliance.wait_for(r"^ready$")
         verdicts = []
@@ -106,7 +86,7 @@ def test_recoat_is_retried_up_to_the_limit_then_pause(tmp_path, line_port, ledge
 
 
 def test_sigint_during_a_layer_finishes_it_and_exits_zero(tmp_path, line_port):
-    appliance = Appliance(line_config(tmp_path, line_port.path, SAMPLE_BUILD))
+    appliance = Appliance(serial_line_config(tmp_path, line_port.path, SAMPLE_BUILD))
     try:
         appliance.wait_for(r"^ready$")
         line_port.send(b"LAYER 1\r\n")

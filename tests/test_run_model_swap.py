@@ -4,7 +4,7 @@ import re
 
 from bsimg_tools import install, keygen, make_box, pack
 from conftest import SAMPLE_BUILD
-from run_harness import Appliance, LinePort, write_config
+from run_harness import Appliance, LinePort, serial_line_config
 
 
 def test_an_install_during_a_build_takes_effect_on_the_next_layer(tmp_path):
@@ -15,19 +15,7 @@ def test_an_install_during_a_build_takes_effect_on_the_next_layer(tmp_path):
     assert install(box, first).returncode == 0
 
     port = LinePort()
-    config = write_config(tmp_path, f"""
-[camera]
-kind = "replay"
-folder = "{SAMPLE_BUILD}"
-repeat = true
-
-[trigger]
-kind = "serial"
-
-[plc.serial_line]
-port = "{port.path}"
-baud = 115200
-""")
+    config = serial_line_config(tmp_path, port.path, SAMPLE_BUILD, repeat=True)
     appliance = Appliance(config, "--state-dir", box)
     try:
         appliance.wait_for(r"^ready$")
