@@ -45,6 +45,62 @@ pub struct Config {
     /// Where `bedsight run` keeps its per-layer journal.
     #[serde(default)]
     pub journal: JournalConfig,
+    /// Where `bedsight run` keeps each layer's images, and how much of them.
+    #[serde(default)]
+    pub record: RecordConfig,
+    /// The operator's web page of `bedsight run`; none without the table.
+    #[serde(default)]
+    pub dashboard: Option<DashboardConfig>,
+}
+
+/// `[record]`: the per-layer images of `bedsight run` (raw, rectified, overlay, mask,
+/// uncertainty), see docs/dashboard.md.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordConfig {
+    /// false: no images are written.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// The image folder; default: `images` in the state folder.
+    #[serde(default)]
+    pub folder: Option<PathBuf>,
+    /// Past this many gigabytes the oldest PASS layers' images are deleted; other layers' never.
+    #[serde(default = "default_max_gb")]
+    pub max_gb: f64,
+}
+
+impl Default for RecordConfig {
+    fn default() -> Self {
+        RecordConfig { enabled: true, folder: None, max_gb: default_max_gb() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_max_gb() -> f64 {
+    20.0
+}
+
+/// `[dashboard]`: the web page, `/metrics` and `/healthz` of `bedsight run`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// false: no web server (the table's other keys are kept for later).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// `IP:port` to listen on; loopback by default. Port 0 takes a free port.
+    #[serde(default = "default_dashboard_address")]
+    pub address: String,
+    /// The token that page controls which change anything must send (`Authorization: Bearer`);
+    /// without it those controls are refused.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+fn default_dashboard_address() -> String {
+    "127.0.0.1:8080".into()
 }
 
 /// `[journal]`: the per-layer journal of `bedsight run`.
@@ -477,6 +533,24 @@ pub struct ClassRule {
 }
 
 impl Config {
+    /// The journal file of `bedsight run`: `[journal] path` (relative to `base_dir`, the
+    /// configuration's folder), else `journal/layers.bsj` in the state folder.
+    pub fn journal_file(&self, base_dir: &Path, state_dir: &Path) -> PathBuf {
+        match &self.journal.path {
+            Some(path) => base_dir.join(path),
+            None => state_dir.join("journal").join("layers.bsj"),
+        }
+    }
+
+    /// The layer image folder: `[record] folder` (relative to `base_dir`), else `images` in the
+    /// state folder; none when `[record] enabled = false`.
+    pub fn images_folder(&self, base_dir: &Path, state_dir: &Path) -> Option<PathBuf> {
+        self.record.enabled.then(|| match &self.record.folder {
+            Some(folder) => base_dir.join(folder),
+            None => state_dir.join("images"),
+        })
+    }
+
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path).with_context(|| format!("configuration {}: cannot read it", path.display()))?;
@@ -528,6 +602,19 @@ impl Config {
             match Verdict::parse(&rule.verdict) {
                 Some(Verdict::Recoat | Verdict::Review | Verdict::Pause) => {}
                 _ => bail!("rules.{class}.verdict must be RECOAT, REVIEW or PAUSE, got {:?}", rule.verdict),
+            }
+        }
+        if !(self.record.max_gb.is_finite() && self.record.max_gb > 0.0) {
+            bail!("record.max_gb must be a number of gigabytes > 0, got {}", self.record.max_gb);
+        }
+        if let Some(dashboard) = &self.dashboard {
+            if dashboard.address.parse::<std::net::SocketAddr>().is_err() {
+                bail!("dashboard.address must be IP:port (e.g. \"127.0.0.1:8080\"), got {:?}", dashboard.address);
+            }
+            if let Some(token) = &dashboard.token {
+                if token.len() < 8 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                    bail!("dashboard.token must be at least 8 printable ASCII characters without spaces");
+                }
             }
         }
         self.check_run_tables()
@@ -756,6 +843,25 @@ mod tests {
         assert_eq!(config.journal.path, Some(PathBuf::from("/data/layers.bsj")));
         let message = format!("{:#}", Config::parse(&format!("{base}[journal]\nfile = \"x\"\n"), "test.toml").unwrap_err());
         assert!(message.contains("test.toml") && message.contains("file"), "{message}");
+    }
+
+    #[test]
+    fn record_and_dashboard_tables_are_checked() {
+        let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
+        let config = Config::parse(base, "test.toml").unwrap();
+        assert!(config.record.enabled && config.record.max_gb == 20.0 && config.dashboard.is_none());
+        let config = Config::parse(&format!("{base}[dashboard]\ntoken = \"s3cret-token\"\n[record]\nmax_gb = 0.5\n"), "test.toml").unwrap();
+        let dashboard = config.dashboard.unwrap();
+        assert_eq!((dashboard.address.as_str(), dashboard.token.as_deref()), ("127.0.0.1:8080", Some("s3cret-token")));
+        assert_eq!(config.record.max_gb, 0.5);
+        for (table, needle) in [
+            ("[record]\nmax_gb = 0\n", "record.max_gb"),
+            ("[dashboard]\naddress = \"localhost\"\n", "dashboard.address"),
+            ("[dashboard]\ntoken = \"short\"\n", "dashboard.token"),
+        ] {
+            let message = format!("{:#}", Config::parse(&format!("{base}{table}"), "test.toml").unwrap_err());
+            assert!(message.contains("test.toml") && message.contains(needle), "{message}");
+        }
     }
 
     #[test]

@@ -2,17 +2,21 @@
 //! owns configuration, the layer loop and what is shown to people; it holds no maths.
 
 mod analyze;
+mod build_report;
 mod calibrate;
 mod config;
 mod decide;
 mod demo;
 mod image_cmd;
 mod journal;
+mod layer_images;
+mod metrics;
 mod model;
 mod output;
 mod pipeline;
 mod report;
 mod run;
+mod web;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -97,6 +101,24 @@ enum Command {
     /// Read the per-layer journal that `bedsight run` writes.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// Write the build report: one self-contained HTML file from the journal and the layer
+    /// images (summary, per-layer table, charts, worst layers, defects stacked over all layers).
+    Report {
+        /// The configuration of `bedsight run` (finds the journal and the image folder).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The journal; default: the configuration's, else STATE_DIR/journal/layers.bsj.
+        #[arg(long)]
+        journal: Option<PathBuf>,
+        /// The layer image folder; default: the configuration's, else STATE_DIR/images.
+        #[arg(long)]
+        images: Option<PathBuf>,
+        /// Where the HTML goes; default: build-report.html beside the journal.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -240,6 +262,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ImageCommand::Rollback { state_dir } => image_cmd::rollback(&state_dir)?,
                 ImageCommand::List { state_dir } => image_cmd::list(&state_dir)?,
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Report { config, journal, images, out, state_dir } => {
+            let (config_file, base_dir) = match &config {
+                Some(path) => (Config::load(path)?, path.parent().map(Path::to_path_buf).unwrap_or_default()),
+                None => (Config::embedded(), PathBuf::new()),
+            };
+            let journal = journal.unwrap_or_else(|| config_file.journal_file(&base_dir, &state_dir));
+            let images = images.or_else(|| config_file.images_folder(&base_dir, &state_dir)).filter(|folder| folder.is_dir());
+            let out = out.unwrap_or_else(|| journal.with_file_name("build-report.html"));
+            build_report::write(&journal, images.as_deref(), &out)?;
+            println!("report: {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal(command) => {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use image::{GrayImage, Rgb, RgbImage};
+use image::{GrayImage, Rgb, RgbImage, Rgba, RgbaImage};
 use imageproc::drawing::draw_hollow_rect_mut;
 use imageproc::rect::Rect;
 use models::{ClassInfo, Defect, Fused};
@@ -34,7 +34,7 @@ pub fn write_layer_files(dir: &Path, stem: &str, bed: &GrayImage, fused: &Fused,
 }
 
 /// A 32-bit float, single-channel TIFF: the uncertainty map with its real values.
-fn write_float_tiff(path: &Path, width: u32, height: u32, values: &[f32]) -> Result<()> {
+pub fn write_float_tiff(path: &Path, width: u32, height: u32, values: &[f32]) -> Result<()> {
     let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut encoder = tiff::encoder::TiffEncoder::new(std::io::BufWriter::new(file))?;
     encoder
@@ -46,11 +46,17 @@ fn write_float_tiff(path: &Path, width: u32, height: u32, values: &[f32]) -> Res
 /// The bed in grey, every non-background class tinted in its colour, uncertainty as an orange
 /// heat layer on top, and a box around each measured defect.
 pub fn overlay(bed: &GrayImage, fused: &Fused, classes: &[ClassInfo], defects: &[Defect]) -> RgbImage {
+    tinted_bed(bed, &fused.mask, Some(&fused.uncertainty), classes, defects)
+}
+
+/// The bed in grey with each class of `mask` tinted in its colour, the heat layer of
+/// `uncertainty` when given, and a box around each defect.
+pub fn tinted_bed(bed: &GrayImage, mask: &[u8], uncertainty: Option<&[f32]>, classes: &[ClassInfo], defects: &[Defect]) -> RgbImage {
     let mut picture = RgbImage::new(bed.width(), bed.height());
     for (index, (pixel, grey)) in picture.pixels_mut().zip(bed.pixels()).enumerate() {
         let grey = grey.0[0] as f32;
         let mut rgb = [grey; 3];
-        let class = fused.mask[index] as usize;
+        let class = mask[index] as usize;
         if class != 0 {
             if let Some(info) = classes.get(class) {
                 for (channel, value) in rgb.iter_mut().enumerate() {
@@ -58,9 +64,11 @@ pub fn overlay(bed: &GrayImage, fused: &Fused, classes: &[ClassInfo], defects: &
                 }
             }
         }
-        let heat = (fused.uncertainty[index] / HEAT_FULL_SCALE).clamp(0.0, 1.0) * 0.7;
-        for (channel, value) in rgb.iter_mut().enumerate() {
-            *value = (1.0 - heat) * *value + heat * HEAT_RGB[channel];
+        if let Some(uncertainty) = uncertainty {
+            let heat = heat_share(uncertainty[index]);
+            for (channel, value) in rgb.iter_mut().enumerate() {
+                *value = (1.0 - heat) * *value + heat * HEAT_RGB[channel];
+            }
         }
         *pixel = Rgb(rgb.map(|v| v.round().clamp(0.0, 255.0) as u8));
     }
@@ -71,6 +79,20 @@ pub fn overlay(bed: &GrayImage, fused: &Fused, classes: &[ClassInfo], defects: &
         draw_hollow_rect_mut(&mut picture, outer, Rgb(colour));
     }
     picture
+}
+
+/// The heat layer alone: orange, as opaque as the pixel is uncertain (0.7 at full scale), for
+/// a page to lay over the bed.
+pub fn heatmap(width: u32, height: u32, uncertainty: &[f32]) -> RgbaImage {
+    let rgb = HEAT_RGB.map(|v| v as u8);
+    RgbaImage::from_fn(width, height, |x, y| {
+        let alpha = heat_share(uncertainty[(y * width + x) as usize]);
+        Rgba([rgb[0], rgb[1], rgb[2], (alpha * 255.0).round() as u8])
+    })
+}
+
+fn heat_share(uncertainty: f32) -> f32 {
+    (uncertainty / HEAT_FULL_SCALE).clamp(0.0, 1.0) * 0.7
 }
 
 #[cfg(test)]

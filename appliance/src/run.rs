@@ -29,9 +29,11 @@ use hal::{Camera, LoopState, Outputs, ReplayCamera, Trigger, TriggerError, Trigg
 use crate::config::{CameraConfig, Config, TriggerConfig};
 use crate::decide::RecoatBudget;
 use crate::journal::{DefectRecord, Journal, LayerRecord};
+use crate::layer_images::{ImageStore, LayerVerdict, SnapshotSender, VerdictSender};
 use crate::model::LoadedModel;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, StageTimes};
 use crate::report::defect_summary;
+use crate::web::board::{Board, Status};
 
 /// The analysis thread's job: capture and analyse one layer.
 struct LayerJob;
@@ -68,6 +70,8 @@ struct LayerResult {
     defects: Vec<DefectRecord>,
     total_ms: f64,
     infer_ms: f64,
+    /// Every stage's time, for /metrics (none when the camera gave no frame).
+    timing: Option<StageTimes>,
 }
 
 impl LayerResult {
@@ -89,6 +93,7 @@ impl LayerResult {
             defects: Vec::new(),
             total_ms: 0.0,
             infer_ms: 0.0,
+            timing: None,
         }
     }
 }
@@ -115,13 +120,10 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     let trigger_config =
         config.trigger.clone().ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
 
-    let journal_path = match &config.journal.path {
-        Some(path) if path.is_relative() => base_dir.join(path),
-        Some(path) => path.clone(),
-        None => state_dir.join("journal").join("layers.bsj"),
-    };
+    let journal_path = config.journal_file(&base_dir, state_dir);
     let (mut journal, opened) = Journal::open(&journal_path)?;
     println!("journal: {}: {opened}", journal_path.display());
+    let (board, recorder) = start_board_and_recorder(&config, &origin, &base_dir, state_dir, &journal_path)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -186,6 +188,10 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     }
     let trigger_label = start_trigger(&trigger_config, &gate, &stop, &mut threads);
 
+    let (snapshots, verdict_sender, recorder_thread) = match recorder {
+        Some((snapshots, verdicts, thread)) => (Some(snapshots), Some(verdicts), Some(thread)),
+        None => (None, None, None),
+    };
     let (job_sender, job_receiver) = sync_channel::<LayerJob>(1);
     let (event_sender, events) = sync_channel::<AnalysisEvent>(2);
     let config_path_owned = config_path.to_path_buf();
@@ -199,7 +205,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     let state_dir_owned = state_dir.to_path_buf();
     let analysis = std::thread::Builder::new()
         .name("analysis".into())
-        .spawn(move || analysis_thread(config_path_owned, backend_owned, state_dir_owned, camera, video, job_receiver, event_sender))
+        .spawn(move || analysis_thread(config_path_owned, backend_owned, state_dir_owned, camera, video, job_receiver, event_sender, snapshots))
         .context("cannot start the analysis thread")?;
     let model_label = match events.recv() {
         Ok(AnalysisEvent::Started(Ok(label))) => label,
@@ -211,11 +217,18 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         "bedsight run: model {model_label}, camera: {camera_label}, trigger: {trigger_label}, outputs: {}",
         outputs.describe()
     );
+    board.set_status(Status::new(&model_label, &camera_label, &trigger_label, &outputs.describe()));
+    if let Some(dashboard) = config.dashboard.as_ref().filter(|d| d.enabled) {
+        let (address, handle) = crate::web::spawn(&dashboard.address, dashboard.token.clone(), board.clone(), stop.clone())
+            .with_context(|| format!("configuration {origin}: dashboard.address"))?;
+        println!("dashboard: http://{address}/");
+        threads.push(handle);
+    }
     outputs.set_state(LoopState::Ready).map_err(|e| anyhow!("{e}"))?;
     println!("ready");
     std::io::stdout().flush().ok();
 
-    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut journal)?;
+    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut journal, &board, verdict_sender.as_ref())?;
     println!("stopped after {layers} layers ({} triggers answered BUSY)", queue.busy_refusals());
     println!("journal: {} records in {}", journal.records(), journal_path.display());
     if let Some(bank) = &modbus_bank {
@@ -229,10 +242,43 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     stop.store(true, Ordering::Relaxed);
     drop(job_sender);
     analysis.join().ok();
+    // The recorder finishes the images it has, then the build report is written from them.
+    drop(verdict_sender);
+    if let Some(thread) = recorder_thread {
+        thread.join().ok();
+    }
+    let report_path = journal_path.with_file_name("build-report.html");
+    match crate::build_report::write(&journal_path, board.images_folder.as_deref(), &report_path) {
+        Ok(()) => println!("report: {}", report_path.display()),
+        Err(error) => eprintln!("report: {error:#}"),
+    }
     for thread in threads {
         thread.join().ok();
     }
     Ok(())
+}
+
+type Recorder = (SnapshotSender, VerdictSender, std::thread::JoinHandle<()>);
+
+/// The dashboard's state (the build so far, from the journal) and, unless `[record]` turns it
+/// off, the image recorder that tells it when a layer's images are in place.
+fn start_board_and_recorder(config: &Config, origin: &str, base_dir: &Path, state_dir: &Path, journal_path: &Path) -> Result<(Arc<Board>, Option<Recorder>)> {
+    let images_folder = config.images_folder(base_dir, state_dir);
+    let store = match &images_folder {
+        Some(folder) => Some(ImageStore::open(folder, (config.record.max_gb * 1e9) as u64).with_context(|| format!("configuration {origin}"))?),
+        None => None,
+    };
+    let history = crate::journal::read(journal_path)?.records;
+    let annotations = journal_path.with_file_name("annotations.jsonl");
+    let board = Arc::new(Board::new(history, images_folder.clone(), annotations, Status::new("starting", "", "", ""))?);
+    if let Some(folder) = &images_folder {
+        println!("record: layer images in {} (limit {} GB)", folder.display(), config.record.max_gb);
+    }
+    let Some(store) = store else { return Ok((board, None)) };
+    let news = board.clone();
+    let (snapshots, verdicts, stats, thread) = crate::layer_images::spawn_recorder(store, move |index| news.images_written(index))?;
+    board.metrics.watch_recorder(stats);
+    Ok((board, Some((snapshots, verdicts, thread))))
 }
 
 type GpioPorts = (Box<dyn hal::gpio::GpioOutputPort>, Option<Box<dyn hal::gpio::GpioInputPort>>);
@@ -373,7 +419,9 @@ fn analysis_thread(
     mut video: Option<VideoWatch>,
     jobs: Receiver<LayerJob>,
     events: SyncSender<AnalysisEvent>,
+    snapshots: Option<SnapshotSender>,
 ) {
+    let mut seq = 0u64;
     let (mut pipeline, mut generation) = match load_pipeline(&config_path, backend.as_deref(), &state_dir) {
         Ok(loaded) => loaded,
         Err(error) => {
@@ -386,6 +434,7 @@ fn analysis_thread(
         return;
     }
     while let Some(LayerJob) = next_job(&jobs, &mut camera, &mut video) {
+        seq += 1;
         if pipeline.config.model.image.is_none() {
             follow_active_image(&mut pipeline, &mut generation, &config_path, backend.as_deref(), &state_dir);
         }
@@ -439,9 +488,17 @@ fn analysis_thread(
                 .collect(),
             total_ms: outcome.timing.total_ms,
             infer_ms: outcome.timing.infer_ms,
+            timing: Some(outcome.timing),
         };
         if events.send(AnalysisEvent::Done(Box::new(result))).is_err() {
             return;
+        }
+        // The PLC has its verdict on the way: now copy the layer's pixels for the recorder.
+        if let Some(snapshots) = &snapshots {
+            snapshots.offer(|snapshot| match outcome.fault {
+                None => snapshot.fill(seq, &frame.image, &pipeline.bed_image, &pipeline.fused, &outcome.defects, &pipeline.model.spec.classes, pipeline.bed_mm_per_px),
+                Some(_) => snapshot.fill_unjudged(seq, &frame.image),
+            });
         }
     }
 }
@@ -462,7 +519,10 @@ fn control_loop(
     events: &Receiver<AnalysisEvent>,
     stop: &AtomicBool,
     journal: &mut Journal,
+    board: &Board,
+    images: Option<&VerdictSender>,
 ) -> Result<u64> {
+    let mut seq = 0u64;
     let tick = Duration::from_millis(50);
     let mut next_heartbeat = Instant::now() + Duration::from_secs(1);
     let mut budget = RecoatBudget::default();
@@ -558,6 +618,15 @@ fn control_loop(
                     if let Err(error) = journal.append(&record) {
                         eprintln!("{error:#}");
                     }
+                    seq += 1;
+                    let index = board.next_index();
+                    if let Some(images) = images {
+                        images.send(LayerVerdict { seq, index, layer: flight.layer, verdict: record.verdict.clone() });
+                    }
+                    let model_error = result.detail.starts_with("inference failed").then(|| result.detail.clone());
+                    board.metrics.layer(verdict, result.timing.as_ref(), flight.started.elapsed().as_secs_f64(), result.camera_failed, model_error.is_some());
+                    let camera_error = result.camera_failed.then(|| result.detail.trim_start_matches("camera: ").to_string());
+                    board.add_record(record, camera_error, model_error);
                     in_flight = None;
                 }
                 Ok(AnalysisEvent::Started(_)) => {}
@@ -570,6 +639,7 @@ fn control_loop(
 
 /// An output that fails is reported and the loop goes on: the other outputs still work.
 fn report(result: Result<(), hal::PlcError>) {
+    crate::metrics::PLC.note(result.is_ok());
     if let Err(error) = result {
         eprintln!("plc: {error}");
     }

@@ -1,0 +1,399 @@
+//! What the dashboard shows, kept up to date by `bedsight run`: every journal record of the
+//! build (restored from the journal at start), which of them have images, the operator's
+//! annotations, the health of camera, model and PLC link, and the pages listening for news.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::journal::LayerRecord;
+use crate::layer_images::dir_name;
+use crate::metrics::{Metrics, PLC};
+
+/// A page that listens for news gets at most this many unsent events queued; past that it
+/// misses them (and reloads its state when it reconnects).
+const SUBSCRIBER_QUEUE: usize = 64;
+/// Pages listening at once.
+pub const MAX_SUBSCRIBERS: usize = 32;
+
+/// What an operator may record about a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// A REVIEW was looked at.
+    Acknowledge,
+    /// A layer that was not PASS showed no real defect: label it later.
+    FalseAlarm,
+}
+
+impl Action {
+    pub fn parse(word: &str) -> Option<Action> {
+        match word {
+            "acknowledge" => Some(Action::Acknowledge),
+            "false-alarm" => Some(Action::FalseAlarm),
+            _ => None,
+        }
+    }
+}
+
+/// One operator annotation, a line of `annotations.jsonl` beside the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Annotation {
+    /// The record's position in the journal.
+    pub index: u64,
+    pub layer: u32,
+    pub action: Action,
+    pub time_ms: u64,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// Reads `annotations.jsonl`; a torn last line (a crash mid-write) is skipped with a warning,
+/// any other bad line is an error naming the file and the line.
+pub fn read_annotations(path: &Path) -> Result<Vec<Annotation>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => return Err(error).with_context(|| format!("annotations {}: cannot read it", path.display())),
+    };
+    let lines: Vec<&str> = text.lines().collect();
+    let mut annotations = Vec::new();
+    for (number, line) in lines.iter().enumerate() {
+        match serde_json::from_str(line) {
+            Ok(annotation) => annotations.push(annotation),
+            Err(_) if number + 1 == lines.len() && !text.ends_with('\n') => eprintln!("annotations {}: a torn last line is skipped", path.display()),
+            Err(error) => bail!("annotations {}: line {}: {error}", path.display(), number + 1),
+        }
+    }
+    Ok(annotations)
+}
+
+/// The link states `/healthz` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub model: String,
+    pub backend: String,
+    pub camera: String,
+    pub trigger: String,
+    pub plc: String,
+    pub camera_up: bool,
+    /// Why the camera is down, when it is.
+    pub camera_error: Option<String>,
+    pub model_up: bool,
+    pub model_error: Option<String>,
+}
+
+impl Status {
+    /// `model_label`: "name version on backend", as `bedsight run` prints it.
+    pub fn new(model_label: &str, camera: &str, trigger: &str, plc: &str) -> Status {
+        let (model, backend) = model_label.split_once(" on ").unwrap_or((model_label, ""));
+        Status {
+            model: model.into(),
+            backend: backend.into(),
+            camera: camera.into(),
+            trigger: trigger.into(),
+            plc: plc.into(),
+            camera_up: true,
+            camera_error: None,
+            model_up: true,
+            model_error: None,
+        }
+    }
+}
+
+struct State {
+    records: Vec<LayerRecord>,
+    /// Whether the images of each record are in the image folder.
+    images: Vec<bool>,
+    annotations: Vec<Annotation>,
+    status: Status,
+    subscribers: Vec<SyncSender<String>>,
+}
+
+/// The dashboard's state, shared by the control loop, the image recorder and the web server.
+pub struct Board {
+    state: Mutex<State>,
+    pub metrics: Metrics,
+    pub images_folder: Option<PathBuf>,
+    annotations_path: PathBuf,
+}
+
+impl Board {
+    /// The build so far: the journal's records and the annotations beside it.
+    pub fn new(records: Vec<LayerRecord>, images_folder: Option<PathBuf>, annotations_path: PathBuf, status: Status) -> Result<Board> {
+        let annotations = read_annotations(&annotations_path)?;
+        let images = records
+            .iter()
+            .enumerate()
+            .map(|(index, r)| images_folder.as_ref().is_some_and(|folder| folder.join(dir_name(index as u64, r.layer, &r.verdict)).is_dir()))
+            .collect();
+        Ok(Board {
+            state: Mutex::new(State { records, images, annotations, status, subscribers: Vec::new() }),
+            metrics: Metrics::default(),
+            images_folder,
+            annotations_path,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the loop runs on, once it has started.
+    pub fn set_status(&self, status: Status) {
+        let mut state = self.lock();
+        state.status = status;
+        let event = json!({ "status": status_json(&state.status) });
+        broadcast(&mut state, "status", &event);
+    }
+
+    /// The index the next record gets.
+    pub fn next_index(&self) -> u64 {
+        self.lock().records.len() as u64
+    }
+
+    /// A layer's record is in the journal: show it.
+    pub fn add_record(&self, record: LayerRecord, camera_error: Option<String>, model_error: Option<String>) {
+        let mut state = self.lock();
+        let index = state.records.len() as u64;
+        state.status.camera_up = camera_error.is_none();
+        state.status.camera_error = camera_error;
+        state.status.model_up = model_error.is_none();
+        state.status.model_error = model_error;
+        let event = json!({ "record": record_json(index, &record, &[]), "status": status_json(&state.status) });
+        state.records.push(record);
+        state.images.push(false);
+        broadcast(&mut state, "layer", &event);
+    }
+
+    /// The recorder has written record `index`'s images.
+    pub fn images_written(&self, index: u64) {
+        let mut state = self.lock();
+        if let Some(flag) = state.images.get_mut(index as usize) {
+            *flag = true;
+        }
+        broadcast(&mut state, "images", &json!({ "index": index }));
+    }
+
+    /// Records an operator's annotation durably (fsynced) and shows it. The error is what the
+    /// operator is told (HTTP 404 or 409 by its kind).
+    pub fn annotate(&self, index: u64, action: Action, note: &str) -> Result<Annotation, AnnotateError> {
+        let mut state = self.lock();
+        let Some(record) = state.records.get(index as usize) else {
+            return Err(AnnotateError::NoSuchRecord(format!("there is no record {index}: the build has {} records", state.records.len())));
+        };
+        match action {
+            Action::Acknowledge if record.verdict != "REVIEW" => {
+                return Err(AnnotateError::Conflict(format!("record {index} (layer {}) is {}, not REVIEW: only a REVIEW is acknowledged", record.layer, record.verdict)))
+            }
+            Action::FalseAlarm if record.verdict == "PASS" => {
+                return Err(AnnotateError::Conflict(format!("record {index} (layer {}) is PASS: only a layer that was not PASS can be a false alarm", record.layer)))
+            }
+            _ => {}
+        }
+        if state.annotations.iter().any(|a| a.index == index && a.action == action) {
+            return Err(AnnotateError::Conflict(format!("record {index} is already marked {}", action_word(action))));
+        }
+        let annotation = Annotation {
+            index,
+            layer: record.layer,
+            action,
+            time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0),
+            note: note.chars().take(500).collect(),
+        };
+        let line = serde_json::to_string(&annotation).expect("plain data") + "\n";
+        let written = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.annotations_path)
+            .and_then(|mut file| file.write_all(line.as_bytes()).and_then(|_| file.sync_data()));
+        if let Err(error) = written {
+            return Err(AnnotateError::Storage(format!("annotations {}: cannot append: {error}", self.annotations_path.display())));
+        }
+        state.annotations.push(annotation.clone());
+        broadcast(&mut state, "annotation", &json!(annotation));
+        Ok(annotation)
+    }
+
+    /// Subscribes a page to the news; `None` when too many are listening.
+    pub fn subscribe(&self) -> Option<Receiver<String>> {
+        let mut state = self.lock();
+        state.subscribers.retain(|s| !matches!(s.try_send(": ping\n\n".into()), Err(TrySendError::Disconnected(_))));
+        if state.subscribers.len() >= MAX_SUBSCRIBERS {
+            return None;
+        }
+        let (sender, receiver) = sync_channel(SUBSCRIBER_QUEUE);
+        state.subscribers.push(sender);
+        Some(receiver)
+    }
+
+    /// `/api/state`: status and every record's summary (no defect lists).
+    pub fn state_json(&self) -> Value {
+        let state = self.lock();
+        let records: Vec<Value> = state.records.iter().enumerate().map(|(i, r)| summary_json(i as u64, r, state.images[i])).collect();
+        json!({ "status": status_json(&state.status), "records": records, "annotations": state.annotations })
+    }
+
+    /// `/api/records/<index>`: one record in full with its annotations.
+    pub fn record_json(&self, index: u64) -> Option<Value> {
+        let state = self.lock();
+        let record = state.records.get(index as usize)?;
+        let annotations: Vec<Annotation> = state.annotations.iter().filter(|a| a.index == index).cloned().collect();
+        let mut value = record_json(index, record, &annotations);
+        value["images"] = json!(state.images[index as usize]);
+        Some(value)
+    }
+
+    /// The image folder's name for record `index`, when its images are there.
+    pub fn images_dir(&self, index: u64) -> Option<String> {
+        let state = self.lock();
+        let record = state.records.get(index as usize)?;
+        state.images[index as usize].then(|| dir_name(index, record.layer, &record.verdict))
+    }
+
+    pub fn record_count(&self) -> usize {
+        self.lock().records.len()
+    }
+
+    /// Copies of the records, for the chart.
+    pub fn records(&self) -> Vec<LayerRecord> {
+        self.lock().records.clone()
+    }
+
+    /// `None` when camera, model and PLC link are up; else what is down and why.
+    pub fn down(&self) -> Option<Vec<String>> {
+        let state = self.lock();
+        let mut down = Vec::new();
+        if !state.status.camera_up {
+            down.push(format!("camera: {}", state.status.camera_error.as_deref().unwrap_or("down")));
+        }
+        if !state.status.model_up {
+            down.push(format!("model: {}", state.status.model_error.as_deref().unwrap_or("down")));
+        }
+        if !PLC.last_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            down.push("plc: the last output to the PLC failed".into());
+        }
+        (!down.is_empty()).then_some(down)
+    }
+}
+
+/// Why an annotation was refused.
+#[derive(Debug)]
+pub enum AnnotateError {
+    NoSuchRecord(String),
+    Conflict(String),
+    Storage(String),
+}
+
+fn action_word(action: Action) -> &'static str {
+    match action {
+        Action::Acknowledge => "acknowledged",
+        Action::FalseAlarm => "a false alarm",
+    }
+}
+
+fn broadcast(state: &mut State, event: &str, data: &Value) {
+    let message = format!("event: {event}\ndata: {data}\n\n");
+    state.subscribers.retain(|subscriber| !matches!(subscriber.try_send(message.clone()), Err(TrySendError::Disconnected(_))));
+}
+
+fn status_json(status: &Status) -> Value {
+    let mut value = json!(status);
+    value["plc_up"] = json!(PLC.last_ok.load(std::sync::atomic::Ordering::Relaxed));
+    value
+}
+
+/// Defect area per class of a record, mm².
+pub fn class_areas(record: &LayerRecord) -> Vec<(String, f64)> {
+    let mut areas: Vec<(String, f64)> = Vec::new();
+    for defect in &record.defects {
+        match areas.iter_mut().find(|(class, _)| *class == defect.class) {
+            Some(entry) => entry.1 += defect.area_mm2,
+            None => areas.push((defect.class.clone(), defect.area_mm2)),
+        }
+    }
+    areas
+}
+
+fn summary_json(index: u64, record: &LayerRecord, images: bool) -> Value {
+    let areas: serde_json::Map<String, Value> = class_areas(record).into_iter().map(|(class, area)| (class, json!(area))).collect();
+    json!({
+        "index": index,
+        "layer": record.layer,
+        "time_ms": record.time_ms,
+        "verdict": record.verdict,
+        "defects": record.defects.len(),
+        "class_areas_mm2": areas,
+        "uncertainty": record.uncertainty_score,
+        "images": images,
+    })
+}
+
+fn record_json(index: u64, record: &LayerRecord, annotations: &[Annotation]) -> Value {
+    let mut value = summary_json(index, record, false);
+    value["record"] = json!(record);
+    value["annotations"] = json!(annotations);
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::DefectRecord;
+
+    fn record(layer: u32, verdict: &str) -> LayerRecord {
+        LayerRecord {
+            layer,
+            time_ms: 0,
+            trigger: "timer".into(),
+            verdict: verdict.into(),
+            defects: vec![DefectRecord { class: "hopping".into(), area_mm2: 2.5, bbox: [1, 1, 2, 2], centroid: [2.0, 2.0], mean_uncertainty: 0.0 }],
+            uncertainty_score: 0.1,
+            model: "m".into(),
+            model_version: "1".into(),
+            backend: "tract".into(),
+            total_ms: 1.0,
+            infer_ms: 1.0,
+        }
+    }
+
+    fn status() -> Status {
+        Status::new("m 1 on tract", "replay", "timer", "none")
+    }
+
+    #[test]
+    fn annotations_are_checked_kept_and_read_back() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("annotations.jsonl");
+        let board = Board::new(vec![record(1, "PASS"), record(2, "REVIEW")], None, path.clone(), status()).unwrap();
+        assert!(matches!(board.annotate(0, Action::Acknowledge, ""), Err(AnnotateError::Conflict(_))));
+        assert!(matches!(board.annotate(0, Action::FalseAlarm, ""), Err(AnnotateError::Conflict(_))));
+        assert!(matches!(board.annotate(7, Action::FalseAlarm, ""), Err(AnnotateError::NoSuchRecord(_))));
+        assert!(!path.exists(), "a refused annotation writes nothing");
+        board.annotate(1, Action::Acknowledge, "looked fine").unwrap();
+        board.annotate(1, Action::FalseAlarm, "").unwrap();
+        assert!(matches!(board.annotate(1, Action::Acknowledge, ""), Err(AnnotateError::Conflict(_))));
+        let back = read_annotations(&path).unwrap();
+        assert_eq!(back.iter().map(|a| (a.index, a.action)).collect::<Vec<_>>(), [(1, Action::Acknowledge), (1, Action::FalseAlarm)]);
+        assert_eq!(back[0].note, "looked fine");
+        // A torn last line is skipped; a bad line in the middle is an error naming it.
+        std::fs::write(&path, format!("{}\n{{\"index\":", serde_json::to_string(&back[0]).unwrap())).unwrap();
+        assert_eq!(read_annotations(&path).unwrap().len(), 1);
+        std::fs::write(&path, "nonsense\n{}\n").unwrap();
+        assert!(format!("{:#}", read_annotations(&path).unwrap_err()).contains("line 1"));
+    }
+
+    #[test]
+    fn class_areas_sum_per_class() {
+        let mut r = record(1, "RECOAT");
+        r.defects.push(DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0 });
+        r.defects.push(DefectRecord { class: "streaking".into(), area_mm2: 4.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0 });
+        assert_eq!(class_areas(&r), vec![("hopping".to_string(), 3.5), ("streaking".to_string(), 4.0)]);
+    }
+}
