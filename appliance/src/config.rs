@@ -25,6 +25,9 @@ pub struct Config {
     pub frame_check: FrameCheckConfig,
     #[serde(default)]
     pub uncertainty_gate: UncertaintyGate,
+    /// What the layer-level classification head (models that have one) may change.
+    #[serde(default)]
+    pub layer_classifier: LayerClassifierConfig,
     #[serde(default)]
     pub recoat: RecoatConfig,
     /// Per-class rules, keyed by the class name of the model image.
@@ -476,6 +479,27 @@ impl Default for UncertaintyGate {
     }
 }
 
+/// `[layer_classifier]`: a layer that the model's classification head calls defective while the
+/// segmentation finds no defect is REVIEW, not PASS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerClassifierConfig {
+    /// The calibrated probability (0..1] of the most probable layer class from which the layer
+    /// counts as defective.
+    #[serde(default = "default_review_threshold")]
+    pub review_threshold: f32,
+}
+
+impl Default for LayerClassifierConfig {
+    fn default() -> Self {
+        Self { review_threshold: default_review_threshold() }
+    }
+}
+
+fn default_review_threshold() -> f32 {
+    0.5
+}
+
 fn default_pixel_threshold() -> f32 {
     0.01
 }
@@ -587,6 +611,10 @@ impl Config {
         // The variance of probabilities summed over classes is at most 1 - 1/K < 1.
         if !(threshold.is_finite() && threshold > 0.0 && threshold < 1.0) {
             bail!("uncertainty_gate.pixel_threshold must be in (0, 1), got {threshold}");
+        }
+        let review_threshold = self.layer_classifier.review_threshold;
+        if !(review_threshold > 0.0 && review_threshold <= 1.0) {
+            bail!("layer_classifier.review_threshold must be in (0, 1], got {review_threshold}");
         }
         if self.recoat.max_retries > 100 {
             bail!("recoat.max_retries must be at most 100, got {}", self.recoat.max_retries);

@@ -5,6 +5,7 @@ use hal::Verdict;
 use models::{Defect, Fused};
 
 use crate::config::Config;
+use crate::layer_class::LayerCall;
 
 /// What was decided and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +79,18 @@ pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], 
         verdict = Verdict::Review;
     }
     Decision { verdict, reasons, uncertainty_score, defect_uncertain_share }
+}
+
+/// The layer classifier's gate (models with a layer-level head): when the segmentation found no
+/// defect and the verdict is PASS, but the head calls the layer defective (its most probable class
+/// reaches `layer_classifier.review_threshold`), the verdict becomes REVIEW: something is wrong
+/// somewhere on the layer that the masks do not show. `class_name` names the head's top class.
+pub fn apply_layer_call(call: Option<&LayerCall>, class_name: &str, defects: &[Defect], decision: &mut Decision) {
+    let Some(call) = call else { return };
+    if call.defective && defects.is_empty() && decision.verdict == Verdict::Pass {
+        decision.reasons.push(format!("layer classifier: {class_name} p = {:.2} but segmentation found no defect → REVIEW", call.top_probability));
+        decision.verdict = Verdict::Review;
+    }
 }
 
 /// Bounds how often one layer is spread again: past `max_retries` RECOATs of the same layer
@@ -190,6 +203,34 @@ mod tests {
         // 8 of 20 uncertain: 40%, the rule's RECOAT stands.
         let decision = decide(&config, &names(), &defect_classes(), &[defect(2, 1.0)], &layer(20, 8));
         assert_eq!(decision.verdict, Verdict::Recoat);
+    }
+
+    #[test]
+    fn a_layer_the_classifier_calls_defective_without_segmented_defects_is_review() {
+        let config = config("[layer_classifier]\nreview_threshold = 0.6\n");
+        let head = models::LayerHeadSpec { classes: vec!["incompleteness".into(), "streaking".into()], temperature: 1.0 };
+        let mut p = [0.0f32; 2];
+        // sigmoid(1.0) = 0.731 >= 0.6: defective; sigmoid(0.2) = 0.550 < 0.6: not.
+        let defective = LayerCall::from_logits(&head, &[-3.0, 1.0], config.layer_classifier.review_threshold, &mut p);
+        let unsure = LayerCall::from_logits(&head, &[0.2, -3.0], config.layer_classifier.review_threshold, &mut p);
+
+        let mut decision = decide(&config, &names(), &defect_classes(), &[], &layer(0, 0));
+        apply_layer_call(defective.as_ref(), "streaking", &[], &mut decision);
+        assert_eq!(decision.verdict, Verdict::Review);
+        assert_eq!(decision.reasons, ["layer classifier: streaking p = 0.73 but segmentation found no defect → REVIEW"]);
+
+        let mut decision = decide(&config, &names(), &defect_classes(), &[], &layer(0, 0));
+        apply_layer_call(unsure.as_ref(), "incompleteness", &[], &mut decision);
+        assert_eq!(decision.verdict, Verdict::Pass);
+        // A model without a head: nothing changes.
+        apply_layer_call(None, "", &[], &mut decision);
+        assert_eq!(decision.verdict, Verdict::Pass);
+
+        // Segmentation found a defect (under every limit): its own rules judge it, PASS stands.
+        let defects = [defect(4, 0.5)];
+        let mut decision = decide(&config, &names(), &defect_classes(), &defects, &layer(10, 0));
+        apply_layer_call(defective.as_ref(), "streaking", &defects, &mut decision);
+        assert_eq!(decision.verdict, Verdict::Pass);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod decide;
 mod demo;
 mod image_cmd;
 mod journal;
+mod layer_class;
 mod layer_images;
 mod metrics;
 mod model;

@@ -81,6 +81,7 @@ impl LoadedModel {
             members: manifest.ensemble.members,
             temperatures: manifest.ensemble.temperatures.clone(),
             classes,
+            layer_head: manifest.layer_head.as_ref().map(|head| models::LayerHeadSpec { classes: head.classes.clone(), temperature: head.temperature }),
         };
         let (graph_name, graph) = if prefer_fp32 { ("fp32", image.fp32_graph()) } else { ("default", image.default_graph()) };
         let backend = models::load_backend(choice, graph, &spec, engine_cache_dir).with_context(|| format!("model image {origin}"))?;

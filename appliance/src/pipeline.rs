@@ -10,7 +10,8 @@ use image::{DynamicImage, GrayImage};
 use models::{Defect, Fused, RefineReport};
 
 use crate::config::Config;
-use crate::decide::{decide, Decision};
+use crate::decide::{apply_layer_call, decide, Decision};
+use crate::layer_class::LayerCall;
 use crate::model::LoadedModel;
 
 /// Milliseconds spent in each stage of one layer.
@@ -70,6 +71,8 @@ pub struct LayerOutcome {
     pub totals: DefectTotals,
     pub refine: Option<RefineReport>,
     pub timing: StageTimes,
+    /// The classification head's call on the whole layer (models that have a head).
+    pub layer_call: Option<LayerCall>,
 }
 
 /// The per-layer machinery around one loaded model.
@@ -83,6 +86,9 @@ pub struct Pipeline {
     grey_frame: GrayImage,
     input_tensor: Vec<f32>,
     logits: Vec<f32>,
+    /// The last layer's calibrated layer-class probabilities, in `layer_head.classes` order
+    /// (empty for a model without a layer head).
+    pub layer_probabilities: Vec<f32>,
     /// The fused result of the last layer (mask, probabilities, uncertainty, confidence).
     pub fused: Fused,
     /// The last layer's bed, rectified to the model's input size.
@@ -114,6 +120,7 @@ impl Pipeline {
             grey_frame: GrayImage::new(1, 1),
             input_tensor: vec![0.0; width * height],
             logits: vec![0.0; model.spec.members * classes * width * height],
+            layer_probabilities: vec![0.0; model.spec.layer_logits_len()],
             fused: Fused::new(width, height, classes),
             bed_image: GrayImage::new(input.width, input.height),
             bed_mm_per_px,
@@ -136,7 +143,7 @@ impl Pipeline {
         if let Err(reason) = self.check_frame(frame) {
             lap(&mut timing.check_ms);
             timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-            return LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing };
+            return LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing, layer_call: None };
         }
         lap(&mut timing.check_ms);
 
@@ -175,17 +182,23 @@ impl Pipeline {
         let measured = models::measure(&self.fused, &self.model.spec.classes, self.bed_mm_per_px, self.config.model.min_defect_area_px);
         lap(&mut timing.measure_ms);
 
-        let decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &measured, &self.fused);
+        let mut decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &measured, &self.fused);
+        let layer_call = self.model.spec.layer_head.as_ref().and_then(|head| {
+            LayerCall::from_logits(head, self.model.backend.layer_logits(), self.config.layer_classifier.review_threshold, &mut self.layer_probabilities)
+        });
+        if let (Some(call), Some(head)) = (&layer_call, &self.model.spec.layer_head) {
+            apply_layer_call(Some(call), &head.classes[call.top_class], &measured, &mut decision);
+        }
         lap(&mut timing.decide_ms);
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
         let totals = DefectTotals::of(&measured);
         let (defects, defects_dropped) = largest_first(measured);
-        LayerOutcome { verdict: decision.verdict, fault: None, decision: Some(decision), defects, defects_dropped, totals, refine: Some(refine), timing }
+        LayerOutcome { verdict: decision.verdict, fault: None, decision: Some(decision), defects, defects_dropped, totals, refine: Some(refine), timing, layer_call }
     }
 
     fn fault_outcome(&self, reason: String, mut timing: StageTimes, started: Instant) -> LayerOutcome {
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-        LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing }
+        LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing, layer_call: None }
     }
 
     /// Refuses frames that cannot be judged: a pixel format the camera path does not carry,

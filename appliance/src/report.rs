@@ -55,7 +55,23 @@ pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> V
         "defects_dropped": outcome.defects_dropped,
         "uncertainty": uncertainty,
         "refine": outcome.refine.as_ref().map(|r| json!({ "regions": r.regions, "pixels_changed": r.pixels_changed })),
+        "layer_class": layer_class_json(outcome, pipeline),
         "timing_ms": outcome.timing,
+    })
+}
+
+/// The classification head's call: `{"class", "confidence", "defective", "threshold",
+/// "probabilities": {class: p}}`, or null for a model without a layer head or a FAULT.
+fn layer_class_json(outcome: &LayerOutcome, pipeline: &Pipeline) -> Value {
+    let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) else { return Value::Null };
+    let probabilities: serde_json::Map<String, Value> =
+        head.classes.iter().zip(&pipeline.layer_probabilities).map(|(name, &p)| (name.clone(), json!(round(p as f64, 4)))).collect();
+    json!({
+        "class": call.label(head),
+        "confidence": round(call.confidence() as f64, 4),
+        "defective": call.defective,
+        "threshold": round(pipeline.config.layer_classifier.review_threshold as f64, 4),
+        "probabilities": probabilities,
     })
 }
 
@@ -89,6 +105,9 @@ pub fn layer_text(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> S
     }
     if let Some(decision) = &outcome.decision {
         text.push_str(&format!(", uncertainty score {:.3}", decision.uncertainty_score));
+        if let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) {
+            text.push_str(&format!(", layer class {} ({:.0}%)", call.label(head), call.confidence() * 100.0));
+        }
         for reason in &decision.reasons {
             text.push_str(&format!("\n  rule: {reason}"));
         }

@@ -35,7 +35,7 @@ pub use archive::{
 pub use error::ImageError;
 pub use keys::{keygen, load_signing_key, load_trusted_key, load_trusted_keys, TrustedKey};
 pub use manifest::{
-    ClassEntry, EnsembleTable, GraphsTable, InputTable, Manifest, FORMAT_MAJOR, FORMAT_MINOR,
+    ClassEntry, EnsembleTable, GraphsTable, InputTable, LayerHeadTable, Manifest, FORMAT_MAJOR, FORMAT_MINOR,
     FORMAT_VERSION,
 };
 pub use slots::{

@@ -16,9 +16,9 @@ use crate::ImageError;
 /// version is refused.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The minor format version this build writes. A higher minor version of the same major is read.
-pub const FORMAT_MINOR: u32 = 0;
-/// The `format_version` string this build writes.
-pub const FORMAT_VERSION: &str = "1.0";
+pub const FORMAT_MINOR: u32 = 1;
+/// The `format_version` string this build writes. 1.1 added the optional `[layer_head]`.
+pub const FORMAT_VERSION: &str = "1.1";
 
 /// Input sizes the manifest may declare, in pixels, for width and height alike.
 const INPUT_SIDE_PX: std::ops::RangeInclusive<u32> = 8..=8192;
@@ -26,6 +26,8 @@ const INPUT_SIDE_PX: std::ops::RangeInclusive<u32> = 8..=8192;
 const MAX_MEMBERS: usize = 64;
 /// The most classes a manifest may declare: masks hold 8-bit class indices.
 const MAX_CLASSES: usize = 255;
+/// The most layer-level classes a `[layer_head]` may declare.
+const MAX_LAYER_CLASSES: usize = 64;
 /// The longest name, version, architecture or class name, in bytes.
 const MAX_LABEL_BYTES: usize = 128;
 
@@ -50,6 +52,10 @@ pub struct Manifest {
     pub ensemble: EnsembleTable,
     /// The classes, in class-index order; index 0 is the background.
     pub classes: Vec<ClassEntry>,
+    /// The layer-level classification head (format 1.1); absent in older images and in models
+    /// trained without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_head: Option<LayerHeadTable>,
     /// Which graph to run; filled in by [`crate::pack`].
     #[serde(default, skip_serializing_if = "GraphsTable::is_empty")]
     pub graphs: GraphsTable,
@@ -89,6 +95,17 @@ pub struct EnsembleTable {
     /// T_1..T_M, each finite and > 0.
     #[serde(serialize_with = "shortest_floats")]
     pub temperatures: Vec<f32>,
+}
+
+/// `[layer_head]`: the graph's second output `layer_logits` `[1, L]`, one logit per layer class,
+/// read as independent (multi-label) probabilities `sigmoid(z_l / temperature)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LayerHeadTable {
+    /// The L layer classes, in output order, each unique (e.g. "streaking").
+    pub classes: Vec<String>,
+    /// T, finite and > 0, calibrated on the training tool's validation split.
+    pub temperature: f32,
 }
 
 /// One `[[classes]]` entry.
@@ -282,6 +299,38 @@ impl Manifest {
                 problems.push(format!(
                     "classes[0] (\"{}\") is the background and cannot be a defect",
                     background.name
+                ));
+            }
+        }
+
+        if let Some(head) = &self.layer_head {
+            if self.format().is_some_and(|(_, minor)| minor < 1) {
+                problems.push(format!(
+                    "has a [layer_head], which format_version 1.1 added, but says format_version \
+                     \"{}\"",
+                    self.format_version
+                ));
+            }
+            if head.classes.is_empty() || head.classes.len() > MAX_LAYER_CLASSES {
+                problems.push(format!(
+                    "layer_head.classes has {} names, it needs 1..={MAX_LAYER_CLASSES}",
+                    head.classes.len()
+                ));
+            }
+            let mut names = BTreeSet::new();
+            for (index, name) in head.classes.iter().enumerate() {
+                check_label(&format!("layer_head.classes[{index}]"), name, &mut problems);
+                if !names.insert(name.as_str()) {
+                    problems.push(format!(
+                        "layer_head.classes[{index}] \"{name}\" is used twice; layer class names \
+                         must be unique"
+                    ));
+                }
+            }
+            if !(head.temperature.is_finite() && head.temperature > 0.0) {
+                problems.push(format!(
+                    "layer_head.temperature {} must be a finite number > 0",
+                    head.temperature
                 ));
             }
         }

@@ -1100,3 +1100,49 @@ fn key_files_interoperate_with_openssl() {
         String::from_utf8_lossy(&verified.stderr)
     );
 }
+
+/// `[layer_head]` (format 1.1): read, written back as read, checked; an image without one (every
+/// 1.0 image) still parses with `layer_head` absent.
+#[test]
+fn layer_head_is_optional_and_checked() {
+    assert_eq!(manifest().layer_head, None);
+    let with_head = MANIFEST.replace("\"1.0\"", "\"1.1\"").replace(
+        "[training]",
+        "[layer_head]\nclasses = [\"incompleteness\", \"streaking\"]\ntemperature = 1.25\n\n[training]",
+    );
+    let parsed = Manifest::parse(&with_head, "m.toml").unwrap();
+    let head = parsed.layer_head.as_ref().unwrap();
+    assert_eq!(head.classes, ["incompleteness", "streaking"]);
+    assert_eq!(head.temperature, 1.25);
+    assert_eq!(
+        Manifest::parse(&parsed.to_toml(), "again.toml").unwrap(),
+        parsed
+    );
+
+    let refused = |text: &str, words: &[&str]| {
+        let message = Manifest::parse(text, "m.toml").unwrap_err().to_string();
+        for word in words {
+            assert!(message.contains(word), "lacks {word:?}: {message}");
+        }
+    };
+    refused(
+        &with_head.replace("\"1.1\"", "\"1.0\""),
+        &["[layer_head]", "1.1", "\"1.0\""],
+    );
+    refused(
+        &with_head.replace("temperature = 1.25", "temperature = 0.0"),
+        &["layer_head.temperature", "> 0"],
+    );
+    refused(
+        &with_head.replace("\"incompleteness\", \"streaking\"", "\"streaking\", \"streaking\""),
+        &["layer_head.classes[1]", "used twice"],
+    );
+    refused(
+        &with_head.replace("\"incompleteness\", \"streaking\"", ""),
+        &["layer_head.classes has 0 names"],
+    );
+    refused(
+        &with_head.replace("temperature = 1.25", "temperature = 1.25\nthreshold = 0.5"),
+        &["threshold"],
+    );
+}

@@ -15,8 +15,10 @@
 //! ```text
 //! Rectifier::rectify_into → preprocess_gray → Backend::infer → fuse → refine → measure
 //! ```
+//! and, when the model has a layer-level head, `Backend::layer_logits → layer_probabilities`.
 
 pub mod backend;
+pub mod classify;
 pub mod error;
 pub mod fuse;
 pub mod measure;
@@ -25,9 +27,12 @@ pub mod refine;
 pub mod spec;
 
 pub use backend::{find_onnxruntime, load_backend, Backend, BackendChoice, BackendInfo};
+pub use classify::{layer_probabilities, most_probable};
 pub use error::ModelError;
 pub use fuse::{fuse, Fused};
 pub use measure::{measure, Defect, Ellipse};
 pub use preprocess::{preprocess, preprocess_gray, rectify, Rectifier};
 pub use refine::{refine, RefineReport};
-pub use spec::{ClassInfo, InputSpec, ModelSpec, MAX_CLASSES, MAX_MEMBERS};
+pub use spec::{
+    ClassInfo, InputSpec, LayerHeadSpec, ModelSpec, MAX_CLASSES, MAX_LAYER_CLASSES, MAX_MEMBERS,
+};

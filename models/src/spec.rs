@@ -10,6 +10,8 @@ use crate::error::ModelError;
 pub const MAX_MEMBERS: usize = 16;
 /// The most classes a model may have: the mask stores a class index in a `u8`.
 pub const MAX_CLASSES: usize = 256;
+/// The most layer-level classes a [`LayerHeadSpec`] may have.
+pub const MAX_LAYER_CLASSES: usize = 64;
 
 /// How the graph's input tensor `image` `[1, C, H, W]` is made from a rectified bed image.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -91,6 +93,19 @@ pub struct ClassInfo {
     pub defect: bool,
 }
 
+/// The optional layer-level classification head (seed 004: a second head on the shared encoder):
+/// the graph's output `layer_logits` `[1, L]` holds one raw logit per layer class, and the
+/// classes are independent (multi-label): a layer may be both streaked and unevenly spread.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerHeadSpec {
+    /// The `L` layer classes, in output order, each a defect the whole layer may carry
+    /// (`"streaking"`); a layer none of them reaches is clean.
+    pub classes: Vec<String>,
+    /// `T`, calibrated on the training tool's validation split: the probability of class `l` is
+    /// `sigmoid(z_l / T)` (see [`layer_probabilities`](crate::layer_probabilities)).
+    pub temperature: f32,
+}
+
 /// Everything this crate needs to know about a model: its input, its ensemble and its classes.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelSpec {
@@ -102,6 +117,9 @@ pub struct ModelSpec {
     pub temperatures: Vec<f32>,
     /// `K` classes, in class-index order.
     pub classes: Vec<ClassInfo>,
+    /// The layer-level classification head, when the graph has one (older models do not).
+    #[serde(default)]
+    pub layer_head: Option<LayerHeadSpec>,
 }
 
 impl ModelSpec {
@@ -113,6 +131,11 @@ impl ModelSpec {
     /// Number of `f32` values in the graph's `logits` output: `M * K * H * W`.
     pub fn logits_len(&self) -> usize {
         self.members * self.classes.len() * self.input.pixels()
+    }
+
+    /// `L`, the number of `f32` values in the graph's `layer_logits` output; 0 without a head.
+    pub fn layer_logits_len(&self) -> usize {
+        self.layer_head.as_ref().map_or(0, |head| head.classes.len())
     }
 
     /// Checks that the spec is self-consistent; every loader calls this first.
@@ -155,6 +178,20 @@ impl ModelSpec {
                 self.classes.len()
             ));
         }
+        if let Some(head) = &self.layer_head {
+            if head.classes.is_empty() || head.classes.len() > MAX_LAYER_CLASSES {
+                return spec_error(format!(
+                    "the layer head has {} classes; it needs 1..={MAX_LAYER_CLASSES}",
+                    head.classes.len()
+                ));
+            }
+            if !(head.temperature.is_finite() && head.temperature > 0.0) {
+                return spec_error(format!(
+                    "layer head temperature {} must be a finite number > 0",
+                    head.temperature
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -178,6 +215,7 @@ pub(crate) fn test_spec(width: u32, height: u32, members: usize, classes: usize)
                 defect: k != 0,
             })
             .collect(),
+        layer_head: None,
     }
 }
 
@@ -215,5 +253,22 @@ mod tests {
 
         assert!(test_spec(8, 8, 1, 257).validate().is_err());
         assert_eq!(test_spec(8, 4, 3, 6).logits_len(), 3 * 6 * 32);
+
+        let mut spec = test_spec(8, 8, 1, 6);
+        assert_eq!(spec.layer_logits_len(), 0);
+        spec.layer_head = Some(LayerHeadSpec {
+            classes: vec!["streaking".into(), "incompleteness".into()],
+            temperature: 1.5,
+        });
+        assert!(spec.validate().is_ok());
+        assert_eq!(spec.layer_logits_len(), 2);
+        spec.layer_head.as_mut().unwrap().temperature = 0.0;
+        assert!(spec
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("layer head temperature 0"));
+        spec.layer_head.as_mut().unwrap().classes.clear();
+        assert!(spec.validate().unwrap_err().to_string().contains("0 classes"));
     }
 }

@@ -19,6 +19,9 @@ use crate::spec::ModelSpec;
 pub const INPUT_NAME: &str = "image";
 /// The output name the model contract requires.
 pub const OUTPUT_NAME: &str = "logits";
+/// The optional second output: the layer-level classification head's logits `[1, L]`, read
+/// when the spec has a [`LayerHeadSpec`](crate::LayerHeadSpec) and ignored otherwise.
+pub const LAYER_OUTPUT_NAME: &str = "layer_logits";
 
 /// Which backend to run a graph on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -53,11 +56,16 @@ pub trait Backend: Send {
     /// values, as [`preprocess`](crate::preprocess()) makes it) and writes the raw logits
     /// `[1, M, K, H, W]` ([`ModelSpec::logits_len`] values) into `logits`.
     fn infer(&mut self, input: &[f32], logits: &mut [f32]) -> Result<(), ModelError>;
+
+    /// The raw layer-level logits `[1, L]` ([`ModelSpec::layer_logits_len`] values) of the last
+    /// [`Backend::infer`]; empty when the spec has no layer head.
+    fn layer_logits(&self) -> &[f32];
 }
 
 /// Loads `graph` (ONNX bytes) on the chosen backend and checks it against `spec`: one input
-/// `image` of shape `[1, C, H, W]`, one output `logits` of shape `[1, M, K, H, W]`. A mismatch is
-/// an error naming what disagrees ("graph returns 3 members, manifest says 5").
+/// `image` of shape `[1, C, H, W]`, one output `logits` of shape `[1, M, K, H, W]`, and, when the
+/// spec has a layer head, an output `layer_logits` of shape `[1, L]`. A mismatch is an error
+/// naming what disagrees ("graph returns 3 members, manifest says 5").
 ///
 /// `engine_cache_dir` is where TensorRT keeps its built engines between starts (ort only; when
 /// `None`, a `bedsight-trt-cache` folder in the system's temporary directory).
@@ -338,6 +346,32 @@ pub(crate) fn check_output_shape(
     Ok(())
 }
 
+/// Checks the declared shape of `layer_logits` against `[1, L]`; unknown dimensions pass.
+pub(crate) fn check_layer_output_shape(
+    declared: &[DeclaredDim],
+    spec: &ModelSpec,
+) -> Result<(), ModelError> {
+    let classes = spec.layer_logits_len();
+    let wrong = |what: String| {
+        Err(ModelError::Contract(format!(
+            "graph output `{LAYER_OUTPUT_NAME}` is {}: {what}",
+            show(declared)
+        )))
+    };
+    if declared.len() != 2 {
+        return wrong("the contract is [1, L]".into());
+    }
+    if declared[0].is_some_and(|batch| batch != 1) {
+        return wrong("the contract says a batch of 1".into());
+    }
+    match declared[1] {
+        Some(actual) if actual != classes => wrong(format!(
+            "graph returns {actual} layer classes, manifest lists {classes}"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// `[1, 3, ?, 256]`.
 fn show(dims: &[DeclaredDim]) -> String {
     let parts: Vec<String> = dims
@@ -413,6 +447,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(message.contains("4 dimensions"), "{message}");
+
+        let mut spec = test_spec(64, 32, 5, 6);
+        spec.layer_head = Some(crate::LayerHeadSpec {
+            classes: vec!["a".into(), "b".into(), "c".into()],
+            temperature: 1.0,
+        });
+        assert!(check_layer_output_shape(&[Some(1), Some(3)], &spec).is_ok());
+        assert!(check_layer_output_shape(&[None, None], &spec).is_ok());
+        let message = check_layer_output_shape(&[Some(1), Some(4)], &spec)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("graph returns 4 layer classes, manifest lists 3"),
+            "{message}"
+        );
+        assert!(check_layer_output_shape(&[Some(1), Some(3), Some(1)], &spec).is_err());
     }
 
     #[test]

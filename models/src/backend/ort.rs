@@ -16,8 +16,8 @@ use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, ValueType};
 
 use super::{
-    check_buffers, check_input_shape, check_output_shape, Backend, BackendInfo, DeclaredDim,
-    INPUT_NAME, OUTPUT_NAME,
+    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend,
+    BackendInfo, DeclaredDim, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
 use crate::spec::ModelSpec;
@@ -92,6 +92,10 @@ pub struct OrtBackend {
     input: Tensor<f32>,
     /// `[1, M, K, H, W]`, allocated once and bound as the output.
     output: Tensor<f32>,
+    /// `[1, L]`, allocated once and bound as the second output when the spec has a layer head.
+    layer_output: Option<Tensor<f32>>,
+    /// The last run's layer logits, copied out of `layer_output` (empty without a head).
+    layer_logits: Vec<f32>,
     input_len: usize,
     logits_len: usize,
     /// Whether the graph declares any output dimension as symbolic.
@@ -342,10 +346,23 @@ impl OrtBackend {
         binding
             .bind_output(OUTPUT_NAME, &mut output)
             .map_err(|e| graph_error("binding the output", e))?;
+        let layer_len = spec.layer_logits_len();
+        let layer_output = if layer_len > 0 {
+            let mut layer_output = Tensor::<f32>::new(session.allocator(), [1usize, layer_len])
+                .map_err(|e| graph_error("layer output tensor", e))?;
+            binding
+                .bind_output(LAYER_OUTPUT_NAME, &mut layer_output)
+                .map_err(|e| graph_error("binding the layer output", e))?;
+            Some(layer_output)
+        } else {
+            None
+        };
         let output_declared_open = session
             .outputs()
             .iter()
-            .filter(|o| o.name() == OUTPUT_NAME)
+            .filter(|o| {
+                o.name() == OUTPUT_NAME || (layer_len > 0 && o.name() == LAYER_OUTPUT_NAME)
+            })
             .any(|o| {
                 o.dtype()
                     .tensor_shape()
@@ -357,6 +374,8 @@ impl OrtBackend {
             binding,
             input,
             output,
+            layer_output,
+            layer_logits: vec![0.0; layer_len],
             input_len: spec.input.len(),
             logits_len: spec.logits_len(),
             output_declared_open,
@@ -382,7 +401,19 @@ impl OrtBackend {
             .try_extract_tensor::<f32>()
             .map_err(inference_error)?;
         let concrete: Vec<DeclaredDim> = shape.iter().map(|&d| Some(d.max(0) as usize)).collect();
-        check_output_shape(&concrete, spec)
+        check_output_shape(&concrete, spec)?;
+        if spec.layer_head.is_some() {
+            let layer_logits = outputs.get(LAYER_OUTPUT_NAME).ok_or_else(|| {
+                ModelError::Contract(format!("graph returned no `{LAYER_OUTPUT_NAME}`"))
+            })?;
+            let (shape, _) = layer_logits
+                .try_extract_tensor::<f32>()
+                .map_err(inference_error)?;
+            let concrete: Vec<DeclaredDim> =
+                shape.iter().map(|&d| Some(d.max(0) as usize)).collect();
+            check_layer_output_shape(&concrete, spec)?;
+        }
+        Ok(())
     }
 }
 
@@ -414,7 +445,20 @@ impl Backend for OrtBackend {
             )));
         }
         logits.copy_from_slice(values);
+        if let Some(layer_output) = &self.layer_output {
+            let (shape, values) = layer_output.extract_tensor();
+            if values.len() != self.layer_logits.len() {
+                return Err(ModelError::Contract(format!(
+                    "graph returned `{LAYER_OUTPUT_NAME}` of shape {shape:?}"
+                )));
+            }
+            self.layer_logits.copy_from_slice(values);
+        }
         Ok(())
+    }
+
+    fn layer_logits(&self) -> &[f32] {
+        &self.layer_logits
     }
 }
 
@@ -462,6 +506,23 @@ fn check_session(session: &Session, spec: &ModelSpec) -> Result<(), ModelError> 
         &float_tensor_dims(output.dtype(), "output", OUTPUT_NAME)?,
         spec,
     )?;
+    if spec.layer_head.is_some() {
+        let layer_output = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == LAYER_OUTPUT_NAME)
+            .ok_or_else(|| {
+                ModelError::Contract(format!(
+                    "the manifest has a layer head but the graph has no output named \
+                     `{LAYER_OUTPUT_NAME}` (its outputs: {})",
+                    names(session.outputs())
+                ))
+            })?;
+        check_layer_output_shape(
+            &float_tensor_dims(layer_output.dtype(), "output", LAYER_OUTPUT_NAME)?,
+            spec,
+        )?;
+    }
     Ok(())
 }
 

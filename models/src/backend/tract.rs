@@ -7,8 +7,8 @@ use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{
-    check_buffers, check_input_shape, check_output_shape, Backend, BackendInfo, DeclaredDim,
-    INPUT_NAME, OUTPUT_NAME,
+    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend,
+    BackendInfo, DeclaredDim, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
 use crate::spec::ModelSpec;
@@ -22,6 +22,10 @@ pub struct TractBackend {
     state: TypedSimpleState,
     input_shape: [usize; 4],
     output_index: usize,
+    /// Where `layer_logits` is among the outputs, when the spec has a layer head.
+    layer_output_index: Option<usize>,
+    /// The last run's layer logits (empty without a head).
+    layer_logits: Vec<f32>,
     input_len: usize,
     logits_len: usize,
 }
@@ -71,6 +75,22 @@ impl TractBackend {
                 ))
             })?;
 
+        let layer_output_index = if spec.layer_head.is_some() {
+            Some(
+                output_names
+                    .iter()
+                    .position(|n| n == LAYER_OUTPUT_NAME)
+                    .ok_or_else(|| {
+                        ModelError::Contract(format!(
+                            "the manifest has a layer head but the graph has no output named \
+                             `{LAYER_OUTPUT_NAME}` (its outputs: {output_names:?})"
+                        ))
+                    })?,
+            )
+        } else {
+            None
+        };
+
         // What the graph itself declares, before the spec's shape is imposed on it.
         let declared = model.input_fact(0).map_err(|e| graph_error("input", e))?;
         if !declared.shape.is_open() {
@@ -113,6 +133,19 @@ impl TractBackend {
                 output_fact.shape
             )));
         }
+        if let Some(index) = layer_output_index {
+            let fact = model
+                .output_fact(index)
+                .map_err(|e| graph_error("layer output", e))?;
+            if fact.datum_type != f32::datum_type() {
+                return Err(ModelError::Contract(format!(
+                    "graph output `{LAYER_OUTPUT_NAME}` is {:?}, the contract is float32",
+                    fact.datum_type
+                )));
+            }
+            let dims: Vec<DeclaredDim> = fact.shape.iter().map(|d| d.as_usize()).collect();
+            check_layer_output_shape(&dims, spec)?;
+        }
         let plan = model
             .into_runnable()
             .map_err(|e| graph_error("planning", e))?;
@@ -126,6 +159,8 @@ impl TractBackend {
             state,
             input_shape,
             output_index,
+            layer_output_index,
+            layer_logits: vec![0.0; spec.layer_logits_len()],
             input_len: spec.input.len(),
             logits_len: spec.logits_len(),
         })
@@ -165,6 +200,25 @@ impl Backend for TractBackend {
                 .zip(view.iter())
                 .for_each(|(l, v)| *l = *v),
         }
+        if let Some(index) = self.layer_output_index {
+            let view = outputs[index]
+                .to_plain_array_view::<f32>()
+                .map_err(inference_error)?;
+            if view.len() != self.layer_logits.len() {
+                return Err(ModelError::Contract(format!(
+                    "graph returned `{LAYER_OUTPUT_NAME}` of shape {:?}",
+                    view.shape()
+                )));
+            }
+            self.layer_logits
+                .iter_mut()
+                .zip(view.iter())
+                .for_each(|(l, v)| *l = *v);
+        }
         Ok(())
+    }
+
+    fn layer_logits(&self) -> &[f32] {
+        &self.layer_logits
     }
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use models::{ClassInfo, InputSpec, ModelSpec};
+use models::{ClassInfo, InputSpec, LayerHeadSpec, ModelSpec};
 
 /// The default trained model: `assets/default-model/` at the workspace root (`model.onnx` and
 /// `manifest.toml`, written by `quantize/scripts/build-default-model.sh`).
@@ -88,6 +88,15 @@ pub fn spec_from_manifest(text: &str) -> ModelSpec {
         members: integer(ensemble, "members") as usize,
         temperatures: floats(&ensemble["temperatures"]),
         classes,
+        layer_head: manifest.get("layer_head").map(|head| LayerHeadSpec {
+            classes: head["classes"]
+                .as_array()
+                .expect("layer_head.classes")
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect(),
+            temperature: head["temperature"].as_float().unwrap() as f32,
+        }),
     }
 }
 
