@@ -49,7 +49,7 @@ def acknowledge(client):
 
 
 def check_layer(status, layer, expect_pass):
-    assert status[0] == 1, "map version"
+    assert status[0] == 2, "map version"
     assert status[3] | (status[4] << 16) == layer
     verdict = VERDICT_CODES[status[5]]
     assert (verdict == "PASS") == expect_pass, f"layer {layer}: {verdict}"
@@ -96,7 +96,7 @@ listen = "127.0.0.1:0"
 def test_tcp_whole_layers_poll_read_acknowledge(tcp_appliance, ledger):
     appliance, client = tcp_appliance
     status = registers(client, 0, 17)
-    assert status[0] == 1 and status[2] == STATE_READY and status[5] == 0
+    assert status[0] == 2 and status[2] == STATE_READY and status[5] == 0
     expected = expected_verdicts(ledger)
     seen = []
     # Layer numbers past 65535 use the high word.
@@ -137,7 +137,7 @@ def test_tcp_a_second_trigger_during_a_layer_is_answered_busy(tcp_appliance):
 
 def test_tcp_unmapped_addresses_and_bad_commands_get_exceptions(tcp_appliance):
     appliance, client = tcp_appliance
-    for address, count in [(17, 1), (50, 1), (10, 10), (99, 2), (103, 1)]:
+    for address, count in [(18, 1), (50, 1), (10, 10), (99, 2), (103, 1)]:
         reply = client.read_holding_registers(address, count=count)
         assert reply.isError() and reply.exception_code == 2, (address, count, reply)
     # The status registers are read-only.
@@ -151,7 +151,7 @@ def test_tcp_unmapped_addresses_and_bad_commands_get_exceptions(tcp_appliance):
     assert reply.isError() and reply.exception_code == 3
     # Input registers read the same map.
     reply = client.read_input_registers(0, count=1)
-    assert not reply.isError() and reply.registers == [1]
+    assert not reply.isError() and reply.registers == [2]
     # None of it stopped the loop.
     status = inspect_layer(client, 1)
     assert status[3] == 1
@@ -190,7 +190,7 @@ unit_id = 7
             assert not reply.isError(), reply
             return reply.registers
 
-        assert read(0, 3) == [1, read(1, 1)[0], STATE_READY]
+        assert read(0, 3) == [2, read(1, 1)[0], STATE_READY]
         for layer in [1, 2]:
             assert not client.write_registers(100, [layer, 0, 1], device_id=7).isError()
             deadline = time.monotonic() + 15
@@ -209,7 +209,7 @@ unit_id = 7
         time.sleep(0.2)
         reply = client.read_holding_registers(50, count=1, device_id=7)
         assert reply.isError() and reply.exception_code == 2
-        assert read(0, 1) == [1]
+        assert read(0, 1) == [2]
         assert appliance.stop() == 0
         assert any(re.search(r"modbus: \d+ requests answered \(1 with an exception\), 1 frames dropped for a bad CRC", line) for line in appliance.seen), appliance.seen
     finally:

@@ -201,13 +201,14 @@ mod tests {
             time_ms: 0,
             trigger: "timer".into(),
             verdict: verdict.into(),
-            defects: vec![crate::journal::DefectRecord { class: "hopping".into(), area_mm2: area, bbox: [0, 0, 1, 1], centroid: [0.0; 2], mean_uncertainty: 0.0 }],
+            defects: vec![crate::journal::DefectRecord { class: "hopping".into(), area_mm2: area, bbox: [0, 0, 1, 1], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() }],
             uncertainty_score: 0.0,
             model: "m".into(),
             model_version: "1".into(),
             backend: "tract".into(),
             total_ms: 1.0,
             infer_ms: 1.0,
+            ..Default::default()
         };
         let records = [record(1, "RECOAT", 30.0), record(2, "PASS", 1.0), record(3, "PAUSE", 2.0), record(4, "RECOAT", 50.0)];
         let html = render(&records, &[], None, "test.bsj");

@@ -48,6 +48,9 @@ pub struct Config {
     /// Where `bedsight run` keeps its per-layer journal.
     #[serde(default)]
     pub journal: JournalConfig,
+    /// How defects are followed across layers (docs/tracks.md).
+    #[serde(default)]
+    pub tracks: TracksConfig,
     /// Where `bedsight run` keeps each layer's images, and how much of them.
     #[serde(default)]
     pub record: RecordConfig,
@@ -104,6 +107,57 @@ pub struct DashboardConfig {
 
 fn default_dashboard_address() -> String {
     "127.0.0.1:8080".into()
+}
+
+/// `[tracks]`: the build-long defect map and the tracks of defects across layers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracksConfig {
+    /// Two footprints (bounding boxes in bed millimetres) of one class on consecutive layers are
+    /// one track when their intersection over union is at least this.
+    #[serde(default = "default_min_iou")]
+    pub min_iou: f64,
+    /// Layers a track may miss and still go on (0: strictly consecutive layers).
+    #[serde(default)]
+    pub max_gap_layers: u32,
+    /// The defect map's cell size in millimetres.
+    #[serde(default = "default_cell_mm")]
+    pub cell_mm: f64,
+}
+
+impl Default for TracksConfig {
+    fn default() -> Self {
+        Self { min_iou: default_min_iou(), max_gap_layers: 0, cell_mm: default_cell_mm() }
+    }
+}
+
+fn default_min_iou() -> f64 {
+    0.3
+}
+
+fn default_cell_mm() -> f64 {
+    5.0
+}
+
+/// `[rules.<class>.track]`: limits on a track of this class; any limit passed gives `verdict`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackRule {
+    /// The track spans more than this many layers (first to last, inclusive).
+    #[serde(default)]
+    pub max_layers: Option<u32>,
+    /// The track's area grows faster than this (least-squares slope over its kept areas, from
+    /// its third layer on).
+    #[serde(default)]
+    pub max_growth_mm2_per_layer: Option<f64>,
+    /// The track's defect is still there when its layer is inspected again after a RECOAT.
+    #[serde(default)]
+    pub after_recoat: bool,
+    /// RECOAT, REVIEW or PAUSE.
+    pub verdict: String,
+    /// Said with the verdict (stdout, journal), e.g. "recoater blade damage suspected".
+    #[serde(default)]
+    pub message: Option<String>,
 }
 
 /// `[journal]`: the per-layer journal of `bedsight run`.
@@ -514,11 +568,28 @@ pub struct RecoatConfig {
     /// How many times one layer may be spread again before RECOAT becomes PAUSE.
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// The classes a recoat can fix; a rule that asks for RECOAT for any other class gives
+    /// PAUSE instead. Default: incompleteness, hopping and streaking (those the model has).
+    #[serde(default)]
+    pub fixable: Option<Vec<String>>,
 }
 
 impl Default for RecoatConfig {
     fn default() -> Self {
-        Self { max_retries: default_max_retries() }
+        Self { max_retries: default_max_retries(), fixable: None }
+    }
+}
+
+/// What `recoat.fixable` means when it is left out.
+pub const DEFAULT_RECOAT_FIXABLE: [&str; 3] = ["incompleteness", "hopping", "streaking"];
+
+impl RecoatConfig {
+    /// Whether a recoat can fix `class`.
+    pub fn can_fix(&self, class: &str) -> bool {
+        match &self.fixable {
+            Some(classes) => classes.iter().any(|c| c == class),
+            None => DEFAULT_RECOAT_FIXABLE.contains(&class),
+        }
     }
 }
 
@@ -552,8 +623,20 @@ pub struct ClassRule {
     /// How many defects of this class.
     #[serde(default)]
     pub max_count: Option<u32>,
-    /// What the PLC is told when a limit is passed: RECOAT, REVIEW or PAUSE.
-    pub verdict: String,
+    /// What the PLC is told when a limit is passed: RECOAT, REVIEW or PAUSE (needed when a
+    /// limit is set).
+    #[serde(default)]
+    pub verdict: Option<String>,
+    /// Rules on the tracks of this class across layers.
+    #[serde(default)]
+    pub track: Option<TrackRule>,
+}
+
+impl ClassRule {
+    /// The per-layer verdict (checked at load when a limit is set).
+    pub fn layer_verdict(&self) -> Verdict {
+        self.verdict.as_deref().and_then(Verdict::parse).unwrap_or(Verdict::Pass)
+    }
 }
 
 impl Config {
@@ -627,10 +710,42 @@ impl Config {
                     }
                 }
             }
-            match Verdict::parse(&rule.verdict) {
-                Some(Verdict::Recoat | Verdict::Review | Verdict::Pause) => {}
-                _ => bail!("rules.{class}.verdict must be RECOAT, REVIEW or PAUSE, got {:?}", rule.verdict),
+            let has_limit = rule.max_total_area_mm2.is_some() || rule.max_largest_area_mm2.is_some() || rule.max_count.is_some();
+            match rule.verdict.as_deref().map(Verdict::parse) {
+                Some(Some(Verdict::Recoat | Verdict::Review | Verdict::Pause)) => {}
+                None if !has_limit => {}
+                None => bail!("rules.{class}.verdict is missing: say RECOAT, REVIEW or PAUSE for when a limit is passed"),
+                Some(_) => bail!("rules.{class}.verdict must be RECOAT, REVIEW or PAUSE, got {:?}", rule.verdict.as_deref().unwrap_or_default()),
             }
+            if let Some(track) = &rule.track {
+                if let Some(value) = track.max_growth_mm2_per_layer {
+                    if !(value.is_finite() && value >= 0.0) {
+                        bail!("rules.{class}.track.max_growth_mm2_per_layer must be a number >= 0, got {value}");
+                    }
+                }
+                if track.max_layers == Some(0) {
+                    bail!("rules.{class}.track.max_layers must be at least 1");
+                }
+                match Verdict::parse(&track.verdict) {
+                    Some(Verdict::Recoat | Verdict::Review | Verdict::Pause) => {}
+                    _ => bail!("rules.{class}.track.verdict must be RECOAT, REVIEW or PAUSE, got {:?}", track.verdict),
+                }
+                if track.max_layers.is_none() && track.max_growth_mm2_per_layer.is_none() && !track.after_recoat {
+                    bail!("rules.{class}.track sets no limit: give max_layers, max_growth_mm2_per_layer or after_recoat = true");
+                }
+            }
+        }
+        let tracks = &self.tracks;
+        if !(tracks.min_iou.is_finite() && tracks.min_iou > 0.0 && tracks.min_iou <= 1.0) {
+            bail!("tracks.min_iou must be in (0, 1], got {}", tracks.min_iou);
+        }
+        if tracks.max_gap_layers > 100 {
+            bail!("tracks.max_gap_layers must be at most 100, got {}", tracks.max_gap_layers);
+        }
+        // The map holds (bed / cell)² cells per class: keep it to a few MiB.
+        let cells = (self.bed.width_mm / tracks.cell_mm).ceil() * (self.bed.height_mm / tracks.cell_mm).ceil();
+        if !(tracks.cell_mm.is_finite() && tracks.cell_mm > 0.0) || cells > crate::defect_map::MAX_CELLS as f64 {
+            bail!("tracks.cell_mm must be > 0 and give at most {} cells on the bed, got {}", crate::defect_map::MAX_CELLS, tracks.cell_mm);
         }
         if !(self.record.max_gb.is_finite() && self.record.max_gb > 0.0) {
             bail!("record.max_gb must be a number of gigabytes > 0, got {}", self.record.max_gb);
@@ -807,6 +922,11 @@ impl Config {
         for class in &self.refine.classes {
             if !class_names.contains(class) {
                 bail!("configuration {origin}: refine.classes: the model has no class {class:?} (it has: {known})");
+            }
+        }
+        for class in self.recoat.fixable.iter().flatten() {
+            if !class_names.contains(class) {
+                bail!("configuration {origin}: recoat.fixable: the model has no class {class:?} (it has: {known})");
             }
         }
         Ok(())

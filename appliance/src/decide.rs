@@ -6,6 +6,7 @@ use models::{Defect, Fused};
 
 use crate::config::Config;
 use crate::layer_class::LayerCall;
+use crate::reason::{Reason, RuleKind};
 
 /// What was decided and why.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +18,10 @@ pub struct Decision {
     pub uncertainty_score: f64,
     /// Share of the defect-class pixels whose uncertainty passes that threshold (0..1).
     pub defect_uncertain_share: f64,
+    /// The rule that gave the verdict (the first of the most severe), none for PASS.
+    pub reason: Option<Reason>,
+    /// The classes whose per-layer limits were passed.
+    pub tripped_classes: Vec<String>,
 }
 
 /// Applies the per-class rules, then the uncertainty gate.
@@ -28,9 +33,11 @@ pub struct Decision {
 pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], defects: &[Defect], fused: &Fused) -> Decision {
     let mut verdict = Verdict::Pass;
     let mut reasons = Vec::new();
+    let mut reason = None;
+    let mut tripped_classes = Vec::new();
     for (class_index, class_name) in class_names.iter().enumerate() {
         let Some(rule) = config.rules.get(class_name) else { continue };
-        let rule_verdict = Verdict::parse(&rule.verdict).expect("checked at load");
+        let rule_verdict = rule.layer_verdict();
         let of_class = defects.iter().filter(|d| d.class as usize == class_index);
         let (count, total_mm2, largest_mm2) =
             of_class.fold((0u32, 0.0f64, 0.0f64), |(n, total, largest), d| (n + 1, total + d.area_mm2, largest.max(d.area_mm2)));
@@ -51,9 +58,13 @@ pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], 
             }
         }
         if !tripped.is_empty() {
-            reasons.push(format!("{class_name}: {} → {rule_verdict}", tripped.join(", ")));
+            let mut text = format!("{class_name}: {} → {rule_verdict}", tripped.join(", "));
+            let (rule_verdict, kind) = escalate_unfixable(config, class_name, rule_verdict, RuleKind::ClassLimit, &mut text);
+            reasons.push(text.clone());
+            tripped_classes.push(class_name.clone());
             if rule_verdict.severity() > verdict.severity() {
                 verdict = rule_verdict;
+                reason = Some(Reason { kind, class_index: class_index as u8, class: class_name.clone(), text });
             }
         }
     }
@@ -77,8 +88,21 @@ pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], 
             config.uncertainty_gate.max_share * 100.0
         ));
         verdict = Verdict::Review;
+        reason = Some(Reason { kind: RuleKind::UncertaintyGate, class_index: 0, class: String::new(), text: reasons.last().cloned().unwrap_or_default() });
     }
-    Decision { verdict, reasons, uncertainty_score, defect_uncertain_share }
+    Decision { verdict, reasons, uncertainty_score, defect_uncertain_share, reason, tripped_classes }
+}
+
+/// The closed loop's first rule: RECOAT only for a class a recoat can fix (`recoat.fixable`);
+/// for any other class the rule gives PAUSE (a re-spread would only come back to the same
+/// defect, and a part standing proud can hit the blade). Returns the verdict and the rule kind
+/// that gave it, and says so in `text`.
+pub fn escalate_unfixable(config: &Config, class: &str, verdict: Verdict, kind: RuleKind, text: &mut String) -> (Verdict, RuleKind) {
+    if verdict == Verdict::Recoat && !config.recoat.can_fix(class) {
+        text.push_str(&format!(", but a recoat cannot fix {class} (recoat.fixable) → PAUSE"));
+        return (Verdict::Pause, RuleKind::NotFixable);
+    }
+    (verdict, kind)
 }
 
 /// The layer classifier's gate (models with a layer-level head): when the segmentation found no
@@ -90,6 +114,7 @@ pub fn apply_layer_call(call: Option<&LayerCall>, class_name: &str, defects: &[D
     if call.defective && defects.is_empty() && decision.verdict == Verdict::Pass {
         decision.reasons.push(format!("layer classifier: {class_name} p = {:.2} but segmentation found no defect → REVIEW", call.top_probability));
         decision.verdict = Verdict::Review;
+        decision.reason = Some(Reason { kind: RuleKind::LayerClassifier, class_index: 0, class: String::new(), text: decision.reasons.last().cloned().unwrap_or_default() });
     }
 }
 
@@ -231,6 +256,24 @@ mod tests {
         let mut decision = decide(&config, &names(), &defect_classes(), &defects, &layer(10, 0));
         apply_layer_call(defective.as_ref(), "streaking", &defects, &mut decision);
         assert_eq!(decision.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn recoat_for_a_class_a_recoat_cannot_fix_becomes_pause_and_is_named() {
+        let config = config("[rules.super-elevation]\nmax_count = 0\nverdict = \"RECOAT\"\n[rules.streaking]\nmax_count = 0\nverdict = \"RECOAT\"\n");
+        let decision = decide(&config, &names(), &defect_classes(), &[defect(4, 1.0)], &layer(10, 0));
+        assert_eq!(decision.verdict, Verdict::Recoat);
+        assert_eq!(decision.reason.as_ref().unwrap().code(), 0x0104);
+        let decision = decide(&config, &names(), &defect_classes(), &[defect(1, 1.0), defect(4, 1.0)], &layer(10, 0));
+        assert_eq!(decision.verdict, Verdict::Pause);
+        let reason = decision.reason.unwrap();
+        assert_eq!((reason.code(), reason.rule().as_str()), (0x0401, "rules.super-elevation.recoat.fixable"));
+        assert!(reason.text.contains("a recoat cannot fix super-elevation"), "{}", reason.text);
+        assert_eq!(decision.tripped_classes, vec!["super-elevation".to_string(), "streaking".to_string()]);
+        // Listed as fixable, it stays a RECOAT.
+        let mut config = config;
+        config.recoat.fixable = Some(vec!["super-elevation".to_string()]);
+        assert_eq!(decide(&config, &names(), &defect_classes(), &[defect(1, 1.0)], &layer(10, 0)).verdict, Verdict::Recoat);
     }
 
     #[test]

@@ -72,6 +72,7 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path) -> Result<Vec<Verdict>> {
             largest_defect_area_mm2: outcome.totals.largest_area_mm2,
             class_areas_mm2: outcome.totals.class_areas_mm2,
             uncertainty_score,
+            reason_code: outcome.decision.as_ref().and_then(|d| d.reason.as_ref()).map(|r| r.code()).unwrap_or(0),
         })?;
         if outcome.fault.is_none() {
             let stem = format!("layer-{layer:04}");

@@ -12,26 +12,31 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-/// The first 8 bytes of every journal file.
-pub const MAGIC: &[u8; 8] = b"BSJRNL01";
+/// The first 8 bytes of every journal file: the record format's version is in the last two.
+/// Version 2 added the defects' footprints in millimetres, the rule that decided and the
+/// recoat outcome (docs/tracks.md).
+pub const MAGIC: &[u8; 8] = b"BSJRNL02";
 
 /// A record larger than this is taken for a corrupt length field (64 defects take ~3 KiB).
 const MAX_PAYLOAD_BYTES: u32 = 1 << 20;
 
 /// One measured defect of a layer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct DefectRecord {
     pub class: String,
     pub area_mm2: f64,
     /// `[x, y, width, height]`, pixels of the rectified bed.
     pub bbox: [u32; 4],
+    /// `[x, y, width, height]`, millimetres on the bed from its top-left corner (the footprint
+    /// the defect map and the tracks use).
+    pub bbox_mm: [f64; 4],
     /// `[x, y]`, pixels of the rectified bed.
     pub centroid: [f64; 2],
     pub mean_uncertainty: f32,
 }
 
 /// One finished layer, as the PLC was told.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LayerRecord {
     pub layer: u32,
     /// When the verdict was sent, milliseconds since the Unix epoch.
@@ -47,6 +52,16 @@ pub struct LayerRecord {
     pub backend: String,
     pub total_ms: f64,
     pub infer_ms: f64,
+    /// The rule that decided the verdict (`rules.streaking.track.max_layers`, ...; empty: none).
+    pub rule: String,
+    /// Its code as the PLC read it (Modbus register 17; 0: none).
+    pub reason_code: u16,
+    /// What the rule saw, e.g. `streaking track #2 over layers 3-9: 7 layers > 5 → REVIEW: recoater blade damage suspected`.
+    pub reason: String,
+    /// On the re-spread of a layer that got RECOAT: `fixed` or `not fixed`; else empty.
+    pub recoat_outcome: String,
+    /// On a RECOAT: the classes it was sent for.
+    pub recoat_classes: Vec<String>,
 }
 
 /// What opening a journal found.
@@ -148,6 +163,14 @@ pub fn read(path: &Path) -> Result<Contents> {
 
 /// Walks the frames of a journal file's bytes up to the first one that is not a good record.
 fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
+    if bytes.len() >= MAGIC.len() && bytes[..6] == MAGIC[..6] && bytes[..MAGIC.len()] != MAGIC[..] {
+        bail!(
+            "journal {}: written in format {} by another bedsight version, this one writes {}; move it away and a new one is started",
+            path.display(),
+            String::from_utf8_lossy(&bytes[6..8]),
+            String::from_utf8_lossy(&MAGIC[6..])
+        );
+    }
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         bail!("journal {}: not a bedsight journal (it does not start with {:?}); move it away and a new one is started", path.display(), std::str::from_utf8(MAGIC).unwrap_or_default());
     }
@@ -226,12 +249,12 @@ pub fn export(path: &Path, format: &str) -> Result<()> {
     let mut out = stdout.lock();
     match format {
         "csv" => {
-            writeln!(out, "layer,time_ms,trigger,verdict,defects,total_area_mm2,uncertainty,model,version,backend,total_ms")?;
+            writeln!(out, "layer,time_ms,trigger,verdict,defects,total_area_mm2,uncertainty,model,version,backend,total_ms,rule,reason_code,recoat_outcome")?;
             for r in &contents.records {
                 let area = r.defects.iter().fold(0.0, |sum, d| sum + d.area_mm2);
                 writeln!(
                     out,
-                    "{},{},{},{},{},{area:.3},{:.6},{},{},{},{:.1}",
+                    "{},{},{},{},{},{area:.3},{:.6},{},{},{},{:.1},{},{},{}",
                     r.layer,
                     r.time_ms,
                     csv_field(&r.trigger),
@@ -241,7 +264,10 @@ pub fn export(path: &Path, format: &str) -> Result<()> {
                     csv_field(&r.model),
                     csv_field(&r.model_version),
                     csv_field(&r.backend),
-                    r.total_ms
+                    r.total_ms,
+                    csv_field(&r.rule),
+                    r.reason_code,
+                    csv_field(&r.recoat_outcome)
                 )?;
             }
         }
@@ -278,7 +304,14 @@ mod tests {
             trigger: "serial".into(),
             verdict: if layer % 2 == 0 { "RECOAT".into() } else { "PASS".into() },
             defects: (0..layer)
-                .map(|i| DefectRecord { class: "streaking".into(), area_mm2: 1.5 * i as f64, bbox: [i, 2, 30, 4], centroid: [15.5, 4.25], mean_uncertainty: 0.125 })
+                .map(|i| DefectRecord {
+                    class: "streaking".into(),
+                    area_mm2: 1.5 * i as f64,
+                    bbox: [i, 2, 30, 4],
+                    bbox_mm: [i as f64 * 0.5, 1.0, 15.0, 2.0],
+                    centroid: [15.5, 4.25],
+                    mean_uncertainty: 0.125,
+                })
                 .collect(),
             uncertainty_score: 0.031,
             model: "amsegnet".into(),
@@ -286,6 +319,11 @@ mod tests {
             backend: "tract (CPU)".into(),
             total_ms: 41.5,
             infer_ms: 30.25,
+            rule: "rules.streaking.limit".into(),
+            reason_code: 0x0104,
+            reason: "streaking: total area 21.00 mm² > 20.00 mm² → RECOAT".into(),
+            recoat_outcome: String::new(),
+            recoat_classes: vec!["streaking".into()],
         }
     }
 
@@ -366,6 +404,15 @@ mod tests {
         assert_eq!(report.records, 1);
         assert!(report.reason.unwrap().contains("in the middle of the file"));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), one_record);
+    }
+
+    #[test]
+    fn a_journal_of_another_format_version_is_an_error_saying_so() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("layers.bsj");
+        std::fs::write(&path, b"BSJRNL01\x00\x00\x00\x00").unwrap();
+        let error = format!("{:#}", Journal::open(&path).err().unwrap());
+        assert!(error.contains("layers.bsj") && error.contains("format 01") && error.contains("writes 02"), "{error}");
     }
 
     #[test]

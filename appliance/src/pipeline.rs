@@ -201,6 +201,13 @@ impl Pipeline {
         LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing, layer_call: None }
     }
 
+    /// Millimetres per pixel of `bed_image` along x and along y (a bed that is not square has
+    /// two pitches): what turns a pixel bounding box into a footprint on the bed.
+    pub fn bed_mm_per_px_xy(&self) -> [f64; 2] {
+        let input = &self.model.spec.input;
+        [self.config.bed.width_mm / input.width as f64, self.config.bed.height_mm / input.height as f64]
+    }
+
     /// Refuses frames that cannot be judged: a pixel format the camera path does not carry,
     /// a bed of the wrong shape, a black or over-exposed frame.
     fn check_frame(&self, frame: &DynamicImage) -> Result<(), String> {

@@ -28,10 +28,13 @@ use hal::{Camera, LoopState, Outputs, ReplayCamera, Trigger, TriggerError, Trigg
 
 use crate::config::{CameraConfig, Config, TriggerConfig};
 use crate::decide::RecoatBudget;
+use crate::defect_map::Footprint;
+use crate::history::BuildHistory;
 use crate::journal::{DefectRecord, Journal, LayerRecord};
 use crate::layer_images::{ImageStore, LayerVerdict, SnapshotSender, VerdictSender};
 use crate::model::LoadedModel;
 use crate::pipeline::{Pipeline, StageTimes};
+use crate::reason::{Reason, RuleKind};
 use crate::report::defect_summary;
 use crate::web::board::{Board, Status};
 
@@ -72,6 +75,11 @@ struct LayerResult {
     infer_ms: f64,
     /// Every stage's time, for /metrics (none when the camera gave no frame).
     timing: Option<StageTimes>,
+    /// The rule that gave `verdict`, and the classes whose layer limits were passed.
+    reason: Option<Reason>,
+    tripped_classes: Vec<String>,
+    /// The model's class names (for the reason codes of the track rules).
+    class_names: Vec<String>,
 }
 
 impl LayerResult {
@@ -83,6 +91,9 @@ impl LayerResult {
             largest_defect_area_mm2: 0.0,
             class_areas_mm2: [0.0; CLASSES_ON_WIRE],
             uncertainty_score: 0.0,
+            reason: Some(Reason { kind: RuleKind::Fault, class_index: 0, class: String::new(), text: reason.clone() }),
+            tripped_classes: Vec::new(),
+            class_names: Vec::new(),
             detail: reason,
             frame_source: String::new(),
             camera_failed: false,
@@ -123,6 +134,12 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     let journal_path = config.journal_file(&base_dir, state_dir);
     let (mut journal, opened) = Journal::open(&journal_path)?;
     println!("journal: {}: {opened}", journal_path.display());
+    // The build so far: the defect map, the tracks and the recoats carry on from the journal.
+    let restored = if opened.records > 0 { crate::journal::read(&journal_path)?.records } else { Vec::new() };
+    let mut history = BuildHistory::restore(&config, &restored);
+    if !restored.is_empty() {
+        println!("history: restored from {} journal records: {}", restored.len(), history.summary());
+    }
     let (board, recorder) = start_board_and_recorder(&config, &origin, &base_dir, state_dir, &journal_path)?;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -228,8 +245,9 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     println!("ready");
     std::io::stdout().flush().ok();
 
-    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut journal, &board, verdict_sender.as_ref())?;
+    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut journal, &board, verdict_sender.as_ref(), &mut history, &restored)?;
     println!("stopped after {layers} layers ({} triggers answered BUSY)", queue.busy_refusals());
+    println!("{}", history.summary());
     println!("journal: {} records in {}", journal.records(), journal_path.display());
     if let Some(bank) = &modbus_bank {
         let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
@@ -457,6 +475,7 @@ fn analysis_thread(
             return;
         }
         let outcome = pipeline.run_layer(&frame.image);
+        let mm_per_px = pipeline.bed_mm_per_px_xy();
         let detail = match &outcome.fault {
             Some(reason) => reason.clone(),
             None => defect_summary(&outcome, &pipeline.model.class_names),
@@ -482,6 +501,7 @@ fn analysis_thread(
                     class: pipeline.model.class_names.get(d.class as usize).cloned().unwrap_or_else(|| format!("class {}", d.class)),
                     area_mm2: d.area_mm2,
                     bbox: d.bbox,
+                    bbox_mm: Footprint::from_bbox_px(d.bbox, mm_per_px).to_xywh(),
                     centroid: d.centroid,
                     mean_uncertainty: d.mean_uncertainty,
                 })
@@ -489,6 +509,12 @@ fn analysis_thread(
             total_ms: outcome.timing.total_ms,
             infer_ms: outcome.timing.infer_ms,
             timing: Some(outcome.timing),
+            reason: match &outcome.fault {
+                Some(fault) => Some(Reason { kind: RuleKind::Fault, class_index: 0, class: String::new(), text: fault.clone() }),
+                None => outcome.decision.as_ref().and_then(|d| d.reason.clone()),
+            },
+            tripped_classes: outcome.decision.as_ref().map(|d| d.tripped_classes.clone()).unwrap_or_default(),
+            class_names: pipeline.model.class_names.clone(),
         };
         if events.send(AnalysisEvent::Done(Box::new(result))).is_err() {
             return;
@@ -521,12 +547,20 @@ fn control_loop(
     journal: &mut Journal,
     board: &Board,
     images: Option<&VerdictSender>,
+    history: &mut BuildHistory,
+    restored: &[LayerRecord],
 ) -> Result<u64> {
     let mut seq = 0u64;
     let tick = Duration::from_millis(50);
     let mut next_heartbeat = Instant::now() + Duration::from_secs(1);
     let mut budget = RecoatBudget::default();
     let mut counter = LayerCounter { next: 1 };
+    // After a restart the layer numbers and the recoat budget go on from the journal.
+    for record in restored {
+        let verdict = Verdict::parse(&record.verdict).unwrap_or(Verdict::Fault);
+        budget.apply(record.layer, verdict, config.recoat.max_retries);
+        counter.after(record.layer, verdict);
+    }
     let mut in_flight: Option<InFlight> = None;
     let mut layers = 0u64;
     loop {
@@ -565,8 +599,16 @@ fn control_loop(
             }
             Some(flight) => match events.recv_timeout(tick) {
                 Ok(AnalysisEvent::Analysing) => report(outputs.set_state(LoopState::Analysing)),
-                Ok(AnalysisEvent::Done(result)) => {
-                    let verdict = budget.apply(flight.layer, result.verdict, config.recoat.max_retries);
+                Ok(AnalysisEvent::Done(mut result)) => {
+                    let assessed = history.assess(config, &result.class_names, flight.layer, &result.defects, result.verdict, result.reason.take(), &result.tripped_classes);
+                    let verdict = budget.apply(flight.layer, assessed.verdict, config.recoat.max_retries);
+                    let reason = if verdict != assessed.verdict {
+                        let class_index = assessed.reason.as_ref().map(|r| r.class_index).unwrap_or(0);
+                        let text = format!("layer {} spread {} times already (recoat.max_retries) → PAUSE", flight.layer, config.recoat.max_retries + 1);
+                        Some(Reason { kind: RuleKind::RecoatBudget, class_index, class: String::new(), text })
+                    } else {
+                        assessed.reason.clone().filter(|_| verdict != Verdict::Pass)
+                    };
                     let message = VerdictMessage {
                         layer: flight.layer,
                         verdict,
@@ -575,6 +617,7 @@ fn control_loop(
                         largest_defect_area_mm2: result.largest_defect_area_mm2,
                         class_areas_mm2: result.class_areas_mm2,
                         uncertainty_score: result.uncertainty_score,
+                        reason_code: reason.as_ref().map(Reason::code).unwrap_or(0),
                     };
                     // Free the gate first: a PLC that triggers the moment it sees this verdict
                     // must not be told BUSY. A trigger that slips in between waits in the
@@ -585,7 +628,7 @@ fn control_loop(
                     report(outputs.set_state(if result.camera_failed { LoopState::Fault } else { LoopState::Ready }));
                     counter.after(flight.layer, verdict);
                     layers += 1;
-                    let budget_note = if verdict != result.verdict { format!(" ({} past recoat.max_retries)", result.verdict) } else { String::new() };
+                    let budget_note = if verdict != assessed.verdict { format!(" ({} past recoat.max_retries)", assessed.verdict) } else { String::new() };
                     println!(
                         "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms model {} {} {}",
                         flight.layer,
@@ -599,6 +642,23 @@ fn control_loop(
                         result.frame_source,
                         result.detail
                     );
+                    for hit in &assessed.hits {
+                        println!("track: {}", hit.reason.text);
+                    }
+                    if let Some(reason) = &reason {
+                        println!("rule: {} (code {}): {}", reason.rule(), reason.code(), reason.text);
+                    }
+                    let recoat_outcome = match assessed.recoat_fixed {
+                        Some(fixed) => {
+                            let word = if fixed { "fixed" } else { "not fixed" };
+                            let counts = history.recoats;
+                            println!("recoat: layer {} {word} ({} of {} re-spread layers fixed)", flight.layer, counts.fixed, counts.fixed + counts.not_fixed);
+                            word.to_string()
+                        }
+                        None => String::new(),
+                    };
+                    let recoat_classes = if verdict == Verdict::Recoat { BuildHistory::recoat_classes(&result.tripped_classes, &assessed.hits) } else { Vec::new() };
+                    history.record_verdict(flight.layer, verdict, recoat_classes.clone());
                     std::io::stdout().flush().ok();
                     // After the PLC has its verdict: a journal that cannot be written is
                     // reported and the build goes on.
@@ -614,6 +674,11 @@ fn control_loop(
                         backend: result.backend,
                         total_ms: result.total_ms,
                         infer_ms: result.infer_ms,
+                        rule: reason.as_ref().map(Reason::rule).unwrap_or_default(),
+                        reason_code: reason.as_ref().map(Reason::code).unwrap_or(0),
+                        reason: reason.as_ref().map(|r| r.text.clone()).unwrap_or_default(),
+                        recoat_outcome,
+                        recoat_classes,
                     };
                     if let Err(error) = journal.append(&record) {
                         eprintln!("{error:#}");

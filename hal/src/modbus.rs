@@ -6,7 +6,7 @@
 //!
 //! | reg | meaning |
 //! |---|---|
-//! | 0 | map version (1) |
+//! | 0 | map version (2) |
 //! | 1 | heartbeat, +1 every second while the loop is alive |
 //! | 2 | state: 0 ready, 1 capturing, 2 analysing, 3 verdict ready, 4 fault |
 //! | 3-4 | layer number of the last verdict (low word, high word) |
@@ -17,6 +17,7 @@
 //! | 9 | largest defect area, 0.01 mm² |
 //! | 10 | uncertainty score x1000 |
 //! | 11-16 | defect area of class 0..5, 0.01 mm² |
+//! | 17 | reason code: the rule that decided the verdict (kind x 256 + class index; 0 none) |
 //! | 100-101 | layer number to inspect (low word, high word), writable |
 //! | 102 | command, writable: 1 inspect now, 2 acknowledge the verdict |
 //!
@@ -38,7 +39,7 @@ use crate::serial::{open_serial, SerialSettings};
 use crate::trigger::{TriggerGate, TriggerSource};
 
 /// The register map's version (holding register 0).
-pub const MAP_VERSION: u16 = 1;
+pub const MAP_VERSION: u16 = 2;
 
 /// Register addresses (0-based), named as docs/plc.md names them.
 pub mod reg {
@@ -54,8 +55,10 @@ pub mod reg {
     pub const LARGEST_AREA: u16 = 9;
     pub const UNCERTAINTY: u16 = 10;
     pub const CLASS_AREA_FIRST: u16 = 11;
+    /// The rule that decided the verdict (map version 2).
+    pub const REASON_CODE: u16 = 17;
     /// One past the last status register.
-    pub const STATUS_END: u16 = 17;
+    pub const STATUS_END: u16 = 18;
     pub const REQUEST_LAYER_LOW: u16 = 100;
     pub const REQUEST_LAYER_HIGH: u16 = 101;
     pub const COMMAND: u16 = 102;
@@ -184,7 +187,7 @@ impl RegisterBank {
         }
     }
 
-    /// Puts one verdict into registers 3-16, bumps the sequence number, state 3.
+    /// Puts one verdict into registers 3-17, bumps the sequence number, state 3.
     pub fn publish(&mut self, message: &VerdictMessage) {
         let hundredths = |mm2: f64| (mm2 * 100.0).round().clamp(0.0, u16::MAX as f64) as u16;
         let status = &mut self.status;
@@ -199,6 +202,7 @@ impl RegisterBank {
         for class in 0..CLASSES_ON_WIRE {
             status[reg::CLASS_AREA_FIRST as usize + class] = hundredths(message.class_areas_mm2[class]);
         }
+        status[reg::REASON_CODE as usize] = message.reason_code;
         if !self.inspect_pending {
             status[reg::STATE as usize] = LoopState::VerdictReady as u16;
         }
@@ -501,15 +505,16 @@ mod tests {
             largest_defect_area_mm2: 10.0,
             class_areas_mm2: [0.0, 0.0, 2.345, 0.0, 10.0, 0.0],
             uncertainty_score: 0.0421,
+            reason_code: 0x0104,
         });
-        let registers = read(&bank, 0, 17).unwrap();
-        assert_eq!(registers, vec![1, 0, 3, (70_001u32 & 0xFFFF) as u16, 1, 2, 1, 3, 1235, 1000, 42, 0, 0, 235, 0, 1000, 0]);
+        let registers = read(&bank, 0, 18).unwrap();
+        assert_eq!(registers, vec![2, 0, 3, (70_001u32 & 0xFFFF) as u16, 1, 2, 1, 3, 1235, 1000, 42, 0, 0, 235, 0, 1000, 0, 0x0104]);
     }
 
     #[test]
     fn unmapped_ranges_are_illegal_addresses() {
         let bank = RegisterBank::new(None);
-        assert_eq!(read(&bank, 17, 1), Err(ErrorKind::IllegalDataAddress));
+        assert_eq!(read(&bank, 18, 1), Err(ErrorKind::IllegalDataAddress));
         assert_eq!(read(&bank, 10, 10), Err(ErrorKind::IllegalDataAddress));
         assert_eq!(read(&bank, 99, 2), Err(ErrorKind::IllegalDataAddress));
         assert_eq!(read(&bank, 100, 3).unwrap(), vec![0, 0, 0]);
@@ -573,7 +578,7 @@ mod tests {
             answer
         };
         let answer = exchange(&[0x01, 0x03, 0x00, 0x00, 0x00, 0x02, 0xC4, 0x0B], 9);
-        assert_eq!(&answer[..7], &[0x01, 0x03, 0x04, 0x00, 0x01, 0x00, 0x00]);
+        assert_eq!(&answer[..7], &[0x01, 0x03, 0x04, 0x00, 0x02, 0x00, 0x00]);
         let answer = exchange(&[0x01, 0x03, 0x00, 0x32, 0x00, 0x01, 0x25, 0xC5], 5);
         assert_eq!(&answer[..3], &[0x01, 0x83, 0x02]);
         stop.store(true, Ordering::Relaxed);
@@ -593,7 +598,7 @@ mod tests {
         client.write_all(&[0x01, 0x02, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0x00, 0x00, 0x01]).unwrap();
         let mut answer = [0u8; 11];
         client.read_exact(&mut answer).unwrap();
-        assert_eq!(answer, [0x01, 0x02, 0x00, 0x00, 0x00, 0x05, 0x01, 0x03, 0x02, 0x00, 0x01]);
+        assert_eq!(answer, [0x01, 0x02, 0x00, 0x00, 0x00, 0x05, 0x01, 0x03, 0x02, 0x00, 0x02]);
         // Register 200: exception 02.
         client.write_all(&[0x00, 0x07, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0xC8, 0x00, 0x01]).unwrap();
         let mut answer = [0u8; 9];
@@ -610,7 +615,7 @@ mod tests {
         // Read holding registers 0..2 of unit 1: 01 03 0000 0002 + CRC C40B.
         let good = [0x01, 0x03, 0x00, 0x00, 0x00, 0x02, 0xC4, 0x0B];
         assert_eq!(handle_frame(&bank, 1, ModbusProto::Rtu, &good, &mut response), FrameOutcome::Respond);
-        assert_eq!(&response[..7], &[0x01, 0x03, 0x04, 0x00, 0x01, 0x00, 0x00]);
+        assert_eq!(&response[..7], &[0x01, 0x03, 0x04, 0x00, 0x02, 0x00, 0x00]);
         let mut corrupt = good;
         corrupt[7] ^= 0xFF;
         assert_eq!(handle_frame(&bank, 1, ModbusProto::Rtu, &corrupt, &mut response), FrameOutcome::CrcError);

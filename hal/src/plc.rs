@@ -66,6 +66,9 @@ pub struct VerdictMessage {
     pub class_areas_mm2: [f64; CLASSES_ON_WIRE],
     /// The layer's uncertainty score, 0..1.
     pub uncertainty_score: f64,
+    /// The rule that decided the verdict: rule kind x 256 + class index, 0 for none
+    /// (docs/tracks.md lists the kinds).
+    pub reason_code: u16,
 }
 
 impl VerdictMessage {
@@ -79,6 +82,7 @@ impl VerdictMessage {
             largest_defect_area_mm2: 0.0,
             class_areas_mm2: [0.0; CLASSES_ON_WIRE],
             uncertainty_score: 0.0,
+            reason_code: 0,
         }
     }
 
@@ -220,6 +224,7 @@ mod tests {
             largest_defect_area_mm2: 10.0,
             class_areas_mm2: [0.0, 0.0, 0.0, 12.345, 0.0, 0.0],
             uncertainty_score: 0.0421,
+            reason_code: 0,
         };
         plc.publish(&message).unwrap();
         assert_eq!(plc.heard, vec!["VERDICT 17 RECOAT 2 12.35 0.042".to_string()]);

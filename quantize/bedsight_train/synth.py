@@ -92,13 +92,59 @@ def _blob(rng: np.random.Generator, size: int, cx: float, cy: float, radius: flo
     return d + wobble < 1.0
 
 
+@dataclass
+class Placed:
+    """A defect drawn where a scene wants it (`render_layer(placed=...)`), in pixels: a blob of
+    `radius` around (x, y) for super-elevation and incompleteness, a streak along +x from x at
+    height y for streaking."""
+
+    cls: int
+    x: float
+    y: float
+    radius: float = 0.0
+
+
+def _incompleteness(rng, image, mask, grain, mottle, cx, cy, radius):
+    region = _blob(rng, image.shape[0], cx, cy, radius, 0.3)
+    level = rng.uniform(35, 62)
+    uncovered = level + 0.25 * grain + 0.8 * mottle
+    edge = ndimage.gaussian_filter(region.astype(np.float32), 1.0)
+    mask[region] = INCOMPLETENESS
+    return image * (1 - edge) + uncovered * edge
+
+
+def _streak(rng, image, mask, xx, yy, s, yc, x0):
+    size = image.shape[0]
+    width = max(1.0, rng.uniform(1.5, 2.8) * s)
+    depth = rng.uniform(30, 45)
+    wobble = ndimage.gaussian_filter1d(rng.standard_normal(size), 12 * s + 1) * 1.5 * s
+    yline = yc + wobble[None, :]
+    profile = np.exp(-((yy - yline) ** 2) / (2 * (width / 2 + 0.3) ** 2))
+    ramp = np.clip((xx - x0) / (8 * s + 1), 0, 1)
+    image = image - depth * profile * ramp
+    # a faint raised ridge beside the groove, where the displaced powder piled up
+    ridge = np.exp(-((yy - yline - width * 1.3) ** 2) / (2 * (width / 2 + 0.3) ** 2))
+    image = image + 0.35 * depth * ridge * ramp
+    mask[(np.abs(yy - yline) <= width / 2 + 0.5) & (xx >= x0)] = STREAKING
+    return image
+
+
+def _super_elevation(rng, image, mask, grain, x, y, radius):
+    region = _blob(rng, image.shape[0], x, y, radius, 0.3)
+    glare = ndimage.gaussian_filter(region.astype(np.float32), 0.7)
+    mask[region] = SUPER_ELEVATION
+    return image * (1 - glare) + rng.uniform(225, 250) * glare + 4 * grain * glare
+
+
 def render_layer(
     rng: np.random.Generator,
     size: int,
     plant: set[int] | list[int] | tuple[int, ...] = (),
     parts: list[Part] | None = None,
+    placed: list[Placed] | tuple[Placed, ...] = (),
 ) -> Layer:
-    """Render one layer with the classes in `plant` drawn on it (any subset of 1..5)."""
+    """Render one layer with the classes in `plant` drawn on it (any subset of 1..5) where the
+    generator picks, and the `placed` defects where the caller says (scenes of a build)."""
     s = size / 256.0
     plant = set(int(c) for c in plant)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -133,12 +179,7 @@ def render_layer(
             radius = rng.uniform(0.12, 0.24) * size
             cx = rng.uniform(0.45, 1.0) * size if rng.random() < 0.6 else rng.uniform(0.1, 0.9) * size
             cy = rng.uniform(0.15, 0.85) * size
-            region = _blob(rng, size, cx, cy, radius, 0.3)
-            level = rng.uniform(35, 62)
-            uncovered = level + 0.25 * grain + 0.8 * mottle
-            edge = ndimage.gaussian_filter(region.astype(np.float32), 1.0)
-            image = image * (1 - edge) + uncovered * edge
-            mask[region] = INCOMPLETENESS
+            image = _incompleteness(rng, image, mask, grain, mottle, cx, cy, radius)
 
     # Lattice: dense dotted pattern of supports in a rectangular patch.
     if LATTICE in plant:
@@ -185,17 +226,7 @@ def render_layer(
         for _ in range(int(rng.integers(1, 4))):
             yc = rng.uniform(0.05, 0.95) * size
             x0 = rng.uniform(0.0, 0.6) * size
-            width = max(1.0, rng.uniform(1.5, 2.8) * s)
-            depth = rng.uniform(30, 45)
-            wobble = ndimage.gaussian_filter1d(rng.standard_normal(size), 12 * s + 1) * 1.5 * s
-            yline = yc + wobble[None, :]
-            profile = np.exp(-((yy - yline) ** 2) / (2 * (width / 2 + 0.3) ** 2))
-            ramp = np.clip((xx - x0) / (8 * s + 1), 0, 1)
-            image = image - depth * profile * ramp
-            # a faint raised ridge beside the groove, where the displaced powder piled up
-            ridge = np.exp(-((yy - yline - width * 1.3) ** 2) / (2 * (width / 2 + 0.3) ** 2))
-            image = image + 0.35 * depth * ridge * ramp
-            mask[(np.abs(yy - yline) <= width / 2 + 0.5) & (xx >= x0)] = STREAKING
+            image = _streak(rng, image, mask, xx, yy, s, yc, x0)
 
     # Super-elevation: specular, bright patches on part edges (the melted layer stands proud of
     # the powder and reflects the light).
@@ -207,10 +238,17 @@ def render_layer(
                 break
             i = int(rng.integers(0, len(xs)))
             radius = rng.uniform(3.0, 7.0) * s + 1
-            region = _blob(rng, size, float(xs[i]), float(ys[i]), radius, 0.3)
-            glare = ndimage.gaussian_filter(region.astype(np.float32), 0.7)
-            image = image * (1 - glare) + rng.uniform(225, 250) * glare + 4 * grain * glare
-            mask[region] = SUPER_ELEVATION
+            image = _super_elevation(rng, image, mask, grain, float(xs[i]), float(ys[i]), radius)
+
+    for defect in placed:
+        if defect.cls == INCOMPLETENESS:
+            image = _incompleteness(rng, image, mask, grain, mottle, defect.x, defect.y, defect.radius)
+        elif defect.cls == STREAKING:
+            image = _streak(rng, image, mask, xx, yy, s, defect.y, defect.x)
+        elif defect.cls == SUPER_ELEVATION:
+            image = _super_elevation(rng, image, mask, grain, defect.x, defect.y, defect.radius)
+        else:
+            raise ValueError(f"placed defects are super-elevation, incompleteness or streaking, not class {defect.cls}")
 
     # Uneven lighting: a tilted plane and a vignette, up to about +-15 % (darker corners than that
     # would make bare powder as dark as an uncovered area; a real installation corrects its

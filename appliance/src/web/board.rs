@@ -353,13 +353,14 @@ mod tests {
             time_ms: 0,
             trigger: "timer".into(),
             verdict: verdict.into(),
-            defects: vec![DefectRecord { class: "hopping".into(), area_mm2: 2.5, bbox: [1, 1, 2, 2], centroid: [2.0, 2.0], mean_uncertainty: 0.0 }],
+            defects: vec![DefectRecord { class: "hopping".into(), area_mm2: 2.5, bbox: [1, 1, 2, 2], centroid: [2.0, 2.0], mean_uncertainty: 0.0, ..Default::default() }],
             uncertainty_score: 0.1,
             model: "m".into(),
             model_version: "1".into(),
             backend: "tract".into(),
             total_ms: 1.0,
             infer_ms: 1.0,
+            ..Default::default()
         }
     }
 
@@ -392,8 +393,8 @@ mod tests {
     #[test]
     fn class_areas_sum_per_class() {
         let mut r = record(1, "RECOAT");
-        r.defects.push(DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0 });
-        r.defects.push(DefectRecord { class: "streaking".into(), area_mm2: 4.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0 });
+        r.defects.push(DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() });
+        r.defects.push(DefectRecord { class: "streaking".into(), area_mm2: 4.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() });
         assert_eq!(class_areas(&r), vec![("hopping".to_string(), 3.5), ("streaking".to_string(), 4.0)]);
     }
 }

@@ -196,13 +196,14 @@ mod tests {
             time_ms: 0,
             trigger: "timer".into(),
             verdict: "RECOAT".into(),
-            defects: boxes.iter().map(|&bbox| DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox, centroid: [0.0; 2], mean_uncertainty: 0.0 }).collect(),
+            defects: boxes.iter().map(|&bbox| DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox, centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() }).collect(),
             uncertainty_score: 0.05 * layer as f64,
             model: "m".into(),
             model_version: "1".into(),
             backend: "tract".into(),
             total_ms: 1.0,
             infer_ms: 1.0,
+            ..Default::default()
         }
     }
 

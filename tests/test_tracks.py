@@ -1,0 +1,253 @@
+"""Defects across layers: replayed synthetic builds (made here with the training tool's
+generator, large planted defects at chosen places) through `bedsight run`, triggered and read by
+a Modbus master the way a PLC does: verdict and reason code (register 17) per layer, the rule
+that fired on stdout and in the journal, the recoat outcomes, and the tracks carried across a
+restart."""
+import json
+import re
+import sys
+import time
+
+import numpy as np
+from pymodbus.client import ModbusTcpClient
+
+from conftest import REPO, run
+from run_harness import Appliance
+
+sys.path.insert(0, str(REPO / "quantize"))
+from bedsight_train.common import save_png_grey  # noqa: E402
+from bedsight_train.synth import INCOMPLETENESS, STREAKING, SUPER_ELEVATION, Part, Placed, render_layer  # noqa: E402
+
+VERDICTS = {1: "PASS", 2: "RECOAT", 3: "PAUSE", 4: "REVIEW", 5: "FAULT"}
+# Reason codes: rule kind * 256 + class index (docs/tracks.md); the default model's classes.
+SE, INC, STREAK = 1, 2, 4
+CLASS_LIMIT, TRACK_GROWTH, TRACK_LENGTH, TRACK_AFTER_RECOAT = 1, 6, 5, 7
+
+# Two part cross-sections, the same on every layer; the super-elevation sits on the left edge of
+# the second one. Pixels of a 256 x 256 bed of 250 mm.
+PARTS = [Part("ellipse", 80, 170, 30, 22, 0.0), Part("ellipse", 180, 80, 25, 25, 0.0)]
+
+CONFIG = """
+[bed]
+width_mm = 250.0
+height_mm = 250.0
+
+[model]
+backend = "auto"
+min_defect_area_px = 60        # the default model's thin part-edge speckle is not a defect
+
+[uncertainty_gate]
+max_share = 1.0                # the layer's own uncertainty does not decide here
+
+[rules.super-elevation]
+max_largest_area_mm2 = 1500.0
+verdict = "PAUSE"
+
+[rules.super-elevation.track]
+max_growth_mm2_per_layer = 60.0
+verdict = "PAUSE"
+
+[rules.incompleteness]
+max_total_area_mm2 = 500.0
+verdict = "RECOAT"
+
+[rules.incompleteness.track]
+after_recoat = true
+verdict = "PAUSE"
+
+[rules.streaking]
+max_total_area_mm2 = 3000.0
+verdict = "RECOAT"
+
+[rules.streaking.track]
+max_layers = 4
+verdict = "REVIEW"
+message = "recoater blade damage suspected"
+
+[camera]
+kind = "replay"
+folder = "{folder}"
+
+[trigger]
+kind = "modbus"
+
+[plc.modbus_tcp]
+listen = "127.0.0.1:0"
+
+[journal]
+path = "{journal}"
+"""
+
+
+def write_build(folder, inspections, seed):
+    """One frame per inspection, in replay order: `layer-NNNN.png`, and for the re-spread of a
+    layer after RECOAT `layer-NNNN.recoatK.png` (sorts right after it). `inspections` is a list
+    of (layer, [Placed, ...])."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    seen = {}
+    for layer, placed in inspections:
+        again = seen.get(layer, 0)
+        seen[layer] = again + 1
+        name = f"layer-{layer:04d}.png" if again == 0 else f"layer-{layer:04d}.recoat{again}.png"
+        save_png_grey(folder / name, render_layer(rng, 256, (), parts=PARTS, placed=placed).image)
+    return folder
+
+
+class Plc:
+    """`bedsight run` with the build in `folder`, and a Modbus master that triggers layers."""
+
+    def __init__(self, tmp_path, folder, journal):
+        config = tmp_path / f"bedsight-{folder.name}.toml"
+        config.write_text(CONFIG.format(folder=folder, journal=journal))
+        self.appliance = Appliance(config, "--state-dir", tmp_path / "state")
+        port = int(self.appliance.wait_for(r"modbus tcp: listening on 127\.0\.0\.1:(\d+)").group(1))
+        self.appliance.wait_for(r"^ready$")
+        self.client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+        assert self.client.connect()
+
+    def registers(self, address, count):
+        reply = self.client.read_holding_registers(address, count=count)
+        assert not reply.isError(), reply
+        return reply.registers
+
+    def inspect(self, layer, timeout=20.0):
+        """Triggers `layer`, waits for its verdict: (verdict word, reason code)."""
+        sequence = self.registers(6, 1)[0]
+        assert not self.client.write_registers(100, [layer, 0, 1]).isError()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.registers(0, 18)
+            if status[2] == 3 and status[6] == (sequence + 1) & 0xFFFF:
+                assert status[0] == 2 and status[3] == layer
+                self.appliance.wait_for(rf"^layer {layer} ")
+                return VERDICTS[status[5]], status[17]
+            time.sleep(0.02)
+        raise AssertionError(f"layer {layer}: no verdict within {timeout} s")
+
+    def build(self, layers):
+        return [(layer, *self.inspect(layer)) for layer in layers]
+
+    def stop(self):
+        self.client.close()
+        assert self.appliance.stop() == 0, self.appliance.stderr
+        return self.appliance.seen
+
+
+def replay(tmp_path, name, build, layers):
+    """Writes `build`, runs it, triggers `layers` in order and stops: (verdicts, stdout lines,
+    journal path)."""
+    folder = write_build(tmp_path / name, build, seed=8)
+    journal = tmp_path / "layers.bsj"
+    plc = Plc(tmp_path, folder, journal)
+    try:
+        seen = plc.build(layers)
+    finally:
+        lines = plc.stop()
+    return seen, lines, journal
+
+
+def journal_records(journal):
+    return [json.loads(line) for line in run("journal", "export", journal, "--format", "jsonl", check=True).stdout.splitlines()]
+
+
+# A super-elevation on a part edge from layer 3, growing (radius 4, 7, 10, 13 px: about 125,
+# 230, 355, 950 mm² with the default model).
+GROWING = [(1, []), (2, [])] + [(3 + i, [Placed(SUPER_ELEVATION, 155, 80, r)]) for i, r in enumerate((4, 7, 10, 13))]
+
+
+def test_a_growing_super_elevation_pauses_at_its_third_layer_and_not_before(tmp_path):
+    seen, lines, journal = replay(tmp_path, "growing", GROWING, [1, 2, 3, 4, 5])
+    # Growth is judged from a track's third layer: 3 and 4 pass, 5 (slope ~115 mm²/layer) pauses.
+    assert seen == [(1, "PASS", 0), (2, "PASS", 0), (3, "PASS", 0), (4, "PASS", 0), (5, "PAUSE", TRACK_GROWTH << 8 | SE)], seen
+    rule = next(line for line in lines if line.startswith("rule: "))
+    assert rule.startswith(f"rule: rules.super-elevation.track.max_growth_mm2_per_layer (code {TRACK_GROWTH << 8 | SE}): super-elevation track #1 over layers 3-5: grows "), rule
+    records = journal_records(journal)
+    assert [(r["layer"], r["verdict"], r["rule"], r["reason_code"]) for r in records][-1] == (5, "PAUSE", "rules.super-elevation.track.max_growth_mm2_per_layer", 0x0601)
+    # The journal keeps each defect's footprint in bed millimetres (0.9766 mm per pixel here),
+    # around the planted centre at pixel (155, 80) = (151.4, 78.1) mm.
+    x, y, w, h = records[4]["defects"][0]["bbox_mm"]
+    assert abs(x + w / 2 - 151.4) < 8 and abs(y + h / 2 - 78.1) < 8, (x, y, w, h)
+    assert any(re.match(r"tracks: \d+ started, 1 active; map cells with defects: super-elevation \d+", line) for line in lines), "\n".join(lines)
+
+
+def test_an_incompleteness_fixed_by_one_recoat_passes_and_one_that_comes_back_pauses(tmp_path):
+    hole = lambda: [Placed(INCOMPLETENESS, 190, 190, 25)]  # noqa: E731
+    build = [(1, []), (2, hole()), (2, []), (3, []), (4, hole()), (4, hole())]
+    seen, lines, journal = replay(tmp_path, "holes", build, [1, 2, 2, 3, 4, 4])
+    assert seen == [
+        (1, "PASS", 0),
+        (2, "RECOAT", CLASS_LIMIT << 8 | INC),
+        (2, "PASS", 0),  # the re-spread layer is clean: the recoat fixed it
+        (3, "PASS", 0),
+        (4, "RECOAT", CLASS_LIMIT << 8 | INC),
+        (4, "PAUSE", TRACK_AFTER_RECOAT << 8 | INC),  # still there after the recoat: a starved feed
+    ], seen
+    assert "recoat: layer 2 fixed (1 of 1 re-spread layers fixed)" in lines
+    assert "recoat: layer 4 not fixed (1 of 2 re-spread layers fixed)" in lines
+    assert any(line.startswith("rule: rules.incompleteness.track.after_recoat (code 1794): incompleteness track #2 over layers 4-4: still there after the RECOAT of layer 4 → PAUSE") for line in lines), lines
+    assert any(line.endswith("recoats: 2 issued, 1 fixed, 1 not fixed") for line in lines), lines
+    outcomes = [(r["layer"], r["verdict"], r["recoat_outcome"]) for r in journal_records(journal)]
+    assert outcomes == [(1, "PASS", ""), (2, "RECOAT", ""), (2, "PASS", "fixed"), (3, "PASS", ""), (4, "RECOAT", ""), (4, "PAUSE", "not fixed")], outcomes
+
+
+def test_a_persistent_streak_asks_for_review_of_the_blade(tmp_path):
+    # A groove along the recoater's travel at the same height on every layer; where along x it
+    # starts varies.
+    build = [(layer, [Placed(STREAKING, 30 + 7 * (layer % 3), 120)]) for layer in range(1, 7)]
+    seen, lines, journal = replay(tmp_path, "streak", build, range(1, 7))
+    code = TRACK_LENGTH << 8 | STREAK
+    assert seen == [(1, "PASS", 0), (2, "PASS", 0), (3, "PASS", 0), (4, "PASS", 0), (5, "REVIEW", code), (6, "REVIEW", code)], seen
+    assert "track: streaking track #1 over layers 1-5: 5 layers > 4 → REVIEW: recoater blade damage suspected" in lines, lines
+    last = journal_records(journal)[-1]
+    assert (last["rule"], last["reason"]) == ("rules.streaking.track.max_layers", "streaking track #1 over layers 1-6: 6 layers > 4 → REVIEW: recoater blade damage suspected")
+
+
+def test_a_clean_build_with_scattered_one_layer_noise_passes_throughout(tmp_path):
+    noise = [
+        [],
+        [Placed(SUPER_ELEVATION, 80, 148, 5)],
+        [Placed(INCOMPLETENESS, 40, 60, 8)],
+        [Placed(STREAKING, 120, 30)],
+        [],
+        [Placed(SUPER_ELEVATION, 205, 80, 5)],
+        [Placed(INCOMPLETENESS, 200, 220, 8)],
+        [Placed(STREAKING, 60, 200)],
+    ]
+    seen, lines, journal = replay(tmp_path, "noise", list(enumerate(noise, start=1)), range(1, 9))
+    assert seen == [(layer, "PASS", 0) for layer in range(1, 9)], seen
+    records = journal_records(journal)
+    # The noise was seen (it is on the map), it just never made a track longer than one layer.
+    assert sum(len(r["defects"]) for r in records) >= 5, records
+    assert not any(line.startswith(("track: ", "rule: ")) for line in lines), lines
+
+
+def test_after_a_kill_mid_build_the_tracks_go_on_from_the_journal(tmp_path):
+    journal = tmp_path / "layers.bsj"
+    first = write_build(tmp_path / "first", GROWING[:4], seed=8)
+    plc = Plc(tmp_path, first, journal)
+    try:
+        assert plc.build([1, 2, 3, 4]) == [(layer, "PASS", 0) for layer in (1, 2, 3, 4)]
+        # The fourth record is on the disk once `journal check` counts it.
+        deadline = time.monotonic() + 10
+        while "4 records" not in run("journal", "check", journal).stdout:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        plc.client.close()
+        plc.appliance.kill()  # SIGKILL: no orderly stop
+
+    # The printer goes on from layer 5; the camera replays the rest of the build.
+    rest = write_build(tmp_path / "rest", GROWING, seed=8)
+    for frame in sorted(rest.iterdir())[:4]:
+        frame.unlink()
+    plc = Plc(tmp_path, rest, journal)
+    try:
+        restored = next(line for line in plc.appliance.seen if line.startswith("history: "))
+        assert re.match(r"history: restored from 4 journal records: tracks: \d+ started, [1-9]\d* active; map cells with defects: super-elevation [1-9]", restored), restored
+        seen = plc.build([5])
+    finally:
+        plc.stop()
+    # Only a track that began on layer 3, before the restart, can grow over three layers by 5.
+    assert seen == [(5, "PAUSE", TRACK_GROWTH << 8 | SE)], seen
+    assert journal_records(journal)[-1]["reason"].startswith("super-elevation track #1 over layers 3-5: grows ")
