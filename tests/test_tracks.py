@@ -7,6 +7,7 @@ import json
 import re
 import sys
 import time
+import urllib.request
 
 import numpy as np
 from pymodbus.client import ModbusTcpClient
@@ -76,6 +77,9 @@ listen = "127.0.0.1:0"
 
 [journal]
 path = "{journal}"
+
+[dashboard]
+address = "127.0.0.1:0"
 """
 
 
@@ -102,6 +106,7 @@ class Plc:
         config.write_text(CONFIG.format(folder=folder, journal=journal))
         self.appliance = Appliance(config, "--state-dir", tmp_path / "state")
         port = int(self.appliance.wait_for(r"modbus tcp: listening on 127\.0\.0\.1:(\d+)").group(1))
+        self.dashboard = self.appliance.wait_for(r"^dashboard: (http://\S+/)$").group(1)
         self.appliance.wait_for(r"^ready$")
         self.client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
         assert self.client.connect()
@@ -125,6 +130,12 @@ class Plc:
             time.sleep(0.02)
         raise AssertionError(f"layer {layer}: no verdict within {timeout} s")
 
+    def page(self, path):
+        """A page of the dashboard, as a browser gets it."""
+        with urllib.request.urlopen(self.dashboard + path, timeout=10) as response:
+            assert response.status == 200
+            return response.read().decode()
+
     def build(self, layers):
         return [(layer, *self.inspect(layer)) for layer in layers]
 
@@ -134,17 +145,18 @@ class Plc:
         return self.appliance.seen
 
 
-def replay(tmp_path, name, build, layers):
-    """Writes `build`, runs it, triggers `layers` in order and stops: (verdicts, stdout lines,
-    journal path)."""
+def replay(tmp_path, name, build, layers, pages=()):
+    """Writes `build`, runs it, triggers `layers` in order, reads the dashboard's `pages` and
+    stops: (verdicts, stdout lines, journal path, {page: text})."""
     folder = write_build(tmp_path / name, build, seed=8)
     journal = tmp_path / "layers.bsj"
     plc = Plc(tmp_path, folder, journal)
     try:
         seen = plc.build(layers)
+        got = {page: plc.page(page) for page in pages}
     finally:
         lines = plc.stop()
-    return seen, lines, journal
+    return seen, lines, journal, got
 
 
 def journal_records(journal):
@@ -157,7 +169,7 @@ GROWING = [(1, []), (2, [])] + [(3 + i, [Placed(SUPER_ELEVATION, 155, 80, r)]) f
 
 
 def test_a_growing_super_elevation_pauses_at_its_third_layer_and_not_before(tmp_path):
-    seen, lines, journal = replay(tmp_path, "growing", GROWING, [1, 2, 3, 4, 5])
+    seen, lines, journal, _ = replay(tmp_path, "growing", GROWING, [1, 2, 3, 4, 5])
     # Growth is judged from a track's third layer: 3 and 4 pass, 5 (slope ~115 mm²/layer) pauses.
     assert seen == [(1, "PASS", 0), (2, "PASS", 0), (3, "PASS", 0), (4, "PASS", 0), (5, "PAUSE", TRACK_GROWTH << 8 | SE)], seen
     rule = next(line for line in lines if line.startswith("rule: "))
@@ -174,7 +186,7 @@ def test_a_growing_super_elevation_pauses_at_its_third_layer_and_not_before(tmp_
 def test_an_incompleteness_fixed_by_one_recoat_passes_and_one_that_comes_back_pauses(tmp_path):
     hole = lambda: [Placed(INCOMPLETENESS, 190, 190, 25)]  # noqa: E731
     build = [(1, []), (2, hole()), (2, []), (3, []), (4, hole()), (4, hole())]
-    seen, lines, journal = replay(tmp_path, "holes", build, [1, 2, 2, 3, 4, 4])
+    seen, lines, journal, pages = replay(tmp_path, "holes", build, [1, 2, 2, 3, 4, 4], pages=["tracks.html"])
     assert seen == [
         (1, "PASS", 0),
         (2, "RECOAT", CLASS_LIMIT << 8 | INC),
@@ -189,18 +201,39 @@ def test_an_incompleteness_fixed_by_one_recoat_passes_and_one_that_comes_back_pa
     assert any(line.endswith("recoats: 2 issued, 1 fixed, 1 not fixed") for line in lines), lines
     outcomes = [(r["layer"], r["verdict"], r["recoat_outcome"]) for r in journal_records(journal)]
     assert outcomes == [(1, "PASS", ""), (2, "RECOAT", ""), (2, "PASS", "fixed"), (3, "PASS", ""), (4, "RECOAT", ""), (4, "PAUSE", "not fixed")], outcomes
+    # The dashboard counts the recoats and lists both holes: the first ended by its recoat,
+    # the second still there after it.
+    tracks = pages["tracks.html"]
+    assert '<span id="recoats-issued">2</span> issued, <span id="recoats-fixed">1</span> fixed, <span id="recoats-not-fixed">1</span> not fixed' in tracks, tracks
+    assert re.search(r"<td>#2</td><td>incompleteness</td><td>4-4</td><td>1</td><td>[\d.]+</td><td>-</td><td>1</td>.*<td>active</td>", tracks), tracks
+    assert re.search(r"<td>#1</td><td>incompleteness</td><td>2-2</td><td>1</td><td>[\d.]+</td><td>-</td><td>0</td>.*<td>ended</td>", tracks), tracks
 
 
 def test_a_persistent_streak_asks_for_review_of_the_blade(tmp_path):
     # A groove along the recoater's travel at the same height on every layer; where along x it
     # starts varies.
     build = [(layer, [Placed(STREAKING, 30 + 7 * (layer % 3), 120)]) for layer in range(1, 7)]
-    seen, lines, journal = replay(tmp_path, "streak", build, range(1, 7))
+    seen, lines, journal, pages = replay(tmp_path, "streak", build, range(1, 7), pages=["map.svg", "tracks.html", "map-filter.js"])
     code = TRACK_LENGTH << 8 | STREAK
     assert seen == [(1, "PASS", 0), (2, "PASS", 0), (3, "PASS", 0), (4, "PASS", 0), (5, "REVIEW", code), (6, "REVIEW", code)], seen
     assert "track: streaking track #1 over layers 1-5: 5 layers > 4 → REVIEW: recoater blade damage suspected" in lines, lines
     last = journal_records(journal)[-1]
     assert (last["rule"], last["reason"]) == ("rules.streaking.track.max_layers", "streaking track #1 over layers 1-6: 6 layers > 4 → REVIEW: recoater blade damage suspected")
+
+    # The dashboard: the stacked map has the streak on each of the six layers, at its height on
+    # the bed (pixel row 120 of 256 on 250 mm: ~117 mm, drawn at 480/250 units per mm), and the
+    # tracks list has the one streak over layers 1-6.
+    streaks = re.findall(r'<g class="map-layer" data-layer="(\d)"><rect class="footprint" data-class="streaking" x="[\d.]+" y="([\d.]+)"', pages["map.svg"])
+    assert [int(layer) for layer, _ in streaks] == [1, 2, 3, 4, 5, 6], pages["map.svg"]
+    assert all(abs(float(y) / (480 / 250) - 117) < 6 for _, y in streaks), streaks
+    assert 'id="map-from" value="1"' in pages["map.svg"] and 'id="map-to" value="6"' in pages["map.svg"]
+    assert "function filterDefectMap()" in pages["map-filter.js"]
+    assert re.search(r"<td>#1</td><td>streaking</td><td>1-6</td><td>6</td>", pages["tracks.html"]), pages["tracks.html"]
+    # The build report written at the stop has the same map, its filter and the tracks.
+    report = next(line.split(": ", 1)[1] for line in lines if line.startswith("report: "))
+    html = open(report, encoding="utf-8").read()
+    assert "<h2>Defect map</h2>" in html and html.count('data-class="streaking" x=') == 6 and "filterDefectMap();</script>" in html
+    assert re.search(r"<td>#1</td><td>streaking</td><td>1-6</td><td>6</td>", html)
 
 
 def test_a_clean_build_with_scattered_one_layer_noise_passes_throughout(tmp_path):
@@ -214,7 +247,7 @@ def test_a_clean_build_with_scattered_one_layer_noise_passes_throughout(tmp_path
         [Placed(INCOMPLETENESS, 200, 220, 8)],
         [Placed(STREAKING, 60, 200)],
     ]
-    seen, lines, journal = replay(tmp_path, "noise", list(enumerate(noise, start=1)), range(1, 9))
+    seen, lines, journal, _ = replay(tmp_path, "noise", list(enumerate(noise, start=1)), range(1, 9))
     assert seen == [(layer, "PASS", 0) for layer in range(1, 9)], seen
     records = journal_records(journal)
     # The noise was seen (it is on the map), it just never made a track longer than one layer.

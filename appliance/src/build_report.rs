@@ -9,6 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use base64::Engine as _;
 
+use crate::config::Config;
 use crate::journal::{self, LayerRecord};
 use crate::layer_images::{dir_name, BedInfo};
 use crate::web::board::{class_areas, read_annotations, Action, Annotation};
@@ -51,10 +52,11 @@ fn data_url(path: &Path) -> Option<String> {
 }
 
 /// Writes the report of the journal at `journal_path` (and the images in `images`) to `out`.
-pub fn write(journal_path: &Path, images: Option<&Path>, out: &Path) -> Result<()> {
+/// `config` gives the bed's size and the track settings (docs/tracks.md).
+pub fn write(journal_path: &Path, images: Option<&Path>, out: &Path, config: &Config) -> Result<()> {
     let contents = journal::read(journal_path)?;
     let annotations = read_annotations(&journal_path.with_file_name("annotations.jsonl"))?;
-    let html = render(&contents.records, &annotations, images, &journal_path.display().to_string());
+    let html = render(&contents.records, &annotations, images, &journal_path.display().to_string(), config);
     if let Some(folder) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(folder).with_context(|| format!("report {}: cannot create its folder", out.display()))?;
     }
@@ -63,7 +65,7 @@ pub fn write(journal_path: &Path, images: Option<&Path>, out: &Path) -> Result<(
 }
 
 /// The report's HTML.
-pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Option<&Path>, source: &str) -> String {
+pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Option<&Path>, source: &str, config: &Config) -> String {
     let bed = images.and_then(BedInfo::read);
     let image_dir = |index: usize| images.map(|folder| folder.join(dir_name(index as u64, records[index].layer, &records[index].verdict)));
     let mut html = String::new();
@@ -153,6 +155,15 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
 
     let _ = write!(
         html,
+        "<h2>Defect map</h2>\n<p>Every defect's footprint on the bed (mm, top view), stacked over the layers in the range; one colour per class.</p>\n{}\n{}\n<script>{}filterDefectMap();</script>\n<h2>Tracks</h2>\n{}\n",
+        crate::web::defects::map_filter_controls(records),
+        crate::web::defects::map_svg(records, config.bed.width_mm, config.bed.height_mm, bed.as_ref()),
+        crate::web::defects::MAP_FILTER_SCRIPT,
+        crate::web::defects::tracks_html(records, config)
+    );
+
+    let _ = write!(
+        html,
         "<h2>Layers</h2>\n<table class=\"layers\"><thead><tr><th>record</th><th>layer</th><th>time</th><th>trigger</th><th>verdict</th><th>defects</th><th>area, mm²</th><th>uncertainty</th><th>ms</th><th>model</th><th>annotations</th></tr></thead><tbody>\n"
     );
     for (index, record) in records.iter().enumerate() {
@@ -211,7 +222,7 @@ mod tests {
             ..Default::default()
         };
         let records = [record(1, "RECOAT", 30.0), record(2, "PASS", 1.0), record(3, "PAUSE", 2.0), record(4, "RECOAT", 50.0)];
-        let html = render(&records, &[], None, "test.bsj");
+        let html = render(&records, &[], None, "test.bsj", &Config::embedded());
         let order: Vec<usize> = ["layer 3 (record 2)", "layer 4 (record 3)", "layer 1 (record 0)"].iter().map(|t| html.find(t).unwrap()).collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
         assert!(!html.contains("layer 2 (record 1)"));

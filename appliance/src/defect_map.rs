@@ -72,16 +72,6 @@ pub struct DefectMap {
     grids: Vec<ClassGrid>,
 }
 
-/// One cell of one class, for people and the dashboard.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct MapCell {
-    pub class: String,
-    pub column: usize,
-    pub row: usize,
-    pub count: u32,
-    pub last_layer: u32,
-}
-
 impl DefectMap {
     /// An empty map of a `width_mm` x `height_mm` bed (the configuration checks the cell count
     /// against MAX_CELLS).
@@ -123,23 +113,11 @@ impl DefectMap {
     }
 
     /// Count and last layer of one class's cell; `None` when the class was never seen.
+    #[cfg(test)]
     pub fn cell(&self, class: &str, column: usize, row: usize) -> Option<(u32, u32)> {
         let grid = self.grids.iter().find(|g| g.class == class)?;
         let cell = row.checked_mul(self.columns)? + column;
         Some((*grid.counts.get(cell)?, grid.last_layer[cell]))
-    }
-
-    /// Every cell with a count, class by class (in order of first sighting), row-major.
-    pub fn cells(&self) -> impl Iterator<Item = MapCell> + '_ {
-        self.grids.iter().flat_map(move |grid| {
-            grid.counts.iter().enumerate().filter(|(_, &count)| count > 0).map(move |(cell, &count)| MapCell {
-                class: grid.class.clone(),
-                column: cell % self.columns,
-                row: cell / self.columns,
-                count,
-                last_layer: grid.last_layer[cell],
-            })
-        })
     }
 
     /// Cells with a count, per class name.
@@ -182,6 +160,6 @@ mod tests {
         // Past the edge: clipped to the last cell.
         map.add(10, "hopping", Footprint { x0: 248.0, y0: 248.0, x1: 260.0, y1: 260.0 });
         assert_eq!(map.cell("hopping", 49, 49), Some((1, 10)));
-        assert_eq!(map.cells().count(), 3);
+        assert_eq!(map.occupied_cells(), vec![("streaking".to_string(), 2), ("hopping".to_string(), 1)]);
     }
 }

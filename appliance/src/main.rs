@@ -277,7 +277,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let journal = journal.unwrap_or_else(|| config_file.journal_file(&base_dir, &state_dir));
             let images = images.or_else(|| config_file.images_folder(&base_dir, &state_dir)).filter(|folder| folder.is_dir());
             let out = out.unwrap_or_else(|| journal.with_file_name("build-report.html"));
-            build_report::write(&journal, images.as_deref(), &out)?;
+            build_report::write(&journal, images.as_deref(), &out, &config_file)?;
             println!("report: {}", out.display());
             Ok(ExitCode::SUCCESS)
         }

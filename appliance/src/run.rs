@@ -266,7 +266,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         thread.join().ok();
     }
     let report_path = journal_path.with_file_name("build-report.html");
-    match crate::build_report::write(&journal_path, board.images_folder.as_deref(), &report_path) {
+    match crate::build_report::write(&journal_path, board.images_folder.as_deref(), &report_path, &config) {
         Ok(()) => println!("report: {}", report_path.display()),
         Err(error) => eprintln!("report: {error:#}"),
     }
@@ -289,6 +289,7 @@ fn start_board_and_recorder(config: &Config, origin: &str, base_dir: &Path, stat
     let history = crate::journal::read(journal_path)?.records;
     let annotations = journal_path.with_file_name("annotations.jsonl");
     let board = Arc::new(Board::new(history, images_folder.clone(), annotations, Status::new("starting", "", "", ""))?);
+    board.config.set(config.clone()).ok();
     if let Some(folder) = &images_folder {
         println!("record: layer images in {} (limit {} GB)", folder.display(), config.record.max_gb);
     }

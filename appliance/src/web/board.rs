@@ -122,6 +122,9 @@ pub struct Board {
     pub metrics: Metrics,
     pub images_folder: Option<PathBuf>,
     annotations_path: PathBuf,
+    /// The loop's configuration: the bed's size and the track settings for the defect map
+    /// and the tracks list.
+    pub config: std::sync::OnceLock<crate::config::Config>,
 }
 
 impl Board {
@@ -138,6 +141,7 @@ impl Board {
             metrics: Metrics::default(),
             images_folder,
             annotations_path,
+            config: std::sync::OnceLock::new(),
         })
     }
 

@@ -24,7 +24,8 @@ pub fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-fn class_colour(class: &str, position: usize, bed: Option<&BedInfo>) -> String {
+/// A class's colour: the model image's, else one of a fixed set by position.
+pub fn class_colour(class: &str, position: usize, bed: Option<&BedInfo>) -> String {
     match bed.and_then(|b| b.classes.iter().find(|c| c.name == class)) {
         Some(info) => format!("#{:02x}{:02x}{:02x}", info.colour[0], info.colour[1], info.colour[2]),
         None => FALLBACK_COLOURS[position % FALLBACK_COLOURS.len()].to_string(),

@@ -4,11 +4,13 @@
 //! record number, method or token is one 4xx with the reason, and nothing changes.
 //!
 //! Routes (docs/dashboard.md): `GET /`, `/api/state`, `/api/records/<i>`,
-//! `/images/<i>/<kind>.png`, `/chart.svg`, `/stacked.svg`, `/events` (server-sent events),
+//! `/images/<i>/<kind>.png`, `/chart.svg`, `/stacked.svg`, `/map.svg`, `/tracks.html`,
+//! `/map-filter.js` (docs/tracks.md), `/events` (server-sent events),
 //! `/metrics`, `/healthz`; `POST /api/records/<i>/acknowledge` and `/false-alarm`.
 
 pub mod board;
 pub mod chart;
+pub mod defects;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -98,6 +100,18 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
             respond(request, 200, "image/svg+xml", chart::stacked_svg(&board.records(), bed.as_ref(), None).into_bytes());
         }
+        (Method::Get, ["map.svg"]) => {
+            let bed = board.images_folder.as_deref().and_then(BedInfo::read);
+            let (width_mm, height_mm) = board.config.get().map(|c| (c.bed.width_mm, c.bed.height_mm)).unwrap_or((250.0, 250.0));
+            let records = board.records();
+            let body = format!("{}{}", defects::map_filter_controls(&records), defects::map_svg(&records, width_mm, height_mm, bed.as_ref()));
+            respond(request, 200, "text/html; charset=utf-8", body.into_bytes());
+        }
+        (Method::Get, ["tracks.html"]) => {
+            let config = board.config.get().cloned().unwrap_or_else(crate::config::Config::embedded);
+            respond(request, 200, "text/html; charset=utf-8", defects::tracks_html(&board.records(), &config).into_bytes());
+        }
+        (Method::Get, ["map-filter.js"]) => respond(request, 200, "text/javascript; charset=utf-8", defects::MAP_FILTER_SCRIPT.as_bytes().to_vec()),
         (Method::Get, ["events"]) => stream_events(request, board, stop),
         (Method::Get, ["metrics"]) => respond(request, 200, "text/plain; version=0.0.4; charset=utf-8", board.metrics.render().into_bytes()),
         (Method::Get, ["healthz"]) => match board.down() {
@@ -133,7 +147,7 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
                 Err(AnnotateError::Storage(message)) => text(request, 500, &message),
             }
         }
-        (_, ["" | "events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg"] | ["api", ..] | ["images", ..]) => {
+        (_, ["" | "events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg" | "map.svg" | "tracks.html" | "map-filter.js"] | ["api", ..] | ["images", ..]) => {
             let message = if known_path(&segments) { format!("{method} is not allowed on {path}") } else { format!("no such page: {path}") };
             text(request, if known_path(&segments) { 405 } else { 404 }, &message)
         }
@@ -142,7 +156,7 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
 }
 
 fn known_path(segments: &[&str]) -> bool {
-    matches!(segments, [""] | ["events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg"] | ["api", "state"] | ["api", "records", _] | ["api", "records", _, _] | ["images", _, _])
+    matches!(segments, [""] | ["events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg" | "map.svg" | "tracks.html" | "map-filter.js"] | ["api", "state"] | ["api", "records", _] | ["api", "records", _, _] | ["images", _, _])
 }
 
 /// `Authorization: Bearer <token>` against the configured token.
