@@ -20,9 +20,9 @@ export ORT_DYLIB_PATH
 
 # Debian packages the build and the tests need: libclang for the V4L2 bindings (hal, crate v4l),
 # openssh-server and -client for flash.sh's test over real ssh to localhost, openssl for the
-# key-file interoperability test.
+# key-file interoperability test, chromium for the dashboard's test in a real browser.
 missing=""
-for package in libclang-dev openssh-server openssh-client openssl; do
+for package in libclang-dev openssh-server openssh-client openssl chromium; do
     dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
 done
 if [ -n "$missing" ]; then

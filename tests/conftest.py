@@ -48,6 +48,16 @@ def sample_ledger():
     return {entry["file"]: set(entry["planted"]) for entry in ledger["layers"]}
 
 
+@pytest.fixture
+def line_port():
+    """The PLC's end of a pseudo-terminal for the serial line protocol (run_harness.LinePort)."""
+    from run_harness import LinePort  # run_harness imports this module
+
+    port = LinePort()
+    yield port
+    port.close()
+
+
 @pytest.fixture(scope="session")
 def ledger():
     return sample_ledger()

@@ -5,19 +5,10 @@ import shutil
 import signal
 import time
 
-import pytest
-
-from run_harness import Appliance, LinePort, serial_line_config
+from run_harness import Appliance, serial_line_config
 from conftest import SAMPLE_BUILD, analyze_json
 
 VERDICT_LINE = re.compile(r"^VERDICT (\d+) (PASS|RECOAT|PAUSE|REVIEW|FAULT) (\d+) (\d+\.\d{2}) (\d\.\d{3})$")
-
-
-@pytest.fixture
-def line_port():
-    port = LinePort()
-    yield port
-    port.close()
 
 
 def test_layer_lines_get_verdict_lines_and_bad_lines_get_err(tmp_path, line_port, ledger):

@@ -115,15 +115,15 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
     let _ = write!(html, "<tr><th>defect area</th><td>{}</td></tr>", if area_text.is_empty() { "none".into() } else { area_text.join(", ") });
     let acknowledged = annotations.iter().filter(|a| a.action == Action::Acknowledge).count();
     let false_alarms = annotations.iter().filter(|a| a.action == Action::FalseAlarm).count();
-    let _ = write!(html, "<tr><th>annotations</th><td>{acknowledged} REVIEWs acknowledged, {false_alarms} false alarms</td></tr></table>\n");
+    let _ = writeln!(html, "<tr><th>annotations</th><td>{acknowledged} REVIEWs acknowledged, {false_alarms} false alarms</td></tr></table>");
 
-    let _ = write!(html, "<h2>Defect area and uncertainty by layer</h2>\n{}\n", trend_svg(records, bed.as_ref()));
+    let _ = writeln!(html, "<h2>Defect area and uncertainty by layer</h2>\n{}", trend_svg(records, bed.as_ref()));
 
     // The worst layers: most severe verdict first, then the most defect area.
     let mut worst: Vec<usize> = (0..records.len()).filter(|&i| records[i].verdict != "PASS").collect();
-    let total_area = |i: usize| records[i].defects.iter().map(|d| d.area_mm2).sum::<f64>();
+    let total_area = |i: usize| records[i].defects.iter().fold(0.0, |sum, d| sum + d.area_mm2);
     worst.sort_by(|&a, &b| severity(&records[b].verdict).cmp(&severity(&records[a].verdict)).then(total_area(b).total_cmp(&total_area(a))));
-    let _ = write!(html, "<h2>Worst layers</h2>\n");
+    let _ = writeln!(html, "<h2>Worst layers</h2>");
     if worst.is_empty() {
         html.push_str("<p>Every layer was PASS.</p>\n");
     }
@@ -138,10 +138,10 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
         );
         match image_dir(index).and_then(|dir| data_url(&dir.join("overlay.png"))) {
             Some(url) => {
-                let _ = write!(html, "<figure class=\"worst\"><img class=\"overlay\" alt=\"overlay of layer {}\" src=\"{url}\"><figcaption>{caption}</figcaption></figure>\n", record.layer);
+                let _ = writeln!(html, "<figure class=\"worst\"><img class=\"overlay\" alt=\"overlay of layer {}\" src=\"{url}\"><figcaption>{caption}</figcaption></figure>", record.layer);
             }
             None => {
-                let _ = write!(html, "<figure class=\"worst\"><figcaption>{caption}: images not kept</figcaption></figure>\n");
+                let _ = writeln!(html, "<figure class=\"worst\"><figcaption>{caption}: images not kept</figcaption></figure>");
             }
         }
     }
@@ -175,9 +175,9 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
                 Action::FalseAlarm => "false alarm",
             })
             .collect();
-        let _ = write!(
+        let _ = writeln!(
             html,
-            "<tr class=\"layer-row\"><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict {verdict}\">{verdict}</td><td>{}</td><td>{:.2}</td><td>{:.4}</td><td>{:.0}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr class=\"layer-row\"><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict {verdict}\">{verdict}</td><td>{}</td><td>{:.2}</td><td>{:.4}</td><td>{:.0}</td><td>{}</td><td>{}</td></tr>",
             record.layer,
             utc(record.time_ms),
             escape(&record.trigger),

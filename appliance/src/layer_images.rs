@@ -63,6 +63,15 @@ impl BedInfo {
     }
 }
 
+/// Where a judged layer's pixels are, right after the pipeline ran it.
+pub struct JudgedLayer<'a> {
+    pub bed: &'a GrayImage,
+    pub fused: &'a Fused,
+    pub defects: &'a [Defect],
+    pub classes: &'a [ClassInfo],
+    pub mm_per_px: f64,
+}
+
 /// One layer's pixels, copied out of the pipeline; reused from layer to layer.
 pub struct LayerSnapshot {
     /// Which layer of this run (the analysis thread's count), to pair it with its verdict.
@@ -93,17 +102,18 @@ impl LayerSnapshot {
     }
 
     /// Copies a judged layer's buffers in (the vectors keep their capacity across layers).
-    pub fn fill(&mut self, seq: u64, frame: &DynamicImage, bed: &GrayImage, fused: &Fused, defects: &[Defect], classes: &[ClassInfo], mm_per_px: f64) {
+    pub fn fill(&mut self, seq: u64, frame: &DynamicImage, layer: &JudgedLayer) {
         self.seq = seq;
         copy_grey(frame, &mut self.raw);
         self.judged = true;
-        self.bed.clone_from(bed);
-        self.mask.clone_from(&fused.mask);
-        self.uncertainty.clone_from(&fused.uncertainty);
+        self.bed.clone_from(layer.bed);
+        self.mask.clone_from(&layer.fused.mask);
+        self.uncertainty.clone_from(&layer.fused.uncertainty);
         self.defects.clear();
-        self.defects.extend_from_slice(defects);
-        if self.info.classes != classes || self.info.width != bed.width() || self.info.height != bed.height() {
-            self.info = BedInfo { width: bed.width(), height: bed.height(), mm_per_px, classes: classes.to_vec() };
+        self.defects.extend_from_slice(layer.defects);
+        let bed = layer.bed;
+        if self.info.classes != layer.classes || self.info.width != bed.width() || self.info.height != bed.height() {
+            self.info = BedInfo { width: bed.width(), height: bed.height(), mm_per_px: layer.mm_per_px, classes: layer.classes.to_vec() };
         }
     }
 
@@ -354,7 +364,8 @@ mod tests {
             ClassInfo { name: "powder".into(), colour: [0, 0, 0], defect: false },
             ClassInfo { name: "streaking".into(), colour: [255, 0, 0], defect: true },
         ];
-        snapshot.fill(seq, &frame, &GrayImage::from_pixel(8, 8, image::Luma([100])), &fused, &[], &classes, 1.0);
+        let bed = GrayImage::from_pixel(8, 8, image::Luma([100]));
+        snapshot.fill(seq, &frame, &JudgedLayer { bed: &bed, fused: &fused, defects: &[], classes: &classes, mm_per_px: 1.0 });
         snapshot
     }
 

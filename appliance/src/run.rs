@@ -31,7 +31,7 @@ use crate::decide::RecoatBudget;
 use crate::defect_map::Footprint;
 use crate::history::BuildHistory;
 use crate::journal::{DefectRecord, Journal, LayerRecord};
-use crate::layer_images::{ImageStore, LayerVerdict, SnapshotSender, VerdictSender};
+use crate::layer_images::{ImageStore, JudgedLayer, LayerVerdict, SnapshotSender, VerdictSender};
 use crate::model::LoadedModel;
 use crate::pipeline::{Pipeline, StageTimes};
 use crate::reason::{Reason, RuleKind};
@@ -132,7 +132,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         config.trigger.clone().ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
 
     let journal_path = config.journal_file(&base_dir, state_dir);
-    let (mut journal, opened) = Journal::open(&journal_path)?;
+    let (journal, opened) = Journal::open(&journal_path)?;
     println!("journal: {}: {opened}", journal_path.display());
     // The build so far: the defect map, the tracks and the recoats carry on from the journal.
     let restored = if opened.records > 0 { crate::journal::read(&journal_path)?.records } else { Vec::new() };
@@ -140,7 +140,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     if !restored.is_empty() {
         println!("history: restored from {} journal records: {}", restored.len(), history.summary());
     }
-    let (board, recorder) = start_board_and_recorder(&config, &origin, &base_dir, state_dir, &journal_path)?;
+    let (board, recorder) = start_board_and_recorder(&config, &origin, &base_dir, state_dir, &journal_path, restored.clone())?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -222,7 +222,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     let state_dir_owned = state_dir.to_path_buf();
     let analysis = std::thread::Builder::new()
         .name("analysis".into())
-        .spawn(move || analysis_thread(config_path_owned, backend_owned, state_dir_owned, camera, video, job_receiver, event_sender, snapshots))
+        .spawn(move || analysis_thread(config_path_owned, backend_owned, state_dir_owned, camera, video, job_receiver, (event_sender, snapshots)))
         .context("cannot start the analysis thread")?;
     let model_label = match events.recv() {
         Ok(AnalysisEvent::Started(Ok(label))) => label,
@@ -245,10 +245,11 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     println!("ready");
     std::io::stdout().flush().ok();
 
-    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut journal, &board, verdict_sender.as_ref(), &mut history, &restored)?;
+    let mut news = LayerNews { journal, board: board.clone(), images: verdict_sender };
+    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut news, &mut history, &restored)?;
     println!("stopped after {layers} layers ({} triggers answered BUSY)", queue.busy_refusals());
     println!("{}", history.summary());
-    println!("journal: {} records in {}", journal.records(), journal_path.display());
+    println!("journal: {} records in {}", news.journal.records(), journal_path.display());
     if let Some(bank) = &modbus_bank {
         let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
         println!(
@@ -261,7 +262,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     drop(job_sender);
     analysis.join().ok();
     // The recorder finishes the images it has, then the build report is written from them.
-    drop(verdict_sender);
+    drop(news);
     if let Some(thread) = recorder_thread {
         thread.join().ok();
     }
@@ -280,13 +281,12 @@ type Recorder = (SnapshotSender, VerdictSender, std::thread::JoinHandle<()>);
 
 /// The dashboard's state (the build so far, from the journal) and, unless `[record]` turns it
 /// off, the image recorder that tells it when a layer's images are in place.
-fn start_board_and_recorder(config: &Config, origin: &str, base_dir: &Path, state_dir: &Path, journal_path: &Path) -> Result<(Arc<Board>, Option<Recorder>)> {
+fn start_board_and_recorder(config: &Config, origin: &str, base_dir: &Path, state_dir: &Path, journal_path: &Path, history: Vec<LayerRecord>) -> Result<(Arc<Board>, Option<Recorder>)> {
     let images_folder = config.images_folder(base_dir, state_dir);
     let store = match &images_folder {
         Some(folder) => Some(ImageStore::open(folder, (config.record.max_gb * 1e9) as u64).with_context(|| format!("configuration {origin}"))?),
         None => None,
     };
-    let history = crate::journal::read(journal_path)?.records;
     let annotations = journal_path.with_file_name("annotations.jsonl");
     let board = Arc::new(Board::new(history, images_folder.clone(), annotations, Status::new("starting", "", "", ""))?);
     board.config.set(config.clone()).ok();
@@ -437,8 +437,7 @@ fn analysis_thread(
     mut camera: Box<dyn Camera + Send>,
     mut video: Option<VideoWatch>,
     jobs: Receiver<LayerJob>,
-    events: SyncSender<AnalysisEvent>,
-    snapshots: Option<SnapshotSender>,
+    (events, snapshots): (SyncSender<AnalysisEvent>, Option<SnapshotSender>),
 ) {
     let mut seq = 0u64;
     let (mut pipeline, mut generation) = match load_pipeline(&config_path, backend.as_deref(), &state_dir) {
@@ -523,11 +522,29 @@ fn analysis_thread(
         // The PLC has its verdict on the way: now copy the layer's pixels for the recorder.
         if let Some(snapshots) = &snapshots {
             snapshots.offer(|snapshot| match outcome.fault {
-                None => snapshot.fill(seq, &frame.image, &pipeline.bed_image, &pipeline.fused, &outcome.defects, &pipeline.model.spec.classes, pipeline.bed_mm_per_px),
+                None => snapshot.fill(
+                    seq,
+                    &frame.image,
+                    &JudgedLayer {
+                        bed: &pipeline.bed_image,
+                        fused: &pipeline.fused,
+                        defects: &outcome.defects,
+                        classes: &pipeline.model.spec.classes,
+                        mm_per_px: pipeline.bed_mm_per_px,
+                    },
+                ),
                 Some(_) => snapshot.fill_unjudged(seq, &frame.image),
             });
         }
     }
+}
+
+/// Where each finished layer goes after the PLC has its verdict: the journal, the dashboard
+/// and the image recorder.
+struct LayerNews {
+    journal: Journal,
+    board: Arc<Board>,
+    images: Option<VerdictSender>,
 }
 
 /// One layer in flight: its number, who asked, when.
@@ -545,9 +562,7 @@ fn control_loop(
     jobs: &SyncSender<LayerJob>,
     events: &Receiver<AnalysisEvent>,
     stop: &AtomicBool,
-    journal: &mut Journal,
-    board: &Board,
-    images: Option<&VerdictSender>,
+    news: &mut LayerNews,
     history: &mut BuildHistory,
     restored: &[LayerRecord],
 ) -> Result<u64> {
@@ -681,18 +696,21 @@ fn control_loop(
                         recoat_outcome,
                         recoat_classes,
                     };
-                    if let Err(error) = journal.append(&record) {
+                    if let Err(error) = news.journal.append(&record) {
                         eprintln!("{error:#}");
                     }
                     seq += 1;
-                    let index = board.next_index();
-                    if let Some(images) = images {
-                        images.send(LayerVerdict { seq, index, layer: flight.layer, verdict: record.verdict.clone() });
-                    }
+                    let (board, index) = (&news.board, news.board.next_index());
                     let model_error = result.detail.starts_with("inference failed").then(|| result.detail.clone());
                     board.metrics.layer(verdict, result.timing.as_ref(), flight.started.elapsed().as_secs_f64(), result.camera_failed, model_error.is_some());
                     let camera_error = result.camera_failed.then(|| result.detail.trim_start_matches("camera: ").to_string());
+                    let verdict_word = record.verdict.clone();
                     board.add_record(record, camera_error, model_error);
+                    // After the dashboard has the record: the recorder's "images written" news
+                    // must find it there.
+                    if let Some(images) = &news.images {
+                        images.send(LayerVerdict { seq, index, layer: flight.layer, verdict: verdict_word });
+                    }
                     in_flight = None;
                 }
                 Ok(AnalysisEvent::Started(_)) => {}

@@ -261,6 +261,12 @@ impl Board {
         state.images[index as usize].then(|| dir_name(index, record.layer, &record.verdict))
     }
 
+    /// The newest record whose images are kept (judged layers have a rectified bed).
+    pub fn latest_with_images(&self) -> Option<u64> {
+        let state = self.lock();
+        (0..state.records.len()).rev().find(|&i| state.images[i] && !matches!(state.records[i].verdict.as_str(), "FAULT")).map(|i| i as u64)
+    }
+
     pub fn record_count(&self) -> usize {
         self.lock().records.len()
     }

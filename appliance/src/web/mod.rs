@@ -98,7 +98,8 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
         }
         (Method::Get, ["stacked.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
-            respond(request, 200, "image/svg+xml", chart::stacked_svg(&board.records(), bed.as_ref(), None).into_bytes());
+            let background = board.latest_with_images().map(|index| format!("/images/{index}/rectified.png"));
+            respond(request, 200, "image/svg+xml", chart::stacked_svg(&board.records(), bed.as_ref(), background.as_deref()).into_bytes());
         }
         (Method::Get, ["map.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);

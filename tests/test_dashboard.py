@@ -1,0 +1,321 @@
+"""The operator's view of `bedsight run` on a replayed build, the way a person and a monitoring
+system use it: the dashboard in real headless Chromium with live updates, token-protected
+controls, /metrics, /healthz, the image folder's size limit and `bedsight report`."""
+import html.parser
+import json
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from chromium import Chromium
+from conftest import SAMPLE_BUILD, run
+from run_harness import Appliance, LinePort, serial_line_config
+
+TOKEN = "test-token-0123"
+VERDICT_LINE = re.compile(r"^VERDICT (\d+) (PASS|RECOAT|PAUSE|REVIEW|FAULT) ")
+
+
+def start(tmp_path: Path, line_port: LinePort, folder: Path = SAMPLE_BUILD, record: str = "") -> tuple[Appliance, str]:
+    """`bedsight run` on a replay of `folder`, LAYER lines on the pty, the dashboard on a free
+    port; returns the appliance and the dashboard's base URL."""
+    config = serial_line_config(tmp_path, line_port.path, folder)
+    config.write_text(
+        config.read_text()
+        + f'\n[dashboard]\naddress = "127.0.0.1:0"\ntoken = "{TOKEN}"\n'
+        + f'\n[journal]\npath = "{tmp_path / "journal" / "layers.bsj"}"\n'
+        + f'\n[record]\nfolder = "{tmp_path / "images"}"\n{record}'
+    )
+    appliance = Appliance(config)
+    url = appliance.wait_for(r"^dashboard: (http://127\.0\.0\.1:\d+)/$").group(1)
+    appliance.wait_for(r"^ready$")
+    return appliance, url
+
+
+def layer(line_port: LinePort, number: int) -> str:
+    """Triggers a layer; its verdict word."""
+    line_port.send(f"LAYER {number}\r\n".encode())
+    match = VERDICT_LINE.match(line_port.read_line())
+    assert match and int(match.group(1)) == number, match
+    return match.group(2)
+
+
+def get(url: str, method: str = "GET", headers: dict | None = None, body: bytes | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(url, method=method, headers=headers or {}, data=body)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8", "replace")
+
+
+def wait_for_records(url: str, count: int):
+    """Until the dashboard has `count` records (the PLC hears the verdict first, then the
+    journal and the dashboard)."""
+    deadline = time.monotonic() + 10
+    while len(json.loads(get(url + "/api/state")[1])["records"]) < count:
+        assert time.monotonic() < deadline, f"the dashboard did not show {count} records within 10 s"
+        time.sleep(0.05)
+
+
+def wait_for_images(url: str, count: int):
+    """Until the recorder has written `count` layers' images."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        records = json.loads(get(url + "/api/state")[1])["records"]
+        if len(records) >= count and all(r["images"] for r in records[:count]):
+            return records
+        time.sleep(0.1)
+    raise AssertionError(f"the images of {count} layers were not written within 30 s")
+
+
+def metrics(url: str) -> dict:
+    """Every sample of /metrics: (name, sorted label items) -> value."""
+    status, text = get(url + "/metrics")
+    assert status == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def slide_to(browser: Chromium, index: int):
+    """Moves the layer slider as a hand would (an input event)."""
+    browser.evaluate(f"(() => {{ const s = document.getElementById('slider'); s.value = {index}; s.dispatchEvent(new Event('input')) }})()")
+
+
+def test_the_page_in_chromium_follows_the_build_live(tmp_path, line_port):
+    appliance, url = start(tmp_path, line_port)
+    browser = None
+    try:
+        verdicts = [layer(line_port, 1), layer(line_port, 2)]
+        wait_for_images(url, 2)
+        browser = Chromium(url + "/")
+        browser.wait_for("document.querySelectorAll('#chart circle.pt-unc').length === 2", what="a chart of 2 points")
+        browser.wait_for(f"document.getElementById('verdict').textContent === {verdicts[1]!r}", what="layer 2's verdict")
+        browser.wait_for("document.getElementById('status-live').textContent === 'live updates: on'", what="the event stream connected")
+        # A mark that a reload would wipe: the next layer must arrive without one.
+        browser.evaluate("window.stillTheSamePage = true")
+
+        verdicts.append(layer(line_port, 3))
+        browser.wait_for(f"document.getElementById('layer-label').textContent.startsWith('Layer 3 ')", what="layer 3")
+        assert browser.evaluate("document.getElementById('verdict').textContent") == verdicts[2]
+        assert browser.evaluate("window.stillTheSamePage") is True
+        browser.wait_for("document.querySelectorAll('#chart circle.pt-unc').length === 3", what="a chart of 3 points")
+        image = browser.wait_for(
+            "(() => { const i = document.getElementById('bed'); return i.complete && i.naturalWidth > 0 && !i.hidden"
+            " && i.src.endsWith('/images/2/overlay.png') ? [i.naturalWidth, i.naturalHeight] : null })()",
+            what="layer 3's overlay loaded",
+        )
+        assert image == [256, 256]
+        assert browser.evaluate("getComputedStyle(document.getElementById('missing')).display") == "none"
+        assert browser.evaluate("document.getElementById('status-camera').className") == "badge up"
+        assert "ort" in browser.evaluate("document.getElementById('status-backend').textContent") or "tract" in browser.evaluate(
+            "document.getElementById('status-backend').textContent"
+        )
+
+        browser.evaluate("document.getElementById('heat-toggle').click()")
+        browser.wait_for(
+            "(() => { const i = document.getElementById('heat'); return !i.hidden && i.complete && i.naturalWidth > 0 })()", what="the uncertainty heat map"
+        )
+        shot = browser.screenshot("dashboard-live.png")
+        assert shot.stat().st_size > 10_000
+
+        # The slider looks back at layer 1; the page stops following the live layer.
+        slide_to(browser, 0)
+        browser.wait_for("document.getElementById('layer-label').textContent.startsWith('Layer 1 ')", what="layer 1 from the slider")
+        assert browser.evaluate("document.getElementById('verdict').textContent") == verdicts[0]
+        assert browser.evaluate("document.getElementById('follow').checked") is False
+
+        # A control with the right token, typed in as an operator would: recorded and shown.
+        flagged = next((i for i, v in enumerate(verdicts) if v != "PASS"), None)
+        assert flagged is not None, verdicts
+        slide_to(browser, flagged)
+        browser.wait_for(f"document.getElementById('layer-label').textContent.startsWith('Layer {flagged + 1} ')")
+        browser.evaluate("document.getElementById('token').value = 'wrong-token-999'; document.getElementById('false-alarm').click()")
+        assert "403" in browser.wait_for("document.getElementById('control-msg').textContent", what="the refusal")
+        browser.evaluate(f"document.getElementById('token').value = {TOKEN!r}; document.getElementById('false-alarm').click()")
+        browser.wait_for("document.querySelectorAll('#annotations li.annotation').length === 1", what="the false alarm listed")
+        assert "false alarm" in browser.evaluate("document.getElementById('annotations').textContent")
+        saved = [json.loads(line) for line in (tmp_path / "journal" / "annotations.jsonl").read_text().splitlines()]
+        assert [(a["index"], a["action"]) for a in saved] == [(flagged, "false-alarm")]
+        assert appliance.stop() == 0
+    finally:
+        if browser:
+            browser.close()
+        appliance.kill()
+
+
+def test_controls_need_the_token_and_bad_requests_change_nothing(tmp_path, line_port):
+    appliance, url = start(tmp_path, line_port)
+    try:
+        verdicts = [layer(line_port, n) for n in (1, 2, 3)]
+        wait_for_records(url, 3)
+        flagged = next(i for i, v in enumerate(verdicts) if v != "PASS")
+        passed = verdicts.index("PASS")
+        control = f"{url}/api/records/{flagged}/false-alarm"
+        annotations = tmp_path / "journal" / "annotations.jsonl"
+
+        status, text = get(control, "POST")
+        assert status == 401 and "Authorization: Bearer" in text
+        assert get(control, "POST", {"Authorization": "Bearer wrong-token-99"})[0] == 403
+        assert get(control, "POST", {"Authorization": TOKEN})[0] == 401
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert get(f"{url}/api/records/x/false-alarm", "POST", bearer)[0] == 400
+        status, text = get(f"{url}/api/records/99/false-alarm", "POST", bearer)
+        assert status == 404 and "3 records" in text
+        assert get(f"{url}/api/records/{flagged}/delete", "POST", bearer)[0] == 404
+        status, text = get(f"{url}/api/records/{passed}/false-alarm", "POST", bearer)
+        assert status == 409 and "PASS" in text
+        if verdicts[flagged] != "REVIEW":
+            assert get(f"{url}/api/records/{flagged}/acknowledge", "POST", bearer)[0] == 409
+        assert get(control, "POST", bearer, b"not json")[0] == 400
+        assert not annotations.exists(), "a refused control must record nothing"
+        assert json.loads(get(f"{url}/api/records/{flagged}")[1])["annotations"] == []
+
+        status, text = get(control, "POST", bearer, b'{"note": "spatter, not a defect"}')
+        assert status == 200, text
+        assert get(control, "POST", bearer)[0] == 409
+        shown = json.loads(get(f"{url}/api/records/{flagged}")[1])["annotations"]
+        assert [(a["action"], a["note"]) for a in shown] == [("false-alarm", "spatter, not a defect")]
+        assert len(annotations.read_text().splitlines()) == 1
+
+        # Read-only pages need no token; bad paths and methods are clear 4xx.
+        assert get(url + "/")[0] == 200
+        assert get(url + "/api/records/abc")[0] == 400
+        assert get(url + "/api/records/3")[0] == 404
+        assert get(url + "/images/0/secret.png")[0] == 404
+        assert get(url + "/images/0/../../etc/passwd")[0] == 404
+        assert get(url + "/nope")[0] == 404
+        assert get(url + "/metrics", "POST")[0] == 405
+        assert appliance.stop() == 0
+    finally:
+        appliance.kill()
+    # Restarted on the same journal: the history and the annotation come back.
+    appliance, url = start(tmp_path, line_port)
+    try:
+        state = json.loads(get(url + "/api/state")[1])
+        assert [r["verdict"] for r in state["records"]] == verdicts
+        assert [(a["index"], a["action"]) for a in state["annotations"]] == [(flagged, "false-alarm")]
+        assert appliance.stop() == 0
+    finally:
+        appliance.kill()
+
+
+def test_metrics_count_the_layers_and_healthz_reports_the_camera_gone(tmp_path, line_port):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in ("layer-0001.png", "layer-0002.png", "layer-0003.png"):
+        shutil.copy(SAMPLE_BUILD / name, frames / name)
+    appliance, url = start(tmp_path, line_port, folder=frames)
+    try:
+        verdicts = [layer(line_port, n) for n in (1, 2, 3)]
+        wait_for_records(url, 3)
+        status, text = get(url + "/healthz")
+        assert status == 200 and "up" in text, text
+        values = metrics(url)
+        assert values[("bedsight_layers_total", ())] == 3
+        for word in ("PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT"):
+            assert values[("bedsight_verdicts_total", (("verdict", word),))] == verdicts.count(word)
+        assert values[("bedsight_stage_seconds_count", (("stage", "infer"),))] == 3
+        assert values[("bedsight_stage_seconds_bucket", (("le", "+Inf"), ("stage", "total")))] == 3
+        assert values[("bedsight_stage_seconds_sum", (("stage", "infer"),))] > 0
+        assert values[("bedsight_layer_seconds_count", ())] == 3
+        assert values[("bedsight_camera_errors_total", ())] == 0
+
+        # The replay is used up: the camera is gone, the layer is a FAULT and health says why.
+        assert layer(line_port, 4) == "FAULT"
+        wait_for_records(url, 4)
+        status, text = get(url + "/healthz")
+        assert status == 503 and "camera" in text and "no more frames" in text, text
+        values = metrics(url)
+        assert values[("bedsight_camera_errors_total", ())] == 1
+        assert values[("bedsight_verdicts_total", (("verdict", "FAULT"),))] == verdicts.count("FAULT") + 1
+        assert values[("bedsight_layers_total", ())] == 4
+        assert appliance.stop() == 0
+    finally:
+        appliance.kill()
+
+
+class ReportParser(html.parser.HTMLParser):
+    """What a reader of the report sees: layer rows, embedded images, stacked cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.rows = 0
+        self.row_verdicts = []
+        self.images = []
+        self.stack_cells = 0
+        self.external = []
+        self._in_verdict = False
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        classes = (attrs.get("class") or "").split()
+        if tag == "tr" and "layer-row" in classes:
+            self.rows += 1
+        if tag == "td" and "verdict" in classes:
+            self._in_verdict = True
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        if tag == "rect" and "stack-cell" in classes:
+            self.stack_cells += 1
+        for key in ("src", "href"):
+            if attrs.get(key, "").startswith(("http:", "https:", "//")):
+                self.external.append(attrs[key])
+
+    def handle_data(self, data):
+        if self._in_verdict:
+            self.row_verdicts.append(data)
+            self._in_verdict = False
+
+
+def test_the_size_limit_keeps_non_pass_layers_and_the_report_shows_the_build(tmp_path, line_port):
+    import base64
+
+    # Room for about two layers' images (~0.5 MB each) out of twelve.
+    appliance, url = start(tmp_path, line_port, record="max_gb = 0.001\n")
+    try:
+        verdicts = [layer(line_port, n) for n in range(1, 13)]
+        assert appliance.stop() == 0
+    finally:
+        appliance.kill()
+    report_line = next(line for line in appliance.seen if line.startswith("report: "))
+    assert Path(report_line.removeprefix("report: ")) == tmp_path / "journal" / "build-report.html"
+
+    images = tmp_path / "images"
+    kept = sorted(p.name for p in images.iterdir() if p.is_dir())
+    kept_index = {int(name.split("-")[0]) for name in kept}
+    pass_layers = [i for i, v in enumerate(verdicts) if v == "PASS"]
+    other_layers = [i for i, v in enumerate(verdicts) if v != "PASS"]
+    assert pass_layers and other_layers, verdicts
+    assert set(other_layers) <= kept_index, (kept, verdicts)
+    kept_pass = sorted(kept_index & set(pass_layers))
+    # The oldest PASS layers went first: what is left of them is the newest ones.
+    assert kept_pass == pass_layers[len(pass_layers) - len(kept_pass):], (kept, verdicts)
+    assert len(kept_pass) < len(pass_layers)
+    pass_bytes = sum(f.stat().st_size for p in images.iterdir() if p.is_dir() and int(p.name.split("-")[0]) in kept_pass for f in p.iterdir())
+    all_bytes = sum(f.stat().st_size for p in images.iterdir() if p.is_dir() for f in p.iterdir())
+    assert all_bytes <= 1e6 or pass_bytes == 0
+    for name in kept:
+        assert (images / name / "raw.png").is_file()
+
+    out = tmp_path / "report.html"
+    result = run("report", "--journal", tmp_path / "journal" / "layers.bsj", "--images", images, "--out", out)
+    assert result.returncode == 0, result.stderr
+    parser = ReportParser()
+    parser.feed(out.read_text())
+    assert parser.rows == 12
+    assert parser.row_verdicts == verdicts
+    assert parser.external == [], "the report must not load anything from outside"
+    embedded = [src for src in parser.images if src.startswith("data:image/png;base64,")]
+    assert embedded and len(embedded) == len(parser.images)
+    for src in embedded:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(embedded) == min(len(other_layers), 6)
+    assert parser.stack_cells > 0
+    text = out.read_text()
+    for word in ("PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT"):
+        assert f'data-verdict="{word}">{verdicts.count(word)}<' in text
+    assert text.count('class="pt-unc"') == 12
