@@ -22,7 +22,7 @@ from bedsight_train.synth import INCOMPLETENESS, STREAKING, SUPER_ELEVATION, Par
 VERDICTS = {1: "PASS", 2: "RECOAT", 3: "PAUSE", 4: "REVIEW", 5: "FAULT"}
 # Reason codes: rule kind * 256 + class index (docs/tracks.md); the default model's classes.
 SE, INC, STREAK = 1, 2, 4
-CLASS_LIMIT, TRACK_GROWTH, TRACK_LENGTH, TRACK_AFTER_RECOAT = 1, 6, 5, 7
+CLASS_LIMIT, NOT_FIXABLE, TRACK_GROWTH, TRACK_LENGTH, TRACK_AFTER_RECOAT = 1, 4, 6, 5, 7
 
 # Two part cross-sections, the same on every layer; the super-elevation sits on the left edge of
 # the second one. Pixels of a 256 x 256 bed of 250 mm.
@@ -41,8 +41,8 @@ min_defect_area_px = 60        # the default model's thin part-edge speckle is n
 max_share = 1.0                # the layer's own uncertainty does not decide here
 
 [rules.super-elevation]
-max_largest_area_mm2 = 1500.0
-verdict = "PAUSE"
+max_largest_area_mm2 = {se_limit}
+verdict = "{se_verdict}"
 
 [rules.super-elevation.track]
 max_growth_mm2_per_layer = 60.0
@@ -101,9 +101,9 @@ def write_build(folder, inspections, seed):
 class Plc:
     """`bedsight run` with the build in `folder`, and a Modbus master that triggers layers."""
 
-    def __init__(self, tmp_path, folder, journal):
+    def __init__(self, tmp_path, folder, journal, se_limit=1500.0, se_verdict="PAUSE"):
         config = tmp_path / f"bedsight-{folder.name}.toml"
-        config.write_text(CONFIG.format(folder=folder, journal=journal))
+        config.write_text(CONFIG.format(folder=folder, journal=journal, se_limit=se_limit, se_verdict=se_verdict))
         self.appliance = Appliance(config, "--state-dir", tmp_path / "state")
         port = int(self.appliance.wait_for(r"modbus tcp: listening on 127\.0\.0\.1:(\d+)").group(1))
         self.dashboard = self.appliance.wait_for(r"^dashboard: (http://\S+/)$").group(1)
@@ -284,3 +284,15 @@ def test_after_a_kill_mid_build_the_tracks_go_on_from_the_journal(tmp_path):
     # Only a track that began on layer 3, before the restart, can grow over three layers by 5.
     assert seen == [(5, "PAUSE", TRACK_GROWTH << 8 | SE)], seen
     assert journal_records(journal)[-1]["reason"].startswith("super-elevation track #1 over layers 3-5: grows ")
+
+
+def test_a_recoat_is_only_sent_for_what_a_recoat_can_fix(tmp_path):
+    # A rule that asks RECOAT for super-elevation (not in recoat.fixable): PAUSE, with the reason.
+    folder = write_build(tmp_path / "proud", [(1, [Placed(SUPER_ELEVATION, 155, 80, 10)])], seed=8)
+    plc = Plc(tmp_path, folder, tmp_path / "layers.bsj", se_limit=100.0, se_verdict="RECOAT")
+    try:
+        seen = plc.build([1])
+    finally:
+        lines = plc.stop()
+    assert seen == [(1, "PAUSE", NOT_FIXABLE << 8 | SE)], seen
+    assert any(line.startswith("rule: rules.super-elevation.recoat.fixable (code 1025): super-elevation: largest defect ") and line.endswith("→ RECOAT, but a recoat cannot fix super-elevation (recoat.fixable) → PAUSE") for line in lines), lines
