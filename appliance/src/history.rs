@@ -65,7 +65,9 @@ impl BuildHistory {
         let mut history = BuildHistory::new(config);
         for record in records {
             let verdict = Verdict::parse(&record.verdict).unwrap_or(Verdict::Fault);
-            history.observe(record.layer, &record.defects);
+            if verdict != Verdict::Fault {
+                history.observe(record.layer, &record.defects);
+            }
             match record.recoat_outcome.as_str() {
                 "fixed" => history.recoats.fixed += 1,
                 "not fixed" => history.recoats.not_fixed += 1,
@@ -106,20 +108,21 @@ impl BuildHistory {
         reason: Option<Reason>,
         tripped_classes: &[String],
     ) -> Assessment {
+        // A FAULT layer was not seen: it neither continues nor ends a track, and is not judged.
+        if verdict == Verdict::Fault {
+            return Assessment { verdict, reason, hits: Vec::new(), recoat_fixed: None };
+        }
         let update = self.observe(layer, defects);
         let hits = judge(config, class_names, &self.tracker, &update);
         let (mut verdict, mut reason) = (verdict, reason);
-        // A FAULT is not judged: the layer was not seen.
-        if verdict != Verdict::Fault {
-            for hit in &hits {
-                if hit.verdict.severity() > verdict.severity() {
-                    verdict = hit.verdict;
-                    reason = Some(hit.reason.clone());
-                }
+        for hit in &hits {
+            if hit.verdict.severity() > verdict.severity() {
+                verdict = hit.verdict;
+                reason = Some(hit.reason.clone());
             }
         }
         let recoat_fixed = match &self.pending {
-            Some(pending) if pending.layer == layer && verdict != Verdict::Fault => {
+            Some(pending) if pending.layer == layer => {
                 let again = |class: &String| tripped_classes.contains(class) || hits.iter().any(|h| h.reason.class == *class);
                 let fixed = !pending.classes.iter().any(again);
                 if fixed {

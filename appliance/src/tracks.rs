@@ -128,10 +128,10 @@ impl Tracker {
     /// a RECOAT.
     pub fn observe(&mut self, layer: u32, respread: bool, sightings: &[Sighting]) -> TrackUpdate {
         let mut update = TrackUpdate::default();
-        // Tracks past the gap end before matching.
+        // Tracks past the gap end before matching; so do tracks on a later layer than this one
+        // (the layer numbers started again: a new build in the same journal).
         let max_gap = self.settings.max_gap_layers;
-        let (alive, gone): (Vec<Track>, Vec<Track>) =
-            self.active.drain(..).partition(|t| t.last_layer == layer || layer.saturating_sub(t.last_layer) <= max_gap + 1);
+        let (alive, gone): (Vec<Track>, Vec<Track>) = self.active.drain(..).partition(|t| t.last_layer <= layer && layer - t.last_layer <= max_gap + 1);
         self.active = alive;
         for track in gone {
             update.ended.push(track.id);
@@ -141,10 +141,6 @@ impl Tracker {
         // Every (overlap, track, sighting) pair of one class over the threshold, best first.
         let mut pairs = Vec::new();
         for (t, track) in self.active.iter().enumerate() {
-            // A track already on a later layer (an out-of-order layer number) is not continued.
-            if track.last_layer > layer {
-                continue;
-            }
             for (s, sighting) in sightings.iter().enumerate() {
                 if sighting.class == track.class {
                     let iou = track.footprint.iou(sighting.footprint);
@@ -309,6 +305,10 @@ mod tests {
         assert_eq!(update.seen, vec![4]);
         assert!(update.ended.contains(&3), "{update:?}");
         assert_eq!(tracker.finished.iter().map(|t| t.id).collect::<Vec<_>>(), vec![1, 2, 3]);
+
+        // Layer numbers that start again (a new build): the old tracks end.
+        let update = tracker.observe(1, false, &[sighting("hopping", 5.0, 9.0, 5.0)]);
+        assert_eq!((update.seen, update.ended), (vec![5], vec![4]));
 
         // With max_gap_layers = 1 the track survives one missed layer.
         let mut tracker = Tracker::new(&settings(0.5, 1));
