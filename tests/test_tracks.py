@@ -130,6 +130,14 @@ class Plc:
             time.sleep(0.02)
         raise AssertionError(f"layer {layer}: no verdict within {timeout} s")
 
+    def wait_for_records(self, count, timeout=10.0):
+        """Until the dashboard holds `count` records: the PLC is told first, the journal and the
+        dashboard right after, so a page read the moment a verdict arrives may miss it."""
+        deadline = time.monotonic() + timeout
+        while len(json.loads(self.page("api/state"))["records"]) < count:
+            assert time.monotonic() < deadline, f"the dashboard did not show {count} records within {timeout} s"
+            time.sleep(0.05)
+
     def page(self, path):
         """A page of the dashboard, as a browser gets it."""
         with urllib.request.urlopen(self.dashboard + path, timeout=10) as response:
@@ -153,6 +161,7 @@ def replay(tmp_path, name, build, layers, pages=()):
     plc = Plc(tmp_path, folder, journal)
     try:
         seen = plc.build(layers)
+        plc.wait_for_records(len(layers))
         got = {page: plc.page(page) for page in pages}
     finally:
         lines = plc.stop()
