@@ -302,6 +302,7 @@ pub fn spawn_recorder(
     let handle = std::thread::Builder::new()
         .name("recorder".into())
         .spawn(move || {
+            lower_priority();
             let mut pixels: VecDeque<Box<LayerSnapshot>> = VecDeque::new();
             let mut verdicts: VecDeque<LayerVerdict> = VecDeque::new();
             for message in messages {
@@ -329,6 +330,17 @@ pub fn spawn_recorder(
         })
         .context("cannot start the image recorder thread")?;
     Ok((SnapshotSender { free, to_recorder: to_recorder.clone(), stats: stats.clone() }, VerdictSender { to_recorder }, stats, handle))
+}
+
+/// PNG encoding is CPU work that must not slow the next layer's analysis on a box with few
+/// cores: the recorder runs at nice 10. On Linux `setpriority(PRIO_PROCESS, 0, ...)` applies
+/// to the calling thread only. A refusal changes nothing but the priority.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
 }
 
 /// The oldest snapshot and verdict of the same layer, once both are in. Older halves without
