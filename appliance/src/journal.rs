@@ -161,8 +161,10 @@ pub fn read(path: &Path) -> Result<Contents> {
     scan(path, &bytes)
 }
 
-/// Walks the frames of a journal file's bytes up to the first one that is not a good record.
-fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
+/// Walks the frames of a journal file's bytes up to the first one that is not a good record;
+/// `path` only names the file in messages. What `read` and the open-time repair use (and the
+/// journal fuzz target).
+pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
     if bytes.len() >= MAGIC.len() && bytes[..6] == MAGIC[..6] && bytes[..MAGIC.len()] != MAGIC[..] {
         bail!(
             "journal {}: written in format {} by another bedsight version, this one writes {}; move it away and a new one is started",

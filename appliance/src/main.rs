@@ -2,26 +2,22 @@
 //! owns configuration, the layer loop and what is shown to people; it holds no maths.
 
 mod analyze;
+mod bench;
 mod build_report;
 mod calibrate;
-mod config;
-mod decide;
-mod defect_map;
 mod demo;
 mod history;
 mod image_cmd;
-mod journal;
-mod layer_class;
 mod layer_images;
 mod metrics;
-mod model;
 mod output;
-mod pipeline;
-mod reason;
 mod report;
 mod run;
 mod tracks;
 mod web;
+
+// The library half of the crate (lib.rs), under the names the modules above use.
+use appliance::{config, decide, defect_map, journal, model, pipeline, reason};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -65,6 +61,9 @@ enum Command {
         #[arg(required = true)]
         images: Vec<PathBuf>,
     },
+    /// Measure inference per backend and graph, the Python onnxruntime reference, every stage
+    /// of a layer, the ensemble against one member, and resident memory (docs/performance.md).
+    Bench(BenchArgs),
     /// Run the whole loop on the embedded sample build, model and configuration.
     Demo {
         /// Where overlays, masks and the summary go.
@@ -211,6 +210,84 @@ enum ImageCommand {
     },
 }
 
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Model image (.bsimg) or folder (manifest.toml, model.onnx, model.int8.onnx, one-member/);
+    /// repeatable. Default: the embedded model and every folder in out/bench-graphs/ (made by
+    /// quantize/scripts/build-bench-graphs.sh).
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// Only models of these input widths, e.g. 256 or 256,1024.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<u32>,
+    /// Backends to time: ort, tract (the first also runs the stages and the ensemble check).
+    #[arg(long, value_delimiter = ',', default_value = "ort,tract")]
+    backends: Vec<String>,
+    /// Graphs to time: fp32, int8.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,int8")]
+    precisions: Vec<String>,
+    /// Timed runs per measurement.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Layers timed stage by stage (after a warm-up pass over the 12 sample layers).
+    #[arg(long, default_value_t = 20)]
+    layers: usize,
+    /// Python with onnxruntime for the reference runs; default: ~/.cache/bedsight/venv's, else python3.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Skip the Python onnxruntime reference.
+    #[arg(long)]
+    no_python: bool,
+    /// Skip the stage-by-stage layers.
+    #[arg(long)]
+    no_stages: bool,
+    /// Skip the ensemble against one member.
+    #[arg(long)]
+    no_ensemble: bool,
+    /// Where the JSON goes.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+}
+
+fn bench_options(args: BenchArgs) -> Result<bench::BenchOptions> {
+    let mut backends = Vec::new();
+    for word in &args.backends {
+        match config::parse_backend(word).context("--backends")? {
+            models::BackendChoice::Auto => anyhow::bail!("--backends: name them (ort, tract), not auto"),
+            choice => backends.push(choice),
+        }
+    }
+    for precision in &args.precisions {
+        if precision != "fp32" && precision != "int8" {
+            anyhow::bail!("--precisions: {precision:?} is neither fp32 nor int8");
+        }
+    }
+    let python = if args.no_python {
+        None
+    } else {
+        Some(args.python.unwrap_or_else(|| {
+            let venv = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/bedsight/venv/bin/python"));
+            venv.filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("python3"))
+        }))
+    };
+    Ok(bench::BenchOptions {
+        models: args.model,
+        sizes: args.sizes,
+        backends,
+        precisions: args.precisions,
+        runs: args.runs,
+        warmup: args.warmup,
+        layers: args.layers,
+        python,
+        skip_stages: args.no_stages,
+        skip_ensemble: args.no_ensemble,
+        json_out: args.json,
+    })
+}
+
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
@@ -235,6 +312,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Calibrate { config, frame, out } => {
             let stem = out.unwrap_or_else(|| frame.with_extension(""));
             calibrate::calibrate(&config, &frame, &stem)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench(args) => {
+            bench::bench(&bench_options(args)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out, backend } => {

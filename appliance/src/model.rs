@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use images::{ActiveGeneration, ModelImage, SelfTestOutcome, Slots};
+use images::{ActiveGeneration, Manifest, ModelImage, SelfTestOutcome, Slots};
 use models::{Backend, BackendChoice, ClassInfo, InputSpec, ModelSpec};
 
 /// The model image embedded in the binary (trained by `quantize/scripts/build-default-model.sh`).
@@ -67,23 +67,14 @@ impl LoadedModel {
 
     /// Loads the graph of a verified model image; `origin` names it in errors.
     pub fn from_image(origin: String, image: &ModelImage, choice: BackendChoice, prefer_fp32: bool, engine_cache_dir: Option<&Path>) -> Result<LoadedModel> {
-        let manifest = &image.manifest;
-        let classes: Vec<ClassInfo> =
-            manifest.classes.iter().map(|class| ClassInfo { name: class.name.clone(), colour: class.rgb(), defect: class.defect }).collect();
-        let spec = ModelSpec {
-            input: InputSpec {
-                width: manifest.input.width,
-                height: manifest.input.height,
-                channels: manifest.input.channels,
-                mean: manifest.input.mean.clone(),
-                std: manifest.input.std.clone(),
-            },
-            members: manifest.ensemble.members,
-            temperatures: manifest.ensemble.temperatures.clone(),
-            classes,
-            layer_head: manifest.layer_head.as_ref().map(|head| models::LayerHeadSpec { classes: head.classes.clone(), temperature: head.temperature }),
-        };
         let (graph_name, graph) = if prefer_fp32 { ("fp32", image.fp32_graph()) } else { ("default", image.default_graph()) };
+        Self::from_graph(origin, &image.manifest, graph_name, graph, choice, engine_cache_dir)
+    }
+
+    /// Loads `graph` (ONNX bytes) described by `manifest`; `graph_name` says which of the
+    /// image's graphs it is (`default`, `fp32`, ...). `origin` names it in errors.
+    pub fn from_graph(origin: String, manifest: &Manifest, graph_name: &str, graph: &[u8], choice: BackendChoice, engine_cache_dir: Option<&Path>) -> Result<LoadedModel> {
+        let spec = spec_of(manifest);
         let backend = models::load_backend(choice, graph, &spec, engine_cache_dir).with_context(|| format!("model image {origin}"))?;
         Ok(LoadedModel {
             origin,
@@ -156,6 +147,25 @@ impl LoadedModel {
                 None => bail!("model {}: no class {name:?}", self.origin),
             })
             .collect()
+    }
+}
+
+/// What the backends and the pipeline need to know of a model, from its manifest.
+pub fn spec_of(manifest: &Manifest) -> ModelSpec {
+    let classes: Vec<ClassInfo> =
+        manifest.classes.iter().map(|class| ClassInfo { name: class.name.clone(), colour: class.rgb(), defect: class.defect }).collect();
+    ModelSpec {
+        input: InputSpec {
+            width: manifest.input.width,
+            height: manifest.input.height,
+            channels: manifest.input.channels,
+            mean: manifest.input.mean.clone(),
+            std: manifest.input.std.clone(),
+        },
+        members: manifest.ensemble.members,
+        temperatures: manifest.ensemble.temperatures.clone(),
+        classes,
+        layer_head: manifest.layer_head.as_ref().map(|head| models::LayerHeadSpec { classes: head.classes.clone(), temperature: head.temperature }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use hal::Verdict;
 use image::{DynamicImage, GrayImage};
-use models::{Defect, Fused, RefineReport};
+use models::{Defect, Fused, MeasureBuffers, RefineBuffers, RefineReport};
 
 use crate::config::Config;
 use crate::decide::{apply_layer_call, decide, Decision};
@@ -91,6 +91,10 @@ pub struct Pipeline {
     pub layer_probabilities: Vec<f32>,
     /// The fused result of the last layer (mask, probabilities, uncertainty, confidence).
     pub fused: Fused,
+    refine_buffers: RefineBuffers,
+    measure_buffers: MeasureBuffers,
+    /// Every defect measured on the last layer, in measurement order (before `largest_first`).
+    measured: Vec<Defect>,
     /// The last layer's bed, rectified to the model's input size.
     pub bed_image: GrayImage,
     /// Millimetres per pixel of `bed_image`.
@@ -122,6 +126,9 @@ impl Pipeline {
             logits: vec![0.0; model.spec.members * classes * width * height],
             layer_probabilities: vec![0.0; model.spec.layer_logits_len()],
             fused: Fused::new(width, height, classes),
+            refine_buffers: RefineBuffers::for_pixels(width * height),
+            measure_buffers: MeasureBuffers::for_pixels(width * height),
+            measured: Vec::with_capacity(RESERVED_DEFECTS),
             bed_image: GrayImage::new(input.width, input.height),
             bed_mm_per_px,
             config,
@@ -151,6 +158,12 @@ impl Pipeline {
         grey_into(frame, &mut self.grey_frame);
         let rectified = match &self.rectifier {
             Some(rectifier) => rectifier.rectify_into(&self.grey_frame, &mut self.bed_image),
+            // A frame of the model's size is the bed already: copied into the kept buffer
+            // (what `resize` would return, without a new image per layer).
+            None if self.grey_frame.dimensions() == (input.width, input.height) => {
+                self.bed_image.clone_from(&self.grey_frame);
+                Ok(())
+            }
             None => {
                 self.bed_image = image::imageops::resize(&self.grey_frame, input.width, input.height, image::imageops::FilterType::Triangle);
                 Ok(())
@@ -176,23 +189,30 @@ impl Pipeline {
         models::fuse(&self.logits, self.model.spec.members, &self.model.spec.temperatures, &mut self.fused);
         lap(&mut timing.fuse_ms);
 
-        let refine = models::refine(&mut self.fused, &self.refine_classes);
+        let refine = models::refine_with(&mut self.fused, &self.refine_classes, &mut self.refine_buffers);
         lap(&mut timing.refine_ms);
 
-        let measured = models::measure(&self.fused, &self.model.spec.classes, self.bed_mm_per_px, self.config.model.min_defect_area_px);
+        models::measure_into(
+            &self.fused,
+            &self.model.spec.classes,
+            self.bed_mm_per_px,
+            self.config.model.min_defect_area_px,
+            &mut self.measure_buffers,
+            &mut self.measured,
+        );
         lap(&mut timing.measure_ms);
 
-        let mut decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &measured, &self.fused);
+        let mut decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &self.measured, &self.fused);
         let layer_call = self.model.spec.layer_head.as_ref().and_then(|head| {
             LayerCall::from_logits(head, self.model.backend.layer_logits(), self.config.layer_classifier.review_threshold, &mut self.layer_probabilities)
         });
         if let (Some(call), Some(head)) = (&layer_call, &self.model.spec.layer_head) {
-            apply_layer_call(Some(call), &head.classes[call.top_class], &measured, &mut decision);
+            apply_layer_call(Some(call), &head.classes[call.top_class], &self.measured, &mut decision);
         }
         lap(&mut timing.decide_ms);
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-        let totals = DefectTotals::of(&measured);
-        let (defects, defects_dropped) = largest_first(measured);
+        let totals = DefectTotals::of(&self.measured);
+        let (defects, defects_dropped) = largest_first(&self.measured);
         LayerOutcome { verdict: decision.verdict, fault: None, decision: Some(decision), defects, defects_dropped, totals, refine: Some(refine), timing, layer_call }
     }
 
@@ -245,12 +265,26 @@ impl Pipeline {
     }
 }
 
-/// The largest MAX_DEFECTS_PER_LAYER defects, largest first, and how many were dropped.
-fn largest_first(mut measured: Vec<Defect>) -> (heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER>, u32) {
-    measured.sort_by_key(|d| std::cmp::Reverse(d.area_px));
-    let dropped = measured.len().saturating_sub(MAX_DEFECTS_PER_LAYER) as u32;
-    let kept = measured.into_iter().take(MAX_DEFECTS_PER_LAYER).collect();
-    (kept, dropped)
+/// Defects [`Pipeline::new`] makes room for up front; a layer with more grows the list once.
+const RESERVED_DEFECTS: usize = 4096;
+
+/// The largest MAX_DEFECTS_PER_LAYER defects, largest first (equal areas in measurement order,
+/// as a stable sort leaves them), and how many were dropped. An insertion into the short list,
+/// so no sort buffer is allocated.
+fn largest_first(measured: &[Defect]) -> (heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER>, u32) {
+    let mut kept: heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER> = heapless::Vec::new();
+    for defect in measured {
+        // After every kept defect at least as large: equal areas keep their order.
+        let position = kept.iter().position(|k| k.area_px < defect.area_px).unwrap_or(kept.len());
+        if position == MAX_DEFECTS_PER_LAYER {
+            continue;
+        }
+        if kept.is_full() {
+            kept.pop();
+        }
+        kept.insert(position, defect.clone()).expect("room was made");
+    }
+    (kept, measured.len().saturating_sub(MAX_DEFECTS_PER_LAYER) as u32)
 }
 
 /// The frame in 8-bit grey (ITU-R 601 luma for colour, the high byte for 16 bit), into `grey`,
@@ -333,7 +367,7 @@ mod tests {
         assert_eq!(totals.total_area_mm2, (70.0 * 71.0 / 2.0) * 0.25);
         assert_eq!(totals.largest_area_mm2, 70.0 * 0.25);
         assert_eq!(totals.class_areas_mm2[2], (2..=70).step_by(2).sum::<u32>() as f64 * 0.25);
-        let (kept, dropped) = largest_first(measured);
+        let (kept, dropped) = largest_first(&measured);
         assert_eq!((kept.len(), dropped), (64, 6));
         assert_eq!(kept[0].area_px, 70);
         assert_eq!(kept[63].area_px, 7);

@@ -19,6 +19,7 @@
 
 pub mod backend;
 pub mod classify;
+pub mod components;
 pub mod error;
 pub mod fuse;
 pub mod measure;
@@ -30,9 +31,10 @@ pub use backend::{find_onnxruntime, load_backend, Backend, BackendChoice, Backen
 pub use classify::{layer_probabilities, most_probable};
 pub use error::ModelError;
 pub use fuse::{fuse, Fused};
-pub use measure::{measure, Defect, Ellipse};
+pub use components::Labeller;
+pub use measure::{measure, measure_into, Defect, Ellipse, MeasureBuffers};
 pub use preprocess::{preprocess, preprocess_gray, rectify, Rectifier};
-pub use refine::{refine, RefineReport};
+pub use refine::{refine, refine_with, RefineBuffers, RefineReport};
 pub use spec::{
     ClassInfo, InputSpec, LayerHeadSpec, ModelSpec, MAX_CLASSES, MAX_LAYER_CLASSES, MAX_MEMBERS,
 };

@@ -1,10 +1,9 @@
 //! Measuring defects: connected components of each defect class, their area, size, position,
 //! best-fit ellipse and uncertainty.
 
-use image::{ImageBuffer, Luma};
-use imageproc::region_labelling::{connected_components, Connectivity};
 use serde::{Deserialize, Serialize};
 
+use crate::components::Labeller;
 use crate::fuse::Fused;
 use crate::spec::ClassInfo;
 
@@ -50,7 +49,7 @@ pub struct Defect {
 }
 
 /// Running sums of one component.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug)]
 struct Moments {
     class: u8,
     count: u64,
@@ -87,12 +86,41 @@ impl Moments {
     }
 }
 
-/// Finds and measures every defect in `fused.mask`.
+/// Buffers that [`measure_into`] keeps between layers: the label image and one running sum per
+/// component.
+#[derive(Clone, Debug, Default)]
+pub struct MeasureBuffers {
+    labeller: Labeller,
+    components: Vec<Option<Moments>>,
+}
+
+/// Components whose running sums [`MeasureBuffers::for_pixels`] makes room for up front; a layer
+/// with more (a noise field, far past every rule) grows the buffer once.
+pub const RESERVED_COMPONENTS: usize = 1 << 16;
+
+impl MeasureBuffers {
+    /// Buffers for a mask of `pixels` pixels, allocated now rather than on the first layers.
+    pub fn for_pixels(pixels: usize) -> MeasureBuffers {
+        MeasureBuffers { labeller: Labeller::with_capacity(pixels), components: Vec::with_capacity(pixels.min(RESERVED_COMPONENTS)) }
+    }
+}
+
+/// Finds and measures every defect in `fused.mask`; [`measure_into`] with buffers of its own.
+pub fn measure(fused: &Fused, classes: &[ClassInfo], mm_per_px: f64, min_area_px: u32) -> Vec<Defect> {
+    let mut defects = Vec::new();
+    measure_into(fused, classes, mm_per_px, min_area_px, &mut MeasureBuffers::default(), &mut defects);
+    defects
+}
+
+/// Finds and measures every defect in `fused.mask` into `defects` (cleared first), with the
+/// labelling in `buffers`: once the buffers and `defects` have grown to a layer's size, measuring
+/// another allocates nothing.
 ///
 /// For each class with `classes[c].defect == true`, the connected components of that class
-/// (8-connectivity, `imageproc::region_labelling::connected_components`) are measured; those with
-/// fewer than `min_area_px` pixels are dropped. `mm_per_px` is the bed's scale at the model's
-/// resolution (the rectified bed's width in mm divided by the input width).
+/// (8-connectivity, numbered as `imageproc::region_labelling::connected_components` does, see
+/// [`Labeller`]) are measured; those with fewer than `min_area_px` pixels are dropped.
+/// `mm_per_px` is the bed's scale at the model's resolution (the rectified bed's width in mm
+/// divided by the input width).
 ///
 /// - `area_mm2 = area_px · mm_per_px²`;
 /// - `equivalent_diameter_mm = sqrt(4 · area_mm2 / π)` (seed 002, Eq. 5);
@@ -104,40 +132,40 @@ impl Moments {
 ///   the sign flipped so that it is counter-clockwise as seen on screen (see [`Ellipse`]).
 ///
 /// Defects come out ordered by class, then by the position of their first pixel in raster order.
-pub fn measure(
+pub fn measure_into(
     fused: &Fused,
     classes: &[ClassInfo],
     mm_per_px: f64,
     min_area_px: u32,
-) -> Vec<Defect> {
+    buffers: &mut MeasureBuffers,
+    defects: &mut Vec<Defect>,
+) {
+    defects.clear();
     let (width, height) = (fused.width, fused.height);
     if width == 0 || height == 0 {
-        return Vec::new();
+        return;
     }
     let is_defect = |c: u8| classes.get(c as usize).is_some_and(|class| class.defect);
     // Defect pixels carry class + 1, everything else 0 (the background of the labelling), so a
     // defect class 0 would still be labelled.
-    let defect_classes =
-        ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(width as u32, height as u32, |x, y| {
-            let class = fused.mask[y as usize * width + x as usize];
-            Luma([if is_defect(class) {
-                class as u16 + 1
-            } else {
-                0
-            }])
-        });
-    let labels = connected_components(&defect_classes, Connectivity::Eight, Luma([0u16]));
+    let count = buffers.labeller.label(width, height, |index| {
+        let class = fused.mask[index];
+        if is_defect(class) {
+            class as u16 + 1
+        } else {
+            0
+        }
+    });
 
-    let mut components: Vec<Option<Moments>> = Vec::new();
-    for (x, y, label) in labels.enumerate_pixels() {
-        let label = label[0] as usize;
+    let components = &mut buffers.components;
+    components.clear();
+    components.resize(count as usize, None);
+    for (index, &label) in buffers.labeller.labels.iter().enumerate() {
+        let label = label as usize;
         if label == 0 {
             continue;
         }
-        if components.len() < label {
-            components.resize(label, None);
-        }
-        let index = y as usize * width + x as usize;
+        let (x, y) = ((index % width) as u32, (index / width) as u32);
         let moments = components[label - 1].get_or_insert_with(|| Moments::new(fused.mask[index]));
         let (xf, yf) = (x as f64, y as f64);
         moments.count += 1;
@@ -155,15 +183,12 @@ pub fn measure(
         moments.max_uncertainty = moments.max_uncertainty.max(u);
     }
 
-    let mut defects: Vec<Defect> = components
-        .into_iter()
-        .flatten()
-        .filter(|m| m.count >= min_area_px as u64)
-        .map(|m| defect_from_moments(&m, mm_per_px))
-        .collect();
-    // Labels are numbered in raster order of first pixels; a stable sort keeps that per class.
-    defects.sort_by_key(|d| d.class);
-    defects
+    // Labels are numbered in raster order of first pixels; taking one class after the other
+    // keeps that order per class (a stable sort by class, without a sort's scratch buffer).
+    for class in 0..classes.len() {
+        let of_class = components.iter().flatten().filter(|m| m.class as usize == class);
+        defects.extend(of_class.filter(|m| m.count >= min_area_px as u64).map(|m| defect_from_moments(m, mm_per_px)));
+    }
 }
 
 fn defect_from_moments(m: &Moments, mm_per_px: f64) -> Defect {
@@ -214,7 +239,7 @@ fn defect_from_moments(m: &Moments, mm_per_px: f64) -> Defect {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use image::GrayImage;
+    use image::{GrayImage, Luma};
     use imageproc::drawing::{draw_filled_circle_mut, draw_filled_ellipse_mut};
 
     fn classes() -> Vec<ClassInfo> {

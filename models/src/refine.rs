@@ -1,9 +1,8 @@
 //! Uncertainty-driven refinement of the mask (seed 000, Algorithm 2, Eq. 22-23).
 
-use image::{GrayImage, Luma};
-use imageproc::region_labelling::{connected_components, Connectivity};
 use serde::{Deserialize, Serialize};
 
+use crate::components::Labeller;
 use crate::fuse::Fused;
 use crate::spec::MAX_CLASSES;
 
@@ -36,8 +35,35 @@ pub const CORNER_THRESHOLD_OFFSET: f32 = 0.05;
 ///
 /// Only `mask` changes; the probability, uncertainty and confidence maps stay the model's.
 /// When `u_max == u_min` (no variation, e.g. one ensemble member) nothing changes.
-/// Allocates two images of the map's size (the region labelling).
+/// [`refine_with`] with buffers of its own.
 pub fn refine(fused: &mut Fused, apply_to_classes: &[u8]) -> RefineReport {
+    refine_with(fused, apply_to_classes, &mut RefineBuffers::default())
+}
+
+/// Buffers that [`refine_with`] keeps between layers: the region labelling, each region's
+/// rectangle and class.
+#[derive(Clone, Debug, Default)]
+pub struct RefineBuffers {
+    labeller: Labeller,
+    rectangles: Vec<[u32; 4]>,
+    region_class: Vec<Option<u8>>,
+}
+
+/// Regions [`RefineBuffers::for_pixels`] makes room for up front; a layer with more grows the
+/// buffers once.
+pub const RESERVED_REGIONS: usize = 1 << 16;
+
+impl RefineBuffers {
+    /// Buffers for a map of `pixels` pixels, allocated now rather than on the first layers.
+    pub fn for_pixels(pixels: usize) -> RefineBuffers {
+        let regions = pixels.min(RESERVED_REGIONS);
+        RefineBuffers { labeller: Labeller::with_capacity(pixels), rectangles: Vec::with_capacity(regions), region_class: Vec::with_capacity(regions) }
+    }
+}
+
+/// [`refine`] in the buffers of `buffers`: once they have grown to a layer's size, refining
+/// another allocates nothing.
+pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut RefineBuffers) -> RefineReport {
     let (width, height) = (fused.width, fused.height);
     let mut report = RefineReport::default();
     if width == 0 || height == 0 || apply_to_classes.is_empty() {
@@ -65,33 +91,31 @@ pub fn refine(fused: &mut Fused, apply_to_classes: &[u8]) -> RefineReport {
     let delta = corners.iter().map(|&i| normalised(i)).sum::<f32>() / 4.0 + CORNER_THRESHOLD_OFFSET;
 
     // u_HU = {ū > δ}
-    let high_uncertainty = GrayImage::from_fn(width as u32, height as u32, |x, y| {
-        Luma([u8::from(
-            normalised(y as usize * width + x as usize) > delta,
-        )])
-    });
-    let labels = connected_components(&high_uncertainty, Connectivity::Eight, Luma([0u8]));
-    let region_count = labels.pixels().map(|l| l[0]).max().unwrap_or(0) as usize;
+    let region_count = buffers.labeller.label(width, height, |index| u16::from(normalised(index) > delta)) as usize;
     report.regions_found = region_count;
     if region_count == 0 {
         return report;
     }
 
     // Circumscribing rectangle b_k of each region: [x_min, y_min, x_max, y_max], inclusive.
-    let mut rectangles = vec![[u32::MAX, u32::MAX, 0u32, 0u32]; region_count];
-    for (x, y, label) in labels.enumerate_pixels() {
-        if label[0] == 0 {
+    let rectangles = &mut buffers.rectangles;
+    rectangles.clear();
+    rectangles.resize(region_count, [u32::MAX, u32::MAX, 0u32, 0u32]);
+    for (index, &label) in buffers.labeller.labels.iter().enumerate() {
+        if label == 0 {
             continue;
         }
-        let rectangle = &mut rectangles[label[0] as usize - 1];
+        let (x, y) = ((index % width) as u32, (index / width) as u32);
+        let rectangle = &mut rectangles[label as usize - 1];
         rectangle[0] = rectangle[0].min(x);
         rectangle[1] = rectangle[1].min(y);
         rectangle[2] = rectangle[2].max(x);
         rectangle[3] = rectangle[3].max(y);
     }
 
-    // C_k = argmax_{C ≠ 0} of the class counts of the mask inside b_k (Algorithm 2, step 4).
-    let mut region_class: Vec<Option<u8>> = vec![None; region_count];
+    let region_class = &mut buffers.region_class;
+    region_class.clear();
+    region_class.resize(region_count, None);
     let mut counts = [0u32; MAX_CLASSES];
     for (rectangle, class) in rectangles.iter().zip(region_class.iter_mut()) {
         counts.fill(0);
@@ -114,11 +138,11 @@ pub fn refine(fused: &mut Fused, apply_to_classes: &[u8]) -> RefineReport {
     report.regions = region_class.iter().filter(|c| c.is_some()).count();
 
     // Algorithm 2, step 5: (u_HU^k ∩ y_pred) ← C_k for the configured classes.
-    for (index, label) in labels.pixels().enumerate() {
-        if label[0] == 0 {
+    for (index, &label) in buffers.labeller.labels.iter().enumerate() {
+        if label == 0 {
             continue;
         }
-        if let Some(class) = region_class[label[0] as usize - 1] {
+        if let Some(class) = region_class[label as usize - 1] {
             if fused.mask[index] != class {
                 fused.mask[index] = class;
                 report.pixels_changed += 1;

@@ -1,0 +1,147 @@
+//! After warm-up, `Pipeline::run_layer` allocates nothing of its own: a counting global
+//! allocator (in this test binary only) counts the heap allocations made on the test's thread
+//! while 100 layers of the sample build run through the default model, per backend.
+//!
+//! What is allowed, and why, is exactly what the dependencies do:
+//! - the backend's `infer`: tract builds its input tensor and its outputs per run (a bounded,
+//!   constant number of allocations per run, counted here by running `infer` alone); ONNX
+//!   Runtime's Rust binding allocates a few small bookkeeping values per run (its C++ side uses
+//!   its own arena, which a Rust global allocator does not see);
+//! - `decide`: one `String` per rule that trips (the reasons shown to people), counted here by
+//!   running `decide` alone on the same layer. A PASS layer has none.
+//!
+//! The test asserts that the whole layer allocates exactly that and nothing more.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use appliance::config::Config;
+use appliance::decide::decide;
+use appliance::model::LoadedModel;
+use appliance::pipeline::Pipeline;
+use image::DynamicImage;
+use models::BackendChoice;
+
+struct CountingAllocator;
+
+thread_local! {
+    static COUNTING: Cell<bool> = const { Cell::new(false) };
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn note_allocation() {
+    // try_with: the thread-locals may be gone while a thread shuts down.
+    let _ = COUNTING.try_with(|counting| {
+        if counting.get() {
+            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+        }
+    });
+}
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        note_allocation();
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        note_allocation();
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Heap allocations made on this thread by `work`.
+fn allocations_of<T>(work: impl FnOnce() -> T) -> (T, u64) {
+    ALLOCATIONS.with(|n| n.set(0));
+    COUNTING.with(|c| c.set(true));
+    let result = work();
+    COUNTING.with(|c| c.set(false));
+    (result, ALLOCATIONS.with(|n| n.get()))
+}
+
+const LAYERS: usize = 100;
+
+/// The sample build's frames, decoded once (decoding a PNG is the camera's job, not the layer's).
+fn sample_frames() -> Vec<DynamicImage> {
+    let folder = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/sample-build");
+    let mut paths: Vec<_> = std::fs::read_dir(&folder)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "png"))
+        .collect();
+    paths.sort();
+    assert_eq!(paths.len(), 12, "the sample build has 12 layers");
+    paths.iter().map(|p| image::open(p).unwrap()).collect()
+}
+
+/// Runs 100 layers after a warm-up on `choice` and checks that they allocate what the backend
+/// and `decide` allocate, nothing more. Returns (backend's allocations per run, layer's
+/// allocations outside the backend and `decide`) for the message.
+fn check_backend(choice: BackendChoice) {
+    let frames = sample_frames();
+    let model = LoadedModel::load(None, choice, false, None).unwrap();
+    let mut pipeline = Pipeline::new(Config::embedded(), model, "embedded").unwrap();
+    // Warm-up: every frame once, so every buffer has met the largest layer.
+    let mut verdicts = Vec::new();
+    for frame in &frames {
+        verdicts.push(pipeline.run_layer(frame).verdict);
+    }
+
+    // The backend alone, on the same input size, the same number of runs.
+    let input = vec![0.5f32; pipeline.model.spec.input.len()];
+    let mut logits = vec![0.0f32; pipeline.model.spec.logits_len()];
+    pipeline.model.backend.infer(&input, &mut logits).unwrap();
+    let (_, backend_allocations) = allocations_of(|| {
+        for _ in 0..LAYERS {
+            pipeline.model.backend.infer(&input, &mut logits).unwrap();
+        }
+    });
+    assert_eq!(backend_allocations % LAYERS as u64, 0, "{choice:?}: the backend allocates a varying amount per run");
+
+    let mut layer_allocations = 0;
+    let mut decide_allocations = 0;
+    for layer in 0..LAYERS {
+        let frame = &frames[layer % frames.len()];
+        let (outcome, allocations) = allocations_of(|| pipeline.run_layer(frame));
+        layer_allocations += allocations;
+        assert_eq!(outcome.verdict, verdicts[layer % frames.len()], "{choice:?}: layer {layer} changed verdict after warm-up");
+        assert!(outcome.fault.is_none(), "{:?}", outcome.fault);
+        // What `decide` allocates on this layer (its reasons), on the defects the layer measured
+        // (the sample build has fewer than the listed maximum, so `defects` holds them all).
+        assert_eq!(outcome.defects_dropped, 0);
+        let config = &pipeline.config;
+        let (decision, allocations) = allocations_of(|| {
+            decide(config, &pipeline.model.class_names, &pipeline.model.defect_classes, &outcome.defects, &pipeline.fused)
+        });
+        assert_eq!(Some(&decision), outcome.decision.as_ref());
+        decide_allocations += allocations;
+    }
+    let own_allocations = layer_allocations as i64 - backend_allocations as i64 - decide_allocations as i64;
+    eprintln!(
+        "{choice:?}: {LAYERS} layers made {layer_allocations} allocations: backend {backend_allocations} ({} per run), \
+         decide {decide_allocations}, the rest of the layer {own_allocations}",
+        backend_allocations / LAYERS as u64
+    );
+    assert_eq!(own_allocations, 0, "{choice:?}: the layer path allocates outside the backend and decide");
+    assert!(verdicts.iter().any(|v| *v != hal::Verdict::Pass), "the sample build has defect layers, so measure and decide had work");
+}
+
+#[test]
+fn a_layer_allocates_nothing_but_what_tract_allocates() {
+    check_backend(BackendChoice::Tract);
+}
+
+#[test]
+fn a_layer_allocates_nothing_but_what_onnx_runtime_allocates() {
+    check_backend(BackendChoice::Ort);
+}
