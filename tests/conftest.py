@@ -17,6 +17,22 @@ ASSETS = REPO / "assets"
 SAMPLE_BUILD = ASSETS / "sample-build"
 
 
+# tests/test_soak.py: layers in the normal suite, and with --soak-long (or BEDSIGHT_SOAK_LAYERS).
+SOAK_SHORT_LAYERS = 300
+SOAK_LONG_LAYERS = 5000
+
+
+def pytest_addoption(parser):
+    parser.addoption("--soak-long", action="store_true", help=f"tests/test_soak.py replays {SOAK_LONG_LAYERS} layers instead of {SOAK_SHORT_LAYERS}")
+
+
+@pytest.fixture
+def soak_layers(request) -> int:
+    if "BEDSIGHT_SOAK_LAYERS" in os.environ:
+        return int(os.environ["BEDSIGHT_SOAK_LAYERS"])
+    return SOAK_LONG_LAYERS if request.config.getoption("--soak-long") else SOAK_SHORT_LAYERS
+
+
 def bedsight_bin() -> str:
     path = os.environ.get("BEDSIGHT_BIN") or str(REPO / "target" / "debug" / "bedsight")
     if not Path(path).is_file():
