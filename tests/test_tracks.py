@@ -12,6 +12,7 @@ import urllib.request
 import numpy as np
 from pymodbus.client import ModbusTcpClient
 
+from chromium import Chromium
 from conftest import REPO, run
 from run_harness import Appliance
 
@@ -153,9 +154,10 @@ class Plc:
         return self.appliance.seen
 
 
-def replay(tmp_path, name, build, layers, pages=()):
-    """Writes `build`, runs it, triggers `layers` in order, reads the dashboard's `pages` and
-    stops: (verdicts, stdout lines, journal path, {page: text})."""
+def replay(tmp_path, name, build, layers, pages=(), visit=None):
+    """Writes `build`, runs it, triggers `layers` in order, reads the dashboard's `pages` (and
+    calls `visit` with the dashboard's address) and stops: (verdicts, stdout lines, journal
+    path, {page: text})."""
     folder = write_build(tmp_path / name, build, seed=8)
     journal = tmp_path / "layers.bsj"
     plc = Plc(tmp_path, folder, journal)
@@ -163,6 +165,8 @@ def replay(tmp_path, name, build, layers, pages=()):
         seen = plc.build(layers)
         plc.wait_for_records(len(layers))
         got = {page: plc.page(page) for page in pages}
+        if visit:
+            visit(plc.dashboard)
     finally:
         lines = plc.stop()
     return seen, lines, journal, got
@@ -222,7 +226,25 @@ def test_a_persistent_streak_asks_for_review_of_the_blade(tmp_path):
     # A groove along the recoater's travel at the same height on every layer; where along x it
     # starts varies.
     build = [(layer, [Placed(STREAKING, 30 + 7 * (layer % 3), 120)]) for layer in range(1, 7)]
-    seen, lines, journal, pages = replay(tmp_path, "streak", build, range(1, 7), pages=["map.svg", "tracks.html", "map-filter.js"])
+    in_browser = {}
+
+    def look(dashboard):
+        # The operator's page in a real browser: the map shows the streak on all six layers;
+        # narrowing the layer range to 5-6 leaves two; the tracks list has the streak.
+        browser = Chromium(dashboard)
+        try:
+            count = "document.querySelectorAll('#defect-map g.map-layer:not([style*=none]) rect.footprint[data-class=streaking]').length"
+            in_browser["all"] = browser.wait_for(f"{count} === 6 && {count}", timeout=60, what="six streak footprints on the defect map")
+            browser.evaluate("(() => { const f = document.getElementById('map-from'); f.value = 5; f.dispatchEvent(new Event('input')) })()")
+            in_browser["5-6"] = browser.evaluate(count)
+            in_browser["shown"] = browser.evaluate("document.getElementById('map-shown').textContent")
+            in_browser["tracks"] = browser.wait_for("document.querySelector('#tracks table.tracks tr.track') && document.querySelector('#tracks table.tracks tr.track').textContent")
+            browser.evaluate("document.getElementById('defect-map').scrollIntoView()")
+            browser.screenshot("defect-map-streak.png")
+        finally:
+            browser.close()
+
+    seen, lines, journal, pages = replay(tmp_path, "streak", build, range(1, 7), pages=["map.svg", "tracks.html", "map-filter.js"], visit=look)
     code = TRACK_LENGTH << 8 | STREAK
     assert seen == [(1, "PASS", 0), (2, "PASS", 0), (3, "PASS", 0), (4, "PASS", 0), (5, "REVIEW", code), (6, "REVIEW", code)], seen
     assert "track: streaking track #1 over layers 1-5: 5 layers > 4 → REVIEW: recoater blade damage suspected" in lines, lines
@@ -238,6 +260,8 @@ def test_a_persistent_streak_asks_for_review_of_the_blade(tmp_path):
     assert 'id="map-from" value="1"' in pages["map.svg"] and 'id="map-to" value="6"' in pages["map.svg"]
     assert "function filterDefectMap()" in pages["map-filter.js"]
     assert re.search(r"<td>#1</td><td>streaking</td><td>1-6</td><td>6</td>", pages["tracks.html"]), pages["tracks.html"]
+    assert (in_browser["all"], in_browser["5-6"], in_browser["shown"]) == (6, 2, "2 inspections with defects shown"), in_browser
+    assert in_browser["tracks"].startswith("#1streaking1-66"), in_browser
     # The build report written at the stop has the same map, its filter and the tracks.
     report = next(line.split(": ", 1)[1] for line in lines if line.startswith("report: "))
     html = open(report, encoding="utf-8").read()
