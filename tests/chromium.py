@@ -99,7 +99,8 @@ class Chromium:
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"the page never showed {what or expression} within {timeout} s (last value {value!r})")
+                page = self.evaluate("(document.body ? document.body.innerText.slice(0, 300) : '') + JSON.stringify(performance.getEntriesByType('resource').map(e => [e.name, Math.round(e.duration)]))")
+                raise AssertionError(f"the page never showed {what or expression} within {timeout} s (last value {value!r}); the page reads:\n{page}")
             time.sleep(0.1)
 
     def screenshot(self, name: str) -> Path:

@@ -53,6 +53,13 @@ def get(url: str, method: str = "GET", headers: dict | None = None, body: bytes 
         return error.code, error.read().decode("utf-8", "replace")
 
 
+def wait_until(condition, what: str, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout} s"
+        time.sleep(0.05)
+
+
 def wait_for_records(url: str, count: int):
     """Until the dashboard has `count` records (the PLC hears the verdict first, then the
     journal and the dashboard)."""
@@ -277,7 +284,19 @@ def test_the_size_limit_keeps_non_pass_layers_and_the_report_shows_the_build(tmp
     # Room for about two layers' images (~0.5 MB each) out of twelve.
     appliance, url = start(tmp_path, line_port, record="max_gb = 0.001\n")
     try:
-        verdicts = [layer(line_port, n) for n in range(1, 13)]
+        verdicts = []
+        for n in range(1, 13):
+            verdicts.append(layer(line_port, n))
+            # One layer at a time through the recorder: none is dropped for being behind.
+            wait_until(lambda: metrics(url)[("bedsight_layer_images_written_total", ())] == n, f"layer {n}'s images written")
+        values = metrics(url)
+        assert values[("bedsight_layer_images_dropped_total", ())] == 0
+        deleted = int(values[("bedsight_layer_images_deleted_total", ())])
+        # The dashboard knows which layers' images are gone.
+        state = json.loads(get(url + "/api/state")[1])
+        assert sum(not r["images"] for r in state["records"]) == deleted > 0
+        gone = next(r["index"] for r in state["records"] if not r["images"])
+        assert get(f"{url}/images/{gone}/overlay.png")[0] == 404
         assert appliance.stop() == 0
     finally:
         appliance.kill()

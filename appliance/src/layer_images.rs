@@ -263,10 +263,10 @@ impl ImageStore {
     }
 
     /// Deletes the oldest PASS layers until the folder is within its limit; layers that were
-    /// not PASS are kept even past it. Returns how many were deleted.
-    pub fn enforce_limit(&mut self) -> usize {
+    /// not PASS are kept even past it. Returns the indices of the records deleted.
+    pub fn enforce_limit(&mut self) -> Vec<u64> {
         let mut total = self.bytes();
-        let mut deleted = 0;
+        let mut deleted = Vec::new();
         while total > self.max_bytes {
             let Some((&index, _)) = self.layers.iter().find(|(_, (_, _, pass))| *pass) else { break };
             let (name, bytes, _) = self.layers.remove(&index).expect("found");
@@ -274,7 +274,7 @@ impl ImageStore {
                 eprintln!("record: cannot delete {}: {error}", self.folder.join(&name).display());
             }
             total -= bytes;
-            deleted += 1;
+            deleted.push(index);
         }
         deleted
     }
@@ -286,10 +286,11 @@ fn folder_bytes(folder: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Starts the recorder thread. `on_written(index)` runs after each layer's images are in place.
+/// Starts the recorder thread. `on_written(index, deleted)` runs after each layer's images are
+/// in place, with the records whose images the size limit deleted to make room.
 pub fn spawn_recorder(
     mut store: ImageStore,
-    on_written: impl Fn(u64) + Send + 'static,
+    on_written: impl Fn(u64, &[u64]) + Send + 'static,
 ) -> Result<(SnapshotSender, VerdictSender, Arc<RecorderStats>, std::thread::JoinHandle<()>)> {
     let (to_recorder, messages) = sync_channel::<Message>(POOL + 4);
     let (free_sender, free) = sync_channel::<Box<LayerSnapshot>>(POOL);
@@ -313,10 +314,11 @@ pub fn spawn_recorder(
                 while let Some((snapshot, verdict)) = next_pair(&mut pixels, &mut verdicts, &free_sender) {
                     match store.write(&snapshot, &verdict) {
                         Ok(_) => {
-                            thread_stats.written.fetch_add(1, Ordering::Relaxed);
                             let deleted = store.enforce_limit();
-                            thread_stats.deleted.fetch_add(deleted as u64, Ordering::Relaxed);
-                            on_written(verdict.index);
+                            // News first, counters after: whoever sees the count sees the news.
+                            on_written(verdict.index, &deleted);
+                            thread_stats.deleted.fetch_add(deleted.len() as u64, Ordering::Relaxed);
+                            thread_stats.written.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(error) => {
                             thread_stats.failed.fetch_add(1, Ordering::Relaxed);
@@ -421,13 +423,13 @@ mod tests {
         let one_layer = store.bytes() / verdicts.len() as u64;
         // Room for about three layers: the two oldest PASS layers (0 and 2) and then 3 must go.
         let mut store = ImageStore::open(folder.path(), one_layer * 3 + one_layer / 2).unwrap();
-        assert_eq!(store.enforce_limit(), 3);
+        assert_eq!(store.enforce_limit(), [0, 2, 3]);
         let mut left: Vec<String> = std::fs::read_dir(folder.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
         left.sort();
         assert_eq!(left, ["000001-L00002-RECOAT", "000004-L00005-REVIEW", "000005-L00006-PASS", "bed.json"]);
         // Past the limit with only non-PASS layers left: they stay.
         let mut tight = ImageStore::open(folder.path(), 1).unwrap();
-        assert_eq!(tight.enforce_limit(), 1);
+        assert_eq!(tight.enforce_limit(), [5]);
         assert!(folder.path().join("000001-L00002-RECOAT").is_dir() && folder.path().join("000004-L00005-REVIEW").is_dir());
     }
 
@@ -436,7 +438,7 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let store = ImageStore::open(folder.path(), u64::MAX).unwrap();
         let (written_sender, written) = std::sync::mpsc::channel();
-        let (pixels, verdicts, stats, handle) = spawn_recorder(store, move |index| written_sender.send(index).unwrap()).unwrap();
+        let (pixels, verdicts, stats, handle) = spawn_recorder(store, move |index, _| written_sender.send(index).unwrap()).unwrap();
         // Layer seq 1: the camera gave no frame, only a verdict comes. Seq 2: both.
         verdicts.send(verdict(1, 0, "FAULT"));
         pixels.offer(|s| *s = snapshot(2));

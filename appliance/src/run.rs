@@ -295,7 +295,7 @@ fn start_board_and_recorder(config: &Config, origin: &str, base_dir: &Path, stat
     }
     let Some(store) = store else { return Ok((board, None)) };
     let news = board.clone();
-    let (snapshots, verdicts, stats, thread) = crate::layer_images::spawn_recorder(store, move |index| news.images_written(index))?;
+    let (snapshots, verdicts, stats, thread) = crate::layer_images::spawn_recorder(store, move |index, deleted| news.images_written(index, deleted))?;
     board.metrics.watch_recorder(stats);
     Ok((board, Some((snapshots, verdicts, thread))))
 }

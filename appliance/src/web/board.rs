@@ -176,13 +176,18 @@ impl Board {
         broadcast(&mut state, "layer", &event);
     }
 
-    /// The recorder has written record `index`'s images.
-    pub fn images_written(&self, index: u64) {
+    /// The recorder has written record `index`'s images, and deleted those of `deleted`.
+    pub fn images_written(&self, index: u64, deleted: &[u64]) {
         let mut state = self.lock();
         if let Some(flag) = state.images.get_mut(index as usize) {
             *flag = true;
         }
-        broadcast(&mut state, "images", &json!({ "index": index }));
+        for &gone in deleted {
+            if let Some(flag) = state.images.get_mut(gone as usize) {
+                *flag = false;
+            }
+        }
+        broadcast(&mut state, "images", &json!({ "index": index, "deleted": deleted }));
     }
 
     /// Records an operator's annotation durably (fsynced) and shows it. The error is what the

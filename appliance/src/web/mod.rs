@@ -55,7 +55,13 @@ fn header(name: &str, value: &str) -> Header {
 }
 
 fn respond(request: Request, status: u16, content_type: &str, body: Vec<u8>) {
-    let response = Response::from_data(body).with_status_code(status).with_header(header("Content-Type", content_type)).with_header(header("Cache-Control", "no-store"));
+    // One request per connection: each idle keep-alive connection would hold a tiny_http
+    // thread blocked on its socket, and a new connection on the shop network costs little.
+    let response = Response::from_data(body)
+        .with_status_code(status)
+        .with_header(header("Content-Type", content_type))
+        .with_header(header("Cache-Control", "no-store"))
+        .with_header(header("Connection", "close"));
     request.respond(response).ok();
 }
 
