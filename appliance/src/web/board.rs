@@ -170,6 +170,11 @@ impl Board {
         state.status.camera_error = camera_error;
         state.status.model_up = model_error.is_none();
         state.status.model_error = model_error;
+        // The loop follows the active model slot between layers: show what judged this layer.
+        if !record.model.is_empty() {
+            state.status.model = format!("{} {}", record.model, record.model_version);
+            state.status.backend = record.backend.clone();
+        }
         let event = json!({ "record": record_json(index, &record, &[]), "status": status_json(&state.status) });
         state.records.push(record);
         state.images.push(false);
@@ -403,6 +408,21 @@ mod tests {
         assert_eq!(read_annotations(&path).unwrap().len(), 1);
         std::fs::write(&path, "nonsense\n{}\n").unwrap();
         assert!(format!("{:#}", read_annotations(&path).unwrap_err()).contains("line 1"));
+    }
+
+    #[test]
+    fn the_status_follows_the_model_of_the_latest_layer_and_the_camera() {
+        let folder = tempfile::tempdir().unwrap();
+        let board = Board::new(Vec::new(), None, folder.path().join("a.jsonl"), status()).unwrap();
+        let mut next = record(1, "PASS");
+        next.model = "m2".into();
+        next.model_version = "2.0".into();
+        next.backend = "ort (CPU)".into();
+        board.add_record(next, None, None);
+        assert_eq!((board.state_json()["status"]["model"].as_str(), board.state_json()["status"]["backend"].as_str()), (Some("m2 2.0"), Some("ort (CPU)")));
+        assert_eq!(board.down(), None);
+        board.add_record(record(2, "FAULT"), Some("no more frames".into()), None);
+        assert_eq!(board.down(), Some(vec!["camera: no more frames".to_string()]));
     }
 
     #[test]
