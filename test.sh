@@ -15,7 +15,9 @@ fi
 "$VENV/bin/pip" install --quiet --disable-pip-version-check -e "quantize[test]"
 
 # The ONNX Runtime shared library that the `ort` backend loads comes from the Python package.
-ORT_DYLIB_PATH="$(ls "$VENV"/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.* | head -n 1)"
+# Asked of the venv's python, so that a venv which sees onnxruntime through a .pth works too.
+ORT_DIR="$("$VENV/bin/python" -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')"
+ORT_DYLIB_PATH="$(ls "$ORT_DIR"/capi/libonnxruntime.so.* | head -n 1)"
 export ORT_DYLIB_PATH
 
 # Debian packages the build and the tests need: libclang for the V4L2 bindings (hal, crate v4l),

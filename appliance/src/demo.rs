@@ -1,5 +1,6 @@
 //! `bedsight demo`: the whole loop on the embedded defaults: the sample build replayed as a
-//! camera, the default model, a simulated PLC that logs what it hears.
+//! camera, the default model, a simulated PLC that logs what it hears. `--build real` replays a
+//! few real powder-bed photographs instead (assets/sample-build-real, in label folders).
 
 use std::io::Write;
 use std::path::Path;
@@ -15,6 +16,20 @@ use crate::report::{defect_summary, layer_json};
 
 /// The sample build made by the training tool's generator (`quantize/scripts/build-default-model.sh`).
 static SAMPLE_BUILD: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../assets/sample-build");
+/// Real layers from the PBLM photographs, one folder per label (`quantize/scripts/make-real-sample-build.py`).
+static SAMPLE_BUILD_REAL: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../assets/sample-build-real");
+
+/// The real sample build's layer images (`Label/file.png`), in name order.
+pub fn real_sample_layers() -> Vec<(&'static str, &'static [u8])> {
+    let mut layers: Vec<(&str, &[u8])> = SAMPLE_BUILD_REAL
+        .dirs()
+        .flat_map(|dir| dir.files())
+        .filter(|file| file.path().extension().is_some_and(|ext| ext == "png"))
+        .map(|file| (file.path().to_str().expect("asset names are UTF-8"), file.contents()))
+        .collect();
+    layers.sort_by_key(|(name, _)| *name);
+    layers
+}
 
 /// The sample build's layer images, in name order.
 pub fn sample_layers() -> Vec<(&'static str, &'static [u8])> {
@@ -28,10 +43,10 @@ pub fn sample_layers() -> Vec<(&'static str, &'static [u8])> {
 }
 
 /// Runs the demo; returns the verdict of every layer.
-pub fn demo(pipeline: &mut Pipeline, out_dir: &Path) -> Result<Vec<Verdict>> {
+pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<Verdict>> {
     std::fs::create_dir_all(out_dir).with_context(|| format!("demo output folder {}: cannot create it", out_dir.display()))?;
-    let layers = sample_layers();
-    let mut camera = ReplayCamera::from_memory("the embedded sample build", &layers);
+    let layers = if real { real_sample_layers() } else { sample_layers() };
+    let mut camera = ReplayCamera::from_memory(if real { "the embedded real sample build" } else { "the embedded sample build" }, &layers);
     let mut plc = SimulatedPlc::default();
     let mut budget = RecoatBudget::default();
     let mut records = Vec::new();
@@ -59,10 +74,13 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path) -> Result<Vec<Verdict>> {
         };
         let verdict = budget.apply(layer, outcome.verdict, pipeline.config.recoat.max_retries);
         let uncertainty_score = outcome.decision.as_ref().map(|d| d.uncertainty_score).unwrap_or(0.0);
-        let detail = match &outcome.fault {
+        let mut detail = match &outcome.fault {
             Some(reason) => reason.clone(),
             None => defect_summary(&outcome, &pipeline.model.class_names),
         };
+        if let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) {
+            detail.push_str(&format!("; layer {} {:.0}%", call.label(head), call.confidence() * 100.0));
+        }
         println!("layer {layer:>4}  {:<7} {detail:<60} u {uncertainty_score:.3}  {:>6.0} ms", verdict.as_str(), outcome.timing.total_ms);
         plc.publish(&VerdictMessage {
             layer,

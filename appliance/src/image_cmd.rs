@@ -85,6 +85,10 @@ pub fn info(path: &Path, trusted_keys: Option<&Path>) -> Result<()> {
     for (index, class) in m.classes.iter().enumerate() {
         println!("  {index}  {:<18} {}  {}", class.name, class.colour, if class.defect { "defect" } else { "not a defect" });
     }
+    match &m.layer_head {
+        Some(head) => println!("layer head    {} (multi-label), temperature {}", head.classes.join(", "), head.temperature),
+        None => println!("layer head    none"),
+    }
     println!("graphs        default {}, fp32 {}", m.graphs.default, m.graphs.fp32);
     for (file, hash) in &m.files {
         let size = image.files.get(file).map(|bytes| bytes.len()).unwrap_or(0);

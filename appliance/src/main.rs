@@ -69,6 +69,10 @@ enum Command {
         /// Where overlays, masks and the summary go.
         #[arg(long, default_value = "bedsight-demo-out")]
         out: PathBuf,
+        /// Which embedded sample build to replay: the synthetic one with planted defects, or a
+        /// few real powder-bed photographs (assets/sample-build-real).
+        #[arg(long, default_value = "synthetic", value_parser = ["synthetic", "real"])]
+        build: String,
         /// auto, ort or tract.
         #[arg(long)]
         backend: Option<String>,
@@ -318,9 +322,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bench::bench(&bench_options(args)?)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Demo { out, backend } => {
+        Command::Demo { out, build, backend } => {
             let mut pipeline = build_pipeline(None, None, backend.as_deref(), false)?;
-            demo::demo(&mut pipeline, &out)?;
+            demo::demo(&mut pipeline, &out, build == "real")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(command) => {

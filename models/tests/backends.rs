@@ -131,6 +131,24 @@ fn ort_and_tract_agree_on_the_default_model() {
         worst_uncertainty <= tolerance,
         "ort and tract uncertainty differ by up to {worst_uncertainty}"
     );
+    // The layer-level head (the default model is multi-task): both backends return its logits,
+    // and read with its temperature they agree as closely.
+    let head = spec
+        .layer_head
+        .as_ref()
+        .expect("the default model has a layer head");
+    let mut ort_layer = vec![0.0f32; spec.layer_logits_len()];
+    let mut tract_layer = vec![0.0f32; spec.layer_logits_len()];
+    models::layer_probabilities(ort.layer_logits(), head.temperature, &mut ort_layer);
+    models::layer_probabilities(tract.layer_logits(), head.temperature, &mut tract_layer);
+    assert_eq!(ort.layer_logits().len(), head.classes.len());
+    for (a, b) in ort_layer.iter().zip(&tract_layer) {
+        assert!(
+            (a - b).abs() <= tolerance && (0.0..=1.0).contains(a),
+            "layer probabilities ort {ort_layer:?}, tract {tract_layer:?}"
+        );
+    }
+
     // Probabilities are a distribution at every pixel.
     let pixels = width * height;
     for p in (0..pixels).step_by(97) {
@@ -192,6 +210,28 @@ fn a_graph_that_disagrees_with_the_manifest_is_refused() {
             spec.classes.len() + 1
         );
         assert!(message.contains(&expected), "{choice:?}: {message}");
+
+        // A layer head that the graph does not have the classes of: named.
+        let mut more_layer_classes = spec.clone();
+        let head = more_layer_classes
+            .layer_head
+            .as_mut()
+            .expect("the default model has a layer head");
+        head.classes.push("extra".into());
+        let layer_classes = head.classes.len();
+        let message = contract_error(choice, &more_layer_classes);
+        let expected = format!(
+            "graph returns {} layer classes, manifest lists {layer_classes}",
+            layer_classes - 1
+        );
+        assert!(message.contains(&expected), "{choice:?}: {message}");
+
+        // The same graph read as an older manifest without a head: it loads, and reads no
+        // layer logits.
+        let mut without_head = spec.clone();
+        without_head.layer_head = None;
+        let backend = load_backend(choice, &graph, &without_head, None).unwrap();
+        assert!(backend.layer_logits().is_empty());
     }
 }
 

@@ -9,6 +9,11 @@ Seed 000 Algorithm 1, steps 2-4:
 - report each member's ECE with 10 bins before and after (Eq. 16-18; the table follows seed 000
   Table 3) and draw the reliability diagrams (Fig. 7).
 
+A multi-task run (`train --layers`) ranks by its checkpoints' `rank` (0.5 Score + 0.5 layer macro
+F1), takes the layer head from the trunk's checkpoint, and fits the head's one temperature T on
+the layer validation split by minimising the binary cross-entropy of sigmoid(z / T) (the same
+temperature scaling, one T shared by the head's classes).
+
 Writes RUN/ensemble.pt (the trunk, the heads and the temperatures, what `export` reads),
 RUN/calibration.json, RUN/calibration.md and RUN/reliability.png.
 """
@@ -64,7 +69,8 @@ def ranked_checkpoints(run: Path, arch: str) -> list[tuple[Path, dict[str, Any]]
         if "metrics" not in c or "score" not in c["metrics"]:
             raise BadInput(f"{p}: checkpoint carries no validation Score")
     # Algorithm 1 step 2: descending Score; ties go to the later epoch
-    ckpts.sort(key=lambda pc: (pc[1]["metrics"]["score"], pc[1]["epoch"]), reverse=True)
+    # (multi-task runs: `rank`, which weighs the layer head's F1 in)
+    ckpts.sort(key=lambda pc: (pc[1]["metrics"].get("rank", pc[1]["metrics"]["score"]), pc[1]["epoch"]), reverse=True)
     return ckpts
 
 
@@ -179,8 +185,12 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
         m = segmentation_metrics(conf)
         ens[label] = {"ece": acc.ece(), "nll": nll_sum / count, "mpa": m["mpa"], "miou": m["miou"], "score": m["score"], "iou": m["iou"], "cpa": m["cpa"]}
 
+    layer_head_saved, layer_report = None, None
+    if best.get("layer_head") is not None:
+        layer_head_saved, layer_report = calibrate_layer_head(info, trunk_model.trunk, best["layer_head"], mean, std, progress)
     torch.save(
         {
+            "layer_head": layer_head_saved,
             "arch": info["arch"],
             "config": best["config"],
             "trunk_checkpoint": best_path.name,
@@ -198,6 +208,8 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
         "ensemble": ens,
         "trunk_checkpoint": best_path.name,
     }
+    if layer_report is not None:
+        report["layer_head"] = layer_report
     (run / "calibration.json").write_text(json.dumps(report, indent=1))
     table = calibration_table(report)
     (run / "calibration.md").write_text(table)
@@ -205,6 +217,66 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
     if progress:
         print(table)
     return report
+
+
+def fit_layer_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """T minimising the binary cross-entropy of sigmoid(z / T) on [N, L] logits (temperature
+    scaling, seed 000 Eq. 20, for independent sigmoids)."""
+    from scipy.optimize import minimize_scalar
+
+    z, y = torch.from_numpy(logits).double(), torch.from_numpy(targets).double()
+
+    def bce(log_t: float) -> float:
+        return float(torch.nn.functional.binary_cross_entropy_with_logits(z / np.exp(log_t), y))
+
+    result = minimize_scalar(bce, bounds=(np.log(0.05), np.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    return float(np.exp(result.x))
+
+
+def binary_ece(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:
+    """ECE (seed 000 Eq. 16-18) over every (layer, class) probability as a yes/no forecast."""
+    p, y = probs.ravel(), targets.ravel()
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            ece += sel.mean() * abs(p[sel].mean() - y[sel].mean())
+    return float(ece)
+
+
+def calibrate_layer_head(info: dict[str, Any], trunk: torch.nn.Module, saved: dict[str, Any], mean: float, std: float, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Fit the layer head's temperature on the run's layer validation split."""
+    from .layers import load_label_map, load_layer_folders
+    from .models.layer_head import LayerHead, LayerHeadConfig
+    from .multitask import layer_logits_of, multilabel_metrics
+
+    layers = info["layers"]
+    label_map = load_label_map(Path(layers["label_map"]))
+    if label_map.classes != saved["classes"]:
+        raise BadInput(f"{layers['label_map']}: its classes {label_map.classes} differ from the trained head's {saved['classes']}; the map changed since training")
+    size = int(info["input"]["width"])
+    val = load_layer_folders(Path(layers["root"]), label_map, size, splits=("val",), max_per_label=layers.get("max_per_label"), mixed_sizes=layers.get("mixed_sizes", "resize"))
+    head = LayerHead(LayerHeadConfig(**saved["config"]))
+    head.load_state_dict(saved["state_dict"])
+    logits = layer_logits_of(trunk, head, data_mod.to_input(val.images, mean, std))
+    t = fit_layer_temperature(logits, val.targets)
+    sig = lambda z: 1.0 / (1.0 + np.exp(-z))  # noqa: E731
+    bce = lambda tt: float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(logits / tt), torch.from_numpy(val.targets)))  # noqa: E731
+    report = {
+        "temperature": t,
+        "val_layers": len(val.names),
+        "bce_before": bce(1.0),
+        "bce_after": bce(t),
+        "ece_before": binary_ece(sig(logits), val.targets),
+        "ece_after": binary_ece(sig(logits / t), val.targets),
+        "val": multilabel_metrics(sig(logits / t), val.targets, label_map.classes),
+    }
+    if progress:
+        print(f"layer head: T = {t:.3f} on {len(val.names)} validation layers; BCE {report['bce_before']:.4f} -> {report['bce_after']:.4f}, "
+              f"ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}, macro F1 {report['val']['macro_f1']:.3f}")
+    return {**saved, "temperature": t}, report
 
 
 def calibration_table(report: dict[str, Any]) -> str:
@@ -227,6 +299,14 @@ def calibration_table(report: dict[str, Any]) -> str:
         f"NLL {e['before']['nll']:.5f} -> {e['after']['nll']:.5f}, MPA {e['after']['mpa']:.4f}, MIoU {e['after']['miou']:.4f}",
         "",
     ]
+    if "layer_head" in report:
+        h = report["layer_head"]
+        lines += [
+            f"Layer head (multi-label) on {h['val_layers']} validation layers: T = {h['temperature']:.4f}, "
+            f"BCE {h['bce_before']:.5f} -> {h['bce_after']:.5f}, ECE {h['ece_before']:.5f} -> {h['ece_after']:.5f}, "
+            f"macro F1 {h['val']['macro_f1']:.4f}",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -269,6 +349,12 @@ def load_ensemble(path: Path) -> tuple[Ensemble, dict[str, Any]]:
             head = build_model(saved["arch"], saved["config"]).head
             head.load_state_dict(state)
             heads.append(head)
+        layer_head = None
+        if saved.get("layer_head") is not None:
+            from .models.layer_head import LayerHead, LayerHeadConfig
+
+            layer_head = LayerHead(LayerHeadConfig(**saved["layer_head"]["config"]))
+            layer_head.load_state_dict(saved["layer_head"]["state_dict"])
     except RuntimeError as e:
         raise BadInput(f"{path}: weights do not fit a {saved['arch']} ({str(e).splitlines()[0]})") from None
-    return Ensemble(model.trunk, heads).eval(), saved
+    return Ensemble(model.trunk, heads, layer_head).eval(), saved

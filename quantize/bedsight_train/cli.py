@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run in --out")
     t.add_argument("--photometric", type=float, default=0.15, help="random grey-level gain/offset augmentation strength (0: off)")
     t.add_argument("--width", action="append", metavar="KEY=V[,V..]", help="architecture widths, e.g. shallow=16,32,64 fuse=64 sr=24,16,8 head_sr=1")
+    t.add_argument("--layers", type=Path, default=None, help="multi-task mode: folder of label folders of image-level labelled layers (e.g. pblm/)")
+    t.add_argument("--label-map", type=Path, default=None, help="label folder -> layer classes (TOML; `pblm` = the shipped label_maps/pblm.toml)")
+    t.add_argument("--layer-weight", type=float, default=0.5, help="w in L = L_seg + w L_layer (multi-task mode)")
+    t.add_argument("--layer-batch-size", type=int, default=4)
+    t.add_argument("--max-layers-per-label", type=int, default=None, help="use at most this many layers of each label per split")
+    t.add_argument("--mixed-sizes", choices=["resize", "refuse"], default="resize", help="layers whose size differs from the first: resize them, or stop")
+    t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (same architecture)")
 
     c = sub.add_parser("calibrate", help="pick the top-M checkpoints and fit a temperature per member")
     c.add_argument("--run", required=True, type=Path)
@@ -81,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", type=Path, default=Path("evaluation"), help="folder for metrics.json and PNGs")
     v.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
     v.add_argument("--split-seed", type=int, default=0)
+
+    g = sub.add_parser("evaluate-layers", help="the layer head's precision, recall, F1 and confusion matrix on the held-out split of labelled layer folders")
+    g.add_argument("--model", required=True, type=Path, help="model.onnx with manifest.toml beside it (a multi-task export)")
+    g.add_argument("--layers", required=True, type=Path, help="folder of label folders (e.g. pblm/)")
+    g.add_argument("--label-map", required=True, type=Path)
+    g.add_argument("--split", default="test", choices=["train", "val", "test"])
+    g.add_argument("--threshold", type=float, default=0.5, help="probability from which a layer class counts as present (the box's layer_classifier.review_threshold)")
+    g.add_argument("--mixed-sizes", choices=["resize", "refuse"], default="resize")
+    g.add_argument("--out", type=Path, default=Path("evaluation-layers"))
 
     k = sub.add_parser("pack", help="build a .bsimg model image with `bedsight image pack`")
     k.add_argument("--model", required=True, type=Path, help="the fp32 graph (model.onnx)")
@@ -123,6 +139,8 @@ def run(args: argparse.Namespace) -> None:
                 arch=args.arch, data=args.data, epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr=args.lr,
                 seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), crop=args.crop,
                 class_weights=args.class_weights, sr_weight=args.sr_weight, photometric=args.photometric, overwrite=args.overwrite, progress=progress,
+                layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
+                max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
             )
         )
         best = max(history["epochs"], key=lambda e: e["score"])
@@ -143,6 +161,10 @@ def run(args: argparse.Namespace) -> None:
         from .evaluate import evaluate
 
         evaluate(args.model, args.data, args.out, split=args.split, split_seed=args.split_seed, progress=progress)
+    elif args.command == "evaluate-layers":
+        from .layer_report import evaluate_layers
+
+        evaluate_layers(args.model, args.layers, args.label_map, args.out, split=args.split, threshold=args.threshold, mixed_sizes=args.mixed_sizes, progress=progress)
     elif args.command == "pack":
         from .pack import pack
 

@@ -179,7 +179,12 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
         "test_fp32": {k: eval_fp32[k] for k in ("cpa", "iou", "mpa", "miou", "ece", "auroc")},
         "test_int8": {k: eval_int8[k] for k in ("cpa", "iou", "mpa", "miou", "ece", "auroc")},
         "sample_build": {label: {k: v for k, v in c.items() if k != "masks"} for label, c in checks.items()},
+        "init": run_info.get("init"),
+        "layers": run_info.get("layers"),
     }
+    layer_eval = work / "eval-layers" / "layer-metrics.json"
+    if layer_eval.exists():
+        metrics["test_layers_int8"] = json.loads(layer_eval.read_text())
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "report.md").write_text(_report(metrics, manifest, command, checks))
     if not all(c["ok"] for c in checks.values()):
@@ -206,7 +211,20 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         f"`{manifest['name']}` {manifest['version']}: {manifest['description']}.",
         "",
         f"Rebuild it with `{command}` (about 15-20 minutes on two CPU cores).",
-        "Trained on synthetic layers only (`bedsight-train synth`): it is a demo model for `bedsight demo`, not one for a real printer.",
+    ]
+    if m.get("layers"):
+        lay = m["layers"]
+        lines += [
+            "Multi-task (seed 004): the segmentation heads learn from synthetic layers (`bedsight-train synth`), a layer-level "
+            f"classification head on the same encoder from {lay['train_layers']} real layers of `{Path(lay['root']).name}` "
+            f"(at most {lay['max_per_label']} per label; label map `{Path(lay['label_map']).name}`: classes {', '.join(lay['classes'])}); "
+            f"{lay['val_layers']} more real layers are its validation split (temperature, checkpoint ranking). It is still a demo model, not one for a real printer.",
+        ]
+    else:
+        lines.append("Trained on synthetic layers only (`bedsight-train synth`): it is a demo model for `bedsight demo`, not one for a real printer.")
+    if m.get("init"):
+        lines.append(f"Fine-tuned from the checkpoint `{Path(m['init']).name}` of the previous default model's run (`INIT=`), not trained from scratch.")
+    lines += [
         "",
         "## Training",
         f"- {m['epochs']} epochs in {m['train_seconds'] / 60:.1f} min on the CPU; {m['parameters']:,} parameters; widths {json.dumps(m['config'])}",
@@ -243,6 +261,12 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         f"Graph sizes: {m['quantize']['fp32_bytes'] / 1024:.0f} KiB fp32, {m['quantize']['int8_bytes'] / 1024:.0f} KiB INT8.",
         "CPA follows seed 000 Eq. 24: TP / (TP + FP).",
         "",
+    ]
+    if m.get("test_layers_int8"):
+        from .layer_report import layer_report_md
+
+        lines += ["## Layer classification on real layers (INT8 graph)", "", layer_report_md(m["test_layers_int8"]), ""]
+    lines += [
         "## Sample build (assets/sample-build)",
         "",
         "```",

@@ -9,6 +9,10 @@ The export checks itself: onnxruntime must reproduce PyTorch's logits on the sam
 1e-3, and it reports the FLOPs of one member and of the whole ensemble (seed 000 §4.4 reports 165.1
 vs 299.4 GFLOPs for 5 members: under 2x).
 
+A multi-task ensemble (a layer head, `train --layers`) has the contract's optional second output
+`layer_logits` [1, L], checked against PyTorch the same way, and its manifest a [layer_head] table
+(format 1.1) with the classes and the temperature `calibrate` fitted.
+
 The manifest (manifest.toml next to the graph) carries every table of docs/model-image.md except
 [graphs] and [files], which `bedsight image pack` adds.
 """
@@ -71,6 +75,10 @@ def count_flops(ensemble: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
     }
 
 
+def output_names(ensemble: torch.nn.Module) -> list[str]:
+    return ["logits", "layer_logits"] if getattr(ensemble, "layer_head", None) is not None else ["logits"]
+
+
 def export_onnx(ensemble: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     ensemble.eval()
@@ -83,7 +91,7 @@ def export_onnx(ensemble: torch.nn.Module, example: torch.Tensor, path: Path) ->
             (example,),
             str(path),
             input_names=["image"],
-            output_names=["logits"],
+            output_names=output_names(ensemble),
             opset_version=OPSET,
             do_constant_folding=True,
             dynamo=False,
@@ -98,19 +106,25 @@ def export_onnx(ensemble: torch.nn.Module, example: torch.Tensor, path: Path) ->
 
 
 def check_against_torch(ensemble: torch.nn.Module, path: Path, x: np.ndarray) -> float:
+    names = output_names(ensemble)
     with torch.no_grad():
-        expected = ensemble(torch.from_numpy(x)).numpy()
-    got = ort_session(path).run(["logits"], {"image": x})[0]
-    if got.shape != expected.shape:
-        raise ExportMismatch(f"{path}: onnxruntime returns {got.shape}, PyTorch {expected.shape}")
-    return float(np.abs(got - expected).max())
+        expected = ensemble(torch.from_numpy(x))
+    expected = [e.numpy() for e in (expected if isinstance(expected, tuple) else (expected,))]
+    got = ort_session(path).run(names, {"image": x})
+    worst = 0.0
+    for name, g, e in zip(names, got, expected):
+        if g.shape != e.shape:
+            raise ExportMismatch(f"{path}: onnxruntime returns {name} of shape {g.shape}, PyTorch {e.shape}")
+        worst = max(worst, float(np.abs(g - e).max()))
+    return worst
 
 
 def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, version: str, description: str) -> dict[str, Any]:
     """The manifest of docs/model-image.md, without [graphs] and [files]."""
     inp = saved["input"]
-    return {
-        "format_version": "1.0",
+    head = saved.get("layer_head")
+    manifest = {
+        "format_version": "1.1" if head else "1.0",
         "name": name,
         "version": version,
         "architecture": saved["arch"],
@@ -124,8 +138,11 @@ def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, 
         },
         "ensemble": {"members": len(saved["temperatures"]), "temperatures": [float(t) for t in saved["temperatures"]]},
         "classes": [{"name": c["name"], "colour": c["colour"], "defect": bool(c["defect"])} for c in saved["classes"]],
-        "training": {k: float(v) for k, v in training.items()},
     }
+    if head:
+        manifest["layer_head"] = {"classes": list(head["classes"]), "temperature": float(head["temperature"])}
+    manifest["training"] = {k: float(v) for k, v in training.items()}
+    return manifest
 
 
 def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str | None = None, description: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -155,6 +172,9 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
             miou=after["miou"], mpa=after["mpa"], score=after["score"], ece_before=before["ece"], ece_after=after["ece"],
             nll_before=before["nll"], nll_after=after["nll"],
         )
+        if "layer_head" in calibration:
+            h = calibration["layer_head"]
+            training.update(layer_val_macro_f1=h["val"]["macro_f1"], layer_ece_before=h["ece_before"], layer_ece_after=h["ece_after"])
     training.update(
         gflops_member=flops["member"] / 1e9,
         gflops_ensemble=flops["ensemble"] / 1e9,

@@ -56,7 +56,8 @@ def logit_producers(model_path: Path) -> list[str]:
 
     graph = onnx.load(str(model_path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    names, frontier = [], ["logits"]
+    # (and the layer head's last Gemm, when the graph has `layer_logits`: its temperature divides it too)
+    names, frontier = [], ["logits", "layer_logits"]
     while frontier:
         node = producer.get(frontier.pop())
         if node is None:

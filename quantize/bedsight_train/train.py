@@ -6,6 +6,11 @@ save the checkpoint after every epoch. Each checkpoint records its validation CP
 
 A run folder holds run.json (architecture, widths, classes, normalisation, split), history.json,
 checkpoints/epoch-NNNN.pt and curves.png.
+
+With `--layers DIR --label-map FILE` it trains the multi-task network of `multitask.py` (seed 004):
+the same segmentation training plus a layer-level classification head on image-level labelled
+layers; each checkpoint then also records the head's validation macro F1 and ranks by
+0.5 Score + 0.5 macro F1 (`rank`).
 """
 
 from __future__ import annotations
@@ -50,6 +55,14 @@ class TrainOptions:
     overwrite: bool = False  # replace the checkpoints of an earlier run in the same folder
     max_steps_per_epoch: int | None = None  # for tests
     progress: bool = True
+    # multi-task mode (multitask.py): image-level labelled layer folders and their label map
+    layers: Path | None = None
+    label_map: Path | None = None
+    layer_weight: float = 0.5  # w in L = L_seg + w L_layer
+    layer_batch_size: int = 4
+    max_layers_per_label: int | None = None  # per split, to bound a recipe's time
+    mixed_sizes: str = "resize"  # layers of another size than the first: "resize" or "refuse"
+    init: Path | None = None  # start from this checkpoint's weights (same architecture)
 
 
 def _check_run_folder(out: Path, arch: str, overwrite: bool) -> None:
@@ -125,15 +138,43 @@ def train(opts: TrainOptions) -> dict:
     if opts.crop is not None and (opts.crop % multiple or opts.crop > min(h, w)):
         raise BadInput(f"--crop {opts.crop}: must be a multiple of {multiple} and at most {min(h, w)}")
     split = data_mod.split_dataset(ds, seed=opts.split_seed)
+    layer_data = None
+    if opts.layers is not None or opts.label_map is not None:
+        from . import multitask
+
+        if opts.layers is None or opts.label_map is None:
+            raise BadInput("multi-task training needs both --layers (the labelled layer folders) and --label-map")
+        if opts.arch != "isdnet-sr":
+            raise BadInput(f"multi-task training (--layers) reads ISDNet-SR's fused encoder; --arch {opts.arch} has none")
+        if h != w:
+            raise BadInput(f"{opts.data}: images are {w}x{h}; multi-task training resizes the layers to a square input")
+        layer_data = multitask.load_layer_data(opts.layers, opts.label_map, h, [c.name for c in ds.classes], opts.max_layers_per_label, opts.mixed_sizes, opts.progress)
     _check_run_folder(opts.out, opts.arch, opts.overwrite)
     k = ds.num_classes
     train_ds, val_ds = ds.subset(split["train"]), ds.subset(split["val"])
     mean, std = data_mod.normalisation(train_ds.images)
+    init = None
+    if opts.init is not None:
+        from .models import load_checkpoint
+
+        init = load_checkpoint(opts.init, expect_arch=opts.arch)
+        opts.widths = {**{key: v for key, v in init["config"].items() if key not in ("in_channels", "num_classes")}, **opts.widths}
     try:
         config = make_config(opts.arch, 1, k, opts.widths)
         model = build_model(opts.arch, config.to_dict())
     except (TypeError, ValueError) as e:
         raise BadInput(f"--widths: {e}") from None
+    layer_head = None
+    if layer_data is not None:
+        layer_head = multitask.new_layer_head(config.sr[0], len(layer_data.train.label_map.classes))
+    if init is not None:
+        try:
+            model.load_state_dict(init["state_dict"])
+        except RuntimeError as e:
+            raise BadInput(f"{opts.init}: weights do not fit this run ({str(e).splitlines()[0]})") from None
+        saved_head = init.get("layer_head")
+        if layer_head is not None and saved_head and saved_head["classes"] == layer_data.train.label_map.classes:
+            layer_head.load_state_dict(saved_head["state_dict"])
 
     out = opts.out
     for stale in sorted((out / "checkpoints").glob("*.pt")) if opts.overwrite else []:
@@ -161,7 +202,20 @@ def train(opts: TrainOptions) -> dict:
         "photometric": opts.photometric,
         "epochs": opts.epochs,
         "parameters": int(sum(p.numel() for p in model.parameters())),
+        "init": str(opts.init) if opts.init else None,
     }
+    if layer_data is not None:
+        run_info["layers"] = {
+            "root": str(Path(opts.layers).resolve()),
+            "label_map": str(layer_data.train.label_map.path.resolve()),
+            "classes": layer_data.train.label_map.classes,
+            "max_per_label": opts.max_layers_per_label,
+            "mixed_sizes": opts.mixed_sizes,
+            "layer_weight": opts.layer_weight,
+            "train_layers": len(layer_data.train.names),
+            "val_layers": len(layer_data.val.names),
+            "pos_weight": [float(v) for v in layer_data.pos_weight],
+        }
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
 
     torch.manual_seed(opts.seed)
@@ -171,7 +225,12 @@ def train(opts: TrainOptions) -> dict:
     x_val = data_mod.to_input(val_ds.images, mean, std)
     weights = class_weight_vector(train_ds.masks, k, opts.class_weights)
     loss_fn = LOSSES[opts.arch]
-    optimiser = torch.optim.Adam(model.parameters(), lr=run_info["lr"])
+    parameters = list(model.parameters()) + (list(layer_head.parameters()) if layer_head is not None else [])
+    optimiser = torch.optim.Adam(parameters, lr=run_info["lr"])
+    if layer_data is not None:
+        x_layers = data_mod.to_input(layer_data.train.images, mean, std)
+        y_layers = layer_data.train.targets
+        x_layers_val = data_mod.to_input(layer_data.val.images, mean, std)
     steps_per_epoch = int(np.ceil(len(x_train) / opts.batch_size))
     if opts.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, opts.max_steps_per_epoch)
@@ -180,11 +239,15 @@ def train(opts: TrainOptions) -> dict:
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=opts.epochs * steps_per_epoch, eta_min=run_info["lr"] * 0.05)
 
     history: dict[str, Any] = {"arch": opts.arch, "step_loss": [], "epochs": []}
+    if layer_data is not None:
+        history.update(step_seg_loss=[], step_layer_loss=[])
     started = time.time()
     from tqdm import tqdm
 
     for epoch in range(1, opts.epochs + 1):
         model.train()
+        if layer_head is not None:
+            layer_head.train()
         order = rng.permutation(len(x_train))
         epoch_losses = []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{opts.epochs}", unit="batch", disable=not opts.progress)
@@ -192,8 +255,24 @@ def train(opts: TrainOptions) -> dict:
             idx = order[step * opts.batch_size : (step + 1) * opts.batch_size]
             xb, yb = _augment(rng, x_train[idx], y_train[idx], opts.crop, opts.photometric, mean, std)
             xb_t, yb_t = torch.from_numpy(xb), torch.from_numpy(yb)
-            logits, aux = model(xb_t, return_aux=True)
-            loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
+            if layer_head is None:
+                logits, aux = model(xb_t, return_aux=True)
+                loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
+            else:
+                features, encoded = model.trunk.forward_with_encoded(xb_t)
+                logits, aux = model.head(features, return_aux=True)
+                seg_loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
+                pick = rng.choice(len(x_layers), opts.layer_batch_size, p=layer_data.sample_p)
+                xr = torch.from_numpy(multitask.augment_layers(rng, x_layers[pick], opts.photometric, mean, std))
+                with multitask.frozen_batch_norm(model.trunk):
+                    real_encoded = model.trunk.encode(xr)
+                real_loss = multitask.layer_loss_real(layer_head(real_encoded), torch.from_numpy(y_layers[pick]), layer_data.pos_weight)
+                masked_targets, known = multitask.mask_targets(yb_t, layer_data.mask_classes)
+                masked_loss = multitask.layer_loss_masked(layer_head(encoded), masked_targets, known)
+                layer_loss = real_loss + 0.5 * masked_loss
+                loss = seg_loss + opts.layer_weight * layer_loss
+                history["step_seg_loss"].append(float(seg_loss.detach()))
+                history["step_layer_loss"].append(float(real_loss.detach()))
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -212,6 +291,15 @@ def train(opts: TrainOptions) -> dict:
             "seconds": time.time() - started,
             **{key: metrics[key] for key in ("cpa", "iou", "mpa", "miou", "score", "pixel_accuracy")},
         }
+        checkpoint_extra = {}
+        if layer_head is not None:
+            val_logits = multitask.layer_logits_of(model.trunk, layer_head, x_layers_val)
+            probs = 1.0 / (1.0 + np.exp(-val_logits))
+            layer_metrics = multitask.multilabel_metrics(probs, layer_data.val.targets, layer_data.val.label_map.classes)
+            record["layer_f1"] = layer_metrics["macro_f1"]
+            record["layer_bce"] = float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(val_logits), torch.from_numpy(layer_data.val.targets)))
+            record["rank"] = 0.5 * record["score"] + 0.5 * record["layer_f1"]
+            checkpoint_extra["layer_head"] = {"config": layer_head.cfg.to_dict(), "state_dict": layer_head.state_dict(), "classes": layer_data.train.label_map.classes}
         history["epochs"].append(record)
         torch.save(
             {
@@ -221,13 +309,16 @@ def train(opts: TrainOptions) -> dict:
                 "epoch": epoch,
                 "metrics": record,
                 "input": run_info["input"],
+                **checkpoint_extra,
             },
             out / "checkpoints" / f"epoch-{epoch:04d}.pt",
         )
         if opts.progress:
             print(
                 f"epoch {epoch}: loss {record['train_loss']:.4f}  val MPA {record['mpa']:.4f}  "
-                f"MIoU {record['miou']:.4f}  Score {record['score']:.4f}  ({record['seconds']:.0f} s)",
+                f"MIoU {record['miou']:.4f}  Score {record['score']:.4f}"
+                + (f"  layer F1 {record['layer_f1']:.4f}" if "layer_f1" in record else "")
+                + f"  ({record['seconds']:.0f} s)",
                 flush=True,
             )
         (out / "history.json").write_text(json.dumps(history, indent=1))

@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
 # Rebuild the default model image that ships in the repository, and the demo's sample build.
 #
-#   quantize/scripts/build-default-model.sh
+#   REAL_LAYERS=/path/to/pblm quantize/scripts/build-default-model.sh
+#
+# With REAL_LAYERS (a folder of label folders of real layers, e.g. the PBLM photographs) it trains
+# the multi-task network (bedsight-train train --layers, seed 004): the segmentation heads on the
+# synthetic layers and a layer-level classification head on the real ones, with the label map
+# LABEL_MAP (default: pblm, quantize/bedsight_train/label_maps/pblm.toml), and reports the head on
+# the folders' held-out test split. Without it, segmentation only, as before. INIT=checkpoint.pt
+# starts from an earlier run's weights (a fine-tune: fewer EPOCHS suffice).
 #
 # Writes assets/sample-build/ (the layers `bedsight demo` replays), assets/default-model/ (the
 # unpacked model: manifest.toml, model.onnx, model.int8.onnx, selftest/, report.md, metrics.json,
@@ -21,6 +28,20 @@ size=256           # input size: 256x256 keeps CPU training feasible (the paper 
 epochs="${EPOCHS:-60}"
 members=3
 version="${VERSION:-$(date +%Y.%m.%d)}"
+real_layers="${REAL_LAYERS:-}"
+label_map="${LABEL_MAP:-pblm}"
+lr="${LR:-2e-3}"
+multitask=()
+if [[ -n "$real_layers" ]]; then
+    multitask=(--layers "$real_layers" --label-map "$label_map" --max-layers-per-label "${MAX_LAYERS_PER_LABEL:-200}" --layer-weight "${LAYER_WEIGHT:-0.5}")
+fi
+description="ISDNet-SR (seed 000) checkpoint ensemble, 3 heads on one trunk, trained on synthetic 256x256 powder-bed layers; a demo model, not one for a real printer"
+if [[ -n "$real_layers" ]]; then
+    description="ISDNet-SR (seed 000) checkpoint ensemble, 3 segmentation heads on one trunk trained on synthetic 256x256 layers, and a layer-level classification head on the shared encoder (seed 004) trained on real powder-bed layers ($(basename "$real_layers")); a demo model, not one for a real printer"
+fi
+if [[ -n "${INIT:-}" ]]; then
+    multitask+=(--init "$INIT")
+fi
 # One torch thread trains faster than two when the cores are shared with other work (a cargo
 # build): OpenMP threads that wait for each other collapse under contention.
 export BEDSIGHT_TRAIN_THREADS="${BEDSIGHT_TRAIN_THREADS:-1}"
@@ -37,13 +58,16 @@ start=$(date +%s)
 bt synth --out "$work/data" --layers "$layers" --size "$size" --seed 11
 bt synth --sample-build --out "$work/sample-build" --size "$size" --seed 2026
 bt train --arch isdnet-sr --data "$work/data" --epochs "$epochs" --out "$work/run" \
-    --crop 128 --batch-size 8 --lr 2e-3 --class-weights inverse-sqrt --seed 0
+    --crop 128 --batch-size 8 --lr "$lr" --class-weights inverse-sqrt --seed 0 "${multitask[@]}"
 bt calibrate --run "$work/run" --members "$members"
 bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-synthetic --version "$version" \
-    --description "ISDNet-SR (seed 000) checkpoint ensemble, 3 heads on one trunk, trained on synthetic 256x256 powder-bed layers; a demo model, not one for a real printer"
-bt quantize --model "$work/model/model.onnx" --data "$work/data" -o "$work/model/model.int8.onnx" --margin 0.02
+    --description "$description"
+bt quantize --model "$work/model/model.onnx" --data "$work/data" -o "$work/model/model.int8.onnx" --margin 0.02 --calibration-images 64
 bt evaluate --model "$work/model/model.onnx" --data "$work/data" --split test --out "$work/eval-fp32"
 bt evaluate --model "$work/model/model.int8.onnx" --data "$work/data" --split test --out "$work/eval-int8"
+if [[ -n "$real_layers" ]]; then
+    bt evaluate-layers --model "$work/model/model.int8.onnx" --layers "$real_layers" --label-map "$label_map" --split test --out "$work/eval-layers"
+fi
 
 mkdir -p "$assets"
 # checks the model on the sample build; replaces assets/default-model and assets/sample-build only if it passes

@@ -38,16 +38,23 @@ def build_model(arch: str, config: dict[str, Any]) -> nn.Module:
 class Ensemble(nn.Module):
     """One trunk, M heads (seed 000 Eq. 14): returns the members' logits [N, M, K, H, W], the
     appliance's model contract. Temperatures and the fusion (Eq. 21, 12, 13) stay outside the
-    graph: they live in the manifest and `models::fuse` applies them."""
+    graph: they live in the manifest and `models::fuse` applies them.
 
-    def __init__(self, trunk: nn.Module, heads: list[nn.Module]):
+    With a layer head (multi-task, seed 004) it returns (logits, layer_logits [N, L]): the
+    contract's optional second output, its temperature in the manifest's [layer_head]."""
+
+    def __init__(self, trunk: nn.Module, heads: list[nn.Module], layer_head: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk
         self.heads = nn.ModuleList(heads)
+        self.layer_head = layer_head
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.trunk(x)
-        return torch.stack([head(features) for head in self.heads], dim=1)
+    def forward(self, x: torch.Tensor):
+        if self.layer_head is None:
+            features = self.trunk(x)
+            return torch.stack([head(features) for head in self.heads], dim=1)
+        features, encoded = self.trunk.forward_with_encoded(x)
+        return torch.stack([head(features) for head in self.heads], dim=1), self.layer_head(encoded)
 
 
 def load_checkpoint(path: Path, expect_arch: str | None = None) -> dict[str, Any]:

@@ -238,10 +238,20 @@ class IsdnetTrunk(nn.Module):
         self.sr = nn.ModuleList([SrModule(widths[i], widths[i + 1], cfg.dropout) for i in range(shared)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.adjust(self.fusion(self.shallow(x), self.deep(x)))
+        return self.forward_with_encoded(x)[0]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The fused encoder features at 1/8 alone (a layer without a mask needs no decoder)."""
+        return self.adjust(self.fusion(self.shallow(x), self.deep(x)))
+
+    def forward_with_encoded(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The heads' features and the fused encoder features at 1/8 (what a layer-level
+        classification head reads; seed 004's shared encoder)."""
+        encoded = self.encode(x)
+        y = encoded
         for module in self.sr:
             y = module(y)
-        return y
+        return y, encoded
 
 
 class IsdnetHead(nn.Module):

@@ -1,0 +1,136 @@
+"""Multi-task training (seed 004) on a handful of real layers (the shipped real sample build, in
+label folders) and synthetic ones; the layer loader's bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bt_helpers import train_tiny
+
+REAL = Path(__file__).resolve().parents[2] / "assets" / "sample-build-real"
+
+
+def real_layer_folders(out: Path, copies: int = 3) -> Path:
+    """The real sample build, each layer `copies` times (flipped), so that the hash split has
+    layers in training and validation."""
+    for path in sorted(REAL.glob("*/*.png")):
+        image = Image.open(path)
+        (out / path.parent.name).mkdir(parents=True, exist_ok=True)
+        for k in range(copies):
+            flipped = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if k % 2 else image
+            flipped.save(out / path.parent.name / f"{path.stem}-{k}.png")
+    return out
+
+
+def test_the_held_out_split_is_deterministic_and_stable():
+    from bedsight_train.layers import held_out_split
+
+    names = [f"A/layer_{i:04d}.png" for i in range(3000)]
+    split = held_out_split(names)
+    assert split == held_out_split(list(names))
+    assert sorted(sum(split.values(), [])) == list(range(3000))
+    assert 0.1 < len(split["test"]) / 3000 < 0.3 and 0.03 < len(split["val"]) / 3000 < 0.17
+    # consecutive layers (near-duplicates) share a split, in blocks of 10 layer numbers
+    which = {i: k for k, v in split.items() for i in v}
+    assert all(which[i] == which[i - i % 10] for i in range(3000))
+    # adding layers never moves one that was there
+    more = held_out_split(names + [f"B/layer_{i:04d}.png" for i in range(500)])
+    assert set(split["test"]) == {i for i in more["test"] if i < 3000}
+
+
+def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_data, tmp_path):
+    from bedsight_train.calibrate import calibrate
+    from bedsight_train.export import export, ort_session
+
+    layers = real_layer_folders(tmp_path / "layers")
+    run = tmp_path / "run"
+    history = train_tiny("isdnet-sr", tiny_data, run, epochs=6, layers=layers, label_map=Path("pblm"), layer_weight=1.0, seed=1)
+    seg, layer = np.array(history["step_seg_loss"]), np.array(history["step_layer_loss"])
+    assert len(seg) == len(layer) >= 24
+    assert seg[-6:].mean() < seg[:6].mean(), seg
+    assert layer[-6:].mean() < layer[:6].mean(), layer
+    record = history["epochs"][-1]
+    assert 0.0 <= record["layer_f1"] <= 1.0 and "rank" in record
+
+    report = calibrate(run, members=2, progress=False)
+    head = report["layer_head"]
+    assert head["temperature"] > 0 and head["val_layers"] >= 1
+    assert set(head["val"]["per_class"]) == {"incompleteness", "streaking", "super-elevation"}
+
+    out = tmp_path / "model" / "model.onnx"
+    export(run, out, progress=False)
+    session = ort_session(out)
+    assert [o.name for o in session.get_outputs()] == ["logits", "layer_logits"]
+    logits, layer_logits = session.run(None, {"image": np.zeros((1, 1, 64, 64), np.float32)})
+    assert logits.shape == (1, 2, 6, 64, 64) and layer_logits.shape == (1, 3)
+    manifest = (out.parent / "manifest.toml").read_text()
+    assert 'format_version = "1.1"' in manifest
+    assert 'classes = ["incompleteness", "streaking", "super-elevation"]' in manifest
+    assert "[layer_head]" in manifest
+
+    # the head on the held-out test split, as the box reads it
+    from bedsight_train.layer_report import evaluate_layers
+
+    result = evaluate_layers(out, layers, Path("pblm"), tmp_path / "eval", progress=False)
+    assert int(np.sum(result["confusion"]["matrix"])) == result["layers"] > 0
+    assert set(result["per_class"]) == {"incompleteness", "streaking", "super-elevation"}
+    report = (tmp_path / "eval" / "layer-report.md").read_text()
+    assert "| streaking |" in report and "Confusion matrix" in report
+
+
+def test_an_unmapped_label_stops_training_before_it_starts(tiny_data, tmp_path):
+    from bedsight_train.cli import main
+
+    layers = real_layer_folders(tmp_path / "layers", copies=1)
+    (layers / "Spatter").mkdir()
+    shutil.copy(next(REAL.glob("No_Defect/*.png")), layers / "Spatter" / "a.png")
+    run = tmp_path / "run"
+    code = main(["--quiet", "train", "--arch", "isdnet-sr", "--data", str(tiny_data), "--epochs", "1", "--out", str(run), "--layers", str(layers), "--label-map", "pblm"])
+    assert code == 2
+    assert not (run / "checkpoints").exists() and not (run / "run.json").exists()
+
+
+def test_unmapped_label_message_names_the_folder_and_the_map(tmp_path, capsys):
+    from bedsight_train.common import BadInput
+    from bedsight_train.layers import load_label_map, load_layer_folders
+
+    layers = real_layer_folders(tmp_path / "layers", copies=1)
+    (layers / "Spatter").mkdir()
+    with pytest.raises(BadInput, match=r"label folder\(s\) Spatter are not in the label map .*pblm.toml"):
+        load_layer_folders(layers, load_label_map(Path("pblm")), 64)
+
+
+def test_mixed_channels_are_refused_and_mixed_sizes_resized_or_refused(tmp_path):
+    from bedsight_train.common import BadInput
+    from bedsight_train.layers import load_label_map, load_layer_folders
+
+    label_map = load_label_map(Path("pblm"))
+    layers = real_layer_folders(tmp_path / "layers", copies=1)
+    odd = layers / "Powder_Uneven" / "zz-small.png"
+    Image.open(next(REAL.glob("Powder_Uneven/*.png"))).resize((100, 80)).save(odd)
+    loaded = load_layer_folders(layers, label_map, 64)
+    assert loaded.images.shape[1:] == (64, 64) and len(loaded.names) == 9
+    with pytest.raises(BadInput, match=r"zz-small.png: 100x80 px, but .* is 256x256 px"):
+        load_layer_folders(layers, label_map, 64, mixed_sizes="refuse")
+    odd.unlink()
+    colour = layers / "No_Defect" / "zz-colour.png"
+    Image.new("RGB", (256, 256), (90, 90, 90)).save(colour)
+    with pytest.raises(BadInput, match=r"zz-colour.png: 3 channel\(s\), but .* has 1"):
+        load_layer_folders(layers, label_map, 64)
+
+
+def test_a_label_map_naming_an_unknown_class_is_refused(tmp_path):
+    from bedsight_train.common import BadInput
+    from bedsight_train.layers import load_label_map
+
+    path = tmp_path / "map.toml"
+    path.write_text('classes = ["streaking"]\n[labels]\nScratch = ["streaking"]\nBlob = ["spatter"]\n')
+    with pytest.raises(BadInput, match=r"labels.Blob names spatter, which `classes` does not list"):
+        load_label_map(path)
+    assert json.dumps(load_label_map(Path("pblm")).labels)  # the shipped map loads
