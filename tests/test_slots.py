@@ -1,6 +1,7 @@
 """`bedsight image install | list | rollback` on a box's A/B slots, and fault injection: every
 broken image is refused with a message naming what is wrong, and the active model stays as it
 was (the `active` pointer, `image list`, and the active slot's manifest on disk)."""
+import re
 import os
 import signal
 import tarfile
@@ -125,7 +126,8 @@ def shape_disagrees(kit, out):
 def newer_major_format(kit, out):
     # A format 2 manifest, correctly hashed and signed by a trusted key.
     files = {m.name: data for m, data in entries(kit["v2"]) if m.name not in ("manifest.toml", "manifest.sig")}
-    text = training_manifest("2.0.0").replace('format_version = "1.0"', 'format_version = "2.0"')
+    text = re.sub(r'format_version = "1\.\d+"', 'format_version = "2.0"', training_manifest("2.0.0"))
+    assert 'format_version = "2.0"' in text
     manifest = manifest_with_files(text, files).encode()
     signature = ed25519_sign(kit["alice_key"], manifest)
     return write_tar(out, [("manifest.toml", manifest), *files.items(), ("manifest.sig", signature)])

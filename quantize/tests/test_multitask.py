@@ -50,11 +50,12 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
 
     layers = real_layer_folders(tmp_path / "layers")
     run = tmp_path / "run"
-    history = train_tiny("isdnet-sr", tiny_data, run, epochs=6, layers=layers, label_map=Path("pblm"), layer_weight=1.0, seed=1)
+    history = train_tiny("isdnet-sr", tiny_data, run, epochs=30, layers=layers, label_map=Path("pblm"), layer_weight=1.0, seed=1, layer_batch_size=8)
     seg, layer = np.array(history["step_seg_loss"]), np.array(history["step_layer_loss"])
-    assert len(seg) == len(layer) >= 24
-    assert seg[-6:].mean() < seg[:6].mean(), seg
-    assert layer[-6:].mean() < layer[:6].mean(), layer
+    assert len(seg) == len(layer) >= 120
+    # per-step losses of small batches are noisy: compare the first and the last 20 steps
+    assert seg[-20:].mean() < 0.9 * seg[:20].mean(), seg
+    assert layer[-20:].mean() < 0.9 * layer[:20].mean(), layer
     record = history["epochs"][-1]
     assert 0.0 <= record["layer_f1"] <= 1.0 and "rank" in record
 
