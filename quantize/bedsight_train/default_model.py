@@ -265,7 +265,18 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
     if m.get("test_layers_int8"):
         from .layer_report import layer_report_md
 
-        lines += ["## Layer classification on real layers (INT8 graph)", "", layer_report_md(m["test_layers_int8"]), ""]
+        lines += [
+            "## Layer classification on real layers (INT8 graph)",
+            "",
+            layer_report_md(m["test_layers_int8"]),
+            "Read these figures with care. The split keeps blocks of 10 consecutive layers together, but layers of one build "
+            "look alike across blocks, and the test split holds no clean layer (all 18 clean PBLM layers fall in training "
+            "groups), so the figures say little about false alarms on clean real powder and likely overstate what the head "
+            "does on another printer. The segmentation heads have seen no real layer: on real powder they call large "
+            "areas incompleteness and hopping (see `bedsight demo --build real`), so on real layers the box's verdict "
+            "comes from segmentation that does not transfer, and the layer head adds a calibrated second opinion.",
+            "",
+        ]
     lines += [
         "## Sample build (assets/sample-build)",
         "",

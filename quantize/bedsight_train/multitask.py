@@ -8,9 +8,10 @@ L = L_seg + w * (L_layer,real + 0.5 L_layer,masked), w = `--layer-weight`.
 L_layer is binary cross-entropy per layer class (multi-label: a layer can be unevenly spread and
 streaked at once). The classes are imbalanced (PBLM: 18 clean layers of 1,548, 157 with
 super-elevation), so each class's positive term is weighted by n_negative / n_positive of the
-training layers (clipped to 0.1..10), which balances the gradient of the rare and the common class;
-and the real layers of each step are drawn with probability proportional to 1 / sqrt(layers of
-their label), so that the 12-odd clean layers are seen more than once an epoch's worth of steps.
+training layers (clipped to 0.1..10), which balances the gradient of the rare and the common class.
+The real layers of each step are drawn uniformly (drawing them label-balanced, p ~ 1 / sqrt(layers
+of the label), was tried for the default model and gave a worse head and a model that failed the
+sample-build check).
 """
 
 from __future__ import annotations
@@ -38,7 +39,6 @@ class LayerData:
     train: LayerSet
     val: LayerSet
     pos_weight: torch.Tensor  # [L]
-    sample_p: np.ndarray  # [N_train]: probability of drawing each training layer
     mask_classes: list[int | None]  # for each layer class, its segmentation class index (or None)
 
 
@@ -52,9 +52,7 @@ def load_layer_data(root: Path, label_map_path: Path, size: int, seg_class_names
     neg = len(train.targets) - pos
     pos_weight = torch.tensor(np.clip(neg / np.maximum(pos, 1.0), *POS_WEIGHT_RANGE), dtype=torch.float32)
     mask_classes = [seg_class_names.index(c) if c in seg_class_names else None for c in label_map.classes]
-    per_label = {label: train.labels.count(label) for label in set(train.labels)}
-    weight = np.array([1.0 / np.sqrt(per_label[label]) for label in train.labels])
-    return LayerData(train, val, pos_weight, weight / weight.sum(), mask_classes)
+    return LayerData(train, val, pos_weight, mask_classes)
 
 
 def new_layer_head(trunk_encoded_channels: int, num_classes: int) -> LayerHead:

@@ -262,7 +262,7 @@ def train(opts: TrainOptions) -> dict:
                 features, encoded = model.trunk.forward_with_encoded(xb_t)
                 logits, aux = model.head(features, return_aux=True)
                 seg_loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
-                pick = rng.choice(len(x_layers), opts.layer_batch_size, p=layer_data.sample_p)
+                pick = rng.integers(0, len(x_layers), opts.layer_batch_size)
                 xr = torch.from_numpy(multitask.augment_layers(rng, x_layers[pick], opts.photometric, mean, std))
                 with multitask.frozen_batch_norm(model.trunk):
                     real_encoded = model.trunk.encode(xr)
