@@ -5,8 +5,8 @@
 //! - inference alone, per backend (ONNX Runtime with the execution provider it got, tract) and
 //!   per graph (fp32, INT8): median and p95 of `Backend::infer` over `--runs` runs after
 //!   `--warmup` runs, on a real pre-processed layer;
-//! - the same graph and input through Python onnxruntime in a child process, the reference the
-//!   Rust ONNX Runtime path must stay within 1.1x of;
+//! - the same graph and input through Python onnxruntime in a child process, taking turns with
+//!   the Rust ONNX Runtime path (which must stay within 1.1x of it) so both meet the same load;
 //! - every stage of a layer (capture from a replay, check, rectify, pre-process, infer, fuse,
 //!   refine, measure, decide, the copy for the image recorder, the journal record) and its share
 //!   of the layer, and apart from them the image recorder's writing (its own thread);
@@ -114,6 +114,8 @@ struct StageReport {
     /// Writing one layer's images (raw, bed, mask, uncertainty, overlay): the recorder thread's
     /// work, at nice 10 beside the layer path, so not one of `stages`.
     image_recorder: Spread,
+    /// VmRSS of the bench after the warm-up pass, the pipeline and its model loaded.
+    resident_mib_after_warmup: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -269,7 +271,8 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
             println!("  (no {precision} graph)");
             continue;
         };
-        let mut ort_row = None;
+        let graph_file = scratch.path().join(format!("model.{precision}.onnx"));
+        std::fs::write(&graph_file, graph)?;
         for &choice in &options.backends {
             let mut backend = match models::load_backend(choice, graph, &spec, None) {
                 Ok(backend) => backend,
@@ -279,27 +282,31 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
                 }
             };
             let info = backend.info().clone();
-            let spread = time_inference(backend.as_mut(), &input, &spec, options)?;
-            println!("  {:<8} {:<9} {precision:<5} median {:>9.2} ms  p95 {:>9.2} ms", info.name, info.execution_provider, spread.median_ms, spread.p95_ms);
-            if info.name == "ort" {
-                ort_row = Some((info.execution_provider.clone(), spread));
+            let python = options.python.as_deref().filter(|_| info.name == "ort");
+            let (rust, reference) = match python {
+                // ONNX Runtime and its Python reference take turns, a few runs each, so that
+                // both meet the same load on a shared machine.
+                Some(python) => {
+                    let mut reference = PythonReference::start(python, &graph_file, &input_file, &spec, &info.execution_provider)?;
+                    let (rust, python_times) = interleaved(backend.as_mut(), &mut reference, &input, &spec, options)?;
+                    (rust, Some(python_times))
+                }
+                None => (time_inference(backend.as_mut(), &input, &spec, options)?, None),
+            };
+            print_row(&info.name, &info.execution_provider, precision, &rust);
+            inference.push(InferenceRow { runner: info.name.clone(), provider: info.execution_provider.clone(), precision: precision.clone(), spread: rust });
+            if let Some(reference) = reference {
+                print_row("python", &info.execution_provider, precision, &reference);
+                let ratio = rust.median_ms / reference.median_ms;
+                python_reference.push(PythonRatio {
+                    precision: precision.clone(),
+                    rust_ort_median_ms: rust.median_ms,
+                    python_median_ms: reference.median_ms,
+                    ratio,
+                    within_1_1x: ratio <= 1.1,
+                });
+                inference.push(InferenceRow { runner: "python-onnxruntime".into(), provider: info.execution_provider, precision: precision.clone(), spread: reference });
             }
-            inference.push(InferenceRow { runner: info.name, provider: info.execution_provider, precision: precision.clone(), spread });
-        }
-        if let (Some(python), Some((provider, rust))) = (&options.python, &ort_row) {
-            let graph_file = scratch.path().join(format!("model.{precision}.onnx"));
-            std::fs::write(&graph_file, graph)?;
-            let spread = python_onnxruntime(python, &graph_file, &input_file, &spec, provider, options)?;
-            println!("  {:<8} {:<9} {precision:<5} median {:>9.2} ms  p95 {:>9.2} ms", "python", provider, spread.median_ms, spread.p95_ms);
-            let ratio = rust.median_ms / spread.median_ms;
-            python_reference.push(PythonRatio {
-                precision: precision.clone(),
-                rust_ort_median_ms: rust.median_ms,
-                python_median_ms: spread.median_ms,
-                ratio,
-                within_1_1x: ratio <= 1.1,
-            });
-            inference.push(InferenceRow { runner: "python-onnxruntime".into(), provider: provider.clone(), precision: precision.clone(), spread });
         }
     }
 
@@ -310,7 +317,8 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
     };
 
     let stages = if options.skip_stages { None } else { Some(stage_times(model, &frames, first_backend, options, scratch.path())?) };
-    let resident_mib_after_warmup = resident_mib();
+    // Without the stages, the bench's own footprint after the inference runs.
+    let resident_mib_after_warmup = stages.as_ref().map_or_else(resident_mib, |s| s.resident_mib_after_warmup);
     Ok(ModelReport {
         name: manifest.name.clone(),
         origin: model.origin.clone(),
@@ -329,59 +337,118 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
 /// `runs` timed runs of `infer` after `warmup` untimed ones.
 fn time_inference(backend: &mut dyn models::Backend, input: &[f32], spec: &ModelSpec, options: &BenchOptions) -> Result<Spread> {
     let mut logits = vec![0.0f32; spec.logits_len()];
-    for _ in 0..options.warmup {
-        backend.infer(input, &mut logits)?;
-    }
-    let mut times = Vec::with_capacity(options.runs);
-    for _ in 0..options.runs {
+    timed_runs(backend, input, &mut logits, options.warmup)?;
+    Ok(Spread::of(&timed_runs(backend, input, &mut logits, options.runs)?))
+}
+
+/// Milliseconds of each of `runs` runs of `infer`.
+fn timed_runs(backend: &mut dyn models::Backend, input: &[f32], logits: &mut [f32], runs: usize) -> Result<Vec<f64>> {
+    let mut times = Vec::with_capacity(runs);
+    for _ in 0..runs {
         let started = Instant::now();
-        backend.infer(input, &mut logits)?;
+        backend.infer(input, logits)?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
-    Ok(Spread::of(&times))
+    Ok(times)
+}
+
+/// Runs taken in turn by the Rust backend and the Python reference.
+const TURN_RUNS: usize = 5;
+
+/// `backend` and `reference` warmed up, then timed in turns of [`TURN_RUNS`] runs each until
+/// both have `runs`.
+fn interleaved(backend: &mut dyn models::Backend, reference: &mut PythonReference, input: &[f32], spec: &ModelSpec, options: &BenchOptions) -> Result<(Spread, Spread)> {
+    let mut logits = vec![0.0f32; spec.logits_len()];
+    timed_runs(backend, input, &mut logits, options.warmup)?;
+    reference.run(options.warmup)?;
+    let (mut rust, mut python) = (Vec::new(), Vec::new());
+    while rust.len() < options.runs {
+        let turn = TURN_RUNS.min(options.runs - rust.len());
+        rust.extend(timed_runs(backend, input, &mut logits, turn)?);
+        python.extend(reference.run(turn)?);
+    }
+    Ok((Spread::of(&rust), Spread::of(&python)))
 }
 
 /// The reference: the same graph file and input tensor through Python's onnxruntime, with the
-/// execution provider the Rust side got, timed the same way.
+/// execution provider the Rust side got, timed the same way. It reads a number of runs per
+/// line on stdin and answers each with a line of JSON.
 const PYTHON_REFERENCE: &str = r#"
 import json, sys, time
 import numpy as np
 import onnxruntime as ort
-graph, input_file, shape, provider, warmup, runs = sys.argv[1:7]
+graph, input_file, shape, provider = sys.argv[1:5]
 shape = [int(v) for v in shape.split(",")]
 providers = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider", "TensorRT": "TensorrtExecutionProvider"}
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 session = ort.InferenceSession(graph, options, providers=[providers.get(provider, "CPUExecutionProvider")])
 x = np.fromfile(input_file, dtype="<f4").reshape(shape)
-for _ in range(int(warmup)):
-    session.run(None, {"image": x})
-times = []
-for _ in range(int(runs)):
-    started = time.perf_counter()
-    session.run(None, {"image": x})
-    times.append((time.perf_counter() - started) * 1e3)
-print(json.dumps({"times_ms": times, "version": ort.__version__, "providers": session.get_providers()}))
+for line in sys.stdin:
+    times = []
+    for _ in range(int(line)):
+        started = time.perf_counter()
+        session.run(None, {"image": x})
+        times.append((time.perf_counter() - started) * 1e3)
+    print(json.dumps({"times_ms": times}), flush=True)
 "#;
 
-fn python_onnxruntime(python: &Path, graph: &Path, input: &Path, spec: &ModelSpec, provider: &str, options: &BenchOptions) -> Result<Spread> {
-    let shape = format!("1,{},{},{}", spec.input.channels, spec.input.height, spec.input.width);
-    let output = Command::new(python)
-        .args(["-c", PYTHON_REFERENCE])
-        .arg(graph)
-        .arg(input)
-        .args([shape, provider.to_string(), options.warmup.to_string(), options.runs.to_string()])
-        .output()
-        .with_context(|| format!("cannot start {} for the Python onnxruntime reference (--python, or --no-python)", python.display()))?;
-    if !output.status.success() {
-        bail!("{} (Python onnxruntime reference) failed: {}", python.display(), String::from_utf8_lossy(&output.stderr).trim());
+/// A Python process running [`PYTHON_REFERENCE`] on one graph.
+struct PythonReference {
+    python: PathBuf,
+    child: std::process::Child,
+    commands: std::process::ChildStdin,
+    replies: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PythonReference {
+    fn start(python: &Path, graph: &Path, input: &Path, spec: &ModelSpec, provider: &str) -> Result<PythonReference> {
+        let shape = format!("1,{},{},{}", spec.input.channels, spec.input.height, spec.input.width);
+        let mut child = Command::new(python)
+            .args(["-c", PYTHON_REFERENCE])
+            .arg(graph)
+            .arg(input)
+            .args([shape.as_str(), provider])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("cannot start {} for the Python onnxruntime reference (--python, or --no-python)", python.display()))?;
+        let commands = child.stdin.take().context("python's stdin")?;
+        let replies = std::io::BufReader::new(child.stdout.take().context("python's stdout")?);
+        Ok(PythonReference { python: python.to_path_buf(), child, commands, replies })
     }
-    #[derive(serde::Deserialize)]
-    struct Reply {
-        times_ms: Vec<f64>,
+
+    /// Milliseconds of each of `runs` runs.
+    fn run(&mut self, runs: usize) -> Result<Vec<f64>> {
+        use std::io::{BufRead, Read};
+        #[derive(serde::Deserialize)]
+        struct Reply {
+            times_ms: Vec<f64>,
+        }
+        let mut line = String::new();
+        let answered = writeln!(self.commands, "{runs}").is_ok() && self.replies.read_line(&mut line).is_ok_and(|n| n > 0);
+        if !answered {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = self.child.stderr.take() {
+                let _ = pipe.read_to_string(&mut stderr);
+            }
+            bail!("{} (Python onnxruntime reference) stopped: {}", self.python.display(), stderr.trim());
+        }
+        let reply: Reply = serde_json::from_str(&line).with_context(|| format!("{}: unexpected reply from the reference script: {line}", self.python.display()))?;
+        Ok(reply.times_ms)
     }
-    let reply: Reply = serde_json::from_slice(&output.stdout).with_context(|| format!("{}: unexpected reply from the reference script", python.display()))?;
-    Ok(Spread::of(&reply.times_ms))
+}
+
+impl Drop for PythonReference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn print_row(runner: &str, provider: &str, precision: &str, spread: &Spread) {
+    println!("  {runner:<8} {provider:<9} {precision:<5} median {:>9.2} ms  p95 {:>9.2} ms", spread.median_ms, spread.p95_ms);
 }
 
 fn ensemble_ratio(model: &BenchModel, one_manifest: &Manifest, one_graph: &[u8], choice: BackendChoice, input: &[f32], options: &BenchOptions) -> Result<EnsembleReport> {
@@ -433,6 +500,7 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
     const STAGES: [&str; 11] = ["capture", "check", "rectify", "preprocess", "infer", "fuse", "refine", "measure", "decide", "snapshot", "record"];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
     let mut image_writes = Vec::new();
+    let mut resident_mib_after_warmup = 0.0;
     let layers = options.layers.max(1);
     for layer in 0..frames.len() + layers {
         let started = Instant::now();
@@ -484,6 +552,10 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
         images.write(&snapshot, &verdict)?;
         images.enforce_limit();
         let images_ms = started.elapsed().as_secs_f64() * 1e3;
+        if layer + 1 == frames.len() {
+            // After the warm-up pass, with the pipeline, its buffers and the model alive.
+            resident_mib_after_warmup = resident_mib();
+        }
         if layer < frames.len() {
             continue; // the warm-up pass over the sample build
         }
@@ -505,6 +577,7 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
         layer_median_ms: layer_ms,
         around_model_share: 1.0 - infer_share,
         image_recorder: Spread::of(&image_writes),
+        resident_mib_after_warmup,
     })
 }
 
@@ -573,7 +646,7 @@ fn print_model(report: &ModelReport) {
             stages.image_recorder.median_ms, stages.image_recorder.p95_ms
         );
     }
-    let _ = writeln!(out, "  resident memory after warm-up: {:.0} MiB", report.resident_mib_after_warmup);
+    let _ = writeln!(out, "  resident memory after warm-up (pipeline and model loaded): {:.0} MiB", report.resident_mib_after_warmup);
 }
 
 #[cfg(test)]
