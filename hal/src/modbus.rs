@@ -267,10 +267,14 @@ pub fn handle_frame(bank: &Mutex<RegisterBank>, unit_id: u8, proto: ModbusProto,
             };
             frame.process_external_read(result)
         } else {
-            let result = match frame.get_external_write() {
-                Ok(FrameWrite::Words(words)) => bank.write(words.address, words.count, words.data),
-                Ok(FrameWrite::Bits(_)) => Err(ErrorKind::IllegalDataAddress),
-                Err(error) => Err(error),
+            let result = if write_data_fits(request, proto) {
+                match frame.get_external_write() {
+                    Ok(FrameWrite::Words(words)) => bank.write(words.address, words.count, words.data),
+                    Ok(FrameWrite::Bits(_)) => Err(ErrorKind::IllegalDataAddress),
+                    Err(error) => Err(error),
+                }
+            } else {
+                Err(ErrorKind::IllegalDataValue)
             };
             frame.process_external_write(result)
         };
@@ -291,6 +295,24 @@ pub fn handle_frame(bank: &Mutex<RegisterBank>, unit_id: u8, proto: ModbusProto,
     }
     bank.counters.requests += 1;
     FrameOutcome::Respond
+}
+
+/// Whether a write-multiple request (function 15 or 16) holds the data bytes its byte-count
+/// field announces. rmodbus 0.13 slices the data by that field without checking it against the
+/// frame (a panic that took the server thread down: found by fuzz/ `modbus_request`); a frame
+/// that announces more than it holds is answered with exception 3 (illegal data value).
+fn write_data_fits(request: &[u8], proto: ModbusProto) -> bool {
+    // The unit id: after the 6-byte MBAP header on TCP, first on RTU (whose CRC follows the data).
+    let (unit_at, crc_len) = match proto {
+        ModbusProto::TcpUdp => (6, 0),
+        _ => (0, 2),
+    };
+    // unit, function, address (2), count (2), byte count, data.
+    match (request.get(unit_at + 1), request.get(unit_at + 6)) {
+        (Some(15 | 16), Some(&bytes)) => request.len() >= unit_at + 7 + bytes as usize + crc_len,
+        (Some(15 | 16), None) => false,
+        _ => true,
+    }
 }
 
 /// The Modbus side of the PLC outputs: writes verdicts and state into the shared bank.
@@ -629,5 +651,19 @@ mod tests {
         assert_eq!(handle_frame(&bank, 1, ModbusProto::Rtu, &other, &mut response), FrameOutcome::Silent);
         let counters = bank.lock().unwrap().counters;
         assert_eq!((counters.requests, counters.exceptions, counters.crc_errors), (2, 1, 1));
+    }
+
+    /// fuzz/regressions/modbus_request/byte-count-past-the-end: a TCP write of registers whose
+    /// byte count (16) announces more data than the frame holds (6 bytes) once panicked inside
+    /// rmodbus; it is answered with exception 3 and the bank is untouched.
+    #[test]
+    fn a_write_announcing_more_bytes_than_it_holds_gets_exception_3() {
+        let bank = Mutex::new(RegisterBank::new(None));
+        let mut response = Vec::new();
+        // MBAP (transaction 0x0100, protocol 0, length 13, unit 1), 10 0064 0036 10 + 6 bytes.
+        let request = [0x01, 0x00, 0x00, 0x00, 0x00, 0x0d, 0x01, 0x10, 0x00, 0x64, 0x00, 0x36, 0x10, 0x00, 0x64, 0x00, 0x00, 0x00, 0x01];
+        assert_eq!(handle_frame(&bank, 1, ModbusProto::TcpUdp, &request, &mut response), FrameOutcome::Respond);
+        assert_eq!(&response[7..9], &[0x90, 0x03], "exception 3 to function 16: {response:02x?}");
+        assert_eq!(bank.lock().unwrap().get(100), Some(0), "nothing was written");
     }
 }
