@@ -43,13 +43,19 @@ verdict = "RECOAT"
 """
 
 
-def write_config(tmp_path: Path, body: str, max_retries: int = 2) -> Path:
+# The dashboard is on by default at 127.0.0.1:8080; a test's appliance takes a free port instead.
+FREE_PORT_DASHBOARD = '\n[dashboard]\naddress = "127.0.0.1:0"\n'
+
+
+def write_config(tmp_path: Path, body: str, max_retries: int = 2, dashboard: str = FREE_PORT_DASHBOARD) -> Path:
     path = tmp_path / "bedsight.toml"
-    path.write_text(BASE_CONFIG.format(max_retries=max_retries) + body)
+    path.write_text(BASE_CONFIG.format(max_retries=max_retries) + body + dashboard)
     return path
 
 
-def serial_line_config(tmp_path: Path, port_path: str, folder: Path, max_retries: int = 2, repeat: bool = False) -> Path:
+def serial_line_config(
+    tmp_path: Path, port_path: str, folder: Path, max_retries: int = 2, repeat: bool = False, dashboard: str = FREE_PORT_DASHBOARD
+) -> Path:
     """A configuration that replays `folder` and takes LAYER lines on the serial port `port_path`."""
     return write_config(
         tmp_path,
@@ -67,6 +73,7 @@ port = "{port_path}"
 baud = 115200
 """,
         max_retries=max_retries,
+        dashboard=dashboard,
     )
 
 

@@ -23,10 +23,9 @@ VERDICT_LINE = re.compile(r"^VERDICT (\d+) (PASS|RECOAT|PAUSE|REVIEW|FAULT) ")
 def start(tmp_path: Path, line_port: LinePort, folder: Path = SAMPLE_BUILD, record: str = "") -> tuple[Appliance, str]:
     """`bedsight run` on a replay of `folder`, LAYER lines on the pty, the dashboard on a free
     port; returns the appliance and the dashboard's base URL."""
-    config = serial_line_config(tmp_path, line_port.path, folder)
+    config = serial_line_config(tmp_path, line_port.path, folder, dashboard=f'\n[dashboard]\naddress = "127.0.0.1:0"\ntoken = "{TOKEN}"\n')
     config.write_text(
         config.read_text()
-        + f'\n[dashboard]\naddress = "127.0.0.1:0"\ntoken = "{TOKEN}"\n'
         + f'\n[journal]\npath = "{tmp_path / "journal" / "layers.bsj"}"\n'
         + f'\n[record]\nfolder = "{tmp_path / "images"}"\n{record}'
     )

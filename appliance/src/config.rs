@@ -54,9 +54,9 @@ pub struct Config {
     /// Where `bedsight run` keeps each layer's images, and how much of them.
     #[serde(default)]
     pub record: RecordConfig,
-    /// The operator's web page of `bedsight run`; none without the table.
+    /// The operator's web page of `bedsight run`: on, on loopback, unless the table says otherwise.
     #[serde(default)]
-    pub dashboard: Option<DashboardConfig>,
+    pub dashboard: DashboardConfig,
 }
 
 /// `[record]`: the per-layer images of `bedsight run` (raw, rectified, overlay, mask,
@@ -103,6 +103,12 @@ pub struct DashboardConfig {
     /// without it those controls are refused.
     #[serde(default)]
     pub token: Option<String>,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig { enabled: true, address: default_dashboard_address(), token: None }
+    }
 }
 
 fn default_dashboard_address() -> String {
@@ -750,14 +756,13 @@ impl Config {
         if !(self.record.max_gb.is_finite() && self.record.max_gb > 0.0) {
             bail!("record.max_gb must be a number of gigabytes > 0, got {}", self.record.max_gb);
         }
-        if let Some(dashboard) = &self.dashboard {
-            if dashboard.address.parse::<std::net::SocketAddr>().is_err() {
-                bail!("dashboard.address must be IP:port (e.g. \"127.0.0.1:8080\"), got {:?}", dashboard.address);
-            }
-            if let Some(token) = &dashboard.token {
-                if token.len() < 8 || !token.chars().all(|c| c.is_ascii_graphic()) {
-                    bail!("dashboard.token must be at least 8 printable ASCII characters without spaces");
-                }
+        let dashboard = &self.dashboard;
+        if dashboard.address.parse::<std::net::SocketAddr>().is_err() {
+            bail!("dashboard.address must be IP:port (e.g. \"127.0.0.1:8080\"), got {:?}", dashboard.address);
+        }
+        if let Some(token) = &dashboard.token {
+            if token.len() < 8 || !token.chars().all(|c| c.is_ascii_graphic()) {
+                bail!("dashboard.token must be at least 8 printable ASCII characters without spaces");
             }
         }
         self.check_run_tables()
@@ -997,9 +1002,10 @@ mod tests {
     fn record_and_dashboard_tables_are_checked() {
         let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
         let config = Config::parse(base, "test.toml").unwrap();
-        assert!(config.record.enabled && config.record.max_gb == 20.0 && config.dashboard.is_none());
+        assert!(config.record.enabled && config.record.max_gb == 20.0);
+        assert!(config.dashboard.enabled && config.dashboard.address == "127.0.0.1:8080" && config.dashboard.token.is_none());
         let config = Config::parse(&format!("{base}[dashboard]\ntoken = \"s3cret-token\"\n[record]\nmax_gb = 0.5\n"), "test.toml").unwrap();
-        let dashboard = config.dashboard.unwrap();
+        let dashboard = config.dashboard;
         assert_eq!((dashboard.address.as_str(), dashboard.token.as_deref()), ("127.0.0.1:8080", Some("s3cret-token")));
         assert_eq!(config.record.max_gb, 0.5);
         for (table, needle) in [

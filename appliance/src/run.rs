@@ -235,7 +235,8 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         outputs.describe()
     );
     board.set_status(Status::new(&model_label, &camera_label, &trigger_label, &outputs.describe()));
-    if let Some(dashboard) = config.dashboard.as_ref().filter(|d| d.enabled) {
+    let dashboard = &config.dashboard;
+    if dashboard.enabled {
         let (address, handle) = crate::web::spawn(&dashboard.address, dashboard.token.clone(), board.clone(), stop.clone())
             .with_context(|| format!("configuration {origin}: dashboard.address"))?;
         println!("dashboard: http://{address}/");
