@@ -12,7 +12,8 @@ use base64::Engine as _;
 use crate::config::Config;
 use crate::journal::{self, LayerRecord};
 use crate::layer_images::{dir_name, BedInfo};
-use crate::web::board::{class_areas, read_annotations, Action, Annotation};
+use crate::web::board::{read_annotations, Action, Annotation};
+use crate::web::layers::Layers;
 use crate::web::chart::{escape, stacked_svg, trend_svg};
 
 /// How many of the worst layers show their overlay.
@@ -67,6 +68,7 @@ pub fn write(journal_path: &Path, images: Option<&Path>, out: &Path, config: &Co
 /// The report's HTML.
 pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Option<&Path>, source: &str, config: &Config) -> String {
     let bed = images.and_then(BedInfo::read);
+    let layers = Layers::from_records(records);
     let image_dir = |index: usize| images.map(|folder| folder.join(dir_name(index as u64, records[index].layer, &records[index].verdict)));
     let mut html = String::new();
     let _ = write!(
@@ -94,7 +96,7 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
         }
     }
     let mut areas: Vec<(String, f64)> = Vec::new();
-    for (class, area) in records.iter().flat_map(class_areas) {
+    for (class, area) in layers.iter().flat_map(|l| layers.class_areas(l)) {
         match areas.iter_mut().find(|(c, _)| *c == class) {
             Some(entry) => entry.1 += area,
             None => areas.push((class, area)),
@@ -117,7 +119,7 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
     let false_alarms = annotations.iter().filter(|a| a.action == Action::FalseAlarm).count();
     let _ = writeln!(html, "<tr><th>annotations</th><td>{acknowledged} REVIEWs acknowledged, {false_alarms} false alarms</td></tr></table>");
 
-    let _ = writeln!(html, "<h2>Defect area and uncertainty by layer</h2>\n{}", trend_svg(records, bed.as_ref()));
+    let _ = writeln!(html, "<h2>Defect area and uncertainty by layer</h2>\n{}", trend_svg(&layers, bed.as_ref()));
 
     // The worst layers: most severe verdict first, then the most defect area.
     let mut worst: Vec<usize> = (0..records.len()).filter(|&i| records[i].verdict != "PASS").collect();
@@ -150,16 +152,16 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
     let _ = write!(
         html,
         "<h2>Defects stacked over all layers</h2>\n<p>Top view of the plate: each cell is tinted by how many layers had a defect there.</p>\n{}\n",
-        stacked_svg(records, bed.as_ref(), background.as_deref())
+        stacked_svg(&layers, bed.as_ref(), background.as_deref())
     );
 
     let _ = write!(
         html,
         "<h2>Defect map</h2>\n<p>Every defect's footprint on the bed (mm, top view), stacked over the layers in the range; one colour per class.</p>\n{}\n{}\n<script>{}filterDefectMap();</script>\n<h2>Tracks</h2>\n{}\n",
-        crate::web::defects::map_filter_controls(records),
-        crate::web::defects::map_svg(records, config.bed.width_mm, config.bed.height_mm, bed.as_ref()),
+        crate::web::defects::map_filter_controls(&layers),
+        crate::web::defects::map_svg(&layers, config.bed.width_mm, config.bed.height_mm, bed.as_ref()),
         crate::web::defects::MAP_FILTER_SCRIPT,
-        crate::web::defects::tracks_html(records, config)
+        crate::web::defects::tracks_html(&layers, config)
     );
 
     let _ = write!(

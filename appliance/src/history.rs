@@ -65,18 +65,23 @@ impl BuildHistory {
         let mut history = BuildHistory::new(config);
         for record in records {
             let verdict = Verdict::parse(&record.verdict).unwrap_or(Verdict::Fault);
-            if verdict != Verdict::Fault {
-                history.observe(record.layer, &record.defects);
-            }
-            match record.recoat_outcome.as_str() {
-                "fixed" => history.recoats.fixed += 1,
-                "not fixed" => history.recoats.not_fixed += 1,
-                _ => {}
-            }
-            let classes: Vec<String> = record.recoat_classes.clone();
-            history.record_verdict(record.layer, verdict, classes);
+            history.add_restored(record.layer, verdict, &record.defects, &record.recoat_outcome, record.recoat_classes.clone());
         }
         history
+    }
+
+    /// One journal record, in order, without judging it again (`recoat_outcome`: "fixed",
+    /// "not fixed" or "").
+    pub fn add_restored(&mut self, layer: u32, verdict: Verdict, defects: &[DefectRecord], recoat_outcome: &str, recoat_classes: Vec<String>) {
+        if verdict != Verdict::Fault {
+            self.observe(layer, defects);
+        }
+        match recoat_outcome {
+            "fixed" => self.recoats.fixed += 1,
+            "not fixed" => self.recoats.not_fixed += 1,
+            _ => {}
+        }
+        self.record_verdict(layer, verdict, recoat_classes);
     }
 
     /// Whether an inspection of `layer` now is the re-spread of a layer that got RECOAT.

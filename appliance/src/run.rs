@@ -289,7 +289,7 @@ fn start_board_and_recorder(config: &Config, origin: &str, base_dir: &Path, stat
         None => None,
     };
     let annotations = journal_path.with_file_name("annotations.jsonl");
-    let board = Arc::new(Board::new(history, images_folder.clone(), annotations, Status::new("starting", "", "", ""))?);
+    let board = Arc::new(Board::new(history, journal_path.to_path_buf(), images_folder.clone(), annotations, Status::new("starting", "", "", ""))?);
     board.config.set(config.clone()).ok();
     if let Some(folder) = &images_folder {
         println!("record: layer images in {} (limit {} GB)", folder.display(), config.record.max_gb);

@@ -1,7 +1,9 @@
 //! What the dashboard shows, kept up to date by `bedsight run`: every journal record of the
-//! build (restored from the journal at start), which of them have images, the operator's
+//! build (restored from the journal at start) as a compact entry, the newest records in full
+//! (older ones are read back from the journal), which of them have images, the operator's
 //! annotations, the health of camera, model and PLC link, and the pages listening for news.
 
+use std::collections::VecDeque;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -9,9 +11,11 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::Mutex;
 
 use anyhow::{bail, Context, Result};
+use hal::plc::Verdict;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::layers::{Layer, Layers};
 use crate::journal::LayerRecord;
 use crate::layer_images::dir_name;
 use crate::metrics::{Metrics, PLC};
@@ -21,6 +25,9 @@ use crate::metrics::{Metrics, PLC};
 const SUBSCRIBER_QUEUE: usize = 64;
 /// Pages listening at once.
 pub const MAX_SUBSCRIBERS: usize = 32;
+/// Records kept in full for `/api/records/<i>` (about 1 KB each): the ones an operator clicks
+/// most. An older one is read back from the journal; every record has its compact entry.
+pub const RECENT_RECORDS: usize = 256;
 
 /// What an operator may record about a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +115,10 @@ impl Status {
 }
 
 struct State {
-    records: Vec<LayerRecord>,
+    /// Every record of the build, compact, in journal order.
+    layers: Layers,
+    /// The newest `RECENT_RECORDS` records in full; the first is record `layers.len() - recent.len()`.
+    recent: VecDeque<LayerRecord>,
     /// Whether the images of each record are in the image folder.
     images: Vec<bool>,
     annotations: Vec<Annotation>,
@@ -121,6 +131,8 @@ pub struct Board {
     state: Mutex<State>,
     pub metrics: Metrics,
     pub images_folder: Option<PathBuf>,
+    /// Where records older than the recent ones are read back from.
+    journal_path: PathBuf,
     annotations_path: PathBuf,
     /// The loop's configuration: the bed's size and the track settings for the defect map
     /// and the tracks list.
@@ -128,18 +140,22 @@ pub struct Board {
 }
 
 impl Board {
-    /// The build so far: the journal's records and the annotations beside it.
-    pub fn new(records: Vec<LayerRecord>, images_folder: Option<PathBuf>, annotations_path: PathBuf, status: Status) -> Result<Board> {
+    /// The build so far: the records of the journal at `journal_path` and the annotations beside it.
+    pub fn new(records: Vec<LayerRecord>, journal_path: PathBuf, images_folder: Option<PathBuf>, annotations_path: PathBuf, status: Status) -> Result<Board> {
         let annotations = read_annotations(&annotations_path)?;
         let images = records
             .iter()
             .enumerate()
             .map(|(index, r)| images_folder.as_ref().is_some_and(|folder| folder.join(dir_name(index as u64, r.layer, &r.verdict)).is_dir()))
             .collect();
+        let layers = Layers::from_records(&records);
+        let mut recent: VecDeque<LayerRecord> = records.into();
+        recent.drain(..recent.len().saturating_sub(RECENT_RECORDS));
         Ok(Board {
-            state: Mutex::new(State { records, images, annotations, status, subscribers: Vec::new() }),
+            state: Mutex::new(State { layers, recent, images, annotations, status, subscribers: Vec::new() }),
             metrics: Metrics::default(),
             images_folder,
+            journal_path,
             annotations_path,
             config: std::sync::OnceLock::new(),
         })
@@ -159,13 +175,13 @@ impl Board {
 
     /// The index the next record gets.
     pub fn next_index(&self) -> u64 {
-        self.lock().records.len() as u64
+        self.lock().layers.len() as u64
     }
 
     /// A layer's record is in the journal: show it.
     pub fn add_record(&self, record: LayerRecord, camera_error: Option<String>, model_error: Option<String>) {
         let mut state = self.lock();
-        let index = state.records.len() as u64;
+        let index = state.layers.len() as u64;
         state.status.camera_up = camera_error.is_none();
         state.status.camera_error = camera_error;
         state.status.model_up = model_error.is_none();
@@ -176,7 +192,11 @@ impl Board {
             state.status.backend = record.backend.clone();
         }
         let event = json!({ "record": record_json(index, &record, &[]), "status": status_json(&state.status) });
-        state.records.push(record);
+        state.layers.push(&record);
+        if state.recent.len() == RECENT_RECORDS {
+            state.recent.pop_front();
+        }
+        state.recent.push_back(record);
         state.images.push(false);
         broadcast(&mut state, "layer", &event);
     }
@@ -199,14 +219,14 @@ impl Board {
     /// operator is told (HTTP 404 or 409 by its kind).
     pub fn annotate(&self, index: u64, action: Action, note: &str) -> Result<Annotation, AnnotateError> {
         let mut state = self.lock();
-        let Some(record) = state.records.get(index as usize) else {
-            return Err(AnnotateError::NoSuchRecord(format!("there is no record {index}: the build has {} records", state.records.len())));
+        let Some(record) = state.layers.get(index as usize) else {
+            return Err(AnnotateError::NoSuchRecord(format!("there is no record {index}: the build has {} records", state.layers.len())));
         };
         match action {
-            Action::Acknowledge if record.verdict != "REVIEW" => {
-                return Err(AnnotateError::Conflict(format!("record {index} (layer {}) is {}, not REVIEW: only a REVIEW is acknowledged", record.layer, record.verdict)))
+            Action::Acknowledge if record.verdict != Verdict::Review => {
+                return Err(AnnotateError::Conflict(format!("record {index} (layer {}) is {}, not REVIEW: only a REVIEW is acknowledged", record.layer, record.verdict.as_str())))
             }
-            Action::FalseAlarm if record.verdict == "PASS" => {
+            Action::FalseAlarm if record.verdict == Verdict::Pass => {
                 return Err(AnnotateError::Conflict(format!("record {index} (layer {}) is PASS: only a layer that was not PASS can be a false alarm", record.layer)))
             }
             _ => {}
@@ -250,40 +270,68 @@ impl Board {
     /// `/api/state`: status and every record's summary (no defect lists).
     pub fn state_json(&self) -> Value {
         let state = self.lock();
-        let records: Vec<Value> = state.records.iter().enumerate().map(|(i, r)| summary_json(i as u64, r, state.images[i])).collect();
+        let records: Vec<Value> = state.layers.iter().enumerate().map(|(i, r)| summary_json(i as u64, &state.layers, r, state.images[i])).collect();
         json!({ "status": status_json(&state.status), "records": records, "annotations": state.annotations })
     }
 
-    /// `/api/records/<index>`: one record in full with its annotations.
-    pub fn record_json(&self, index: u64) -> Option<Value> {
+    /// `/api/records/<index>`: one record in full with its annotations; `None` when there is no
+    /// such record. A record older than the recent ones is read back from the journal.
+    pub fn record_json(&self, index: u64) -> Result<Option<Value>> {
+        {
+            let state = self.lock();
+            if index as usize >= state.layers.len() {
+                return Ok(None);
+            }
+            let first_recent = state.layers.len() - state.recent.len();
+            if let Some(position) = (index as usize).checked_sub(first_recent) {
+                return Ok(Some(self.full_json(&state, index, &state.recent[position])));
+            }
+        }
+        // Read without the lock: the loop goes on adding records meanwhile.
+        let record = self.read_back(index)?;
         let state = self.lock();
-        let record = state.records.get(index as usize)?;
+        Ok(Some(self.full_json(&state, index, &record)))
+    }
+
+    fn full_json(&self, state: &State, index: u64, record: &LayerRecord) -> Value {
         let annotations: Vec<Annotation> = state.annotations.iter().filter(|a| a.index == index).cloned().collect();
         let mut value = record_json(index, record, &annotations);
         value["images"] = json!(state.images[index as usize]);
-        Some(value)
+        value
+    }
+
+    /// Record `index` as the journal holds it.
+    fn read_back(&self, index: u64) -> Result<LayerRecord> {
+        let contents = crate::journal::read(&self.journal_path)?;
+        let count = contents.records.len();
+        contents
+            .records
+            .into_iter()
+            .nth(index as usize)
+            .with_context(|| format!("journal {}: record {index} is not there ({count} records): was the journal replaced while running?", self.journal_path.display()))
     }
 
     /// The image folder's name for record `index`, when its images are there.
     pub fn images_dir(&self, index: u64) -> Option<String> {
         let state = self.lock();
-        let record = state.records.get(index as usize)?;
-        state.images[index as usize].then(|| dir_name(index, record.layer, &record.verdict))
+        let record = state.layers.get(index as usize)?;
+        state.images[index as usize].then(|| dir_name(index, record.layer, record.verdict.as_str()))
     }
 
     /// The newest record whose images are kept (judged layers have a rectified bed).
     pub fn latest_with_images(&self) -> Option<u64> {
         let state = self.lock();
-        (0..state.records.len()).rev().find(|&i| state.images[i] && !matches!(state.records[i].verdict.as_str(), "FAULT")).map(|i| i as u64)
+        state.layers.iter().enumerate().rev().find(|(i, r)| state.images[*i] && r.verdict != Verdict::Fault).map(|(i, _)| i as u64)
     }
 
     pub fn record_count(&self) -> usize {
-        self.lock().records.len()
+        self.lock().layers.len()
     }
 
-    /// Copies of the records, for the chart.
-    pub fn records(&self) -> Vec<LayerRecord> {
-        self.lock().records.clone()
+    /// Runs `view` on the build's compact entries under the lock (the chart, the map, the
+    /// tracks): nothing is copied, and the loop waits only while the view is drawn.
+    pub fn with_layers<T>(&self, view: impl FnOnce(&Layers) -> T) -> T {
+        view(&self.lock().layers)
     }
 
     /// `None` when camera, model and PLC link are up; else what is down and why.
@@ -329,34 +377,23 @@ fn status_json(status: &Status) -> Value {
     value
 }
 
-/// Defect area per class of a record, mm².
-pub fn class_areas(record: &LayerRecord) -> Vec<(String, f64)> {
-    let mut areas: Vec<(String, f64)> = Vec::new();
-    for defect in &record.defects {
-        match areas.iter_mut().find(|(class, _)| *class == defect.class) {
-            Some(entry) => entry.1 += defect.area_mm2,
-            None => areas.push((defect.class.clone(), defect.area_mm2)),
-        }
-    }
-    areas
-}
-
-fn summary_json(index: u64, record: &LayerRecord, images: bool) -> Value {
-    let areas: serde_json::Map<String, Value> = class_areas(record).into_iter().map(|(class, area)| (class, json!(area))).collect();
+fn summary_json(index: u64, layers: &Layers, record: &Layer, images: bool) -> Value {
+    let areas: serde_json::Map<String, Value> = layers.class_areas(record).into_iter().map(|(class, area)| (class, json!(area))).collect();
     json!({
         "index": index,
         "layer": record.layer,
         "time_ms": record.time_ms,
-        "verdict": record.verdict,
+        "verdict": record.verdict.as_str(),
         "defects": record.defects.len(),
         "class_areas_mm2": areas,
-        "uncertainty": record.uncertainty_score,
+        "uncertainty": record.uncertainty,
         "images": images,
     })
 }
 
 fn record_json(index: u64, record: &LayerRecord, annotations: &[Annotation]) -> Value {
-    let mut value = summary_json(index, record, false);
+    let layers = Layers::from_records(std::slice::from_ref(record));
+    let mut value = summary_json(index, &layers, layers.get(0).expect("one"), false);
     value["record"] = json!(record);
     value["annotations"] = json!(annotations);
     value
@@ -392,7 +429,7 @@ mod tests {
     fn annotations_are_checked_kept_and_read_back() {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("annotations.jsonl");
-        let board = Board::new(vec![record(1, "PASS"), record(2, "REVIEW")], None, path.clone(), status()).unwrap();
+        let board = Board::new(vec![record(1, "PASS"), record(2, "REVIEW")], folder.path().join("journal.bsj"), None, path.clone(), status()).unwrap();
         assert!(matches!(board.annotate(0, Action::Acknowledge, ""), Err(AnnotateError::Conflict(_))));
         assert!(matches!(board.annotate(0, Action::FalseAlarm, ""), Err(AnnotateError::Conflict(_))));
         assert!(matches!(board.annotate(7, Action::FalseAlarm, ""), Err(AnnotateError::NoSuchRecord(_))));
@@ -413,7 +450,7 @@ mod tests {
     #[test]
     fn the_status_follows_the_model_of_the_latest_layer_and_the_camera() {
         let folder = tempfile::tempdir().unwrap();
-        let board = Board::new(Vec::new(), None, folder.path().join("a.jsonl"), status()).unwrap();
+        let board = Board::new(Vec::new(), folder.path().join("journal.bsj"), None, folder.path().join("a.jsonl"), status()).unwrap();
         let mut next = record(1, "PASS");
         next.model = "m2".into();
         next.model_version = "2.0".into();
@@ -426,10 +463,49 @@ mod tests {
     }
 
     #[test]
+    fn an_old_record_is_read_back_from_the_journal_as_it_was() {
+        let folder = tempfile::tempdir().unwrap();
+        let journal_path = folder.path().join("journal.bsj");
+        let (mut journal, _) = crate::journal::Journal::open(&journal_path).unwrap();
+        let verdicts = ["PASS", "RECOAT", "REVIEW"];
+        let records: Vec<LayerRecord> = (0..RECENT_RECORDS as u32 + 10)
+            .map(|i| LayerRecord { reason: format!("reason of layer {i}"), ..record(i + 1, verdicts[i as usize % 3]) })
+            .collect();
+        for r in &records {
+            journal.append(r).unwrap();
+        }
+        // Restored with all but the last record; the last comes live from the loop.
+        let board = Board::new(records[..records.len() - 1].to_vec(), journal_path, None, folder.path().join("a.jsonl"), status()).unwrap();
+        board.add_record(records.last().unwrap().clone(), None, None);
+        assert_eq!(board.lock().recent.len(), RECENT_RECORDS, "only the newest records are kept in full");
+        board.annotate(1, Action::FalseAlarm, "dust").unwrap();
+        for index in [0, 1, 9, 10, records.len() - 1] {
+            let value = board.record_json(index as u64).unwrap().unwrap();
+            let back: LayerRecord = serde_json::from_value(value["record"].clone()).unwrap();
+            assert_eq!(back, records[index], "record {index}");
+            assert_eq!(value["index"], json!(index));
+            assert_eq!(value["verdict"], json!(records[index].verdict));
+            assert_eq!(value["class_areas_mm2"], json!({ "hopping": 2.5 }));
+        }
+        assert_eq!(board.record_json(1).unwrap().unwrap()["annotations"][0]["note"], json!("dust"));
+        assert_eq!(board.record_json(records.len() as u64).unwrap(), None);
+        // The state's summaries come from the compact entries and match the records.
+        let state = board.state_json();
+        assert_eq!(state["records"].as_array().unwrap().len(), records.len());
+        assert_eq!(state["records"][0], summary_of(0, &records[0]));
+    }
+
+    fn summary_of(index: u64, record: &LayerRecord) -> Value {
+        json!({ "index": index, "layer": record.layer, "time_ms": record.time_ms, "verdict": record.verdict, "defects": 1,
+                "class_areas_mm2": { "hopping": 2.5 }, "uncertainty": record.uncertainty_score, "images": false })
+    }
+
+    #[test]
     fn class_areas_sum_per_class() {
         let mut r = record(1, "RECOAT");
         r.defects.push(DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() });
         r.defects.push(DefectRecord { class: "streaking".into(), area_mm2: 4.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() });
-        assert_eq!(class_areas(&r), vec![("hopping".to_string(), 3.5), ("streaking".to_string(), 4.0)]);
+        let layers = Layers::from_records(&[r]);
+        assert_eq!(layers.class_areas(layers.get(0).unwrap()), vec![("hopping".to_string(), 3.5), ("streaking".to_string(), 4.0)]);
     }
 }

@@ -4,9 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::journal::LayerRecord;
+use crate::web::layers::Layers;
 use crate::layer_images::BedInfo;
-use crate::web::board::class_areas;
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 260.0;
@@ -35,16 +34,16 @@ pub fn class_colour(class: &str, position: usize, bed: Option<&BedInfo>) -> Stri
 /// Defect area per class (left axis, mm²) and the uncertainty score (right axis) for every
 /// record, in journal order. Each record is one point of each line; the uncertainty points are
 /// `circle.pt-unc` with `data-index`, so a page can pick a layer by clicking.
-pub fn trend_svg(records: &[LayerRecord], bed: Option<&BedInfo>) -> String {
+pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
     let mut classes: Vec<String> = Vec::new();
-    let areas: Vec<Vec<(String, f64)>> = records.iter().map(class_areas).collect();
+    let areas: Vec<Vec<(String, f64)>> = records.iter().map(|r| records.class_areas(r)).collect();
     for (class, _) in areas.iter().flatten() {
         if !classes.contains(class) {
             classes.push(class.clone());
         }
     }
     let max_area = areas.iter().flatten().map(|(_, a)| *a).fold(0.0, f64::max).max(1.0);
-    let max_uncertainty = records.iter().map(|r| r.uncertainty_score).fold(0.0, f64::max).max(0.01);
+    let max_uncertainty = records.iter().map(|r| r.uncertainty).fold(0.0, f64::max).max(0.01);
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x = |i: usize| LEFT + if records.len() > 1 { plot_w * i as f64 / (records.len() - 1) as f64 } else { plot_w / 2.0 };
@@ -95,17 +94,17 @@ pub fn trend_svg(records: &[LayerRecord], bed: Option<&BedInfo>) -> String {
         let _ = write!(svg, r#"<polyline class="line-area" data-class="{}" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#, escape(class), points.join(" "));
         let _ = write!(svg, r#"<text x="{}" y="{}" font-size="10" fill="{colour}">■ {}</text>"#, LEFT + 6.0 + 110.0 * position as f64, TOP + 12.0, escape(class));
     }
-    let points: Vec<String> = records.iter().enumerate().map(|(i, r)| format!("{:.1},{:.1}", x(i), y_unc(r.uncertainty_score))).collect();
+    let points: Vec<String> = records.iter().enumerate().map(|(i, r)| format!("{:.1},{:.1}", x(i), y_unc(r.uncertainty))).collect();
     let _ = write!(svg, r#"<polyline class="line-unc" fill="none" stroke="{UNCERTAINTY_COLOUR}" stroke-dasharray="4 2" stroke-width="1.5" points="{}"/>"#, points.join(" "));
     for (i, record) in records.iter().enumerate() {
         let _ = write!(
             svg,
             r#"<circle class="pt-unc" data-index="{i}" cx="{:.1}" cy="{:.1}" r="3.5" fill="{UNCERTAINTY_COLOUR}"><title>layer {} {}: uncertainty {:.4}</title></circle>"#,
             x(i),
-            y_unc(record.uncertainty_score),
+            y_unc(record.uncertainty),
             record.layer,
-            escape(&record.verdict),
-            record.uncertainty_score
+            record.verdict.as_str(),
+            record.uncertainty
         );
     }
     let _ = write!(svg, r#"<text x="{}" y="{}" font-size="10" fill="{UNCERTAINTY_COLOUR}" text-anchor="end">- - uncertainty</text>"#, LEFT + plot_w - 4.0, TOP + 12.0);
@@ -118,7 +117,7 @@ pub const GRID: usize = 32;
 
 /// In how many records a defect covered each cell of a `GRID` x `GRID` grid over the bed.
 /// `bed_px`: the rectified bed's size; without it, the defects' own extent.
-pub fn stacked_counts(records: &[LayerRecord], bed_px: Option<(u32, u32)>) -> ([[u32; GRID]; GRID], (u32, u32)) {
+pub fn stacked_counts(records: &Layers, bed_px: Option<(u32, u32)>) -> ([[u32; GRID]; GRID], (u32, u32)) {
     let (width, height) = bed_px.unwrap_or_else(|| {
         let max = |f: fn(&[u32; 4]) -> u32| records.iter().flat_map(|r| r.defects.iter().map(|d| f(&d.bbox))).max().unwrap_or(1).max(1);
         (max(|b| b[0] + b[2]), max(|b| b[1] + b[3]))
@@ -126,7 +125,7 @@ pub fn stacked_counts(records: &[LayerRecord], bed_px: Option<(u32, u32)>) -> ([
     let mut counts = [[0u32; GRID]; GRID];
     for record in records {
         let mut covered = [[false; GRID]; GRID];
-        for defect in &record.defects {
+        for defect in record.defects.iter() {
             let [x, y, w, h] = defect.bbox;
             let cell_x = |px: u32| ((px as usize * GRID) / width as usize).min(GRID - 1);
             let cell_y = |px: u32| ((px as usize * GRID) / height as usize).min(GRID - 1);
@@ -147,7 +146,7 @@ pub fn stacked_counts(records: &[LayerRecord], bed_px: Option<(u32, u32)>) -> ([
 
 /// The top view: the bed (`background`, a data: URL of a rectified layer, when there is one),
 /// each grid cell tinted by how many layers had a defect there, with the count written in.
-pub fn stacked_svg(records: &[LayerRecord], bed: Option<&BedInfo>, background: Option<&str>) -> String {
+pub fn stacked_svg(records: &Layers, bed: Option<&BedInfo>, background: Option<&str>) -> String {
     let (counts, (width, height)) = stacked_counts(records, bed.map(|b| (b.width, b.height)));
     let most = counts.iter().flatten().copied().max().unwrap_or(0).max(1);
     let side = 480.0;
@@ -189,7 +188,7 @@ pub fn stacked_svg(records: &[LayerRecord], bed: Option<&BedInfo>, background: O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::DefectRecord;
+    use crate::journal::{DefectRecord, LayerRecord};
 
     fn record(layer: u32, boxes: &[[u32; 4]]) -> LayerRecord {
         LayerRecord {
@@ -212,7 +211,7 @@ mod tests {
     fn a_defect_repeated_at_the_same_place_counts_once_per_layer() {
         // A 256 px bed: 8 px per cell. Layers 1 and 2 have a defect in cell (1, 0); layer 2 has
         // two boxes in that cell, still one layer; layer 3 a box spanning cells 30 and 31 of row 31.
-        let records = [record(1, &[[8, 0, 8, 8]]), record(2, &[[8, 0, 4, 4], [12, 4, 4, 4]]), record(3, &[[247, 250, 6, 4]])];
+        let records = Layers::from_records(&[record(1, &[[8, 0, 8, 8]]), record(2, &[[8, 0, 4, 4], [12, 4, 4, 4]]), record(3, &[[247, 250, 6, 4]])]);
         let (counts, size) = stacked_counts(&records, Some((256, 256)));
         assert_eq!(size, (256, 256));
         assert_eq!(counts[0][1], 2);
@@ -226,10 +225,10 @@ mod tests {
 
     #[test]
     fn the_trend_has_one_uncertainty_point_per_record() {
-        let records: Vec<LayerRecord> = (1..=5).map(|l| record(l, &[[0, 0, 2, 2]])).collect();
+        let records = Layers::from_records(&(1..=5).map(|l| record(l, &[[0, 0, 2, 2]])).collect::<Vec<_>>());
         let svg = trend_svg(&records, None);
         assert_eq!(svg.matches("class=\"pt-unc\"").count(), 5);
         assert_eq!(svg.matches("class=\"line-area\"").count(), 1);
-        assert!(trend_svg(&[], None).contains("</svg>"));
+        assert!(trend_svg(&Layers::default(), None).contains("</svg>"));
     }
 }

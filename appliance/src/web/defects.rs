@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::history::BuildHistory;
-use crate::journal::LayerRecord;
+use crate::web::layers::Layers;
 use crate::layer_images::BedInfo;
 use crate::web::chart::{class_colour, escape};
 
@@ -30,7 +30,7 @@ pub const MAP_FILTER_SCRIPT: &str = r#"function filterDefectMap() {
 "#;
 
 /// The range inputs the filter reads (layer numbers, both ends included).
-pub fn map_filter_controls(records: &[LayerRecord]) -> String {
+pub fn map_filter_controls(records: &Layers) -> String {
     let first = records.iter().map(|r| r.layer).min().unwrap_or(0);
     let last = records.iter().map(|r| r.layer).max().unwrap_or(0);
     format!(
@@ -41,13 +41,14 @@ pub fn map_filter_controls(records: &[LayerRecord]) -> String {
 /// Every defect footprint of `records` on the bed, `width_mm` x `height_mm`: one translucent
 /// rectangle per defect in its class's colour (where defects repeat, the colour deepens), one
 /// `g.map-layer` per inspection with its layer number in `data-layer`.
-pub fn map_svg(records: &[LayerRecord], width_mm: f64, height_mm: f64, bed: Option<&BedInfo>) -> String {
+pub fn map_svg(records: &Layers, width_mm: f64, height_mm: f64, bed: Option<&BedInfo>) -> String {
     let scale = MAP_SIDE / width_mm;
     let height = height_mm * scale;
     let mut classes: Vec<String> = Vec::new();
-    for defect in records.iter().flat_map(|r| &r.defects) {
-        if !classes.contains(&defect.class) {
-            classes.push(defect.class.clone());
+    for defect in records.iter().flat_map(|r| r.defects.iter()) {
+        let class = records.class(defect.class);
+        if !classes.iter().any(|c| c == class) {
+            classes.push(class.to_string());
         }
     }
     let colour = |class: &str| class_colour(class, classes.iter().position(|c| c == class).unwrap_or(0), bed);
@@ -60,18 +61,19 @@ pub fn map_svg(records: &[LayerRecord], width_mm: f64, height_mm: f64, bed: Opti
     let _ = write!(svg, r##"<rect class="bed" width="{MAP_SIDE}" height="{height:.1}" fill="#f4f4f4" stroke="#999"/>"##);
     for record in records {
         let _ = write!(svg, r#"<g class="map-layer" data-layer="{}">"#, record.layer);
-        for defect in &record.defects {
+        for defect in record.defects.iter() {
+            let class = records.class(defect.class);
             let [x, y, w, h] = defect.bbox_mm.map(|v| v * scale);
             let _ = write!(
                 svg,
                 r#"<rect class="footprint" data-class="{}" x="{x:.1}" y="{y:.1}" width="{:.1}" height="{:.1}" fill="{}" fill-opacity="0.3"><title>layer {} {}: {} {:.1} mm² at x {:.0} y {:.0} mm</title></rect>"#,
-                escape(&defect.class),
+                escape(class),
                 w.max(1.0),
                 h.max(1.0),
-                colour(&defect.class),
+                colour(class),
                 record.layer,
-                escape(&record.verdict),
-                escape(&defect.class),
+                record.verdict.as_str(),
+                escape(class),
                 defect.area_mm2,
                 defect.bbox_mm[0],
                 defect.bbox_mm[1]
@@ -88,8 +90,11 @@ pub fn map_svg(records: &[LayerRecord], width_mm: f64, height_mm: f64, bed: Opti
 
 /// The tracks of the build (the active ones and the last finished ones, newest first) and the
 /// recoat outcomes, as an HTML fragment; recomputed from the journal's records.
-pub fn tracks_html(records: &[LayerRecord], config: &Config) -> String {
-    let history = BuildHistory::restore(config, records);
+pub fn tracks_html(records: &Layers, config: &Config) -> String {
+    let mut history = BuildHistory::new(config);
+    for record in records.iter() {
+        history.add_restored(record.layer, record.verdict, &records.defect_records(record), record.recoat_outcome.as_str(), records.recoat_classes(record));
+    }
     let recoats = history.recoats;
     let mut html = String::new();
     let _ = write!(
@@ -126,7 +131,7 @@ pub fn tracks_html(records: &[LayerRecord], config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::DefectRecord;
+    use crate::journal::{DefectRecord, LayerRecord};
 
     fn record(layer: u32, verdict: &str, x: f64, outcome: &str) -> LayerRecord {
         LayerRecord {
@@ -141,7 +146,7 @@ mod tests {
 
     #[test]
     fn the_map_has_one_group_per_inspection_in_bed_millimetres() {
-        let records = [record(1, "PASS", 10.0, ""), record(2, "PASS", 20.0, "")];
+        let records = Layers::from_records(&[record(1, "PASS", 10.0, ""), record(2, "PASS", 20.0, "")]);
         let svg = map_svg(&records, 250.0, 250.0, None);
         assert_eq!(svg.matches(r#"<g class="map-layer""#).count(), 2);
         // 480 units over 250 mm: x 20 mm -> 38.4, width 200 mm -> 384.
@@ -150,7 +155,7 @@ mod tests {
 
     #[test]
     fn the_tracks_list_shows_the_track_and_the_recoats() {
-        let records = [record(1, "RECOAT", 10.0, ""), record(1, "PASS", 10.0, "not fixed"), record(2, "PASS", 12.0, "")];
+        let records = Layers::from_records(&[record(1, "RECOAT", 10.0, ""), record(1, "PASS", 10.0, "not fixed"), record(2, "PASS", 12.0, "")]);
         let config = Config::parse("[bed]\nwidth_mm = 250\nheight_mm = 250\n", "test.toml").unwrap();
         let html = tracks_html(&records, &config);
         assert!(html.contains(r#"<span id="recoats-issued">1</span> issued, <span id="recoats-fixed">0</span> fixed, <span id="recoats-not-fixed">1</span> not fixed"#), "{html}");

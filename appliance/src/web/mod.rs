@@ -11,6 +11,7 @@
 pub mod board;
 pub mod chart;
 pub mod defects;
+pub mod layers;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -94,29 +95,32 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
         (Method::Get | Method::Head, [""]) => respond(request, 200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec()),
         (Method::Get, ["api", "state"]) => json(request, 200, &board.state_json()),
         (Method::Get, ["api", "records", segment]) => match record_index(segment, board) {
-            Ok(index) => json(request, 200, &board.record_json(index).expect("checked")),
+            Ok(index) => match board.record_json(index) {
+                Ok(Some(value)) => json(request, 200, &value),
+                Ok(None) => text(request, 404, &format!("there is no record {index}")),
+                Err(error) => text(request, 500, &format!("{error:#}")),
+            },
             Err((status, message)) => text(request, status, &message),
         },
         (Method::Get, ["images", segment, file]) => serve_image(request, board, segment, file),
         (Method::Get, ["chart.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
-            respond(request, 200, "image/svg+xml", chart::trend_svg(&board.records(), bed.as_ref()).into_bytes());
+            respond(request, 200, "image/svg+xml", board.with_layers(|layers| chart::trend_svg(layers, bed.as_ref())).into_bytes());
         }
         (Method::Get, ["stacked.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
             let background = board.latest_with_images().map(|index| format!("/images/{index}/rectified.png"));
-            respond(request, 200, "image/svg+xml", chart::stacked_svg(&board.records(), bed.as_ref(), background.as_deref()).into_bytes());
+            respond(request, 200, "image/svg+xml", board.with_layers(|layers| chart::stacked_svg(layers, bed.as_ref(), background.as_deref())).into_bytes());
         }
         (Method::Get, ["map.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
             let (width_mm, height_mm) = board.config.get().map(|c| (c.bed.width_mm, c.bed.height_mm)).unwrap_or((250.0, 250.0));
-            let records = board.records();
-            let body = format!("{}{}", defects::map_filter_controls(&records), defects::map_svg(&records, width_mm, height_mm, bed.as_ref()));
+            let body = board.with_layers(|layers| format!("{}{}", defects::map_filter_controls(layers), defects::map_svg(layers, width_mm, height_mm, bed.as_ref())));
             respond(request, 200, "text/html; charset=utf-8", body.into_bytes());
         }
         (Method::Get, ["tracks.html"]) => {
             let config = board.config.get().cloned().unwrap_or_else(crate::config::Config::embedded);
-            respond(request, 200, "text/html; charset=utf-8", defects::tracks_html(&board.records(), &config).into_bytes());
+            respond(request, 200, "text/html; charset=utf-8", board.with_layers(|layers| defects::tracks_html(layers, &config)).into_bytes());
         }
         (Method::Get, ["map-filter.js"]) => respond(request, 200, "text/javascript; charset=utf-8", defects::MAP_FILTER_SCRIPT.as_bytes().to_vec()),
         (Method::Get, ["events"]) => stream_events(request, board, stop),
