@@ -122,6 +122,51 @@ pub fn fuse(logits: &[f32], members: usize, temperatures: &[f32], out: &mut Fuse
         "fuse: confidence buffer has the wrong size"
     );
 
+    // The same chunk loop, compiled twice: for the AVX2+FMA CPUs found at run time (8 floats a
+    // vector) and for the target's baseline (SSE2 on x86-64, 4 floats; NEON on aarch64).
+    #[cfg(target_arch = "x86_64")]
+    if avx2_fma_detected() {
+        // SAFETY: the CPU has just been found to support AVX2 and FMA.
+        unsafe { fuse_chunks_avx2_fma(logits, members, temperatures, out) };
+        return;
+    }
+    fuse_chunks_baseline(logits, members, temperatures, out);
+}
+
+/// Whether this CPU runs AVX2 and FMA. `is_x86_feature_detected!` queries CPUID once and keeps
+/// the answer in a static, so this costs two loads per layer and allocates nothing.
+#[cfg(target_arch = "x86_64")]
+fn avx2_fma_detected() -> bool {
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+}
+
+/// [`fuse_chunks`] for the build target's baseline instruction set.
+fn fuse_chunks_baseline(logits: &[f32], members: usize, temperatures: &[f32], out: &mut Fused) {
+    fuse_chunks(logits, members, temperatures, out);
+}
+
+/// [`fuse_chunks`] compiled for AVX2 and FMA. Rust never contracts `a * b + c` into an FMA on its
+/// own, so the results are bit-identical to [`fuse_chunks_baseline`]; only the vectors are wider.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA ([`avx2_fma_detected`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fuse_chunks_avx2_fma(
+    logits: &[f32],
+    members: usize,
+    temperatures: &[f32],
+    out: &mut Fused,
+) {
+    fuse_chunks(logits, members, temperatures, out);
+}
+
+/// The body of [`fuse`] once the sizes are checked; `#[inline(always)]` so each wrapper above
+/// compiles its own copy for its instruction set.
+#[inline(always)]
+fn fuse_chunks(logits: &[f32], members: usize, temperatures: &[f32], out: &mut Fused) {
+    let classes = out.classes;
+    let pixels = out.pixels();
     // Pixels go in chunks so that every logit plane is read in order and the inner loops run over
     // plain slices the compiler vectorises. The scratch lives on the stack (no allocation): the
     // calibrated probabilities q of one chunk, [M, K, chunk], fit in `Q_SCRATCH` floats (L1/L2-sized).
@@ -434,20 +479,36 @@ mod tests {
             .collect()
     }
 
-    /// The chunked fusion equals the per-pixel reference within 1e-6 on random logits, with a
-    /// pixel count that is not a multiple of the chunk (the last chunk is short) and sizes where
-    /// a chunk holds a few pixels only (many members and classes).
+    /// `(M, K, width, height, seed)` for the random-logit tests: a pixel count that is not a
+    /// multiple of the chunk (the last chunk is short), one member, and sizes where a chunk holds
+    /// a few pixels only (many members and classes).
+    const RANDOM_CASES: [(usize, usize, usize, usize, u64); 4] = [
+        (5, 6, 37, 29, 1),
+        (3, 2, 64, 40, 2),
+        (1, 4, 13, 7, 3),
+        (16, 200, 5, 3, 4),
+    ];
+
+    /// Random logits `[M, K, pixels]` within `±scale` and temperatures 0.5, 0.87, 1.24, ...
+    fn random_ensemble(
+        members: usize,
+        classes: usize,
+        pixels: usize,
+        seed: u64,
+        scale: f32,
+    ) -> (Vec<f32>, Vec<f32>) {
+        let logits = random_values(members * classes * pixels, seed, scale);
+        let temperatures = (0..members).map(|i| 0.5 + 0.37 * i as f32).collect();
+        (logits, temperatures)
+    }
+
+    /// The chunked fusion equals the per-pixel reference within 1e-6 on random logits
+    /// ([`RANDOM_CASES`]).
     #[test]
     fn chunked_fuse_equals_per_pixel_reference_on_random_logits() {
-        for (members, classes, width, height, seed) in [
-            (5usize, 6usize, 37usize, 29usize, 1u64),
-            (3, 2, 64, 40, 2),
-            (1, 4, 13, 7, 3),
-            (16, 200, 5, 3, 4),
-        ] {
+        for (members, classes, width, height, seed) in RANDOM_CASES {
             let pixels = width * height;
-            let logits = random_values(members * classes * pixels, seed, 12.0);
-            let temperatures: Vec<f32> = (0..members).map(|i| 0.5 + 0.37 * i as f32).collect();
+            let (logits, temperatures) = random_ensemble(members, classes, pixels, seed, 12.0);
             let mut fused = Fused::new(width, height, classes);
             fuse(&logits, members, &temperatures, &mut fused);
             let mut expected = Fused::new(width, height, classes);
@@ -481,6 +542,58 @@ mod tests {
                         "{case}: mask at {p}"
                     );
                 }
+            }
+        }
+    }
+
+    /// The four fused maps as bits, to compare two runs exactly (NaN included).
+    fn fused_bits(fused: &Fused) -> (Vec<u32>, Vec<u8>, Vec<u32>, Vec<u32>) {
+        let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        (
+            bits(&fused.probabilities),
+            fused.mask.clone(),
+            bits(&fused.uncertainty),
+            bits(&fused.confidence),
+        )
+    }
+
+    /// The run-time dispatched `fuse` gives bit-for-bit the baseline kernel's maps on random
+    /// logits, and where this CPU has AVX2 and FMA, so does the AVX2+FMA build of the kernel
+    /// (Rust never fuses `a * b + c` on its own, and each pixel's sums run in the same order at
+    /// any vector width). Elsewhere `fuse` must have taken the baseline path.
+    #[test]
+    fn dispatched_fuse_is_bit_identical_to_baseline_kernel() {
+        for (members, classes, width, height, seed) in RANDOM_CASES {
+            let pixels = width * height;
+            let (logits, temperatures) = random_ensemble(members, classes, pixels, seed, 30.0);
+            let case = format!("M={members} K={classes} {width}x{height}");
+            let mut baseline = Fused::new(width, height, classes);
+            fuse_chunks_baseline(&logits, members, &temperatures, &mut baseline);
+            let mut dispatched = Fused::new(width, height, classes);
+            fuse(&logits, members, &temperatures, &mut dispatched);
+            assert!(
+                fused_bits(&dispatched) == fused_bits(&baseline),
+                "{case}: dispatched fuse differs from the baseline kernel"
+            );
+            #[cfg(target_arch = "x86_64")]
+            if avx2_fma_detected() {
+                let mut wide = Fused::new(width, height, classes);
+                // SAFETY: AVX2 and FMA were just detected on this CPU.
+                unsafe { fuse_chunks_avx2_fma(&logits, members, &temperatures, &mut wide) };
+                assert!(
+                    fused_bits(&wide) == fused_bits(&baseline),
+                    "{case}: the AVX2+FMA kernel differs from the baseline kernel"
+                );
+            }
+            // Not trivially equal: each pixel's probabilities sum to 1.
+            for p in 0..pixels {
+                let total: f32 = (0..classes)
+                    .map(|k| baseline.probabilities[k * pixels + p])
+                    .sum();
+                assert!(
+                    close(total, 1.0, 1e-5),
+                    "{case}: probabilities at {p} sum to {total}"
+                );
             }
         }
     }
