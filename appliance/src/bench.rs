@@ -29,7 +29,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::defect_map::Footprint;
 use crate::journal::{DefectRecord, Journal, LayerRecord};
-use crate::layer_images::{BedInfo, ImageStore, JudgedLayer, LayerSnapshot, LayerVerdict};
+use crate::layer_images::{ImageStore, JudgedLayer, LayerSnapshot, LayerVerdict};
 use crate::model::{spec_of, LoadedModel};
 use crate::pipeline::Pipeline;
 
@@ -482,16 +482,7 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
     let mut pipeline = Pipeline::new(Config::embedded(), loaded, "embedded bedsight.toml")?;
     let (mut journal, _) = Journal::open(&scratch.join("journal.bsj"))?;
 
-    let mut snapshot = LayerSnapshot {
-        seq: 0,
-        raw: GrayImage::new(0, 0),
-        judged: false,
-        bed: GrayImage::new(0, 0),
-        mask: Vec::new(),
-        uncertainty: Vec::new(),
-        defects: Vec::new(),
-        info: BedInfo { width: 0, height: 0, mm_per_px: 0.0, classes: Vec::new() },
-    };
+    let mut snapshot = LayerSnapshot::empty();
     // Room for every layer's images: the limit's clean-up is timed, it deletes nothing.
     let mut images = ImageStore::open(&scratch.join("layers"), u64::MAX)?;
 

@@ -88,7 +88,8 @@ pub struct LayerSnapshot {
 }
 
 impl LayerSnapshot {
-    fn empty() -> LayerSnapshot {
+    /// A snapshot with no buffers yet; `fill` grows them once and reuses them after.
+    pub fn empty() -> LayerSnapshot {
         LayerSnapshot {
             seq: 0,
             raw: GrayImage::new(0, 0),
