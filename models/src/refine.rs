@@ -44,6 +44,8 @@ pub fn refine(fused: &mut Fused, apply_to_classes: &[u8]) -> RefineReport {
 /// rectangle and class.
 #[derive(Clone, Debug, Default)]
 pub struct RefineBuffers {
+    /// Per pixel: 1 where `ū > δ` (the set `u_HU`), else 0.
+    high_uncertainty: Vec<u8>,
     labeller: Labeller,
     rectangles: Vec<[u32; 4]>,
     region_class: Vec<Option<u8>>,
@@ -57,7 +59,7 @@ impl RefineBuffers {
     /// Buffers for a map of `pixels` pixels, allocated now rather than on the first layers.
     pub fn for_pixels(pixels: usize) -> RefineBuffers {
         let regions = pixels.min(RESERVED_REGIONS);
-        RefineBuffers { labeller: Labeller::with_capacity(pixels), rectangles: Vec::with_capacity(regions), region_class: Vec::with_capacity(regions) }
+        RefineBuffers { high_uncertainty: Vec::with_capacity(pixels), labeller: Labeller::with_capacity(pixels), rectangles: Vec::with_capacity(regions), region_class: Vec::with_capacity(regions) }
     }
 }
 
@@ -70,10 +72,11 @@ pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut Ref
         return report;
     }
     let uncertainty = &fused.uncertainty;
+    // Comparisons rather than f32::min/max so the loop vectorises; a NaN is skipped either way.
     let (u_min, u_max) = uncertainty
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &u| {
-            (lo.min(u), hi.max(u))
+            (if u < lo { u } else { lo }, if u > hi { u } else { hi })
         });
     let range = u_max - u_min;
     if !range.is_finite() || range <= 0.0 {
@@ -90,8 +93,11 @@ pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut Ref
     ];
     let delta = corners.iter().map(|&i| normalised(i)).sum::<f32>() / 4.0 + CORNER_THRESHOLD_OFFSET;
 
-    // u_HU = {ū > δ}
-    let region_count = buffers.labeller.label(width, height, |index| u16::from(normalised(index) > delta)) as usize;
+    // u_HU = {ū > δ}, decided once per pixel (the labelling looks at each pixel up to 5 times).
+    let high_uncertainty = &mut buffers.high_uncertainty;
+    high_uncertainty.clear();
+    high_uncertainty.extend(uncertainty.iter().map(|&u| u8::from((u - u_min) / range > delta)));
+    let region_count = buffers.labeller.label(width, height, |index| u16::from(high_uncertainty[index])) as usize;
     report.regions_found = region_count;
     if region_count == 0 {
         return report;
@@ -101,16 +107,21 @@ pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut Ref
     let rectangles = &mut buffers.rectangles;
     rectangles.clear();
     rectangles.resize(region_count, [u32::MAX, u32::MAX, 0u32, 0u32]);
-    for (index, &label) in buffers.labeller.labels.iter().enumerate() {
-        if label == 0 {
-            continue;
+    // Row by row, a run of pixels with one label widens its rectangle once.
+    for (y, row) in buffers.labeller.labels.chunks_exact(width).enumerate() {
+        let mut x = 0;
+        while x < width {
+            let label = row[x];
+            let run_end = x + row[x..].iter().take_while(|&&other| other == label).count();
+            if label != 0 {
+                let rectangle = &mut rectangles[label as usize - 1];
+                rectangle[0] = rectangle[0].min(x as u32);
+                rectangle[1] = rectangle[1].min(y as u32);
+                rectangle[2] = rectangle[2].max(run_end as u32 - 1);
+                rectangle[3] = rectangle[3].max(y as u32);
+            }
+            x = run_end;
         }
-        let (x, y) = ((index % width) as u32, (index / width) as u32);
-        let rectangle = &mut rectangles[label as usize - 1];
-        rectangle[0] = rectangle[0].min(x);
-        rectangle[1] = rectangle[1].min(y);
-        rectangle[2] = rectangle[2].max(x);
-        rectangle[3] = rectangle[3].max(y);
     }
 
     let region_class = &mut buffers.region_class;

@@ -269,6 +269,9 @@ impl OrtBackend {
                     .map_err(Into::into)
             })
             .and_then(|b| b.with_intra_threads(threads).map_err(Into::into))
+            // A layer comes every several seconds and fusion needs the cores straight after
+            // inference: ONNX Runtime's workers must not spin waiting for more work.
+            .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
             .map_err(|e: ort::Error| ModelError::Graph {
                 backend: BACKEND,
                 reason: format!("session options: {e}"),
