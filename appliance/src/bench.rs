@@ -371,10 +371,10 @@ fn interleaved(backend: &mut dyn models::Backend, reference: &mut PythonReferenc
 }
 
 /// The reference: the same graph file and input tensor through Python's onnxruntime, with the
-/// execution provider the Rust side got, timed the same way. It reads a number of runs per
+/// execution provider and session settings the Rust side got, timed the same way. It reads a number of runs per
 /// line on stdin and answers each with a line of JSON.
 const PYTHON_REFERENCE: &str = r#"
-import json, sys, time
+import json, os, sys, time
 import numpy as np
 import onnxruntime as ort
 graph, input_file, shape, provider = sys.argv[1:5]
@@ -382,6 +382,9 @@ shape = [int(v) for v in shape.split(",")]
 providers = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider", "TensorRT": "TensorrtExecutionProvider"}
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+# The session settings of the Rust backend: one thread per core, workers that do not spin.
+options.intra_op_num_threads = os.cpu_count()
+options.add_session_config_entry("session.intra_op.allow_spinning", "0")
 session = ort.InferenceSession(graph, options, providers=[providers.get(provider, "CPUExecutionProvider")])
 x = np.fromfile(input_file, dtype="<f4").reshape(shape)
 for line in sys.stdin:

@@ -8,12 +8,17 @@
 //!   Runtime's Rust binding allocates a few small bookkeeping values per run (its C++ side uses
 //!   its own arena, which a Rust global allocator does not see);
 //! - `decide`: one `String` per rule that trips (the reasons shown to people), counted here by
-//!   running `decide` alone on the same layer. A PASS layer has none.
+//!   running `decide` alone on the same layer. A PASS layer has none;
+//! - fusion's hand-over to rayon's thread pool: a job handed in from outside the pool goes into
+//!   its shared queue (crossbeam-deque's `Injector`), a linked list of blocks of 63 slots, which
+//!   allocates the next block when one fills: one allocation per 63 layers, freed again once the
+//!   pool has taken the jobs out, so it never grows. The worker threads themselves allocate
+//!   nothing (every thread is counted).
 //!
 //! The test asserts that the whole layer allocates exactly that and nothing more.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use appliance::config::Config;
 use appliance::decide::decide;
@@ -24,18 +29,15 @@ use models::BackendChoice;
 
 struct CountingAllocator;
 
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
+/// Whether allocations are being counted, and how many were, on every thread of the process: the
+/// layer hands fusion to rayon's worker threads, and what they allocate counts too.
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
 
 fn note_allocation() {
-    // try_with: the thread-locals may be gone while a thread shuts down.
-    let _ = COUNTING.try_with(|counting| {
-        if counting.get() {
-            let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-        }
-    });
+    if COUNTING.load(Ordering::Relaxed) {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 unsafe impl GlobalAlloc for CountingAllocator {
@@ -59,16 +61,19 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-/// Heap allocations made on this thread by `work`.
+/// Heap allocations made on any thread while `work` runs (this test binary runs one test at a
+/// time per process under nextest; run it with `--test-threads=1` under `cargo test`).
 fn allocations_of<T>(work: impl FnOnce() -> T) -> (T, u64) {
-    ALLOCATIONS.with(|n| n.set(0));
-    COUNTING.with(|c| c.set(true));
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    COUNTING.store(true, Ordering::SeqCst);
     let result = work();
-    COUNTING.with(|c| c.set(false));
-    (result, ALLOCATIONS.with(|n| n.get()))
+    COUNTING.store(false, Ordering::SeqCst);
+    (result, ALLOCATIONS.load(Ordering::SeqCst))
 }
 
 const LAYERS: usize = 100;
+/// Jobs one block of rayon's shared queue holds (crossbeam-deque's `BLOCK_CAP`).
+const RAYON_QUEUE_BLOCK_SLOTS: usize = 63;
 
 /// The sample build's frames, decoded once (decoding a PNG is the camera's job, not the layer's).
 fn sample_frames() -> Vec<DynamicImage> {
@@ -132,7 +137,13 @@ fn check_backend(choice: BackendChoice) {
          decide {decide_allocations}, the rest of the layer {own_allocations}",
         backend_allocations / LAYERS as u64
     );
-    assert_eq!(own_allocations, 0, "{choice:?}: the layer path allocates outside the backend and decide");
+    // One block of rayon's shared queue per 63 jobs handed in (see the top of this file).
+    let rayon_queue_blocks = LAYERS.div_ceil(RAYON_QUEUE_BLOCK_SLOTS) as i64;
+    assert!(
+        (0..=rayon_queue_blocks).contains(&own_allocations),
+        "{choice:?}: the layer path allocates {own_allocations} times outside the backend and decide \
+         (at most {rayon_queue_blocks} blocks of rayon's queue are allowed)"
+    );
     assert!(verdicts.iter().any(|v| *v != hal::Verdict::Pass), "the sample build has defect layers, so measure and decide had work");
 }
 

@@ -72,11 +72,10 @@ pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut Ref
         return report;
     }
     let uncertainty = &fused.uncertainty;
-    // Comparisons rather than f32::min/max so the loop vectorises; a NaN is skipped either way.
     let (u_min, u_max) = uncertainty
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &u| {
-            (if u < lo { u } else { lo }, if u > hi { u } else { hi })
+            (lo.min(u), hi.max(u))
         });
     let range = u_max - u_min;
     if !range.is_finite() || range <= 0.0 {
@@ -149,15 +148,13 @@ pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut Ref
     report.regions = region_class.iter().filter(|c| c.is_some()).count();
 
     // Algorithm 2, step 5: (u_HU^k ∩ y_pred) ← C_k for the configured classes.
-    for (index, &label) in buffers.labeller.labels.iter().enumerate() {
+    for (&label, mask) in buffers.labeller.labels.iter().zip(fused.mask.iter_mut()) {
         if label == 0 {
             continue;
         }
         if let Some(class) = region_class[label as usize - 1] {
-            if fused.mask[index] != class {
-                fused.mask[index] = class;
-                report.pixels_changed += 1;
-            }
+            report.pixels_changed += usize::from(*mask != class);
+            *mask = class;
         }
     }
     report
