@@ -61,8 +61,9 @@ unsafe impl GlobalAlloc for CountingAllocator {
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
-/// Heap allocations made on any thread while `work` runs (this test binary runs one test at a
-/// time per process under nextest; run it with `--test-threads=1` under `cargo test`).
+/// Heap allocations made on any thread while `work` runs. The tests of this binary take
+/// [`ONE_TEST_AT_A_TIME`] first, so under `cargo test` (tests on threads of one process) one
+/// test's allocations never land in another's count.
 fn allocations_of<T>(work: impl FnOnce() -> T) -> (T, u64) {
     ALLOCATIONS.store(0, Ordering::SeqCst);
     COUNTING.store(true, Ordering::SeqCst);
@@ -70,6 +71,8 @@ fn allocations_of<T>(work: impl FnOnce() -> T) -> (T, u64) {
     COUNTING.store(false, Ordering::SeqCst);
     (result, ALLOCATIONS.load(Ordering::SeqCst))
 }
+
+static ONE_TEST_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 const LAYERS: usize = 100;
 /// Jobs one block of rayon's shared queue holds (crossbeam-deque's `BLOCK_CAP`).
@@ -93,6 +96,7 @@ fn sample_frames() -> Vec<DynamicImage> {
 /// and `decide` allocate, nothing more. Returns (backend's allocations per run, layer's
 /// allocations outside the backend and `decide`) for the message.
 fn check_backend(choice: BackendChoice) {
+    let _alone = ONE_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let frames = sample_frames();
     let model = LoadedModel::load(None, choice, false, None).unwrap();
     let mut pipeline = Pipeline::new(Config::embedded(), model, "embedded").unwrap();
