@@ -1,7 +1,7 @@
 //! The per-layer journal: an append-only file with one record per finished layer, fsynced
 //! before the next layer starts, so a power cut loses at most the layer being written.
 //!
-//! On disk: the 8-byte magic `BSJRNL01`, then frames of `u32 LE payload length`, the payload
+//! On disk: the 8-byte magic (`BSJRNL02`: [`MAGIC`]), then frames of `u32 LE payload length`, the payload
 //! (`postcard`), `u32 LE crc32 of the payload`. A torn or corrupt record is cut at open, with
 //! everything before it kept; `read` finds the same thing without touching the file.
 
