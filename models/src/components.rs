@@ -129,12 +129,16 @@ mod tests {
     use image::{ImageBuffer, Luma};
     use imageproc::region_labelling::{connected_components, Connectivity};
 
-    /// Same labels as imageproc on crafted images and on pseudo-random ones with several keys.
+    /// Same labels as imageproc on pseudo-random images of many sizes with several keys.
     #[test]
     fn labels_match_imageproc() {
         let mut labeller = Labeller::default();
         let mut seed = 0x2545_f491_u32;
-        for (width, height, keys) in [(1usize, 1usize, 2u32), (7, 1, 3), (1, 9, 3), (13, 11, 2), (40, 30, 4), (64, 64, 6), (17, 33, 3), (200, 150, 2), (121, 97, 3)] {
+        let hand_picked = [(1usize, 1usize, 2u32), (7, 1, 3), (1, 9, 3), (13, 11, 2), (40, 30, 4), (64, 64, 6), (17, 33, 3), (200, 150, 2), (121, 97, 3)];
+        // And 500 more sizes and key counts, spread by two primes, for the decision tree's edges
+        // (from 2 pixels up: imageproc 0.27 panics on a single foreground pixel, see below).
+        let spread = (0..500usize).map(|i| (2 + (i * 7919) % 96, 1 + (i * 104_729) % 83, 2 + (i % 5) as u32));
+        for (width, height, keys) in hand_picked.into_iter().chain(spread) {
             let values: Vec<u16> = (0..width * height)
                 .map(|_| {
                     // xorshift32: deterministic noise with blobs of each key.
@@ -151,6 +155,17 @@ mod tests {
             assert_eq!(labeller.labels, expected_labels, "{width}x{height}, {keys} keys");
             assert_eq!(count, expected_labels.iter().copied().max().unwrap_or(0));
         }
+    }
+
+    /// A one-pixel image whose pixel is foreground is one component (imageproc 0.27's own
+    /// labelling panics on it).
+    #[test]
+    fn a_single_foreground_pixel_is_one_component() {
+        let mut labeller = Labeller::default();
+        assert_eq!(labeller.label(1, 1, |_| 3), 1);
+        assert_eq!(labeller.labels, vec![1]);
+        assert_eq!(labeller.label(1, 1, |_| 0), 0);
+        assert_eq!(labeller.labels, vec![0]);
     }
 
     #[test]
