@@ -53,18 +53,34 @@ def write_config(tmp_path: Path, body: str, max_retries: int = 2, dashboard: str
     return path
 
 
+def replay_camera(folder, repeat: bool = False) -> str:
+    """A `[camera]` table that replays the frames in `folder`."""
+    return f'\n[camera]\nkind = "replay"\nfolder = "{folder}"\nrepeat = {str(repeat).lower()}\n'
+
+
+def replay_over_modbus(folder, plc: str, repeat: bool = False) -> str:
+    """The `[camera]` and `[trigger]` tables of a build replayed from `folder` and triggered by the
+    PLC over Modbus, followed by `plc`, its `[plc.modbus_*]` table."""
+    return replay_camera(folder, repeat) + '\n[trigger]\nkind = "modbus"\n' + plc
+
+
+# A Modbus TCP server on a free port (the appliance prints the port it got).
+MODBUS_TCP_FREE_PORT = '\n[plc.modbus_tcp]\nlisten = "127.0.0.1:0"\n'
+
+
+def modbus_rtu(port: str, baud: int, unit_id: int = 1) -> str:
+    """A `[plc.modbus_rtu]` table on the serial port `port`, no parity."""
+    return f'\n[plc.modbus_rtu]\nport = "{port}"\nbaud = {baud}\nparity = "none"\nunit_id = {unit_id}\n'
+
+
 def serial_line_config(
     tmp_path: Path, port_path: str, folder: Path, max_retries: int = 2, repeat: bool = False, dashboard: str = FREE_PORT_DASHBOARD
 ) -> Path:
     """A configuration that replays `folder` and takes LAYER lines on the serial port `port_path`."""
     return write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{folder}"
-repeat = {str(repeat).lower()}
-
+        replay_camera(folder, repeat)
+        + f"""
 [trigger]
 kind = "serial"
 

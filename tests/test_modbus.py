@@ -9,7 +9,7 @@ import time
 import pytest
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 
-from run_harness import Appliance, PtyRelay, write_config
+from run_harness import MODBUS_TCP_FREE_PORT, Appliance, PtyRelay, modbus_rtu, replay_over_modbus, write_config
 from conftest import SAMPLE_BUILD
 
 VERDICT_CODES = {1: "PASS", 2: "RECOAT", 3: "PAUSE", 4: "REVIEW", 5: "FAULT"}
@@ -69,17 +69,7 @@ def check_layer(status, layer, expect_pass):
 def tcp_appliance(tmp_path):
     config = write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{SAMPLE_BUILD}"
-
-[trigger]
-kind = "modbus"
-
-[plc.modbus_tcp]
-listen = "127.0.0.1:0"
-""",
+        replay_over_modbus(SAMPLE_BUILD, MODBUS_TCP_FREE_PORT),
     )
     appliance = Appliance(config)
     try:
@@ -162,20 +152,7 @@ def test_rtu_over_a_pseudo_terminal(tmp_path, ledger):
     relay = PtyRelay()
     config = write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{SAMPLE_BUILD}"
-
-[trigger]
-kind = "modbus"
-
-[plc.modbus_rtu]
-port = "{relay.appliance_path}"
-baud = 19200
-parity = "none"
-unit_id = 7
-""",
+        replay_over_modbus(SAMPLE_BUILD, modbus_rtu(relay.appliance_path, 19200, unit_id=7)),
     )
     appliance = Appliance(config)
     client = None
@@ -222,17 +199,7 @@ unit_id = 7
 def test_a_missing_serial_port_is_one_error_naming_the_device_and_the_key(tmp_path):
     config = write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{SAMPLE_BUILD}"
-
-[trigger]
-kind = "modbus"
-
-[plc.modbus_rtu]
-port = "/dev/bedsight-no-such-port"
-""",
+        replay_over_modbus(SAMPLE_BUILD, '\n[plc.modbus_rtu]\nport = "/dev/bedsight-no-such-port"\n'),
     )
     appliance = Appliance(config)
     appliance.process.wait(timeout=20)
@@ -247,17 +214,7 @@ def test_a_camera_without_frames_gives_fault_then_state_4(tmp_path):
     shutil.copy(SAMPLE_BUILD / "layer-0001.png", folder / "layer-0001.png")
     config = write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{folder}"
-
-[trigger]
-kind = "modbus"
-
-[plc.modbus_tcp]
-listen = "127.0.0.1:0"
-""",
+        replay_over_modbus(folder, MODBUS_TCP_FREE_PORT),
     )
     appliance = Appliance(config)
     try:

@@ -2,18 +2,15 @@
 configurations it cannot run are one clear error."""
 import time
 
-from run_harness import Appliance, write_config
+from run_harness import Appliance, replay_camera, write_config
 from conftest import SAMPLE_BUILD, run
 
 
 def test_timer_trigger_replays_the_build_and_sigterm_exits_zero(tmp_path, ledger):
     config = write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{SAMPLE_BUILD}"
-
+        replay_camera(SAMPLE_BUILD)
+        + f"""
 [trigger]
 kind = "timer"
 interval_ms = 100

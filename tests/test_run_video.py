@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from run_harness import Appliance, write_config
+from run_harness import Appliance, replay_camera, write_config
 from conftest import SAMPLE_BUILD
 
 
@@ -35,11 +35,8 @@ def test_two_recoats_in_the_video_give_two_layers(tmp_path, ledger):
 
     config = write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{folder}"
-
+        replay_camera(folder)
+        + f"""
 [trigger]
 kind = "video"
 interval_ms = 50

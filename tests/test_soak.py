@@ -14,7 +14,7 @@ from pathlib import Path
 from pymodbus.client import ModbusSerialClient
 
 from conftest import SAMPLE_BUILD
-from run_harness import Appliance, PtyRelay, write_config
+from run_harness import Appliance, PtyRelay, modbus_rtu, replay_over_modbus, write_config
 from test_modbus import STATE_VERDICT_READY, VERDICT_CODES, expected_verdicts
 
 UNIT = 3
@@ -60,21 +60,8 @@ def test_soak_every_layer_answered_memory_and_descriptors_flat(tmp_path, ledger,
     relay = PtyRelay()
     config = write_config(
         tmp_path,
-        f"""
-[camera]
-kind = "replay"
-folder = "{SAMPLE_BUILD}"
-repeat = true
-
-[trigger]
-kind = "modbus"
-
-[plc.modbus_rtu]
-port = "{relay.appliance_path}"
-baud = 115200
-parity = "none"
-unit_id = {UNIT}
-
+        replay_over_modbus(SAMPLE_BUILD, modbus_rtu(relay.appliance_path, 115200, unit_id=UNIT), repeat=True)
+        + f"""
 [journal]
 path = "{tmp_path / 'layers.bsj'}"
 """,

@@ -14,7 +14,7 @@ from pymodbus.client import ModbusTcpClient
 
 from chromium import Chromium
 from conftest import REPO, run
-from run_harness import Appliance
+from run_harness import MODBUS_TCP_FREE_PORT, Appliance, replay_over_modbus
 
 sys.path.insert(0, str(REPO / "quantize"))
 from bedsight_train.common import save_png_grey  # noqa: E402
@@ -65,17 +65,7 @@ verdict = "RECOAT"
 max_layers = 4
 verdict = "REVIEW"
 message = "recoater blade damage suspected"
-
-[camera]
-kind = "replay"
-folder = "{folder}"
-
-[trigger]
-kind = "modbus"
-
-[plc.modbus_tcp]
-listen = "127.0.0.1:0"
-
+{camera_and_plc}
 [journal]
 path = "{journal}"
 
@@ -104,7 +94,7 @@ class Plc:
 
     def __init__(self, tmp_path, folder, journal, se_limit=1500.0, se_verdict="PAUSE"):
         config = tmp_path / f"bedsight-{folder.name}.toml"
-        config.write_text(CONFIG.format(folder=folder, journal=journal, se_limit=se_limit, se_verdict=se_verdict))
+        config.write_text(CONFIG.format(camera_and_plc=replay_over_modbus(folder, MODBUS_TCP_FREE_PORT), journal=journal, se_limit=se_limit, se_verdict=se_verdict))
         self.appliance = Appliance(config, "--state-dir", tmp_path / "state")
         port = int(self.appliance.wait_for(r"modbus tcp: listening on 127\.0\.0\.1:(\d+)").group(1))
         self.dashboard = self.appliance.wait_for(r"^dashboard: (http://\S+/)$").group(1)
