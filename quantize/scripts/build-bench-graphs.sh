@@ -11,30 +11,22 @@
 # architecture. About 10-20 minutes on two shared CPU cores at 1024.
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
-py="${PYTHON:-$HOME/.cache/bedsight/venv/bin/python}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 size="${SIZE:-1024}"
 work="${WORK:-$repo/out/bench-graphs-build/$size}"
 out="${OUT:-$repo/out/bench-graphs/isdnet-sr-$size}"
-export BEDSIGHT_TRAIN_THREADS="${BEDSIGHT_TRAIN_THREADS:-1}"
-
-if ! "$py" -c "import bedsight_train" 2>/dev/null; then
-    "$(dirname "$py")/pip" install -q -e "$repo/quantize"
-fi
-bt() { "$py" -m bedsight_train.cli --quiet "$@"; }
 
 rm -rf "$work" "$out"
 mkdir -p "$work" "$out/one-member"
-bt synth --out "$work/data" --layers 12 --size "$size" --seed 7
+bt --quiet synth --out "$work/data" --layers 12 --size "$size" --seed 7
 # 5 epochs: one checkpoint each, the 5 members of the ensemble.
-bt train --arch isdnet-sr --data "$work/data" --epochs 5 --out "$work/run" --crop 128 --batch-size 4 --seed 0
-bt calibrate --run "$work/run" --members 5
-bt export --run "$work/run" -o "$out/model.onnx" --name "bench-isdnet-sr-$size" \
+bt --quiet train --arch isdnet-sr --data "$work/data" --epochs 5 --out "$work/run" --crop 128 --batch-size 4 --seed 0
+bt --quiet calibrate --run "$work/run" --members 5
+bt --quiet export --run "$work/run" -o "$out/model.onnx" --name "bench-isdnet-sr-$size" \
     --description "ISDNet-SR, 5 heads on one trunk, ${size}x${size}, barely trained: for timing only"
 # --margin 1: the weights are not trained enough for the INT8 accuracy check to mean anything.
-bt quantize --model "$out/model.onnx" --data "$work/data" -o "$out/model.int8.onnx" --margin 1 --calibration-images 4
-bt calibrate --run "$work/run" --members 1
-bt export --run "$work/run" -o "$out/one-member/model.onnx" --name "bench-isdnet-sr-$size-one-member" \
+bt --quiet quantize --model "$out/model.onnx" --data "$work/data" -o "$out/model.int8.onnx" --margin 1 --calibration-images 4
+bt --quiet calibrate --run "$work/run" --members 1
+bt --quiet export --run "$work/run" -o "$out/one-member/model.onnx" --name "bench-isdnet-sr-$size-one-member" \
     --description "ISDNet-SR, 1 head, ${size}x${size}, barely trained: for timing only"
 echo "bench graphs in $out"

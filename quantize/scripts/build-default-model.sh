@@ -18,9 +18,7 @@
 # data and nearly the same model (PyTorch on CPU is not bit-for-bit deterministic across machines).
 set -euo pipefail
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-repo="$(cd "$here/../.." && pwd)"
-py="${PYTHON:-$HOME/.cache/bedsight/venv/bin/python}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 work="${WORK:-$repo/out/default-model-build}"
 assets="$repo/assets"
 layers="${LAYERS:-640}"
@@ -42,14 +40,6 @@ fi
 if [[ -n "${INIT:-}" ]]; then
     multitask+=(--init "$INIT")
 fi
-# One torch thread trains faster than two when the cores are shared with other work (a cargo
-# build): OpenMP threads that wait for each other collapse under contention.
-export BEDSIGHT_TRAIN_THREADS="${BEDSIGHT_TRAIN_THREADS:-1}"
-
-if ! "$py" -c "import bedsight_train" 2>/dev/null; then
-    "$(dirname "$py")/pip" install -q -e "$repo/quantize"
-fi
-bt() { "$py" -m bedsight_train.cli "$@"; }
 
 rm -rf "$work"
 mkdir -p "$work"
