@@ -2,6 +2,7 @@
 //! meets the `models` engine.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use images::{ActiveGeneration, Manifest, ModelImage, SelfTestOutcome, Slots};
@@ -19,7 +20,9 @@ pub struct LoadedModel {
     pub version: String,
     pub architecture: String,
     pub spec: ModelSpec,
-    pub class_names: Vec<String>,
+    /// The classes' names in class-index order; shared, so that each layer's result can carry
+    /// them to the control loop without copying them.
+    pub class_names: Arc<[String]>,
     /// Whether each class is a defect (indexed by class).
     pub defect_classes: Vec<bool>,
     /// Which graph of the image runs: `default` or `fp32`.

@@ -79,7 +79,7 @@ struct LayerResult {
     reason: Option<Reason>,
     tripped_classes: Vec<String>,
     /// The model's class names (for the reason codes of the track rules).
-    class_names: Vec<String>,
+    class_names: Arc<[String]>,
 }
 
 impl LayerResult {
@@ -93,7 +93,7 @@ impl LayerResult {
             uncertainty_score: 0.0,
             reason: Some(Reason { kind: RuleKind::Fault, class_index: 0, class: String::new(), text: reason.clone() }),
             tripped_classes: Vec::new(),
-            class_names: Vec::new(),
+            class_names: Arc::new([]),
             detail: reason,
             frame_source: String::new(),
             camera_failed: false,
