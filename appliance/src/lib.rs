@@ -1,13 +1,17 @@
-//! The parts of the appliance that tests, the benchmark and the fuzz targets use from outside
-//! the `bedsight` binary: the configuration loader, the model loader, the layer pipeline and
-//! its decision rules, and the journal. The binary (`main.rs`) re-exports them under the same
-//! names, so `crate::config` and friends read the same everywhere.
+//! The appliance: where `hal`, `models` and `images` meet. The `bedsight` binary
+//! (`bin/bedsight/`) parses the command line and calls into these groups, each in its own folder
+//! and each opening with what it owns and what it must not touch:
+//!
+//! - `config`: the configuration file, one module per table (type, defaults, checks);
+//! - `model`: loading a model image into a backend;
+//! - `judge`: one layer from frame to verdict, and the build's memory across layers;
+//! - `record`: what is kept of a layer (journal, images, the files and JSON of one layer);
+//! - `web`: what people see of a build (dashboard, `/metrics`, the HTML build report);
+//! - `service`: the appliance loop of `bedsight run`, which wires them to the hardware.
 
 pub mod config;
-pub mod decide;
-pub mod defect_map;
-pub mod journal;
-pub mod layer_class;
+pub mod judge;
 pub mod model;
-pub mod pipeline;
-pub mod reason;
+pub mod record;
+pub mod service;
+pub mod web;

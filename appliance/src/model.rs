@@ -9,7 +9,7 @@ use images::{ActiveGeneration, Manifest, ModelImage, SelfTestOutcome, Slots};
 use models::{Backend, BackendChoice, ClassInfo, InputSpec, ModelSpec};
 
 /// The model image embedded in the binary (trained by `quantize/scripts/build-default-model.sh`).
-pub const EMBEDDED_IMAGE: &[u8] = include_bytes!("../../assets/default.bsimg");
+pub const EMBEDDED_IMAGE: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/default.bsimg"));
 pub const EMBEDDED_IMAGE_NAME: &str = "embedded default.bsimg";
 
 /// A model ready to run: what the manifest says and the backend that runs its graph.

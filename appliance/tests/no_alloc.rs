@@ -21,9 +21,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use appliance::config::Config;
-use appliance::decide::decide;
+use appliance::judge::decide::decide;
 use appliance::model::LoadedModel;
-use appliance::pipeline::Pipeline;
+use appliance::judge::pipeline::Pipeline;
 use image::DynamicImage;
 use models::BackendChoice;
 

@@ -5,7 +5,7 @@
 /// reader that `bedsight journal check/export` and the open-time repair use: records or one
 /// error, and what it keeps ends inside the file.
 pub fn journal_reader(data: &[u8]) {
-    if let Ok(contents) = appliance::journal::scan(std::path::Path::new("fuzz.bsj"), data) {
+    if let Ok(contents) = appliance::record::journal::scan(std::path::Path::new("fuzz.bsj"), data) {
         assert!(contents.good_end <= contents.file_len);
     }
 }

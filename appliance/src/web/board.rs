@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::layers::{Layer, Layers};
-use crate::journal::LayerRecord;
-use crate::layer_images::dir_name;
-use crate::metrics::{Metrics, PLC};
+use crate::record::journal::LayerRecord;
+use crate::record::layer_images::dir_name;
+use crate::web::metrics::{Metrics, PLC};
 
 /// A page that listens for news gets at most this many unsent events queued; past that it
 /// misses them (and reloads its state when it reconnects).
@@ -302,7 +302,7 @@ impl Board {
 
     /// Record `index` as the journal holds it.
     fn read_back(&self, index: u64) -> Result<LayerRecord> {
-        let contents = crate::journal::read(&self.journal_path)?;
+        let contents = crate::record::journal::read(&self.journal_path)?;
         let count = contents.records.len();
         contents
             .records
@@ -402,7 +402,7 @@ fn record_json(index: u64, record: &LayerRecord, annotations: &[Annotation]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::DefectRecord;
+    use crate::record::journal::DefectRecord;
 
     fn record(layer: u32, verdict: &str) -> LayerRecord {
         LayerRecord {
@@ -466,7 +466,7 @@ mod tests {
     fn an_old_record_is_read_back_from_the_journal_as_it_was() {
         let folder = tempfile::tempdir().unwrap();
         let journal_path = folder.path().join("journal.bsj");
-        let (mut journal, _) = crate::journal::Journal::open(&journal_path).unwrap();
+        let (mut journal, _) = crate::record::journal::Journal::open(&journal_path).unwrap();
         let verdicts = ["PASS", "RECOAT", "REVIEW"];
         let records: Vec<LayerRecord> = (0..RECENT_RECORDS as u32 + 10)
             .map(|i| LayerRecord { reason: format!("reason of layer {i}"), ..record(i + 1, verdicts[i as usize % 3]) })

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::web::layers::Layers;
-use crate::layer_images::BedInfo;
+use crate::record::layer_images::BedInfo;
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 260.0;
@@ -188,7 +188,7 @@ pub fn stacked_svg(records: &Layers, bed: Option<&BedInfo>, background: Option<&
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{DefectRecord, LayerRecord};
+    use crate::record::journal::{DefectRecord, LayerRecord};
 
     fn record(layer: u32, boxes: &[[u32; 4]]) -> LayerRecord {
         LayerRecord {

@@ -6,9 +6,9 @@
 use std::fmt::Write as _;
 
 use crate::config::Config;
-use crate::history::BuildHistory;
+use crate::judge::history::BuildHistory;
 use crate::web::layers::Layers;
-use crate::layer_images::BedInfo;
+use crate::record::layer_images::BedInfo;
 use crate::web::chart::{class_colour, escape};
 
 /// The map's width in SVG units; the height follows the bed's aspect.
@@ -102,7 +102,7 @@ pub fn tracks_html(records: &Layers, config: &Config) -> String {
         r#"<p class="recoats">recoats: <span id="recoats-issued">{}</span> issued, <span id="recoats-fixed">{}</span> fixed, <span id="recoats-not-fixed">{}</span> not fixed</p>"#,
         recoats.issued, recoats.fixed, recoats.not_fixed
     );
-    let mut tracks: Vec<(&crate::tracks::Track, bool)> = history.tracker.active.iter().map(|t| (t, true)).chain(history.tracker.finished.iter().map(|t| (t, false))).collect();
+    let mut tracks: Vec<(&crate::judge::tracks::Track, bool)> = history.tracker.active.iter().map(|t| (t, true)).chain(history.tracker.finished.iter().map(|t| (t, false))).collect();
     tracks.sort_by_key(|(t, _)| std::cmp::Reverse(t.id));
     html.push_str(
         r#"<table class="tracks"><thead><tr><th>track</th><th>class</th><th>layers</th><th>span</th><th>last area, mm²</th><th>growth, mm²/layer</th><th>survived recoats</th><th>footprint [x, y, w, h] mm</th><th>state</th></tr></thead><tbody>"#,
@@ -131,7 +131,7 @@ pub fn tracks_html(records: &Layers, config: &Config) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::journal::{DefectRecord, LayerRecord};
+    use crate::record::journal::{DefectRecord, LayerRecord};
 
     fn record(layer: u32, verdict: &str, x: f64, outcome: &str) -> LayerRecord {
         LayerRecord {

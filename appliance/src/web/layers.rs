@@ -5,7 +5,7 @@
 
 use hal::plc::Verdict;
 
-use crate::journal::{DefectRecord, LayerRecord};
+use crate::record::journal::{DefectRecord, LayerRecord};
 
 /// One defect of a layer, as the chart, the stacked view, the map and the tracks use it.
 #[derive(Debug, Clone, PartialEq)]

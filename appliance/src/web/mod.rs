@@ -7,11 +7,19 @@
 //! `/images/<i>/<kind>.png`, `/chart.svg`, `/stacked.svg`, `/map.svg`, `/tracks.html`,
 //! `/map-filter.js` (docs/tracks.md), `/events` (server-sent events),
 //! `/metrics`, `/healthz`; `POST /api/records/<i>/acknowledge` and `/false-alarm`.
+//!
+//! The group owns what people see of a build: the dashboard's state (`board`), the whole build
+//! as compact entries (`layers`), the SVG charts and the defect map (`chart`, `defects`), the
+//! loop's counters and their exposition (`metrics`), and the same views written to one HTML file
+//! after the build (`report`, `bedsight report`). It must not change a verdict or send anything
+//! to the PLC: an operator's annotation is kept beside the journal, never in it.
 
 pub mod board;
 pub mod chart;
 pub mod defects;
 pub mod layers;
+pub mod metrics;
+pub mod report;
 
 use std::io::{Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +29,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context, Result};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-use crate::layer_images::{BedInfo, KINDS};
+use crate::record::layer_images::{BedInfo, KINDS};
 use board::{Action, AnnotateError, Board};
 
 /// The page: hand-written HTML, CSS and JavaScript, no outside resources (the box is offline).

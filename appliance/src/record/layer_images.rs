@@ -24,7 +24,7 @@ use image::{DynamicImage, GrayImage};
 use models::{ClassInfo, Defect, Fused};
 use serde::{Deserialize, Serialize};
 
-use crate::output::{heatmap, tinted_bed, write_float_tiff};
+use crate::record::layer_files::{heatmap, tinted_bed, write_float_tiff};
 
 /// The images of one layer, as served under `/images/<index>/<kind>.png`.
 pub const KINDS: [&str; 5] = ["raw", "rectified", "overlay", "mask", "uncertainty"];

@@ -10,8 +10,8 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 
 use crate::config::Config;
-use crate::journal::{self, LayerRecord};
-use crate::layer_images::{dir_name, BedInfo};
+use crate::record::journal::{self, LayerRecord};
+use crate::record::layer_images::{dir_name, BedInfo};
 use crate::web::board::{read_annotations, Action, Annotation};
 use crate::web::layers::Layers;
 use crate::web::chart::{escape, stacked_svg, trend_svg};
@@ -214,7 +214,7 @@ mod tests {
             time_ms: 0,
             trigger: "timer".into(),
             verdict: verdict.into(),
-            defects: vec![crate::journal::DefectRecord { class: "hopping".into(), area_mm2: area, bbox: [0, 0, 1, 1], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() }],
+            defects: vec![crate::record::journal::DefectRecord { class: "hopping".into(), area_mm2: area, bbox: [0, 0, 1, 1], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() }],
             uncertainty_score: 0.0,
             model: "m".into(),
             model_version: "1".into(),

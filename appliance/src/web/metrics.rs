@@ -8,8 +8,8 @@ use std::sync::{Mutex, OnceLock};
 
 use hal::Verdict;
 
-use crate::layer_images::RecorderStats;
-use crate::pipeline::StageTimes;
+use crate::record::layer_images::RecorderStats;
+use crate::judge::pipeline::StageTimes;
 
 /// Upper bounds of the latency histograms' buckets, seconds (a layer takes ~10 ms to ~10 s).
 const BUCKETS_S: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];

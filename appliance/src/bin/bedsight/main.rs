@@ -1,33 +1,24 @@
-//! `bedsight`: the appliance's command line. It wires `hal`, `models` and `images` together and
-//! owns configuration, the layer loop and what is shown to people; it holds no maths.
+//! `bedsight`: the appliance's command line. This file parses the arguments and hands each
+//! command to its module (or straight to the library, where the command is one call); what
+//! judges, records and runs a build lives in the library (`appliance`, ../../lib.rs).
 
 mod analyze;
 mod bench;
-mod build_report;
 mod calibrate;
 mod demo;
-mod history;
-mod image_cmd;
-mod layer_images;
-mod metrics;
-mod output;
+mod model_image;
 mod report;
-mod run;
-mod tracks;
-mod web;
 
-// The library half of the crate (lib.rs), under the names the modules above use.
-use appliance::{config, decide, defect_map, journal, model, pipeline, reason};
-
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use config::Config;
-use model::LoadedModel;
-use pipeline::Pipeline;
+use appliance::judge::pipeline::Pipeline;
+use appliance::record::journal;
+use appliance::service::{self, DEFAULT_STATE_DIR};
+use bench::BenchArgs;
 
 #[derive(Parser)]
 #[command(name = "bedsight", version, about = "Powder-bed inspection for metal LPBF printers: one verdict per layer")]
@@ -88,7 +79,7 @@ enum Command {
         backend: Option<String>,
         /// The box's state folder: without [model] image in the configuration, the loop runs
         /// the image active in its slots and picks up a newly installed one between layers.
-        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
     /// Check the bed corners: print the homography and write the rectified bed for a person.
@@ -124,7 +115,7 @@ enum Command {
         /// Where the HTML goes; default: build-report.html beside the journal.
         #[arg(long)]
         out: Option<PathBuf>,
-        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
 }
@@ -186,7 +177,7 @@ enum ImageCommand {
     Install {
         image: PathBuf,
         /// The box's state folder (slots, active pointer, trusted-keys/).
-        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
         /// Folder of trusted public keys (*.pub); default: [images] trusted_keys of the
         /// configuration, else STATE_DIR/trusted-keys.
@@ -204,92 +195,14 @@ enum ImageCommand {
     },
     /// Switch back to the model image that was active before the last install or rollback.
     Rollback {
-        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
     /// Show both slots: which is active, what each holds, its self-test.
     List {
-        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = image_cmd::DEFAULT_STATE_DIR)]
+        #[arg(long, env = "BEDSIGHT_STATE_DIR", default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
-}
-
-#[derive(clap::Args)]
-struct BenchArgs {
-    /// Model image (.bsimg) or folder (manifest.toml, model.onnx, model.int8.onnx, one-member/);
-    /// repeatable. Default: the embedded model and every folder in out/bench-graphs/ (made by
-    /// quantize/scripts/build-bench-graphs.sh).
-    #[arg(long)]
-    model: Vec<PathBuf>,
-    /// Only models of these input widths, e.g. 256 or 256,1024.
-    #[arg(long, value_delimiter = ',')]
-    sizes: Vec<u32>,
-    /// Backends to time: ort, tract (the first also runs the stages and the ensemble check).
-    #[arg(long, value_delimiter = ',', default_value = "ort,tract")]
-    backends: Vec<String>,
-    /// Graphs to time: fp32, int8.
-    #[arg(long, value_delimiter = ',', default_value = "fp32,int8")]
-    precisions: Vec<String>,
-    /// Timed runs per measurement.
-    #[arg(long, default_value_t = 20)]
-    runs: usize,
-    /// Untimed runs first.
-    #[arg(long, default_value_t = 3)]
-    warmup: usize,
-    /// Layers timed stage by stage (after a warm-up pass over the 12 sample layers).
-    #[arg(long, default_value_t = 20)]
-    layers: usize,
-    /// Python with onnxruntime for the reference runs; default: ~/.cache/bedsight/venv's, else python3.
-    #[arg(long)]
-    python: Option<PathBuf>,
-    /// Skip the Python onnxruntime reference.
-    #[arg(long)]
-    no_python: bool,
-    /// Skip the stage-by-stage layers.
-    #[arg(long)]
-    no_stages: bool,
-    /// Skip the ensemble against one member.
-    #[arg(long)]
-    no_ensemble: bool,
-    /// Where the JSON goes.
-    #[arg(long, default_value = "bench.json")]
-    json: PathBuf,
-}
-
-fn bench_options(args: BenchArgs) -> Result<bench::BenchOptions> {
-    let mut backends = Vec::new();
-    for word in &args.backends {
-        match config::parse_backend(word).context("--backends")? {
-            models::BackendChoice::Auto => anyhow::bail!("--backends: name them (ort, tract), not auto"),
-            choice => backends.push(choice),
-        }
-    }
-    for precision in &args.precisions {
-        if precision != "fp32" && precision != "int8" {
-            anyhow::bail!("--precisions: {precision:?} is neither fp32 nor int8");
-        }
-    }
-    let python = if args.no_python {
-        None
-    } else {
-        Some(args.python.unwrap_or_else(|| {
-            let venv = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/bedsight/venv/bin/python"));
-            venv.filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("python3"))
-        }))
-    };
-    Ok(bench::BenchOptions {
-        models: args.model,
-        sizes: args.sizes,
-        backends,
-        precisions: args.precisions,
-        runs: args.runs,
-        warmup: args.warmup,
-        layers: args.layers,
-        python,
-        skip_stages: args.no_stages,
-        skip_ensemble: args.no_ensemble,
-        json_out: args.json,
-    })
 }
 
 fn main() -> ExitCode {
@@ -305,12 +218,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Analyze { model, config, backend, fp32, json, out, images } => {
-            let mut pipeline = build_pipeline(config.as_deref(), model.as_deref(), backend.as_deref(), fp32)?;
+            let mut pipeline = Pipeline::load(config.as_deref(), model.as_deref(), backend.as_deref(), fp32)?;
             let failed = analyze::analyze(&mut pipeline, &images, json, out.as_deref())?;
             Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Run { config, backend, state_dir } => {
-            run::run(&config, backend.as_deref(), &state_dir)?;
+            service::run(&config, backend.as_deref(), &state_dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Calibrate { config, frame, out } => {
@@ -319,17 +232,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {
-            bench::bench(&bench_options(args)?)?;
+            bench::bench(&bench::options(args)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out, build, backend } => {
-            let mut pipeline = build_pipeline(None, None, backend.as_deref(), false)?;
+            let mut pipeline = Pipeline::load(None, None, backend.as_deref(), false)?;
             demo::demo(&mut pipeline, &out, build == "real")?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Image(command) => {
             match command {
-                ImageCommand::Pack { onnx, int8, manifest, selftest_input, selftest_mask, key, out } => image_cmd::pack(&image_cmd::PackArgs {
+                ImageCommand::Pack { onnx, int8, manifest, selftest_input, selftest_mask, key, out } => model_image::pack(&model_image::PackArgs {
                     onnx: &onnx,
                     int8: int8.as_deref(),
                     manifest: &manifest,
@@ -338,10 +251,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     key: key.as_deref(),
                     out: &out,
                 })?,
-                ImageCommand::Verify { image, trusted_keys } => image_cmd::verify(&image, trusted_keys.as_deref())?,
-                ImageCommand::Info { image, trusted_keys } => image_cmd::info(&image, trusted_keys.as_deref())?,
-                ImageCommand::Keygen { stem } => image_cmd::keygen(&stem)?,
-                ImageCommand::Install { image, state_dir, trusted_keys, config, backend, fp32 } => image_cmd::install(&image_cmd::InstallArgs {
+                ImageCommand::Verify { image, trusted_keys } => model_image::verify(&image, trusted_keys.as_deref())?,
+                ImageCommand::Info { image, trusted_keys } => model_image::info(&image, trusted_keys.as_deref())?,
+                ImageCommand::Keygen { stem } => model_image::keygen(&stem)?,
+                ImageCommand::Install { image, state_dir, trusted_keys, config, backend, fp32 } => model_image::install(&model_image::InstallArgs {
                     image: &image,
                     state_dir: &state_dir,
                     trusted_keys: trusted_keys.as_deref(),
@@ -349,21 +262,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     backend: backend.as_deref(),
                     fp32,
                 })?,
-                ImageCommand::Rollback { state_dir } => image_cmd::rollback(&state_dir)?,
-                ImageCommand::List { state_dir } => image_cmd::list(&state_dir)?,
+                ImageCommand::Rollback { state_dir } => model_image::rollback(&state_dir)?,
+                ImageCommand::List { state_dir } => model_image::list(&state_dir)?,
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Report { config, journal, images, out, state_dir } => {
-            let (config_file, base_dir) = match &config {
-                Some(path) => (Config::load(path)?, path.parent().map(Path::to_path_buf).unwrap_or_default()),
-                None => (Config::embedded(), PathBuf::new()),
-            };
-            let journal = journal.unwrap_or_else(|| config_file.journal_file(&base_dir, &state_dir));
-            let images = images.or_else(|| config_file.images_folder(&base_dir, &state_dir)).filter(|folder| folder.is_dir());
-            let out = out.unwrap_or_else(|| journal.with_file_name("build-report.html"));
-            build_report::write(&journal, images.as_deref(), &out, &config_file)?;
-            println!("report: {}", out.display());
+            report::write(config.as_deref(), journal, images, out, &state_dir)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Journal(command) => {
@@ -374,19 +279,4 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-/// Configuration (file or embedded), then the model (command line, configuration, embedded).
-fn build_pipeline(config_path: Option<&Path>, model_path: Option<&Path>, backend: Option<&str>, fp32: bool) -> Result<Pipeline> {
-    let (config, origin) = match config_path {
-        Some(path) => (Config::load(path)?, path.display().to_string()),
-        None => (Config::embedded(), "embedded bedsight.toml".to_string()),
-    };
-    let choice = match backend {
-        Some(word) => config::parse_backend(word).context("--backend")?,
-        None => config.backend_choice(),
-    };
-    let model_path = model_path.map(Path::to_path_buf).or_else(|| config.model.image.clone());
-    let model = LoadedModel::load(model_path.as_deref(), choice, fp32 || config.model.prefer_fp32, None)?;
-    Pipeline::new(config, model, &origin)
 }

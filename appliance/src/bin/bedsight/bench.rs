@@ -26,12 +26,91 @@ use images::{Manifest, ModelImage};
 use models::{BackendChoice, ModelSpec};
 use serde::Serialize;
 
-use crate::config::Config;
-use crate::defect_map::Footprint;
-use crate::journal::{DefectRecord, Journal, LayerRecord};
-use crate::layer_images::{ImageStore, JudgedLayer, LayerSnapshot, LayerVerdict};
-use crate::model::{spec_of, LoadedModel};
-use crate::pipeline::Pipeline;
+use appliance::config::Config;
+use appliance::judge::defect_map::Footprint;
+use appliance::record::journal::{DefectRecord, Journal, LayerRecord};
+use appliance::record::layer_images::{ImageStore, JudgedLayer, LayerSnapshot, LayerVerdict};
+use appliance::model::{spec_of, LoadedModel};
+use appliance::judge::pipeline::Pipeline;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Model image (.bsimg) or folder (manifest.toml, model.onnx, model.int8.onnx, one-member/);
+    /// repeatable. Default: the embedded model and every folder in out/bench-graphs/ (made by
+    /// quantize/scripts/build-bench-graphs.sh).
+    #[arg(long)]
+    model: Vec<PathBuf>,
+    /// Only models of these input widths, e.g. 256 or 256,1024.
+    #[arg(long, value_delimiter = ',')]
+    sizes: Vec<u32>,
+    /// Backends to time: ort, tract (the first also runs the stages and the ensemble check).
+    #[arg(long, value_delimiter = ',', default_value = "ort,tract")]
+    backends: Vec<String>,
+    /// Graphs to time: fp32, int8.
+    #[arg(long, value_delimiter = ',', default_value = "fp32,int8")]
+    precisions: Vec<String>,
+    /// Timed runs per measurement.
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    /// Untimed runs first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Layers timed stage by stage (after a warm-up pass over the 12 sample layers).
+    #[arg(long, default_value_t = 20)]
+    layers: usize,
+    /// Python with onnxruntime for the reference runs; default: ~/.cache/bedsight/venv's, else python3.
+    #[arg(long)]
+    python: Option<PathBuf>,
+    /// Skip the Python onnxruntime reference.
+    #[arg(long)]
+    no_python: bool,
+    /// Skip the stage-by-stage layers.
+    #[arg(long)]
+    no_stages: bool,
+    /// Skip the ensemble against one member.
+    #[arg(long)]
+    no_ensemble: bool,
+    /// Where the JSON goes.
+    #[arg(long, default_value = "bench.json")]
+    json: PathBuf,
+}
+
+/// The options of `bench`, checked.
+pub fn options(args: BenchArgs) -> Result<BenchOptions> {
+    let mut backends = Vec::new();
+    for word in &args.backends {
+        match appliance::config::parse_backend(word).context("--backends")? {
+            models::BackendChoice::Auto => anyhow::bail!("--backends: name them (ort, tract), not auto"),
+            choice => backends.push(choice),
+        }
+    }
+    for precision in &args.precisions {
+        if precision != "fp32" && precision != "int8" {
+            anyhow::bail!("--precisions: {precision:?} is neither fp32 nor int8");
+        }
+    }
+    let python = if args.no_python {
+        None
+    } else {
+        Some(args.python.unwrap_or_else(|| {
+            let venv = std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/bedsight/venv/bin/python"));
+            venv.filter(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("python3"))
+        }))
+    };
+    Ok(BenchOptions {
+        models: args.model,
+        sizes: args.sizes,
+        backends,
+        precisions: args.precisions,
+        runs: args.runs,
+        warmup: args.warmup,
+        layers: args.layers,
+        python,
+        skip_stages: args.no_stages,
+        skip_ensemble: args.no_ensemble,
+        json_out: args.json,
+    })
+}
 
 /// What to measure; every list may be narrowed from the command line for a quick run.
 pub struct BenchOptions {
@@ -168,8 +247,8 @@ struct BenchModel {
 impl BenchModel {
     fn load(path: Option<&Path>) -> Result<BenchModel> {
         let Some(path) = path else {
-            let image = ModelImage::from_bytes(crate::model::EMBEDDED_IMAGE, crate::model::EMBEDDED_IMAGE_NAME)?;
-            return Ok(Self::from_image(crate::model::EMBEDDED_IMAGE_NAME.to_string(), &image));
+            let image = ModelImage::from_bytes(appliance::model::EMBEDDED_IMAGE, appliance::model::EMBEDDED_IMAGE_NAME)?;
+            return Ok(Self::from_image(appliance::model::EMBEDDED_IMAGE_NAME.to_string(), &image));
         };
         if path.is_dir() {
             let read_manifest = |folder: &Path| -> Result<Manifest> {

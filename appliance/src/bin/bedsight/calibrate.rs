@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_cross_mut, draw_line_segment_mut};
 
-use crate::config::Config;
+use appliance::config::Config;
 
 /// Long side of the rectified image written for a person to check, in pixels.
 const CHECK_LONG_SIDE_PX: u32 = 1024;

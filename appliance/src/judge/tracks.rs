@@ -14,9 +14,9 @@ use hal::Verdict;
 use serde::Serialize;
 
 use crate::config::{Config, TracksConfig};
-use crate::decide::escalate_unfixable;
-use crate::defect_map::Footprint;
-use crate::reason::{Reason, RuleKind};
+use crate::judge::decide::escalate_unfixable;
+use crate::judge::defect_map::Footprint;
+use crate::judge::reason::{Reason, RuleKind};
 
 /// The most (layer, area) pairs a track keeps: its growth rate is over these.
 pub const MAX_AREAS_PER_TRACK: usize = 32;

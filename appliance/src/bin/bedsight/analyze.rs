@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use hal::{Camera, ReplayCamera, Verdict};
 
-use crate::output::write_layer_files;
-use crate::pipeline::Pipeline;
-use crate::report::{layer_json, layer_text};
+use appliance::record::layer_files::write_layer_files;
+use appliance::judge::pipeline::Pipeline;
+use appliance::record::layer_report::{layer_json, layer_text};
 
 /// Analyses every image; returns how many could not be judged (unreadable or FAULT).
 pub fn analyze(pipeline: &mut Pipeline, images: &[PathBuf], json: bool, out_dir: Option<&Path>) -> Result<usize> {

@@ -9,10 +9,10 @@ use anyhow::{Context, Result};
 use hal::{Camera, Outputs, ReplayCamera, SimulatedPlc, Verdict, VerdictMessage};
 use include_dir::{include_dir, Dir};
 
-use crate::decide::RecoatBudget;
-use crate::output::write_layer_files;
-use crate::pipeline::Pipeline;
-use crate::report::{defect_summary, layer_json};
+use appliance::judge::decide::RecoatBudget;
+use appliance::record::layer_files::write_layer_files;
+use appliance::judge::pipeline::Pipeline;
+use appliance::record::layer_report::{defect_summary, layer_json};
 
 /// The sample build made by the training tool's generator (`quantize/scripts/build-default-model.sh`).
 static SAMPLE_BUILD: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../assets/sample-build");

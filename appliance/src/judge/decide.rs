@@ -5,8 +5,8 @@ use hal::Verdict;
 use models::{Defect, Fused};
 
 use crate::config::Config;
-use crate::layer_class::LayerCall;
-use crate::reason::{Reason, RuleKind};
+use crate::judge::layer_class::LayerCall;
+use crate::judge::reason::{Reason, RuleKind};
 
 /// What was decided and why.
 #[derive(Debug, Clone, PartialEq)]

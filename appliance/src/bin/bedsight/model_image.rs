@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 use images::{Manifest, ModelImage, PackInput, Slots};
 use models::BackendChoice;
 
-use crate::config::{self, Config};
-use crate::model::{self, LoadedModel};
+use appliance::config::{self, Config};
+use appliance::model::{self, LoadedModel};
 
 pub struct PackArgs<'a> {
     pub onnx: &'a Path,
@@ -122,9 +122,6 @@ pub fn keygen(stem: &Path) -> Result<()> {
     println!("public key  {} (copy it into each box's trusted keys folder)", public.display());
     Ok(())
 }
-
-/// The state folder when none is given (`--state-dir`, `BEDSIGHT_STATE_DIR`).
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/bedsight";
 
 /// Set to `kill-before-switch` to abort `image install` after the image is unpacked into the
 /// idle slot and before `active` is switched, as a power cut or `kill -9` would (for tests).

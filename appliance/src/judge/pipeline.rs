@@ -2,16 +2,17 @@
 //! `Pipeline::run_layer` is the entry point; everything it needs per layer is allocated once
 //! in `Pipeline::new`.
 
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use hal::Verdict;
 use image::{DynamicImage, GrayImage};
 use models::{Defect, Fused, MeasureBuffers, RefineBuffers, RefineReport};
 
 use crate::config::Config;
-use crate::decide::{apply_layer_call, decide, Decision};
-use crate::layer_class::LayerCall;
+use crate::judge::decide::{apply_layer_call, decide, Decision};
+use crate::judge::layer_class::LayerCall;
 use crate::model::LoadedModel;
 
 /// Milliseconds spent in each stage of one layer.
@@ -102,6 +103,23 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Configuration (the file, else the embedded one), then the model (the command line's,
+    /// else the configuration's, else the embedded one), on the backend asked for (else the
+    /// configuration's).
+    pub fn load(config_path: Option<&Path>, model_path: Option<&Path>, backend: Option<&str>, fp32: bool) -> Result<Pipeline> {
+        let (config, origin) = match config_path {
+            Some(path) => (Config::load(path)?, path.display().to_string()),
+            None => (Config::embedded(), "embedded bedsight.toml".to_string()),
+        };
+        let choice = match backend {
+            Some(word) => crate::config::parse_backend(word).context("--backend")?,
+            None => config.backend_choice(),
+        };
+        let model_path = model_path.map(Path::to_path_buf).or_else(|| config.model.image.clone());
+        let model = LoadedModel::load(model_path.as_deref(), choice, fp32 || config.model.prefer_fp32, None)?;
+        Pipeline::new(config, model, &origin)
+    }
+
     pub fn new(config: Config, model: LoadedModel, config_origin: &str) -> Result<Pipeline> {
         config.check_against_classes(&model.class_names, config_origin)?;
         let input = &model.spec.input;

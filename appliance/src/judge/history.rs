@@ -6,10 +6,10 @@
 use hal::Verdict;
 
 use crate::config::Config;
-use crate::defect_map::{DefectMap, Footprint};
-use crate::journal::{DefectRecord, LayerRecord};
-use crate::reason::Reason;
-use crate::tracks::{judge, Sighting, TrackHit, Tracker};
+use crate::judge::defect_map::{DefectMap, Footprint};
+use crate::record::journal::{DefectRecord, LayerRecord};
+use crate::judge::reason::Reason;
+use crate::judge::tracks::{judge, Sighting, TrackHit, Tracker};
 
 /// A RECOAT sent and not yet re-inspected.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,7 +90,7 @@ impl BuildHistory {
     }
 
     /// Adds one inspection to the map and the tracks; returns what the tracks saw.
-    fn observe(&mut self, layer: u32, defects: &[DefectRecord]) -> crate::tracks::TrackUpdate {
+    fn observe(&mut self, layer: u32, defects: &[DefectRecord]) -> crate::judge::tracks::TrackUpdate {
         let respread = self.is_respread(layer);
         let sightings: Vec<Sighting> =
             defects.iter().map(|d| Sighting { class: d.class.clone(), area_mm2: d.area_mm2, footprint: Footprint::from_xywh(d.bbox_mm) }).collect();

@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::pipeline::{LayerOutcome, Pipeline};
+use crate::judge::pipeline::{LayerOutcome, Pipeline};
 
 /// The `--json` object of one analysed image.
 pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> Value {
