@@ -32,10 +32,18 @@ pub struct LoadedModel {
 
 impl LoadedModel {
     /// Opens and verifies a model image (`None`: the embedded one) and loads its graph.
-    pub fn load(path: Option<&Path>, choice: BackendChoice, prefer_fp32: bool, engine_cache_dir: Option<&Path>) -> Result<LoadedModel> {
+    pub fn load(
+        path: Option<&Path>,
+        choice: BackendChoice,
+        prefer_fp32: bool,
+        engine_cache_dir: Option<&Path>,
+    ) -> Result<LoadedModel> {
         let (origin, image) = match path {
             Some(path) => (path.display().to_string(), ModelImage::open(path)?),
-            None => (EMBEDDED_IMAGE_NAME.to_string(), ModelImage::from_bytes(EMBEDDED_IMAGE, EMBEDDED_IMAGE_NAME)?),
+            None => (
+                EMBEDDED_IMAGE_NAME.to_string(),
+                ModelImage::from_bytes(EMBEDDED_IMAGE, EMBEDDED_IMAGE_NAME)?,
+            ),
         };
         Self::from_image(origin, &image, choice, prefer_fp32, engine_cache_dir)
     }
@@ -49,7 +57,11 @@ impl LoadedModel {
     ///
     /// The slot's archive is verified again as it is read (every sha256) and must be the image
     /// the slot's status names. An interrupted install is cleaned up first.
-    pub fn load_active(state_dir: &Path, choice: BackendChoice, prefer_fp32: bool) -> Result<Option<(LoadedModel, ActiveGeneration)>> {
+    pub fn load_active(
+        state_dir: &Path,
+        choice: BackendChoice,
+        prefer_fp32: bool,
+    ) -> Result<Option<(LoadedModel, ActiveGeneration)>> {
         let slots = Slots::open(state_dir)?;
         let Some((slot, path, status)) = slots.active_image()? else {
             return Ok(None);
@@ -65,20 +77,44 @@ impl LoadedModel {
         }
         let origin = format!("slot {slot} ({})", path.display());
         let model = Self::from_image(origin, &image, choice, prefer_fp32, Some(&engine_cache_dir(state_dir)))?;
-        Ok(Some((model, ActiveGeneration { slot, manifest_sha256: status.manifest_sha256 })))
+        Ok(Some((
+            model,
+            ActiveGeneration {
+                slot,
+                manifest_sha256: status.manifest_sha256,
+            },
+        )))
     }
 
     /// Loads the graph of a verified model image; `origin` names it in errors.
-    pub fn from_image(origin: String, image: &ModelImage, choice: BackendChoice, prefer_fp32: bool, engine_cache_dir: Option<&Path>) -> Result<LoadedModel> {
-        let (graph_name, graph) = if prefer_fp32 { ("fp32", image.fp32_graph()) } else { ("default", image.default_graph()) };
+    pub fn from_image(
+        origin: String,
+        image: &ModelImage,
+        choice: BackendChoice,
+        prefer_fp32: bool,
+        engine_cache_dir: Option<&Path>,
+    ) -> Result<LoadedModel> {
+        let (graph_name, graph) = if prefer_fp32 {
+            ("fp32", image.fp32_graph())
+        } else {
+            ("default", image.default_graph())
+        };
         Self::from_graph(origin, &image.manifest, graph_name, graph, choice, engine_cache_dir)
     }
 
     /// Loads `graph` (ONNX bytes) described by `manifest`; `graph_name` says which of the
     /// image's graphs it is (`default`, `fp32`, ...). `origin` names it in errors.
-    pub fn from_graph(origin: String, manifest: &Manifest, graph_name: &str, graph: &[u8], choice: BackendChoice, engine_cache_dir: Option<&Path>) -> Result<LoadedModel> {
+    pub fn from_graph(
+        origin: String,
+        manifest: &Manifest,
+        graph_name: &str,
+        graph: &[u8],
+        choice: BackendChoice,
+        engine_cache_dir: Option<&Path>,
+    ) -> Result<LoadedModel> {
         let spec = spec_of(manifest);
-        let backend = models::load_backend(choice, graph, &spec, engine_cache_dir).with_context(|| format!("model image {origin}"))?;
+        let backend = models::load_backend(choice, graph, &spec, engine_cache_dir)
+            .with_context(|| format!("model image {origin}"))?;
         Ok(LoadedModel {
             origin,
             name: manifest.name.clone(),
@@ -98,7 +134,9 @@ impl LoadedModel {
     /// `selftest/expected_mask.png` pixel by pixel. Returns the share that agrees; the caller
     /// (`images::Slots::install`) decides whether that is enough.
     pub fn selftest(&mut self, image: &ModelImage) -> Result<SelfTestOutcome> {
-        let (input_png, expected_png) = image.selftest().with_context(|| format!("model image {}: it holds no self-test sample", image.path.display()))?;
+        let (input_png, expected_png) = image
+            .selftest()
+            .with_context(|| format!("model image {}: it holds no self-test sample", image.path.display()))?;
         let origin = image.path.display();
         let input_image = image::load_from_memory_with_format(input_png, image::ImageFormat::Png)
             .with_context(|| format!("model image {origin}: selftest/input.png is not a readable PNG"))?;
@@ -123,12 +161,24 @@ impl LoadedModel {
         }
         .with_context(|| format!("model image {origin}: selftest/input.png"))?;
         let mut logits = vec![0.0f32; self.spec.logits_len()];
-        self.backend.infer(&tensor, &mut logits).with_context(|| format!("model image {origin}: running the self-test input"))?;
+        self.backend
+            .infer(&tensor, &mut logits)
+            .with_context(|| format!("model image {origin}: running the self-test input"))?;
         let mut fused = models::Fused::new(input.width as usize, input.height as usize, self.spec.classes.len());
         models::fuse(&logits, self.spec.members, &self.spec.temperatures, &mut fused);
-        let agreeing = fused.mask.iter().zip(expected.as_raw()).filter(|(got, want)| got == want).count();
+        let agreeing = fused
+            .mask
+            .iter()
+            .zip(expected.as_raw())
+            .filter(|(got, want)| got == want)
+            .count();
         let pixels = fused.mask.len();
-        Ok(SelfTestOutcome { agreement: agreeing as f64 / pixels.max(1) as f64, pixels: pixels as u64, backend: self.backend_label(), graph: self.graph_name.clone() })
+        Ok(SelfTestOutcome {
+            agreement: agreeing as f64 / pixels.max(1) as f64,
+            pixels: pixels as u64,
+            backend: self.backend_label(),
+            graph: self.graph_name.clone(),
+        })
     }
 
     /// "ort (CPU)" or "tract".
@@ -155,8 +205,15 @@ impl LoadedModel {
 
 /// What the backends and the pipeline need to know of a model, from its manifest.
 pub fn spec_of(manifest: &Manifest) -> ModelSpec {
-    let classes: Vec<ClassInfo> =
-        manifest.classes.iter().map(|class| ClassInfo { name: class.name.clone(), colour: class.rgb(), defect: class.defect }).collect();
+    let classes: Vec<ClassInfo> = manifest
+        .classes
+        .iter()
+        .map(|class| ClassInfo {
+            name: class.name.clone(),
+            colour: class.rgb(),
+            defect: class.defect,
+        })
+        .collect();
     ModelSpec {
         input: InputSpec {
             width: manifest.input.width,
@@ -168,7 +225,10 @@ pub fn spec_of(manifest: &Manifest) -> ModelSpec {
         members: manifest.ensemble.members,
         temperatures: manifest.ensemble.temperatures.clone(),
         classes,
-        layer_head: manifest.layer_head.as_ref().map(|head| models::LayerHeadSpec { classes: head.classes.clone(), temperature: head.temperature }),
+        layer_head: manifest.layer_head.as_ref().map(|head| models::LayerHeadSpec {
+            classes: head.classes.clone(),
+            temperature: head.temperature,
+        }),
     }
 }
 
@@ -187,24 +247,42 @@ mod tests {
     #[test]
     fn an_installed_image_self_tests_and_loads_as_the_active_model() {
         let state = tempfile::tempdir().unwrap();
-        assert!(LoadedModel::load_active(state.path(), BackendChoice::Tract, false).unwrap().is_none());
+        assert!(LoadedModel::load_active(state.path(), BackendChoice::Tract, false)
+            .unwrap()
+            .is_none());
         let archive = state.path().join("default.bsimg");
         std::fs::write(&archive, EMBEDDED_IMAGE).unwrap();
         let image = ModelImage::open(&archive).unwrap();
         let mut slots = Slots::open(state.path()).unwrap();
         let report = slots
             .install(&image, None, |staged, staged_image| {
-                let mut model = LoadedModel::from_image(staged.display().to_string(), staged_image, BackendChoice::Tract, false, None).map_err(|e| format!("{e:#}"))?;
+                let mut model = LoadedModel::from_image(
+                    staged.display().to_string(),
+                    staged_image,
+                    BackendChoice::Tract,
+                    false,
+                    None,
+                )
+                .map_err(|e| format!("{e:#}"))?;
                 model.selftest(staged_image).map_err(|e| format!("{e:#}"))
             })
             .unwrap();
-        assert!(report.status.selftest_agreement >= images::SELFTEST_MIN_AGREEMENT, "{:?}", report.status);
+        assert!(
+            report.status.selftest_agreement >= images::SELFTEST_MIN_AGREEMENT,
+            "{:?}",
+            report.status
+        );
         assert_eq!(report.status.backend, "tract");
 
-        let (model, generation) = LoadedModel::load_active(state.path(), BackendChoice::Tract, false).unwrap().unwrap();
+        let (model, generation) = LoadedModel::load_active(state.path(), BackendChoice::Tract, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(generation, images::active_generation(state.path()).unwrap().unwrap());
         assert_eq!(generation.manifest_sha256, image.manifest_sha256());
-        assert_eq!((model.name.as_str(), model.version.as_str()), (image.manifest.name.as_str(), image.manifest.version.as_str()));
+        assert_eq!(
+            (model.name.as_str(), model.version.as_str()),
+            (image.manifest.name.as_str(), image.manifest.version.as_str())
+        );
         assert!(model.origin.starts_with("slot a"), "{}", model.origin);
     }
 }

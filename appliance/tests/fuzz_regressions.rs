@@ -13,10 +13,16 @@ use replay::replay;
 
 #[test]
 fn journals_that_were_seeds_or_crashes() {
-    assert!(replay("journal_reader", harness::journal_reader, &[]) >= 1, "the seeds are there");
+    assert!(
+        replay("journal_reader", harness::journal_reader, &[]) >= 1,
+        "the seeds are there"
+    );
 }
 
 #[test]
 fn configurations_that_were_seeds_or_crashes() {
-    assert!(replay("config", harness::config, &["assets/bedsight.toml"]) >= 1, "the seeds are there");
+    assert!(
+        replay("config", harness::config, &["assets/bedsight.toml"]) >= 1,
+        "the seeds are there"
+    );
 }

@@ -22,8 +22,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use appliance::config::Config;
 use appliance::judge::decide::decide;
-use appliance::model::LoadedModel;
 use appliance::judge::pipeline::Pipeline;
+use appliance::model::LoadedModel;
 use image::DynamicImage;
 use models::BackendChoice;
 
@@ -96,7 +96,9 @@ fn sample_frames() -> Vec<DynamicImage> {
 /// and `decide` allocate, nothing more. Returns (backend's allocations per run, layer's
 /// allocations outside the backend and `decide`) for the message.
 fn check_backend(choice: BackendChoice) {
-    let _alone = ONE_TEST_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _alone = ONE_TEST_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let frames = sample_frames();
     let model = LoadedModel::load(None, choice, false, None).unwrap();
     let mut pipeline = Pipeline::new(Config::embedded(), model, "embedded").unwrap();
@@ -115,7 +117,11 @@ fn check_backend(choice: BackendChoice) {
             pipeline.model.backend.infer(&input, &mut logits).unwrap();
         }
     });
-    assert_eq!(backend_allocations % LAYERS as u64, 0, "{choice:?}: the backend allocates a varying amount per run");
+    assert_eq!(
+        backend_allocations % LAYERS as u64,
+        0,
+        "{choice:?}: the backend allocates a varying amount per run"
+    );
 
     let mut layer_allocations = 0;
     let mut decide_allocations = 0;
@@ -123,14 +129,24 @@ fn check_backend(choice: BackendChoice) {
         let frame = &frames[layer % frames.len()];
         let (outcome, allocations) = allocations_of(|| pipeline.run_layer(frame));
         layer_allocations += allocations;
-        assert_eq!(outcome.verdict, verdicts[layer % frames.len()], "{choice:?}: layer {layer} changed verdict after warm-up");
+        assert_eq!(
+            outcome.verdict,
+            verdicts[layer % frames.len()],
+            "{choice:?}: layer {layer} changed verdict after warm-up"
+        );
         assert!(outcome.fault.is_none(), "{:?}", outcome.fault);
         // What `decide` allocates on this layer (its reasons), on the defects the layer measured
         // (the sample build has fewer than the listed maximum, so `defects` holds them all).
         assert_eq!(outcome.defects_dropped, 0);
         let config = &pipeline.config;
         let (decision, allocations) = allocations_of(|| {
-            decide(config, &pipeline.model.class_names, &pipeline.model.defect_classes, &outcome.defects, &pipeline.fused)
+            decide(
+                config,
+                &pipeline.model.class_names,
+                &pipeline.model.defect_classes,
+                &outcome.defects,
+                &pipeline.fused,
+            )
         });
         assert_eq!(Some(&decision), outcome.decision.as_ref());
         decide_allocations += allocations;
@@ -148,7 +164,10 @@ fn check_backend(choice: BackendChoice) {
         "{choice:?}: the layer path allocates {own_allocations} times outside the backend and decide \
          (at most {rayon_queue_blocks} blocks of rayon's queue are allowed)"
     );
-    assert!(verdicts.iter().any(|v| *v != hal::Verdict::Pass), "the sample build has defect layers, so measure and decide had work");
+    assert!(
+        verdicts.iter().any(|v| *v != hal::Verdict::Pass),
+        "the sample build has defect layers, so measure and decide had work"
+    );
 }
 
 #[test]

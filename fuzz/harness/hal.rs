@@ -12,14 +12,22 @@ use rmodbus::{guess_request_frame_len, ModbusProto};
 /// then `handle_frame` on a register bank wired to the layer trigger): answers, silence or
 /// dropped frames, never a panic or a hang, and every answer fits a Modbus frame.
 pub fn modbus_request(data: &[u8]) {
-    let Some((&selector, bytes)) = data.split_first() else { return };
-    let proto = if selector & 1 == 0 { ModbusProto::Rtu } else { ModbusProto::TcpUdp };
+    let Some((&selector, bytes)) = data.split_first() else {
+        return;
+    };
+    let proto = if selector & 1 == 0 {
+        ModbusProto::Rtu
+    } else {
+        ModbusProto::TcpUdp
+    };
     let (gate, _queue) = hal::trigger_channel();
     let bank = Mutex::new(RegisterBank::new(Some(gate)));
     let mut pending = bytes.to_vec();
     let mut response = Vec::new();
     while pending.len() >= 2 {
-        let Ok(length) = guess_request_frame_len(&pending, proto) else { break };
+        let Ok(length) = guess_request_frame_len(&pending, proto) else {
+            break;
+        };
         let length = length as usize;
         if pending.len() < length {
             break;

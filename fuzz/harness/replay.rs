@@ -14,7 +14,9 @@ pub fn replay(target: &str, harness: fn(&[u8]), assets: &[&str]) -> usize {
     }
     let mut count = assets.len();
     for folder in ["seeds", "regressions"] {
-        let Ok(entries) = std::fs::read_dir(fuzz.join(folder).join(target)) else { continue };
+        let Ok(entries) = std::fs::read_dir(fuzz.join(folder).join(target)) else {
+            continue;
+        };
         let mut files: Vec<_> = entries.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect();
         files.sort();
         for file in files {

@@ -73,18 +73,39 @@ impl ReplayCamera {
                 format!("holds no images ({})", IMAGE_EXTENSIONS.join(", ")),
             ));
         }
-        Ok(Self { origin: folder.display().to_string(), frames: paths.into_iter().map(ReplaySource::File).collect(), next: 0, repeat: false })
+        Ok(Self {
+            origin: folder.display().to_string(),
+            frames: paths.into_iter().map(ReplaySource::File).collect(),
+            next: 0,
+            repeat: false,
+        })
     }
 
     /// The given files, in the order given.
     pub fn from_files(paths: &[PathBuf]) -> Self {
-        Self { origin: "command line".into(), frames: paths.iter().cloned().map(ReplaySource::File).collect(), next: 0, repeat: false }
+        Self {
+            origin: "command line".into(),
+            frames: paths.iter().cloned().map(ReplaySource::File).collect(),
+            next: 0,
+            repeat: false,
+        }
     }
 
     /// Frames embedded in the binary (`name`, encoded image bytes), in the order given.
     pub fn from_memory(origin: &str, frames: &[(&str, &'static [u8])]) -> Self {
-        let frames = frames.iter().map(|(name, bytes)| ReplaySource::Memory { name: name.to_string(), bytes }).collect();
-        Self { origin: origin.to_string(), frames, next: 0, repeat: false }
+        let frames = frames
+            .iter()
+            .map(|(name, bytes)| ReplaySource::Memory {
+                name: name.to_string(),
+                bytes,
+            })
+            .collect();
+        Self {
+            origin: origin.to_string(),
+            frames,
+            next: 0,
+            repeat: false,
+        }
     }
 
     /// After the last frame, start again from the first (a build replayed for ever).
@@ -115,22 +136,37 @@ impl Camera for ReplayCamera {
         if self.repeat && self.next >= self.frames.len() {
             self.next = 0;
         }
-        let source = self.frames.get(self.next).cloned().ok_or_else(|| CameraError::Exhausted(self.origin.clone()))?;
+        let source = self
+            .frames
+            .get(self.next)
+            .cloned()
+            .ok_or_else(|| CameraError::Exhausted(self.origin.clone()))?;
         self.next += 1;
         match source {
             ReplaySource::File(path) => {
                 let name = path.display().to_string();
                 let image = image::ImageReader::open(&path)
-                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("cannot open: {e}") })?
+                    .map_err(|e| CameraError::Unreadable {
+                        source_name: name.clone(),
+                        reason: format!("cannot open: {e}"),
+                    })?
                     .with_guessed_format()
-                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("cannot read: {e}") })?
+                    .map_err(|e| CameraError::Unreadable {
+                        source_name: name.clone(),
+                        reason: format!("cannot read: {e}"),
+                    })?
                     .decode()
-                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("not a readable image: {e}") })?;
+                    .map_err(|e| CameraError::Unreadable {
+                        source_name: name.clone(),
+                        reason: format!("not a readable image: {e}"),
+                    })?;
                 Ok(Frame { image, source: name })
             }
             ReplaySource::Memory { name, bytes } => {
-                let image = image::load_from_memory(bytes)
-                    .map_err(|e| CameraError::Unreadable { source_name: name.clone(), reason: format!("not a readable image: {e}") })?;
+                let image = image::load_from_memory(bytes).map_err(|e| CameraError::Unreadable {
+                    source_name: name.clone(),
+                    reason: format!("not a readable image: {e}"),
+                })?;
                 Ok(Frame { image, source: name })
             }
         }
@@ -168,7 +204,9 @@ mod tests {
         for (name, value) in [("layer-0002.png", 20u8), ("layer-0001.png", 10u8), ("notes.txt", 0)] {
             let path = dir.path().join(name);
             if name.ends_with(".png") {
-                image::GrayImage::from_pixel(4, 4, image::Luma([value])).save(&path).unwrap();
+                image::GrayImage::from_pixel(4, 4, image::Luma([value]))
+                    .save(&path)
+                    .unwrap();
             } else {
                 std::fs::write(&path, "not an image").unwrap();
             }
@@ -189,7 +227,10 @@ mod tests {
         image::GrayImage::new(2, 2).save(dir.path().join("b.png")).unwrap();
         let mut camera = ReplayCamera::from_folder(dir.path()).unwrap();
         let error = camera.capture().unwrap_err().to_string();
-        assert!(error.contains("a.png") && error.contains("not a readable image"), "{error}");
+        assert!(
+            error.contains("a.png") && error.contains("not a readable image"),
+            "{error}"
+        );
         assert!(camera.capture().is_ok());
     }
 

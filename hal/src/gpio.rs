@@ -37,8 +37,15 @@ pub enum OutputLine {
 }
 
 impl OutputLine {
-    pub const ALL: [OutputLine; 7] =
-        [OutputLine::Ready, OutputLine::Busy, OutputLine::Pass, OutputLine::Nok, OutputLine::Code0, OutputLine::Code1, OutputLine::Alive];
+    pub const ALL: [OutputLine; 7] = [
+        OutputLine::Ready,
+        OutputLine::Busy,
+        OutputLine::Pass,
+        OutputLine::Nok,
+        OutputLine::Code0,
+        OutputLine::Code1,
+        OutputLine::Alive,
+    ];
 
     /// The name in the configuration and in messages.
     pub fn name(self) -> &'static str {
@@ -105,7 +112,11 @@ impl GpioPlan {
     /// Refuses a plan that wires two roles to one offset.
     pub fn check(&self) -> Result<(), String> {
         let mut seen: BTreeMap<u32, &'static str> = BTreeMap::new();
-        let all = self.outputs.iter().map(|(line, spec)| (line.name(), spec.offset)).chain(self.inputs.iter().map(|(line, spec)| (line.name(), spec.offset)));
+        let all = self
+            .outputs
+            .iter()
+            .map(|(line, spec)| (line.name(), spec.offset))
+            .chain(self.inputs.iter().map(|(line, spec)| (line.name(), spec.offset)));
         for (name, offset) in all {
             if let Some(other) = seen.insert(offset, name) {
                 return Err(format!("lines {other} and {name} are both offset {offset}"));
@@ -124,7 +135,12 @@ pub fn verdict_lines(verdict: Verdict) -> [(OutputLine, bool); 4] {
         Verdict::Review => (false, true, true),
         Verdict::Fault => (false, false, false),
     };
-    [(OutputLine::Pass, pass), (OutputLine::Nok, !pass), (OutputLine::Code1, code1), (OutputLine::Code0, code0)]
+    [
+        (OutputLine::Pass, pass),
+        (OutputLine::Nok, !pass),
+        (OutputLine::Code1, code1),
+        (OutputLine::Code0, code0),
+    ]
 }
 
 /// Drives output lines (logical levels).
@@ -197,7 +213,14 @@ impl<P: GpioOutputPort> GpioOutputs<P> {
         for line in &wired {
             port.set(*line, false)?;
         }
-        Ok(GpioOutputs { port, mode: plan.verdict_mode, wired, alive: false, pulse_until: None, acknowledged })
+        Ok(GpioOutputs {
+            port,
+            mode: plan.verdict_mode,
+            wired,
+            alive: false,
+            pulse_until: None,
+            acknowledged,
+        })
     }
 
     fn set(&mut self, line: OutputLine, active: bool) -> Result<(), PlcError> {
@@ -348,7 +371,14 @@ impl SimulatedGpio {
     pub fn new() -> (SimulatedGpio, SimulatedGpioOutputs, SimulatedGpioInputs) {
         let state = Arc::new(Mutex::new(SimulatedLevels::default()));
         let (sender, receiver) = channel();
-        (SimulatedGpio { state: state.clone(), edges: sender }, SimulatedGpioOutputs { state }, SimulatedGpioInputs { edges: receiver })
+        (
+            SimulatedGpio {
+                state: state.clone(),
+                edges: sender,
+            },
+            SimulatedGpioOutputs { state },
+            SimulatedGpioInputs { edges: receiver },
+        )
     }
 
     /// The line's logical level now.
@@ -363,7 +393,11 @@ impl SimulatedGpio {
 
     /// The PLC drives an input line active (`true`) or inactive.
     pub fn drive(&self, line: InputLine, active: bool) {
-        let _ = self.edges.send(InputEdge { line, active, at: Instant::now() });
+        let _ = self.edges.send(InputEdge {
+            line,
+            active,
+            at: Instant::now(),
+        });
     }
 
     /// An active edge followed by an inactive one.
@@ -425,7 +459,10 @@ pub mod cdev {
         let mut config = Config::default();
         config.on_chip(plan.chip.as_str());
         for spec in plan.inputs.values() {
-            config.with_line(spec.offset).as_input().with_edge_detection(EdgeDetection::BothEdges);
+            config
+                .with_line(spec.offset)
+                .as_input()
+                .with_edge_detection(EdgeDetection::BothEdges);
             if !plan.debounce.is_zero() {
                 config.with_debounce_period(plan.debounce);
             }
@@ -439,7 +476,10 @@ pub mod cdev {
     }
 
     fn open_error(plan: &GpioPlan, error: gpiocdev::Error) -> PlcError {
-        PlcError::Open { device: format!("GPIO chip {}", plan.chip), reason: format!("cannot request the lines: {error}") }
+        PlcError::Open {
+            device: format!("GPIO chip {}", plan.chip),
+            reason: format!("cannot request the lines: {error}"),
+        }
     }
 
     /// Output lines held on the chip.
@@ -451,17 +491,29 @@ pub mod cdev {
 
     impl CdevOutputs {
         pub fn open(plan: &GpioPlan) -> Result<CdevOutputs, PlcError> {
-            let request = Request::from_config(output_config(plan)).with_consumer("bedsight").request().map_err(|e| open_error(plan, e))?;
-            Ok(CdevOutputs { request, offsets: plan.outputs.iter().map(|(line, spec)| (*line, spec.offset)).collect(), chip: plan.chip.clone() })
+            let request = Request::from_config(output_config(plan))
+                .with_consumer("bedsight")
+                .request()
+                .map_err(|e| open_error(plan, e))?;
+            Ok(CdevOutputs {
+                request,
+                offsets: plan.outputs.iter().map(|(line, spec)| (*line, spec.offset)).collect(),
+                chip: plan.chip.clone(),
+            })
         }
     }
 
     impl GpioOutputPort for CdevOutputs {
         fn set(&mut self, line: OutputLine, active: bool) -> Result<(), PlcError> {
-            let Some(&offset) = self.offsets.get(&line) else { return Ok(()) };
+            let Some(&offset) = self.offsets.get(&line) else {
+                return Ok(());
+            };
             self.request
                 .set_value(offset, if active { Value::Active } else { Value::Inactive })
-                .map_err(|e| PlcError::Link { link: format!("GPIO {} line {offset} ({})", self.chip, line.name()), reason: e.to_string() })
+                .map_err(|e| PlcError::Link {
+                    link: format!("GPIO {} line {offset} ({})", self.chip, line.name()),
+                    reason: e.to_string(),
+                })
         }
 
         fn describe(&self) -> String {
@@ -477,20 +529,35 @@ pub mod cdev {
 
     impl CdevInputs {
         pub fn open(plan: &GpioPlan) -> Result<CdevInputs, PlcError> {
-            let request = Request::from_config(input_config(plan)).with_consumer("bedsight").request().map_err(|e| open_error(plan, e))?;
-            Ok(CdevInputs { request, lines: plan.inputs.iter().map(|(line, spec)| (spec.offset, *line)).collect() })
+            let request = Request::from_config(input_config(plan))
+                .with_consumer("bedsight")
+                .request()
+                .map_err(|e| open_error(plan, e))?;
+            Ok(CdevInputs {
+                request,
+                lines: plan.inputs.iter().map(|(line, spec)| (spec.offset, *line)).collect(),
+            })
         }
     }
 
     impl GpioInputPort for CdevInputs {
         fn wait_edge(&mut self, timeout: Duration) -> Result<Option<InputEdge>, PlcError> {
-            let link = |e: gpiocdev::Error| PlcError::Link { link: "GPIO inputs".into(), reason: e.to_string() };
+            let link = |e: gpiocdev::Error| PlcError::Link {
+                link: "GPIO inputs".into(),
+                reason: e.to_string(),
+            };
             if !self.request.wait_edge_event(timeout).map_err(link)? {
                 return Ok(None);
             }
             let event = self.request.read_edge_event().map_err(link)?;
-            let Some(&line) = self.lines.get(&event.offset) else { return Ok(None) };
-            Ok(Some(InputEdge { line, active: event.kind == EdgeKind::Rising, at: Instant::now() }))
+            let Some(&line) = self.lines.get(&event.offset) else {
+                return Ok(None);
+            };
+            Ok(Some(InputEdge {
+                line,
+                active: event.kind == EdgeKind::Rising,
+                at: Instant::now(),
+            }))
         }
     }
 }
@@ -503,7 +570,10 @@ pub mod rpi {
     use rppal::gpio::{Gpio, InputPin, OutputPin, Trigger};
 
     fn open_error(error: rppal::gpio::Error) -> PlcError {
-        PlcError::Open { device: "Raspberry Pi GPIO".into(), reason: error.to_string() }
+        PlcError::Open {
+            device: "Raspberry Pi GPIO".into(),
+            reason: error.to_string(),
+        }
     }
 
     pub struct RppalOutputs {
@@ -517,7 +587,11 @@ pub mod rpi {
             for (line, spec) in &plan.outputs {
                 let pin = gpio.get(spec.offset as u8).map_err(open_error)?;
                 // Inactive at start.
-                let pin = if spec.active_low { pin.into_output_high() } else { pin.into_output_low() };
+                let pin = if spec.active_low {
+                    pin.into_output_high()
+                } else {
+                    pin.into_output_low()
+                };
                 pins.insert(*line, (pin, spec.active_low));
             }
             Ok(RppalOutputs { pins })
@@ -566,11 +640,20 @@ pub mod rpi {
             let event = self
                 .gpio
                 .poll_interrupts(&watched, false, Some(timeout))
-                .map_err(|e| PlcError::Link { link: "Raspberry Pi GPIO inputs".into(), reason: e.to_string() })?;
+                .map_err(|e| PlcError::Link {
+                    link: "Raspberry Pi GPIO inputs".into(),
+                    reason: e.to_string(),
+                })?;
             let Some((pin, event)) = event else { return Ok(None) };
-            let Some((line, _, active_low)) = self.pins.iter().find(|(_, p, _)| p.pin() == pin.pin()) else { return Ok(None) };
+            let Some((line, _, active_low)) = self.pins.iter().find(|(_, p, _)| p.pin() == pin.pin()) else {
+                return Ok(None);
+            };
             let rising = event.trigger == Trigger::RisingEdge;
-            Ok(Some(InputEdge { line: *line, active: rising != *active_low, at: Instant::now() }))
+            Ok(Some(InputEdge {
+                line: *line,
+                active: rising != *active_low,
+                at: Instant::now(),
+            }))
         }
     }
 }
@@ -595,7 +678,11 @@ mod tests {
                 (OutputLine::Alive, line(20, false)),
             ]
             .into(),
-            inputs: [(InputLine::LayerReady, line(16, true)), (InputLine::Ack, line(12, false))].into(),
+            inputs: [
+                (InputLine::LayerReady, line(16, true)),
+                (InputLine::Ack, line(12, false)),
+            ]
+            .into(),
             verdict_mode: mode,
             debounce: Duration::from_millis(20),
         }
@@ -645,7 +732,13 @@ mod tests {
     #[test]
     fn two_roles_on_one_offset_are_refused() {
         let mut plan = plan(VerdictMode::Level);
-        plan.inputs.insert(InputLine::Ack, LineSpec { offset: 5, active_low: false });
+        plan.inputs.insert(
+            InputLine::Ack,
+            LineSpec {
+                offset: 5,
+                active_low: false,
+            },
+        );
         assert_eq!(plan.check().unwrap_err(), "lines ready and ack are both offset 5");
     }
 
@@ -666,7 +759,13 @@ mod tests {
         let mut lines = GpioOutputs::new(outputs, &plan, acknowledged.clone()).unwrap();
         let (gate, mut queue) = trigger_channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let watcher = spawn_gpio_inputs(Box::new(inputs), Some(gate), acknowledged, Duration::from_millis(20), stop.clone());
+        let watcher = spawn_gpio_inputs(
+            Box::new(inputs),
+            Some(gate),
+            acknowledged,
+            Duration::from_millis(20),
+            stop.clone(),
+        );
 
         lines.set_state(LoopState::Ready).unwrap();
         assert!(twin.level(OutputLine::Ready) && !twin.level(OutputLine::Busy));
@@ -685,7 +784,12 @@ mod tests {
         message.verdict = Verdict::Pause;
         lines.publish(&message).unwrap();
         queue.layer_done();
-        assert!(twin.level(OutputLine::Nok) && twin.level(OutputLine::Code1) && !twin.level(OutputLine::Code0) && !twin.level(OutputLine::Pass));
+        assert!(
+            twin.level(OutputLine::Nok)
+                && twin.level(OutputLine::Code1)
+                && !twin.level(OutputLine::Code0)
+                && !twin.level(OutputLine::Pass)
+        );
         assert!(twin.level(OutputLine::Ready) && !twin.level(OutputLine::Busy));
         // Level mode: held until ACK.
         std::thread::sleep(Duration::from_millis(30));
@@ -702,7 +806,12 @@ mod tests {
 
         lines.heartbeat().unwrap();
         lines.heartbeat().unwrap();
-        let alive: Vec<bool> = twin.history().into_iter().filter(|(line, _)| *line == OutputLine::Alive).map(|(_, level)| level).collect();
+        let alive: Vec<bool> = twin
+            .history()
+            .into_iter()
+            .filter(|(line, _)| *line == OutputLine::Alive)
+            .map(|(_, level)| level)
+            .collect();
         assert_eq!(alive, vec![false, true, false], "ALIVE is a square wave");
         stop.store(true, Ordering::Relaxed);
         watcher.join().unwrap();

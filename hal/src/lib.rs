@@ -24,4 +24,6 @@ pub mod video_trigger;
 
 pub use camera::{Camera, CameraError, Frame, ReplayCamera};
 pub use plc::{LoopState, Outputs, PlcError, SimulatedPlc, Verdict, VerdictMessage, CLASSES_ON_WIRE};
-pub use trigger::{trigger_channel, Busy, LayerRequest, Trigger, TriggerError, TriggerGate, TriggerQueue, TriggerSource};
+pub use trigger::{
+    trigger_channel, Busy, LayerRequest, Trigger, TriggerError, TriggerGate, TriggerQueue, TriggerSource,
+};

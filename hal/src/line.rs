@@ -44,7 +44,12 @@ pub struct LineParser {
 
 impl Default for LineParser {
     fn default() -> Self {
-        LineParser { line: [0; MAX_LINE_BYTES + 1], length: 0, too_long: false, non_ascii: false }
+        LineParser {
+            line: [0; MAX_LINE_BYTES + 1],
+            length: 0,
+            too_long: false,
+            non_ascii: false,
+        }
     }
 }
 
@@ -108,7 +113,10 @@ impl Outputs for LineOutputs {
     fn publish(&mut self, message: &VerdictMessage) -> Result<(), PlcError> {
         let line = format!("{}\r\n", message.to_line());
         let mut port = self.port.lock().unwrap_or_else(|p| p.into_inner());
-        port.write_all(line.as_bytes()).map_err(|e| PlcError::Link { link: self.label.clone(), reason: format!("cannot write: {e}") })
+        port.write_all(line.as_bytes()).map_err(|e| PlcError::Link {
+            link: self.label.clone(),
+            reason: format!("cannot write: {e}"),
+        })
     }
 
     fn describe(&self) -> String {
@@ -118,14 +126,22 @@ impl Outputs for LineOutputs {
 
 /// Opens the port and serves the line protocol until `stop` is set. `gate` is where `LAYER`
 /// requests go; without one (layers triggered some other way) `LAYER` gets `ERR`.
-pub fn spawn_line_server(settings: &SerialSettings, gate: Option<TriggerGate>, stop: Arc<AtomicBool>) -> Result<(LineOutputs, JoinHandle<()>), PlcError> {
+pub fn spawn_line_server(
+    settings: &SerialSettings,
+    gate: Option<TriggerGate>,
+    stop: Arc<AtomicBool>,
+) -> Result<(LineOutputs, JoinHandle<()>), PlcError> {
     let mut reader = open_serial(settings, Duration::from_millis(50))?;
-    let writer = reader
-        .try_clone()
-        .map_err(|e| PlcError::Open { device: format!("serial port {}", settings.port), reason: format!("cannot share it for writing: {e}") })?;
+    let writer = reader.try_clone().map_err(|e| PlcError::Open {
+        device: format!("serial port {}", settings.port),
+        reason: format!("cannot share it for writing: {e}"),
+    })?;
     let writer: SharedPort = Arc::new(Mutex::new(writer));
     let label = format!("line protocol on {} at {} baud", settings.port, settings.baud);
-    let outputs = LineOutputs { port: writer.clone(), label };
+    let outputs = LineOutputs {
+        port: writer.clone(),
+        label,
+    };
     let name = settings.port.clone();
     let handle = std::thread::Builder::new()
         .name("serial-line".into())
@@ -135,7 +151,9 @@ pub fn spawn_line_server(settings: &SerialSettings, gate: Option<TriggerGate>, s
             while !stop.load(Ordering::Relaxed) {
                 let n = match reader.read(&mut chunk) {
                     Ok(n) => n,
-                    Err(error) if error.kind() == IoErrorKind::TimedOut || error.kind() == IoErrorKind::WouldBlock => continue,
+                    Err(error) if error.kind() == IoErrorKind::TimedOut || error.kind() == IoErrorKind::WouldBlock => {
+                        continue
+                    }
                     Err(error) => {
                         eprintln!("serial line {name}: read failed: {error}; retrying");
                         std::thread::sleep(Duration::from_millis(200));
@@ -146,7 +164,10 @@ pub fn spawn_line_server(settings: &SerialSettings, gate: Option<TriggerGate>, s
                     let Some(event) = parser.push(byte) else { continue };
                     let answer = match event {
                         LineEvent::Layer(layer) => match &gate {
-                            Some(gate) => gate.request(Some(layer), TriggerSource::SerialLine).err().map(|_| format!("BUSY {layer}\r\n")),
+                            Some(gate) => gate
+                                .request(Some(layer), TriggerSource::SerialLine)
+                                .err()
+                                .map(|_| format!("BUSY {layer}\r\n")),
                             None => Some("ERR layers are not triggered over this line (trigger.kind)\r\n".to_string()),
                         },
                         LineEvent::Error(reason) => Some(format!("ERR {reason}\r\n")),
@@ -175,7 +196,10 @@ mod tests {
     #[test]
     fn layer_lines_with_either_line_end() {
         let mut parser = LineParser::default();
-        assert_eq!(feed(&mut parser, b"LAYER 12\r\nlayer 13\n\r\n"), vec![LineEvent::Layer(12), LineEvent::Layer(13)]);
+        assert_eq!(
+            feed(&mut parser, b"LAYER 12\r\nlayer 13\n\r\n"),
+            vec![LineEvent::Layer(12), LineEvent::Layer(13)]
+        );
     }
 
     #[test]
@@ -185,7 +209,10 @@ mod tests {
         long.extend_from_slice(b"\r\n");
         let events = feed(&mut parser, &long);
         assert_eq!(events, vec![LineEvent::Error("line longer than 256 bytes".into())]);
-        let events = feed(&mut parser, b"LAYER \xff1\r\nHELLO\r\nLAYER x\r\nLAYER 1 2\r\nLAYER 5\r\n");
+        let events = feed(
+            &mut parser,
+            b"LAYER \xff1\r\nHELLO\r\nLAYER x\r\nLAYER 1 2\r\nLAYER 5\r\n",
+        );
         assert_eq!(events.len(), 5);
         assert!(matches!(&events[0], LineEvent::Error(r) if r.contains("non-ASCII")));
         assert!(matches!(&events[1], LineEvent::Error(r) if r.contains("unknown command HELLO")));

@@ -115,7 +115,14 @@ impl RegisterBank {
     pub fn new(gate: Option<TriggerGate>) -> RegisterBank {
         let mut status = [0u16; reg::STATUS_END as usize];
         status[reg::MAP_VERSION as usize] = MAP_VERSION;
-        RegisterBank { status, request_layer: 0, gate, standing_fault: false, inspect_pending: false, counters: ModbusCounters::default() }
+        RegisterBank {
+            status,
+            request_layer: 0,
+            gate,
+            standing_fault: false,
+            inspect_pending: false,
+            counters: ModbusCounters::default(),
+        }
     }
 
     /// One register's value as the PLC reads it.
@@ -149,7 +156,11 @@ impl RegisterBank {
     /// writable. A write that includes the command register acts on it after the layer number.
     pub fn write(&mut self, address: u16, count: u16, data: &[u8]) -> Result<(), ErrorKind> {
         let end = address as u32 + count as u32;
-        if count == 0 || address < reg::REQUEST_LAYER_LOW || end > reg::REQUEST_END as u32 || data.len() < count as usize * 2 {
+        if count == 0
+            || address < reg::REQUEST_LAYER_LOW
+            || end > reg::REQUEST_END as u32
+            || data.len() < count as usize * 2
+        {
             return Err(ErrorKind::IllegalDataAddress);
         }
         let mut layer = self.request_layer;
@@ -169,7 +180,8 @@ impl RegisterBank {
             }
             Some(command::INSPECT) => {
                 let gate = self.gate.as_ref().ok_or(ErrorKind::IllegalDataValue)?;
-                gate.request(Some(layer), TriggerSource::Modbus).map_err(|_| ErrorKind::SlaveDeviceBusy)?;
+                gate.request(Some(layer), TriggerSource::Modbus)
+                    .map_err(|_| ErrorKind::SlaveDeviceBusy)?;
                 self.request_layer = layer;
                 self.inspect_pending = true;
                 self.status[reg::STATE as usize] = LoopState::Capturing as u16;
@@ -178,7 +190,11 @@ impl RegisterBank {
             Some(command::ACKNOWLEDGE) => {
                 self.request_layer = layer;
                 if self.status[reg::STATE as usize] == LoopState::VerdictReady as u16 {
-                    let idle = if self.standing_fault { LoopState::Fault } else { LoopState::Ready };
+                    let idle = if self.standing_fault {
+                        LoopState::Fault
+                    } else {
+                        LoopState::Ready
+                    };
                     self.status[reg::STATE as usize] = idle as u16;
                 }
                 Ok(())
@@ -244,7 +260,13 @@ pub enum FrameOutcome {
 }
 
 /// Answers one complete request frame (RTU with CRC, or TCP with its MBAP header) from `bank`.
-pub fn handle_frame(bank: &Mutex<RegisterBank>, unit_id: u8, proto: ModbusProto, request: &[u8], response: &mut Vec<u8>) -> FrameOutcome {
+pub fn handle_frame(
+    bank: &Mutex<RegisterBank>,
+    unit_id: u8,
+    proto: ModbusProto,
+    request: &[u8],
+    response: &mut Vec<u8>,
+) -> FrameOutcome {
     let mut bank = bank.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let mut frame = ModbusFrame::new(unit_id, request, proto, response);
     match frame.parse() {
@@ -430,7 +452,10 @@ pub fn spawn_tcp_server(
     bank: Arc<Mutex<RegisterBank>>,
     stop: Arc<AtomicBool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), PlcError> {
-    let open_error = |reason: String| PlcError::Open { device: format!("Modbus TCP {listen}"), reason };
+    let open_error = |reason: String| PlcError::Open {
+        device: format!("Modbus TCP {listen}"),
+        reason,
+    };
     let listener = TcpListener::bind(listen).map_err(|e| open_error(format!("cannot listen: {e}")))?;
     listener.set_nonblocking(true).map_err(|e| open_error(e.to_string()))?;
     let address = listener.local_addr().map_err(|e| open_error(e.to_string()))?;
@@ -455,7 +480,9 @@ pub fn spawn_tcp_server(
                             })
                             .expect("spawning a thread");
                     }
-                    Err(error) if error.kind() == IoErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                    Err(error) if error.kind() == IoErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(100)),
                 }
             }
@@ -530,7 +557,29 @@ mod tests {
             reason_code: 0x0104,
         });
         let registers = read(&bank, 0, 18).unwrap();
-        assert_eq!(registers, vec![2, 0, 3, (70_001u32 & 0xFFFF) as u16, 1, 2, 1, 3, 1235, 1000, 42, 0, 0, 235, 0, 1000, 0, 0x0104]);
+        assert_eq!(
+            registers,
+            vec![
+                2,
+                0,
+                3,
+                (70_001u32 & 0xFFFF) as u16,
+                1,
+                2,
+                1,
+                3,
+                1235,
+                1000,
+                42,
+                0,
+                0,
+                235,
+                0,
+                1000,
+                0,
+                0x0104
+            ]
+        );
     }
 
     #[test]
@@ -551,10 +600,15 @@ mod tests {
         let mut bank = RegisterBank::new(Some(gate));
         // Layer 65_537 and the inspect command in one write.
         bank.write(100, 3, &words(&[1, 1, command::INSPECT])).unwrap();
-        let request = crate::trigger::Trigger::wait(&mut queue, Duration::from_millis(10)).unwrap().unwrap();
+        let request = crate::trigger::Trigger::wait(&mut queue, Duration::from_millis(10))
+            .unwrap()
+            .unwrap();
         assert_eq!(request.layer, Some(65_537));
         assert_eq!(bank.get(reg::STATE), Some(LoopState::Capturing as u16));
-        assert_eq!(bank.write(102, 1, &words(&[command::INSPECT])), Err(ErrorKind::SlaveDeviceBusy));
+        assert_eq!(
+            bank.write(102, 1, &words(&[command::INSPECT])),
+            Err(ErrorKind::SlaveDeviceBusy)
+        );
         bank.set_state(LoopState::Capturing);
         bank.publish(&VerdictMessage::fault(65_537));
         queue.layer_done();
@@ -591,7 +645,9 @@ mod tests {
         let server = spawn_rtu_server(&SerialSettings::new(&path, 19_200), 1, bank.clone(), stop.clone()).unwrap();
         master.set_timeout(Duration::from_secs(2)).unwrap();
         // Garbage with a bad CRC first: dropped, the next request is still answered.
-        master.write_all(&[0x01, 0x03, 0x00, 0x00, 0x00, 0x02, 0xDE, 0xAD]).unwrap();
+        master
+            .write_all(&[0x01, 0x03, 0x00, 0x00, 0x00, 0x02, 0xDE, 0xAD])
+            .unwrap();
         std::thread::sleep(Duration::from_millis(100));
         let mut exchange = |request: &[u8], expected: usize| {
             master.write_all(request).unwrap();
@@ -617,12 +673,19 @@ mod tests {
         let mut client = TcpStream::connect(address).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         // Transaction 0x0102, read register 0 of unit 1.
-        client.write_all(&[0x01, 0x02, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0x00, 0x00, 0x01]).unwrap();
+        client
+            .write_all(&[0x01, 0x02, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0x00, 0x00, 0x01])
+            .unwrap();
         let mut answer = [0u8; 11];
         client.read_exact(&mut answer).unwrap();
-        assert_eq!(answer, [0x01, 0x02, 0x00, 0x00, 0x00, 0x05, 0x01, 0x03, 0x02, 0x00, 0x02]);
+        assert_eq!(
+            answer,
+            [0x01, 0x02, 0x00, 0x00, 0x00, 0x05, 0x01, 0x03, 0x02, 0x00, 0x02]
+        );
         // Register 200: exception 02.
-        client.write_all(&[0x00, 0x07, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0xC8, 0x00, 0x01]).unwrap();
+        client
+            .write_all(&[0x00, 0x07, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0xC8, 0x00, 0x01])
+            .unwrap();
         let mut answer = [0u8; 9];
         client.read_exact(&mut answer).unwrap();
         assert_eq!(answer, [0x00, 0x07, 0x00, 0x00, 0x00, 0x03, 0x01, 0x83, 0x02]);
@@ -636,19 +699,31 @@ mod tests {
         let mut response = Vec::new();
         // Read holding registers 0..2 of unit 1: 01 03 0000 0002 + CRC C40B.
         let good = [0x01, 0x03, 0x00, 0x00, 0x00, 0x02, 0xC4, 0x0B];
-        assert_eq!(handle_frame(&bank, 1, ModbusProto::Rtu, &good, &mut response), FrameOutcome::Respond);
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &good, &mut response),
+            FrameOutcome::Respond
+        );
         assert_eq!(&response[..7], &[0x01, 0x03, 0x04, 0x00, 0x02, 0x00, 0x00]);
         let mut corrupt = good;
         corrupt[7] ^= 0xFF;
-        assert_eq!(handle_frame(&bank, 1, ModbusProto::Rtu, &corrupt, &mut response), FrameOutcome::CrcError);
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &corrupt, &mut response),
+            FrameOutcome::CrcError
+        );
         // Read register 50: 01 03 0032 0001 + CRC 25C5 -> exception 02.
         let unmapped = [0x01, 0x03, 0x00, 0x32, 0x00, 0x01, 0x25, 0xC5];
-        assert_eq!(handle_frame(&bank, 1, ModbusProto::Rtu, &unmapped, &mut response), FrameOutcome::Respond);
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &unmapped, &mut response),
+            FrameOutcome::Respond
+        );
         assert_eq!(&response[..3], &[0x01, 0x83, 0x02]);
         // Another unit's frame: silence.
         let mut other = good;
         other[0] = 2;
-        assert_eq!(handle_frame(&bank, 1, ModbusProto::Rtu, &other, &mut response), FrameOutcome::Silent);
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &other, &mut response),
+            FrameOutcome::Silent
+        );
         let counters = bank.lock().unwrap().counters;
         assert_eq!((counters.requests, counters.exceptions, counters.crc_errors), (2, 1, 1));
     }
@@ -661,9 +736,19 @@ mod tests {
         let bank = Mutex::new(RegisterBank::new(None));
         let mut response = Vec::new();
         // MBAP (transaction 0x0100, protocol 0, length 13, unit 1), 10 0064 0036 10 + 6 bytes.
-        let request = [0x01, 0x00, 0x00, 0x00, 0x00, 0x0d, 0x01, 0x10, 0x00, 0x64, 0x00, 0x36, 0x10, 0x00, 0x64, 0x00, 0x00, 0x00, 0x01];
-        assert_eq!(handle_frame(&bank, 1, ModbusProto::TcpUdp, &request, &mut response), FrameOutcome::Respond);
-        assert_eq!(&response[7..9], &[0x90, 0x03], "exception 3 to function 16: {response:02x?}");
+        let request = [
+            0x01, 0x00, 0x00, 0x00, 0x00, 0x0d, 0x01, 0x10, 0x00, 0x64, 0x00, 0x36, 0x10, 0x00, 0x64, 0x00, 0x00, 0x00,
+            0x01,
+        ];
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::TcpUdp, &request, &mut response),
+            FrameOutcome::Respond
+        );
+        assert_eq!(
+            &response[7..9],
+            &[0x90, 0x03],
+            "exception 3 to function 16: {response:02x?}"
+        );
         assert_eq!(bank.lock().unwrap().get(100), Some(0), "nothing was written");
     }
 }

@@ -18,7 +18,13 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    pub const ALL: [Verdict; 5] = [Verdict::Pass, Verdict::Recoat, Verdict::Review, Verdict::Pause, Verdict::Fault];
+    pub const ALL: [Verdict; 5] = [
+        Verdict::Pass,
+        Verdict::Recoat,
+        Verdict::Review,
+        Verdict::Pause,
+        Verdict::Fault,
+    ];
 
     /// The word on the wire and in the journal.
     pub fn as_str(self) -> &'static str {
@@ -33,7 +39,9 @@ impl Verdict {
 
     /// Parses the wire word (`PASS`, `RECOAT`, ...), case-insensitively.
     pub fn parse(word: &str) -> Option<Verdict> {
-        Verdict::ALL.into_iter().find(|verdict| verdict.as_str().eq_ignore_ascii_case(word))
+        Verdict::ALL
+            .into_iter()
+            .find(|verdict| verdict.as_str().eq_ignore_ascii_case(word))
     }
 
     /// How much attention the verdict asks for; the pipeline keeps the most severe one.
@@ -165,7 +173,10 @@ impl Outputs for Vec<Box<dyn Outputs + Send>> {
         if self.is_empty() {
             return "no PLC outputs".into();
         }
-        self.iter().map(|output| output.describe()).collect::<Vec<_>>().join(", ")
+        self.iter()
+            .map(|output| output.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

@@ -40,7 +40,12 @@ pub struct SerialSettings {
 impl SerialSettings {
     /// 8N1 at `baud`.
     pub fn new(port: &str, baud: u32) -> SerialSettings {
-        SerialSettings { port: port.to_string(), baud, parity: Parity::None, stop_bits: 1 }
+        SerialSettings {
+            port: port.to_string(),
+            baud,
+            parity: Parity::None,
+            stop_bits: 1,
+        }
     }
 }
 
@@ -52,7 +57,11 @@ pub fn open_serial(settings: &SerialSettings, read_timeout: Duration) -> Result<
         Parity::Even => serialport::Parity::Even,
         Parity::Odd => serialport::Parity::Odd,
     };
-    let stop_bits = if settings.stop_bits == 2 { serialport::StopBits::Two } else { serialport::StopBits::One };
+    let stop_bits = if settings.stop_bits == 2 {
+        serialport::StopBits::Two
+    } else {
+        serialport::StopBits::One
+    };
     serialport::new(&settings.port, settings.baud)
         .data_bits(serialport::DataBits::Eight)
         .parity(parity)
@@ -60,7 +69,10 @@ pub fn open_serial(settings: &SerialSettings, read_timeout: Duration) -> Result<
         .flow_control(serialport::FlowControl::None)
         .timeout(read_timeout)
         .open()
-        .map_err(|e| PlcError::Open { device: format!("serial port {}", settings.port), reason: format!("cannot open: {e}") })
+        .map_err(|e| PlcError::Open {
+            device: format!("serial port {}", settings.port),
+            reason: format!("cannot open: {e}"),
+        })
 }
 
 #[cfg(test)]
@@ -69,8 +81,17 @@ mod tests {
 
     #[test]
     fn a_missing_port_is_named() {
-        let error = open_serial(&SerialSettings::new("/dev/bedsight-no-such-port", 9600), Duration::from_millis(10)).err().unwrap().to_string();
-        assert!(error.contains("/dev/bedsight-no-such-port") && error.contains("cannot open"), "{error}");
+        let error = open_serial(
+            &SerialSettings::new("/dev/bedsight-no-such-port", 9600),
+            Duration::from_millis(10),
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            error.contains("/dev/bedsight-no-such-port") && error.contains("cannot open"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -75,7 +75,11 @@ pub struct TriggerGate {
 impl TriggerGate {
     /// Asks for a layer. Refused with [`Busy`] while the previous one is not finished.
     pub fn request(&self, layer: Option<u32>, source: TriggerSource) -> Result<(), Busy> {
-        if self.busy.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             self.busy_refusals.fetch_add(1, Ordering::Relaxed);
             return Err(Busy);
         }
@@ -136,8 +140,16 @@ pub fn trigger_channel() -> (TriggerGate, TriggerQueue) {
     let busy = Arc::new(AtomicBool::new(false));
     let busy_refusals = Arc::new(AtomicU64::new(0));
     (
-        TriggerGate { busy: busy.clone(), busy_refusals: busy_refusals.clone(), requests: sender },
-        TriggerQueue { busy, busy_refusals, requests: receiver },
+        TriggerGate {
+            busy: busy.clone(),
+            busy_refusals: busy_refusals.clone(),
+            requests: sender,
+        },
+        TriggerQueue {
+            busy,
+            busy_refusals,
+            requests: receiver,
+        },
     )
 }
 
@@ -173,7 +185,13 @@ mod tests {
         assert_eq!(gate.request(Some(7), TriggerSource::Modbus), Ok(()));
         assert!(gate.is_busy());
         assert_eq!(gate.request(Some(8), TriggerSource::SerialLine), Err(Busy));
-        assert_eq!(queue.wait(Duration::from_millis(10)).unwrap(), Some(LayerRequest { layer: Some(7), source: TriggerSource::Modbus }));
+        assert_eq!(
+            queue.wait(Duration::from_millis(10)).unwrap(),
+            Some(LayerRequest {
+                layer: Some(7),
+                source: TriggerSource::Modbus
+            })
+        );
         // Taken but not done: still busy.
         assert_eq!(gate.request(Some(8), TriggerSource::SerialLine), Err(Busy));
         queue.layer_done();

@@ -73,7 +73,13 @@ pub struct FrameAverager {
 
 impl FrameAverager {
     pub fn new(width: u32, height: u32) -> FrameAverager {
-        FrameAverager { width, height, sums: vec![0; width as usize * height as usize], frames: 0, deep: false }
+        FrameAverager {
+            width,
+            height,
+            sums: vec![0; width as usize * height as usize],
+            frames: 0,
+            deep: false,
+        }
     }
 
     /// Forgets the frames summed so far.
@@ -99,19 +105,30 @@ impl FrameAverager {
         let row_bytes = width * bytes_per_pixel;
         let stride = if stride == 0 { row_bytes } else { stride };
         if stride < row_bytes {
-            return Err(format!("row stride {stride} bytes is shorter than a {width}-pixel {format:?} row ({row_bytes} bytes)"));
+            return Err(format!(
+                "row stride {stride} bytes is shorter than a {width}-pixel {format:?} row ({row_bytes} bytes)"
+            ));
         }
         let needed = stride * (height.max(1) - 1) + row_bytes;
         if bytes.len() < needed {
-            return Err(format!("{format:?} frame of {width}x{height} needs {needed} bytes, got {}", bytes.len()));
+            return Err(format!(
+                "{format:?} frame of {width}x{height} needs {needed} bytes, got {}",
+                bytes.len()
+            ));
         }
         for (y, sums) in self.sums.chunks_exact_mut(width).enumerate() {
             let row = &bytes[y * stride..y * stride + row_bytes];
             match format {
                 PixelFormat::Grey => sums.iter_mut().zip(row).for_each(|(sum, &v)| *sum += v as u32),
-                PixelFormat::Y16 => sums.iter_mut().zip(row.chunks_exact(2)).for_each(|(sum, v)| *sum += u16::from_le_bytes([v[0], v[1]]) as u32),
+                PixelFormat::Y16 => sums
+                    .iter_mut()
+                    .zip(row.chunks_exact(2))
+                    .for_each(|(sum, v)| *sum += u16::from_le_bytes([v[0], v[1]]) as u32),
                 // Y0 U Y1 V: the luma is every other byte.
-                PixelFormat::Yuyv => sums.iter_mut().zip(row.iter().step_by(2)).for_each(|(sum, &v)| *sum += v as u32),
+                PixelFormat::Yuyv => sums
+                    .iter_mut()
+                    .zip(row.iter().step_by(2))
+                    .for_each(|(sum, &v)| *sum += v as u32),
                 PixelFormat::Mjpeg => unreachable!("handled above"),
             }
         }
@@ -121,12 +138,22 @@ impl FrameAverager {
     }
 
     fn add_mjpeg(&mut self, bytes: &[u8]) -> Result<(), String> {
-        let decoded = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg).map_err(|e| format!("MJPEG frame is not a readable JPEG: {e}"))?;
+        let decoded = image::load_from_memory_with_format(bytes, image::ImageFormat::Jpeg)
+            .map_err(|e| format!("MJPEG frame is not a readable JPEG: {e}"))?;
         if decoded.width() != self.width || decoded.height() != self.height {
-            return Err(format!("MJPEG frame is {}x{}, expected {}x{}", decoded.width(), decoded.height(), self.width, self.height));
+            return Err(format!(
+                "MJPEG frame is {}x{}, expected {}x{}",
+                decoded.width(),
+                decoded.height(),
+                self.width,
+                self.height
+            ));
         }
         let luma = decoded.to_luma8();
-        self.sums.iter_mut().zip(luma.as_raw()).for_each(|(sum, &v)| *sum += v as u32);
+        self.sums
+            .iter_mut()
+            .zip(luma.as_raw())
+            .for_each(|(sum, &v)| *sum += v as u32);
         self.deep = false;
         self.frames += 1;
         Ok(())
@@ -141,7 +168,9 @@ impl FrameAverager {
         let mean = |sum: u32| (sum + frames / 2) / frames;
         Some(if self.deep {
             let pixels: Vec<u16> = self.sums.iter().map(|&sum| mean(sum) as u16).collect();
-            DynamicImage::ImageLuma16(ImageBuffer::<Luma<u16>, _>::from_raw(self.width, self.height, pixels).expect("sized at new"))
+            DynamicImage::ImageLuma16(
+                ImageBuffer::<Luma<u16>, _>::from_raw(self.width, self.height, pixels).expect("sized at new"),
+            )
         } else {
             let pixels: Vec<u8> = self.sums.iter().map(|&sum| mean(sum) as u8).collect();
             DynamicImage::ImageLuma8(GrayImage::from_raw(self.width, self.height, pixels).expect("sized at new"))
@@ -160,7 +189,12 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn new(initial: Duration, max: Duration) -> Backoff {
-        Backoff { initial, max, delay: initial, next_try: None }
+        Backoff {
+            initial,
+            max,
+            delay: initial,
+            next_try: None,
+        }
     }
 
     /// Whether a try is due at `now`.
@@ -183,7 +217,9 @@ impl Backoff {
 
     /// How long until the next try.
     pub fn remaining(&self, now: Instant) -> Duration {
-        self.next_try.map(|next| next.saturating_duration_since(now)).unwrap_or_default()
+        self.next_try
+            .map(|next| next.saturating_duration_since(now))
+            .unwrap_or_default()
     }
 }
 
@@ -236,8 +272,13 @@ mod device {
         format.width = settings.width;
         format.height = settings.height;
         format.fourcc = FourCC::new(&settings.format.fourcc());
-        let actual = device.set_format(&format).map_err(|e| format!("cannot set the format: {e}"))?;
-        if actual.width != settings.width || actual.height != settings.height || actual.fourcc.repr != settings.format.fourcc() {
+        let actual = device
+            .set_format(&format)
+            .map_err(|e| format!("cannot set the format: {e}"))?;
+        if actual.width != settings.width
+            || actual.height != settings.height
+            || actual.fourcc.repr != settings.format.fourcc()
+        {
             return Err(format!(
                 "asked for {}x{} {}, the driver offers {}x{} {}",
                 settings.width,
@@ -249,21 +290,45 @@ mod device {
             ));
         }
         if let Some(exposure) = settings.exposure {
-            device.set_control(Control { id: CID_EXPOSURE_AUTO, value: v4l::control::Value::Integer(EXPOSURE_MANUAL) }).ok();
             device
-                .set_control(Control { id: CID_EXPOSURE_ABSOLUTE, value: v4l::control::Value::Integer(exposure) })
+                .set_control(Control {
+                    id: CID_EXPOSURE_AUTO,
+                    value: v4l::control::Value::Integer(EXPOSURE_MANUAL),
+                })
+                .ok();
+            device
+                .set_control(Control {
+                    id: CID_EXPOSURE_ABSOLUTE,
+                    value: v4l::control::Value::Integer(exposure),
+                })
                 .map_err(|e| format!("the driver refuses exposure {exposure}: {e}"))?;
         }
         if let Some(gain) = settings.gain {
-            device.set_control(Control { id: CID_GAIN, value: v4l::control::Value::Integer(gain) }).map_err(|e| format!("the driver refuses gain {gain}: {e}"))?;
+            device
+                .set_control(Control {
+                    id: CID_GAIN,
+                    value: v4l::control::Value::Integer(gain),
+                })
+                .map_err(|e| format!("the driver refuses gain {gain}: {e}"))?;
         }
-        let mut stream = MmapStream::with_buffers(&device, Type::VideoCapture, settings.buffers.max(1)).map_err(|e| format!("cannot map buffers: {e}"))?;
+        let mut stream = MmapStream::with_buffers(&device, Type::VideoCapture, settings.buffers.max(1))
+            .map_err(|e| format!("cannot map buffers: {e}"))?;
         stream.set_timeout(settings.capture_timeout);
-        Ok(OpenCamera { _device: device, stream, stride: actual.stride as usize })
+        Ok(OpenCamera {
+            _device: device,
+            stream,
+            stride: actual.stride as usize,
+        })
     }
 
     /// Drops `stale` frames, then adds `fresh` frames to the averager.
-    pub(super) fn grab(camera: &mut OpenCamera, format: PixelFormat, stale: u32, fresh: u32, averager: &mut FrameAverager) -> Result<(), String> {
+    pub(super) fn grab(
+        camera: &mut OpenCamera,
+        format: PixelFormat,
+        stale: u32,
+        fresh: u32,
+        averager: &mut FrameAverager,
+    ) -> Result<(), String> {
         for _ in 0..stale {
             camera.stream.next().map_err(|e| format!("no frame: {e}"))?;
         }
@@ -294,13 +359,24 @@ impl V4l2Camera {
         let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
         #[cfg(feature = "v4l2")]
         {
-            let open = device::open(&settings).map_err(|reason| CameraError::Unreadable { source_name: settings.device.clone(), reason })?;
-            Ok(V4l2Camera { settings, open: Some(open), backoff, averager })
+            let open = device::open(&settings).map_err(|reason| CameraError::Unreadable {
+                source_name: settings.device.clone(),
+                reason,
+            })?;
+            Ok(V4l2Camera {
+                settings,
+                open: Some(open),
+                backoff,
+                averager,
+            })
         }
         #[cfg(not(feature = "v4l2"))]
         {
             let _ = (averager, backoff);
-            Err(CameraError::Unreadable { source_name: settings.device, reason: "this build has no V4L2 support (hal feature v4l2)".into() })
+            Err(CameraError::Unreadable {
+                source_name: settings.device,
+                reason: "this build has no V4L2 support (hal feature v4l2)".into(),
+            })
         }
     }
 }
@@ -316,7 +392,10 @@ impl V4l2Camera {
             if !self.backoff.due(now) {
                 return Err(CameraError::Unreadable {
                     source_name: name,
-                    reason: format!("camera gone; next reopen in {:.1} s", self.backoff.remaining(now).as_secs_f64()),
+                    reason: format!(
+                        "camera gone; next reopen in {:.1} s",
+                        self.backoff.remaining(now).as_secs_f64()
+                    ),
                 });
             }
             match device::open(&self.settings) {
@@ -326,7 +405,10 @@ impl V4l2Camera {
                 }
                 Err(reason) => {
                     let wait = self.backoff.failed(now);
-                    return Err(CameraError::Unreadable { source_name: name, reason: format!("reopen failed: {reason}; next try in {:.1} s", wait.as_secs_f64()) });
+                    return Err(CameraError::Unreadable {
+                        source_name: name,
+                        reason: format!("reopen failed: {reason}; next try in {:.1} s", wait.as_secs_f64()),
+                    });
                 }
             }
         }
@@ -337,10 +419,16 @@ impl V4l2Camera {
             // Close it; the next layer reopens (with back-off).
             self.open = None;
             let wait = self.backoff.failed(Instant::now());
-            return Err(CameraError::Unreadable { source_name: name, reason: format!("{reason}; reopening in {:.1} s", wait.as_secs_f64()) });
+            return Err(CameraError::Unreadable {
+                source_name: name,
+                reason: format!("{reason}; reopening in {:.1} s", wait.as_secs_f64()),
+            });
         }
         let image = self.averager.mean().expect("at least one frame");
-        Ok(Frame { image, source: format!("{} ({} frames averaged)", name, self.averager.frames()) })
+        Ok(Frame {
+            image,
+            source: format!("{} ({} frames averaged)", name, self.averager.frames()),
+        })
     }
 }
 
@@ -357,7 +445,10 @@ impl Camera for V4l2Camera {
 
     #[cfg(not(feature = "v4l2"))]
     fn capture(&mut self) -> Result<Frame, CameraError> {
-        Err(CameraError::Unreadable { source_name: self.settings.device.clone(), reason: "this build has no V4L2 support".into() })
+        Err(CameraError::Unreadable {
+            source_name: self.settings.device.clone(),
+            reason: "this build has no V4L2 support".into(),
+        })
     }
 
     fn describe(&self) -> String {
@@ -398,21 +489,31 @@ mod tests {
     #[test]
     fn yuyv_keeps_the_luma() {
         let mut averager = FrameAverager::new(4, 1);
-        averager.add(PixelFormat::Yuyv, 0, &[10, 128, 20, 128, 30, 64, 40, 192]).unwrap();
+        averager
+            .add(PixelFormat::Yuyv, 0, &[10, 128, 20, 128, 30, 64, 40, 192])
+            .unwrap();
         assert_eq!(averager.mean().unwrap().into_luma8().as_raw(), &vec![10, 20, 30, 40]);
     }
 
     #[test]
     fn mjpeg_frames_are_decoded_to_grey() {
         let mut jpeg = Vec::new();
-        GrayImage::from_pixel(8, 8, Luma([120])).write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg).unwrap();
+        GrayImage::from_pixel(8, 8, Luma([120]))
+            .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+            .unwrap();
         let mut averager = FrameAverager::new(8, 8);
         averager.add(PixelFormat::Mjpeg, 0, &jpeg).unwrap();
         let mean = averager.mean().unwrap().into_luma8();
         assert!(mean.pixels().all(|p| (p.0[0] as i32 - 120).abs() <= 2));
         let mut wrong_size = FrameAverager::new(4, 4);
-        assert!(wrong_size.add(PixelFormat::Mjpeg, 0, &jpeg).unwrap_err().contains("8x8"));
-        assert!(averager.add(PixelFormat::Mjpeg, 0, b"not a jpeg").unwrap_err().contains("not a readable JPEG"));
+        assert!(wrong_size
+            .add(PixelFormat::Mjpeg, 0, &jpeg)
+            .unwrap_err()
+            .contains("8x8"));
+        assert!(averager
+            .add(PixelFormat::Mjpeg, 0, b"not a jpeg")
+            .unwrap_err()
+            .contains("not a readable JPEG"));
     }
 
     #[test]
@@ -433,7 +534,10 @@ mod tests {
         let mut averager = FrameAverager::new(4, 4);
         let error = averager.add(PixelFormat::Y16, 0, &[0; 20]).unwrap_err();
         assert!(error.contains("needs 32 bytes, got 20"), "{error}");
-        assert!(averager.add(PixelFormat::Grey, 2, &[0; 16]).unwrap_err().contains("stride"));
+        assert!(averager
+            .add(PixelFormat::Grey, 2, &[0; 16])
+            .unwrap_err()
+            .contains("stride"));
     }
 
     #[test]

@@ -48,7 +48,14 @@ pub struct RecoatDetector {
 
 impl RecoatDetector {
     pub fn new(settings: VideoTriggerSettings) -> RecoatDetector {
-        RecoatDetector { settings, previous: [0; GRID * GRID], current: [0; GRID * GRID], have_previous: false, phase: VideoPhase::Idle, last_change: 0.0 }
+        RecoatDetector {
+            settings,
+            previous: [0; GRID * GRID],
+            current: [0; GRID * GRID],
+            have_previous: false,
+            phase: VideoPhase::Idle,
+            last_change: 0.0,
+        }
     }
 
     pub fn phase(&self) -> VideoPhase {
@@ -60,7 +67,12 @@ impl RecoatDetector {
     pub fn push(&mut self, frame: &DynamicImage, at: Instant) -> bool {
         sample_grid(frame, &mut self.current);
         let change = if self.have_previous {
-            self.current.iter().zip(&self.previous).map(|(&a, &b)| (a as i32 - b as i32).unsigned_abs() as u64).sum::<u64>() as f64 / (GRID * GRID) as f64
+            self.current
+                .iter()
+                .zip(&self.previous)
+                .map(|(&a, &b)| (a as i32 - b as i32).unsigned_abs() as u64)
+                .sum::<u64>() as f64
+                / (GRID * GRID) as f64
         } else {
             0.0
         };
@@ -88,7 +100,9 @@ impl RecoatDetector {
                     self.phase = VideoPhase::Idle;
                     return true;
                 }
-                self.phase = VideoPhase::Passing { still_since: Some(since) };
+                self.phase = VideoPhase::Passing {
+                    still_since: Some(since),
+                };
                 false
             }
         }
@@ -130,7 +144,11 @@ mod tests {
     }
 
     fn settings() -> VideoTriggerSettings {
-        VideoTriggerSettings { pass_threshold: 10.0, settle_threshold: 2.0, hold: Duration::from_millis(300) }
+        VideoTriggerSettings {
+            pass_threshold: 10.0,
+            settle_threshold: 2.0,
+            hold: Duration::from_millis(300),
+        }
     }
 
     #[test]
@@ -157,7 +175,10 @@ mod tests {
         let mut detector = RecoatDetector::new(settings());
         let start = Instant::now();
         for index in 0..20 {
-            assert!(!detector.push(&bed(100 + (index % 3) as u8), start + Duration::from_millis(100 * index)));
+            assert!(!detector.push(
+                &bed(100 + (index % 3) as u8),
+                start + Duration::from_millis(100 * index)
+            ));
         }
         // A pass, still for 200 ms, a disturbance (smoke, a spark), then still again.
         let mut t = 2_000;

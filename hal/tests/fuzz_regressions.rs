@@ -13,10 +13,16 @@ use replay::replay;
 
 #[test]
 fn modbus_requests_that_were_seeds_or_crashes() {
-    assert!(replay("modbus_request", harness::modbus_request, &[]) >= 6, "the seeds are there");
+    assert!(
+        replay("modbus_request", harness::modbus_request, &[]) >= 6,
+        "the seeds are there"
+    );
 }
 
 #[test]
 fn serial_lines_that_were_seeds_or_crashes() {
-    assert!(replay("serial_line", harness::serial_line, &[]) >= 1, "the seeds are there");
+    assert!(
+        replay("serial_line", harness::serial_line, &[]) >= 1,
+        "the seeds are there"
+    );
 }

@@ -98,25 +98,19 @@ pub fn pack(input: &PackInput, out: &Path) -> Result<PackedInfo, ImageError> {
         problem,
     };
 
-    let mut sources: Vec<(&str, &Path, &str)> =
-        vec![(ENTRY_FP32_GRAPH, input.fp32_graph, "fp32 graph")];
+    let mut sources: Vec<(&str, &Path, &str)> = vec![(ENTRY_FP32_GRAPH, input.fp32_graph, "fp32 graph")];
     if let Some(int8) = input.int8_graph {
         sources.push((ENTRY_INT8_GRAPH, int8, "INT8 graph"));
     }
     if let Some((selftest_input, expected_mask)) = input.selftest {
         sources.push((ENTRY_SELFTEST_INPUT, selftest_input, "self-test input"));
-        sources.push((
-            ENTRY_SELFTEST_EXPECTED,
-            expected_mask,
-            "self-test expected mask",
-        ));
+        sources.push((ENTRY_SELFTEST_EXPECTED, expected_mask, "self-test expected mask"));
     }
 
     let mut contents: Vec<(&str, Vec<u8>)> = Vec::with_capacity(sources.len());
     let mut total_bytes = 0u64;
     for (entry, source, what) in sources {
-        let metadata =
-            fs::metadata(source).map_err(io_error(source, &format!("read the {what}")))?;
+        let metadata = fs::metadata(source).map_err(io_error(source, &format!("read the {what}")))?;
         if !metadata.is_file() {
             return Err(pack_error(format!(
                 "the {what} {} is not a regular file",
@@ -133,16 +127,10 @@ pub fn pack(input: &PackInput, out: &Path) -> Result<PackedInfo, ImageError> {
         }
         let bytes = fs::read(source).map_err(io_error(source, &format!("read the {what}")))?;
         if bytes.is_empty() {
-            return Err(pack_error(format!(
-                "the {what} {} is empty",
-                source.display()
-            )));
+            return Err(pack_error(format!("the {what} {} is empty", source.display())));
         }
         if entry.ends_with(".png") && !bytes.starts_with(PNG_SIGNATURE) {
-            return Err(pack_error(format!(
-                "the {what} {} is not a PNG file",
-                source.display()
-            )));
+            return Err(pack_error(format!("the {what} {} is not a PNG file", source.display())));
         }
         contents.push((entry, bytes));
     }
@@ -163,10 +151,7 @@ pub fn pack(input: &PackInput, out: &Path) -> Result<PackedInfo, ImageError> {
         .collect();
     let origin = format!("cannot pack {}: manifest", out.display());
     manifest.validate(&origin)?;
-    if manifest
-        .format()
-        .is_some_and(|(_, minor)| minor > FORMAT_MINOR)
-    {
+    if manifest.format().is_some_and(|(_, minor)| minor > FORMAT_MINOR) {
         return Err(pack_error(format!(
             "the manifest says format_version \"{}\" but this bedsight writes \
              \"{FORMAT_VERSION}\": write \"{FORMAT_VERSION}\", or pack with a newer bedsight",
@@ -178,19 +163,14 @@ pub fn pack(input: &PackInput, out: &Path) -> Result<PackedInfo, ImageError> {
     let reparsed = Manifest::parse(&manifest_text, &origin)?;
     if reparsed != manifest {
         return Err(pack_error(
-            "the manifest does not read back as written (a bug in bedsight; please report it)"
-                .to_string(),
+            "the manifest does not read back as written (a bug in bedsight; please report it)".to_string(),
         ));
     }
     let manifest_bytes = manifest_text.into_bytes();
     let signature = input.signing_key.map(|key| key.sign(&manifest_bytes));
 
     let mut entries: Vec<(&str, &[u8])> = vec![(ENTRY_MANIFEST, &manifest_bytes)];
-    entries.extend(
-        contents
-            .iter()
-            .map(|(entry, bytes)| (*entry, bytes.as_slice())),
-    );
+    entries.extend(contents.iter().map(|(entry, bytes)| (*entry, bytes.as_slice())));
     let signature_bytes = signature.map(|signature| signature.to_bytes());
     if let Some(signature_bytes) = &signature_bytes {
         entries.push((ENTRY_SIGNATURE, signature_bytes));
@@ -223,10 +203,7 @@ fn write_atomically(out: &Path, entries: &[(&str, &[u8])]) -> Result<u64, ImageE
     let temp = folder.join(temp_name);
 
     let write = || -> io::Result<u64> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)?;
+        let file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
         let mut builder = tar::Builder::new(BufWriter::new(file));
         for (name, bytes) in entries {
             let mut header = tar::Header::new_ustar();
@@ -287,9 +264,7 @@ impl ModelImage {
     /// checked.
     pub fn open(path: &Path) -> Result<ModelImage, ImageError> {
         let file = File::open(path).map_err(io_error(path, "open the model image"))?;
-        let metadata = file
-            .metadata()
-            .map_err(io_error(path, "read the model image"))?;
+        let metadata = file.metadata().map_err(io_error(path, "read the model image"))?;
         if !metadata.is_file() {
             return Err(archive_error(path, "is not a regular file".to_string()));
         }
@@ -334,9 +309,7 @@ impl ModelImage {
             )
         };
         let mut reader = BufReader::new(reader);
-        let head = reader
-            .fill_buf()
-            .map_err(io_error(path, "read the model image"))?;
+        let head = reader.fill_buf().map_err(io_error(path, "read the model image"))?;
         if head.is_empty() {
             return Err(archive_error(path, "is empty (0 bytes)".to_string()));
         }
@@ -436,8 +409,7 @@ impl ModelImage {
                     ));
                 }
                 let bytes = read_entry(&mut entry, &name, path)?;
-                let signature_bytes: [u8; 64] =
-                    bytes.try_into().expect("the size was checked above");
+                let signature_bytes: [u8; 64] = bytes.try_into().expect("the size was checked above");
                 signature = Some(Signature::from_bytes(&signature_bytes));
                 continue;
             }
@@ -496,11 +468,7 @@ impl ModelImage {
             ));
         }
 
-        if let Some(missing) = manifest
-            .files
-            .keys()
-            .find(|name| !files.contains_key(*name))
-        {
+        if let Some(missing) = manifest.files.keys().find(|name| !files.contains_key(*name)) {
             return Err(ImageError::MissingFile {
                 path: path.to_path_buf(),
                 entry: missing.clone(),
@@ -529,10 +497,7 @@ impl ModelImage {
 
     /// (input layer image, expected mask), both PNG, when the image has a self-test.
     pub fn selftest(&self) -> Option<(&[u8], &[u8])> {
-        Some((
-            self.file(ENTRY_SELFTEST_INPUT)?,
-            self.file(ENTRY_SELFTEST_EXPECTED)?,
-        ))
+        Some((self.file(ENTRY_SELFTEST_INPUT)?, self.file(ENTRY_SELFTEST_EXPECTED)?))
     }
 
     /// The content of one entry listed in `[files]`.
@@ -554,16 +519,10 @@ impl ModelImage {
     /// Errors: [`ImageError::Unsigned`] without a signature, [`ImageError::NoTrustedKeys`] with
     /// an empty `trusted`, [`ImageError::UntrustedSignature`] when no key verifies it (signed by
     /// someone else, or the manifest changed after signing).
-    pub fn check_signature<'k>(
-        &self,
-        trusted: &'k [TrustedKey],
-    ) -> Result<&'k TrustedKey, ImageError> {
-        let signature = self
-            .signature
-            .as_ref()
-            .ok_or_else(|| ImageError::Unsigned {
-                path: self.path.clone(),
-            })?;
+    pub fn check_signature<'k>(&self, trusted: &'k [TrustedKey]) -> Result<&'k TrustedKey, ImageError> {
+        let signature = self.signature.as_ref().ok_or_else(|| ImageError::Unsigned {
+            path: self.path.clone(),
+        })?;
         if trusted.is_empty() {
             return Err(ImageError::NoTrustedKeys {
                 path: self.path.clone(),
@@ -571,11 +530,7 @@ impl ModelImage {
         }
         trusted
             .iter()
-            .find(|key| {
-                key.key
-                    .verify_strict(&self.manifest_bytes, signature)
-                    .is_ok()
-            })
+            .find(|key| key.key.verify_strict(&self.manifest_bytes, signature).is_ok())
             .ok_or_else(|| ImageError::UntrustedSignature {
                 path: self.path.clone(),
                 tried: trusted.iter().map(|key| key.owner.clone()).collect(),
@@ -584,11 +539,7 @@ impl ModelImage {
 }
 
 /// Reads a whole entry, refusing one that ends early (a truncated archive).
-fn read_entry<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    name: &str,
-    path: &Path,
-) -> Result<Vec<u8>, ImageError> {
+fn read_entry<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str, path: &Path) -> Result<Vec<u8>, ImageError> {
     let size = entry.size();
     // Grow as the data arrives rather than trusting the header's size for the allocation.
     let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);

@@ -184,15 +184,8 @@ fn short_hash(hash: &str) -> &str {
 }
 
 /// Shorthand for `map_err` on I/O results.
-pub(crate) fn io_error(
-    path: &std::path::Path,
-    doing: &str,
-) -> impl FnOnce(io::Error) -> ImageError {
+pub(crate) fn io_error(path: &std::path::Path, doing: &str) -> impl FnOnce(io::Error) -> ImageError {
     let path = path.to_path_buf();
     let doing = doing.to_string();
-    move |source| ImageError::Io {
-        path,
-        doing,
-        source,
-    }
+    move |source| ImageError::Io { path, doing, source }
 }

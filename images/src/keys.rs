@@ -58,18 +58,8 @@ pub fn keygen(out_stem: &Path) -> Result<(PathBuf, PathBuf), ImageError> {
         .to_public_key_pem(LineEnding::LF)
         .map_err(|e| key_error(&pub_path, &format!("cannot encode the new key ({e})")))?;
 
-    write_new(
-        &key_path,
-        private_pem.as_bytes(),
-        0o600,
-        "write the private key",
-    )?;
-    if let Err(error) = write_new(
-        &pub_path,
-        public_pem.as_bytes(),
-        0o644,
-        "write the public key",
-    ) {
+    write_new(&key_path, private_pem.as_bytes(), 0o600, "write the private key")?;
+    if let Err(error) = write_new(&pub_path, public_pem.as_bytes(), 0o644, "write the public key") {
         let _ = fs::remove_file(&key_path);
         return Err(error);
     }

@@ -29,8 +29,7 @@ pub mod slots;
 
 pub use archive::{
     pack, ModelImage, PackInput, PackedInfo, ENTRY_FP32_GRAPH, ENTRY_INT8_GRAPH, ENTRY_MANIFEST,
-    ENTRY_SELFTEST_EXPECTED, ENTRY_SELFTEST_INPUT, ENTRY_SIGNATURE, MAX_IMAGE_BYTES,
-    MAX_MANIFEST_BYTES,
+    ENTRY_SELFTEST_EXPECTED, ENTRY_SELFTEST_INPUT, ENTRY_SIGNATURE, MAX_IMAGE_BYTES, MAX_MANIFEST_BYTES,
 };
 pub use error::ImageError;
 pub use keys::{keygen, load_signing_key, load_trusted_key, load_trusted_keys, TrustedKey};
@@ -39,8 +38,8 @@ pub use manifest::{
     FORMAT_VERSION,
 };
 pub use slots::{
-    active_generation, ActiveGeneration, InstallReport, SelfTestOutcome, Slot, SlotStatus,
-    SlotView, Slots, SELFTEST_MIN_AGREEMENT,
+    active_generation, ActiveGeneration, InstallReport, SelfTestOutcome, Slot, SlotStatus, SlotView, Slots,
+    SELFTEST_MIN_AGREEMENT,
 };
 
 /// The ed25519 types that appear in this API, re-exported so that users need not depend on

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize, Serializer};
 
 use crate::archive::{
-    is_listable_entry, ENTRY_FP32_GRAPH, ENTRY_INT8_GRAPH, ENTRY_SELFTEST_EXPECTED,
-    ENTRY_SELFTEST_INPUT, MAX_MANIFEST_BYTES,
+    is_listable_entry, ENTRY_FP32_GRAPH, ENTRY_INT8_GRAPH, ENTRY_SELFTEST_EXPECTED, ENTRY_SELFTEST_INPUT,
+    MAX_MANIFEST_BYTES,
 };
 use crate::ImageError;
 
@@ -164,8 +164,8 @@ impl Manifest {
         }
         // The version first, so that a manifest of another major version is refused as such and
         // not for the keys that version added.
-        let table: toml::Table = toml::from_str(text)
-            .map_err(|e| problem(format!("is not valid TOML: {}", e.to_string().trim_end())))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| problem(format!("is not valid TOML: {}", e.to_string().trim_end())))?;
         match table.get("format_version") {
             None => {
                 return Err(problem(format!(
@@ -179,12 +179,8 @@ impl Manifest {
                 )))
             }
         }
-        let manifest: Manifest = toml::from_str(text).map_err(|e| {
-            problem(format!(
-                "is not a valid manifest: {}",
-                e.to_string().trim_end()
-            ))
-        })?;
+        let manifest: Manifest = toml::from_str(text)
+            .map_err(|e| problem(format!("is not a valid manifest: {}", e.to_string().trim_end())))?;
         manifest.validate(origin)?;
         Ok(manifest)
     }
@@ -228,10 +224,7 @@ impl Manifest {
             }
         }
         if input.mean.iter().any(|mean| !mean.is_finite()) {
-            problems.push(format!(
-                "input.mean {:?} must be finite numbers",
-                input.mean
-            ));
+            problems.push(format!("input.mean {:?} must be finite numbers", input.mean));
         }
         if input.std.iter().any(|std| !(std.is_finite() && *std > 0.0)) {
             problems.push(format!(
@@ -255,11 +248,7 @@ impl Manifest {
                 ensemble.members
             ));
         }
-        if ensemble
-            .temperatures
-            .iter()
-            .any(|t| !(t.is_finite() && *t > 0.0))
-        {
+        if ensemble.temperatures.iter().any(|t| !(t.is_finite() && *t > 0.0)) {
             problems.push(format!(
                 "ensemble.temperatures {:?} must be finite numbers > 0 (seed 000 Eq. 21 divides \
                  the logits by them)",
@@ -275,11 +264,7 @@ impl Manifest {
         }
         let mut class_names = BTreeSet::new();
         for (index, class) in self.classes.iter().enumerate() {
-            check_label(
-                &format!("classes[{index}].name"),
-                &class.name,
-                &mut problems,
-            );
+            check_label(&format!("classes[{index}].name"), &class.name, &mut problems);
             if !class_names.insert(class.name.as_str()) {
                 problems.push(format!(
                     "classes[{index}].name \"{}\" is used twice; class names must be unique",
@@ -367,16 +352,12 @@ impl Manifest {
                 ));
             }
             if parse_sha256(hash).is_none() {
-                problems.push(format!(
-                    "files.\"{name}\" = \"{hash}\" is not a sha256 (64 hex digits)"
-                ));
+                problems.push(format!("files.\"{name}\" = \"{hash}\" is not a sha256 (64 hex digits)"));
             }
         }
         let has_int8 = self.files.contains_key(ENTRY_INT8_GRAPH);
         if !self.files.contains_key(ENTRY_FP32_GRAPH) {
-            problems.push(format!(
-                "files does not list {ENTRY_FP32_GRAPH}, the fp32 graph"
-            ));
+            problems.push(format!("files does not list {ENTRY_FP32_GRAPH}, the fp32 graph"));
         }
         if self.graphs.fp32 != ENTRY_FP32_GRAPH {
             problems.push(format!(
@@ -384,11 +365,7 @@ impl Manifest {
                 self.graphs.fp32
             ));
         }
-        let default = if has_int8 {
-            ENTRY_INT8_GRAPH
-        } else {
-            ENTRY_FP32_GRAPH
-        };
+        let default = if has_int8 { ENTRY_INT8_GRAPH } else { ENTRY_FP32_GRAPH };
         if self.graphs.default != default {
             problems.push(format!(
                 "graphs.default is \"{}\", it must be \"{default}\" ({})",
@@ -400,9 +377,7 @@ impl Manifest {
                 }
             ));
         }
-        if self.files.contains_key(ENTRY_SELFTEST_INPUT)
-            != self.files.contains_key(ENTRY_SELFTEST_EXPECTED)
-        {
+        if self.files.contains_key(ENTRY_SELFTEST_INPUT) != self.files.contains_key(ENTRY_SELFTEST_EXPECTED) {
             problems.push(format!(
                 "files lists only one of {ENTRY_SELFTEST_INPUT} and {ENTRY_SELFTEST_EXPECTED}; \
                  a self-test needs both"
@@ -461,9 +436,7 @@ fn check_label(key: &str, value: &str, problems: &mut Vec<String>) {
     } else if value.len() > MAX_LABEL_BYTES {
         problems.push(format!("{key} is longer than {MAX_LABEL_BYTES} bytes"));
     } else if value.chars().any(char::is_control) {
-        problems.push(format!(
-            "{key} {value:?} holds control characters (a line break?)"
-        ));
+        problems.push(format!("{key} {value:?} holds control characters (a line break?)"));
     }
 }
 
@@ -491,12 +464,11 @@ pub(crate) fn parse_sha256(hash: &str) -> Option<[u8; 32]> {
 /// Writes f32s through their shortest decimal form, so that 1.12f32 appears as 1.12 and not as
 /// 1.1200000047683716 (TOML floats are f64).
 fn shortest_floats<S: Serializer>(values: &[f32], serializer: S) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(values.iter().map(|value| {
-        value
-            .to_string()
-            .parse::<f64>()
-            .unwrap_or(f64::from(*value))
-    }))
+    serializer.collect_seq(
+        values
+            .iter()
+            .map(|value| value.to_string().parse::<f64>().unwrap_or(f64::from(*value))),
+    )
 }
 
 #[cfg(test)]
@@ -507,9 +479,7 @@ mod tests {
     fn colours_parse_in_either_case_and_refuse_the_rest() {
         assert_eq!(parse_colour("#ff8000"), Some([255, 128, 0]));
         assert_eq!(parse_colour("#FF8000"), Some([255, 128, 0]));
-        for bad in [
-            "ff8000", "#ff800", "#ff80000", "#gg8000", "", "#", "#ff 800",
-        ] {
+        for bad in ["ff8000", "#ff800", "#ff80000", "#gg8000", "", "#", "#ff 800"] {
             assert_eq!(parse_colour(bad), None, "{bad:?}");
         }
     }

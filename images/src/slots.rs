@@ -313,9 +313,7 @@ impl Slots {
         };
         write_new_synced(
             &lock_path,
-            toml::to_string(&lock)
-                .expect("the install lock serializes")
-                .as_bytes(),
+            toml::to_string(&lock).expect("the install lock serializes").as_bytes(),
         )
         .map_err(|error| match error.kind() {
             io::ErrorKind::AlreadyExists => {
@@ -343,8 +341,7 @@ impl Slots {
         }
         // The lock goes last: a crash before this leaves it for recovery, which then finds a
         // consistent state (the old active slot, or the new one).
-        let removed =
-            fs::remove_file(&lock_path).map_err(io_error(&lock_path, "remove the install lock"));
+        let removed = fs::remove_file(&lock_path).map_err(io_error(&lock_path, "remove the install lock"));
         let _ = sync_dir(&self.slots_dir());
         let report = result?;
         removed?;
@@ -364,8 +361,7 @@ impl Slots {
         F: FnOnce(&Path, &ModelImage) -> Result<SelfTestOutcome, String>,
     {
         if staging.exists() {
-            fs::remove_dir_all(staging)
-                .map_err(io_error(staging, "remove an old staging folder"))?;
+            fs::remove_dir_all(staging).map_err(io_error(staging, "remove an old staging folder"))?;
         }
         fs::create_dir_all(staging).map_err(io_error(staging, "create the staging folder"))?;
 
@@ -384,11 +380,7 @@ impl Slots {
             ));
         }
         let mut unpacked: Vec<(&str, &[u8])> = vec![(ENTRY_MANIFEST, &copy.manifest_bytes)];
-        unpacked.extend(
-            copy.files
-                .iter()
-                .map(|(name, bytes)| (name.as_str(), bytes.as_slice())),
-        );
+        unpacked.extend(copy.files.iter().map(|(name, bytes)| (name.as_str(), bytes.as_slice())));
         let signature_bytes = copy.signature.map(|signature| signature.to_bytes());
         if let Some(bytes) = &signature_bytes {
             unpacked.push((ENTRY_SIGNATURE, bytes));
@@ -398,8 +390,7 @@ impl Slots {
             // names of the format: no absolute paths, no "..".
             let path = staging.join(name);
             if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)
-                    .map_err(io_error(parent, "create a folder in the slot"))?;
+                fs::create_dir_all(parent).map_err(io_error(parent, "create a folder in the slot"))?;
                 sync_dir(parent)?;
             }
             write_new_synced(&path, bytes).map_err(io_error(&path, "unpack the model image"))?;
@@ -452,8 +443,7 @@ impl Slots {
         if slot_dir.exists() {
             fs::rename(&slot_dir, &retired).map_err(io_error(&slot_dir, "retire the old slot"))?;
         }
-        fs::rename(staging, &slot_dir)
-            .map_err(io_error(&slot_dir, "move the staged slot into place"))?;
+        fs::rename(staging, &slot_dir).map_err(io_error(&slot_dir, "move the staged slot into place"))?;
         sync_dir(&self.slots_dir())?;
         if let Some(active) = active {
             write_pointer(&self.state_dir, PREVIOUS_POINTER, Some(active))?;
@@ -541,15 +531,10 @@ impl Slots {
         let active = self.active()?;
         let mut changed = false;
         for slot in Slot::ALL {
-            for leftover in [
-                self.staging_dir(slot),
-                slots_dir.join(format!("{slot}.old")),
-            ] {
+            for leftover in [self.staging_dir(slot), slots_dir.join(format!("{slot}.old"))] {
                 if leftover.exists() {
-                    fs::remove_dir_all(&leftover).map_err(io_error(
-                        &leftover,
-                        "remove what an interrupted install left",
-                    ))?;
+                    fs::remove_dir_all(&leftover)
+                        .map_err(io_error(&leftover, "remove what an interrupted install left"))?;
                     self.recovered.push(format!(
                         "removed {}, left by an install that did not finish",
                         leftover.display()
@@ -570,22 +555,16 @@ impl Slots {
             // unless `previous` names it (then it is the untouched previous image).
             if let Some(lock) = &lock {
                 let dir = self.slot_dir(lock.slot);
-                if active != Some(lock.slot) && self.previous()? != Some(lock.slot) && dir.exists()
-                {
-                    fs::remove_dir_all(&dir)
-                        .map_err(io_error(&dir, "remove a slot that was never activated"))?;
-                    self.recovered.push(format!(
-                        "removed slot {}, installed but never activated",
-                        lock.slot
-                    ));
+                if active != Some(lock.slot) && self.previous()? != Some(lock.slot) && dir.exists() {
+                    fs::remove_dir_all(&dir).map_err(io_error(&dir, "remove a slot that was never activated"))?;
+                    self.recovered
+                        .push(format!("removed slot {}, installed but never activated", lock.slot));
                 }
             }
-            fs::remove_file(&lock_path)
-                .map_err(io_error(&lock_path, "remove a stale install lock"))?;
+            fs::remove_file(&lock_path).map_err(io_error(&lock_path, "remove a stale install lock"))?;
             let active_text = active.map_or("no slot".to_string(), |slot| format!("slot {slot}"));
-            self.recovered.push(format!(
-                "{what}; the active model ({active_text}) is unchanged"
-            ));
+            self.recovered
+                .push(format!("{what}; the active model ({active_text}) is unchanged"));
             changed = true;
         }
         // `previous` naming the active slot (a rollback cut short) or an empty slot is dropped.
@@ -684,10 +663,7 @@ fn write_new_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 fn copy_synced(from: &Path, to: &Path) -> Result<(), ImageError> {
-    fs::copy(from, to).map_err(io_error(
-        to,
-        &format!("copy {} into the slot", from.display()),
-    ))?;
+    fs::copy(from, to).map_err(io_error(to, &format!("copy {} into the slot", from.display())))?;
     File::open(to)
         .and_then(|file| file.sync_all())
         .map_err(io_error(to, "sync the copied model image"))
@@ -728,8 +704,7 @@ fn rfc3339(unix_seconds: u64) -> String {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
     let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
     let month_index = (5 * day_of_year + 2) / 153;
     let day = day_of_year - (153 * month_index + 2) / 5 + 1;

@@ -13,10 +13,16 @@ use replay::replay;
 
 #[test]
 fn model_images_that_were_seeds_or_crashes() {
-    assert!(replay("model_image", harness::model_image, &["assets/default.bsimg"]) >= 1, "the seeds are there");
+    assert!(
+        replay("model_image", harness::model_image, &["assets/default.bsimg"]) >= 1,
+        "the seeds are there"
+    );
 }
 
 #[test]
 fn manifests_that_were_seeds_or_crashes() {
-    assert!(replay("manifest", harness::manifest, &["assets/default-model/manifest.toml"]) >= 1, "the seeds are there");
+    assert!(
+        replay("manifest", harness::manifest, &["assets/default-model/manifest.toml"]) >= 1,
+        "the seeds are there"
+    );
 }

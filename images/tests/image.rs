@@ -6,8 +6,7 @@ use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use images::{
-    keygen, load_signing_key, load_trusted_keys, pack, ImageError, Manifest, ModelImage, PackInput,
-    SigningKey,
+    keygen, load_signing_key, load_trusted_keys, pack, ImageError, Manifest, ModelImage, PackInput, SigningKey,
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -371,9 +370,7 @@ fn signature_by_an_untrusted_key_is_refused() {
     let out = fixture.pack("mallory.bsimg", Some(&mallory));
 
     let image = ModelImage::open(&out).unwrap();
-    let error = image
-        .check_signature(&load_trusted_keys(&keys).unwrap())
-        .unwrap_err();
+    let error = image.check_signature(&load_trusted_keys(&keys).unwrap()).unwrap_err();
     assert!(
         matches!(&error, ImageError::UntrustedSignature { tried, .. } if tried == &["bob"]),
         "{error:?}"
@@ -395,14 +392,8 @@ fn unsigned_image_is_refused_by_check_signature() {
     assert_message(&error, &out, &["not signed", "manifest.sig"]);
 
     let signed = fixture.pack("signed.bsimg", Some(&SigningKey::from_bytes(&[1; 32])));
-    let error = ModelImage::open(&signed)
-        .unwrap()
-        .check_signature(&[])
-        .unwrap_err();
-    assert!(
-        matches!(error, ImageError::NoTrustedKeys { .. }),
-        "{error:?}"
-    );
+    let error = ModelImage::open(&signed).unwrap().check_signature(&[]).unwrap_err();
+    assert!(matches!(error, ImageError::NoTrustedKeys { .. }), "{error:?}");
     assert_message(&error, &signed, &["trusted keys"]);
 }
 
@@ -464,25 +455,17 @@ fn edited_manifest_fails_the_signature() {
         key: alice.verifying_key(),
     }];
     assert_eq!(
-        ModelImage::open(&out)
-            .unwrap()
-            .check_signature(&trusted)
-            .unwrap()
-            .owner,
+        ModelImage::open(&out).unwrap().check_signature(&trusted).unwrap().owner,
         "alice"
     );
 
     // Still a valid manifest, hashes intact: only the signature can tell.
-    let offset =
-        find(&fs::read(&out).unwrap(), b"temperatures = [1.12") + "temperatures = [1.1".len();
+    let offset = find(&fs::read(&out).unwrap(), b"temperatures = [1.12") + "temperatures = [1.1".len();
     flip_byte(&out, offset); // 1.12 -> 1.13
     let image = ModelImage::open(&out).unwrap();
     assert_eq!(image.manifest.ensemble.temperatures[0], 1.13);
     let error = image.check_signature(&trusted).unwrap_err();
-    assert!(
-        matches!(error, ImageError::UntrustedSignature { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, ImageError::UntrustedSignature { .. }), "{error:?}");
     assert_message(&error, &out, &["manifest.sig", "changed after signing"]);
 
     // A flip that breaks the TOML is refused at open.
@@ -570,9 +553,7 @@ fn path_traversal_and_links_are_refused() {
         ("selftest/../model.onnx", b'0'),
     ] {
         let out = fixture.pack("model.bsimg", None);
-        rewrite(&out, |entries| {
-            entries.push((name.into(), kind, b"x".to_vec()))
-        });
+        rewrite(&out, |entries| entries.push((name.into(), kind, b"x".to_vec())));
         let error = open_err(&out);
         assert!(
             matches!(&error, ImageError::UnlistedFile { entry, .. } if entry == name),
@@ -601,11 +582,7 @@ fn manifest_must_come_first() {
     rewrite(&out, |entries| entries.swap(0, 1));
     let error = open_err(&out);
     assert!(matches!(error, ImageError::Archive { .. }), "{error:?}");
-    assert_message(
-        &error,
-        &out,
-        &["first entry", "model.onnx", "manifest.toml"],
-    );
+    assert_message(&error, &out, &["first entry", "model.onnx", "manifest.toml"]);
 }
 
 #[test]
@@ -638,10 +615,7 @@ fn truncated_archive_is_always_an_error() {
         fs::write(&out, &archive[..len]).unwrap();
         let error = open_err(&out);
         assert!(
-            matches!(
-                error,
-                ImageError::Archive { .. } | ImageError::Manifest { .. }
-            ),
+            matches!(error, ImageError::Archive { .. } | ImageError::Manifest { .. }),
             "prefix of {len} bytes: {error:?}"
         );
         assert_message(&error, &out, &[]);
@@ -683,10 +657,7 @@ fn files_that_are_not_model_images_are_refused() {
         let path = fixture.path(name);
         fs::write(&path, bytes).unwrap();
         let error = open_err(&path);
-        assert!(
-            matches!(error, ImageError::Archive { .. }),
-            "{name}: {error:?}"
-        );
+        assert!(matches!(error, ImageError::Archive { .. }), "{name}: {error:?}");
         assert_message(&error, &path, &[word]);
     }
 
@@ -714,19 +685,14 @@ fn unknown_major_format_version_is_refused() {
         "{error:?}"
     );
     assert!(
-        error
-            .to_string()
-            .starts_with("m.toml: format_version \"2.0\""),
+        error.to_string().starts_with("m.toml: format_version \"2.0\""),
         "{error}"
     );
 
     // Refused as a version even when that version has keys 1.x does not know.
     let future = MANIFEST.replace("\"1.0\"", "\"2.1\"") + "\n[fusion]\nin_graph = true\n";
     let error = Manifest::parse(&future, "m.toml").unwrap_err();
-    assert!(
-        matches!(error, ImageError::UnsupportedFormat { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, ImageError::UnsupportedFormat { .. }), "{error:?}");
 
     // A newer minor version of the same major is read.
     Manifest::parse(&MANIFEST.replace("\"1.0\"", "\"1.7\""), "m.toml").unwrap();
@@ -736,10 +702,7 @@ fn unknown_major_format_version_is_refused() {
     let out = fixture.pack("model.bsimg", None);
     replace_manifest(&out, |text| text.replace("\"1.0\"", "\"3.0\""));
     let error = open_err(&out);
-    assert!(
-        matches!(error, ImageError::UnsupportedFormat { .. }),
-        "{error:?}"
-    );
+    assert!(matches!(error, ImageError::UnsupportedFormat { .. }), "{error:?}");
     assert_message(&error, &out, &["manifest.toml", "3.0", "update bedsight"]);
 }
 
@@ -748,40 +711,22 @@ fn unknown_major_format_version_is_refused() {
 fn assert_refused(from: &str, to: &str, words: &[&str]) {
     assert!(MANIFEST.contains(from), "fixture lacks {from:?}");
     let text = MANIFEST.replacen(from, to, 1);
-    let error = Manifest::parse(&text, "train/out/manifest.toml")
-        .expect_err(&format!("{from:?} -> {to:?} was accepted"));
+    let error =
+        Manifest::parse(&text, "train/out/manifest.toml").expect_err(&format!("{from:?} -> {to:?} was accepted"));
     assert!(matches!(error, ImageError::Manifest { .. }), "{error:?}");
     let message = error.to_string();
-    assert!(
-        message.starts_with("train/out/manifest.toml: "),
-        "{message}"
-    );
+    assert!(message.starts_with("train/out/manifest.toml: "), "{message}");
     for word in words {
-        assert!(
-            message.contains(word),
-            "{from:?} -> {to:?}: lacks {word:?}: {message}"
-        );
+        assert!(message.contains(word), "{from:?} -> {to:?}: lacks {word:?}: {message}");
     }
 }
 
 #[test]
 fn manifest_with_unknown_keys_is_refused() {
-    assert_refused(
-        "description",
-        "colour_depth = 8\ndescription",
-        &["colour_depth"],
-    );
+    assert_refused("description", "colour_depth = 8\ndescription", &["colour_depth"]);
     assert_refused("channels = 1", "channels = 1\ngamma = 2.2", &["gamma"]);
-    assert_refused(
-        "defect = true",
-        "defect = true\nseverity = 3",
-        &["severity"],
-    );
-    assert_refused(
-        "[training]",
-        "[fusion]\nin_graph = true\n[training]",
-        &["fusion"],
-    );
+    assert_refused("defect = true", "defect = true\nseverity = 3", &["severity"]);
+    assert_refused("[training]", "[fusion]\nin_graph = true\n[training]", &["fusion"]);
 }
 
 #[test]
@@ -791,21 +736,9 @@ fn temperatures_must_match_members() {
         "members = 2",
         &["temperatures", "3 values", "members is 2"],
     );
-    assert_refused(
-        "[1.12, 0.97, 1.05]",
-        "[1.12, 0.97]",
-        &["temperatures", "2 values"],
-    );
-    assert_refused(
-        "[1.12, 0.97, 1.05]",
-        "[1.12, 0.0, 1.05]",
-        &["temperatures", "> 0"],
-    );
-    assert_refused(
-        "[1.12, 0.97, 1.05]",
-        "[1.12, nan, 1.05]",
-        &["temperatures", "finite"],
-    );
+    assert_refused("[1.12, 0.97, 1.05]", "[1.12, 0.97]", &["temperatures", "2 values"]);
+    assert_refused("[1.12, 0.97, 1.05]", "[1.12, 0.0, 1.05]", &["temperatures", "> 0"]);
+    assert_refused("[1.12, 0.97, 1.05]", "[1.12, nan, 1.05]", &["temperatures", "finite"]);
     assert_refused("[1.12, 0.97, 1.05]", "[1.12, -1.0, inf]", &["temperatures"]);
     assert_refused("members = 3", "members = 0", &["members is 0"]);
 }
@@ -825,38 +758,18 @@ fn bad_colour_is_refused() {
 fn std_must_be_positive() {
     assert_refused("std = [0.25]", "std = [0.0]", &["input.std", "> 0"]);
     assert_refused("std = [0.25]", "std = [-0.25]", &["input.std", "> 0"]);
-    assert_refused(
-        "std = [0.25]",
-        "std = [0.25, 0.25]",
-        &["input.std", "2 values"],
-    );
+    assert_refused("std = [0.25]", "std = [0.25, 0.25]", &["input.std", "2 values"]);
 }
 
 #[test]
 fn other_manifest_checks() {
     assert_refused("channels = 1", "channels = 2", &["channels is 2"]);
-    assert_refused(
-        "mean = [0.5]",
-        "mean = [0.5, 0.5, 0.5]",
-        &["input.mean", "3 values"],
-    );
+    assert_refused("mean = [0.5]", "mean = [0.5, 0.5, 0.5]", &["input.mean", "3 values"]);
     assert_refused("width = 256", "width = 4", &["input.width is 4"]);
     assert_refused("height = 256", "height = 9000", &["input.height is 9000"]);
-    assert_refused(
-        "\"lattice\"",
-        "\"background\"",
-        &["\"background\" is used twice"],
-    );
-    assert_refused(
-        "defect = false",
-        "defect = true",
-        &["background", "cannot be a defect"],
-    );
-    assert_refused(
-        "name = \"bedsight-synthetic\"",
-        "name = \"\"",
-        &["name is empty"],
-    );
+    assert_refused("\"lattice\"", "\"background\"", &["\"background\" is used twice"]);
+    assert_refused("defect = false", "defect = true", &["background", "cannot be a defect"]);
+    assert_refused("name = \"bedsight-synthetic\"", "name = \"\"", &["name is empty"]);
     assert_refused("miou = 0.81", "miou = nan", &["training.miou"]);
     assert_refused("version = \"2026.11.25\"\n", "", &["version"]);
     assert_refused("\"1.0\"", "\"one\"", &["format_version", "major.minor"]);
@@ -883,8 +796,7 @@ fn other_manifest_checks() {
 
     // Layout checks once [graphs]/[files] are filled in.
     let hash = "0".repeat(64);
-    let layout =
-        |graphs: &str, files: &str| format!("{MANIFEST}\n[graphs]\n{graphs}\n[files]\n{files}\n");
+    let layout = |graphs: &str, files: &str| format!("{MANIFEST}\n[graphs]\n{graphs}\n[files]\n{files}\n");
     Manifest::parse(
         &layout(
             "default = \"model.onnx\"\nfp32 = \"model.onnx\"",
@@ -936,20 +848,14 @@ fn to_toml_round_trips_and_leaves_out_what_is_not_there() {
     let text = manifest.to_toml();
     assert_eq!(Manifest::parse(&text, "m.toml").unwrap(), manifest);
     assert!(text.contains("temperatures = [1.12, 0.97, 1.05]"), "{text}");
-    assert!(
-        !text.contains("[graphs]") && !text.contains("[files]"),
-        "{text}"
-    );
+    assert!(!text.contains("[graphs]") && !text.contains("[files]"), "{text}");
     assert!(text.starts_with("format_version = \"1.0\"\n"), "{text}");
 
     let mut bare = manifest.clone();
     bare.description.clear();
     bare.training.clear();
     let text = bare.to_toml();
-    assert!(
-        !text.contains("description") && !text.contains("[training]"),
-        "{text}"
-    );
+    assert!(!text.contains("description") && !text.contains("[training]"), "{text}");
     assert_eq!(Manifest::parse(&text, "m.toml").unwrap(), bare);
 }
 
@@ -965,15 +871,9 @@ fn keygen_writes_pem_files_and_never_overwrites() {
     assert_eq!(pub_path, dir.path().join("acme.lab.pub"));
 
     let private = fs::read_to_string(&key_path).unwrap();
-    assert!(
-        private.starts_with("-----BEGIN PRIVATE KEY-----\n"),
-        "{private}"
-    );
+    assert!(private.starts_with("-----BEGIN PRIVATE KEY-----\n"), "{private}");
     let public = fs::read_to_string(&pub_path).unwrap();
-    assert!(
-        public.starts_with("-----BEGIN PUBLIC KEY-----\n"),
-        "{public}"
-    );
+    assert!(public.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{public}");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -1051,11 +951,7 @@ fn key_files_interoperate_with_openssl() {
         .arg(&key_path)
         .output()
         .expect("openssl runs (Debian package openssl)");
-    assert!(
-        derived.status.success(),
-        "{}",
-        String::from_utf8_lossy(&derived.stderr)
-    );
+    assert!(derived.status.success(), "{}", String::from_utf8_lossy(&derived.stderr));
     assert_eq!(
         String::from_utf8(derived.stdout).unwrap(),
         fs::read_to_string(&pub_path).unwrap()
@@ -1114,10 +1010,7 @@ fn layer_head_is_optional_and_checked() {
     let head = parsed.layer_head.as_ref().unwrap();
     assert_eq!(head.classes, ["incompleteness", "streaking"]);
     assert_eq!(head.temperature, 1.25);
-    assert_eq!(
-        Manifest::parse(&parsed.to_toml(), "again.toml").unwrap(),
-        parsed
-    );
+    assert_eq!(Manifest::parse(&parsed.to_toml(), "again.toml").unwrap(), parsed);
 
     let refused = |text: &str, words: &[&str]| {
         let message = Manifest::parse(text, "m.toml").unwrap_err().to_string();

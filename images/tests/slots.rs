@@ -4,10 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use images::{
-    active_generation, pack, ImageError, Manifest, ModelImage, PackInput, SelfTestOutcome, Slot,
-    Slots,
-};
+use images::{active_generation, pack, ImageError, Manifest, ModelImage, PackInput, SelfTestOutcome, Slot, Slots};
 use tempfile::TempDir;
 
 const MANIFEST: &str = r##"
@@ -109,10 +106,7 @@ fn install_unpacks_into_slot_a_then_b_and_switches_atomically() {
         ]
     );
     let status = slots.status(Slot::A).unwrap().unwrap();
-    assert_eq!(
-        (status.name.as_str(), status.version.as_str()),
-        ("slot-test", "1")
-    );
+    assert_eq!((status.name.as_str(), status.version.as_str()), ("slot-test", "1"));
     assert_eq!(status.manifest_sha256, first.manifest_sha256());
     assert_eq!(status.signed_by.as_deref(), Some("alice"));
     assert!(status.selftest_passed());
@@ -167,25 +161,17 @@ fn rollback_switches_back_and_forth_and_refuses_without_a_previous_image() {
     let message = slots.rollback().unwrap_err().to_string();
     assert!(message.contains("nothing to roll back"), "{message}");
 
-    slots
-        .install(&image(temp.path(), "1"), None, passing)
-        .unwrap();
+    slots.install(&image(temp.path(), "1"), None, passing).unwrap();
     let message = slots.rollback().unwrap_err().to_string();
     assert!(message.contains("no previous model image"), "{message}");
 
-    slots
-        .install(&image(temp.path(), "2"), None, passing)
-        .unwrap();
+    slots.install(&image(temp.path(), "2"), None, passing).unwrap();
     assert_eq!(slots.rollback().unwrap(), (Slot::A, Slot::B));
     assert_eq!(slots.active().unwrap(), Some(Slot::A));
     assert_eq!(slots.previous().unwrap(), Some(Slot::B));
     assert_eq!(slots.rollback().unwrap(), (Slot::B, Slot::A));
     assert_eq!(
-        slots
-            .status(slots.active().unwrap().unwrap())
-            .unwrap()
-            .unwrap()
-            .version,
+        slots.status(slots.active().unwrap().unwrap()).unwrap().unwrap().version,
         "2"
     );
 
@@ -197,12 +183,8 @@ fn rollback_switches_back_and_forth_and_refuses_without_a_previous_image() {
 fn a_failed_self_test_changes_nothing() {
     let (temp, state) = state();
     let mut slots = Slots::open(&state).unwrap();
-    slots
-        .install(&image(temp.path(), "1"), None, passing)
-        .unwrap();
-    slots
-        .install(&image(temp.path(), "2"), None, passing)
-        .unwrap();
+    slots.install(&image(temp.path(), "1"), None, passing).unwrap();
+    slots.install(&image(temp.path(), "2"), None, passing).unwrap();
     let before = (tree(&state), fs::read(state.join("active")).unwrap());
 
     let low = |_: &Path, _: &ModelImage| {
@@ -213,19 +195,14 @@ fn a_failed_self_test_changes_nothing() {
             graph: "default".into(),
         })
     };
-    let error = slots
-        .install(&image(temp.path(), "3"), None, low)
-        .unwrap_err();
+    let error = slots.install(&image(temp.path(), "3"), None, low).unwrap_err();
     assert!(matches!(error, ImageError::SelfTest { .. }), "{error}");
     let message = error.to_string();
     assert!(
         message.contains("50.00%") && message.contains("99%") && message.contains("not activated"),
         "{message}"
     );
-    assert_eq!(
-        before,
-        (tree(&state), fs::read(state.join("active")).unwrap())
-    );
+    assert_eq!(before, (tree(&state), fs::read(state.join("active")).unwrap()));
 
     let broken = |_: &Path, _: &ModelImage| Err("the graph does not load".to_string());
     let message = slots
@@ -233,10 +210,7 @@ fn a_failed_self_test_changes_nothing() {
         .unwrap_err()
         .to_string();
     assert!(message.contains("the graph does not load"), "{message}");
-    assert_eq!(
-        before,
-        (tree(&state), fs::read(state.join("active")).unwrap())
-    );
+    assert_eq!(before, (tree(&state), fs::read(state.join("active")).unwrap()));
     // The previous image is still there to roll back to.
     assert_eq!(slots.rollback().unwrap(), (Slot::A, Slot::B));
 }
@@ -287,17 +261,11 @@ fn an_install_killed_between_unpack_and_switch_is_cleaned_up_on_the_next_open() 
 fn a_slot_moved_in_but_never_activated_is_removed_and_a_live_install_is_left_alone() {
     let (temp, state) = state();
     let mut slots = Slots::open(&state).unwrap();
-    slots
-        .install(&image(temp.path(), "1"), None, passing)
-        .unwrap();
+    slots.install(&image(temp.path(), "1"), None, passing).unwrap();
     // As if a process (long gone) had moved slot b into place and died before switching.
     let b = slots.slot_dir(Slot::B);
     fs::create_dir_all(&b).unwrap();
-    fs::copy(
-        slots.slot_dir(Slot::A).join("status.toml"),
-        b.join("status.toml"),
-    )
-    .unwrap();
+    fs::copy(slots.slot_dir(Slot::A).join("status.toml"), b.join("status.toml")).unwrap();
     let lock = state.join("slots/install.lock");
     fs::write(
         &lock,
@@ -315,11 +283,7 @@ fn a_slot_moved_in_but_never_activated_is_removed_and_a_live_install_is_left_alo
 
     // A lock held by a running process (pid 1, always running) is another install at work.
     fs::create_dir_all(state.join("slots/b.staging")).unwrap();
-    fs::write(
-        &lock,
-        "slot = \"b\"\npid = 1\nstarted_at = \"2026-11-25T00:00:00Z\"\n",
-    )
-    .unwrap();
+    fs::write(&lock, "slot = \"b\"\npid = 1\nstarted_at = \"2026-11-25T00:00:00Z\"\n").unwrap();
     let mut reopened = Slots::open(&state).unwrap();
     assert!(reopened.recovered.is_empty());
     assert!(state.join("slots/b.staging").exists());
@@ -341,10 +305,7 @@ fn a_damaged_pointer_is_named() {
     let slots = Slots::open(&state).unwrap();
     fs::write(state.join("active"), "c\n").unwrap();
     let message = slots.active().unwrap_err().to_string();
-    assert!(
-        message.contains("active") && message.contains("\"c\""),
-        "{message}"
-    );
+    assert!(message.contains("active") && message.contains("\"c\""), "{message}");
     fs::write(state.join("active"), "b\n").unwrap();
     let message = active_generation(&state).unwrap_err().to_string();
     assert!(

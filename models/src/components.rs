@@ -20,7 +20,11 @@ pub struct Labeller {
 impl Labeller {
     /// A labeller with buffers for `pixels` pixels already allocated.
     pub fn with_capacity(pixels: usize) -> Labeller {
-        Labeller { labels: Vec::with_capacity(pixels), parent: Vec::with_capacity(pixels + 1), numbering: Vec::with_capacity(pixels + 1) }
+        Labeller {
+            labels: Vec::with_capacity(pixels),
+            parent: Vec::with_capacity(pixels + 1),
+            numbering: Vec::with_capacity(pixels + 1),
+        }
     }
 
     /// Labels the `width` x `height` image whose pixel `i` (row-major) has the value `key(i)`:
@@ -28,7 +32,10 @@ impl Labeller {
     /// component. Returns the number of components; [`Labeller::labels`] holds the labels.
     pub fn label(&mut self, width: usize, height: usize, key: impl Fn(usize) -> u16) -> u32 {
         let pixels = width * height;
-        assert!(pixels < u32::MAX as usize, "images of 2^32 or more pixels are not supported");
+        assert!(
+            pixels < u32::MAX as usize,
+            "images of 2^32 or more pixels are not supported"
+        );
         self.labels.clear();
         self.labels.resize(pixels, 0);
         self.parent.clear();
@@ -117,7 +124,11 @@ impl Labeller {
         let (root_a, root_b) = (self.root(a), self.root(b));
         if root_a != root_b {
             // The smaller root stays the root; the numbering does not depend on which one.
-            let (keep, join) = if root_a < root_b { (root_a, root_b) } else { (root_b, root_a) };
+            let (keep, join) = if root_a < root_b {
+                (root_a, root_b)
+            } else {
+                (root_b, root_a)
+            };
             self.parent[join as usize] = keep;
         }
     }
@@ -134,7 +145,17 @@ mod tests {
     fn labels_match_imageproc() {
         let mut labeller = Labeller::default();
         let mut seed = 0x2545_f491_u32;
-        let hand_picked = [(1usize, 1usize, 2u32), (7, 1, 3), (1, 9, 3), (13, 11, 2), (40, 30, 4), (64, 64, 6), (17, 33, 3), (200, 150, 2), (121, 97, 3)];
+        let hand_picked = [
+            (1usize, 1usize, 2u32),
+            (7, 1, 3),
+            (1, 9, 3),
+            (13, 11, 2),
+            (40, 30, 4),
+            (64, 64, 6),
+            (17, 33, 3),
+            (200, 150, 2),
+            (121, 97, 3),
+        ];
         // And 500 more sizes and key counts, spread by two primes, for the decision tree's edges
         // (from 2 pixels up: imageproc 0.27 panics on a single foreground pixel, see below).
         let spread = (0..500usize).map(|i| (2 + (i * 7919) % 96, 1 + (i * 104_729) % 83, 2 + (i % 5) as u32));
@@ -148,7 +169,9 @@ mod tests {
                     (seed % keys) as u16
                 })
                 .collect();
-            let image = ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(width as u32, height as u32, |x, y| Luma([values[y as usize * width + x as usize]]));
+            let image = ImageBuffer::<Luma<u16>, Vec<u16>>::from_fn(width as u32, height as u32, |x, y| {
+                Luma([values[y as usize * width + x as usize]])
+            });
             let expected = connected_components(&image, Connectivity::Eight, Luma([0u16]));
             let count = labeller.label(width, height, |i| values[i]);
             let expected_labels: Vec<u32> = expected.pixels().map(|p| p[0]).collect();

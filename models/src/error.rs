@@ -19,19 +19,13 @@ pub enum ModelError {
     RuntimeLoad { path: PathBuf, reason: String },
     /// The graph could not be parsed, optimised or turned into a session.
     #[error("{backend}: graph cannot be loaded: {reason}")]
-    Graph {
-        backend: &'static str,
-        reason: String,
-    },
+    Graph { backend: &'static str, reason: String },
     /// The graph loads but its inputs or outputs disagree with the manifest.
     #[error("graph does not match the manifest: {0}")]
     Contract(String),
     /// Running the graph failed.
     #[error("{backend}: inference failed: {reason}")]
-    Inference {
-        backend: &'static str,
-        reason: String,
-    },
+    Inference { backend: &'static str, reason: String },
     /// A buffer or image handed to this crate has the wrong size or is unusable.
     #[error("{0}")]
     Input(String),

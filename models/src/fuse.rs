@@ -109,11 +109,7 @@ pub fn fuse(logits: &[f32], members: usize, temperatures: &[f32], out: &mut Fuse
         classes * pixels,
         "fuse: probabilities buffer has the wrong size"
     );
-    assert_eq!(
-        out.mask.len(),
-        pixels,
-        "fuse: mask buffer has the wrong size"
-    );
+    assert_eq!(out.mask.len(), pixels, "fuse: mask buffer has the wrong size");
     assert_eq!(
         out.uncertainty.len(),
         pixels,
@@ -206,8 +202,22 @@ impl<'a> OutRange<'a> {
         let (uncertainty_first, uncertainty_second) = self.uncertainty.split_at_mut(mid);
         let (confidence_first, confidence_second) = self.confidence.split_at_mut(mid);
         (
-            OutRange { start: self.start, probabilities: first, classes: self.classes, mask: mask_first, uncertainty: uncertainty_first, confidence: confidence_first },
-            OutRange { start: self.start + mid, probabilities: second, classes: self.classes, mask: mask_second, uncertainty: uncertainty_second, confidence: confidence_second },
+            OutRange {
+                start: self.start,
+                probabilities: first,
+                classes: self.classes,
+                mask: mask_first,
+                uncertainty: uncertainty_first,
+                confidence: confidence_first,
+            },
+            OutRange {
+                start: self.start + mid,
+                probabilities: second,
+                classes: self.classes,
+                mask: mask_second,
+                uncertainty: uncertainty_second,
+                confidence: confidence_second,
+            },
         )
     }
 }
@@ -274,7 +284,13 @@ fn mul_add<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
 /// compiles its own copy for its instruction set. `FMA`: whether that instruction set has a
 /// fused multiply-add (see [`mul_add`]).
 #[inline(always)]
-fn fuse_chunks<const FMA: bool>(logits: &[f32], members: usize, temperatures: &[f32], pixels: usize, range: OutRange<'_>) {
+fn fuse_chunks<const FMA: bool>(
+    logits: &[f32],
+    members: usize,
+    temperatures: &[f32],
+    pixels: usize,
+    range: OutRange<'_>,
+) {
     let classes = range.classes;
     let range_start = range.start;
     let range_len = range.mask.len();
@@ -325,9 +341,7 @@ fn fuse_chunks<const FMA: bool>(logits: &[f32], members: usize, temperatures: &[
             let inverse_sum = &mut inverse_sum_scratch[i * n..(i + 1) * n];
             inverse_sum.fill(0.0);
             for q_ik in q_i.chunks_exact_mut(n) {
-                for ((value, &max), total) in
-                    q_ik.iter_mut().zip(max_scaled.iter()).zip(inverse_sum.iter_mut())
-                {
+                for ((value, &max), total) in q_ik.iter_mut().zip(max_scaled.iter()).zip(inverse_sum.iter_mut()) {
                     *value = exp2_nonpositive::<FMA>(*value - max);
                     *total += *value;
                 }
@@ -363,7 +377,9 @@ fn fuse_chunks<const FMA: bool>(logits: &[f32], members: usize, temperatures: &[
             for i in 0..members {
                 let e_ik = &q[(i * classes + k) * n..(i * classes + k + 1) * n];
                 let inverse_sum = &inverse_sum_scratch[i * n..(i + 1) * n];
-                for (((s, &value), &inverse), &m) in squared_deviation.iter_mut().zip(e_ik).zip(inverse_sum).zip(mean.iter()) {
+                for (((s, &value), &inverse), &m) in
+                    squared_deviation.iter_mut().zip(e_ik).zip(inverse_sum).zip(mean.iter())
+                {
                     let deviation = mul_add::<FMA>(value, inverse, -m);
                     *s = mul_add::<FMA>(deviation, deviation, *s);
                 }
@@ -374,11 +390,7 @@ fn fuse_chunks<const FMA: bool>(logits: &[f32], members: usize, temperatures: &[
             // seed 000, Eq. 12: ŷ = argmax(y); strict `>` keeps the lower index on ties.
             // Selects on 32-bit lanes (the class as a u32, narrowed after the last class), so the
             // loop vectorises like the others.
-            for ((best, class), &m) in best_probability
-                .iter_mut()
-                .zip(best_class.iter_mut())
-                .zip(mean.iter())
-            {
+            for ((best, class), &m) in best_probability.iter_mut().zip(best_class.iter_mut()).zip(mean.iter()) {
                 let (current_best, current_class) = (*best, *class);
                 let better = m > current_best;
                 *best = if better { m } else { current_best };
@@ -553,9 +565,7 @@ mod tests {
 
     #[test]
     fn one_member_gives_zero_uncertainty() {
-        let logits: Vec<f32> = (0..3 * 4 * 5)
-            .map(|v| ((v * 37 % 11) as f32 - 5.0) * 0.7)
-            .collect();
+        let logits: Vec<f32> = (0..3 * 4 * 5).map(|v| ((v * 37 % 11) as f32 - 5.0) * 0.7).collect();
         let mut fused = Fused::new(5, 4, 3);
         fused.uncertainty.fill(9.0);
         fuse(&logits, 1, &[1.7], &mut fused);
@@ -597,8 +607,7 @@ mod tests {
             let (mut best, mut best_k, mut variance) = (f64::NEG_INFINITY, 0, 0.0f64);
             for k in 0..classes {
                 let mean = (0..members).map(|i| q[i][k]).sum::<f64>() / members as f64;
-                let mean_square =
-                    (0..members).map(|i| q[i][k] * q[i][k]).sum::<f64>() / members as f64;
+                let mean_square = (0..members).map(|i| q[i][k] * q[i][k]).sum::<f64>() / members as f64;
                 variance += mean_square - mean * mean;
                 out.probabilities[k * pixels + p] = mean as f32;
                 if mean > best {
@@ -636,13 +645,7 @@ mod tests {
     ];
 
     /// Random logits `[M, K, pixels]` within `±scale` and temperatures 0.5, 0.87, 1.24, ...
-    fn random_ensemble(
-        members: usize,
-        classes: usize,
-        pixels: usize,
-        seed: u64,
-        scale: f32,
-    ) -> (Vec<f32>, Vec<f32>) {
+    fn random_ensemble(members: usize, classes: usize, pixels: usize, seed: u64, scale: f32) -> (Vec<f32>, Vec<f32>) {
         let logits = random_values(members * classes * pixels, seed, scale);
         let temperatures = (0..members).map(|i| 0.5 + 0.37 * i as f32).collect();
         (logits, temperatures)
@@ -665,7 +668,14 @@ mod tests {
     }
 
     /// The maps of each kernel this CPU can run, by name.
-    fn every_kernel(logits: &[f32], members: usize, temperatures: &[f32], width: usize, height: usize, classes: usize) -> Vec<(&'static str, Fused)> {
+    fn every_kernel(
+        logits: &[f32],
+        members: usize,
+        temperatures: &[f32],
+        width: usize,
+        height: usize,
+        classes: usize,
+    ) -> Vec<(&'static str, Fused)> {
         let pixels = width * height;
         let mut baseline = Fused::new(width, height, classes);
         fuse_chunks_baseline(logits, members, temperatures, pixels, OutRange::whole(&mut baseline));
@@ -687,8 +697,14 @@ mod tests {
             assert!(close(*a, *b, 1e-6), "{case}: probability {index}: {a} vs {b}");
         }
         for p in 0..pixels {
-            assert!(close(fused.uncertainty[p], expected.uncertainty[p], 1e-6), "{case}: uncertainty at {p}");
-            assert!(close(fused.confidence[p], expected.confidence[p], 1e-6), "{case}: confidence at {p}");
+            assert!(
+                close(fused.uncertainty[p], expected.uncertainty[p], 1e-6),
+                "{case}: uncertainty at {p}"
+            );
+            assert!(
+                close(fused.confidence[p], expected.confidence[p], 1e-6),
+                "{case}: confidence at {p}"
+            );
             // The argmax may only differ where two classes' means are within rounding.
             if fused.mask[p] != expected.mask[p] {
                 let other = fused.probabilities[fused.mask[p] as usize * pixels + p];
@@ -727,7 +743,10 @@ mod tests {
             fuse(&logits, members, &temperatures, &mut dispatched);
             let kernels = every_kernel(&logits, members, &temperatures, width, height, classes);
             let (fastest, fastest_maps) = kernels.last().expect("the baseline kernel");
-            assert!(fused_bits(&dispatched) == fused_bits(fastest_maps), "{case}: fuse did not take the {fastest} kernel");
+            assert!(
+                fused_bits(&dispatched) == fused_bits(fastest_maps),
+                "{case}: fuse did not take the {fastest} kernel"
+            );
             let (_, baseline) = &kernels[0];
             assert_close_to_reference(&case, &dispatched, baseline);
         }
@@ -745,8 +764,18 @@ mod tests {
         fuse_range(&logits, members, &temperatures, pixels, OutRange::whole(&mut one_range));
         for ranges in [2, 3, 4] {
             let mut split = Fused::new(width, height, classes);
-            fuse_in_ranges(&logits, members, &temperatures, pixels, OutRange::whole(&mut split), ranges);
-            assert!(fused_bits(&split) == fused_bits(&one_range), "{ranges} ranges differ from one");
+            fuse_in_ranges(
+                &logits,
+                members,
+                &temperatures,
+                pixels,
+                OutRange::whole(&mut split),
+                ranges,
+            );
+            assert!(
+                fused_bits(&split) == fused_bits(&one_range),
+                "{ranges} ranges differ from one"
+            );
         }
         // Not trivially equal: the maps were written.
         assert!(one_range.confidence.iter().all(|&c| c >= 1.0 / classes as f32 - 1e-6));
@@ -761,7 +790,10 @@ mod tests {
                 let expected = (x as f64).exp2();
                 let got = exp2_nonpositive::<FMA>(x) as f64;
                 if x > -126.0 {
-                    assert!(((got - expected) / expected).abs() < 2e-7, "2^{x} = {got}, expected {expected} (FMA {FMA})");
+                    assert!(
+                        ((got - expected) / expected).abs() < 2e-7,
+                        "2^{x} = {got}, expected {expected} (FMA {FMA})"
+                    );
                 } else {
                     assert!(got < 1.2e-38, "2^{x} = {got}");
                 }

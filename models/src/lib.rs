@@ -29,12 +29,10 @@ pub mod spec;
 
 pub use backend::{find_onnxruntime, load_backend, Backend, BackendChoice, BackendInfo};
 pub use classify::{layer_probabilities, most_probable};
+pub use components::Labeller;
 pub use error::ModelError;
 pub use fuse::{fuse, Fused};
-pub use components::Labeller;
 pub use measure::{measure, measure_into, Defect, Ellipse, MeasureBuffers};
 pub use preprocess::{preprocess, preprocess_gray, rectify, Rectifier};
 pub use refine::{refine, refine_with, RefineBuffers, RefineReport};
-pub use spec::{
-    ClassInfo, InputSpec, LayerHeadSpec, ModelSpec, MAX_CLASSES, MAX_LAYER_CLASSES, MAX_MEMBERS,
-};
+pub use spec::{ClassInfo, InputSpec, LayerHeadSpec, ModelSpec, MAX_CLASSES, MAX_LAYER_CLASSES, MAX_MEMBERS};

@@ -101,14 +101,24 @@ pub const RESERVED_COMPONENTS: usize = 1 << 16;
 impl MeasureBuffers {
     /// Buffers for a mask of `pixels` pixels, allocated now rather than on the first layers.
     pub fn for_pixels(pixels: usize) -> MeasureBuffers {
-        MeasureBuffers { labeller: Labeller::with_capacity(pixels), components: Vec::with_capacity(pixels.min(RESERVED_COMPONENTS)) }
+        MeasureBuffers {
+            labeller: Labeller::with_capacity(pixels),
+            components: Vec::with_capacity(pixels.min(RESERVED_COMPONENTS)),
+        }
     }
 }
 
 /// Finds and measures every defect in `fused.mask`; [`measure_into`] with buffers of its own.
 pub fn measure(fused: &Fused, classes: &[ClassInfo], mm_per_px: f64, min_area_px: u32) -> Vec<Defect> {
     let mut defects = Vec::new();
-    measure_into(fused, classes, mm_per_px, min_area_px, &mut MeasureBuffers::default(), &mut defects);
+    measure_into(
+        fused,
+        classes,
+        mm_per_px,
+        min_area_px,
+        &mut MeasureBuffers::default(),
+        &mut defects,
+    );
     defects
 }
 
@@ -187,7 +197,11 @@ pub fn measure_into(
     // keeps that order per class (a stable sort by class, without a sort's scratch buffer).
     for class in 0..classes.len() {
         let of_class = components.iter().flatten().filter(|m| m.class as usize == class);
-        defects.extend(of_class.filter(|m| m.count >= min_area_px as u64).map(|m| defect_from_moments(m, mm_per_px)));
+        defects.extend(
+            of_class
+                .filter(|m| m.count >= min_area_px as u64)
+                .map(|m| defect_from_moments(m, mm_per_px)),
+        );
     }
 }
 
@@ -217,12 +231,7 @@ fn defect_from_moments(m: &Moments, mm_per_px: f64) -> Defect {
         class: m.class,
         area_px,
         area_mm2,
-        bbox: [
-            m.x_min,
-            m.y_min,
-            m.x_max - m.x_min + 1,
-            m.y_max - m.y_min + 1,
-        ],
+        bbox: [m.x_min, m.y_min, m.x_max - m.x_min + 1, m.y_max - m.y_min + 1],
         centroid: [mean_x, mean_y],
         // seed 002, Eq. 5: ∅_e = sqrt(4 A_p / π)
         equivalent_diameter_mm: (4.0 * area_mm2 / std::f64::consts::PI).sqrt(),
@@ -282,14 +291,7 @@ mod tests {
     /// A rotated filled ellipse drawn by testing the implicit equation per pixel. `theta_deg` is
     /// counter-clockwise on screen: in image coordinates (y down) the major axis direction is
     /// (cos θ, −sin θ).
-    fn rotated_ellipse(
-        size: u32,
-        centre: (f64, f64),
-        a: f64,
-        b: f64,
-        theta_deg: f64,
-        class: u8,
-    ) -> GrayImage {
+    fn rotated_ellipse(size: u32, centre: (f64, f64), a: f64, b: f64, theta_deg: f64, class: u8) -> GrayImage {
         let t = theta_deg.to_radians();
         let (ux, uy) = (t.cos(), -t.sin());
         GrayImage::from_fn(size, size, |x, y| {
@@ -323,10 +325,7 @@ mod tests {
                 "θ = {theta}: b = {}",
                 ellipse.semi_minor_px
             );
-            assert!(
-                (defects[0].centroid[0] - 80.3).abs() < 0.5
-                    && (defects[0].centroid[1] - 79.6).abs() < 0.5
-            );
+            assert!((defects[0].centroid[0] - 80.3).abs() < 0.5 && (defects[0].centroid[1] - 79.6).abs() < 0.5);
         }
     }
 
@@ -383,10 +382,7 @@ mod tests {
             disc.equivalent_diameter_mm
         );
         assert_eq!(disc.area_mm2, disc.area_px as f64 * mm_per_px * mm_per_px);
-        assert!(
-            within(disc.ellipse.semi_major_px, radius, 0.02)
-                && within(disc.ellipse.semi_minor_px, radius, 0.02)
-        );
+        assert!(within(disc.ellipse.semi_major_px, radius, 0.02) && within(disc.ellipse.semi_minor_px, radius, 0.02));
         assert_eq!(disc.bbox, [15, 15, 51, 51]);
         assert_eq!(disc.centroid, [40.0, 40.0]);
 
@@ -423,10 +419,7 @@ mod tests {
         let defects = measure(&fused, &classes(), 0.5, 1);
         // class 1: {(0,0),(1,0),(2,1)} diagonal-connected, and {(5,3)}; class 2: {(4,2),(5,2),(4,3)};
         // class 4: {(0,3)}, {(7,5)}. Lattice (5) is not a defect.
-        let summary: Vec<(u8, u32, [u32; 4])> = defects
-            .iter()
-            .map(|d| (d.class, d.area_px, d.bbox))
-            .collect();
+        let summary: Vec<(u8, u32, [u32; 4])> = defects.iter().map(|d| (d.class, d.area_px, d.bbox)).collect();
         assert_eq!(
             summary,
             vec![
@@ -443,10 +436,7 @@ mod tests {
 
         let large = measure(&fused, &classes(), 0.5, 2);
         assert_eq!(
-            large
-                .iter()
-                .map(|d| (d.class, d.area_px))
-                .collect::<Vec<_>>(),
+            large.iter().map(|d| (d.class, d.area_px)).collect::<Vec<_>>(),
             vec![(1, 3), (2, 3)]
         );
     }

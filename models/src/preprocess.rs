@@ -46,12 +46,8 @@ impl Rectifier {
         // clockwise; a mirrored view (camera behind a mirror, flipped sensor) turns the other
         // way and is accepted too: the homography un-mirrors it.
         let turn = |i: usize| {
-            let [a, b, c] = [
-                corners_px[i],
-                corners_px[(i + 1) % 4],
-                corners_px[(i + 2) % 4],
-            ]
-            .map(|[x, y]| [x as f64, y as f64]);
+            let [a, b, c] =
+                [corners_px[i], corners_px[(i + 1) % 4], corners_px[(i + 2) % 4]].map(|[x, y]| [x as f64, y as f64]);
             (b[0] - a[0]) * (c[1] - b[1]) - (b[1] - a[1]) * (c[0] - b[0])
         };
         let turns = [turn(0), turn(1), turn(2), turn(3)];
@@ -98,7 +94,10 @@ impl Rectifier {
         // imageproc keeps the matrix private; its Debug output is the only way to read it back,
         // and the unit test checks it against `camera_to_bed`.
         let debug = format!("{:?}", self.projection);
-        let start = debug.find("transform: [").map(|i| i + "transform: [".len()).unwrap_or(0);
+        let start = debug
+            .find("transform: [")
+            .map(|i| i + "transform: [".len())
+            .unwrap_or(0);
         let end = debug[start..].find(']').map(|i| start + i).unwrap_or(start);
         let mut matrix = [0.0f64; 9];
         for (slot, value) in matrix.iter_mut().zip(debug[start..end].split(',')) {
@@ -150,12 +149,7 @@ impl Rectifier {
 ///
 /// An error when the corners are not finite, not a convex quadrilateral in that order, or
 /// degenerate, or the output is smaller than 2x2.
-pub fn rectify(
-    frame: &GrayImage,
-    corners_px: [[f32; 2]; 4],
-    out_w: u32,
-    out_h: u32,
-) -> Result<GrayImage, ModelError> {
+pub fn rectify(frame: &GrayImage, corners_px: [[f32; 2]; 4], out_w: u32, out_h: u32) -> Result<GrayImage, ModelError> {
     Ok(Rectifier::new(corners_px, out_w, out_h)?.rectify(frame))
 }
 
@@ -168,11 +162,7 @@ pub fn rectify(
 /// - for `C = 1`, colour turned into ITU-R BT.601 luma; for `C = 3`, grey repeated in R, G, B;
 ///   alpha ignored;
 /// - normalised per channel: `(x − mean[c]) / std[c]`.
-pub fn preprocess(
-    image: &DynamicImage,
-    spec: &InputSpec,
-    out: &mut [f32],
-) -> Result<(), ModelError> {
+pub fn preprocess(image: &DynamicImage, spec: &InputSpec, out: &mut [f32]) -> Result<(), ModelError> {
     spec.validate()?;
     if out.len() != spec.len() {
         return Err(ModelError::Input(format!(
@@ -198,16 +188,9 @@ pub fn preprocess(
 
 /// [`preprocess`] for an 8-bit grey image (what [`rectify`] returns), without wrapping it in a
 /// `DynamicImage`. Allocates only when it has to resize.
-pub fn preprocess_gray(
-    image: &GrayImage,
-    spec: &InputSpec,
-    out: &mut [f32],
-) -> Result<(), ModelError> {
+pub fn preprocess_gray(image: &GrayImage, spec: &InputSpec, out: &mut [f32]) -> Result<(), ModelError> {
     spec.validate()?;
-    if image.dimensions() == (spec.width, spec.height)
-        && spec.channels == 1
-        && out.len() == spec.len()
-    {
+    if image.dimensions() == (spec.width, spec.height) && spec.channels == 1 && out.len() == spec.len() {
         let (mean, std) = (spec.mean[0], spec.std[0]);
         for (value, pixel) in out.iter_mut().zip(image.as_raw()) {
             *value = (*pixel as f32 / 255.0 - mean) / std;
@@ -281,7 +264,10 @@ mod tests {
             let w = h[6] * x + h[7] * y + h[8];
             let mapped = ((h[0] * x + h[1] * y + h[2]) / w, (h[3] * x + h[4] * y + h[5]) / w);
             let (bx, by) = rectifier.camera_to_bed(x as f32, y as f32);
-            assert!((mapped.0 - bx as f64).abs() < 1e-2 && (mapped.1 - by as f64).abs() < 1e-2, "{mapped:?} vs {bx},{by}");
+            assert!(
+                (mapped.0 - bx as f64).abs() < 1e-2 && (mapped.1 - by as f64).abs() < 1e-2,
+                "{mapped:?} vs {bx},{by}"
+            );
         }
         let (bx, by) = rectifier.camera_to_bed(1850.0, 1810.0);
         assert!((bx - 255.0).abs() < 1e-2 && (by - 255.0).abs() < 1e-2);
@@ -326,11 +312,7 @@ mod tests {
         assert_eq!(out.dimensions(), (w, h));
         // imageproc's bilinear blend truncates, so a value may come out one grey level low.
         let near = |value: u8, expected: u8| value == expected || value + 1 == expected;
-        assert!(
-            near(out.get_pixel(0, 0)[0], 50),
-            "top-left {}",
-            out.get_pixel(0, 0)[0]
-        );
+        assert!(near(out.get_pixel(0, 0)[0], 50), "top-left {}", out.get_pixel(0, 0)[0]);
         assert!(
             near(out.get_pixel(w - 1, 0)[0], 100),
             "top-right {}",
@@ -360,13 +342,7 @@ mod tests {
     #[test]
     fn rectify_of_an_axis_aligned_rectangle_is_a_resample() {
         let frame = GrayImage::from_fn(41, 21, |x, y| Luma([(x * 5 + y) as u8]));
-        let out = rectify(
-            &frame,
-            [[0.0, 0.0], [40.0, 0.0], [40.0, 20.0], [0.0, 20.0]],
-            21,
-            11,
-        )
-        .unwrap();
+        let out = rectify(&frame, [[0.0, 0.0], [40.0, 0.0], [40.0, 20.0], [0.0, 20.0]], 21, 11).unwrap();
         for (x, y, pixel) in out.enumerate_pixels() {
             let expected = frame.get_pixel(2 * x, 2 * y)[0] as i32;
             assert!(
@@ -381,13 +357,7 @@ mod tests {
     #[test]
     fn rectify_accepts_a_mirrored_view() {
         let frame = GrayImage::from_fn(41, 21, |x, y| Luma([(x * 5 + y) as u8]));
-        let out = rectify(
-            &frame,
-            [[40.0, 0.0], [0.0, 0.0], [0.0, 20.0], [40.0, 20.0]],
-            21,
-            11,
-        )
-        .unwrap();
+        let out = rectify(&frame, [[40.0, 0.0], [0.0, 0.0], [0.0, 20.0], [40.0, 20.0]], 21, 11).unwrap();
         for (x, y, pixel) in out.enumerate_pixels() {
             let expected = frame.get_pixel(40 - 2 * x, 2 * y)[0] as i32;
             assert!(
@@ -402,35 +372,11 @@ mod tests {
     fn rectify_refuses_bad_corners() {
         let frame = GrayImage::new(10, 10);
         // Bottom corners swapped: a bow-tie, not a convex quadrilateral.
-        assert!(rectify(
-            &frame,
-            [[0.0, 0.0], [9.0, 0.0], [0.0, 9.0], [9.0, 9.0]],
-            8,
-            8
-        )
-        .is_err());
+        assert!(rectify(&frame, [[0.0, 0.0], [9.0, 0.0], [0.0, 9.0], [9.0, 9.0]], 8, 8).is_err());
         // All four on a line.
-        assert!(rectify(
-            &frame,
-            [[0.0, 0.0], [3.0, 0.0], [6.0, 0.0], [9.0, 0.0]],
-            8,
-            8
-        )
-        .is_err());
-        assert!(rectify(
-            &frame,
-            [[0.0, 0.0], [f32::NAN, 0.0], [9.0, 9.0], [0.0, 9.0]],
-            8,
-            8
-        )
-        .is_err());
-        assert!(rectify(
-            &frame,
-            [[0.0, 0.0], [9.0, 0.0], [9.0, 9.0], [0.0, 9.0]],
-            1,
-            8
-        )
-        .is_err());
+        assert!(rectify(&frame, [[0.0, 0.0], [3.0, 0.0], [6.0, 0.0], [9.0, 0.0]], 8, 8).is_err());
+        assert!(rectify(&frame, [[0.0, 0.0], [f32::NAN, 0.0], [9.0, 9.0], [0.0, 9.0]], 8, 8).is_err());
+        assert!(rectify(&frame, [[0.0, 0.0], [9.0, 0.0], [9.0, 9.0], [0.0, 9.0]], 1, 8).is_err());
     }
 
     #[test]
@@ -451,13 +397,17 @@ mod tests {
 
     #[test]
     fn preprocess_colour_to_luma_and_to_chw() {
-        let image = ImageBuffer::from_fn(2, 1, |x, _| {
-            if x == 0 {
-                Rgb([255u8, 0, 0])
-            } else {
-                Rgb([0u8, 0, 255])
-            }
-        });
+        let image = ImageBuffer::from_fn(
+            2,
+            1,
+            |x, _| {
+                if x == 0 {
+                    Rgb([255u8, 0, 0])
+                } else {
+                    Rgb([0u8, 0, 255])
+                }
+            },
+        );
         let image = DynamicImage::ImageRgb8(image);
         // C = 1: ITU-R 601 luma 0.299 (red) and 0.114 (blue).
         let grey = InputSpec {

@@ -59,7 +59,12 @@ impl RefineBuffers {
     /// Buffers for a map of `pixels` pixels, allocated now rather than on the first layers.
     pub fn for_pixels(pixels: usize) -> RefineBuffers {
         let regions = pixels.min(RESERVED_REGIONS);
-        RefineBuffers { high_uncertainty: Vec::with_capacity(pixels), labeller: Labeller::with_capacity(pixels), rectangles: Vec::with_capacity(regions), region_class: Vec::with_capacity(regions) }
+        RefineBuffers {
+            high_uncertainty: Vec::with_capacity(pixels),
+            labeller: Labeller::with_capacity(pixels),
+            rectangles: Vec::with_capacity(regions),
+            region_class: Vec::with_capacity(regions),
+        }
     }
 }
 
@@ -84,19 +89,16 @@ pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut Ref
     // seed 000, Eq. 22
     let normalised = |index: usize| (uncertainty[index] - u_min) / range;
     // seed 000, Eq. 23: the four corners are the most accessible background.
-    let corners = [
-        0,
-        width - 1,
-        (height - 1) * width,
-        (height - 1) * width + width - 1,
-    ];
+    let corners = [0, width - 1, (height - 1) * width, (height - 1) * width + width - 1];
     let delta = corners.iter().map(|&i| normalised(i)).sum::<f32>() / 4.0 + CORNER_THRESHOLD_OFFSET;
 
     // u_HU = {ū > δ}, decided once per pixel (the labelling looks at each pixel up to 5 times).
     let high_uncertainty = &mut buffers.high_uncertainty;
     high_uncertainty.clear();
     high_uncertainty.extend(uncertainty.iter().map(|&u| u8::from((u - u_min) / range > delta)));
-    let region_count = buffers.labeller.label(width, height, |index| u16::from(high_uncertainty[index])) as usize;
+    let region_count = buffers
+        .labeller
+        .label(width, height, |index| u16::from(high_uncertainty[index])) as usize;
     report.regions_found = region_count;
     if region_count == 0 {
         return report;
@@ -141,9 +143,7 @@ pub fn refine_with(fused: &mut Fused, apply_to_classes: &[u8], buffers: &mut Ref
                 best = Some((c as u8, count));
             }
         }
-        *class = best
-            .map(|(c, _)| c)
-            .filter(|c| apply_to_classes.contains(c));
+        *class = best.map(|(c, _)| c).filter(|c| apply_to_classes.contains(c));
     }
     report.regions = region_class.iter().filter(|c| c.is_some()).count();
 

@@ -48,10 +48,7 @@ impl InputSpec {
     pub fn validate(&self) -> Result<(), ModelError> {
         let spec_error = |message: String| Err(ModelError::Spec(message));
         if self.width == 0 || self.height == 0 {
-            return spec_error(format!(
-                "input size {}x{} is empty",
-                self.width, self.height
-            ));
+            return spec_error(format!("input size {}x{} is empty", self.width, self.height));
         }
         if self.channels != 1 && self.channels != 3 {
             return spec_error(format!(
@@ -164,10 +161,7 @@ impl ModelSpec {
             .enumerate()
             .find(|(_, t)| !(t.is_finite() && **t > 0.0))
         {
-            return spec_error(format!(
-                "temperature T_{} = {t} must be a finite number > 0",
-                i + 1
-            ));
+            return spec_error(format!("temperature T_{} = {t} must be a finite number > 0", i + 1));
         }
         if self.classes.is_empty() {
             return spec_error("no classes".into());
@@ -230,10 +224,7 @@ mod tests {
         let mut spec = test_spec(8, 8, 3, 6);
         spec.temperatures.pop();
         let message = spec.validate().unwrap_err().to_string();
-        assert!(
-            message.contains("3 members but 2 temperatures"),
-            "{message}"
-        );
+        assert!(message.contains("3 members but 2 temperatures"), "{message}");
 
         let mut spec = test_spec(8, 8, 1, 6);
         spec.temperatures[0] = 0.0;

@@ -26,23 +26,13 @@ fn input_for(spec: &ModelSpec) -> Vec<f32> {
     if spec.input.channels == 1 {
         preprocess_gray(&bed, &spec.input, &mut input).unwrap();
     } else {
-        models::preprocess(
-            &image::DynamicImage::ImageLuma8(bed),
-            &spec.input,
-            &mut input,
-        )
-        .unwrap();
+        models::preprocess(&image::DynamicImage::ImageLuma8(bed), &spec.input, &mut input).unwrap();
     }
     input
 }
 
 /// Runs `runs` inferences and returns the logits of the last and the mean time per run.
-fn run(
-    backend: &mut dyn models::Backend,
-    input: &[f32],
-    logits_len: usize,
-    runs: usize,
-) -> (Vec<f32>, f64) {
+fn run(backend: &mut dyn models::Backend, input: &[f32], logits_len: usize, runs: usize) -> (Vec<f32>, f64) {
     let mut logits = vec![0.0f32; logits_len];
     backend.infer(input, &mut logits).unwrap(); // warm-up
     let start = Instant::now();
@@ -67,10 +57,7 @@ fn ort_and_tract_agree_on_the_default_model() {
     );
     let mut tract = load_backend(BackendChoice::Tract, &graph, &spec, None).unwrap();
     assert_eq!(
-        (
-            tract.info().name.as_str(),
-            tract.info().execution_provider.as_str()
-        ),
+        (tract.info().name.as_str(), tract.info().execution_provider.as_str()),
         ("tract", "tract")
     );
 
@@ -80,19 +67,9 @@ fn ort_and_tract_agree_on_the_default_model() {
     let mut ort_fused = Fused::new(width, height, spec.classes.len());
     let mut tract_fused = Fused::new(width, height, spec.classes.len());
     let start = Instant::now();
-    fuse(
-        &ort_logits,
-        spec.members,
-        &spec.temperatures,
-        &mut ort_fused,
-    );
+    fuse(&ort_logits, spec.members, &spec.temperatures, &mut ort_fused);
     let fuse_ms = start.elapsed().as_secs_f64() * 1000.0;
-    fuse(
-        &tract_logits,
-        spec.members,
-        &spec.temperatures,
-        &mut tract_fused,
-    );
+    fuse(&tract_logits, spec.members, &spec.temperatures, &mut tract_fused);
     eprintln!(
         "default model {}x{}x{}, M={}, K={}: ort ({}) {ort_ms:.1} ms, tract {tract_ms:.1} ms per inference; fuse {fuse_ms:.1} ms",
         spec.input.channels,
@@ -133,10 +110,7 @@ fn ort_and_tract_agree_on_the_default_model() {
     );
     // The layer-level head (the default model is multi-task): both backends return its logits,
     // and read with its temperature they agree as closely.
-    let head = spec
-        .layer_head
-        .as_ref()
-        .expect("the default model has a layer head");
+    let head = spec.layer_head.as_ref().expect("the default model has a layer head");
     let mut ort_layer = vec![0.0f32; spec.layer_logits_len()];
     let mut tract_layer = vec![0.0f32; spec.layer_logits_len()];
     models::layer_probabilities(ort.layer_logits(), head.temperature, &mut ort_layer);
@@ -165,11 +139,7 @@ fn auto_runs_on_onnxruntime_when_it_loads() {
     let (graph, spec) = common::default_model();
     let backend = load_backend(BackendChoice::Auto, &graph, &spec, None).unwrap();
     assert_eq!(backend.info().name, "ort", "{:?}", backend.info());
-    assert!(
-        backend.info().detail.contains("libonnxruntime"),
-        "{:?}",
-        backend.info()
-    );
+    assert!(backend.info().detail.contains("libonnxruntime"), "{:?}", backend.info());
 }
 
 /// The same graph with a manifest that disagrees: each backend refuses it and names the
@@ -241,13 +211,9 @@ fn infer_checks_its_buffers() {
     let (graph, spec) = common::default_model();
     let mut tract = load_backend(BackendChoice::Tract, &graph, &spec, None).unwrap();
     let mut logits = vec![0.0f32; spec.logits_len()];
-    let error = tract
-        .infer(&vec![0.0; spec.input.len() - 1], &mut logits)
-        .unwrap_err();
+    let error = tract.infer(&vec![0.0; spec.input.len() - 1], &mut logits).unwrap_err();
     assert!(matches!(error, ModelError::Input(_)), "{error}");
-    let error = tract
-        .infer(&vec![0.0; spec.input.len()], &mut logits[1..])
-        .unwrap_err();
+    let error = tract.infer(&vec![0.0; spec.input.len()], &mut logits[1..]).unwrap_err();
     assert!(matches!(error, ModelError::Input(_)), "{error}");
 }
 
@@ -267,10 +233,7 @@ fn selftest_sample_gives_the_expected_mask_on_both_backends() {
     let mut input = vec![0.0f32; spec.input.len()];
     models::preprocess(&layer, &spec.input, &mut input).unwrap();
     let (width, height) = (spec.input.width as usize, spec.input.height as usize);
-    assert_eq!(
-        (expected.width() as usize, expected.height() as usize),
-        (width, height)
-    );
+    assert_eq!((expected.width() as usize, expected.height() as usize), (width, height));
 
     for choice in [BackendChoice::Ort, BackendChoice::Tract] {
         let mut backend = load_backend(choice, &graph, &spec, None).unwrap();
@@ -310,9 +273,7 @@ fn int8_graph_runs_on_both_backends() {
     let dir = common::default_model_dir();
     let graph = std::fs::read(dir.join("model.int8.onnx")).expect("model.int8.onnx");
     let layer = image::open(dir.join("selftest/input.png")).unwrap();
-    let expected = image::open(dir.join("selftest/expected_mask.png"))
-        .unwrap()
-        .to_luma8();
+    let expected = image::open(dir.join("selftest/expected_mask.png")).unwrap().to_luma8();
     let mut input = vec![0.0f32; spec.input.len()];
     models::preprocess(&layer, &spec.input, &mut input).unwrap();
     let (width, height) = (spec.input.width as usize, spec.input.height as usize);
@@ -322,12 +283,7 @@ fn int8_graph_runs_on_both_backends() {
         backend.infer(&input, &mut logits).unwrap();
         let mut fused = Fused::new(width, height, spec.classes.len());
         fuse(&logits, spec.members, &spec.temperatures, &mut fused);
-        let agreeing = fused
-            .mask
-            .iter()
-            .zip(expected.as_raw())
-            .filter(|(a, b)| a == b)
-            .count();
+        let agreeing = fused.mask.iter().zip(expected.as_raw()).filter(|(a, b)| a == b).count();
         let share = agreeing as f64 / (width * height) as f64;
         assert!(
             share >= 0.99,

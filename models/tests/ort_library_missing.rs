@@ -22,11 +22,7 @@ fn missing_or_wrong_onnxruntime_is_an_error_not_a_panic() {
     }
     let auto = load_backend(BackendChoice::Auto, &graph, &spec, None).unwrap();
     assert_eq!(auto.info().name, "tract");
-    assert!(
-        auto.info().detail.contains("/nonexistent"),
-        "{:?}",
-        auto.info()
-    );
+    assert!(auto.info().detail.contains("/nonexistent"), "{:?}", auto.info());
 
     // 2. A file that is not a shared library at all.
     let folder = tempfile::tempdir().unwrap();

@@ -23,7 +23,11 @@ pub struct DashboardConfig {
 
 impl Default for DashboardConfig {
     fn default() -> Self {
-        DashboardConfig { enabled: true, address: default_dashboard_address(), token: None }
+        DashboardConfig {
+            enabled: true,
+            address: default_dashboard_address(),
+            token: None,
+        }
     }
 }
 
@@ -34,7 +38,10 @@ fn default_dashboard_address() -> String {
 impl DashboardConfig {
     pub(super) fn check(&self) -> Result<()> {
         if self.address.parse::<std::net::SocketAddr>().is_err() {
-            bail!("dashboard.address must be IP:port (e.g. \"127.0.0.1:8080\"), got {:?}", self.address);
+            bail!(
+                "dashboard.address must be IP:port (e.g. \"127.0.0.1:8080\"), got {:?}",
+                self.address
+            );
         }
         if let Some(token) = &self.token {
             if token.len() < 8 || !token.chars().all(|c| c.is_ascii_graphic()) {

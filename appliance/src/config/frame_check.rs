@@ -19,7 +19,10 @@ pub struct FrameCheckConfig {
 
 impl Default for FrameCheckConfig {
     fn default() -> Self {
-        Self { min_mean_brightness: default_min_mean(), max_saturated_share: default_max_saturated() }
+        Self {
+            min_mean_brightness: default_min_mean(),
+            max_saturated_share: default_max_saturated(),
+        }
     }
 }
 
@@ -35,7 +38,10 @@ impl FrameCheckConfig {
     pub(super) fn check(&self) -> Result<()> {
         share("frame_check.max_saturated_share", self.max_saturated_share)?;
         if !(0.0..255.0).contains(&self.min_mean_brightness) {
-            bail!("frame_check.min_mean_brightness must be in 0..255, got {}", self.min_mean_brightness);
+            bail!(
+                "frame_check.min_mean_brightness must be in 0..255, got {}",
+                self.min_mean_brightness
+            );
         }
         Ok(())
     }

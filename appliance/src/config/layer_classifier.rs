@@ -16,7 +16,9 @@ pub struct LayerClassifierConfig {
 
 impl Default for LayerClassifierConfig {
     fn default() -> Self {
-        Self { review_threshold: default_review_threshold() }
+        Self {
+            review_threshold: default_review_threshold(),
+        }
     }
 }
 

@@ -120,7 +120,8 @@ impl Config {
 
     /// Reads and checks a configuration file.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("configuration {}: cannot read it", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("configuration {}: cannot read it", path.display()))?;
         Config::parse(&text, &path.display().to_string())
     }
 
@@ -131,7 +132,8 @@ impl Config {
 
     /// Parses and checks configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("configuration {origin}: {}", e.to_string().trim()))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| anyhow::anyhow!("configuration {origin}: {}", e.to_string().trim()))?;
         config.check().with_context(|| format!("configuration {origin}"))?;
         Ok(config)
     }
@@ -219,7 +221,10 @@ mod tests {
         assert_eq!(Config::parse(base, "test.toml").unwrap().journal.path, None);
         let config = Config::parse(&format!("{base}[journal]\npath = \"/data/layers.bsj\"\n"), "test.toml").unwrap();
         assert_eq!(config.journal.path, Some(PathBuf::from("/data/layers.bsj")));
-        let message = format!("{:#}", Config::parse(&format!("{base}[journal]\nfile = \"x\"\n"), "test.toml").unwrap_err());
+        let message = format!(
+            "{:#}",
+            Config::parse(&format!("{base}[journal]\nfile = \"x\"\n"), "test.toml").unwrap_err()
+        );
         assert!(message.contains("test.toml") && message.contains("file"), "{message}");
     }
 
@@ -228,17 +233,31 @@ mod tests {
         let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
         let config = Config::parse(base, "test.toml").unwrap();
         assert!(config.record.enabled && config.record.max_gb == 20.0);
-        assert!(config.dashboard.enabled && config.dashboard.address == "127.0.0.1:8080" && config.dashboard.token.is_none());
-        let config = Config::parse(&format!("{base}[dashboard]\ntoken = \"s3cret-token\"\n[record]\nmax_gb = 0.5\n"), "test.toml").unwrap();
+        assert!(
+            config.dashboard.enabled
+                && config.dashboard.address == "127.0.0.1:8080"
+                && config.dashboard.token.is_none()
+        );
+        let config = Config::parse(
+            &format!("{base}[dashboard]\ntoken = \"s3cret-token\"\n[record]\nmax_gb = 0.5\n"),
+            "test.toml",
+        )
+        .unwrap();
         let dashboard = config.dashboard;
-        assert_eq!((dashboard.address.as_str(), dashboard.token.as_deref()), ("127.0.0.1:8080", Some("s3cret-token")));
+        assert_eq!(
+            (dashboard.address.as_str(), dashboard.token.as_deref()),
+            ("127.0.0.1:8080", Some("s3cret-token"))
+        );
         assert_eq!(config.record.max_gb, 0.5);
         for (table, needle) in [
             ("[record]\nmax_gb = 0\n", "record.max_gb"),
             ("[dashboard]\naddress = \"localhost\"\n", "dashboard.address"),
             ("[dashboard]\ntoken = \"short\"\n", "dashboard.token"),
         ] {
-            let message = format!("{:#}", Config::parse(&format!("{base}{table}"), "test.toml").unwrap_err());
+            let message = format!(
+                "{:#}",
+                Config::parse(&format!("{base}{table}"), "test.toml").unwrap_err()
+            );
             assert!(message.contains("test.toml") && message.contains(needle), "{message}");
         }
     }
@@ -255,15 +274,30 @@ mod tests {
         let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
         let cases = [
             ("[uncertainty_gate]\nmax_share = 1.5\n", "uncertainty_gate.max_share"),
-            ("[rules.streaking]\nmax_total_area_mm2 = -1\nverdict = \"RECOAT\"\n", "rules.streaking.max_total_area_mm2"),
-            ("[rules.streaking]\nmax_count = 1\nverdict = \"PASS\"\n", "rules.streaking.verdict"),
+            (
+                "[rules.streaking]\nmax_total_area_mm2 = -1\nverdict = \"RECOAT\"\n",
+                "rules.streaking.max_total_area_mm2",
+            ),
+            (
+                "[rules.streaking]\nmax_count = 1\nverdict = \"PASS\"\n",
+                "rules.streaking.verdict",
+            ),
             ("[model]\nbackend = \"gpu\"\n", "model.backend"),
         ];
         for (extra, key) in cases {
-            let message = format!("{:#}", Config::parse(&format!("{base}{extra}"), "test.toml").unwrap_err());
-            assert!(message.contains("test.toml") && message.contains(key), "{key}: {message}");
+            let message = format!(
+                "{:#}",
+                Config::parse(&format!("{base}{extra}"), "test.toml").unwrap_err()
+            );
+            assert!(
+                message.contains("test.toml") && message.contains(key),
+                "{key}: {message}"
+            );
         }
-        let message = format!("{:#}", Config::parse("[bed]\nwidth_mm = 0\nheight_mm = 250\n", "test.toml").unwrap_err());
+        let message = format!(
+            "{:#}",
+            Config::parse("[bed]\nwidth_mm = 0\nheight_mm = 250\n", "test.toml").unwrap_err()
+        );
         assert!(message.contains("bed.width_mm"), "{message}");
     }
 
@@ -286,13 +320,32 @@ mod tests {
         let v4l2 = format!(
             "{base}[camera]\nkind = \"v4l2\"\ndevice = \"/dev/video0\"\nwidth = 1280\nheight = 1024\npixel_format = \"Y16\"\nexposure = 50\n"
         );
-        let settings = Config::parse(&v4l2, "t.toml").unwrap().camera.unwrap().v4l2_settings().unwrap();
-        assert_eq!((settings.width, settings.format, settings.frames_averaged, settings.exposure), (1280, hal::v4l2::PixelFormat::Y16, 4, Some(50)));
+        let settings = Config::parse(&v4l2, "t.toml")
+            .unwrap()
+            .camera
+            .unwrap()
+            .v4l2_settings()
+            .unwrap();
+        assert_eq!(
+            (
+                settings.width,
+                settings.format,
+                settings.frames_averaged,
+                settings.exposure
+            ),
+            (1280, hal::v4l2::PixelFormat::Y16, 4, Some(50))
+        );
         let plan = Config::parse(&gpio, "t.toml").unwrap().plc.gpio.unwrap().plan();
         assert_eq!(plan.outputs.len(), 2);
-        assert!(plan.outputs[&hal::gpio::OutputLine::Busy].active_low && !plan.outputs[&hal::gpio::OutputLine::Ready].active_low);
+        assert!(
+            plan.outputs[&hal::gpio::OutputLine::Busy].active_low
+                && !plan.outputs[&hal::gpio::OutputLine::Ready].active_low
+        );
         assert!(plan.inputs[&hal::gpio::InputLine::LayerReady].active_low);
-        assert_eq!(plan.verdict_mode, hal::gpio::VerdictMode::Pulse(std::time::Duration::from_millis(300)));
+        assert_eq!(
+            plan.verdict_mode,
+            hal::gpio::VerdictMode::Pulse(std::time::Duration::from_millis(300))
+        );
         let cases = [
             ("[camera]\nkind = \"replay\"\n", "camera.folder"),
             ("[camera]\nkind = \"webcam\"\n", "camera.kind"),
@@ -326,18 +379,38 @@ mod tests {
         let base = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
         let config = Config::parse(base, "t.toml").unwrap();
         assert!(!config.images.allow_unsigned && config.images.trusted_keys.is_none());
-        let config = Config::parse(&format!("{base}[images]\nallow_unsigned = true\ntrusted_keys = \"/etc/keys\"\n"), "t.toml").unwrap();
+        let config = Config::parse(
+            &format!("{base}[images]\nallow_unsigned = true\ntrusted_keys = \"/etc/keys\"\n"),
+            "t.toml",
+        )
+        .unwrap();
         assert!(config.images.allow_unsigned);
         assert_eq!(config.images.trusted_keys.as_deref(), Some(Path::new("/etc/keys")));
-        let message = format!("{:#}", Config::parse(&format!("{base}[images]\nallow_unsigend = true\n"), "t.toml").unwrap_err());
-        assert!(message.contains("t.toml") && message.contains("allow_unsigend"), "{message}");
+        let message = format!(
+            "{:#}",
+            Config::parse(&format!("{base}[images]\nallow_unsigend = true\n"), "t.toml").unwrap_err()
+        );
+        assert!(
+            message.contains("t.toml") && message.contains("allow_unsigend"),
+            "{message}"
+        );
     }
 
     #[test]
     fn rule_classes_must_exist_in_the_model() {
-        let config = Config::parse("[bed]\nwidth_mm = 250\nheight_mm = 250\n[rules.porosity]\nmax_count = 0\nverdict = \"PAUSE\"\n", "t.toml").unwrap();
+        let config = Config::parse(
+            "[bed]\nwidth_mm = 250\nheight_mm = 250\n[rules.porosity]\nmax_count = 0\nverdict = \"PAUSE\"\n",
+            "t.toml",
+        )
+        .unwrap();
         let classes = vec!["background".to_string(), "lattice".to_string()];
-        let message = config.check_against_classes(&classes, "t.toml").unwrap_err().to_string();
-        assert!(message.contains("porosity") && message.contains("background, lattice"), "{message}");
+        let message = config
+            .check_against_classes(&classes, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("porosity") && message.contains("background, lattice"),
+            "{message}"
+        );
     }
 }

@@ -24,7 +24,12 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        Self { image: None, backend: default_backend(), prefer_fp32: false, min_defect_area_px: default_min_defect_area_px() }
+        Self {
+            image: None,
+            backend: default_backend(),
+            prefer_fp32: false,
+            min_defect_area_px: default_min_defect_area_px(),
+        }
     }
 }
 

@@ -66,7 +66,10 @@ impl GpioConfig {
     /// The hal's plan for these lines (checked at load).
     pub fn plan(&self) -> hal::gpio::GpioPlan {
         use hal::gpio::{GpioPlan, InputLine, LineSpec, OutputLine, VerdictMode};
-        let spec = |name: &str, offset: u32| LineSpec { offset, active_low: self.active_low.iter().any(|n| n == name) };
+        let spec = |name: &str, offset: u32| LineSpec {
+            offset,
+            active_low: self.active_low.iter().any(|n| n == name),
+        };
         let outputs = [
             (OutputLine::Ready, self.ready),
             (OutputLine::Busy, self.busy),
@@ -83,13 +86,33 @@ impl GpioConfig {
             .into_iter()
             .filter_map(|(line, offset)| offset.map(|offset| (line, spec(line.name(), offset))))
             .collect();
-        let verdict_mode = if self.verdict_mode == "pulse" { VerdictMode::Pulse(std::time::Duration::from_millis(self.pulse_ms)) } else { VerdictMode::Level };
-        GpioPlan { chip: self.chip.clone(), outputs, inputs, verdict_mode, debounce: std::time::Duration::from_millis(self.debounce_ms) }
+        let verdict_mode = if self.verdict_mode == "pulse" {
+            VerdictMode::Pulse(std::time::Duration::from_millis(self.pulse_ms))
+        } else {
+            VerdictMode::Level
+        };
+        GpioPlan {
+            chip: self.chip.clone(),
+            outputs,
+            inputs,
+            verdict_mode,
+            debounce: std::time::Duration::from_millis(self.debounce_ms),
+        }
     }
 }
 
 /// The line names `[plc.gpio]` knows.
-const GPIO_LINE_NAMES: [&str; 9] = ["ready", "busy", "pass", "nok", "code0", "code1", "alive", "layer_ready", "ack"];
+const GPIO_LINE_NAMES: [&str; 9] = [
+    "ready",
+    "busy",
+    "pass",
+    "nok",
+    "code0",
+    "code1",
+    "alive",
+    "layer_ready",
+    "ack",
+];
 
 fn default_gpio_driver() -> String {
     "cdev".into()
@@ -167,7 +190,10 @@ impl PlcConfig {
     pub(super) fn check(&self) -> Result<()> {
         if let Some(tcp) = &self.modbus_tcp {
             if tcp.listen.parse::<std::net::SocketAddr>().is_err() {
-                bail!("plc.modbus_tcp.listen must be an address and port such as \"0.0.0.0:502\", got {:?}", tcp.listen);
+                bail!(
+                    "plc.modbus_tcp.listen must be an address and port such as \"0.0.0.0:502\", got {:?}",
+                    tcp.listen
+                );
             }
         }
         if let Some(rtu) = &self.modbus_rtu {
@@ -185,7 +211,10 @@ impl PlcConfig {
         if let Some(line) = &self.serial_line {
             serial_port_keys("plc.serial_line", &line.port, line.baud)?;
             if self.modbus_rtu.as_ref().is_some_and(|rtu| rtu.port == line.port) {
-                bail!("plc.serial_line.port and plc.modbus_rtu.port are both {}: one port carries one protocol", line.port);
+                bail!(
+                    "plc.serial_line.port and plc.modbus_rtu.port are both {}: one port carries one protocol",
+                    line.port
+                );
             }
         }
         if let Some(gpio) = &self.gpio {
@@ -206,7 +235,10 @@ impl GpioConfig {
         }
         for name in &self.active_low {
             if !GPIO_LINE_NAMES.contains(&name.as_str()) {
-                bail!("plc.gpio.active_low: no line called {name:?} (lines: {})", GPIO_LINE_NAMES.join(", "));
+                bail!(
+                    "plc.gpio.active_low: no line called {name:?} (lines: {})",
+                    GPIO_LINE_NAMES.join(", ")
+                );
             }
         }
         match self.verdict_mode.as_str() {
@@ -219,7 +251,9 @@ impl GpioConfig {
         if self.debounce_ms > 1_000 {
             bail!("plc.gpio.debounce_ms must be at most 1000, got {}", self.debounce_ms);
         }
-        self.plan().check().map_err(|reason| anyhow::anyhow!("plc.gpio: {reason}"))
+        self.plan()
+            .check()
+            .map_err(|reason| anyhow::anyhow!("plc.gpio: {reason}"))
     }
 }
 

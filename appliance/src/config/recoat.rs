@@ -17,7 +17,10 @@ pub struct RecoatConfig {
 
 impl Default for RecoatConfig {
     fn default() -> Self {
-        Self { max_retries: default_max_retries(), fixable: None }
+        Self {
+            max_retries: default_max_retries(),
+            fixable: None,
+        }
     }
 }
 

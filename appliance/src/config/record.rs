@@ -25,7 +25,11 @@ pub struct RecordConfig {
 
 impl Default for RecordConfig {
     fn default() -> Self {
-        RecordConfig { enabled: true, folder: None, max_gb: default_max_gb() }
+        RecordConfig {
+            enabled: true,
+            folder: None,
+            max_gb: default_max_gb(),
+        }
     }
 }
 

@@ -12,7 +12,9 @@ pub struct RefineConfig {
 
 impl Default for RefineConfig {
     fn default() -> Self {
-        Self { classes: default_refine_classes() }
+        Self {
+            classes: default_refine_classes(),
+        }
     }
 }
 

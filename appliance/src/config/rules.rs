@@ -53,7 +53,10 @@ pub struct ClassRule {
 impl ClassRule {
     /// The per-layer verdict (checked at load when a limit is set).
     pub fn layer_verdict(&self) -> Verdict {
-        self.verdict.as_deref().and_then(Verdict::parse).unwrap_or(Verdict::Pass)
+        self.verdict
+            .as_deref()
+            .and_then(Verdict::parse)
+            .unwrap_or(Verdict::Pass)
     }
 }
 
@@ -61,19 +64,26 @@ impl ClassRule {
 /// (`Config::check_against_classes`).
 pub(super) fn check(rules: &BTreeMap<String, ClassRule>) -> Result<()> {
     for (class, rule) in rules {
-        for (key, value) in [("max_total_area_mm2", rule.max_total_area_mm2), ("max_largest_area_mm2", rule.max_largest_area_mm2)] {
+        for (key, value) in [
+            ("max_total_area_mm2", rule.max_total_area_mm2),
+            ("max_largest_area_mm2", rule.max_largest_area_mm2),
+        ] {
             if let Some(value) = value {
                 if !(value.is_finite() && value >= 0.0) {
                     bail!("rules.{class}.{key} must be a number >= 0, got {value}");
                 }
             }
         }
-        let has_limit = rule.max_total_area_mm2.is_some() || rule.max_largest_area_mm2.is_some() || rule.max_count.is_some();
+        let has_limit =
+            rule.max_total_area_mm2.is_some() || rule.max_largest_area_mm2.is_some() || rule.max_count.is_some();
         match rule.verdict.as_deref().map(Verdict::parse) {
             Some(Some(Verdict::Recoat | Verdict::Review | Verdict::Pause)) => {}
             None if !has_limit => {}
             None => bail!("rules.{class}.verdict is missing: say RECOAT, REVIEW or PAUSE for when a limit is passed"),
-            Some(_) => bail!("rules.{class}.verdict must be RECOAT, REVIEW or PAUSE, got {:?}", rule.verdict.as_deref().unwrap_or_default()),
+            Some(_) => bail!(
+                "rules.{class}.verdict must be RECOAT, REVIEW or PAUSE, got {:?}",
+                rule.verdict.as_deref().unwrap_or_default()
+            ),
         }
         if let Some(track) = &rule.track {
             track.check(class)?;
@@ -94,10 +104,15 @@ impl TrackRule {
         }
         match Verdict::parse(&self.verdict) {
             Some(Verdict::Recoat | Verdict::Review | Verdict::Pause) => {}
-            _ => bail!("rules.{class}.track.verdict must be RECOAT, REVIEW or PAUSE, got {:?}", self.verdict),
+            _ => bail!(
+                "rules.{class}.track.verdict must be RECOAT, REVIEW or PAUSE, got {:?}",
+                self.verdict
+            ),
         }
         if self.max_layers.is_none() && self.max_growth_mm2_per_layer.is_none() && !self.after_recoat {
-            bail!("rules.{class}.track sets no limit: give max_layers, max_growth_mm2_per_layer or after_recoat = true");
+            bail!(
+                "rules.{class}.track sets no limit: give max_layers, max_growth_mm2_per_layer or after_recoat = true"
+            );
         }
         Ok(())
     }

@@ -23,7 +23,11 @@ pub struct TracksConfig {
 
 impl Default for TracksConfig {
     fn default() -> Self {
-        Self { min_iou: default_min_iou(), max_gap_layers: 0, cell_mm: default_cell_mm() }
+        Self {
+            min_iou: default_min_iou(),
+            max_gap_layers: 0,
+            cell_mm: default_cell_mm(),
+        }
     }
 }
 
@@ -46,7 +50,11 @@ impl TracksConfig {
         // The map holds (bed / cell)² cells per class: keep it to a few MiB.
         let cells = (bed.width_mm / self.cell_mm).ceil() * (bed.height_mm / self.cell_mm).ceil();
         if !(self.cell_mm.is_finite() && self.cell_mm > 0.0) || cells > crate::judge::defect_map::MAX_CELLS as f64 {
-            bail!("tracks.cell_mm must be > 0 and give at most {} cells on the bed, got {}", crate::judge::defect_map::MAX_CELLS, self.cell_mm);
+            bail!(
+                "tracks.cell_mm must be > 0 and give at most {} cells on the bed, got {}",
+                crate::judge::defect_map::MAX_CELLS,
+                self.cell_mm
+            );
         }
         Ok(())
     }

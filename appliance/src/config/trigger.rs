@@ -70,16 +70,28 @@ impl TriggerConfig {
             "video" => {
                 let video = self.video_settings();
                 if !(video.pass_threshold.is_finite() && video.pass_threshold > 0.0 && video.pass_threshold < 255.0) {
-                    bail!("trigger.pass_threshold must be in (0, 255), got {}", video.pass_threshold);
+                    bail!(
+                        "trigger.pass_threshold must be in (0, 255), got {}",
+                        video.pass_threshold
+                    );
                 }
-                if !(video.settle_threshold.is_finite() && video.settle_threshold > 0.0 && video.settle_threshold < video.pass_threshold) {
-                    bail!("trigger.settle_threshold must be > 0 and below trigger.pass_threshold, got {}", video.settle_threshold);
+                if !(video.settle_threshold.is_finite()
+                    && video.settle_threshold > 0.0
+                    && video.settle_threshold < video.pass_threshold)
+                {
+                    bail!(
+                        "trigger.settle_threshold must be > 0 and below trigger.pass_threshold, got {}",
+                        video.settle_threshold
+                    );
                 }
                 if video.hold > std::time::Duration::from_secs(60) {
                     bail!("trigger.hold_ms must be at most 60000, got {}", video.hold.as_millis());
                 }
                 if !(20..=10_000).contains(&self.video_interval_ms()) {
-                    bail!("trigger.interval_ms must be in 20..10000 for a video trigger, got {}", self.video_interval_ms());
+                    bail!(
+                        "trigger.interval_ms must be in 20..10000 for a video trigger, got {}",
+                        self.video_interval_ms()
+                    );
                 }
             }
             other => bail!("trigger.kind must be modbus, serial, gpio, timer or video, got {other:?}"),
@@ -87,7 +99,9 @@ impl TriggerConfig {
         if !matches!(self.kind.as_str(), "timer" | "video") && self.interval_ms.is_some() {
             bail!("trigger.interval_ms is only for trigger.kind = \"timer\" or \"video\"");
         }
-        if self.kind != "video" && (self.pass_threshold.is_some() || self.settle_threshold.is_some() || self.hold_ms.is_some()) {
+        if self.kind != "video"
+            && (self.pass_threshold.is_some() || self.settle_threshold.is_some() || self.hold_ms.is_some())
+        {
             bail!("trigger.pass_threshold, settle_threshold and hold_ms are only for trigger.kind = \"video\"");
         }
         Ok(())

@@ -20,7 +20,10 @@ pub struct UncertaintyGate {
 
 impl Default for UncertaintyGate {
     fn default() -> Self {
-        Self { pixel_threshold: default_pixel_threshold(), max_share: default_max_share() }
+        Self {
+            pixel_threshold: default_pixel_threshold(),
+            max_share: default_max_share(),
+        }
     }
 }
 

@@ -30,17 +30,26 @@ pub struct Decision {
 /// limit, and gives the rule's verdict; the most severe tripped verdict wins. Then, when the
 /// layer has defects and more than `uncertainty_gate.max_share` of their pixels are uncertain,
 /// the verdict becomes REVIEW: the model is not sure enough of what it found to act on it.
-pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], defects: &[Defect], fused: &Fused) -> Decision {
+pub fn decide(
+    config: &Config,
+    class_names: &[String],
+    defect_classes: &[bool],
+    defects: &[Defect],
+    fused: &Fused,
+) -> Decision {
     let mut verdict = Verdict::Pass;
     let mut reasons = Vec::new();
     let mut reason = None;
     let mut tripped_classes = Vec::new();
     for (class_index, class_name) in class_names.iter().enumerate() {
-        let Some(rule) = config.rules.get(class_name) else { continue };
+        let Some(rule) = config.rules.get(class_name) else {
+            continue;
+        };
         let rule_verdict = rule.layer_verdict();
         let of_class = defects.iter().filter(|d| d.class as usize == class_index);
-        let (count, total_mm2, largest_mm2) =
-            of_class.fold((0u32, 0.0f64, 0.0f64), |(n, total, largest), d| (n + 1, total + d.area_mm2, largest.max(d.area_mm2)));
+        let (count, total_mm2, largest_mm2) = of_class.fold((0u32, 0.0f64, 0.0f64), |(n, total, largest), d| {
+            (n + 1, total + d.area_mm2, largest.max(d.area_mm2))
+        });
         let mut tripped = Vec::new();
         if let Some(limit) = rule.max_total_area_mm2 {
             if total_mm2 > limit {
@@ -59,12 +68,18 @@ pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], 
         }
         if !tripped.is_empty() {
             let mut text = format!("{class_name}: {} → {rule_verdict}", tripped.join(", "));
-            let (rule_verdict, kind) = escalate_unfixable(config, class_name, rule_verdict, RuleKind::ClassLimit, &mut text);
+            let (rule_verdict, kind) =
+                escalate_unfixable(config, class_name, rule_verdict, RuleKind::ClassLimit, &mut text);
             reasons.push(text.clone());
             tripped_classes.push(class_name.clone());
             if rule_verdict.severity() > verdict.severity() {
                 verdict = rule_verdict;
-                reason = Some(Reason { kind, class_index: class_index as u8, class: class_name.clone(), text });
+                reason = Some(Reason {
+                    kind,
+                    class_index: class_index as u8,
+                    class: class_name.clone(),
+                    text,
+                });
             }
         }
     }
@@ -80,7 +95,11 @@ pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], 
         }
     }
     let uncertainty_score = uncertain_pixels as f64 / fused.mask.len().max(1) as f64;
-    let defect_uncertain_share = if defect_pixels == 0 { 0.0 } else { uncertain_defect_pixels as f64 / defect_pixels as f64 };
+    let defect_uncertain_share = if defect_pixels == 0 {
+        0.0
+    } else {
+        uncertain_defect_pixels as f64 / defect_pixels as f64
+    };
     if !defects.is_empty() && defect_uncertain_share > config.uncertainty_gate.max_share {
         reasons.push(format!(
             "uncertainty gate: {:.0}% of defect pixels are uncertain > {:.0}% → REVIEW (was {verdict})",
@@ -88,16 +107,34 @@ pub fn decide(config: &Config, class_names: &[String], defect_classes: &[bool], 
             config.uncertainty_gate.max_share * 100.0
         ));
         verdict = Verdict::Review;
-        reason = Some(Reason { kind: RuleKind::UncertaintyGate, class_index: 0, class: String::new(), text: reasons.last().cloned().unwrap_or_default() });
+        reason = Some(Reason {
+            kind: RuleKind::UncertaintyGate,
+            class_index: 0,
+            class: String::new(),
+            text: reasons.last().cloned().unwrap_or_default(),
+        });
     }
-    Decision { verdict, reasons, uncertainty_score, defect_uncertain_share, reason, tripped_classes }
+    Decision {
+        verdict,
+        reasons,
+        uncertainty_score,
+        defect_uncertain_share,
+        reason,
+        tripped_classes,
+    }
 }
 
 /// The closed loop's first rule: RECOAT only for a class a recoat can fix (`recoat.fixable`);
 /// for any other class the rule gives PAUSE (a re-spread would only come back to the same
 /// defect, and a part standing proud can hit the blade). Returns the verdict and the rule kind
 /// that gave it, and says so in `text`.
-pub fn escalate_unfixable(config: &Config, class: &str, verdict: Verdict, kind: RuleKind, text: &mut String) -> (Verdict, RuleKind) {
+pub fn escalate_unfixable(
+    config: &Config,
+    class: &str,
+    verdict: Verdict,
+    kind: RuleKind,
+    text: &mut String,
+) -> (Verdict, RuleKind) {
     if verdict == Verdict::Recoat && !config.recoat.can_fix(class) {
         text.push_str(&format!(", but a recoat cannot fix {class} (recoat.fixable) → PAUSE"));
         return (Verdict::Pause, RuleKind::NotFixable);
@@ -112,9 +149,17 @@ pub fn escalate_unfixable(config: &Config, class: &str, verdict: Verdict, kind: 
 pub fn apply_layer_call(call: Option<&LayerCall>, class_name: &str, defects: &[Defect], decision: &mut Decision) {
     let Some(call) = call else { return };
     if call.defective && defects.is_empty() && decision.verdict == Verdict::Pass {
-        decision.reasons.push(format!("layer classifier: {class_name} p = {:.2} but segmentation found no defect → REVIEW", call.top_probability));
+        decision.reasons.push(format!(
+            "layer classifier: {class_name} p = {:.2} but segmentation found no defect → REVIEW",
+            call.top_probability
+        ));
         decision.verdict = Verdict::Review;
-        decision.reason = Some(Reason { kind: RuleKind::LayerClassifier, class_index: 0, class: String::new(), text: decision.reasons.last().cloned().unwrap_or_default() });
+        decision.reason = Some(Reason {
+            kind: RuleKind::LayerClassifier,
+            class_index: 0,
+            class: String::new(),
+            text: decision.reasons.last().cloned().unwrap_or_default(),
+        });
     }
 }
 
@@ -150,7 +195,16 @@ mod tests {
     use models::Ellipse;
 
     fn names() -> Vec<String> {
-        ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"].map(String::from).to_vec()
+        [
+            "background",
+            "super-elevation",
+            "incompleteness",
+            "hopping",
+            "streaking",
+            "lattice",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     fn defect_classes() -> Vec<bool> {
@@ -165,7 +219,11 @@ mod tests {
             bbox: [0, 0, 1, 1],
             centroid: [0.0, 0.0],
             equivalent_diameter_mm: 1.0,
-            ellipse: Ellipse { theta_deg: 0.0, semi_major_px: 1.0, semi_minor_px: 1.0 },
+            ellipse: Ellipse {
+                theta_deg: 0.0,
+                semi_major_px: 1.0,
+                semi_minor_px: 1.0,
+            },
             mean_uncertainty: 0.0,
             max_uncertainty: 0.0,
         }
@@ -206,8 +264,22 @@ mod tests {
         let decision = decide(&config, &names(), &defect_classes(), &defects, &layer(20, 0));
         assert_eq!(decision.verdict, Verdict::Pause);
         assert_eq!(decision.reasons.len(), 2);
-        assert!(decision.reasons.iter().any(|r| r.starts_with("incompleteness: total area 6.00 mm² > 5.00 mm²")), "{:?}", decision.reasons);
-        assert!(decision.reasons.iter().any(|r| r.starts_with("super-elevation: 1 defects > 0")), "{:?}", decision.reasons);
+        assert!(
+            decision
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("incompleteness: total area 6.00 mm² > 5.00 mm²")),
+            "{:?}",
+            decision.reasons
+        );
+        assert!(
+            decision
+                .reasons
+                .iter()
+                .any(|r| r.starts_with("super-elevation: 1 defects > 0")),
+            "{:?}",
+            decision.reasons
+        );
     }
 
     #[test]
@@ -233,7 +305,10 @@ mod tests {
     #[test]
     fn a_layer_the_classifier_calls_defective_without_segmented_defects_is_review() {
         let config = config("[layer_classifier]\nreview_threshold = 0.6\n");
-        let head = models::LayerHeadSpec { classes: vec!["incompleteness".into(), "streaking".into()], temperature: 1.0 };
+        let head = models::LayerHeadSpec {
+            classes: vec!["incompleteness".into(), "streaking".into()],
+            temperature: 1.0,
+        };
         let mut p = [0.0f32; 2];
         // sigmoid(1.0) = 0.731 >= 0.6: defective; sigmoid(0.2) = 0.550 < 0.6: not.
         let defective = LayerCall::from_logits(&head, &[-3.0, 1.0], config.layer_classifier.review_threshold, &mut p);
@@ -242,7 +317,10 @@ mod tests {
         let mut decision = decide(&config, &names(), &defect_classes(), &[], &layer(0, 0));
         apply_layer_call(defective.as_ref(), "streaking", &[], &mut decision);
         assert_eq!(decision.verdict, Verdict::Review);
-        assert_eq!(decision.reasons, ["layer classifier: streaking p = 0.73 but segmentation found no defect → REVIEW"]);
+        assert_eq!(
+            decision.reasons,
+            ["layer classifier: streaking p = 0.73 but segmentation found no defect → REVIEW"]
+        );
 
         let mut decision = decide(&config, &names(), &defect_classes(), &[], &layer(0, 0));
         apply_layer_call(unsure.as_ref(), "incompleteness", &[], &mut decision);
@@ -264,16 +342,35 @@ mod tests {
         let decision = decide(&config, &names(), &defect_classes(), &[defect(4, 1.0)], &layer(10, 0));
         assert_eq!(decision.verdict, Verdict::Recoat);
         assert_eq!(decision.reason.as_ref().unwrap().code(), 0x0104);
-        let decision = decide(&config, &names(), &defect_classes(), &[defect(1, 1.0), defect(4, 1.0)], &layer(10, 0));
+        let decision = decide(
+            &config,
+            &names(),
+            &defect_classes(),
+            &[defect(1, 1.0), defect(4, 1.0)],
+            &layer(10, 0),
+        );
         assert_eq!(decision.verdict, Verdict::Pause);
         let reason = decision.reason.unwrap();
-        assert_eq!((reason.code(), reason.rule().as_str()), (0x0401, "rules.super-elevation.recoat.fixable"));
-        assert!(reason.text.contains("a recoat cannot fix super-elevation"), "{}", reason.text);
-        assert_eq!(decision.tripped_classes, vec!["super-elevation".to_string(), "streaking".to_string()]);
+        assert_eq!(
+            (reason.code(), reason.rule().as_str()),
+            (0x0401, "rules.super-elevation.recoat.fixable")
+        );
+        assert!(
+            reason.text.contains("a recoat cannot fix super-elevation"),
+            "{}",
+            reason.text
+        );
+        assert_eq!(
+            decision.tripped_classes,
+            vec!["super-elevation".to_string(), "streaking".to_string()]
+        );
         // Listed as fixable, it stays a RECOAT.
         let mut config = config;
         config.recoat.fixable = Some(vec!["super-elevation".to_string()]);
-        assert_eq!(decide(&config, &names(), &defect_classes(), &[defect(1, 1.0)], &layer(10, 0)).verdict, Verdict::Recoat);
+        assert_eq!(
+            decide(&config, &names(), &defect_classes(), &[defect(1, 1.0)], &layer(10, 0)).verdict,
+            Verdict::Recoat
+        );
     }
 
     #[test]

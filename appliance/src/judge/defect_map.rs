@@ -24,7 +24,12 @@ impl Footprint {
     /// `mm_per_px` = [along x, along y].
     pub fn from_bbox_px(bbox: [u32; 4], mm_per_px: [f64; 2]) -> Footprint {
         let [x, y, w, h] = bbox.map(f64::from);
-        Footprint { x0: x * mm_per_px[0], y0: y * mm_per_px[1], x1: (x + w) * mm_per_px[0], y1: (y + h) * mm_per_px[1] }
+        Footprint {
+            x0: x * mm_per_px[0],
+            y0: y * mm_per_px[1],
+            x1: (x + w) * mm_per_px[0],
+            y1: (y + h) * mm_per_px[1],
+        }
     }
 
     /// `[x, y, width, height]` in millimetres, as the journal keeps it.
@@ -33,7 +38,12 @@ impl Footprint {
     }
 
     pub fn from_xywh([x, y, w, h]: [f64; 4]) -> Footprint {
-        Footprint { x0: x, y0: y, x1: x + w, y1: y + h }
+        Footprint {
+            x0: x,
+            y0: y,
+            x1: x + w,
+            y1: y + h,
+        }
     }
 
     pub fn area(self) -> f64 {
@@ -42,7 +52,12 @@ impl Footprint {
 
     /// Intersection over union of two boxes (0 when they do not overlap or both are empty).
     pub fn iou(self, other: Footprint) -> f64 {
-        let overlap = Footprint { x0: self.x0.max(other.x0), y0: self.y0.max(other.y0), x1: self.x1.min(other.x1), y1: self.y1.min(other.y1) };
+        let overlap = Footprint {
+            x0: self.x0.max(other.x0),
+            y0: self.y0.max(other.y0),
+            x1: self.x1.min(other.x1),
+            y1: self.y1.min(other.y1),
+        };
         let intersection = overlap.area();
         let union = self.area() + other.area() - intersection;
         if union <= 0.0 {
@@ -78,7 +93,12 @@ impl DefectMap {
     pub fn new(width_mm: f64, height_mm: f64, cell_mm: f64) -> DefectMap {
         let columns = ((width_mm / cell_mm).ceil() as usize).clamp(1, MAX_CELLS);
         let rows = ((height_mm / cell_mm).ceil() as usize).clamp(1, MAX_CELLS / columns);
-        DefectMap { cell_mm, columns, rows, grids: Vec::new() }
+        DefectMap {
+            cell_mm,
+            columns,
+            rows,
+            grids: Vec::new(),
+        }
     }
 
     /// Counts one defect of `class` seen on `layer` in every cell its footprint touches (a
@@ -88,7 +108,11 @@ impl DefectMap {
         let index = match self.grids.iter().position(|g| g.class == class) {
             Some(index) => index,
             None => {
-                self.grids.push(ClassGrid { class: class.to_string(), counts: vec![0; cells], last_layer: vec![0; cells] });
+                self.grids.push(ClassGrid {
+                    class: class.to_string(),
+                    counts: vec![0; cells],
+                    last_layer: vec![0; cells],
+                });
                 self.grids.len() - 1
             }
         };
@@ -122,7 +146,10 @@ impl DefectMap {
 
     /// Cells with a count, per class name.
     pub fn occupied_cells(&self) -> Vec<(String, usize)> {
-        self.grids.iter().map(|g| (g.class.clone(), g.counts.iter().filter(|&&c| c > 0).count())).collect()
+        self.grids
+            .iter()
+            .map(|g| (g.class.clone(), g.counts.iter().filter(|&&c| c > 0).count()))
+            .collect()
     }
 }
 
@@ -134,14 +161,41 @@ mod tests {
     fn footprint_from_pixels_and_iou_by_hand() {
         // 10 x 10 px at 0.5 mm (x) and 0.25 mm (y) from pixel (4, 8): 2..7 mm by 2..4.5 mm.
         let a = Footprint::from_bbox_px([4, 8, 10, 10], [0.5, 0.25]);
-        assert_eq!(a, Footprint { x0: 2.0, y0: 2.0, x1: 7.0, y1: 4.5 });
+        assert_eq!(
+            a,
+            Footprint {
+                x0: 2.0,
+                y0: 2.0,
+                x1: 7.0,
+                y1: 4.5
+            }
+        );
         assert_eq!(a.to_xywh(), [2.0, 2.0, 5.0, 2.5]);
         // Two 4 x 4 mm squares offset by 2 mm along x: intersection 2 x 4 = 8, union 16 + 16 - 8 = 24.
-        let p = Footprint { x0: 0.0, y0: 0.0, x1: 4.0, y1: 4.0 };
-        let q = Footprint { x0: 2.0, y0: 0.0, x1: 6.0, y1: 4.0 };
+        let p = Footprint {
+            x0: 0.0,
+            y0: 0.0,
+            x1: 4.0,
+            y1: 4.0,
+        };
+        let q = Footprint {
+            x0: 2.0,
+            y0: 0.0,
+            x1: 6.0,
+            y1: 4.0,
+        };
         assert!((p.iou(q) - 8.0 / 24.0).abs() < 1e-12);
         assert_eq!(p.iou(p), 1.0);
-        assert_eq!(p.iou(Footprint { x0: 4.0, y0: 0.0, x1: 8.0, y1: 4.0 }), 0.0, "touching edges share no area");
+        assert_eq!(
+            p.iou(Footprint {
+                x0: 4.0,
+                y0: 0.0,
+                x1: 8.0,
+                y1: 4.0
+            }),
+            0.0,
+            "touching edges share no area"
+        );
     }
 
     #[test]
@@ -149,8 +203,26 @@ mod tests {
         let mut map = DefectMap::new(250.0, 250.0, 5.0);
         assert_eq!((map.columns, map.rows), (50, 50));
         // 7..13 mm x 0..5 mm: columns 1 and 2 (5..10, 10..15), row 0 only (ends on the edge).
-        map.add(3, "streaking", Footprint { x0: 7.0, y0: 0.0, x1: 13.0, y1: 5.0 });
-        map.add(9, "streaking", Footprint { x0: 11.0, y0: 1.0, x1: 12.0, y1: 2.0 });
+        map.add(
+            3,
+            "streaking",
+            Footprint {
+                x0: 7.0,
+                y0: 0.0,
+                x1: 13.0,
+                y1: 5.0,
+            },
+        );
+        map.add(
+            9,
+            "streaking",
+            Footprint {
+                x0: 11.0,
+                y0: 1.0,
+                x1: 12.0,
+                y1: 2.0,
+            },
+        );
         assert_eq!(map.cell("streaking", 1, 0), Some((1, 3)));
         assert_eq!(map.cell("streaking", 2, 0), Some((2, 9)));
         assert_eq!(map.cell("streaking", 3, 0), Some((0, 0)));
@@ -158,8 +230,20 @@ mod tests {
         assert_eq!(map.cell("hopping", 1, 0), None);
         assert_eq!(map.occupied_cells(), vec![("streaking".to_string(), 2)]);
         // Past the edge: clipped to the last cell.
-        map.add(10, "hopping", Footprint { x0: 248.0, y0: 248.0, x1: 260.0, y1: 260.0 });
+        map.add(
+            10,
+            "hopping",
+            Footprint {
+                x0: 248.0,
+                y0: 248.0,
+                x1: 260.0,
+                y1: 260.0,
+            },
+        );
         assert_eq!(map.cell("hopping", 49, 49), Some((1, 10)));
-        assert_eq!(map.occupied_cells(), vec![("streaking".to_string(), 2), ("hopping".to_string(), 1)]);
+        assert_eq!(
+            map.occupied_cells(),
+            vec![("streaking".to_string(), 2), ("hopping".to_string(), 1)]
+        );
     }
 }

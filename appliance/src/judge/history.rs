@@ -7,9 +7,9 @@ use hal::Verdict;
 
 use crate::config::Config;
 use crate::judge::defect_map::{DefectMap, Footprint};
-use crate::record::journal::{DefectRecord, LayerRecord};
 use crate::judge::reason::Reason;
 use crate::judge::tracks::{judge, Sighting, TrackHit, Tracker};
+use crate::record::journal::{DefectRecord, LayerRecord};
 
 /// A RECOAT sent and not yet re-inspected.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,14 +65,27 @@ impl BuildHistory {
         let mut history = BuildHistory::new(config);
         for record in records {
             let verdict = Verdict::parse(&record.verdict).unwrap_or(Verdict::Fault);
-            history.add_restored(record.layer, verdict, &record.defects, &record.recoat_outcome, record.recoat_classes.clone());
+            history.add_restored(
+                record.layer,
+                verdict,
+                &record.defects,
+                &record.recoat_outcome,
+                record.recoat_classes.clone(),
+            );
         }
         history
     }
 
     /// One journal record, in order, without judging it again (`recoat_outcome`: "fixed",
     /// "not fixed" or "").
-    pub fn add_restored(&mut self, layer: u32, verdict: Verdict, defects: &[DefectRecord], recoat_outcome: &str, recoat_classes: Vec<String>) {
+    pub fn add_restored(
+        &mut self,
+        layer: u32,
+        verdict: Verdict,
+        defects: &[DefectRecord],
+        recoat_outcome: &str,
+        recoat_classes: Vec<String>,
+    ) {
         if verdict != Verdict::Fault {
             self.observe(layer, defects);
         }
@@ -92,8 +105,14 @@ impl BuildHistory {
     /// Adds one inspection to the map and the tracks; returns what the tracks saw.
     fn observe(&mut self, layer: u32, defects: &[DefectRecord]) -> crate::judge::tracks::TrackUpdate {
         let respread = self.is_respread(layer);
-        let sightings: Vec<Sighting> =
-            defects.iter().map(|d| Sighting { class: d.class.clone(), area_mm2: d.area_mm2, footprint: Footprint::from_xywh(d.bbox_mm) }).collect();
+        let sightings: Vec<Sighting> = defects
+            .iter()
+            .map(|d| Sighting {
+                class: d.class.clone(),
+                area_mm2: d.area_mm2,
+                footprint: Footprint::from_xywh(d.bbox_mm),
+            })
+            .collect();
         for sighting in &sightings {
             self.map.add(layer, &sighting.class, sighting.footprint);
         }
@@ -115,7 +134,12 @@ impl BuildHistory {
     ) -> Assessment {
         // A FAULT layer was not seen: it neither continues nor ends a track, and is not judged.
         if verdict == Verdict::Fault {
-            return Assessment { verdict, reason, hits: Vec::new(), recoat_fixed: None };
+            return Assessment {
+                verdict,
+                reason,
+                hits: Vec::new(),
+                recoat_fixed: None,
+            };
         }
         let update = self.observe(layer, defects);
         let hits = judge(config, class_names, &self.tracker, &update);
@@ -128,7 +152,8 @@ impl BuildHistory {
         }
         let recoat_fixed = match &self.pending {
             Some(pending) if pending.layer == layer => {
-                let again = |class: &String| tripped_classes.contains(class) || hits.iter().any(|h| h.reason.class == *class);
+                let again =
+                    |class: &String| tripped_classes.contains(class) || hits.iter().any(|h| h.reason.class == *class);
                 let fixed = !pending.classes.iter().any(again);
                 if fixed {
                     self.recoats.fixed += 1;
@@ -139,7 +164,12 @@ impl BuildHistory {
             }
             _ => None,
         };
-        Assessment { verdict, reason, hits, recoat_fixed }
+        Assessment {
+            verdict,
+            reason,
+            hits,
+            recoat_fixed,
+        }
     }
 
     /// The classes a RECOAT of this inspection is for: those whose layer rule tripped, and
@@ -158,7 +188,10 @@ impl BuildHistory {
     pub fn record_verdict(&mut self, layer: u32, verdict: Verdict, recoat_classes: Vec<String>) {
         if verdict == Verdict::Recoat {
             self.recoats.issued += 1;
-            self.pending = Some(PendingRecoat { layer, classes: recoat_classes });
+            self.pending = Some(PendingRecoat {
+                layer,
+                classes: recoat_classes,
+            });
         } else if verdict != Verdict::Fault {
             self.pending = None;
         }
@@ -170,12 +203,21 @@ impl BuildHistory {
 
     /// One line for stdout: tracks, map and recoats.
     pub fn summary(&self) -> String {
-        let cells: Vec<String> = self.map.occupied_cells().into_iter().map(|(class, n)| format!("{class} {n}")).collect();
+        let cells: Vec<String> = self
+            .map
+            .occupied_cells()
+            .into_iter()
+            .map(|(class, n)| format!("{class} {n}"))
+            .collect();
         format!(
             "tracks: {} started, {} active; map cells with defects: {}; recoats: {} issued, {} fixed, {} not fixed",
             self.tracker.started(),
             self.tracker.active.len(),
-            if cells.is_empty() { "none".to_string() } else { cells.join(", ") },
+            if cells.is_empty() {
+                "none".to_string()
+            } else {
+                cells.join(", ")
+            },
             self.recoats.issued,
             self.recoats.fixed,
             self.recoats.not_fixed
@@ -197,7 +239,9 @@ mod tests {
     }
 
     fn names() -> Vec<String> {
-        ["background", "super-elevation", "incompleteness"].map(String::from).to_vec()
+        ["background", "super-elevation", "incompleteness"]
+            .map(String::from)
+            .to_vec()
     }
 
     fn hole(x: f64) -> DefectRecord {
@@ -232,6 +276,13 @@ mod tests {
         assert_eq!((again.verdict, again.recoat_fixed), (Verdict::Pause, Some(false)));
         assert_eq!(again.reason.unwrap().rule(), "rules.incompleteness.track.after_recoat");
         history.record_verdict(4, Verdict::Pause, vec![]);
-        assert_eq!(history.recoats, RecoatCounts { issued: 2, fixed: 1, not_fixed: 1 });
+        assert_eq!(
+            history.recoats,
+            RecoatCounts {
+                issued: 2,
+                fixed: 1,
+                not_fixed: 1
+            }
+        );
     }
 }

@@ -21,10 +21,19 @@ impl LayerCall {
     /// Reads `logits` (one per class of `head`) into calibrated `probabilities` (same length) and
     /// calls the layer defective when the most probable class reaches `threshold`. `None` for a
     /// head without classes (a validated spec has at least one).
-    pub fn from_logits(head: &LayerHeadSpec, logits: &[f32], threshold: f32, probabilities: &mut [f32]) -> Option<LayerCall> {
+    pub fn from_logits(
+        head: &LayerHeadSpec,
+        logits: &[f32],
+        threshold: f32,
+        probabilities: &mut [f32],
+    ) -> Option<LayerCall> {
         models::layer_probabilities(logits, head.temperature, probabilities);
         let (top_class, top_probability) = models::most_probable(probabilities)?;
-        Some(LayerCall { top_class, top_probability, defective: top_probability >= threshold })
+        Some(LayerCall {
+            top_class,
+            top_probability,
+            defective: top_probability >= threshold,
+        })
     }
 
     /// The class shown for the layer: the top class when the layer is called defective, else
@@ -54,7 +63,10 @@ mod tests {
 
     #[test]
     fn the_top_class_calls_the_layer_at_the_threshold() {
-        let head = LayerHeadSpec { classes: vec!["incompleteness".into(), "streaking".into()], temperature: 2.0 };
+        let head = LayerHeadSpec {
+            classes: vec!["incompleteness".into(), "streaking".into()],
+            temperature: 2.0,
+        };
         let mut p = [0.0f32; 2];
         // z / T = [-1, 1]: p = [0.2689, 0.7311].
         let call = LayerCall::from_logits(&head, &[-2.0, 2.0], 0.7, &mut p).unwrap();

@@ -45,7 +45,10 @@ pub struct DefectTotals {
 
 impl DefectTotals {
     pub fn of(defects: &[Defect]) -> DefectTotals {
-        let mut totals = DefectTotals { count: defects.len() as u32, ..DefectTotals::default() };
+        let mut totals = DefectTotals {
+            count: defects.len() as u32,
+            ..DefectTotals::default()
+        };
         for defect in defects {
             totals.total_area_mm2 += defect.area_mm2;
             totals.largest_area_mm2 = totals.largest_area_mm2.max(defect.area_mm2);
@@ -106,7 +109,12 @@ impl Pipeline {
     /// Configuration (the file, else the embedded one), then the model (the command line's,
     /// else the configuration's, else the embedded one), on the backend asked for (else the
     /// configuration's).
-    pub fn load(config_path: Option<&Path>, model_path: Option<&Path>, backend: Option<&str>, fp32: bool) -> Result<Pipeline> {
+    pub fn load(
+        config_path: Option<&Path>,
+        model_path: Option<&Path>,
+        backend: Option<&str>,
+        fp32: bool,
+    ) -> Result<Pipeline> {
         let (config, origin) = match config_path {
             Some(path) => (Config::load(path)?, path.display().to_string()),
             None => (Config::embedded(), "embedded bedsight.toml".to_string()),
@@ -124,7 +132,11 @@ impl Pipeline {
         config.check_against_classes(&model.class_names, config_origin)?;
         let input = &model.spec.input;
         if input.channels != 1 {
-            bail!("model {}: the appliance feeds grey bed images, the model wants {} channels", model.origin, input.channels);
+            bail!(
+                "model {}: the appliance feeds grey bed images, the model wants {} channels",
+                model.origin,
+                input.channels
+            );
         }
         let (width, height) = (input.width as usize, input.height as usize);
         let classes = model.spec.classes.len();
@@ -168,7 +180,17 @@ impl Pipeline {
         if let Err(reason) = self.check_frame(frame) {
             lap(&mut timing.check_ms);
             timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-            return LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing, layer_call: None };
+            return LayerOutcome {
+                verdict: Verdict::Fault,
+                fault: Some(reason),
+                decision: None,
+                defects: heapless::Vec::new(),
+                defects_dropped: 0,
+                totals: DefectTotals::default(),
+                refine: None,
+                timing,
+                layer_call: None,
+            };
         }
         lap(&mut timing.check_ms);
 
@@ -183,7 +205,12 @@ impl Pipeline {
                 Ok(())
             }
             None => {
-                self.bed_image = image::imageops::resize(&self.grey_frame, input.width, input.height, image::imageops::FilterType::Triangle);
+                self.bed_image = image::imageops::resize(
+                    &self.grey_frame,
+                    input.width,
+                    input.height,
+                    image::imageops::FilterType::Triangle,
+                );
                 Ok(())
             }
         };
@@ -204,7 +231,12 @@ impl Pipeline {
         }
         lap(&mut timing.infer_ms);
 
-        models::fuse(&self.logits, self.model.spec.members, &self.model.spec.temperatures, &mut self.fused);
+        models::fuse(
+            &self.logits,
+            self.model.spec.members,
+            &self.model.spec.temperatures,
+            &mut self.fused,
+        );
         lap(&mut timing.fuse_ms);
 
         let refine = models::refine_with(&mut self.fused, &self.refine_classes, &mut self.refine_buffers);
@@ -220,9 +252,20 @@ impl Pipeline {
         );
         lap(&mut timing.measure_ms);
 
-        let mut decision = decide(&self.config, &self.model.class_names, &self.model.defect_classes, &self.measured, &self.fused);
+        let mut decision = decide(
+            &self.config,
+            &self.model.class_names,
+            &self.model.defect_classes,
+            &self.measured,
+            &self.fused,
+        );
         let layer_call = self.model.spec.layer_head.as_ref().and_then(|head| {
-            LayerCall::from_logits(head, self.model.backend.layer_logits(), self.config.layer_classifier.review_threshold, &mut self.layer_probabilities)
+            LayerCall::from_logits(
+                head,
+                self.model.backend.layer_logits(),
+                self.config.layer_classifier.review_threshold,
+                &mut self.layer_probabilities,
+            )
         });
         if let (Some(call), Some(head)) = (&layer_call, &self.model.spec.layer_head) {
             apply_layer_call(Some(call), &head.classes[call.top_class], &self.measured, &mut decision);
@@ -231,19 +274,42 @@ impl Pipeline {
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
         let totals = DefectTotals::of(&self.measured);
         let (defects, defects_dropped) = largest_first(&self.measured);
-        LayerOutcome { verdict: decision.verdict, fault: None, decision: Some(decision), defects, defects_dropped, totals, refine: Some(refine), timing, layer_call }
+        LayerOutcome {
+            verdict: decision.verdict,
+            fault: None,
+            decision: Some(decision),
+            defects,
+            defects_dropped,
+            totals,
+            refine: Some(refine),
+            timing,
+            layer_call,
+        }
     }
 
     fn fault_outcome(&self, reason: String, mut timing: StageTimes, started: Instant) -> LayerOutcome {
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-        LayerOutcome { verdict: Verdict::Fault, fault: Some(reason), decision: None, defects: heapless::Vec::new(), defects_dropped: 0, totals: DefectTotals::default(), refine: None, timing, layer_call: None }
+        LayerOutcome {
+            verdict: Verdict::Fault,
+            fault: Some(reason),
+            decision: None,
+            defects: heapless::Vec::new(),
+            defects_dropped: 0,
+            totals: DefectTotals::default(),
+            refine: None,
+            timing,
+            layer_call: None,
+        }
     }
 
     /// Millimetres per pixel of `bed_image` along x and along y (a bed that is not square has
     /// two pitches): what turns a pixel bounding box into a footprint on the bed.
     pub fn bed_mm_per_px_xy(&self) -> [f64; 2] {
         let input = &self.model.spec.input;
-        [self.config.bed.width_mm / input.width as f64, self.config.bed.height_mm / input.height as f64]
+        [
+            self.config.bed.width_mm / input.width as f64,
+            self.config.bed.height_mm / input.height as f64,
+        ]
     }
 
     /// Refuses frames that cannot be judged: a pixel format the camera path does not carry,
@@ -266,11 +332,20 @@ impl Pipeline {
         }
         let min_side = self.model.spec.input.width.min(self.model.spec.input.height) / 4;
         if frame.width() < min_side || frame.height() < min_side {
-            return Err(format!("image is {}x{} px, too small for a {}x{} model", frame.width(), frame.height(), self.model.spec.input.width, self.model.spec.input.height));
+            return Err(format!(
+                "image is {}x{} px, too small for a {}x{} model",
+                frame.width(),
+                frame.height(),
+                self.model.spec.input.width,
+                self.model.spec.input.height
+            ));
         }
         let (mean, saturated_share) = brightness(frame);
         if mean < self.config.frame_check.min_mean_brightness {
-            return Err(format!("black frame: mean brightness {mean:.1} < {:.1} (lights off, lens covered?)", self.config.frame_check.min_mean_brightness));
+            return Err(format!(
+                "black frame: mean brightness {mean:.1} < {:.1} (lights off, lens covered?)",
+                self.config.frame_check.min_mean_brightness
+            ));
         }
         if saturated_share > self.config.frame_check.max_saturated_share {
             return Err(format!(
@@ -293,7 +368,10 @@ fn largest_first(measured: &[Defect]) -> (heapless::Vec<Defect, MAX_DEFECTS_PER_
     let mut kept: heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER> = heapless::Vec::new();
     for defect in measured {
         // After every kept defect at least as large: equal areas keep their order.
-        let position = kept.iter().position(|k| k.area_px < defect.area_px).unwrap_or(kept.len());
+        let position = kept
+            .iter()
+            .position(|k| k.area_px < defect.area_px)
+            .unwrap_or(kept.len());
         if position == MAX_DEFECTS_PER_LAYER {
             continue;
         }
@@ -325,7 +403,10 @@ fn pixel_pitch_mm(config: &Config, width: u32, height: u32) -> f64 {
 /// Grey or colour, 8 or 16 bit; anything with alpha or floats is not what a bed camera sends.
 pub fn check_pixel_format(frame: &DynamicImage) -> Result<(), String> {
     match frame {
-        DynamicImage::ImageLuma8(_) | DynamicImage::ImageLuma16(_) | DynamicImage::ImageRgb8(_) | DynamicImage::ImageRgb16(_) => Ok(()),
+        DynamicImage::ImageLuma8(_)
+        | DynamicImage::ImageLuma16(_)
+        | DynamicImage::ImageRgb8(_)
+        | DynamicImage::ImageRgb16(_) => Ok(()),
         other => Err(format!(
             "pixel format {:?} with {} channels is not a bed camera frame: use grey or RGB, 8 or 16 bit, without alpha",
             other.color(),
@@ -336,7 +417,9 @@ pub fn check_pixel_format(frame: &DynamicImage) -> Result<(), String> {
 
 /// Mean brightness (0..255) and the share of saturated pixels, on a grid of at most ~64k samples.
 fn brightness(frame: &DynamicImage) -> (f64, f64) {
-    let step = ((frame.width() as u64 * frame.height() as u64 / 65_536) as f64).sqrt().max(1.0) as u32;
+    let step = ((frame.width() as u64 * frame.height() as u64 / 65_536) as f64)
+        .sqrt()
+        .max(1.0) as u32;
     let (mut sum, mut saturated, mut count) = (0u64, 0u64, 0u64);
     for y in (0..frame.height()).step_by(step as usize) {
         for x in (0..frame.width()).step_by(step as usize) {
@@ -375,16 +458,25 @@ mod tests {
             bbox: [0, 0, 1, 1],
             centroid: [0.0, 0.0],
             equivalent_diameter_mm: 1.0,
-            ellipse: models::Ellipse { theta_deg: 0.0, semi_major_px: 1.0, semi_minor_px: 1.0 },
+            ellipse: models::Ellipse {
+                theta_deg: 0.0,
+                semi_major_px: 1.0,
+                semi_minor_px: 1.0,
+            },
             mean_uncertainty: 0.0,
             max_uncertainty: 0.0,
         };
-        let measured: Vec<Defect> = (1..=70).map(|area| defect(if area % 2 == 0 { 2 } else { 4 }, area)).collect();
+        let measured: Vec<Defect> = (1..=70)
+            .map(|area| defect(if area % 2 == 0 { 2 } else { 4 }, area))
+            .collect();
         let totals = DefectTotals::of(&measured);
         assert_eq!(totals.count, 70);
         assert_eq!(totals.total_area_mm2, (70.0 * 71.0 / 2.0) * 0.25);
         assert_eq!(totals.largest_area_mm2, 70.0 * 0.25);
-        assert_eq!(totals.class_areas_mm2[2], (2..=70).step_by(2).sum::<u32>() as f64 * 0.25);
+        assert_eq!(
+            totals.class_areas_mm2[2],
+            (2..=70).step_by(2).sum::<u32>() as f64 * 0.25
+        );
         let (kept, dropped) = largest_first(&measured);
         assert_eq!((kept.len(), dropped), (64, 6));
         assert_eq!(kept[0].area_px, 70);

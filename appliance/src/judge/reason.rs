@@ -79,10 +79,20 @@ mod tests {
 
     #[test]
     fn codes_are_kind_then_class() {
-        let reason = Reason { kind: RuleKind::TrackLength, class_index: 4, class: "streaking".into(), text: String::new() };
+        let reason = Reason {
+            kind: RuleKind::TrackLength,
+            class_index: 4,
+            class: "streaking".into(),
+            text: String::new(),
+        };
         assert_eq!(reason.code(), 0x0504);
         assert_eq!(reason.rule(), "rules.streaking.track.max_layers");
-        let gate = Reason { kind: RuleKind::UncertaintyGate, class_index: 0, class: String::new(), text: String::new() };
+        let gate = Reason {
+            kind: RuleKind::UncertaintyGate,
+            class_index: 0,
+            class: String::new(),
+            text: String::new(),
+        };
         assert_eq!((gate.code(), gate.rule()), (0x0200, "uncertainty_gate".to_string()));
     }
 }

@@ -112,7 +112,12 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(settings: &TracksConfig) -> Tracker {
-        Tracker { settings: settings.clone(), active: Vec::new(), finished: VecDeque::new(), next_id: 1 }
+        Tracker {
+            settings: settings.clone(),
+            active: Vec::new(),
+            finished: VecDeque::new(),
+            next_id: 1,
+        }
     }
 
     /// Tracks started over the build.
@@ -131,7 +136,10 @@ impl Tracker {
         // Tracks past the gap end before matching; so do tracks on a later layer than this one
         // (the layer numbers started again: a new build in the same journal).
         let max_gap = self.settings.max_gap_layers;
-        let (alive, gone): (Vec<Track>, Vec<Track>) = self.active.drain(..).partition(|t| t.last_layer <= layer && layer - t.last_layer <= max_gap + 1);
+        let (alive, gone): (Vec<Track>, Vec<Track>) = self
+            .active
+            .drain(..)
+            .partition(|t| t.last_layer <= layer && layer - t.last_layer <= max_gap + 1);
         self.active = alive;
         for track in gone {
             update.ended.push(track.id);
@@ -233,20 +241,32 @@ pub fn judge(config: &Config, class_names: &[String], tracker: &Tracker, update:
         };
         let verdict = Verdict::parse(&rule.verdict).expect("checked at load");
         let class_index = class_names.iter().position(|c| *c == track.class).unwrap_or(0) as u8;
-        let what = format!("{} track #{} over layers {}-{}", track.class, track.id, track.first_layer, track.last_layer);
+        let what = format!(
+            "{} track #{} over layers {}-{}",
+            track.class, track.id, track.first_layer, track.last_layer
+        );
         let mut fired = Vec::new();
         if let Some(limit) = rule.max_layers {
             if track.layers() > limit {
-                fired.push((RuleKind::TrackLength, format!("{what}: {} layers > {limit}", track.layers())));
+                fired.push((
+                    RuleKind::TrackLength,
+                    format!("{what}: {} layers > {limit}", track.layers()),
+                ));
             }
         }
         if let (Some(limit), Some(growth)) = (rule.max_growth_mm2_per_layer, track.growth_mm2_per_layer()) {
             if growth > limit {
-                fired.push((RuleKind::TrackGrowth, format!("{what}: grows {growth:.2} mm²/layer > {limit:.2} mm²/layer")));
+                fired.push((
+                    RuleKind::TrackGrowth,
+                    format!("{what}: grows {growth:.2} mm²/layer > {limit:.2} mm²/layer"),
+                ));
             }
         }
         if rule.after_recoat && update.after_recoat.contains(&id) {
-            fired.push((RuleKind::TrackAfterRecoat, format!("{what}: still there after the RECOAT of layer {}", track.last_layer)));
+            fired.push((
+                RuleKind::TrackAfterRecoat,
+                format!("{what}: still there after the RECOAT of layer {}", track.last_layer),
+            ));
         }
         for (kind, mut text) in fired {
             text.push_str(&format!(" → {verdict}"));
@@ -254,7 +274,15 @@ pub fn judge(config: &Config, class_names: &[String], tracker: &Tracker, update:
                 text.push_str(&format!(": {message}"));
             }
             let (verdict, kind) = escalate_unfixable(config, &track.class, verdict, kind, &mut text);
-            hits.push(TrackHit { verdict, reason: Reason { kind, class_index, class: track.class.clone(), text } });
+            hits.push(TrackHit {
+                verdict,
+                reason: Reason {
+                    kind,
+                    class_index,
+                    class: track.class.clone(),
+                    text,
+                },
+            });
         }
     }
     hits.sort_by_key(|hit| hit.reason.class_index);
@@ -266,11 +294,24 @@ mod tests {
     use super::*;
 
     fn settings(min_iou: f64, max_gap_layers: u32) -> TracksConfig {
-        TracksConfig { min_iou, max_gap_layers, cell_mm: 5.0 }
+        TracksConfig {
+            min_iou,
+            max_gap_layers,
+            cell_mm: 5.0,
+        }
     }
 
     fn sighting(class: &str, x0: f64, width: f64, area_mm2: f64) -> Sighting {
-        Sighting { class: class.into(), area_mm2, footprint: Footprint { x0, y0: 10.0, x1: x0 + width, y1: 20.0 } }
+        Sighting {
+            class: class.into(),
+            area_mm2,
+            footprint: Footprint {
+                x0,
+                y0: 10.0,
+                x1: x0 + width,
+                y1: 20.0,
+            },
+        }
     }
 
     #[test]
@@ -297,9 +338,15 @@ mod tests {
         let update = tracker.observe(2, false, &[sighting("streaking", 4.0, 10.0, 5.0)]);
         assert_eq!(update.seen, vec![2]);
         // 4..14 vs 5..14: IoU 9/10 = 0.9: track 2 goes on.
-        assert_eq!(tracker.observe(3, false, &[sighting("streaking", 5.0, 9.0, 5.0)]).seen, vec![2]);
+        assert_eq!(
+            tracker.observe(3, false, &[sighting("streaking", 5.0, 9.0, 5.0)]).seen,
+            vec![2]
+        );
         // Another class at the same place is its own track.
-        assert_eq!(tracker.observe(4, false, &[sighting("hopping", 5.0, 9.0, 5.0)]).seen, vec![3]);
+        assert_eq!(
+            tracker.observe(4, false, &[sighting("hopping", 5.0, 9.0, 5.0)]).seen,
+            vec![3]
+        );
         // Layer 6 after nothing on layer 5: track 3 ended (no gap allowed), a new one starts.
         let update = tracker.observe(6, false, &[sighting("hopping", 5.0, 9.0, 5.0)]);
         assert_eq!(update.seen, vec![4]);
@@ -313,7 +360,10 @@ mod tests {
         // With max_gap_layers = 1 the track survives one missed layer.
         let mut tracker = Tracker::new(&settings(0.5, 1));
         tracker.observe(1, false, &[sighting("hopping", 5.0, 9.0, 5.0)]);
-        assert_eq!(tracker.observe(3, false, &[sighting("hopping", 5.0, 9.0, 6.0)]).seen, vec![1]);
+        assert_eq!(
+            tracker.observe(3, false, &[sighting("hopping", 5.0, 9.0, 6.0)]).seen,
+            vec![1]
+        );
         assert_eq!(tracker.get(1).unwrap().layers(), 3);
     }
 
@@ -338,7 +388,14 @@ mod tests {
     fn each_track_takes_one_defect_the_best_overlap() {
         let mut tracker = Tracker::new(&settings(0.3, 0));
         tracker.observe(1, false, &[sighting("streaking", 0.0, 10.0, 5.0)]);
-        let update = tracker.observe(2, false, &[sighting("streaking", 3.0, 10.0, 5.0), sighting("streaking", 1.0, 10.0, 5.0)]);
+        let update = tracker.observe(
+            2,
+            false,
+            &[
+                sighting("streaking", 3.0, 10.0, 5.0),
+                sighting("streaking", 1.0, 10.0, 5.0),
+            ],
+        );
         // The second sighting overlaps more (9/11 against 7/13): it continues track 1.
         assert_eq!(update.seen, vec![1, 2]);
         assert_eq!(tracker.get(1).unwrap().footprint.x0, 1.0);
@@ -354,7 +411,13 @@ mod tests {
         let track = tracker.get(1).unwrap();
         assert_eq!(track.areas_mm2.len(), MAX_AREAS_PER_TRACK);
         assert_eq!(track.areas_mm2.front(), Some(&(69, 69.0)));
-        assert_eq!((track.layers(), track.growth_mm2_per_layer().map(|g| (g * 1e9).round() / 1e9)), (100, Some(1.0)));
+        assert_eq!(
+            (
+                track.layers(),
+                track.growth_mm2_per_layer().map(|g| (g * 1e9).round() / 1e9)
+            ),
+            (100, Some(1.0))
+        );
     }
 
     fn config(rules: &str) -> Config {
@@ -362,7 +425,16 @@ mod tests {
     }
 
     fn names() -> Vec<String> {
-        ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"].map(String::from).to_vec()
+        [
+            "background",
+            "super-elevation",
+            "incompleteness",
+            "hopping",
+            "streaking",
+            "lattice",
+        ]
+        .map(String::from)
+        .to_vec()
     }
 
     #[test]
@@ -374,7 +446,14 @@ mod tests {
         let mut tracker = Tracker::new(&config.tracks);
         let mut verdicts = Vec::new();
         for (layer, area) in [(1, 10.0), (2, 14.0), (3, 15.0), (4, 21.0)] {
-            let update = tracker.observe(layer, false, &[sighting("streaking", 0.0, 10.0, 1.0), sighting("super-elevation", 50.0, 10.0, area)]);
+            let update = tracker.observe(
+                layer,
+                false,
+                &[
+                    sighting("streaking", 0.0, 10.0, 1.0),
+                    sighting("super-elevation", 50.0, 10.0, area),
+                ],
+            );
             verdicts.push(judge(&config, &names(), &tracker, &update));
         }
         // Layer 3: super-elevation slope over 10, 14, 15 = 2.5 <= 3; streaking 3 layers, not > 3.
@@ -383,9 +462,16 @@ mod tests {
         let hits = &verdicts[3];
         assert_eq!(hits.len(), 2, "{hits:?}");
         assert_eq!((hits[0].verdict, hits[0].reason.code()), (Verdict::Pause, 0x0601));
-        assert!(hits[0].reason.text.contains("grows 3.40 mm²/layer > 3.00 mm²/layer"), "{}", hits[0].reason.text);
+        assert!(
+            hits[0].reason.text.contains("grows 3.40 mm²/layer > 3.00 mm²/layer"),
+            "{}",
+            hits[0].reason.text
+        );
         assert_eq!((hits[1].verdict, hits[1].reason.code()), (Verdict::Review, 0x0504));
-        assert_eq!(hits[1].reason.text, "streaking track #1 over layers 1-4: 4 layers > 3 → REVIEW: recoater blade damage suspected");
+        assert_eq!(
+            hits[1].reason.text,
+            "streaking track #1 over layers 1-4: 4 layers > 3 → REVIEW: recoater blade damage suspected"
+        );
     }
 
     #[test]

@@ -109,7 +109,8 @@ impl Journal {
     /// append goes to the end of the file (O_APPEND).
     pub fn open(path: &Path) -> Result<(Journal, OpenReport)> {
         if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(folder).with_context(|| format!("journal {}: cannot create its folder", path.display()))?;
+            std::fs::create_dir_all(folder)
+                .with_context(|| format!("journal {}: cannot create its folder", path.display()))?;
         }
         let mut file = OpenOptions::new()
             .read(true)
@@ -119,25 +120,58 @@ impl Journal {
             .open(path)
             .with_context(|| format!("journal {}: cannot open it for writing", path.display()))?;
         let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).with_context(|| format!("journal {}: cannot read it", path.display()))?;
+        file.read_to_end(&mut bytes)
+            .with_context(|| format!("journal {}: cannot read it", path.display()))?;
         if bytes.is_empty() {
-            file.write_all(MAGIC).and_then(|_| file.sync_all()).with_context(|| format!("journal {}: cannot write its header", path.display()))?;
-            return Ok((Journal { path: path.to_path_buf(), file, records: 0 }, OpenReport { records: 0, cut_bytes: 0, reason: None }));
+            file.write_all(MAGIC)
+                .and_then(|_| file.sync_all())
+                .with_context(|| format!("journal {}: cannot write its header", path.display()))?;
+            return Ok((
+                Journal {
+                    path: path.to_path_buf(),
+                    file,
+                    records: 0,
+                },
+                OpenReport {
+                    records: 0,
+                    cut_bytes: 0,
+                    reason: None,
+                },
+            ));
         }
         let contents = scan(path, &bytes)?;
         if contents.good_end < contents.file_len {
             file.set_len(contents.good_end)
                 .and_then(|_| file.sync_all())
-                .with_context(|| format!("journal {}: cannot cut the bad tail at byte {}", path.display(), contents.good_end))?;
+                .with_context(|| {
+                    format!(
+                        "journal {}: cannot cut the bad tail at byte {}",
+                        path.display(),
+                        contents.good_end
+                    )
+                })?;
         }
-        file.seek(SeekFrom::Start(contents.good_end)).with_context(|| format!("journal {}", path.display()))?;
-        let report = OpenReport { records: contents.records.len(), cut_bytes: contents.file_len - contents.good_end, reason: contents.reason };
-        Ok((Journal { path: path.to_path_buf(), file, records: report.records }, report))
+        file.seek(SeekFrom::Start(contents.good_end))
+            .with_context(|| format!("journal {}", path.display()))?;
+        let report = OpenReport {
+            records: contents.records.len(),
+            cut_bytes: contents.file_len - contents.good_end,
+            reason: contents.reason,
+        };
+        Ok((
+            Journal {
+                path: path.to_path_buf(),
+                file,
+                records: report.records,
+            },
+            report,
+        ))
     }
 
     /// Appends one record and waits until it is on the disk.
     pub fn append(&mut self, record: &LayerRecord) -> Result<()> {
-        let payload = postcard::to_allocvec(record).with_context(|| format!("journal {}: cannot encode layer {}", self.path.display(), record.layer))?;
+        let payload = postcard::to_allocvec(record)
+            .with_context(|| format!("journal {}: cannot encode layer {}", self.path.display(), record.layer))?;
         let mut frame = Vec::with_capacity(payload.len() + 8);
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&payload);
@@ -174,7 +208,11 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
         );
     }
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-        bail!("journal {}: not a bedsight journal (it does not start with {:?}); move it away and a new one is started", path.display(), std::str::from_utf8(MAGIC).unwrap_or_default());
+        bail!(
+            "journal {}: not a bedsight journal (it does not start with {:?}); move it away and a new one is started",
+            path.display(),
+            std::str::from_utf8(MAGIC).unwrap_or_default()
+        );
     }
     let file_len = bytes.len() as u64;
     let mut records = Vec::new();
@@ -188,9 +226,14 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
         } else {
             let payload_len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes"));
             if payload_len > MAX_PAYLOAD_BYTES {
-                Err(format!("corrupt record at byte {pos}: length {payload_len} is implausible"))
+                Err(format!(
+                    "corrupt record at byte {pos}: length {payload_len} is implausible"
+                ))
             } else if frame_end(payload_len as usize) > bytes.len() {
-                Err(format!("torn record at byte {pos}: it needs {} bytes, {rest} are there", payload_len as usize + 8))
+                Err(format!(
+                    "torn record at byte {pos}: it needs {} bytes, {rest} are there",
+                    payload_len as usize + 8
+                ))
             } else {
                 let payload = &bytes[pos + 4..pos + 4 + payload_len as usize];
                 let end = frame_end(payload_len as usize);
@@ -213,9 +256,16 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
             Err(mut why) => {
                 // A bad frame whose declared end is short of the file's end is not a torn
                 // append: say that good-looking data after it goes too.
-                let declared_end = if rest >= 4 { frame_end(u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize) } else { bytes.len() };
+                let declared_end = if rest >= 4 {
+                    frame_end(u32::from_le_bytes(bytes[pos..pos + 4].try_into().expect("4 bytes")) as usize)
+                } else {
+                    bytes.len()
+                };
                 if declared_end < bytes.len() {
-                    why.push_str(&format!(" in the middle of the file, {} more bytes after it are cut with it", bytes.len() - declared_end));
+                    why.push_str(&format!(
+                        " in the middle of the file, {} more bytes after it are cut with it",
+                        bytes.len() - declared_end
+                    ));
                 } else if records.is_empty() {
                     why.push_str(" (the first record)");
                 } else {
@@ -226,7 +276,12 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
             }
         }
     }
-    Ok(Contents { records, good_end: pos as u64, file_len, reason })
+    Ok(Contents {
+        records,
+        good_end: pos as u64,
+        file_len,
+        reason,
+    })
 }
 
 /// `bedsight journal check FILE`: count, layers, and whether an open would cut a bad tail.
@@ -238,7 +293,10 @@ pub fn check(path: &Path) -> Result<()> {
     };
     println!("journal {}: {} records{layers}", path.display(), contents.records.len());
     match &contents.reason {
-        Some(reason) => println!("bad tail: {} bytes would be cut on the next open: {reason}", contents.file_len - contents.good_end),
+        Some(reason) => println!(
+            "bad tail: {} bytes would be cut on the next open: {reason}",
+            contents.file_len - contents.good_end
+        ),
         None => println!("no bad tail"),
     }
     Ok(())
@@ -281,7 +339,11 @@ pub fn export(path: &Path, format: &str) -> Result<()> {
         other => bail!("--format {other:?}: use csv or jsonl"),
     }
     if let Some(reason) = &contents.reason {
-        eprintln!("journal {}: {} bytes after the last good record are not exported: {reason}", path.display(), contents.file_len - contents.good_end);
+        eprintln!(
+            "journal {}: {} bytes after the last good record are not exported: {reason}",
+            path.display(),
+            contents.file_len - contents.good_end
+        );
     }
     Ok(())
 }
@@ -342,7 +404,14 @@ mod tests {
         let path = folder.path().join("journal/layers.bsj");
         write(&path, &[1, 2, 3]);
         let (journal, report) = Journal::open(&path).unwrap();
-        assert_eq!(report, OpenReport { records: 3, cut_bytes: 0, reason: None });
+        assert_eq!(
+            report,
+            OpenReport {
+                records: 3,
+                cut_bytes: 0,
+                reason: None
+            }
+        );
         assert_eq!(journal.records(), 3);
         assert_eq!(read(&path).unwrap().records, vec![record(1), record(2), record(3)]);
     }
@@ -361,11 +430,19 @@ mod tests {
             assert_eq!(report.records, 2, "cut at byte {cut_at}");
             assert_eq!(report.cut_bytes, cut_at - two_records, "cut at byte {cut_at}");
             assert_eq!(report.reason.is_some(), cut_at > two_records, "cut at byte {cut_at}");
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), two_records, "cut at byte {cut_at}");
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len(),
+                two_records,
+                "cut at byte {cut_at}"
+            );
             journal.append(&record(4)).unwrap();
             drop(journal);
             let contents = read(&path).unwrap();
-            assert_eq!(contents.records, vec![record(1), record(2), record(4)], "cut at byte {cut_at}");
+            assert_eq!(
+                contents.records,
+                vec![record(1), record(2), record(4)],
+                "cut at byte {cut_at}"
+            );
             assert_eq!(contents.reason, None);
         }
     }
@@ -382,8 +459,16 @@ mod tests {
         std::fs::write(&path, &bytes).unwrap();
 
         let contents = read(&path).unwrap();
-        assert!(contents.reason.as_deref().unwrap().contains("bad CRC"), "{:?}", contents.reason);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), bytes.len() as u64, "read must not change the file");
+        assert!(
+            contents.reason.as_deref().unwrap().contains("bad CRC"),
+            "{:?}",
+            contents.reason
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            bytes.len() as u64,
+            "read must not change the file"
+        );
 
         let (_, report) = Journal::open(&path).unwrap();
         assert_eq!(report.records, 2);
@@ -414,7 +499,10 @@ mod tests {
         let path = folder.path().join("layers.bsj");
         std::fs::write(&path, b"BSJRNL01\x00\x00\x00\x00").unwrap();
         let error = format!("{:#}", Journal::open(&path).err().unwrap());
-        assert!(error.contains("layers.bsj") && error.contains("format 01") && error.contains("writes 02"), "{error}");
+        assert!(
+            error.contains("layers.bsj") && error.contains("format 01") && error.contains("writes 02"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -423,7 +511,10 @@ mod tests {
         let path = folder.path().join("notes.txt");
         std::fs::write(&path, b"hello, this is not a journal").unwrap();
         let error = format!("{:#}", Journal::open(&path).err().unwrap());
-        assert!(error.contains("notes.txt") && error.contains("not a bedsight journal"), "{error}");
+        assert!(
+            error.contains("notes.txt") && error.contains("not a bedsight journal"),
+            "{error}"
+        );
         assert_eq!(std::fs::read(&path).unwrap(), b"hello, this is not a journal");
     }
 }

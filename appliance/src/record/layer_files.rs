@@ -15,7 +15,14 @@ const HEAT_RGB: [f32; 3] = [255.0, 149.0, 0.0];
 const HEAT_FULL_SCALE: f32 = 0.25;
 
 /// Writes `<stem>.mask.png`, `<stem>.uncertainty.tiff` and `<stem>.overlay.png` into `dir`.
-pub fn write_layer_files(dir: &Path, stem: &str, bed: &GrayImage, fused: &Fused, classes: &[ClassInfo], defects: &[Defect]) -> Result<()> {
+pub fn write_layer_files(
+    dir: &Path,
+    stem: &str,
+    bed: &GrayImage,
+    fused: &Fused,
+    classes: &[ClassInfo],
+    defects: &[Defect],
+) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("output folder {}: cannot create it", dir.display()))?;
     let (width, height) = (fused.width as u32, fused.height as u32);
 
@@ -29,7 +36,9 @@ pub fn write_layer_files(dir: &Path, stem: &str, bed: &GrayImage, fused: &Fused,
     write_float_tiff(&uncertainty_path, width, height, &fused.uncertainty)?;
 
     let overlay_path = dir.join(format!("{stem}.overlay.png"));
-    overlay(bed, fused, classes, defects).save(&overlay_path).with_context(|| format!("cannot write {}", overlay_path.display()))?;
+    overlay(bed, fused, classes, defects)
+        .save(&overlay_path)
+        .with_context(|| format!("cannot write {}", overlay_path.display()))?;
     Ok(())
 }
 
@@ -51,7 +60,13 @@ pub fn overlay(bed: &GrayImage, fused: &Fused, classes: &[ClassInfo], defects: &
 
 /// The bed in grey with each class of `mask` tinted in its colour, the heat layer of
 /// `uncertainty` when given, and a box around each defect.
-pub fn tinted_bed(bed: &GrayImage, mask: &[u8], uncertainty: Option<&[f32]>, classes: &[ClassInfo], defects: &[Defect]) -> RgbImage {
+pub fn tinted_bed(
+    bed: &GrayImage,
+    mask: &[u8],
+    uncertainty: Option<&[f32]>,
+    classes: &[ClassInfo],
+    defects: &[Defect],
+) -> RgbImage {
     let mut picture = RgbImage::new(bed.width(), bed.height());
     for (index, (pixel, grey)) in picture.pixels_mut().zip(bed.pixels()).enumerate() {
         let grey = grey.0[0] as f32;
@@ -74,7 +89,10 @@ pub fn tinted_bed(bed: &GrayImage, mask: &[u8], uncertainty: Option<&[f32]>, cla
     }
     for defect in defects {
         let [x, y, w, h] = defect.bbox;
-        let colour = classes.get(defect.class as usize).map(|c| c.colour).unwrap_or([255, 255, 255]);
+        let colour = classes
+            .get(defect.class as usize)
+            .map(|c| c.colour)
+            .unwrap_or([255, 255, 255]);
         let outer = Rect::at(x as i32 - 2, y as i32 - 2).of_size(w + 4, h + 4);
         draw_hollow_rect_mut(&mut picture, outer, Rgb(colour));
     }
@@ -106,8 +124,16 @@ mod tests {
         fused.mask[5] = 1;
         fused.uncertainty[5] = 0.125;
         let classes = vec![
-            ClassInfo { name: "background".into(), colour: [0, 0, 0], defect: false },
-            ClassInfo { name: "streaking".into(), colour: [0, 255, 0], defect: true },
+            ClassInfo {
+                name: "background".into(),
+                colour: [0, 0, 0],
+                defect: false,
+            },
+            ClassInfo {
+                name: "streaking".into(),
+                colour: [0, 255, 0],
+                defect: true,
+            },
         ];
         let bed = GrayImage::from_pixel(4, 2, image::Luma([100]));
         write_layer_files(dir.path(), "layer", &bed, &fused, &classes, &[]).unwrap();
@@ -116,11 +142,16 @@ mod tests {
         assert_eq!(mask.get_pixel(1, 1).0[0], 1);
         assert_eq!(mask.get_pixel(0, 0).0[0], 0);
 
-        let mut decoder = tiff::decoder::Decoder::new(std::fs::File::open(dir.path().join("layer.uncertainty.tiff")).unwrap()).unwrap();
+        let mut decoder =
+            tiff::decoder::Decoder::new(std::fs::File::open(dir.path().join("layer.uncertainty.tiff")).unwrap())
+                .unwrap();
         assert_eq!(decoder.dimensions().unwrap(), (4, 2));
         match decoder.read_image().unwrap() {
             tiff::decoder::DecodingResult::F32(values) => assert_eq!(values[5], 0.125),
-            other => panic!("uncertainty TIFF is not 32-bit float: {:?}", std::mem::discriminant(&other)),
+            other => panic!(
+                "uncertainty TIFF is not 32-bit float: {:?}",
+                std::mem::discriminant(&other)
+            ),
         }
 
         let overlay = image::open(dir.path().join("layer.overlay.png")).unwrap().into_rgb8();
@@ -129,7 +160,10 @@ mod tests {
         let expected = [45.0 * 0.65 + 0.35 * 255.0, 185.25 * 0.65 + 0.35 * 149.0, 45.0 * 0.65];
         let got = overlay.get_pixel(1, 1).0;
         for channel in 0..3 {
-            assert!((got[channel] as f32 - expected[channel]).abs() <= 1.0, "{got:?} vs {expected:?}");
+            assert!(
+                (got[channel] as f32 - expected[channel]).abs() <= 1.0,
+                "{got:?} vs {expected:?}"
+            );
         }
     }
 }

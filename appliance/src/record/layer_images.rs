@@ -44,7 +44,8 @@ fn parse_dir_name(name: &str) -> Option<(u64, u32, String)> {
     let index = parts.next()?.parse().ok()?;
     let layer = parts.next()?.strip_prefix('L')?.parse().ok()?;
     let verdict = parts.next()?;
-    (!verdict.is_empty() && verdict.chars().all(|c| c.is_ascii_uppercase())).then(|| (index, layer, verdict.to_string()))
+    (!verdict.is_empty() && verdict.chars().all(|c| c.is_ascii_uppercase()))
+        .then(|| (index, layer, verdict.to_string()))
 }
 
 /// `<folder>/bed.json`: what a reader needs to draw on the layer images.
@@ -98,7 +99,12 @@ impl LayerSnapshot {
             mask: Vec::new(),
             uncertainty: Vec::new(),
             defects: Vec::new(),
-            info: BedInfo { width: 0, height: 0, mm_per_px: 0.0, classes: Vec::new() },
+            info: BedInfo {
+                width: 0,
+                height: 0,
+                mm_per_px: 0.0,
+                classes: Vec::new(),
+            },
         }
     }
 
@@ -114,7 +120,12 @@ impl LayerSnapshot {
         self.defects.extend_from_slice(layer.defects);
         let bed = layer.bed;
         if self.info.classes != layer.classes || self.info.width != bed.width() || self.info.height != bed.height() {
-            self.info = BedInfo { width: bed.width(), height: bed.height(), mm_per_px: layer.mm_per_px, classes: layer.classes.to_vec() };
+            self.info = BedInfo {
+                width: bed.width(),
+                height: bed.height(),
+                mm_per_px: layer.mm_per_px,
+                classes: layer.classes.to_vec(),
+            };
         }
     }
 
@@ -214,9 +225,12 @@ impl ImageStore {
     /// Opens (creates) the folder and takes stock of the layers already in it; half-written
     /// folders from a crash (`.tmp-*`) are removed.
     pub fn open(folder: &Path, max_bytes: u64) -> Result<ImageStore> {
-        std::fs::create_dir_all(folder).with_context(|| format!("record.folder {}: cannot create it", folder.display()))?;
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("record.folder {}: cannot create it", folder.display()))?;
         let mut layers = BTreeMap::new();
-        for entry in std::fs::read_dir(folder).with_context(|| format!("record.folder {}: cannot list it", folder.display()))? {
+        for entry in
+            std::fs::read_dir(folder).with_context(|| format!("record.folder {}: cannot list it", folder.display()))?
+        {
             let entry = entry?;
             let name = entry.file_name().to_string_lossy().into_owned();
             if name.starts_with(".tmp-") {
@@ -225,7 +239,11 @@ impl ImageStore {
                 layers.insert(index, (name, folder_bytes(&entry.path()), verdict == "PASS"));
             }
         }
-        Ok(ImageStore { folder: folder.to_path_buf(), max_bytes, layers })
+        Ok(ImageStore {
+            folder: folder.to_path_buf(),
+            max_bytes,
+            layers,
+        })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -238,19 +256,31 @@ impl ImageStore {
         let name = dir_name(verdict.index, verdict.layer, &verdict.verdict);
         let temp = self.folder.join(format!(".tmp-{name}"));
         std::fs::create_dir_all(&temp).with_context(|| format!("record: cannot create {}", temp.display()))?;
-        let save = |image_name: &str, result: image::ImageResult<()>| result.with_context(|| format!("record: cannot write {}", temp.join(image_name).display()));
+        let save = |image_name: &str, result: image::ImageResult<()>| {
+            result.with_context(|| format!("record: cannot write {}", temp.join(image_name).display()))
+        };
         save("raw.png", snapshot.raw.save(temp.join("raw.png")))?;
         if snapshot.judged {
             let info = &snapshot.info;
             save("rectified.png", snapshot.bed.save(temp.join("rectified.png")))?;
             let overlay = tinted_bed(&snapshot.bed, &snapshot.mask, None, &info.classes, &snapshot.defects);
             save("overlay.png", overlay.save(temp.join("overlay.png")))?;
-            let mask = GrayImage::from_raw(info.width, info.height, snapshot.mask.clone()).context("record: mask size")?;
+            let mask =
+                GrayImage::from_raw(info.width, info.height, snapshot.mask.clone()).context("record: mask size")?;
             save("mask.png", mask.save(temp.join("mask.png")))?;
-            save("uncertainty.png", heatmap(info.width, info.height, &snapshot.uncertainty).save(temp.join("uncertainty.png")))?;
-            write_float_tiff(&temp.join("uncertainty.tiff"), info.width, info.height, &snapshot.uncertainty)?;
+            save(
+                "uncertainty.png",
+                heatmap(info.width, info.height, &snapshot.uncertainty).save(temp.join("uncertainty.png")),
+            )?;
+            write_float_tiff(
+                &temp.join("uncertainty.tiff"),
+                info.width,
+                info.height,
+                &snapshot.uncertainty,
+            )?;
             if BedInfo::read(&self.folder).as_ref() != Some(info) {
-                std::fs::write(self.folder.join("bed.json"), serde_json::to_vec_pretty(info)?).context("record: cannot write bed.json")?;
+                std::fs::write(self.folder.join("bed.json"), serde_json::to_vec_pretty(info)?)
+                    .context("record: cannot write bed.json")?;
             }
         }
         // A record index written again (a journal that could not be appended) replaces the old one.
@@ -258,8 +288,12 @@ impl ImageStore {
             std::fs::remove_dir_all(self.folder.join(old)).ok();
         }
         let target = self.folder.join(&name);
-        std::fs::rename(&temp, &target).with_context(|| format!("record: cannot move {} into place", target.display()))?;
-        self.layers.insert(verdict.index, (name.clone(), folder_bytes(&target), verdict.verdict == "PASS"));
+        std::fs::rename(&temp, &target)
+            .with_context(|| format!("record: cannot move {} into place", target.display()))?;
+        self.layers.insert(
+            verdict.index,
+            (name.clone(), folder_bytes(&target), verdict.verdict == "PASS"),
+        );
         Ok(name)
     }
 
@@ -269,7 +303,9 @@ impl ImageStore {
         let mut total = self.bytes();
         let mut deleted = Vec::new();
         while total > self.max_bytes {
-            let Some((&index, _)) = self.layers.iter().find(|(_, (_, _, pass))| *pass) else { break };
+            let Some((&index, _)) = self.layers.iter().find(|(_, (_, _, pass))| *pass) else {
+                break;
+            };
             let (name, bytes, _) = self.layers.remove(&index).expect("found");
             if let Err(error) = std::fs::remove_dir_all(self.folder.join(&name)) {
                 eprintln!("record: cannot delete {}: {error}", self.folder.join(&name).display());
@@ -283,7 +319,13 @@ impl ImageStore {
 
 fn folder_bytes(folder: &Path) -> u64 {
     std::fs::read_dir(folder)
-        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum())
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
         .unwrap_or(0)
 }
 
@@ -292,11 +334,18 @@ fn folder_bytes(folder: &Path) -> u64 {
 pub fn spawn_recorder(
     mut store: ImageStore,
     on_written: impl Fn(u64, &[u64]) + Send + 'static,
-) -> Result<(SnapshotSender, VerdictSender, Arc<RecorderStats>, std::thread::JoinHandle<()>)> {
+) -> Result<(
+    SnapshotSender,
+    VerdictSender,
+    Arc<RecorderStats>,
+    std::thread::JoinHandle<()>,
+)> {
     let (to_recorder, messages) = sync_channel::<Message>(POOL + 4);
     let (free_sender, free) = sync_channel::<Box<LayerSnapshot>>(POOL);
     for _ in 0..POOL {
-        free_sender.send(Box::new(LayerSnapshot::empty())).expect("room for the pool");
+        free_sender
+            .send(Box::new(LayerSnapshot::empty()))
+            .expect("room for the pool");
     }
     let stats = Arc::new(RecorderStats::default());
     stats.bytes.store(store.bytes(), Ordering::Relaxed);
@@ -332,7 +381,16 @@ pub fn spawn_recorder(
             }
         })
         .context("cannot start the image recorder thread")?;
-    Ok((SnapshotSender { free, to_recorder: to_recorder.clone(), stats: stats.clone() }, VerdictSender { to_recorder }, stats, handle))
+    Ok((
+        SnapshotSender {
+            free,
+            to_recorder: to_recorder.clone(),
+            stats: stats.clone(),
+        },
+        VerdictSender { to_recorder },
+        stats,
+        handle,
+    ))
 }
 
 /// PNG encoding is CPU work that must not slow the next layer's analysis on a box with few
@@ -376,16 +434,39 @@ mod tests {
         fused.mask[9] = 1;
         fused.uncertainty[9] = 0.25;
         let classes = vec![
-            ClassInfo { name: "powder".into(), colour: [0, 0, 0], defect: false },
-            ClassInfo { name: "streaking".into(), colour: [255, 0, 0], defect: true },
+            ClassInfo {
+                name: "powder".into(),
+                colour: [0, 0, 0],
+                defect: false,
+            },
+            ClassInfo {
+                name: "streaking".into(),
+                colour: [255, 0, 0],
+                defect: true,
+            },
         ];
         let bed = GrayImage::from_pixel(8, 8, image::Luma([100]));
-        snapshot.fill(seq, &frame, &JudgedLayer { bed: &bed, fused: &fused, defects: &[], classes: &classes, mm_per_px: 1.0 });
+        snapshot.fill(
+            seq,
+            &frame,
+            &JudgedLayer {
+                bed: &bed,
+                fused: &fused,
+                defects: &[],
+                classes: &classes,
+                mm_per_px: 1.0,
+            },
+        );
         snapshot
     }
 
     fn verdict(seq: u64, index: u64, verdict: &str) -> LayerVerdict {
-        LayerVerdict { seq, index, layer: index as u32 + 1, verdict: verdict.into() }
+        LayerVerdict {
+            seq,
+            index,
+            layer: index as u32 + 1,
+            verdict: verdict.into(),
+        }
     }
 
     #[test]
@@ -402,13 +483,20 @@ mod tests {
         let mut store = ImageStore::open(folder.path(), u64::MAX).unwrap();
         let name = store.write(&snapshot(1), &verdict(1, 0, "PASS")).unwrap();
         for kind in KINDS {
-            assert!(folder.path().join(&name).join(format!("{kind}.png")).is_file(), "{kind}");
+            assert!(
+                folder.path().join(&name).join(format!("{kind}.png")).is_file(),
+                "{kind}"
+            );
         }
-        let heat = image::open(folder.path().join(&name).join("uncertainty.png")).unwrap().into_rgba8();
+        let heat = image::open(folder.path().join(&name).join("uncertainty.png"))
+            .unwrap()
+            .into_rgba8();
         // 0.25 is the full scale: alpha 0.7 of 255.
         assert_eq!(heat.get_pixel(1, 1).0[3], 179);
         assert_eq!(heat.get_pixel(0, 0).0[3], 0);
-        let mask = image::open(folder.path().join(&name).join("mask.png")).unwrap().into_luma8();
+        let mask = image::open(folder.path().join(&name).join("mask.png"))
+            .unwrap()
+            .into_luma8();
         assert_eq!((mask.get_pixel(1, 1).0[0], mask.get_pixel(0, 0).0[0]), (1, 0));
         assert_eq!(BedInfo::read(folder.path()).unwrap().width, 8);
     }
@@ -419,19 +507,34 @@ mod tests {
         let mut store = ImageStore::open(folder.path(), u64::MAX).unwrap();
         let verdicts = ["PASS", "RECOAT", "PASS", "PASS", "REVIEW", "PASS"];
         for (index, word) in verdicts.iter().enumerate() {
-            store.write(&snapshot(index as u64), &verdict(index as u64, index as u64, word)).unwrap();
+            store
+                .write(&snapshot(index as u64), &verdict(index as u64, index as u64, word))
+                .unwrap();
         }
         let one_layer = store.bytes() / verdicts.len() as u64;
         // Room for about three layers: the two oldest PASS layers (0 and 2) and then 3 must go.
         let mut store = ImageStore::open(folder.path(), one_layer * 3 + one_layer / 2).unwrap();
         assert_eq!(store.enforce_limit(), [0, 2, 3]);
-        let mut left: Vec<String> = std::fs::read_dir(folder.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut left: Vec<String> = std::fs::read_dir(folder.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         left.sort();
-        assert_eq!(left, ["000001-L00002-RECOAT", "000004-L00005-REVIEW", "000005-L00006-PASS", "bed.json"]);
+        assert_eq!(
+            left,
+            [
+                "000001-L00002-RECOAT",
+                "000004-L00005-REVIEW",
+                "000005-L00006-PASS",
+                "bed.json"
+            ]
+        );
         // Past the limit with only non-PASS layers left: they stay.
         let mut tight = ImageStore::open(folder.path(), 1).unwrap();
         assert_eq!(tight.enforce_limit(), [5]);
-        assert!(folder.path().join("000001-L00002-RECOAT").is_dir() && folder.path().join("000004-L00005-REVIEW").is_dir());
+        assert!(
+            folder.path().join("000001-L00002-RECOAT").is_dir() && folder.path().join("000004-L00005-REVIEW").is_dir()
+        );
     }
 
     #[test]
@@ -439,7 +542,8 @@ mod tests {
         let folder = tempfile::tempdir().unwrap();
         let store = ImageStore::open(folder.path(), u64::MAX).unwrap();
         let (written_sender, written) = std::sync::mpsc::channel();
-        let (pixels, verdicts, stats, handle) = spawn_recorder(store, move |index, _| written_sender.send(index).unwrap()).unwrap();
+        let (pixels, verdicts, stats, handle) =
+            spawn_recorder(store, move |index, _| written_sender.send(index).unwrap()).unwrap();
         // Layer seq 1: the camera gave no frame, only a verdict comes. Seq 2: both.
         verdicts.send(verdict(1, 0, "FAULT"));
         pixels.offer(|s| *s = snapshot(2));

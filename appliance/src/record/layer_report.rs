@@ -63,9 +63,15 @@ pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> V
 /// The classification head's call: `{"class", "confidence", "defective", "threshold",
 /// "probabilities": {class: p}}`, or null for a model without a layer head or a FAULT.
 fn layer_class_json(outcome: &LayerOutcome, pipeline: &Pipeline) -> Value {
-    let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) else { return Value::Null };
-    let probabilities: serde_json::Map<String, Value> =
-        head.classes.iter().zip(&pipeline.layer_probabilities).map(|(name, &p)| (name.clone(), json!(round(p as f64, 4)))).collect();
+    let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) else {
+        return Value::Null;
+    };
+    let probabilities: serde_json::Map<String, Value> = head
+        .classes
+        .iter()
+        .zip(&pipeline.layer_probabilities)
+        .map(|(name, &p)| (name.clone(), json!(round(p as f64, 4))))
+        .collect();
     json!({
         "class": call.label(head),
         "confidence": round(call.confidence() as f64, 4),
@@ -91,14 +97,28 @@ pub fn defect_summary(outcome: &LayerOutcome, class_names: &[String]) -> String 
     if per_class.is_empty() {
         return "no defects".into();
     }
-    let dropped = if outcome.defects_dropped > 0 { format!(" (+{} smaller not listed)", outcome.defects_dropped) } else { String::new() };
+    let dropped = if outcome.defects_dropped > 0 {
+        format!(" (+{} smaller not listed)", outcome.defects_dropped)
+    } else {
+        String::new()
+    };
     per_class.sort_by_key(|(class, _, _)| *class);
-    per_class.iter().map(|(class, count, area)| format!("{} {count} ({area:.1} mm²)", class_names[*class])).collect::<Vec<_>>().join(", ") + &dropped
+    per_class
+        .iter()
+        .map(|(class, count, area)| format!("{} {count} ({area:.1} mm²)", class_names[*class]))
+        .collect::<Vec<_>>()
+        .join(", ")
+        + &dropped
 }
 
 /// The lines `analyze` prints for a person.
 pub fn layer_text(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> String {
-    let mut text = format!("{image}: {} [{}] {:.0} ms", outcome.verdict, pipeline.model.backend_label(), outcome.timing.total_ms);
+    let mut text = format!(
+        "{image}: {} [{}] {:.0} ms",
+        outcome.verdict,
+        pipeline.model.backend_label(),
+        outcome.timing.total_ms
+    );
     if let Some(reason) = &outcome.fault {
         text.push_str(&format!("\n  fault: {reason}"));
         return text;
@@ -106,7 +126,11 @@ pub fn layer_text(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> S
     if let Some(decision) = &outcome.decision {
         text.push_str(&format!(", uncertainty score {:.3}", decision.uncertainty_score));
         if let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) {
-            text.push_str(&format!(", layer class {} ({:.0}%)", call.label(head), call.confidence() * 100.0));
+            text.push_str(&format!(
+                ", layer class {} ({:.0}%)",
+                call.label(head),
+                call.confidence() * 100.0
+            ));
         }
         for reason in &decision.reasons {
             text.push_str(&format!("\n  rule: {reason}"));

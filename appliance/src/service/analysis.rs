@@ -7,19 +7,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use hal::video_trigger::RecoatDetector;
-use images::ActiveGeneration;
 use hal::{Camera, TriggerSource};
+use images::ActiveGeneration;
 
+use super::{AnalysisEvent, LayerJob, LayerResult};
 use crate::config::Config;
 use crate::judge::defect_map::Footprint;
-use crate::record::journal::DefectRecord;
-use crate::record::layer_images::{JudgedLayer, SnapshotSender};
-use crate::model::LoadedModel;
 use crate::judge::pipeline::Pipeline;
 use crate::judge::reason::{Reason, RuleKind};
+use crate::model::LoadedModel;
+use crate::record::journal::DefectRecord;
+use crate::record::layer_images::{JudgedLayer, SnapshotSender};
 use crate::record::layer_report::defect_summary;
-use super::{AnalysisEvent, LayerJob, LayerResult};
-
 
 /// The video trigger: preview frames between layers go through the recoat detector.
 pub(super) struct VideoWatch {
@@ -30,7 +29,11 @@ pub(super) struct VideoWatch {
 
 /// Waits for the next job; with a video trigger, watches the bed meanwhile. `None`: the
 /// control thread is gone.
-fn next_job(jobs: &Receiver<LayerJob>, camera: &mut Box<dyn Camera + Send>, video: &mut Option<VideoWatch>) -> Option<LayerJob> {
+fn next_job(
+    jobs: &Receiver<LayerJob>,
+    camera: &mut Box<dyn Camera + Send>,
+    video: &mut Option<VideoWatch>,
+) -> Option<LayerJob> {
     let Some(watch) = video else { return jobs.recv().ok() };
     loop {
         match jobs.recv_timeout(watch.interval) {
@@ -53,7 +56,11 @@ fn next_job(jobs: &Receiver<LayerJob>, camera: &mut Box<dyn Camera + Send>, vide
 /// The loop's model: the configuration's fixed `[model] image` when set; otherwise the image
 /// active in the slots under `state_dir` (what `bedsight image install` activated), and the
 /// embedded one on a box where nothing is installed yet.
-fn load_pipeline(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Result<(Pipeline, Option<ActiveGeneration>)> {
+fn load_pipeline(
+    config_path: &Path,
+    backend: Option<&str>,
+    state_dir: &Path,
+) -> Result<(Pipeline, Option<ActiveGeneration>)> {
     let config = Config::load(config_path)?;
     if config.model.image.is_none() && matches!(images::active_generation(state_dir), Ok(Some(_))) {
         let choice = match backend {
@@ -61,7 +68,10 @@ fn load_pipeline(config_path: &Path, backend: Option<&str>, state_dir: &Path) ->
             None => config.backend_choice(),
         };
         if let Some((model, generation)) = LoadedModel::load_active(state_dir, choice, config.model.prefer_fp32)? {
-            return Ok((Pipeline::new(config, model, &config_path.display().to_string())?, Some(generation)));
+            return Ok((
+                Pipeline::new(config, model, &config_path.display().to_string())?,
+                Some(generation),
+            ));
         }
     }
     Ok((Pipeline::load(Some(config_path), None, backend, false)?, None))
@@ -69,19 +79,38 @@ fn load_pipeline(config_path: &Path, backend: Option<&str>, state_dir: &Path) ->
 
 /// Between layers: when a new image has been activated in the slots, load it and run the next
 /// layer on it. An image that does not load leaves the running model in place.
-fn follow_active_image(pipeline: &mut Pipeline, generation: &mut Option<ActiveGeneration>, config_path: &Path, backend: Option<&str>, state_dir: &Path) {
-    let Ok(Some(active)) = images::active_generation(state_dir) else { return };
+fn follow_active_image(
+    pipeline: &mut Pipeline,
+    generation: &mut Option<ActiveGeneration>,
+    config_path: &Path,
+    backend: Option<&str>,
+    state_dir: &Path,
+) {
+    let Ok(Some(active)) = images::active_generation(state_dir) else {
+        return;
+    };
     if generation.as_ref() == Some(&active) {
         return;
     }
     match load_pipeline(config_path, backend, state_dir) {
         Ok((next, next_generation)) => {
-            println!("model: now {} {} from slot {} on {}", next.model.name, next.model.version, active.slot, next.model.backend_label());
+            println!(
+                "model: now {} {} from slot {} on {}",
+                next.model.name,
+                next.model.version,
+                active.slot,
+                next.model.backend_label()
+            );
             *pipeline = next;
             *generation = next_generation;
         }
         Err(error) => {
-            eprintln!("model: the newly active image in {} did not load; still running {} {}: {error:#}", state_dir.display(), pipeline.model.name, pipeline.model.version);
+            eprintln!(
+                "model: the newly active image in {} did not load; still running {} {}: {error:#}",
+                state_dir.display(),
+                pipeline.model.name,
+                pipeline.model.version
+            );
             *generation = Some(active);
         }
     }
@@ -106,14 +135,25 @@ pub(super) fn analysis_thread(
             return;
         }
     };
-    let label = format!("{} {} on {}", pipeline.model.name, pipeline.model.version, pipeline.model.backend_label());
+    let label = format!(
+        "{} {} on {}",
+        pipeline.model.name,
+        pipeline.model.version,
+        pipeline.model.backend_label()
+    );
     if events.send(AnalysisEvent::Started(Ok(label))).is_err() {
         return;
     }
     while let Some(LayerJob) = next_job(&jobs, &mut camera, &mut video) {
         seq += 1;
         if pipeline.config.model.image.is_none() {
-            follow_active_image(&mut pipeline, &mut generation, &config_path, backend.as_deref(), &state_dir);
+            follow_active_image(
+                &mut pipeline,
+                &mut generation,
+                &config_path,
+                backend.as_deref(),
+                &state_dir,
+            );
         }
         let frame = match camera.capture() {
             Ok(frame) => frame,
@@ -157,7 +197,12 @@ pub(super) fn analysis_thread(
                 .defects
                 .iter()
                 .map(|d| DefectRecord {
-                    class: pipeline.model.class_names.get(d.class as usize).cloned().unwrap_or_else(|| format!("class {}", d.class)),
+                    class: pipeline
+                        .model
+                        .class_names
+                        .get(d.class as usize)
+                        .cloned()
+                        .unwrap_or_else(|| format!("class {}", d.class)),
                     area_mm2: d.area_mm2,
                     bbox: d.bbox,
                     bbox_mm: Footprint::from_bbox_px(d.bbox, mm_per_px).to_xywh(),
@@ -169,10 +214,19 @@ pub(super) fn analysis_thread(
             infer_ms: outcome.timing.infer_ms,
             timing: Some(outcome.timing),
             reason: match &outcome.fault {
-                Some(fault) => Some(Reason { kind: RuleKind::Fault, class_index: 0, class: String::new(), text: fault.clone() }),
+                Some(fault) => Some(Reason {
+                    kind: RuleKind::Fault,
+                    class_index: 0,
+                    class: String::new(),
+                    text: fault.clone(),
+                }),
                 None => outcome.decision.as_ref().and_then(|d| d.reason.clone()),
             },
-            tripped_classes: outcome.decision.as_ref().map(|d| d.tripped_classes.clone()).unwrap_or_default(),
+            tripped_classes: outcome
+                .decision
+                .as_ref()
+                .map(|d| d.tripped_classes.clone())
+                .unwrap_or_default(),
             class_names: pipeline.model.class_names.clone(),
         };
         if events.send(AnalysisEvent::Done(Box::new(result))).is_err() {

@@ -10,15 +10,14 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use hal::{LoopState, Outputs, Trigger, TriggerError, TriggerSource, Verdict, VerdictMessage};
 
+use super::{AnalysisEvent, LayerCounter, LayerJob};
 use crate::config::Config;
 use crate::judge::decide::RecoatBudget;
 use crate::judge::history::BuildHistory;
+use crate::judge::reason::{Reason, RuleKind};
 use crate::record::journal::{Journal, LayerRecord};
 use crate::record::layer_images::{LayerVerdict, VerdictSender};
-use crate::judge::reason::{Reason, RuleKind};
-use super::{AnalysisEvent, LayerCounter, LayerJob};
 use crate::web::board::Board;
-
 
 /// Where each finished layer goes after the PLC has its verdict: the journal, the dashboard
 /// and the image recorder.
@@ -91,18 +90,40 @@ pub(super) fn control_loop(
                 };
                 let layer = request.layer.unwrap_or(counter.next);
                 report(outputs.set_state(LoopState::Capturing));
-                jobs.send(LayerJob).map_err(|_| anyhow!("the analysis thread stopped"))?;
-                in_flight = Some(InFlight { layer, source: request.source, started: Instant::now() });
+                jobs.send(LayerJob)
+                    .map_err(|_| anyhow!("the analysis thread stopped"))?;
+                in_flight = Some(InFlight {
+                    layer,
+                    source: request.source,
+                    started: Instant::now(),
+                });
             }
             Some(flight) => match events.recv_timeout(tick) {
                 Ok(AnalysisEvent::Analysing) => report(outputs.set_state(LoopState::Analysing)),
                 Ok(AnalysisEvent::Done(mut result)) => {
-                    let assessed = history.assess(config, &result.class_names, flight.layer, &result.defects, result.verdict, result.reason.take(), &result.tripped_classes);
+                    let assessed = history.assess(
+                        config,
+                        &result.class_names,
+                        flight.layer,
+                        &result.defects,
+                        result.verdict,
+                        result.reason.take(),
+                        &result.tripped_classes,
+                    );
                     let verdict = budget.apply(flight.layer, assessed.verdict, config.recoat.max_retries);
                     let reason = if verdict != assessed.verdict {
                         let class_index = assessed.reason.as_ref().map(|r| r.class_index).unwrap_or(0);
-                        let text = format!("layer {} spread {} times already (recoat.max_retries) → PAUSE", flight.layer, config.recoat.max_retries + 1);
-                        Some(Reason { kind: RuleKind::RecoatBudget, class_index, class: String::new(), text })
+                        let text = format!(
+                            "layer {} spread {} times already (recoat.max_retries) → PAUSE",
+                            flight.layer,
+                            config.recoat.max_retries + 1
+                        );
+                        Some(Reason {
+                            kind: RuleKind::RecoatBudget,
+                            class_index,
+                            class: String::new(),
+                            text,
+                        })
                     } else {
                         assessed.reason.clone().filter(|_| verdict != Verdict::Pass)
                     };
@@ -122,10 +143,18 @@ pub(super) fn control_loop(
                     queue.layer_done();
                     report(outputs.publish(&message));
                     // A camera that gave no frame is a standing fault until a layer captures again.
-                    report(outputs.set_state(if result.camera_failed { LoopState::Fault } else { LoopState::Ready }));
+                    report(outputs.set_state(if result.camera_failed {
+                        LoopState::Fault
+                    } else {
+                        LoopState::Ready
+                    }));
                     counter.after(flight.layer, verdict);
                     layers += 1;
-                    let budget_note = if verdict != assessed.verdict { format!(" ({} past recoat.max_retries)", assessed.verdict) } else { String::new() };
+                    let budget_note = if verdict != assessed.verdict {
+                        format!(" ({} past recoat.max_retries)", assessed.verdict)
+                    } else {
+                        String::new()
+                    };
                     println!(
                         "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms model {} {} {}",
                         flight.layer,
@@ -149,19 +178,31 @@ pub(super) fn control_loop(
                         Some(fixed) => {
                             let word = if fixed { "fixed" } else { "not fixed" };
                             let counts = history.recoats;
-                            println!("recoat: layer {} {word} ({} of {} re-spread layers fixed)", flight.layer, counts.fixed, counts.fixed + counts.not_fixed);
+                            println!(
+                                "recoat: layer {} {word} ({} of {} re-spread layers fixed)",
+                                flight.layer,
+                                counts.fixed,
+                                counts.fixed + counts.not_fixed
+                            );
                             word.to_string()
                         }
                         None => String::new(),
                     };
-                    let recoat_classes = if verdict == Verdict::Recoat { BuildHistory::recoat_classes(&result.tripped_classes, &assessed.hits) } else { Vec::new() };
+                    let recoat_classes = if verdict == Verdict::Recoat {
+                        BuildHistory::recoat_classes(&result.tripped_classes, &assessed.hits)
+                    } else {
+                        Vec::new()
+                    };
                     history.record_verdict(flight.layer, verdict, recoat_classes.clone());
                     std::io::stdout().flush().ok();
                     // After the PLC has its verdict: a journal that cannot be written is
                     // reported and the build goes on.
                     let record = LayerRecord {
                         layer: flight.layer,
-                        time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0),
+                        time_ms: std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|t| t.as_millis() as u64)
+                            .unwrap_or(0),
                         trigger: flight.source.as_str().to_string(),
                         verdict: verdict.as_str().to_string(),
                         defects: result.defects,
@@ -182,21 +223,39 @@ pub(super) fn control_loop(
                     }
                     seq += 1;
                     let (board, index) = (&news.board, news.board.next_index());
-                    let model_error = result.detail.starts_with("inference failed").then(|| result.detail.clone());
-                    board.metrics.layer(verdict, result.timing.as_ref(), flight.started.elapsed().as_secs_f64(), result.camera_failed, model_error.is_some());
-                    let camera_error = result.camera_failed.then(|| result.detail.trim_start_matches("camera: ").to_string());
+                    let model_error = result
+                        .detail
+                        .starts_with("inference failed")
+                        .then(|| result.detail.clone());
+                    board.metrics.layer(
+                        verdict,
+                        result.timing.as_ref(),
+                        flight.started.elapsed().as_secs_f64(),
+                        result.camera_failed,
+                        model_error.is_some(),
+                    );
+                    let camera_error = result
+                        .camera_failed
+                        .then(|| result.detail.trim_start_matches("camera: ").to_string());
                     let verdict_word = record.verdict.clone();
                     board.add_record(record, camera_error, model_error);
                     // After the dashboard has the record: the recorder's "images written" news
                     // must find it there.
                     if let Some(images) = &news.images {
-                        images.send(LayerVerdict { seq, index, layer: flight.layer, verdict: verdict_word });
+                        images.send(LayerVerdict {
+                            seq,
+                            index,
+                            layer: flight.layer,
+                            verdict: verdict_word,
+                        });
                     }
                     in_flight = None;
                 }
                 Ok(AnalysisEvent::Started(_)) => {}
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => bail!("the analysis thread stopped during layer {}", flight.layer),
+                Err(RecvTimeoutError::Disconnected) => {
+                    bail!("the analysis thread stopped during layer {}", flight.layer)
+                }
             },
         }
     }

@@ -8,9 +8,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Result};
 use hal::{Camera, ReplayCamera};
 
-use crate::config::{CameraConfig, TriggerConfig};
 use super::GpioPorts;
-
+use crate::config::{CameraConfig, TriggerConfig};
 
 /// The GPIO driver the configuration names: its outputs, and its inputs when any are wired.
 pub(super) fn open_gpio(driver: &str, plan: &hal::gpio::GpioPlan) -> Result<GpioPorts> {
@@ -35,7 +34,11 @@ pub(super) fn open_camera(camera: &CameraConfig, base_dir: &Path) -> Result<Box<
     match camera.kind.as_str() {
         "replay" => {
             let folder = camera.folder.as_ref().expect("checked at load");
-            let folder: PathBuf = if folder.is_absolute() { folder.clone() } else { base_dir.join(folder) };
+            let folder: PathBuf = if folder.is_absolute() {
+                folder.clone()
+            } else {
+                base_dir.join(folder)
+            };
             let replay = ReplayCamera::from_folder(&folder).map_err(|e| anyhow!("camera.folder: {e}"))?;
             Ok(Box::new(replay.repeating(camera.repeat)))
         }
@@ -49,7 +52,12 @@ pub(super) fn open_camera(camera: &CameraConfig, base_dir: &Path) -> Result<Box<
 }
 
 /// Starts the trigger source that is not a PLC protocol (the timer); returns its description.
-pub(super) fn start_trigger(trigger: &TriggerConfig, gate: &hal::TriggerGate, stop: &Arc<AtomicBool>, threads: &mut Vec<std::thread::JoinHandle<()>>) -> String {
+pub(super) fn start_trigger(
+    trigger: &TriggerConfig,
+    gate: &hal::TriggerGate,
+    stop: &Arc<AtomicBool>,
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+) -> String {
     match trigger.kind.as_str() {
         "timer" => {
             let interval = Duration::from_millis(trigger.interval_ms.expect("checked at load"));

@@ -35,10 +35,10 @@ use hal::{LoopState, Outputs, Verdict, CLASSES_ON_WIRE};
 
 use crate::config::Config;
 use crate::judge::history::BuildHistory;
-use crate::record::journal::{DefectRecord, Journal, LayerRecord};
-use crate::record::layer_images::{ImageStore, SnapshotSender, VerdictSender};
 use crate::judge::pipeline::StageTimes;
 use crate::judge::reason::{Reason, RuleKind};
+use crate::record::journal::{DefectRecord, Journal, LayerRecord};
+use crate::record::layer_images::{ImageStore, SnapshotSender, VerdictSender};
 use crate::web::board::{Board, Status};
 use analysis::{analysis_thread, VideoWatch};
 use control::{control_loop, LayerNews};
@@ -101,7 +101,12 @@ impl LayerResult {
             largest_defect_area_mm2: 0.0,
             class_areas_mm2: [0.0; CLASSES_ON_WIRE],
             uncertainty_score: 0.0,
-            reason: Some(Reason { kind: RuleKind::Fault, class_index: 0, class: String::new(), text: reason.clone() }),
+            reason: Some(Reason {
+                kind: RuleKind::Fault,
+                class_index: 0,
+                class: String::new(),
+                text: reason.clone(),
+            }),
             tripped_classes: Vec::new(),
             class_names: Arc::new([]),
             detail: reason,
@@ -128,7 +133,11 @@ struct LayerCounter {
 
 impl LayerCounter {
     fn after(&mut self, layer: u32, verdict: Verdict) {
-        self.next = if verdict == Verdict::Recoat { layer } else { layer.saturating_add(1) };
+        self.next = if verdict == Verdict::Recoat {
+            layer
+        } else {
+            layer.saturating_add(1)
+        };
     }
 }
 
@@ -137,20 +146,34 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     let config = Config::load(config_path)?;
     let origin = config_path.display().to_string();
     let base_dir = config_path.parent().map(Path::to_path_buf).unwrap_or_default();
-    let camera_config = config.camera.clone().ok_or_else(|| anyhow!("configuration {origin}: [camera] is missing: bedsight run needs a camera"))?;
-    let trigger_config =
-        config.trigger.clone().ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
+    let camera_config = config
+        .camera
+        .clone()
+        .ok_or_else(|| anyhow!("configuration {origin}: [camera] is missing: bedsight run needs a camera"))?;
+    let trigger_config = config
+        .trigger
+        .clone()
+        .ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
 
     let journal_path = config.journal_file(&base_dir, state_dir);
     let (journal, opened) = Journal::open(&journal_path)?;
     println!("journal: {}: {opened}", journal_path.display());
     // The build so far: the defect map, the tracks and the recoats carry on from the journal.
-    let restored = if opened.records > 0 { crate::record::journal::read(&journal_path)?.records } else { Vec::new() };
+    let restored = if opened.records > 0 {
+        crate::record::journal::read(&journal_path)?.records
+    } else {
+        Vec::new()
+    };
     let mut history = BuildHistory::restore(&config, &restored);
     if !restored.is_empty() {
-        println!("history: restored from {} journal records: {}", restored.len(), history.summary());
+        println!(
+            "history: restored from {} journal records: {}",
+            restored.len(),
+            history.summary()
+        );
     }
-    let (board, recorder) = start_board_and_recorder(&config, &origin, &base_dir, state_dir, &journal_path, restored.clone())?;
+    let (board, recorder) =
+        start_board_and_recorder(&config, &origin, &base_dir, state_dir, &journal_path, restored.clone())?;
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
@@ -185,32 +208,59 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
             };
             let handle = spawn_rtu_server(&settings, rtu.unit_id, bank.clone(), stop.clone())
                 .with_context(|| format!("configuration {origin}: plc.modbus_rtu.port"))?;
-            println!("modbus rtu: serving unit {} on {} at {} baud", rtu.unit_id, rtu.port, rtu.baud);
+            println!(
+                "modbus rtu: serving unit {} on {} at {} baud",
+                rtu.unit_id, rtu.port, rtu.baud
+            );
             labels.push(format!("Modbus RTU on {}", rtu.port));
             threads.push(handle);
         }
         modbus_bank = Some(bank.clone());
-        outputs.push(Box::new(ModbusOutputs { bank, label: labels.join(" and ") }));
+        outputs.push(Box::new(ModbusOutputs {
+            bank,
+            label: labels.join(" and "),
+        }));
     }
     if let Some(line) = &plc.serial_line {
         let line_gate = (trigger_config.kind == "serial").then(|| gate.clone());
-        let (line_outputs, handle) = hal::line::spawn_line_server(&SerialSettings::new(&line.port, line.baud), line_gate, stop.clone())
-            .with_context(|| format!("configuration {origin}: plc.serial_line.port"))?;
-        println!("serial line: LAYER/VERDICT protocol on {} at {} baud", line.port, line.baud);
+        let (line_outputs, handle) =
+            hal::line::spawn_line_server(&SerialSettings::new(&line.port, line.baud), line_gate, stop.clone())
+                .with_context(|| format!("configuration {origin}: plc.serial_line.port"))?;
+        println!(
+            "serial line: LAYER/VERDICT protocol on {} at {} baud",
+            line.port, line.baud
+        );
         outputs.push(Box::new(line_outputs));
         threads.push(handle);
     }
     if let Some(gpio) = &plc.gpio {
         let plan = gpio.plan();
         let acknowledged = Arc::new(AtomicBool::new(false));
-        let key = if gpio.driver == "rppal" { "plc.gpio.driver" } else { "plc.gpio.chip" };
-        let (lines, inputs) = open_gpio(&gpio.driver, &plan).with_context(|| format!("configuration {origin}: {key}"))?;
-        let gpio_outputs = hal::gpio::GpioOutputs::new(lines, &plan, acknowledged.clone()).with_context(|| format!("configuration {origin}: plc.gpio"))?;
+        let key = if gpio.driver == "rppal" {
+            "plc.gpio.driver"
+        } else {
+            "plc.gpio.chip"
+        };
+        let (lines, inputs) =
+            open_gpio(&gpio.driver, &plan).with_context(|| format!("configuration {origin}: {key}"))?;
+        let gpio_outputs = hal::gpio::GpioOutputs::new(lines, &plan, acknowledged.clone())
+            .with_context(|| format!("configuration {origin}: plc.gpio"))?;
         if let Some(inputs) = inputs {
             let gpio_gate = (trigger_config.kind == "gpio").then(|| gate.clone());
-            threads.push(hal::gpio::spawn_gpio_inputs(inputs, gpio_gate, acknowledged, plan.debounce, stop.clone()));
+            threads.push(hal::gpio::spawn_gpio_inputs(
+                inputs,
+                gpio_gate,
+                acknowledged,
+                plan.debounce,
+                stop.clone(),
+            ));
         }
-        println!("gpio: {} output and {} input lines on {}", plan.outputs.len(), plan.inputs.len(), plan.chip);
+        println!(
+            "gpio: {} output and {} input lines on {}",
+            plan.outputs.len(),
+            plan.inputs.len(),
+            plan.chip
+        );
         outputs.push(Box::new(gpio_outputs));
     }
     let trigger_label = start_trigger(&trigger_config, &gate, &stop, &mut threads);
@@ -232,7 +282,17 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     let state_dir_owned = state_dir.to_path_buf();
     let analysis = std::thread::Builder::new()
         .name("analysis".into())
-        .spawn(move || analysis_thread(config_path_owned, backend_owned, state_dir_owned, camera, video, job_receiver, (event_sender, snapshots)))
+        .spawn(move || {
+            analysis_thread(
+                config_path_owned,
+                backend_owned,
+                state_dir_owned,
+                camera,
+                video,
+                job_receiver,
+                (event_sender, snapshots),
+            )
+        })
         .context("cannot start the analysis thread")?;
     let model_label = match events.recv() {
         Ok(AnalysisEvent::Started(Ok(label))) => label,
@@ -244,11 +304,17 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         "bedsight run: model {model_label}, camera: {camera_label}, trigger: {trigger_label}, outputs: {}",
         outputs.describe()
     );
-    board.set_status(Status::new(&model_label, &camera_label, &trigger_label, &outputs.describe()));
+    board.set_status(Status::new(
+        &model_label,
+        &camera_label,
+        &trigger_label,
+        &outputs.describe(),
+    ));
     let dashboard = &config.dashboard;
     if dashboard.enabled {
-        let (address, handle) = crate::web::spawn(&dashboard.address, dashboard.token.clone(), board.clone(), stop.clone())
-            .with_context(|| format!("configuration {origin}: dashboard.address"))?;
+        let (address, handle) =
+            crate::web::spawn(&dashboard.address, dashboard.token.clone(), board.clone(), stop.clone())
+                .with_context(|| format!("configuration {origin}: dashboard.address"))?;
         println!("dashboard: http://{address}/");
         threads.push(handle);
     }
@@ -256,11 +322,32 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     println!("ready");
     std::io::stdout().flush().ok();
 
-    let mut news = LayerNews { journal, board: board.clone(), images: verdict_sender };
-    let layers = control_loop(&config, &mut queue, &mut outputs, &job_sender, &events, &stop, &mut news, &mut history, &restored)?;
-    println!("stopped after {layers} layers ({} triggers answered BUSY)", queue.busy_refusals());
+    let mut news = LayerNews {
+        journal,
+        board: board.clone(),
+        images: verdict_sender,
+    };
+    let layers = control_loop(
+        &config,
+        &mut queue,
+        &mut outputs,
+        &job_sender,
+        &events,
+        &stop,
+        &mut news,
+        &mut history,
+        &restored,
+    )?;
+    println!(
+        "stopped after {layers} layers ({} triggers answered BUSY)",
+        queue.busy_refusals()
+    );
     println!("{}", history.summary());
-    println!("journal: {} records in {}", news.journal.records(), journal_path.display());
+    println!(
+        "journal: {} records in {}",
+        news.journal.records(),
+        journal_path.display()
+    );
     if let Some(bank) = &modbus_bank {
         let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
         println!(
@@ -292,26 +379,50 @@ type Recorder = (SnapshotSender, VerdictSender, std::thread::JoinHandle<()>);
 
 /// The dashboard's state (the build so far, from the journal) and, unless `[record]` turns it
 /// off, the image recorder that tells it when a layer's images are in place.
-fn start_board_and_recorder(config: &Config, origin: &str, base_dir: &Path, state_dir: &Path, journal_path: &Path, history: Vec<LayerRecord>) -> Result<(Arc<Board>, Option<Recorder>)> {
+fn start_board_and_recorder(
+    config: &Config,
+    origin: &str,
+    base_dir: &Path,
+    state_dir: &Path,
+    journal_path: &Path,
+    history: Vec<LayerRecord>,
+) -> Result<(Arc<Board>, Option<Recorder>)> {
     let images_folder = config.images_folder(base_dir, state_dir);
     let store = match &images_folder {
-        Some(folder) => Some(ImageStore::open(folder, (config.record.max_gb * 1e9) as u64).with_context(|| format!("configuration {origin}"))?),
+        Some(folder) => Some(
+            ImageStore::open(folder, (config.record.max_gb * 1e9) as u64)
+                .with_context(|| format!("configuration {origin}"))?,
+        ),
         None => None,
     };
     let annotations = journal_path.with_file_name("annotations.jsonl");
-    let board = Arc::new(Board::new(history, journal_path.to_path_buf(), images_folder.clone(), annotations, Status::new("starting", "", "", ""))?);
+    let board = Arc::new(Board::new(
+        history,
+        journal_path.to_path_buf(),
+        images_folder.clone(),
+        annotations,
+        Status::new("starting", "", "", ""),
+    )?);
     board.config.set(config.clone()).ok();
     if let Some(folder) = &images_folder {
-        println!("record: layer images in {} (limit {} GB)", folder.display(), config.record.max_gb);
+        println!(
+            "record: layer images in {} (limit {} GB)",
+            folder.display(),
+            config.record.max_gb
+        );
     }
     let Some(store) = store else { return Ok((board, None)) };
     let news = board.clone();
-    let (snapshots, verdicts, stats, thread) = crate::record::layer_images::spawn_recorder(store, move |index, deleted| news.images_written(index, deleted))?;
+    let (snapshots, verdicts, stats, thread) =
+        crate::record::layer_images::spawn_recorder(store, move |index, deleted| news.images_written(index, deleted))?;
     board.metrics.watch_recorder(stats);
     Ok((board, Some((snapshots, verdicts, thread))))
 }
 
-type GpioPorts = (Box<dyn hal::gpio::GpioOutputPort>, Option<Box<dyn hal::gpio::GpioInputPort>>);
+type GpioPorts = (
+    Box<dyn hal::gpio::GpioOutputPort>,
+    Option<Box<dyn hal::gpio::GpioInputPort>>,
+);
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -74,7 +74,9 @@ pub fn read_annotations(path: &Path) -> Result<Vec<Annotation>> {
     for (number, line) in lines.iter().enumerate() {
         match serde_json::from_str(line) {
             Ok(annotation) => annotations.push(annotation),
-            Err(_) if number + 1 == lines.len() && !text.ends_with('\n') => eprintln!("annotations {}: a torn last line is skipped", path.display()),
+            Err(_) if number + 1 == lines.len() && !text.ends_with('\n') => {
+                eprintln!("annotations {}: a torn last line is skipped", path.display())
+            }
             Err(error) => bail!("annotations {}: line {}: {error}", path.display(), number + 1),
         }
     }
@@ -141,18 +143,35 @@ pub struct Board {
 
 impl Board {
     /// The build so far: the records of the journal at `journal_path` and the annotations beside it.
-    pub fn new(records: Vec<LayerRecord>, journal_path: PathBuf, images_folder: Option<PathBuf>, annotations_path: PathBuf, status: Status) -> Result<Board> {
+    pub fn new(
+        records: Vec<LayerRecord>,
+        journal_path: PathBuf,
+        images_folder: Option<PathBuf>,
+        annotations_path: PathBuf,
+        status: Status,
+    ) -> Result<Board> {
         let annotations = read_annotations(&annotations_path)?;
         let images = records
             .iter()
             .enumerate()
-            .map(|(index, r)| images_folder.as_ref().is_some_and(|folder| folder.join(dir_name(index as u64, r.layer, &r.verdict)).is_dir()))
+            .map(|(index, r)| {
+                images_folder
+                    .as_ref()
+                    .is_some_and(|folder| folder.join(dir_name(index as u64, r.layer, &r.verdict)).is_dir())
+            })
             .collect();
         let layers = Layers::from_records(&records);
         let mut recent: VecDeque<LayerRecord> = records.into();
         recent.drain(..recent.len().saturating_sub(RECENT_RECORDS));
         Ok(Board {
-            state: Mutex::new(State { layers, recent, images, annotations, status, subscribers: Vec::new() }),
+            state: Mutex::new(State {
+                layers,
+                recent,
+                images,
+                annotations,
+                status,
+                subscribers: Vec::new(),
+            }),
             metrics: Metrics::default(),
             images_folder,
             journal_path,
@@ -220,25 +239,41 @@ impl Board {
     pub fn annotate(&self, index: u64, action: Action, note: &str) -> Result<Annotation, AnnotateError> {
         let mut state = self.lock();
         let Some(record) = state.layers.get(index as usize) else {
-            return Err(AnnotateError::NoSuchRecord(format!("there is no record {index}: the build has {} records", state.layers.len())));
+            return Err(AnnotateError::NoSuchRecord(format!(
+                "there is no record {index}: the build has {} records",
+                state.layers.len()
+            )));
         };
         match action {
             Action::Acknowledge if record.verdict != Verdict::Review => {
-                return Err(AnnotateError::Conflict(format!("record {index} (layer {}) is {}, not REVIEW: only a REVIEW is acknowledged", record.layer, record.verdict.as_str())))
+                return Err(AnnotateError::Conflict(format!(
+                    "record {index} (layer {}) is {}, not REVIEW: only a REVIEW is acknowledged",
+                    record.layer,
+                    record.verdict.as_str()
+                )))
             }
             Action::FalseAlarm if record.verdict == Verdict::Pass => {
-                return Err(AnnotateError::Conflict(format!("record {index} (layer {}) is PASS: only a layer that was not PASS can be a false alarm", record.layer)))
+                return Err(AnnotateError::Conflict(format!(
+                    "record {index} (layer {}) is PASS: only a layer that was not PASS can be a false alarm",
+                    record.layer
+                )))
             }
             _ => {}
         }
         if state.annotations.iter().any(|a| a.index == index && a.action == action) {
-            return Err(AnnotateError::Conflict(format!("record {index} is already marked {}", action_word(action))));
+            return Err(AnnotateError::Conflict(format!(
+                "record {index} is already marked {}",
+                action_word(action)
+            )));
         }
         let annotation = Annotation {
             index,
             layer: record.layer,
             action,
-            time_ms: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|t| t.as_millis() as u64).unwrap_or(0),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|t| t.as_millis() as u64)
+                .unwrap_or(0),
             note: note.chars().take(500).collect(),
         };
         let line = serde_json::to_string(&annotation).expect("plain data") + "\n";
@@ -248,7 +283,10 @@ impl Board {
             .open(&self.annotations_path)
             .and_then(|mut file| file.write_all(line.as_bytes()).and_then(|_| file.sync_data()));
         if let Err(error) = written {
-            return Err(AnnotateError::Storage(format!("annotations {}: cannot append: {error}", self.annotations_path.display())));
+            return Err(AnnotateError::Storage(format!(
+                "annotations {}: cannot append: {error}",
+                self.annotations_path.display()
+            )));
         }
         state.annotations.push(annotation.clone());
         broadcast(&mut state, "annotation", &json!(annotation));
@@ -258,7 +296,9 @@ impl Board {
     /// Subscribes a page to the news; `None` when too many are listening.
     pub fn subscribe(&self) -> Option<Receiver<String>> {
         let mut state = self.lock();
-        state.subscribers.retain(|s| !matches!(s.try_send(": ping\n\n".into()), Err(TrySendError::Disconnected(_))));
+        state
+            .subscribers
+            .retain(|s| !matches!(s.try_send(": ping\n\n".into()), Err(TrySendError::Disconnected(_))));
         if state.subscribers.len() >= MAX_SUBSCRIBERS {
             return None;
         }
@@ -270,7 +310,12 @@ impl Board {
     /// `/api/state`: status and every record's summary (no defect lists).
     pub fn state_json(&self) -> Value {
         let state = self.lock();
-        let records: Vec<Value> = state.layers.iter().enumerate().map(|(i, r)| summary_json(i as u64, &state.layers, r, state.images[i])).collect();
+        let records: Vec<Value> = state
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, r)| summary_json(i as u64, &state.layers, r, state.images[i]))
+            .collect();
         json!({ "status": status_json(&state.status), "records": records, "annotations": state.annotations })
     }
 
@@ -304,11 +349,12 @@ impl Board {
     fn read_back(&self, index: u64) -> Result<LayerRecord> {
         let contents = crate::record::journal::read(&self.journal_path)?;
         let count = contents.records.len();
-        contents
-            .records
-            .into_iter()
-            .nth(index as usize)
-            .with_context(|| format!("journal {}: record {index} is not there ({count} records): was the journal replaced while running?", self.journal_path.display()))
+        contents.records.into_iter().nth(index as usize).with_context(|| {
+            format!(
+                "journal {}: record {index} is not there ({count} records): was the journal replaced while running?",
+                self.journal_path.display()
+            )
+        })
     }
 
     /// The image folder's name for record `index`, when its images are there.
@@ -321,7 +367,13 @@ impl Board {
     /// The newest record whose images are kept (judged layers have a rectified bed).
     pub fn latest_with_images(&self) -> Option<u64> {
         let state = self.lock();
-        state.layers.iter().enumerate().rev().find(|(i, r)| state.images[*i] && r.verdict != Verdict::Fault).map(|(i, _)| i as u64)
+        state
+            .layers
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(i, r)| state.images[*i] && r.verdict != Verdict::Fault)
+            .map(|(i, _)| i as u64)
     }
 
     pub fn record_count(&self) -> usize {
@@ -339,10 +391,16 @@ impl Board {
         let state = self.lock();
         let mut down = Vec::new();
         if !state.status.camera_up {
-            down.push(format!("camera: {}", state.status.camera_error.as_deref().unwrap_or("down")));
+            down.push(format!(
+                "camera: {}",
+                state.status.camera_error.as_deref().unwrap_or("down")
+            ));
         }
         if !state.status.model_up {
-            down.push(format!("model: {}", state.status.model_error.as_deref().unwrap_or("down")));
+            down.push(format!(
+                "model: {}",
+                state.status.model_error.as_deref().unwrap_or("down")
+            ));
         }
         if !PLC.last_ok.load(std::sync::atomic::Ordering::Relaxed) {
             down.push("plc: the last output to the PLC failed".into());
@@ -368,7 +426,9 @@ fn action_word(action: Action) -> &'static str {
 
 fn broadcast(state: &mut State, event: &str, data: &Value) {
     let message = format!("event: {event}\ndata: {data}\n\n");
-    state.subscribers.retain(|subscriber| !matches!(subscriber.try_send(message.clone()), Err(TrySendError::Disconnected(_))));
+    state
+        .subscribers
+        .retain(|subscriber| !matches!(subscriber.try_send(message.clone()), Err(TrySendError::Disconnected(_))));
 }
 
 fn status_json(status: &Status) -> Value {
@@ -378,7 +438,11 @@ fn status_json(status: &Status) -> Value {
 }
 
 fn summary_json(index: u64, layers: &Layers, record: &Layer, images: bool) -> Value {
-    let areas: serde_json::Map<String, Value> = layers.class_areas(record).into_iter().map(|(class, area)| (class, json!(area))).collect();
+    let areas: serde_json::Map<String, Value> = layers
+        .class_areas(record)
+        .into_iter()
+        .map(|(class, area)| (class, json!(area)))
+        .collect();
     json!({
         "index": index,
         "layer": record.layer,
@@ -410,7 +474,14 @@ mod tests {
             time_ms: 0,
             trigger: "timer".into(),
             verdict: verdict.into(),
-            defects: vec![DefectRecord { class: "hopping".into(), area_mm2: 2.5, bbox: [1, 1, 2, 2], centroid: [2.0, 2.0], mean_uncertainty: 0.0, ..Default::default() }],
+            defects: vec![DefectRecord {
+                class: "hopping".into(),
+                area_mm2: 2.5,
+                bbox: [1, 1, 2, 2],
+                centroid: [2.0, 2.0],
+                mean_uncertainty: 0.0,
+                ..Default::default()
+            }],
             uncertainty_score: 0.1,
             model: "m".into(),
             model_version: "1".into(),
@@ -429,19 +500,45 @@ mod tests {
     fn annotations_are_checked_kept_and_read_back() {
         let folder = tempfile::tempdir().unwrap();
         let path = folder.path().join("annotations.jsonl");
-        let board = Board::new(vec![record(1, "PASS"), record(2, "REVIEW")], folder.path().join("journal.bsj"), None, path.clone(), status()).unwrap();
-        assert!(matches!(board.annotate(0, Action::Acknowledge, ""), Err(AnnotateError::Conflict(_))));
-        assert!(matches!(board.annotate(0, Action::FalseAlarm, ""), Err(AnnotateError::Conflict(_))));
-        assert!(matches!(board.annotate(7, Action::FalseAlarm, ""), Err(AnnotateError::NoSuchRecord(_))));
+        let board = Board::new(
+            vec![record(1, "PASS"), record(2, "REVIEW")],
+            folder.path().join("journal.bsj"),
+            None,
+            path.clone(),
+            status(),
+        )
+        .unwrap();
+        assert!(matches!(
+            board.annotate(0, Action::Acknowledge, ""),
+            Err(AnnotateError::Conflict(_))
+        ));
+        assert!(matches!(
+            board.annotate(0, Action::FalseAlarm, ""),
+            Err(AnnotateError::Conflict(_))
+        ));
+        assert!(matches!(
+            board.annotate(7, Action::FalseAlarm, ""),
+            Err(AnnotateError::NoSuchRecord(_))
+        ));
         assert!(!path.exists(), "a refused annotation writes nothing");
         board.annotate(1, Action::Acknowledge, "looked fine").unwrap();
         board.annotate(1, Action::FalseAlarm, "").unwrap();
-        assert!(matches!(board.annotate(1, Action::Acknowledge, ""), Err(AnnotateError::Conflict(_))));
+        assert!(matches!(
+            board.annotate(1, Action::Acknowledge, ""),
+            Err(AnnotateError::Conflict(_))
+        ));
         let back = read_annotations(&path).unwrap();
-        assert_eq!(back.iter().map(|a| (a.index, a.action)).collect::<Vec<_>>(), [(1, Action::Acknowledge), (1, Action::FalseAlarm)]);
+        assert_eq!(
+            back.iter().map(|a| (a.index, a.action)).collect::<Vec<_>>(),
+            [(1, Action::Acknowledge), (1, Action::FalseAlarm)]
+        );
         assert_eq!(back[0].note, "looked fine");
         // A torn last line is skipped; a bad line in the middle is an error naming it.
-        std::fs::write(&path, format!("{}\n{{\"index\":", serde_json::to_string(&back[0]).unwrap())).unwrap();
+        std::fs::write(
+            &path,
+            format!("{}\n{{\"index\":", serde_json::to_string(&back[0]).unwrap()),
+        )
+        .unwrap();
         assert_eq!(read_annotations(&path).unwrap().len(), 1);
         std::fs::write(&path, "nonsense\n{}\n").unwrap();
         assert!(format!("{:#}", read_annotations(&path).unwrap_err()).contains("line 1"));
@@ -450,13 +547,26 @@ mod tests {
     #[test]
     fn the_status_follows_the_model_of_the_latest_layer_and_the_camera() {
         let folder = tempfile::tempdir().unwrap();
-        let board = Board::new(Vec::new(), folder.path().join("journal.bsj"), None, folder.path().join("a.jsonl"), status()).unwrap();
+        let board = Board::new(
+            Vec::new(),
+            folder.path().join("journal.bsj"),
+            None,
+            folder.path().join("a.jsonl"),
+            status(),
+        )
+        .unwrap();
         let mut next = record(1, "PASS");
         next.model = "m2".into();
         next.model_version = "2.0".into();
         next.backend = "ort (CPU)".into();
         board.add_record(next, None, None);
-        assert_eq!((board.state_json()["status"]["model"].as_str(), board.state_json()["status"]["backend"].as_str()), (Some("m2 2.0"), Some("ort (CPU)")));
+        assert_eq!(
+            (
+                board.state_json()["status"]["model"].as_str(),
+                board.state_json()["status"]["backend"].as_str()
+            ),
+            (Some("m2 2.0"), Some("ort (CPU)"))
+        );
         assert_eq!(board.down(), None);
         board.add_record(record(2, "FAULT"), Some("no more frames".into()), None);
         assert_eq!(board.down(), Some(vec!["camera: no more frames".to_string()]));
@@ -469,15 +579,29 @@ mod tests {
         let (mut journal, _) = crate::record::journal::Journal::open(&journal_path).unwrap();
         let verdicts = ["PASS", "RECOAT", "REVIEW"];
         let records: Vec<LayerRecord> = (0..RECENT_RECORDS as u32 + 10)
-            .map(|i| LayerRecord { reason: format!("reason of layer {i}"), ..record(i + 1, verdicts[i as usize % 3]) })
+            .map(|i| LayerRecord {
+                reason: format!("reason of layer {i}"),
+                ..record(i + 1, verdicts[i as usize % 3])
+            })
             .collect();
         for r in &records {
             journal.append(r).unwrap();
         }
         // Restored with all but the last record; the last comes live from the loop.
-        let board = Board::new(records[..records.len() - 1].to_vec(), journal_path, None, folder.path().join("a.jsonl"), status()).unwrap();
+        let board = Board::new(
+            records[..records.len() - 1].to_vec(),
+            journal_path,
+            None,
+            folder.path().join("a.jsonl"),
+            status(),
+        )
+        .unwrap();
         board.add_record(records.last().unwrap().clone(), None, None);
-        assert_eq!(board.lock().recent.len(), RECENT_RECORDS, "only the newest records are kept in full");
+        assert_eq!(
+            board.lock().recent.len(),
+            RECENT_RECORDS,
+            "only the newest records are kept in full"
+        );
         board.annotate(1, Action::FalseAlarm, "dust").unwrap();
         for index in [0, 1, 9, 10, records.len() - 1] {
             let value = board.record_json(index as u64).unwrap().unwrap();
@@ -487,7 +611,10 @@ mod tests {
             assert_eq!(value["verdict"], json!(records[index].verdict));
             assert_eq!(value["class_areas_mm2"], json!({ "hopping": 2.5 }));
         }
-        assert_eq!(board.record_json(1).unwrap().unwrap()["annotations"][0]["note"], json!("dust"));
+        assert_eq!(
+            board.record_json(1).unwrap().unwrap()["annotations"][0]["note"],
+            json!("dust")
+        );
         assert_eq!(board.record_json(records.len() as u64).unwrap(), None);
         // The state's summaries come from the compact entries and match the records.
         let state = board.state_json();
@@ -503,9 +630,26 @@ mod tests {
     #[test]
     fn class_areas_sum_per_class() {
         let mut r = record(1, "RECOAT");
-        r.defects.push(DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() });
-        r.defects.push(DefectRecord { class: "streaking".into(), area_mm2: 4.0, bbox: [0; 4], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() });
+        r.defects.push(DefectRecord {
+            class: "hopping".into(),
+            area_mm2: 1.0,
+            bbox: [0; 4],
+            centroid: [0.0; 2],
+            mean_uncertainty: 0.0,
+            ..Default::default()
+        });
+        r.defects.push(DefectRecord {
+            class: "streaking".into(),
+            area_mm2: 4.0,
+            bbox: [0; 4],
+            centroid: [0.0; 2],
+            mean_uncertainty: 0.0,
+            ..Default::default()
+        });
         let layers = Layers::from_records(&[r]);
-        assert_eq!(layers.class_areas(layers.get(0).unwrap()), vec![("hopping".to_string(), 3.5), ("streaking".to_string(), 4.0)]);
+        assert_eq!(
+            layers.class_areas(layers.get(0).unwrap()),
+            vec![("hopping".to_string(), 3.5), ("streaking".to_string(), 4.0)]
+        );
     }
 }

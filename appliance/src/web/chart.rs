@@ -4,8 +4,8 @@
 
 use std::fmt::Write as _;
 
-use crate::web::layers::Layers;
 use crate::record::layer_images::BedInfo;
+use crate::web::layers::Layers;
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 260.0;
@@ -20,7 +20,11 @@ const FALLBACK_COLOURS: [&str; 6] = ["#e6194b", "#3cb44b", "#4363d8", "#911eb4",
 
 /// Escapes text for HTML and SVG.
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
 }
 
 /// A class's colour: the model image's, else one of a fixed set by position.
@@ -46,13 +50,25 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
     let max_uncertainty = records.iter().map(|r| r.uncertainty).fold(0.0, f64::max).max(0.01);
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
-    let x = |i: usize| LEFT + if records.len() > 1 { plot_w * i as f64 / (records.len() - 1) as f64 } else { plot_w / 2.0 };
+    let x = |i: usize| {
+        LEFT + if records.len() > 1 {
+            plot_w * i as f64 / (records.len() - 1) as f64
+        } else {
+            plot_w / 2.0
+        }
+    };
     let y_area = |a: f64| TOP + plot_h * (1.0 - a / max_area);
     let y_unc = |u: f64| TOP + plot_h * (1.0 - u / max_uncertainty);
 
     let mut svg = String::new();
-    let _ = write!(svg, r#"<svg xmlns="http://www.w3.org/2000/svg" class="trend" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="defect area per class and uncertainty by layer">"#);
-    let _ = write!(svg, r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#bbb"/>"##);
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" class="trend" viewBox="0 0 {WIDTH} {HEIGHT}" role="img" aria-label="defect area per class and uncertainty by layer">"#
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#bbb"/>"##
+    );
     for tick in 0..=4 {
         let fraction = tick as f64 / 4.0;
         let ty = TOP + plot_h * (1.0 - fraction);
@@ -79,7 +95,13 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
     // Layer numbers under the axis, at most ~12 of them.
     let step = records.len().div_ceil(12).max(1);
     for (i, record) in records.iter().enumerate().step_by(step) {
-        let _ = write!(svg, r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"#, x(i), TOP + plot_h + 13.0, record.layer);
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{}" font-size="10" text-anchor="middle">{}</text>"#,
+            x(i),
+            TOP + plot_h + 13.0,
+            record.layer
+        );
     }
     for (position, class) in classes.iter().enumerate() {
         let colour = class_colour(class, position, bed);
@@ -87,15 +109,38 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
             .iter()
             .enumerate()
             .map(|(i, per_class)| {
-                let area = per_class.iter().find(|(c, _)| c == class).map(|(_, a)| *a).unwrap_or(0.0);
+                let area = per_class
+                    .iter()
+                    .find(|(c, _)| c == class)
+                    .map(|(_, a)| *a)
+                    .unwrap_or(0.0);
                 format!("{:.1},{:.1}", x(i), y_area(area))
             })
             .collect();
-        let _ = write!(svg, r#"<polyline class="line-area" data-class="{}" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#, escape(class), points.join(" "));
-        let _ = write!(svg, r#"<text x="{}" y="{}" font-size="10" fill="{colour}">■ {}</text>"#, LEFT + 6.0 + 110.0 * position as f64, TOP + 12.0, escape(class));
+        let _ = write!(
+            svg,
+            r#"<polyline class="line-area" data-class="{}" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+            escape(class),
+            points.join(" ")
+        );
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" font-size="10" fill="{colour}">■ {}</text>"#,
+            LEFT + 6.0 + 110.0 * position as f64,
+            TOP + 12.0,
+            escape(class)
+        );
     }
-    let points: Vec<String> = records.iter().enumerate().map(|(i, r)| format!("{:.1},{:.1}", x(i), y_unc(r.uncertainty))).collect();
-    let _ = write!(svg, r#"<polyline class="line-unc" fill="none" stroke="{UNCERTAINTY_COLOUR}" stroke-dasharray="4 2" stroke-width="1.5" points="{}"/>"#, points.join(" "));
+    let points: Vec<String> = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| format!("{:.1},{:.1}", x(i), y_unc(r.uncertainty)))
+        .collect();
+    let _ = write!(
+        svg,
+        r#"<polyline class="line-unc" fill="none" stroke="{UNCERTAINTY_COLOUR}" stroke-dasharray="4 2" stroke-width="1.5" points="{}"/>"#,
+        points.join(" ")
+    );
     for (i, record) in records.iter().enumerate() {
         let _ = write!(
             svg,
@@ -107,7 +152,12 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
             record.uncertainty
         );
     }
-    let _ = write!(svg, r#"<text x="{}" y="{}" font-size="10" fill="{UNCERTAINTY_COLOUR}" text-anchor="end">- - uncertainty</text>"#, LEFT + plot_w - 4.0, TOP + 12.0);
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" font-size="10" fill="{UNCERTAINTY_COLOUR}" text-anchor="end">- - uncertainty</text>"#,
+        LEFT + plot_w - 4.0,
+        TOP + 12.0
+    );
     svg.push_str("</svg>");
     svg
 }
@@ -119,7 +169,14 @@ pub const GRID: usize = 32;
 /// `bed_px`: the rectified bed's size; without it, the defects' own extent.
 pub fn stacked_counts(records: &Layers, bed_px: Option<(u32, u32)>) -> ([[u32; GRID]; GRID], (u32, u32)) {
     let (width, height) = bed_px.unwrap_or_else(|| {
-        let max = |f: fn(&[u32; 4]) -> u32| records.iter().flat_map(|r| r.defects.iter().map(|d| f(&d.bbox))).max().unwrap_or(1).max(1);
+        let max = |f: fn(&[u32; 4]) -> u32| {
+            records
+                .iter()
+                .flat_map(|r| r.defects.iter().map(|d| f(&d.bbox)))
+                .max()
+                .unwrap_or(1)
+                .max(1)
+        };
         (max(|b| b[0] + b[2]), max(|b| b[1] + b[3]))
     });
     let mut counts = [[0u32; GRID]; GRID];
@@ -129,8 +186,16 @@ pub fn stacked_counts(records: &Layers, bed_px: Option<(u32, u32)>) -> ([[u32; G
             let [x, y, w, h] = defect.bbox;
             let cell_x = |px: u32| ((px as usize * GRID) / width as usize).min(GRID - 1);
             let cell_y = |px: u32| ((px as usize * GRID) / height as usize).min(GRID - 1);
-            for row in covered.iter_mut().take(cell_y((y + h).saturating_sub(1)) + 1).skip(cell_y(y)) {
-                for cell in row.iter_mut().take(cell_x((x + w).saturating_sub(1)) + 1).skip(cell_x(x)) {
+            for row in covered
+                .iter_mut()
+                .take(cell_y((y + h).saturating_sub(1)) + 1)
+                .skip(cell_y(y))
+            {
+                for cell in row
+                    .iter_mut()
+                    .take(cell_x((x + w).saturating_sub(1)) + 1)
+                    .skip(cell_x(x))
+                {
                     *cell = true;
                 }
             }
@@ -159,10 +224,18 @@ pub fn stacked_svg(records: &Layers, bed: Option<&BedInfo>, background: Option<&
     );
     match background {
         Some(url) => {
-            let _ = write!(svg, r#"<image href="{url}" x="0" y="0" width="{side}" height="{:.1}" preserveAspectRatio="none" opacity="0.6"/>"#, cell_h * GRID as f64);
+            let _ = write!(
+                svg,
+                r#"<image href="{url}" x="0" y="0" width="{side}" height="{:.1}" preserveAspectRatio="none" opacity="0.6"/>"#,
+                cell_h * GRID as f64
+            );
         }
         None => {
-            let _ = write!(svg, r##"<rect width="{side}" height="{:.1}" fill="#777"/>"##, cell_h * GRID as f64);
+            let _ = write!(
+                svg,
+                r##"<rect width="{side}" height="{:.1}" fill="#777"/>"##,
+                cell_h * GRID as f64
+            );
         }
     }
     for (row, cells) in counts.iter().enumerate() {
@@ -177,7 +250,12 @@ pub fn stacked_svg(records: &Layers, bed: Option<&BedInfo>, background: Option<&
                 r##"<rect class="stack-cell" data-count="{count}" x="{cx:.1}" y="{cy:.1}" width="{cell_w:.1}" height="{cell_h:.1}" fill="#d7191c" fill-opacity="{opacity:.2}"><title>{count} layers</title></rect>"##
             );
             if count > 1 {
-                let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}" font-size="9" fill="white" text-anchor="middle">{count}</text>"#, cx + cell_w / 2.0, cy + cell_h / 2.0 + 3.0);
+                let _ = write!(
+                    svg,
+                    r#"<text x="{:.1}" y="{:.1}" font-size="9" fill="white" text-anchor="middle">{count}</text>"#,
+                    cx + cell_w / 2.0,
+                    cy + cell_h / 2.0 + 3.0
+                );
             }
         }
     }
@@ -196,7 +274,17 @@ mod tests {
             time_ms: 0,
             trigger: "timer".into(),
             verdict: "RECOAT".into(),
-            defects: boxes.iter().map(|&bbox| DefectRecord { class: "hopping".into(), area_mm2: 1.0, bbox, centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() }).collect(),
+            defects: boxes
+                .iter()
+                .map(|&bbox| DefectRecord {
+                    class: "hopping".into(),
+                    area_mm2: 1.0,
+                    bbox,
+                    centroid: [0.0; 2],
+                    mean_uncertainty: 0.0,
+                    ..Default::default()
+                })
+                .collect(),
             uncertainty_score: 0.05 * layer as f64,
             model: "m".into(),
             model_version: "1".into(),
@@ -211,13 +299,22 @@ mod tests {
     fn a_defect_repeated_at_the_same_place_counts_once_per_layer() {
         // A 256 px bed: 8 px per cell. Layers 1 and 2 have a defect in cell (1, 0); layer 2 has
         // two boxes in that cell, still one layer; layer 3 a box spanning cells 30 and 31 of row 31.
-        let records = Layers::from_records(&[record(1, &[[8, 0, 8, 8]]), record(2, &[[8, 0, 4, 4], [12, 4, 4, 4]]), record(3, &[[247, 250, 6, 4]])]);
+        let records = Layers::from_records(&[
+            record(1, &[[8, 0, 8, 8]]),
+            record(2, &[[8, 0, 4, 4], [12, 4, 4, 4]]),
+            record(3, &[[247, 250, 6, 4]]),
+        ]);
         let (counts, size) = stacked_counts(&records, Some((256, 256)));
         assert_eq!(size, (256, 256));
         assert_eq!(counts[0][1], 2);
         assert_eq!((counts[31][30], counts[31][31]), (1, 1));
         assert_eq!(counts.iter().flatten().sum::<u32>(), 4);
-        let bed = BedInfo { width: 256, height: 256, mm_per_px: 1.0, classes: Vec::new() };
+        let bed = BedInfo {
+            width: 256,
+            height: 256,
+            mm_per_px: 1.0,
+            classes: Vec::new(),
+        };
         let svg = stacked_svg(&records, Some(&bed), None);
         assert_eq!(svg.matches("class=\"stack-cell\"").count(), 3);
         assert_eq!(svg.matches("data-count=\"2\"").count(), 1);

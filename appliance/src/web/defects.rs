@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 
 use crate::config::Config;
 use crate::judge::history::BuildHistory;
-use crate::web::layers::Layers;
 use crate::record::layer_images::BedInfo;
 use crate::web::chart::{class_colour, escape};
+use crate::web::layers::Layers;
 
 /// The map's width in SVG units; the height follows the bed's aspect.
 const MAP_SIDE: f64 = 480.0;
@@ -58,7 +58,10 @@ pub fn map_svg(records: &Layers, width_mm: f64, height_mm: f64, bed: Option<&Bed
         r#"<svg xmlns="http://www.w3.org/2000/svg" class="defect-map" viewBox="0 0 {MAP_SIDE} {:.1}" role="img" aria-label="defect footprints stacked over the layers, top view of the bed">"#,
         height + 18.0
     );
-    let _ = write!(svg, r##"<rect class="bed" width="{MAP_SIDE}" height="{height:.1}" fill="#f4f4f4" stroke="#999"/>"##);
+    let _ = write!(
+        svg,
+        r##"<rect class="bed" width="{MAP_SIDE}" height="{height:.1}" fill="#f4f4f4" stroke="#999"/>"##
+    );
     for record in records {
         let _ = write!(svg, r#"<g class="map-layer" data-layer="{}">"#, record.layer);
         for defect in record.defects.iter() {
@@ -82,7 +85,14 @@ pub fn map_svg(records: &Layers, width_mm: f64, height_mm: f64, bed: Option<&Bed
         svg.push_str("</g>");
     }
     for (position, class) in classes.iter().enumerate() {
-        let _ = write!(svg, r#"<text x="{:.1}" y="{:.1}" font-size="11" fill="{}">■ {}</text>"#, 4.0 + 118.0 * position as f64, height + 14.0, colour(class), escape(class));
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="11" fill="{}">■ {}</text>"#,
+            4.0 + 118.0 * position as f64,
+            height + 14.0,
+            colour(class),
+            escape(class)
+        );
     }
     svg.push_str("</svg>");
     svg
@@ -93,7 +103,13 @@ pub fn map_svg(records: &Layers, width_mm: f64, height_mm: f64, bed: Option<&Bed
 pub fn tracks_html(records: &Layers, config: &Config) -> String {
     let mut history = BuildHistory::new(config);
     for record in records.iter() {
-        history.add_restored(record.layer, record.verdict, &records.defect_records(record), record.recoat_outcome.as_str(), records.recoat_classes(record));
+        history.add_restored(
+            record.layer,
+            record.verdict,
+            &records.defect_records(record),
+            record.recoat_outcome.as_str(),
+            records.recoat_classes(record),
+        );
     }
     let recoats = history.recoats;
     let mut html = String::new();
@@ -102,7 +118,13 @@ pub fn tracks_html(records: &Layers, config: &Config) -> String {
         r#"<p class="recoats">recoats: <span id="recoats-issued">{}</span> issued, <span id="recoats-fixed">{}</span> fixed, <span id="recoats-not-fixed">{}</span> not fixed</p>"#,
         recoats.issued, recoats.fixed, recoats.not_fixed
     );
-    let mut tracks: Vec<(&crate::judge::tracks::Track, bool)> = history.tracker.active.iter().map(|t| (t, true)).chain(history.tracker.finished.iter().map(|t| (t, false))).collect();
+    let mut tracks: Vec<(&crate::judge::tracks::Track, bool)> = history
+        .tracker
+        .active
+        .iter()
+        .map(|t| (t, true))
+        .chain(history.tracker.finished.iter().map(|t| (t, false)))
+        .collect();
     tracks.sort_by_key(|(t, _)| std::cmp::Reverse(t.id));
     html.push_str(
         r#"<table class="tracks"><thead><tr><th>track</th><th>class</th><th>layers</th><th>span</th><th>last area, mm²</th><th>growth, mm²/layer</th><th>survived recoats</th><th>footprint [x, y, w, h] mm</th><th>state</th></tr></thead><tbody>"#,
@@ -119,7 +141,10 @@ pub fn tracks_html(records: &Layers, config: &Config) -> String {
             track.last_layer,
             track.layers(),
             track.last_area_mm2(),
-            track.growth_mm2_per_layer().map(|g| format!("{g:.1}")).unwrap_or_else(|| "-".into()),
+            track
+                .growth_mm2_per_layer()
+                .map(|g| format!("{g:.1}"))
+                .unwrap_or_else(|| "-".into()),
             track.survived_recoats,
             if active { "active" } else { "ended" }
         );
@@ -137,9 +162,18 @@ mod tests {
         LayerRecord {
             layer,
             verdict: verdict.into(),
-            defects: vec![DefectRecord { class: "streaking".into(), area_mm2: 40.0, bbox_mm: [x, 100.0, 200.0, 5.0], ..Default::default() }],
+            defects: vec![DefectRecord {
+                class: "streaking".into(),
+                area_mm2: 40.0,
+                bbox_mm: [x, 100.0, 200.0, 5.0],
+                ..Default::default()
+            }],
             recoat_outcome: outcome.into(),
-            recoat_classes: if verdict == "RECOAT" { vec!["streaking".into()] } else { vec![] },
+            recoat_classes: if verdict == "RECOAT" {
+                vec!["streaking".into()]
+            } else {
+                vec![]
+            },
             ..Default::default()
         }
     }
@@ -155,10 +189,17 @@ mod tests {
 
     #[test]
     fn the_tracks_list_shows_the_track_and_the_recoats() {
-        let records = Layers::from_records(&[record(1, "RECOAT", 10.0, ""), record(1, "PASS", 10.0, "not fixed"), record(2, "PASS", 12.0, "")]);
+        let records = Layers::from_records(&[
+            record(1, "RECOAT", 10.0, ""),
+            record(1, "PASS", 10.0, "not fixed"),
+            record(2, "PASS", 12.0, ""),
+        ]);
         let config = Config::parse("[bed]\nwidth_mm = 250\nheight_mm = 250\n", "test.toml").unwrap();
         let html = tracks_html(&records, &config);
         assert!(html.contains(r#"<span id="recoats-issued">1</span> issued, <span id="recoats-fixed">0</span> fixed, <span id="recoats-not-fixed">1</span> not fixed"#), "{html}");
-        assert!(html.contains("<td>#1</td><td>streaking</td><td>1-2</td><td>2</td><td>40.0</td><td>-</td><td>1</td>"), "{html}");
+        assert!(
+            html.contains("<td>#1</td><td>streaking</td><td>1-2</td><td>2</td><td>40.0</td><td>-</td><td>1</td>"),
+            "{html}"
+        );
     }
 }

@@ -88,7 +88,12 @@ impl Layers {
         let defects = record
             .defects
             .iter()
-            .map(|d| Defect { class: self.class_index(&d.class), area_mm2: d.area_mm2, bbox: d.bbox, bbox_mm: d.bbox_mm })
+            .map(|d| Defect {
+                class: self.class_index(&d.class),
+                area_mm2: d.area_mm2,
+                bbox: d.bbox,
+                bbox_mm: d.bbox_mm,
+            })
             .collect();
         let recoat_classes = record.recoat_classes.iter().map(|c| self.class_index(c)).collect();
         self.entries.push(Layer {
@@ -154,12 +159,22 @@ impl Layers {
         layer
             .defects
             .iter()
-            .map(|d| DefectRecord { class: self.class(d.class).to_string(), area_mm2: d.area_mm2, bbox: d.bbox, bbox_mm: d.bbox_mm, ..Default::default() })
+            .map(|d| DefectRecord {
+                class: self.class(d.class).to_string(),
+                area_mm2: d.area_mm2,
+                bbox: d.bbox,
+                bbox_mm: d.bbox_mm,
+                ..Default::default()
+            })
             .collect()
     }
 
     pub fn recoat_classes(&self, layer: &Layer) -> Vec<String> {
-        layer.recoat_classes.iter().map(|&c| self.class(c).to_string()).collect()
+        layer
+            .recoat_classes
+            .iter()
+            .map(|&c| self.class(c).to_string())
+            .collect()
     }
 }
 
@@ -184,8 +199,20 @@ mod tests {
             trigger: "timer".into(),
             verdict: "RECOAT".into(),
             defects: vec![
-                DefectRecord { class: "streaking".into(), area_mm2: 40.0, bbox: [1, 2, 3, 4], bbox_mm: [10.0, 20.0, 30.0, 5.0], ..Default::default() },
-                DefectRecord { class: "hopping".into(), area_mm2: 2.5, bbox: [5, 6, 7, 8], bbox_mm: [1.0, 2.0, 3.0, 4.0], ..Default::default() },
+                DefectRecord {
+                    class: "streaking".into(),
+                    area_mm2: 40.0,
+                    bbox: [1, 2, 3, 4],
+                    bbox_mm: [10.0, 20.0, 30.0, 5.0],
+                    ..Default::default()
+                },
+                DefectRecord {
+                    class: "hopping".into(),
+                    area_mm2: 2.5,
+                    bbox: [5, 6, 7, 8],
+                    bbox_mm: [1.0, 2.0, 3.0, 4.0],
+                    ..Default::default()
+                },
             ],
             uncertainty_score: 0.125,
             model: "bedsight-seg".into(),
@@ -199,11 +226,26 @@ mod tests {
         };
         let layers = Layers::from_records(&[record.clone(), record.clone()]);
         let entry = layers.get(1).unwrap();
-        assert_eq!((entry.layer, entry.verdict, entry.time_ms, entry.uncertainty), (7, Verdict::Recoat, 1234, 0.125));
+        assert_eq!(
+            (entry.layer, entry.verdict, entry.time_ms, entry.uncertainty),
+            (7, Verdict::Recoat, 1234, 0.125)
+        );
         assert_eq!(entry.recoat_outcome.as_str(), "not fixed");
         assert_eq!(layers.recoat_classes(entry), vec!["streaking".to_string()]);
-        assert_eq!(layers.defect_records(entry)[1], DefectRecord { class: "hopping".into(), area_mm2: 2.5, bbox: [5, 6, 7, 8], bbox_mm: [1.0, 2.0, 3.0, 4.0], ..Default::default() });
-        assert_eq!(layers.class_areas(entry), vec![("streaking".to_string(), 40.0), ("hopping".to_string(), 2.5)]);
+        assert_eq!(
+            layers.defect_records(entry)[1],
+            DefectRecord {
+                class: "hopping".into(),
+                area_mm2: 2.5,
+                bbox: [5, 6, 7, 8],
+                bbox_mm: [1.0, 2.0, 3.0, 4.0],
+                ..Default::default()
+            }
+        );
+        assert_eq!(
+            layers.class_areas(entry),
+            vec![("streaking".to_string(), 40.0), ("hopping".to_string(), 2.5)]
+        );
         // Class names are kept once for the build, not per defect.
         assert_eq!(layers.classes.len(), 2);
         // 2 defects: 64 bytes of entry + 2 x 64 of defects + 2 of recoat class, well under the

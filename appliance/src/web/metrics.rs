@@ -8,19 +8,40 @@ use std::sync::{Mutex, OnceLock};
 
 use hal::Verdict;
 
-use crate::record::layer_images::RecorderStats;
 use crate::judge::pipeline::StageTimes;
+use crate::record::layer_images::RecorderStats;
 
 /// Upper bounds of the latency histograms' buckets, seconds (a layer takes ~10 ms to ~10 s).
-const BUCKETS_S: [f64; 14] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BUCKETS_S: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// The stages of `StageTimes`, by their label.
-pub const STAGES: [&str; 9] = ["check", "rectify", "preprocess", "infer", "fuse", "refine", "measure", "decide", "total"];
+pub const STAGES: [&str; 9] = [
+    "check",
+    "rectify",
+    "preprocess",
+    "infer",
+    "fuse",
+    "refine",
+    "measure",
+    "decide",
+    "total",
+];
 
-const VERDICTS: [Verdict; 5] = [Verdict::Pass, Verdict::Recoat, Verdict::Review, Verdict::Pause, Verdict::Fault];
+const VERDICTS: [Verdict; 5] = [
+    Verdict::Pass,
+    Verdict::Recoat,
+    Verdict::Review,
+    Verdict::Pause,
+    Verdict::Fault,
+];
 
 /// Errors of the PLC outputs, counted where every output call is reported (`run::report`).
-pub static PLC: PlcHealth = PlcHealth { errors: AtomicU64::new(0), last_ok: AtomicBool::new(true) };
+pub static PLC: PlcHealth = PlcHealth {
+    errors: AtomicU64::new(0),
+    last_ok: AtomicBool::new(true),
+};
 
 pub struct PlcHealth {
     pub errors: AtomicU64,
@@ -47,7 +68,10 @@ struct Histogram {
 
 impl Histogram {
     fn observe(&mut self, seconds: f64) {
-        let slot = BUCKETS_S.iter().position(|&bound| seconds <= bound).unwrap_or(BUCKETS_S.len());
+        let slot = BUCKETS_S
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(BUCKETS_S.len());
         self.buckets[slot] += 1;
         self.count += 1;
         self.sum += seconds;
@@ -56,11 +80,20 @@ impl Histogram {
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let mut cumulative = 0;
         let sep = if labels.is_empty() { "" } else { "," };
-        for (slot, bound) in BUCKETS_S.iter().map(|b| b.to_string()).chain(["+Inf".to_string()]).enumerate() {
+        for (slot, bound) in BUCKETS_S
+            .iter()
+            .map(|b| b.to_string())
+            .chain(["+Inf".to_string()])
+            .enumerate()
+        {
             cumulative += self.buckets[slot];
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
         }
-        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
         let _ = writeln!(out, "{name}_sum{braces} {}", self.sum);
         let _ = writeln!(out, "{name}_count{braces} {}", self.count);
     }
@@ -82,7 +115,14 @@ pub struct Metrics {
 impl Metrics {
     /// Counts one finished layer. `timing`: the pipeline's stages (none when the camera gave
     /// no frame); `latency_s`: trigger to verdict.
-    pub fn layer(&self, verdict: Verdict, timing: Option<&StageTimes>, latency_s: f64, camera_failed: bool, backend_failed: bool) {
+    pub fn layer(
+        &self,
+        verdict: Verdict,
+        timing: Option<&StageTimes>,
+        latency_s: f64,
+        camera_failed: bool,
+        backend_failed: bool,
+    ) {
         self.layers.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = VERDICTS.iter().position(|v| *v == verdict) {
             self.verdicts[slot].fetch_add(1, Ordering::Relaxed);
@@ -94,13 +134,26 @@ impl Metrics {
             self.backend_errors.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(t) = timing {
-            let values = [t.check_ms, t.rectify_ms, t.preprocess_ms, t.infer_ms, t.fuse_ms, t.refine_ms, t.measure_ms, t.decide_ms, t.total_ms];
+            let values = [
+                t.check_ms,
+                t.rectify_ms,
+                t.preprocess_ms,
+                t.infer_ms,
+                t.fuse_ms,
+                t.refine_ms,
+                t.measure_ms,
+                t.decide_ms,
+                t.total_ms,
+            ];
             let mut stages = self.stages.lock().unwrap_or_else(|p| p.into_inner());
             for (histogram, ms) in stages.iter_mut().zip(values) {
                 histogram.observe(ms / 1e3);
             }
         }
-        self.layer_latency.lock().unwrap_or_else(|p| p.into_inner()).observe(latency_s);
+        self.layer_latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .observe(latency_s);
     }
 
     pub fn watch_recorder(&self, stats: std::sync::Arc<RecorderStats>) {
@@ -113,26 +166,78 @@ impl Metrics {
         let counter = |out: &mut String, name: &str, help: &str, value: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}");
         };
-        counter(&mut out, "bedsight_layers_total", "Layers that got a verdict.", self.layers.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "bedsight_layers_total",
+            "Layers that got a verdict.",
+            self.layers.load(Ordering::Relaxed),
+        );
         let _ = writeln!(out, "# HELP bedsight_verdicts_total Verdicts sent to the PLC, by verdict.\n# TYPE bedsight_verdicts_total counter");
         for (verdict, count) in VERDICTS.iter().zip(&self.verdicts) {
-            let _ = writeln!(out, "bedsight_verdicts_total{{verdict=\"{}\"}} {}", verdict.as_str(), count.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "bedsight_verdicts_total{{verdict=\"{}\"}} {}",
+                verdict.as_str(),
+                count.load(Ordering::Relaxed)
+            );
         }
-        counter(&mut out, "bedsight_camera_errors_total", "Layers the camera gave no frame for.", self.camera_errors.load(Ordering::Relaxed));
-        counter(&mut out, "bedsight_backend_errors_total", "Layers whose inference failed.", self.backend_errors.load(Ordering::Relaxed));
-        counter(&mut out, "bedsight_plc_errors_total", "PLC output calls that failed.", PLC.errors.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "bedsight_camera_errors_total",
+            "Layers the camera gave no frame for.",
+            self.camera_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "bedsight_backend_errors_total",
+            "Layers whose inference failed.",
+            self.backend_errors.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "bedsight_plc_errors_total",
+            "PLC output calls that failed.",
+            PLC.errors.load(Ordering::Relaxed),
+        );
         let _ = writeln!(out, "# HELP bedsight_stage_seconds Time spent in each pipeline stage per layer.\n# TYPE bedsight_stage_seconds histogram");
         let stages = self.stages.lock().unwrap_or_else(|p| p.into_inner()).clone();
         for (stage, histogram) in STAGES.iter().zip(stages.iter()) {
             histogram.render(&mut out, "bedsight_stage_seconds", &format!("stage=\"{stage}\""));
         }
-        let _ = writeln!(out, "# HELP bedsight_layer_seconds Trigger to verdict.\n# TYPE bedsight_layer_seconds histogram");
-        self.layer_latency.lock().unwrap_or_else(|p| p.into_inner()).clone().render(&mut out, "bedsight_layer_seconds", "");
+        let _ = writeln!(
+            out,
+            "# HELP bedsight_layer_seconds Trigger to verdict.\n# TYPE bedsight_layer_seconds histogram"
+        );
+        self.layer_latency
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .render(&mut out, "bedsight_layer_seconds", "");
         if let Some(stats) = self.recorder.get() {
-            counter(&mut out, "bedsight_layer_images_written_total", "Layers whose images were written.", stats.written.load(Ordering::Relaxed));
-            counter(&mut out, "bedsight_layer_images_dropped_total", "Layers whose images were dropped: the recorder was behind.", stats.dropped.load(Ordering::Relaxed));
-            counter(&mut out, "bedsight_layer_images_failed_total", "Layers whose images could not be written.", stats.failed.load(Ordering::Relaxed));
-            counter(&mut out, "bedsight_layer_images_deleted_total", "Layers deleted by record.max_gb.", stats.deleted.load(Ordering::Relaxed));
+            counter(
+                &mut out,
+                "bedsight_layer_images_written_total",
+                "Layers whose images were written.",
+                stats.written.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "bedsight_layer_images_dropped_total",
+                "Layers whose images were dropped: the recorder was behind.",
+                stats.dropped.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "bedsight_layer_images_failed_total",
+                "Layers whose images could not be written.",
+                stats.failed.load(Ordering::Relaxed),
+            );
+            counter(
+                &mut out,
+                "bedsight_layer_images_deleted_total",
+                "Layers deleted by record.max_gb.",
+                stats.deleted.load(Ordering::Relaxed),
+            );
             let _ = writeln!(
                 out,
                 "# HELP bedsight_layer_images_bytes Bytes in the image folder.\n# TYPE bedsight_layer_images_bytes gauge\nbedsight_layer_images_bytes {}",
@@ -150,7 +255,11 @@ mod tests {
     #[test]
     fn histograms_are_cumulative_with_sum_and_count() {
         let metrics = Metrics::default();
-        let timing = StageTimes { infer_ms: 3.0, total_ms: 40.0, ..StageTimes::default() };
+        let timing = StageTimes {
+            infer_ms: 3.0,
+            total_ms: 40.0,
+            ..StageTimes::default()
+        };
         metrics.layer(Verdict::Pass, Some(&timing), 0.05, false, false);
         metrics.layer(Verdict::Recoat, Some(&timing), 0.2, false, false);
         metrics.layer(Verdict::Fault, None, 0.001, true, false);

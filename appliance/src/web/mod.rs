@@ -40,9 +40,17 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 const MAX_BODY: u64 = 4096;
 
 /// Starts the server on `address`; returns the bound address (port 0 gets a free one).
-pub fn spawn(address: &str, token: Option<String>, board: Arc<Board>, stop: Arc<AtomicBool>) -> Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
+pub fn spawn(
+    address: &str,
+    token: Option<String>,
+    board: Arc<Board>,
+    stop: Arc<AtomicBool>,
+) -> Result<(std::net::SocketAddr, std::thread::JoinHandle<()>)> {
     let server = Server::http(address).map_err(|e| anyhow!("cannot listen on {address}: {e}"))?;
-    let bound = server.server_addr().to_ip().ok_or_else(|| anyhow!("{address} is not an IP address"))?;
+    let bound = server
+        .server_addr()
+        .to_ip()
+        .ok_or_else(|| anyhow!("{address} is not an IP address"))?;
     let handle = std::thread::Builder::new()
         .name("dashboard".into())
         .spawn(move || {
@@ -75,7 +83,12 @@ fn respond(request: Request, status: u16, content_type: &str, body: Vec<u8>) {
 }
 
 fn text(request: Request, status: u16, message: &str) {
-    respond(request, status, "text/plain; charset=utf-8", format!("{message}\n").into_bytes());
+    respond(
+        request,
+        status,
+        "text/plain; charset=utf-8",
+        format!("{message}\n").into_bytes(),
+    );
 }
 
 fn json(request: Request, status: u16, value: &serde_json::Value) {
@@ -84,12 +97,21 @@ fn json(request: Request, status: u16, value: &serde_json::Value) {
 
 /// A record number from a path segment: digits only, and a record that exists.
 fn record_index(segment: &str, board: &Board) -> Result<u64, (u16, String)> {
-    let index: u64 = segment
-        .parse()
-        .map_err(|_| (400, format!("record number {segment:?} is not a number: records are numbered 0, 1, 2, ... in journal order")))?;
+    let index: u64 = segment.parse().map_err(|_| {
+        (
+            400,
+            format!("record number {segment:?} is not a number: records are numbered 0, 1, 2, ... in journal order"),
+        )
+    })?;
     let count = board.record_count() as u64;
     if index >= count {
-        return Err((404, format!("there is no record {index}: the build has {count} records (0 to {})", count.saturating_sub(1))));
+        return Err((
+            404,
+            format!(
+                "there is no record {index}: the build has {count} records (0 to {})",
+                count.saturating_sub(1)
+            ),
+        ));
     }
     Ok(index)
 }
@@ -100,7 +122,9 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let method = request.method().clone();
     match (&method, segments.as_slice()) {
-        (Method::Get | Method::Head, [""]) => respond(request, 200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec()),
+        (Method::Get | Method::Head, [""]) => {
+            respond(request, 200, "text/html; charset=utf-8", PAGE.as_bytes().to_vec())
+        }
         (Method::Get, ["api", "state"]) => json(request, 200, &board.state_json()),
         (Method::Get, ["api", "records", segment]) => match record_index(segment, board) {
             Ok(index) => match board.record_json(index) {
@@ -113,33 +137,84 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
         (Method::Get, ["images", segment, file]) => serve_image(request, board, segment, file),
         (Method::Get, ["chart.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
-            respond(request, 200, "image/svg+xml", board.with_layers(|layers| chart::trend_svg(layers, bed.as_ref())).into_bytes());
+            respond(
+                request,
+                200,
+                "image/svg+xml",
+                board
+                    .with_layers(|layers| chart::trend_svg(layers, bed.as_ref()))
+                    .into_bytes(),
+            );
         }
         (Method::Get, ["stacked.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
-            let background = board.latest_with_images().map(|index| format!("/images/{index}/rectified.png"));
-            respond(request, 200, "image/svg+xml", board.with_layers(|layers| chart::stacked_svg(layers, bed.as_ref(), background.as_deref())).into_bytes());
+            let background = board
+                .latest_with_images()
+                .map(|index| format!("/images/{index}/rectified.png"));
+            respond(
+                request,
+                200,
+                "image/svg+xml",
+                board
+                    .with_layers(|layers| chart::stacked_svg(layers, bed.as_ref(), background.as_deref()))
+                    .into_bytes(),
+            );
         }
         (Method::Get, ["map.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
-            let (width_mm, height_mm) = board.config.get().map(|c| (c.bed.width_mm, c.bed.height_mm)).unwrap_or((250.0, 250.0));
-            let body = board.with_layers(|layers| format!("{}{}", defects::map_filter_controls(layers), defects::map_svg(layers, width_mm, height_mm, bed.as_ref())));
+            let (width_mm, height_mm) = board
+                .config
+                .get()
+                .map(|c| (c.bed.width_mm, c.bed.height_mm))
+                .unwrap_or((250.0, 250.0));
+            let body = board.with_layers(|layers| {
+                format!(
+                    "{}{}",
+                    defects::map_filter_controls(layers),
+                    defects::map_svg(layers, width_mm, height_mm, bed.as_ref())
+                )
+            });
             respond(request, 200, "text/html; charset=utf-8", body.into_bytes());
         }
         (Method::Get, ["tracks.html"]) => {
-            let config = board.config.get().cloned().unwrap_or_else(crate::config::Config::embedded);
-            respond(request, 200, "text/html; charset=utf-8", board.with_layers(|layers| defects::tracks_html(layers, &config)).into_bytes());
+            let config = board
+                .config
+                .get()
+                .cloned()
+                .unwrap_or_else(crate::config::Config::embedded);
+            respond(
+                request,
+                200,
+                "text/html; charset=utf-8",
+                board
+                    .with_layers(|layers| defects::tracks_html(layers, &config))
+                    .into_bytes(),
+            );
         }
-        (Method::Get, ["map-filter.js"]) => respond(request, 200, "text/javascript; charset=utf-8", defects::MAP_FILTER_SCRIPT.as_bytes().to_vec()),
+        (Method::Get, ["map-filter.js"]) => respond(
+            request,
+            200,
+            "text/javascript; charset=utf-8",
+            defects::MAP_FILTER_SCRIPT.as_bytes().to_vec(),
+        ),
         (Method::Get, ["events"]) => stream_events(request, board, stop),
-        (Method::Get, ["metrics"]) => respond(request, 200, "text/plain; version=0.0.4; charset=utf-8", board.metrics.render().into_bytes()),
+        (Method::Get, ["metrics"]) => respond(
+            request,
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            board.metrics.render().into_bytes(),
+        ),
         (Method::Get, ["healthz"]) => match board.down() {
             None => text(request, 200, "ok: camera, model and PLC link are up"),
             Some(down) => text(request, 503, &format!("down: {}", down.join("; "))),
         },
         (Method::Post, ["api", "records", segment, action]) => {
             let Some(action) = Action::parse(action) else {
-                return text(request, 404, &format!("no control {action:?}: use acknowledge or false-alarm"));
+                return text(
+                    request,
+                    404,
+                    &format!("no control {action:?}: use acknowledge or false-alarm"),
+                );
             };
             if let Err((status, message)) = authorise(&request, token) {
                 let mut response = Response::from_data(format!("{message}\n").into_bytes())
@@ -166,8 +241,18 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
                 Err(AnnotateError::Storage(message)) => text(request, 500, &message),
             }
         }
-        (_, ["" | "events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg" | "map.svg" | "tracks.html" | "map-filter.js"] | ["api", ..] | ["images", ..]) => {
-            let message = if known_path(&segments) { format!("{method} is not allowed on {path}") } else { format!("no such page: {path}") };
+        (
+            _,
+            ["" | "events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg" | "map.svg" | "tracks.html"
+            | "map-filter.js"]
+            | ["api", ..]
+            | ["images", ..],
+        ) => {
+            let message = if known_path(&segments) {
+                format!("{method} is not allowed on {path}")
+            } else {
+                format!("no such page: {path}")
+            };
             text(request, if known_path(&segments) { 405 } else { 404 }, &message)
         }
         _ => text(request, 404, &format!("no such page: {path}")),
@@ -175,23 +260,52 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
 }
 
 fn known_path(segments: &[&str]) -> bool {
-    matches!(segments, [""] | ["events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg" | "map.svg" | "tracks.html" | "map-filter.js"] | ["api", "state"] | ["api", "records", _] | ["api", "records", _, _] | ["images", _, _])
+    matches!(
+        segments,
+        [""] | ["events"
+            | "metrics"
+            | "healthz"
+            | "chart.svg"
+            | "stacked.svg"
+            | "map.svg"
+            | "tracks.html"
+            | "map-filter.js"]
+            | ["api", "state"]
+            | ["api", "records", _]
+            | ["api", "records", _, _]
+            | ["images", _, _]
+    )
 }
 
 /// `Authorization: Bearer <token>` against the configured token.
 fn authorise(request: &Request, token: Option<&str>) -> Result<(), (u16, String)> {
     let Some(expected) = token else {
-        return Err((403, "controls are off: dashboard.token is not set in the configuration".into()));
+        return Err((
+            403,
+            "controls are off: dashboard.token is not set in the configuration".into(),
+        ));
     };
-    let given = request.headers().iter().find(|h| h.field.equiv("Authorization")).map(|h| h.value.as_str().to_string());
+    let given = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().to_string());
     let Some(given) = given else {
-        return Err((401, "this control needs the dashboard token: send Authorization: Bearer <token>".into()));
+        return Err((
+            401,
+            "this control needs the dashboard token: send Authorization: Bearer <token>".into(),
+        ));
     };
     let Some(given) = given.strip_prefix("Bearer ") else {
         return Err((401, "the Authorization header must be Bearer <token>".into()));
     };
     // Same time whatever the first differing byte.
-    let same = given.len() == expected.len() && given.bytes().zip(expected.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    let same = given.len() == expected.len()
+        && given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
     if !same {
         return Err((403, "wrong dashboard token".into()));
     }
@@ -201,7 +315,11 @@ fn authorise(request: &Request, token: Option<&str>) -> Result<(), (u16, String)
 /// An optional `{"note": "..."}` body.
 fn read_note(request: &mut Request) -> Result<String, String> {
     let mut body = Vec::new();
-    request.as_reader().take(MAX_BODY + 1).read_to_end(&mut body).map_err(|e| format!("cannot read the request body: {e}"))?;
+    request
+        .as_reader()
+        .take(MAX_BODY + 1)
+        .read_to_end(&mut body)
+        .map_err(|e| format!("cannot read the request body: {e}"))?;
     if body.len() as u64 > MAX_BODY {
         return Err(format!("the request body is over {MAX_BODY} bytes"));
     }
@@ -214,7 +332,9 @@ fn read_note(request: &mut Request) -> Result<String, String> {
         #[serde(default)]
         note: String,
     }
-    serde_json::from_slice::<Body>(&body).map(|b| b.note).map_err(|e| format!("the body must be {{\"note\": \"...\"}} or empty: {e}"))
+    serde_json::from_slice::<Body>(&body)
+        .map(|b| b.note)
+        .map_err(|e| format!("the body must be {{\"note\": \"...\"}} or empty: {e}"))
 }
 
 fn serve_image(request: Request, board: &Board, segment: &str, file: &str) {
@@ -223,14 +343,31 @@ fn serve_image(request: Request, board: &Board, segment: &str, file: &str) {
         Err((status, message)) => return text(request, status, &message),
     };
     let Some(kind) = file.strip_suffix(".png").filter(|kind| KINDS.contains(kind)) else {
-        return text(request, 404, &format!("no image {file:?}: use one of {}", KINDS.map(|k| format!("{k}.png")).join(", ")));
+        return text(
+            request,
+            404,
+            &format!(
+                "no image {file:?}: use one of {}",
+                KINDS.map(|k| format!("{k}.png")).join(", ")
+            ),
+        );
     };
     let (Some(folder), Some(dir)) = (board.images_folder.as_ref(), board.images_dir(index)) else {
-        return text(request, 404, &format!("the images of record {index} are not kept (not written yet, dropped, or deleted by record.max_gb)"));
+        return text(
+            request,
+            404,
+            &format!(
+                "the images of record {index} are not kept (not written yet, dropped, or deleted by record.max_gb)"
+            ),
+        );
     };
     match std::fs::read(folder.join(dir).join(format!("{kind}.png"))) {
         Ok(bytes) => respond(request, 200, "image/png", bytes),
-        Err(_) => text(request, 404, &format!("record {index} has no {kind} image (a FAULT layer keeps only raw.png)")),
+        Err(_) => text(
+            request,
+            404,
+            &format!("record {index} has no {kind} image (a FAULT layer keeps only raw.png)"),
+        ),
     }
 }
 
@@ -238,7 +375,11 @@ fn serve_image(request: Request, board: &Board, segment: &str, file: &str) {
 /// the moment it happens (tiny_http would buffer a streamed body into chunks).
 fn stream_events(request: Request, board: &Arc<Board>, stop: &Arc<AtomicBool>) {
     let Some(events) = board.subscribe() else {
-        return text(request, 503, &format!("too many pages are listening (at most {})", board::MAX_SUBSCRIBERS));
+        return text(
+            request,
+            503,
+            &format!("too many pages are listening (at most {})", board::MAX_SUBSCRIBERS),
+        );
     };
     let mut writer = request.into_writer();
     let stop = stop.clone();

@@ -13,8 +13,8 @@ use crate::config::Config;
 use crate::record::journal::{self, LayerRecord};
 use crate::record::layer_images::{dir_name, BedInfo};
 use crate::web::board::{read_annotations, Action, Annotation};
-use crate::web::layers::Layers;
 use crate::web::chart::{escape, stacked_svg, trend_svg};
+use crate::web::layers::Layers;
 
 /// How many of the worst layers show their overlay.
 const WORST_SHOWN: usize = 6;
@@ -44,12 +44,20 @@ fn utc(time_ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + (month <= 2) as i64;
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC", rest / 3600, rest % 3600 / 60, rest % 60)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
 }
 
 fn data_url(path: &Path) -> Option<String> {
     let bytes = std::fs::read(path).ok()?;
-    Some(format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+    Some(format!(
+        "data:image/png;base64,{}",
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    ))
 }
 
 /// Writes the report of the journal at `journal_path` (and the images in `images`) to `out`.
@@ -57,19 +65,36 @@ fn data_url(path: &Path) -> Option<String> {
 pub fn write(journal_path: &Path, images: Option<&Path>, out: &Path, config: &Config) -> Result<()> {
     let contents = journal::read(journal_path)?;
     let annotations = read_annotations(&journal_path.with_file_name("annotations.jsonl"))?;
-    let html = render(&contents.records, &annotations, images, &journal_path.display().to_string(), config);
+    let html = render(
+        &contents.records,
+        &annotations,
+        images,
+        &journal_path.display().to_string(),
+        config,
+    );
     if let Some(folder) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(folder).with_context(|| format!("report {}: cannot create its folder", out.display()))?;
+        std::fs::create_dir_all(folder)
+            .with_context(|| format!("report {}: cannot create its folder", out.display()))?;
     }
     let temp = out.with_extension("html.tmp");
-    std::fs::write(&temp, html).and_then(|_| std::fs::rename(&temp, out)).with_context(|| format!("report {}: cannot write it", out.display()))
+    std::fs::write(&temp, html)
+        .and_then(|_| std::fs::rename(&temp, out))
+        .with_context(|| format!("report {}: cannot write it", out.display()))
 }
 
 /// The report's HTML.
-pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Option<&Path>, source: &str, config: &Config) -> String {
+pub fn render(
+    records: &[LayerRecord],
+    annotations: &[Annotation],
+    images: Option<&Path>,
+    source: &str,
+    config: &Config,
+) -> String {
     let bed = images.and_then(BedInfo::read);
     let layers = Layers::from_records(records);
-    let image_dir = |index: usize| images.map(|folder| folder.join(dir_name(index as u64, records[index].layer, &records[index].verdict)));
+    let image_dir = |index: usize| {
+        images.map(|folder| folder.join(dir_name(index as u64, records[index].layer, &records[index].verdict)))
+    };
     let mut html = String::new();
     let _ = write!(
         html,
@@ -82,7 +107,10 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
     );
 
     // Summary.
-    let mut verdicts: Vec<(&str, usize)> = ["PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT"].iter().map(|v| (*v, 0)).collect();
+    let mut verdicts: Vec<(&str, usize)> = ["PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT"]
+        .iter()
+        .map(|v| (*v, 0))
+        .collect();
     for record in records {
         if let Some(entry) = verdicts.iter_mut().find(|(v, _)| *v == record.verdict) {
             entry.1 += 1;
@@ -104,27 +132,56 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
     }
     let _ = write!(html, "<h2>Summary</h2>\n<table class=\"summary\">");
     let _ = write!(html, "<tr><th>journal</th><td>{}</td></tr>", escape(source));
-    let _ = write!(html, "<tr><th>records</th><td id=\"record-count\">{}</td></tr>", records.len());
+    let _ = write!(
+        html,
+        "<tr><th>records</th><td id=\"record-count\">{}</td></tr>",
+        records.len()
+    );
     if let (Some(first), Some(last)) = (records.first(), records.last()) {
-        let _ = write!(html, "<tr><th>layers</th><td>{} to {}</td></tr>", first.layer, last.layer);
-        let _ = write!(html, "<tr><th>time</th><td>{} to {}</td></tr>", utc(first.time_ms), utc(last.time_ms));
+        let _ = write!(
+            html,
+            "<tr><th>layers</th><td>{} to {}</td></tr>",
+            first.layer, last.layer
+        );
+        let _ = write!(
+            html,
+            "<tr><th>time</th><td>{} to {}</td></tr>",
+            utc(first.time_ms),
+            utc(last.time_ms)
+        );
     }
     for (verdict, count) in &verdicts {
         let _ = write!(html, "<tr><th class=\"{verdict}\">{verdict}</th><td class=\"verdict-count\" data-verdict=\"{verdict}\">{count}</td></tr>");
     }
     let _ = write!(html, "<tr><th>models</th><td>{}</td></tr>", escape(&models.join("; ")));
     let area_text: Vec<String> = areas.iter().map(|(c, a)| format!("{} {a:.1} mm²", escape(c))).collect();
-    let _ = write!(html, "<tr><th>defect area</th><td>{}</td></tr>", if area_text.is_empty() { "none".into() } else { area_text.join(", ") });
+    let _ = write!(
+        html,
+        "<tr><th>defect area</th><td>{}</td></tr>",
+        if area_text.is_empty() {
+            "none".into()
+        } else {
+            area_text.join(", ")
+        }
+    );
     let acknowledged = annotations.iter().filter(|a| a.action == Action::Acknowledge).count();
     let false_alarms = annotations.iter().filter(|a| a.action == Action::FalseAlarm).count();
     let _ = writeln!(html, "<tr><th>annotations</th><td>{acknowledged} REVIEWs acknowledged, {false_alarms} false alarms</td></tr></table>");
 
-    let _ = writeln!(html, "<h2>Defect area and uncertainty by layer</h2>\n{}", trend_svg(&layers, bed.as_ref()));
+    let _ = writeln!(
+        html,
+        "<h2>Defect area and uncertainty by layer</h2>\n{}",
+        trend_svg(&layers, bed.as_ref())
+    );
 
     // The worst layers: most severe verdict first, then the most defect area.
     let mut worst: Vec<usize> = (0..records.len()).filter(|&i| records[i].verdict != "PASS").collect();
     let total_area = |i: usize| records[i].defects.iter().fold(0.0, |sum, d| sum + d.area_mm2);
-    worst.sort_by(|&a, &b| severity(&records[b].verdict).cmp(&severity(&records[a].verdict)).then(total_area(b).total_cmp(&total_area(a))));
+    worst.sort_by(|&a, &b| {
+        severity(&records[b].verdict)
+            .cmp(&severity(&records[a].verdict))
+            .then(total_area(b).total_cmp(&total_area(a)))
+    });
     let _ = writeln!(html, "<h2>Worst layers</h2>");
     if worst.is_empty() {
         html.push_str("<p>Every layer was PASS.</p>\n");
@@ -143,12 +200,17 @@ pub fn render(records: &[LayerRecord], annotations: &[Annotation], images: Optio
                 let _ = writeln!(html, "<figure class=\"worst\"><img class=\"overlay\" alt=\"overlay of layer {}\" src=\"{url}\"><figcaption>{caption}</figcaption></figure>", record.layer);
             }
             None => {
-                let _ = writeln!(html, "<figure class=\"worst\"><figcaption>{caption}: images not kept</figcaption></figure>");
+                let _ = writeln!(
+                    html,
+                    "<figure class=\"worst\"><figcaption>{caption}: images not kept</figcaption></figure>"
+                );
             }
         }
     }
 
-    let background = (0..records.len()).rev().find_map(|i| image_dir(i).and_then(|dir| data_url(&dir.join("rectified.png"))));
+    let background = (0..records.len())
+        .rev()
+        .find_map(|i| image_dir(i).and_then(|dir| data_url(&dir.join("rectified.png"))));
     let _ = write!(
         html,
         "<h2>Defects stacked over all layers</h2>\n<p>Top view of the plate: each cell is tinted by how many layers had a defect there.</p>\n{}\n",
@@ -214,7 +276,14 @@ mod tests {
             time_ms: 0,
             trigger: "timer".into(),
             verdict: verdict.into(),
-            defects: vec![crate::record::journal::DefectRecord { class: "hopping".into(), area_mm2: area, bbox: [0, 0, 1, 1], centroid: [0.0; 2], mean_uncertainty: 0.0, ..Default::default() }],
+            defects: vec![crate::record::journal::DefectRecord {
+                class: "hopping".into(),
+                area_mm2: area,
+                bbox: [0, 0, 1, 1],
+                centroid: [0.0; 2],
+                mean_uncertainty: 0.0,
+                ..Default::default()
+            }],
             uncertainty_score: 0.0,
             model: "m".into(),
             model_version: "1".into(),
@@ -223,9 +292,17 @@ mod tests {
             infer_ms: 1.0,
             ..Default::default()
         };
-        let records = [record(1, "RECOAT", 30.0), record(2, "PASS", 1.0), record(3, "PAUSE", 2.0), record(4, "RECOAT", 50.0)];
+        let records = [
+            record(1, "RECOAT", 30.0),
+            record(2, "PASS", 1.0),
+            record(3, "PAUSE", 2.0),
+            record(4, "RECOAT", 50.0),
+        ];
         let html = render(&records, &[], None, "test.bsj", &Config::embedded());
-        let order: Vec<usize> = ["layer 3 (record 2)", "layer 4 (record 3)", "layer 1 (record 0)"].iter().map(|t| html.find(t).unwrap()).collect();
+        let order: Vec<usize> = ["layer 3 (record 2)", "layer 4 (record 3)", "layer 1 (record 0)"]
+            .iter()
+            .map(|t| html.find(t).unwrap())
+            .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
         assert!(!html.contains("layer 2 (record 1)"));
         assert_eq!(html.matches("class=\"layer-row\"").count(), 4);

@@ -97,21 +97,14 @@ pub fn load_backend(
         }
         BackendChoice::Auto => {
             let why_not_ort = match locate_onnxruntime() {
-                Ok(library) => match ort::OrtBackend::load(&library, graph, spec, engine_cache_dir)
-                {
+                Ok(library) => match ort::OrtBackend::load(&library, graph, spec, engine_cache_dir) {
                     Ok(backend) => return Ok(Box::new(backend)),
-                    Err(
-                        error @ (ModelError::RuntimeLoad { .. } | ModelError::RuntimeNotFound(_)),
-                    ) => error.to_string(),
+                    Err(error @ (ModelError::RuntimeLoad { .. } | ModelError::RuntimeNotFound(_))) => error.to_string(),
                     Err(error) => return Err(error),
                 },
                 Err(reason) => format!("ONNX Runtime library not found: {reason}"),
             };
-            Ok(Box::new(tract::TractBackend::load(
-                graph,
-                spec,
-                why_not_ort,
-            )?))
+            Ok(Box::new(tract::TractBackend::load(graph, spec, why_not_ort)?))
         }
     }
 }
@@ -171,9 +164,7 @@ fn candidate_folders() -> Vec<PathBuf> {
     .collect();
 
     // Python environments: each prefix has lib/python3.X/{site,dist}-packages.
-    let home = std::env::var_os("HOME")
-        .filter(|h| !h.is_empty())
-        .map(PathBuf::from);
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
     let mut prefixes: Vec<PathBuf> = Vec::new();
     if let Some(home) = &home {
         prefixes.push(home.join(".cache/bedsight/venv"));
@@ -193,11 +184,7 @@ fn candidate_folders() -> Vec<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| home.as_ref().map(|h| h.join(".pyenv")));
     if let Some(root) = pyenv_root {
-        prefixes.extend(
-            sorted_entries(&root.join("versions"), |_| true)
-                .into_iter()
-                .rev(),
-        );
+        prefixes.extend(sorted_entries(&root.join("versions"), |_| true).into_iter().rev());
     }
 
     let mut package_folders: Vec<PathBuf> = Vec::new();
@@ -212,11 +199,7 @@ fn candidate_folders() -> Vec<PathBuf> {
         }
     }
     package_folders.push(PathBuf::from("/usr/lib/python3/dist-packages"));
-    folders.extend(
-        package_folders
-            .into_iter()
-            .map(|p| p.join("onnxruntime/capi")),
-    );
+    folders.extend(package_folders.into_iter().map(|p| p.join("onnxruntime/capi")));
     folders
 }
 
@@ -261,10 +244,7 @@ fn library_in(folder: &Path) -> Option<PathBuf> {
 pub(crate) type DeclaredDim = Option<usize>;
 
 /// Checks a declared input shape against `[1, C, H, W]`; unknown dimensions pass.
-pub(crate) fn check_input_shape(
-    declared: &[DeclaredDim],
-    spec: &ModelSpec,
-) -> Result<(), ModelError> {
+pub(crate) fn check_input_shape(declared: &[DeclaredDim], spec: &ModelSpec) -> Result<(), ModelError> {
     let input = &spec.input;
     if declared.len() != 4 {
         return Err(ModelError::Contract(format!(
@@ -294,10 +274,7 @@ pub(crate) fn check_input_shape(
 
 /// Checks an output shape against `[1, M, K, H, W]`; unknown dimensions pass (the backends
 /// check the concrete shape too).
-pub(crate) fn check_output_shape(
-    declared: &[DeclaredDim],
-    spec: &ModelSpec,
-) -> Result<(), ModelError> {
+pub(crate) fn check_output_shape(declared: &[DeclaredDim], spec: &ModelSpec) -> Result<(), ModelError> {
     if declared.len() != 5 {
         return Err(ModelError::Contract(format!(
             "graph output `{OUTPUT_NAME}` has {} dimensions {}, the contract is [1, M, K, H, W]",
@@ -316,12 +293,7 @@ pub(crate) fn check_output_shape(
             "manifest input height is",
             "",
         ),
-        (
-            "logits of width",
-            input.width as usize,
-            "manifest input width is",
-            "",
-        ),
+        ("logits of width", input.width as usize, "manifest input width is", ""),
     ];
     for (dim, (prefix, expected, source, unit)) in declared.iter().zip(expectations) {
         if let Some(actual) = dim {
@@ -347,10 +319,7 @@ pub(crate) fn check_output_shape(
 }
 
 /// Checks the declared shape of `layer_logits` against `[1, L]`; unknown dimensions pass.
-pub(crate) fn check_layer_output_shape(
-    declared: &[DeclaredDim],
-    spec: &ModelSpec,
-) -> Result<(), ModelError> {
+pub(crate) fn check_layer_output_shape(declared: &[DeclaredDim], spec: &ModelSpec) -> Result<(), ModelError> {
     let classes = spec.layer_logits_len();
     let wrong = |what: String| {
         Err(ModelError::Contract(format!(
@@ -419,9 +388,7 @@ mod tests {
             .to_string();
         assert!(message.contains("channels 3, manifest says 1"), "{message}");
 
-        assert!(
-            check_output_shape(&[Some(1), Some(5), Some(6), Some(32), Some(64)], &spec).is_ok()
-        );
+        assert!(check_output_shape(&[Some(1), Some(5), Some(6), Some(32), Some(64)], &spec).is_ok());
         let message = check_output_shape(&[Some(1), Some(3), Some(6), Some(32), Some(64)], &spec)
             .unwrap_err()
             .to_string();
@@ -478,9 +445,6 @@ mod tests {
             Some(folder.path().join("libonnxruntime.so.1.17.1"))
         );
         touch("libonnxruntime.so");
-        assert_eq!(
-            library_in(folder.path()),
-            Some(folder.path().join("libonnxruntime.so"))
-        );
+        assert_eq!(library_in(folder.path()), Some(folder.path().join("libonnxruntime.so")));
     }
 }

@@ -16,8 +16,8 @@ use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, ValueType};
 
 use super::{
-    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend,
-    BackendInfo, DeclaredDim, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
+    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend, BackendInfo, DeclaredDim,
+    INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
 use crate::spec::ModelSpec;
@@ -40,9 +40,7 @@ static RUNTIME: Mutex<Option<Runtime>> = Mutex::new(None);
 /// built with, is an error. `ort` may panic on a library it cannot use; that is caught and turned
 /// into an error too.
 pub fn load_runtime(library: &Path) -> Result<(Environment, PathBuf), ModelError> {
-    let mut runtime = RUNTIME
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut runtime = RUNTIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     if let Some(loaded) = runtime.as_ref() {
         return Ok((loaded.environment.clone(), loaded.library.clone()));
     }
@@ -61,12 +59,7 @@ pub fn load_runtime(library: &Path) -> Result<(Environment, PathBuf), ModelError
     let environment = match attempt {
         Ok(Ok(environment)) => environment,
         Ok(Err(reason)) => return Err(load_error(reason)),
-        Err(panic) => {
-            return Err(load_error(format!(
-                "loading it panicked: {}",
-                panic_message(&panic)
-            )))
-        }
+        Err(panic) => return Err(load_error(format!("loading it panicked: {}", panic_message(&panic)))),
     };
     *runtime = Some(Runtime {
         environment: environment.clone(),
@@ -140,10 +133,7 @@ impl OrtBackend {
         if library_in_use != library {
             notes.insert(
                 0,
-                format!(
-                    "already loaded in this process; {} not used",
-                    library.display()
-                ),
+                format!("already loaded in this process; {} not used", library.display()),
             );
         }
         if !notes.is_empty() {
@@ -164,9 +154,7 @@ impl OrtBackend {
                 Ok(()) => {}
                 Err(error @ ModelError::Contract(_)) => return Err(error),
                 Err(error) if provider != "CPU" => {
-                    let attempt = catch_unwind(AssertUnwindSafe(|| {
-                        Self::cpu_session(&environment, graph, spec)
-                    }));
+                    let attempt = catch_unwind(AssertUnwindSafe(|| Self::cpu_session(&environment, graph, spec)));
                     let session = match attempt {
                         Ok(result) => result?,
                         Err(panic) => {
@@ -194,24 +182,12 @@ impl OrtBackend {
     }
 
     /// A session on the CPU execution provider alone, checked against the spec.
-    fn cpu_session(
-        environment: &Environment,
-        graph: &[u8],
-        spec: &ModelSpec,
-    ) -> Result<Session, ModelError> {
-        let (mut builder, _) = Self::builder(
-            environment,
-            graph,
-            Providers::CpuOnly,
-            None,
-            &mut Vec::new(),
-        )?;
-        let session = builder
-            .commit_from_memory(graph)
-            .map_err(|e| ModelError::Graph {
-                backend: BACKEND,
-                reason: e.to_string(),
-            })?;
+    fn cpu_session(environment: &Environment, graph: &[u8], spec: &ModelSpec) -> Result<Session, ModelError> {
+        let (mut builder, _) = Self::builder(environment, graph, Providers::CpuOnly, None, &mut Vec::new())?;
+        let session = builder.commit_from_memory(graph).map_err(|e| ModelError::Graph {
+            backend: BACKEND,
+            reason: e.to_string(),
+        })?;
         check_session(&session, spec)?;
         Ok(session)
     }
@@ -260,9 +236,7 @@ impl OrtBackend {
         engine_cache_dir: Option<&Path>,
         notes: &mut Vec<String>,
     ) -> Result<(SessionBuilder, &'static str), ModelError> {
-        let threads = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
+        let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let mut builder: SessionBuilder = Session::builder(environment)
             .and_then(|b| {
                 b.with_optimization_level(GraphOptimizationLevel::Level3)
@@ -284,10 +258,7 @@ impl OrtBackend {
                 .unwrap_or_else(|| std::env::temp_dir().join("bedsight-trt-cache"));
             let mut unavailable = Vec::new();
             if let Err(e) = std::fs::create_dir_all(&cache_dir) {
-                unavailable.push(format!(
-                    "TensorRT engine cache {}: {e}",
-                    cache_dir.display()
-                ));
+                unavailable.push(format!("TensorRT engine cache {}: {e}", cache_dir.display()));
             }
             let cache = cache_dir.to_string_lossy().into_owned();
             // INT8 only helps (and only works without a calibration table) on a QDQ graph.
@@ -301,10 +272,7 @@ impl OrtBackend {
                 .with_int8(quantized);
             match tensorrt.register(&mut builder) {
                 Ok(()) => provider = "TensorRT",
-                Err(e) => unavailable.push(format!(
-                    "TensorRT not available: {}",
-                    first_line(&e.to_string())
-                )),
+                Err(e) => unavailable.push(format!("TensorRT not available: {}", first_line(&e.to_string()))),
             }
             match ep::CUDA::default().register(&mut builder) {
                 Ok(()) => {
@@ -312,10 +280,7 @@ impl OrtBackend {
                         provider = "CUDA";
                     }
                 }
-                Err(e) => unavailable.push(format!(
-                    "CUDA not available: {}",
-                    first_line(&e.to_string())
-                )),
+                Err(e) => unavailable.push(format!("CUDA not available: {}", first_line(&e.to_string()))),
             }
             if !unavailable.is_empty() {
                 notes.push(unavailable.join("; "));
@@ -336,16 +301,11 @@ impl OrtBackend {
             input_spec.height as usize,
             input_spec.width as usize,
         );
-        let input = Tensor::<f32>::new(session.allocator(), [1usize, c, h, w])
-            .map_err(|e| graph_error("input tensor", e))?;
-        let mut output = Tensor::<f32>::new(
-            session.allocator(),
-            [1usize, spec.members, spec.classes.len(), h, w],
-        )
-        .map_err(|e| graph_error("output tensor", e))?;
-        let mut binding = session
-            .create_binding()
-            .map_err(|e| graph_error("I/O binding", e))?;
+        let input =
+            Tensor::<f32>::new(session.allocator(), [1usize, c, h, w]).map_err(|e| graph_error("input tensor", e))?;
+        let mut output = Tensor::<f32>::new(session.allocator(), [1usize, spec.members, spec.classes.len(), h, w])
+            .map_err(|e| graph_error("output tensor", e))?;
+        let mut binding = session.create_binding().map_err(|e| graph_error("I/O binding", e))?;
         binding
             .bind_output(OUTPUT_NAME, &mut output)
             .map_err(|e| graph_error("binding the output", e))?;
@@ -363,9 +323,7 @@ impl OrtBackend {
         let output_declared_open = session
             .outputs()
             .iter()
-            .filter(|o| {
-                o.name() == OUTPUT_NAME || (layer_len > 0 && o.name() == LAYER_OUTPUT_NAME)
-            })
+            .filter(|o| o.name() == OUTPUT_NAME || (layer_len > 0 && o.name() == LAYER_OUTPUT_NAME))
             .any(|o| {
                 o.dtype()
                     .tensor_shape()
@@ -400,20 +358,15 @@ impl OrtBackend {
         let logits = outputs
             .get(OUTPUT_NAME)
             .ok_or_else(|| ModelError::Contract(format!("graph returned no `{OUTPUT_NAME}`")))?;
-        let (shape, _) = logits
-            .try_extract_tensor::<f32>()
-            .map_err(inference_error)?;
+        let (shape, _) = logits.try_extract_tensor::<f32>().map_err(inference_error)?;
         let concrete: Vec<DeclaredDim> = shape.iter().map(|&d| Some(d.max(0) as usize)).collect();
         check_output_shape(&concrete, spec)?;
         if spec.layer_head.is_some() {
-            let layer_logits = outputs.get(LAYER_OUTPUT_NAME).ok_or_else(|| {
-                ModelError::Contract(format!("graph returned no `{LAYER_OUTPUT_NAME}`"))
-            })?;
-            let (shape, _) = layer_logits
-                .try_extract_tensor::<f32>()
-                .map_err(inference_error)?;
-            let concrete: Vec<DeclaredDim> =
-                shape.iter().map(|&d| Some(d.max(0) as usize)).collect();
+            let layer_logits = outputs
+                .get(LAYER_OUTPUT_NAME)
+                .ok_or_else(|| ModelError::Contract(format!("graph returned no `{LAYER_OUTPUT_NAME}`")))?;
+            let (shape, _) = layer_logits.try_extract_tensor::<f32>().map_err(inference_error)?;
+            let concrete: Vec<DeclaredDim> = shape.iter().map(|&d| Some(d.max(0) as usize)).collect();
             check_layer_output_shape(&concrete, spec)?;
         }
         Ok(())
@@ -501,14 +454,8 @@ fn check_session(session: &Session, spec: &ModelSpec) -> Result<(), ModelError> 
                 names(session.outputs())
             ))
         })?;
-    check_input_shape(
-        &float_tensor_dims(input.dtype(), "input", INPUT_NAME)?,
-        spec,
-    )?;
-    check_output_shape(
-        &float_tensor_dims(output.dtype(), "output", OUTPUT_NAME)?,
-        spec,
-    )?;
+    check_input_shape(&float_tensor_dims(input.dtype(), "input", INPUT_NAME)?, spec)?;
+    check_output_shape(&float_tensor_dims(output.dtype(), "output", OUTPUT_NAME)?, spec)?;
     if spec.layer_head.is_some() {
         let layer_output = session
             .outputs()
@@ -529,11 +476,7 @@ fn check_session(session: &Session, spec: &ModelSpec) -> Result<(), ModelError> 
     Ok(())
 }
 
-fn float_tensor_dims(
-    dtype: &ValueType,
-    what: &str,
-    name: &str,
-) -> Result<Vec<DeclaredDim>, ModelError> {
+fn float_tensor_dims(dtype: &ValueType, what: &str, name: &str) -> Result<Vec<DeclaredDim>, ModelError> {
     match dtype {
         ValueType::Tensor {
             ty: ort::value::TensorElementType::Float32,
@@ -550,9 +493,7 @@ fn float_tensor_dims(
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack
-        .windows(needle.len())
-        .any(|window| window == needle)
+    haystack.windows(needle.len()).any(|window| window == needle)
 }
 
 fn first_line(text: &str) -> &str {

@@ -7,8 +7,8 @@ use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{
-    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend,
-    BackendInfo, DeclaredDim, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
+    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend, BackendInfo, DeclaredDim,
+    INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
 use crate::spec::ModelSpec;
@@ -66,14 +66,11 @@ impl TractBackend {
                     .unwrap_or_else(|| model.node(o.node).name.clone())
             })
             .collect();
-        let output_index = output_names
-            .iter()
-            .position(|n| n == OUTPUT_NAME)
-            .ok_or_else(|| {
-                ModelError::Contract(format!(
-                    "graph has no output named `{OUTPUT_NAME}` (its outputs: {output_names:?})"
-                ))
-            })?;
+        let output_index = output_names.iter().position(|n| n == OUTPUT_NAME).ok_or_else(|| {
+            ModelError::Contract(format!(
+                "graph has no output named `{OUTPUT_NAME}` (its outputs: {output_names:?})"
+            ))
+        })?;
 
         let layer_output_index = if spec.layer_head.is_some() {
             Some(
@@ -112,20 +109,15 @@ impl TractBackend {
         model
             .set_input_fact(0, f32::fact(input_shape).into())
             .map_err(|e| graph_error("setting the input shape", e))?;
-        let model = model
-            .into_optimized()
-            .map_err(|e| graph_error("optimising", e))?;
-        let output_fact = model
-            .output_fact(output_index)
-            .map_err(|e| graph_error("output", e))?;
+        let model = model.into_optimized().map_err(|e| graph_error("optimising", e))?;
+        let output_fact = model.output_fact(output_index).map_err(|e| graph_error("output", e))?;
         if output_fact.datum_type != f32::datum_type() {
             return Err(ModelError::Contract(format!(
                 "graph output `{OUTPUT_NAME}` is {:?}, the contract is float32",
                 output_fact.datum_type
             )));
         }
-        let output_dims: Vec<DeclaredDim> =
-            output_fact.shape.iter().map(|d| d.as_usize()).collect();
+        let output_dims: Vec<DeclaredDim> = output_fact.shape.iter().map(|d| d.as_usize()).collect();
         check_output_shape(&output_dims, spec)?;
         if output_dims.iter().any(Option::is_none) {
             return Err(ModelError::Contract(format!(
@@ -134,9 +126,7 @@ impl TractBackend {
             )));
         }
         if let Some(index) = layer_output_index {
-            let fact = model
-                .output_fact(index)
-                .map_err(|e| graph_error("layer output", e))?;
+            let fact = model.output_fact(index).map_err(|e| graph_error("layer output", e))?;
             if fact.datum_type != f32::datum_type() {
                 return Err(ModelError::Contract(format!(
                     "graph output `{LAYER_OUTPUT_NAME}` is {:?}, the contract is float32",
@@ -146,9 +136,7 @@ impl TractBackend {
             let dims: Vec<DeclaredDim> = fact.shape.iter().map(|d| d.as_usize()).collect();
             check_layer_output_shape(&dims, spec)?;
         }
-        let plan = model
-            .into_runnable()
-            .map_err(|e| graph_error("planning", e))?;
+        let plan = model.into_runnable().map_err(|e| graph_error("planning", e))?;
         let state = plan.spawn().map_err(|e| graph_error("state", e))?;
         Ok(TractBackend {
             info: BackendInfo {
@@ -180,10 +168,7 @@ impl Backend for TractBackend {
         };
         // tract consumes its input, so this is one copy per layer.
         let tensor = Tensor::from_shape(&self.input_shape, input).map_err(inference_error)?;
-        let outputs = self
-            .state
-            .run(tvec!(tensor.into()))
-            .map_err(inference_error)?;
+        let outputs = self.state.run(tvec!(tensor.into())).map_err(inference_error)?;
         let view = outputs[self.output_index]
             .to_plain_array_view::<f32>()
             .map_err(inference_error)?;
@@ -195,25 +180,17 @@ impl Backend for TractBackend {
         }
         match view.as_slice() {
             Some(values) => logits.copy_from_slice(values),
-            None => logits
-                .iter_mut()
-                .zip(view.iter())
-                .for_each(|(l, v)| *l = *v),
+            None => logits.iter_mut().zip(view.iter()).for_each(|(l, v)| *l = *v),
         }
         if let Some(index) = self.layer_output_index {
-            let view = outputs[index]
-                .to_plain_array_view::<f32>()
-                .map_err(inference_error)?;
+            let view = outputs[index].to_plain_array_view::<f32>().map_err(inference_error)?;
             if view.len() != self.layer_logits.len() {
                 return Err(ModelError::Contract(format!(
                     "graph returned `{LAYER_OUTPUT_NAME}` of shape {:?}",
                     view.shape()
                 )));
             }
-            self.layer_logits
-                .iter_mut()
-                .zip(view.iter())
-                .for_each(|(l, v)| *l = *v);
+            self.layer_logits.iter_mut().zip(view.iter()).for_each(|(l, v)| *l = *v);
         }
         Ok(())
     }

@@ -62,18 +62,12 @@ pub fn spec_from_manifest(text: &str) -> ModelSpec {
         .iter()
         .map(|class| {
             let class = class.as_table().unwrap();
-            let colour = class
-                .get("colour")
-                .and_then(|c| c.as_str())
-                .unwrap_or("#000000");
+            let colour = class.get("colour").and_then(|c| c.as_str()).unwrap_or("#000000");
             let rgb = u32::from_str_radix(colour.trim_start_matches('#'), 16).unwrap_or(0);
             ClassInfo {
                 name: class["name"].as_str().unwrap().to_string(),
                 colour: [(rgb >> 16) as u8, (rgb >> 8) as u8, rgb as u8],
-                defect: class
-                    .get("defect")
-                    .and_then(|d| d.as_bool())
-                    .unwrap_or(false),
+                defect: class.get("defect").and_then(|d| d.as_bool()).unwrap_or(false),
             }
         })
         .collect();

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use hal::{Camera, ReplayCamera, Verdict};
 
-use appliance::record::layer_files::write_layer_files;
 use appliance::judge::pipeline::Pipeline;
+use appliance::record::layer_files::write_layer_files;
 use appliance::record::layer_report::{layer_json, layer_text};
 
 /// Analyses every image; returns how many could not be judged (unreadable or FAULT).
@@ -21,7 +21,10 @@ pub fn analyze(pipeline: &mut Pipeline, images: &[PathBuf], json: bool, out_dir:
                 failed += 1;
                 eprintln!("error: {error}");
                 if json {
-                    println!("{}", serde_json::json!({ "image": shown, "verdict": Verdict::Fault.as_str(), "fault": error.to_string() }));
+                    println!(
+                        "{}",
+                        serde_json::json!({ "image": shown, "verdict": Verdict::Fault.as_str(), "fault": error.to_string() })
+                    );
                 }
                 continue;
             }
@@ -37,8 +40,18 @@ pub fn analyze(pipeline: &mut Pipeline, images: &[PathBuf], json: bool, out_dir:
             println!("{}", layer_text(&shown, &outcome, pipeline));
         }
         if let (Some(dir), None) = (out_dir, &outcome.fault) {
-            let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "layer".into());
-            write_layer_files(dir, &stem, &pipeline.bed_image, &pipeline.fused, &pipeline.model.spec.classes, &outcome.defects)?;
+            let stem = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "layer".into());
+            write_layer_files(
+                dir,
+                &stem,
+                &pipeline.bed_image,
+                &pipeline.fused,
+                &pipeline.model.spec.classes,
+                &outcome.defects,
+            )?;
         }
     }
     Ok(failed)

@@ -28,10 +28,10 @@ use serde::Serialize;
 
 use appliance::config::Config;
 use appliance::judge::defect_map::Footprint;
+use appliance::judge::pipeline::Pipeline;
+use appliance::model::{spec_of, LoadedModel};
 use appliance::record::journal::{DefectRecord, Journal, LayerRecord};
 use appliance::record::layer_images::{ImageStore, JudgedLayer, LayerSnapshot, LayerVerdict};
-use appliance::model::{spec_of, LoadedModel};
-use appliance::judge::pipeline::Pipeline;
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
@@ -147,7 +147,11 @@ impl Spread {
         let mut sorted = times_ms.to_vec();
         sorted.sort_by(f64::total_cmp);
         let rank = |p: f64| sorted[((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1];
-        Spread { median_ms: rank(0.5), p95_ms: rank(0.95), runs: sorted.len() }
+        Spread {
+            median_ms: rank(0.5),
+            p95_ms: rank(0.95),
+            runs: sorted.len(),
+        }
     }
 }
 
@@ -247,26 +251,39 @@ struct BenchModel {
 impl BenchModel {
     fn load(path: Option<&Path>) -> Result<BenchModel> {
         let Some(path) = path else {
-            let image = ModelImage::from_bytes(appliance::model::EMBEDDED_IMAGE, appliance::model::EMBEDDED_IMAGE_NAME)?;
-            return Ok(Self::from_image(appliance::model::EMBEDDED_IMAGE_NAME.to_string(), &image));
+            let image =
+                ModelImage::from_bytes(appliance::model::EMBEDDED_IMAGE, appliance::model::EMBEDDED_IMAGE_NAME)?;
+            return Ok(Self::from_image(
+                appliance::model::EMBEDDED_IMAGE_NAME.to_string(),
+                &image,
+            ));
         };
         if path.is_dir() {
             let read_manifest = |folder: &Path| -> Result<Manifest> {
                 let file = folder.join("manifest.toml");
-                let text = std::fs::read_to_string(&file).with_context(|| format!("bench model {}: cannot read manifest.toml", folder.display()))?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("bench model {}: cannot read manifest.toml", folder.display()))?;
                 Ok(Manifest::parse(&text, &file.display().to_string())?)
             };
             let manifest = read_manifest(path)?;
-            let fp32 = std::fs::read(path.join("model.onnx")).with_context(|| format!("bench model {}: cannot read model.onnx", path.display()))?;
+            let fp32 = std::fs::read(path.join("model.onnx"))
+                .with_context(|| format!("bench model {}: cannot read model.onnx", path.display()))?;
             let int8 = std::fs::read(path.join("model.int8.onnx")).ok();
             let one = path.join("one-member");
             let one_member = if one.is_dir() {
-                let graph = std::fs::read(one.join("model.onnx")).with_context(|| format!("bench model {}: cannot read model.onnx", one.display()))?;
+                let graph = std::fs::read(one.join("model.onnx"))
+                    .with_context(|| format!("bench model {}: cannot read model.onnx", one.display()))?;
                 Some((read_manifest(&one)?, graph))
             } else {
                 None
             };
-            Ok(BenchModel { origin: path.display().to_string(), manifest, fp32, int8, one_member })
+            Ok(BenchModel {
+                origin: path.display().to_string(),
+                manifest,
+                fp32,
+                int8,
+                one_member,
+            })
         } else {
             let image = ModelImage::open(path)?;
             Ok(Self::from_image(path.display().to_string(), &image))
@@ -277,7 +294,13 @@ impl BenchModel {
         let fp32 = image.fp32_graph().to_vec();
         let default = image.default_graph();
         let int8 = (image.manifest.graphs.default != image.manifest.graphs.fp32).then(|| default.to_vec());
-        BenchModel { origin, manifest: image.manifest.clone(), fp32, int8, one_member: None }
+        BenchModel {
+            origin,
+            manifest: image.manifest.clone(),
+            fp32,
+            int8,
+            one_member: None,
+        }
     }
 
     fn graph(&self, precision: &str) -> Option<&[u8]> {
@@ -293,7 +316,11 @@ fn default_models() -> Vec<Option<PathBuf>> {
     let mut models = vec![None];
     let built = Path::new("out/bench-graphs");
     if let Ok(entries) = std::fs::read_dir(built) {
-        let mut folders: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.join("manifest.toml").is_file()).collect();
+        let mut folders: Vec<PathBuf> = entries
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.join("manifest.toml").is_file())
+            .collect();
         folders.sort();
         models.extend(folders.into_iter().map(Some));
     }
@@ -301,7 +328,11 @@ fn default_models() -> Vec<Option<PathBuf>> {
 }
 
 pub fn bench(options: &BenchOptions) -> Result<()> {
-    let sources: Vec<Option<PathBuf>> = if options.models.is_empty() { default_models() } else { options.models.iter().cloned().map(Some).collect() };
+    let sources: Vec<Option<PathBuf>> = if options.models.is_empty() {
+        default_models()
+    } else {
+        options.models.iter().cloned().map(Some).collect()
+    };
     if options.runs == 0 {
         bail!("--runs must be at least 1");
     }
@@ -314,7 +345,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         warmup: options.warmup,
         models: Vec::new(),
     };
-    println!("bedsight bench: {} ({} cores), {} runs after {} warm-up", report.cpu, report.cores, options.runs, options.warmup);
+    println!(
+        "bedsight bench: {} ({} cores), {} runs after {} warm-up",
+        report.cpu, report.cores, options.runs, options.warmup
+    );
     for source in &sources {
         let model = BenchModel::load(source.as_deref())?;
         if !options.sizes.is_empty() && !options.sizes.contains(&model.manifest.input.width) {
@@ -328,7 +362,8 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         bail!("no model matched --sizes {:?}", options.sizes);
     }
     let json = serde_json::to_string_pretty(&report)?;
-    std::fs::write(&options.json_out, json + "\n").with_context(|| format!("cannot write {}", options.json_out.display()))?;
+    std::fs::write(&options.json_out, json + "\n")
+        .with_context(|| format!("cannot write {}", options.json_out.display()))?;
     println!("\nwritten: {}", options.json_out.display());
     Ok(())
 }
@@ -336,7 +371,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport> {
     let manifest = &model.manifest;
     let spec = spec_of(manifest);
-    println!("\n== {} {} ({}x{}, {} members) from {}", manifest.name, manifest.version, spec.input.width, spec.input.height, spec.members, model.origin);
+    println!(
+        "\n== {} {} ({}x{}, {} members) from {}",
+        manifest.name, manifest.version, spec.input.width, spec.input.height, spec.members, model.origin
+    );
     let frames = sample_frames(spec.input.width, spec.input.height)?;
     let input = input_tensor(&frames[1], &spec)?;
 
@@ -344,7 +382,10 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
     let mut python_reference = Vec::new();
     let scratch = tempfile::tempdir()?;
     let input_file = scratch.path().join("input.f32");
-    std::fs::write(&input_file, input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>())?;
+    std::fs::write(
+        &input_file,
+        input.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>(),
+    )?;
     for precision in &options.precisions {
         let Some(graph) = model.graph(precision) else {
             println!("  (no {precision} graph)");
@@ -366,14 +407,20 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
                 // ONNX Runtime and its Python reference take turns, a few runs each, so that
                 // both meet the same load on a shared machine.
                 Some(python) => {
-                    let mut reference = PythonReference::start(python, &graph_file, &input_file, &spec, &info.execution_provider)?;
+                    let mut reference =
+                        PythonReference::start(python, &graph_file, &input_file, &spec, &info.execution_provider)?;
                     let (rust, python_times) = interleaved(backend.as_mut(), &mut reference, &input, &spec, options)?;
                     (rust, Some(python_times))
                 }
                 None => (time_inference(backend.as_mut(), &input, &spec, options)?, None),
             };
             print_row(&info.name, &info.execution_provider, precision, &rust);
-            inference.push(InferenceRow { runner: info.name.clone(), provider: info.execution_provider.clone(), precision: precision.clone(), spread: rust });
+            inference.push(InferenceRow {
+                runner: info.name.clone(),
+                provider: info.execution_provider.clone(),
+                precision: precision.clone(),
+                spread: rust,
+            });
             if let Some(reference) = reference {
                 print_row("python", &info.execution_provider, precision, &reference);
                 let ratio = rust.median_ms / reference.median_ms;
@@ -384,20 +431,38 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
                     ratio,
                     within_1_1x: ratio <= 1.1,
                 });
-                inference.push(InferenceRow { runner: "python-onnxruntime".into(), provider: info.execution_provider, precision: precision.clone(), spread: reference });
+                inference.push(InferenceRow {
+                    runner: "python-onnxruntime".into(),
+                    provider: info.execution_provider,
+                    precision: precision.clone(),
+                    spread: reference,
+                });
             }
         }
     }
 
     let first_backend = *options.backends.first().context("no backend chosen")?;
     let ensemble = match (&model.one_member, options.skip_ensemble) {
-        (Some((one_manifest, one_graph)), false) => Some(ensemble_ratio(model, one_manifest, one_graph, first_backend, &input, options)?),
+        (Some((one_manifest, one_graph)), false) => Some(ensemble_ratio(
+            model,
+            one_manifest,
+            one_graph,
+            first_backend,
+            &input,
+            options,
+        )?),
         _ => None,
     };
 
-    let stages = if options.skip_stages { None } else { Some(stage_times(model, &frames, first_backend, options, scratch.path())?) };
+    let stages = if options.skip_stages {
+        None
+    } else {
+        Some(stage_times(model, &frames, first_backend, options, scratch.path())?)
+    };
     // Without the stages, the bench's own footprint after the inference runs.
-    let resident_mib_after_warmup = stages.as_ref().map_or_else(resident_mib, |s| s.resident_mib_after_warmup);
+    let resident_mib_after_warmup = stages
+        .as_ref()
+        .map_or_else(resident_mib, |s| s.resident_mib_after_warmup);
     Ok(ModelReport {
         name: manifest.name.clone(),
         origin: model.origin.clone(),
@@ -414,7 +479,12 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
 }
 
 /// `runs` timed runs of `infer` after `warmup` untimed ones.
-fn time_inference(backend: &mut dyn models::Backend, input: &[f32], spec: &ModelSpec, options: &BenchOptions) -> Result<Spread> {
+fn time_inference(
+    backend: &mut dyn models::Backend,
+    input: &[f32],
+    spec: &ModelSpec,
+    options: &BenchOptions,
+) -> Result<Spread> {
     let mut logits = vec![0.0f32; spec.logits_len()];
     timed_runs(backend, input, &mut logits, options.warmup)?;
     Ok(Spread::of(&timed_runs(backend, input, &mut logits, options.runs)?))
@@ -436,7 +506,13 @@ const TURN_RUNS: usize = 5;
 
 /// `backend` and `reference` warmed up, then timed in turns of [`TURN_RUNS`] runs each until
 /// both have `runs`.
-fn interleaved(backend: &mut dyn models::Backend, reference: &mut PythonReference, input: &[f32], spec: &ModelSpec, options: &BenchOptions) -> Result<(Spread, Spread)> {
+fn interleaved(
+    backend: &mut dyn models::Backend,
+    reference: &mut PythonReference,
+    input: &[f32],
+    spec: &ModelSpec,
+    options: &BenchOptions,
+) -> Result<(Spread, Spread)> {
     let mut logits = vec![0.0f32; spec.logits_len()];
     timed_runs(backend, input, &mut logits, options.warmup)?;
     reference.run(options.warmup)?;
@@ -495,10 +571,20 @@ impl PythonReference {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
-            .with_context(|| format!("cannot start {} for the Python onnxruntime reference (--python, or --no-python)", python.display()))?;
+            .with_context(|| {
+                format!(
+                    "cannot start {} for the Python onnxruntime reference (--python, or --no-python)",
+                    python.display()
+                )
+            })?;
         let commands = child.stdin.take().context("python's stdin")?;
         let replies = std::io::BufReader::new(child.stdout.take().context("python's stdout")?);
-        Ok(PythonReference { python: python.to_path_buf(), child, commands, replies })
+        Ok(PythonReference {
+            python: python.to_path_buf(),
+            child,
+            commands,
+            replies,
+        })
     }
 
     /// Milliseconds of each of `runs` runs.
@@ -509,15 +595,25 @@ impl PythonReference {
             times_ms: Vec<f64>,
         }
         let mut line = String::new();
-        let answered = writeln!(self.commands, "{runs}").is_ok() && self.replies.read_line(&mut line).is_ok_and(|n| n > 0);
+        let answered =
+            writeln!(self.commands, "{runs}").is_ok() && self.replies.read_line(&mut line).is_ok_and(|n| n > 0);
         if !answered {
             let mut stderr = String::new();
             if let Some(mut pipe) = self.child.stderr.take() {
                 let _ = pipe.read_to_string(&mut stderr);
             }
-            bail!("{} (Python onnxruntime reference) stopped: {}", self.python.display(), stderr.trim());
+            bail!(
+                "{} (Python onnxruntime reference) stopped: {}",
+                self.python.display(),
+                stderr.trim()
+            );
         }
-        let reply: Reply = serde_json::from_str(&line).with_context(|| format!("{}: unexpected reply from the reference script: {line}", self.python.display()))?;
+        let reply: Reply = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{}: unexpected reply from the reference script: {line}",
+                self.python.display()
+            )
+        })?;
         Ok(reply.times_ms)
     }
 }
@@ -530,10 +626,20 @@ impl Drop for PythonReference {
 }
 
 fn print_row(runner: &str, provider: &str, precision: &str, spread: &Spread) {
-    println!("  {runner:<8} {provider:<9} {precision:<5} median {:>9.2} ms  p95 {:>9.2} ms", spread.median_ms, spread.p95_ms);
+    println!(
+        "  {runner:<8} {provider:<9} {precision:<5} median {:>9.2} ms  p95 {:>9.2} ms",
+        spread.median_ms, spread.p95_ms
+    );
 }
 
-fn ensemble_ratio(model: &BenchModel, one_manifest: &Manifest, one_graph: &[u8], choice: BackendChoice, input: &[f32], options: &BenchOptions) -> Result<EnsembleReport> {
+fn ensemble_ratio(
+    model: &BenchModel,
+    one_manifest: &Manifest,
+    one_graph: &[u8],
+    choice: BackendChoice,
+    input: &[f32],
+    options: &BenchOptions,
+) -> Result<EnsembleReport> {
     let spec = spec_of(&model.manifest);
     let one_spec = spec_of(one_manifest);
     let mut ensemble = models::load_backend(choice, &model.fp32, &spec, None)?;
@@ -543,12 +649,24 @@ fn ensemble_ratio(model: &BenchModel, one_manifest: &Manifest, one_graph: &[u8],
     let one_ms = time_inference(one.as_mut(), input, &one_spec, options)?.median_ms;
     let ratio = ensemble_ms / one_ms;
     println!("  ensemble ({runner} fp32): {} members {ensemble_ms:.2} ms vs one member {one_ms:.2} ms: {ratio:.2}x (seed 000: 5 under 2x)", spec.members);
-    Ok(EnsembleReport { runner, members: spec.members, ensemble_median_ms: ensemble_ms, one_member_median_ms: one_ms, ratio })
+    Ok(EnsembleReport {
+        runner,
+        members: spec.members,
+        ensemble_median_ms: ensemble_ms,
+        one_member_median_ms: one_ms,
+        ratio,
+    })
 }
 
 /// Every stage of a layer, the way `bedsight run` does it: a replay camera reading PNG files,
 /// the pipeline, and a journal record appended (and fsynced) per layer.
-fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, options: &BenchOptions, scratch: &Path) -> Result<StageReport> {
+fn stage_times(
+    model: &BenchModel,
+    frames: &[GrayImage],
+    choice: BackendChoice,
+    options: &BenchOptions,
+    scratch: &Path,
+) -> Result<StageReport> {
     let replay_folder = scratch.join("replay");
     std::fs::create_dir_all(&replay_folder)?;
     for (index, frame) in frames.iter().enumerate() {
@@ -570,7 +688,19 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
 
     // capture: the replay camera decoding a PNG; snapshot: the copy handed to the image
     // recorder; record: the journal record appended and fsynced.
-    const STAGES: [&str; 11] = ["capture", "check", "rectify", "preprocess", "infer", "fuse", "refine", "measure", "decide", "snapshot", "record"];
+    const STAGES: [&str; 11] = [
+        "capture",
+        "check",
+        "rectify",
+        "preprocess",
+        "infer",
+        "fuse",
+        "refine",
+        "measure",
+        "decide",
+        "snapshot",
+        "record",
+    ];
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
     let mut image_writes = Vec::new();
     let mut resident_mib_after_warmup = 0.0;
@@ -621,7 +751,12 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
         // The image recorder's own work, on its thread at nice 10 in `bedsight run`: not part
         // of the layer, timed apart.
         let started = Instant::now();
-        let verdict = LayerVerdict { seq: layer as u64, index: layer as u64, layer: layer as u32, verdict: record.verdict.clone() };
+        let verdict = LayerVerdict {
+            seq: layer as u64,
+            index: layer as u64,
+            layer: layer as u32,
+            verdict: record.verdict.clone(),
+        };
         images.write(&snapshot, &verdict)?;
         images.enforce_limit();
         let images_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -633,7 +768,19 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
             continue; // the warm-up pass over the sample build
         }
         let t = &outcome.timing;
-        let laps = [capture_ms, t.check_ms, t.rectify_ms, t.preprocess_ms, t.infer_ms, t.fuse_ms, t.refine_ms, t.measure_ms, t.decide_ms, snapshot_ms, record_ms];
+        let laps = [
+            capture_ms,
+            t.check_ms,
+            t.rectify_ms,
+            t.preprocess_ms,
+            t.infer_ms,
+            t.fuse_ms,
+            t.refine_ms,
+            t.measure_ms,
+            t.decide_ms,
+            snapshot_ms,
+            record_ms,
+        ];
         for (slot, value) in times.iter_mut().zip(laps) {
             slot.push(value);
         }
@@ -641,7 +788,15 @@ fn stage_times(model: &BenchModel, frames: &[GrayImage], choice: BackendChoice, 
     }
     let spreads: Vec<Spread> = times.iter().map(|t| Spread::of(t)).collect();
     let layer_ms: f64 = spreads.iter().map(|s| s.median_ms).sum();
-    let stages: Vec<StageRow> = STAGES.iter().zip(&spreads).map(|(&stage, &spread)| StageRow { stage, spread, share: spread.median_ms / layer_ms }).collect();
+    let stages: Vec<StageRow> = STAGES
+        .iter()
+        .zip(&spreads)
+        .map(|(&stage, &spread)| StageRow {
+            stage,
+            spread,
+            share: spread.median_ms / layer_ms,
+        })
+        .collect();
     let infer_share = stages.iter().find(|s| s.stage == "infer").map_or(0.0, |s| s.share);
     Ok(StageReport {
         runner,
@@ -659,8 +814,14 @@ fn sample_frames(width: u32, height: u32) -> Result<Vec<GrayImage>> {
     crate::demo::sample_layers()
         .iter()
         .map(|(name, bytes)| {
-            let image = image::load_from_memory(bytes).with_context(|| format!("sample layer {name}"))?.to_luma8();
-            Ok(if image.dimensions() == (width, height) { image } else { image::imageops::resize(&image, width, height, image::imageops::FilterType::Triangle) })
+            let image = image::load_from_memory(bytes)
+                .with_context(|| format!("sample layer {name}"))?
+                .to_luma8();
+            Ok(if image.dimensions() == (width, height) {
+                image
+            } else {
+                image::imageops::resize(&image, width, height, image::imageops::FilterType::Triangle)
+            })
         })
         .collect()
 }
@@ -688,7 +849,10 @@ fn resident_mib() -> f64 {
 
 fn cpu_name() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    info.lines().find_map(|line| line.strip_prefix("model name")).and_then(|rest| rest.split(':').nth(1)).map_or("unknown CPU".to_string(), |name| name.trim().to_string())
+    info.lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split(':').nth(1))
+        .map_or("unknown CPU".to_string(), |name| name.trim().to_string())
 }
 
 fn print_model(report: &ModelReport) {
@@ -707,19 +871,44 @@ fn print_model(report: &ModelReport) {
         }
     }
     if let Some(stages) = &report.stages {
-        let _ = writeln!(out, "  stages of a layer ({}, {} graph), median over {} layers:", stages.runner, stages.graph, stages.stages[0].spread.runs);
-        let _ = writeln!(out, "    {:<11} {:>10} {:>10} {:>7}", "stage", "median ms", "p95 ms", "share");
+        let _ = writeln!(
+            out,
+            "  stages of a layer ({}, {} graph), median over {} layers:",
+            stages.runner, stages.graph, stages.stages[0].spread.runs
+        );
+        let _ = writeln!(
+            out,
+            "    {:<11} {:>10} {:>10} {:>7}",
+            "stage", "median ms", "p95 ms", "share"
+        );
         for row in &stages.stages {
-            let _ = writeln!(out, "    {:<11} {:>10.3} {:>10.3} {:>6.1}%", row.stage, row.spread.median_ms, row.spread.p95_ms, row.share * 100.0);
+            let _ = writeln!(
+                out,
+                "    {:<11} {:>10.3} {:>10.3} {:>6.1}%",
+                row.stage,
+                row.spread.median_ms,
+                row.spread.p95_ms,
+                row.share * 100.0
+            );
         }
-        let _ = writeln!(out, "    {:<11} {:>10.3}   around the model: {:.1}% of the layer", "layer", stages.layer_median_ms, stages.around_model_share * 100.0);
+        let _ = writeln!(
+            out,
+            "    {:<11} {:>10.3}   around the model: {:.1}% of the layer",
+            "layer",
+            stages.layer_median_ms,
+            stages.around_model_share * 100.0
+        );
         let _ = writeln!(
             out,
             "    image recorder (own thread, nice 10): median {:.3} ms, p95 {:.3} ms per layer",
             stages.image_recorder.median_ms, stages.image_recorder.p95_ms
         );
     }
-    let _ = writeln!(out, "  resident memory after warm-up (pipeline and model loaded): {:.0} MiB", report.resident_mib_after_warmup);
+    let _ = writeln!(
+        out,
+        "  resident memory after warm-up (pipeline and model loaded): {:.0} MiB",
+        report.resident_mib_after_warmup
+    );
 }
 
 #[cfg(test)]

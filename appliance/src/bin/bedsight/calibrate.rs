@@ -19,15 +19,27 @@ const GRID_STEP_PX: u32 = 100;
 /// `<stem>.grid.png`) and returns the paths written.
 pub fn calibrate(config_path: &Path, frame_path: &Path, out_stem: &Path) -> Result<Vec<PathBuf>> {
     let config = Config::load(config_path)?;
-    let frame = image::open(frame_path).with_context(|| format!("frame {}: not a readable image", frame_path.display()))?.to_luma8();
-    println!("frame {}: {}x{} px", frame_path.display(), frame.width(), frame.height());
+    let frame = image::open(frame_path)
+        .with_context(|| format!("frame {}: not a readable image", frame_path.display()))?
+        .to_luma8();
+    println!(
+        "frame {}: {}x{} px",
+        frame_path.display(),
+        frame.width(),
+        frame.height()
+    );
     let with_suffix = |suffix: &str| PathBuf::from(format!("{}.{suffix}.png", out_stem.display()));
 
     let Some(corners) = config.bed.corners_px else {
         let grid_path = with_suffix("grid");
-        grid(&frame).save(&grid_path).with_context(|| format!("cannot write {}", grid_path.display()))?;
+        grid(&frame)
+            .save(&grid_path)
+            .with_context(|| format!("cannot write {}", grid_path.display()))?;
         println!("configuration {}: bed.corners_px is not set.", config_path.display());
-        println!("Open {} (grid lines every {GRID_STEP_PX} px), read the bed's corners", grid_path.display());
+        println!(
+            "Open {} (grid lines every {GRID_STEP_PX} px), read the bed's corners",
+            grid_path.display()
+        );
         println!("(top-left, top-right, bottom-right, bottom-left, recoater travelling left to right) and set");
         println!("  corners_px = [[x, y], [x, y], [x, y], [x, y]]");
         println!("in the [bed] table, then run calibrate again to check the rectified bed.");
@@ -36,25 +48,47 @@ pub fn calibrate(config_path: &Path, frame_path: &Path, out_stem: &Path) -> Resu
 
     let (bed_w, bed_h) = (config.bed.width_mm, config.bed.height_mm);
     let scale = CHECK_LONG_SIDE_PX as f64 / bed_w.max(bed_h);
-    let (out_w, out_h) = (((bed_w * scale).round() as u32).max(2), ((bed_h * scale).round() as u32).max(2));
+    let (out_w, out_h) = (
+        ((bed_w * scale).round() as u32).max(2),
+        ((bed_h * scale).round() as u32).max(2),
+    );
     let rectifier = models::Rectifier::new(corners, out_w, out_h)
         .map_err(|e| anyhow::anyhow!("configuration {}: bed.corners_px: {e}", config_path.display()))?;
 
     let h = rectifier.homography();
-    println!("homography, camera px -> rectified px ({out_w}x{out_h}, {:.4} mm per px):", bed_w / out_w as f64);
+    println!(
+        "homography, camera px -> rectified px ({out_w}x{out_h}, {:.4} mm per px):",
+        bed_w / out_w as f64
+    );
     for row in h.chunks(3) {
         println!("  [{:>14.6e} {:>14.6e} {:>14.6e}]", row[0], row[1], row[2]);
     }
-    for (name, [x, y]) in ["top-left", "top-right", "bottom-right", "bottom-left"].iter().zip(corners) {
+    for (name, [x, y]) in ["top-left", "top-right", "bottom-right", "bottom-left"]
+        .iter()
+        .zip(corners)
+    {
         let (bx, by) = rectifier.camera_to_bed(x, y);
-        println!("  {name:<12} camera ({x:>7.1}, {y:>7.1}) -> bed ({:>7.2}, {:>7.2}) mm", bx as f64 / scale, by as f64 / scale);
+        println!(
+            "  {name:<12} camera ({x:>7.1}, {y:>7.1}) -> bed ({:>7.2}, {:>7.2}) mm",
+            bx as f64 / scale,
+            by as f64 / scale
+        );
     }
 
     let rectified_path = with_suffix("rectified");
-    rectifier.rectify(&frame).save(&rectified_path).with_context(|| format!("cannot write {}", rectified_path.display()))?;
+    rectifier
+        .rectify(&frame)
+        .save(&rectified_path)
+        .with_context(|| format!("cannot write {}", rectified_path.display()))?;
     let corners_path = with_suffix("corners");
-    outline(&frame, corners).save(&corners_path).with_context(|| format!("cannot write {}", corners_path.display()))?;
-    println!("wrote {} (the bed as the model will see it) and {} (the corners on the frame)", rectified_path.display(), corners_path.display());
+    outline(&frame, corners)
+        .save(&corners_path)
+        .with_context(|| format!("cannot write {}", corners_path.display()))?;
+    println!(
+        "wrote {} (the bed as the model will see it) and {} (the corners on the frame)",
+        rectified_path.display(),
+        corners_path.display()
+    );
     Ok(vec![rectified_path, corners_path])
 }
 
@@ -63,11 +97,19 @@ fn grid(frame: &image::GrayImage) -> RgbImage {
     let mut picture = image::DynamicImage::ImageLuma8(frame.clone()).to_rgb8();
     let (w, h) = (frame.width() as f32, frame.height() as f32);
     for x in (0..frame.width()).step_by(GRID_STEP_PX as usize) {
-        let colour = if x % 500 == 0 { Rgb([255, 64, 64]) } else { Rgb([64, 200, 255]) };
+        let colour = if x % 500 == 0 {
+            Rgb([255, 64, 64])
+        } else {
+            Rgb([64, 200, 255])
+        };
         draw_line_segment_mut(&mut picture, (x as f32, 0.0), (x as f32, h - 1.0), colour);
     }
     for y in (0..frame.height()).step_by(GRID_STEP_PX as usize) {
-        let colour = if y % 500 == 0 { Rgb([255, 64, 64]) } else { Rgb([64, 200, 255]) };
+        let colour = if y % 500 == 0 {
+            Rgb([255, 64, 64])
+        } else {
+            Rgb([64, 200, 255])
+        };
         draw_line_segment_mut(&mut picture, (0.0, y as f32), (w - 1.0, y as f32), colour);
     }
     picture
@@ -94,7 +136,9 @@ mod tests {
         // A 200x100 mm bed seen as a quadrilateral in a 400x300 frame: bright inside, dark outside.
         let corners = [[50.0f32, 40.0], [350.0, 60.0], [330.0, 250.0], [70.0, 230.0]];
         let frame = image::GrayImage::from_fn(400, 300, |x, y| {
-            let inside = models::Rectifier::new(corners, 200, 100).unwrap().camera_to_bed(x as f32, y as f32);
+            let inside = models::Rectifier::new(corners, 200, 100)
+                .unwrap()
+                .camera_to_bed(x as f32, y as f32);
             let lit = (0.0..=199.0).contains(&inside.0) && (0.0..=99.0).contains(&inside.1);
             image::Luma([if lit { 200 } else { 20 }])
         });
@@ -106,7 +150,10 @@ mod tests {
         let rectified = image::open(&written[0]).unwrap().into_luma8();
         assert_eq!(rectified.dimensions(), (1024, 512));
         // The whole rectified image is the bright bed (edges blend over a few upscaled pixels).
-        let dark = rectified.enumerate_pixels().filter(|(x, y, p)| *x > 5 && *y > 5 && *x < 1018 && *y < 506 && p.0[0] < 150).count();
+        let dark = rectified
+            .enumerate_pixels()
+            .filter(|(x, y, p)| *x > 5 && *y > 5 && *x < 1018 && *y < 506 && p.0[0] < 150)
+            .count();
         assert_eq!(dark, 0);
     }
 
@@ -114,7 +161,9 @@ mod tests {
     fn without_corners_it_writes_a_grid_to_read_them_from() {
         let dir = tempfile::tempdir().unwrap();
         let frame_path = dir.path().join("frame.png");
-        image::GrayImage::from_pixel(250, 120, image::Luma([90])).save(&frame_path).unwrap();
+        image::GrayImage::from_pixel(250, 120, image::Luma([90]))
+            .save(&frame_path)
+            .unwrap();
         let config_path = dir.path().join("box.toml");
         std::fs::write(&config_path, "[bed]\nwidth_mm = 250\nheight_mm = 250\n").unwrap();
         let written = calibrate(&config_path, &frame_path, &dir.path().join("check")).unwrap();

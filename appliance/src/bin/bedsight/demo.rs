@@ -10,8 +10,8 @@ use hal::{Camera, Outputs, ReplayCamera, SimulatedPlc, Verdict, VerdictMessage};
 use include_dir::{include_dir, Dir};
 
 use appliance::judge::decide::RecoatBudget;
-use appliance::record::layer_files::write_layer_files;
 use appliance::judge::pipeline::Pipeline;
+use appliance::record::layer_files::write_layer_files;
 use appliance::record::layer_report::{defect_summary, layer_json};
 
 /// The sample build made by the training tool's generator (`quantize/scripts/build-default-model.sh`).
@@ -44,9 +44,17 @@ pub fn sample_layers() -> Vec<(&'static str, &'static [u8])> {
 
 /// Runs the demo; returns the verdict of every layer.
 pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<Verdict>> {
-    std::fs::create_dir_all(out_dir).with_context(|| format!("demo output folder {}: cannot create it", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir)
+        .with_context(|| format!("demo output folder {}: cannot create it", out_dir.display()))?;
     let layers = if real { real_sample_layers() } else { sample_layers() };
-    let mut camera = ReplayCamera::from_memory(if real { "the embedded real sample build" } else { "the embedded sample build" }, &layers);
+    let mut camera = ReplayCamera::from_memory(
+        if real {
+            "the embedded real sample build"
+        } else {
+            "the embedded sample build"
+        },
+        &layers,
+    );
     let mut plc = SimulatedPlc::default();
     let mut budget = RecoatBudget::default();
     let mut records = Vec::new();
@@ -79,9 +87,17 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             None => defect_summary(&outcome, &pipeline.model.class_names),
         };
         if let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) {
-            detail.push_str(&format!("; layer {} {:.0}%", call.label(head), call.confidence() * 100.0));
+            detail.push_str(&format!(
+                "; layer {} {:.0}%",
+                call.label(head),
+                call.confidence() * 100.0
+            ));
         }
-        println!("layer {layer:>4}  {:<7} {detail:<60} u {uncertainty_score:.3}  {:>6.0} ms", verdict.as_str(), outcome.timing.total_ms);
+        println!(
+            "layer {layer:>4}  {:<7} {detail:<60} u {uncertainty_score:.3}  {:>6.0} ms",
+            verdict.as_str(),
+            outcome.timing.total_ms
+        );
         plc.publish(&VerdictMessage {
             layer,
             verdict,
@@ -90,11 +106,23 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             largest_defect_area_mm2: outcome.totals.largest_area_mm2,
             class_areas_mm2: outcome.totals.class_areas_mm2,
             uncertainty_score,
-            reason_code: outcome.decision.as_ref().and_then(|d| d.reason.as_ref()).map(|r| r.code()).unwrap_or(0),
+            reason_code: outcome
+                .decision
+                .as_ref()
+                .and_then(|d| d.reason.as_ref())
+                .map(|r| r.code())
+                .unwrap_or(0),
         })?;
         if outcome.fault.is_none() {
             let stem = format!("layer-{layer:04}");
-            write_layer_files(out_dir, &stem, &pipeline.bed_image, &pipeline.fused, &pipeline.model.spec.classes, &outcome.defects)?;
+            write_layer_files(
+                out_dir,
+                &stem,
+                &pipeline.bed_image,
+                &pipeline.fused,
+                &pipeline.model.spec.classes,
+                &outcome.defects,
+            )?;
         }
         let mut record = layer_json(name, &outcome, pipeline);
         record["layer"] = layer.into();
@@ -104,8 +132,15 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
     }
 
     let summary_path = out_dir.join("summary.json");
-    let counts: serde_json::Map<String, serde_json::Value> =
-        Verdict::ALL.iter().map(|v| (v.as_str().to_string(), verdicts.iter().filter(|x| *x == v).count().into())).collect();
+    let counts: serde_json::Map<String, serde_json::Value> = Verdict::ALL
+        .iter()
+        .map(|v| {
+            (
+                v.as_str().to_string(),
+                verdicts.iter().filter(|x| *x == v).count().into(),
+            )
+        })
+        .collect();
     let summary = serde_json::json!({
         "model": { "name": pipeline.model.name, "version": pipeline.model.version },
         "backend": pipeline.model.backend_label(),
@@ -113,9 +148,11 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
         "plc_heard": plc.heard,
         "layers": records,
     });
-    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?).with_context(|| format!("cannot write {}", summary_path.display()))?;
+    std::fs::write(&summary_path, serde_json::to_string_pretty(&summary)?)
+        .with_context(|| format!("cannot write {}", summary_path.display()))?;
     let plc_log = out_dir.join("plc.log");
-    std::fs::write(&plc_log, plc.heard.join("\n") + "\n").with_context(|| format!("cannot write {}", plc_log.display()))?;
+    std::fs::write(&plc_log, plc.heard.join("\n") + "\n")
+        .with_context(|| format!("cannot write {}", plc_log.display()))?;
     let tally: Vec<String> = Verdict::ALL
         .iter()
         .filter_map(|v| {
@@ -124,6 +161,9 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
         })
         .collect();
     println!("{} layers: {}", verdicts.len(), tally.join(", "));
-    println!("overlays, masks, uncertainty maps, summary.json and plc.log are in {}", out_dir.display());
+    println!(
+        "overlays, masks, uncertainty maps, summary.json and plc.log are in {}",
+        out_dir.display()
+    );
     Ok(verdicts)
 }

@@ -21,7 +21,11 @@ use appliance::service::{self, DEFAULT_STATE_DIR};
 use bench::BenchArgs;
 
 #[derive(Parser)]
-#[command(name = "bedsight", version, about = "Powder-bed inspection for metal LPBF printers: one verdict per layer")]
+#[command(
+    name = "bedsight",
+    version,
+    about = "Powder-bed inspection for metal LPBF printers: one verdict per layer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -217,12 +221,28 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Analyze { model, config, backend, fp32, json, out, images } => {
+        Command::Analyze {
+            model,
+            config,
+            backend,
+            fp32,
+            json,
+            out,
+            images,
+        } => {
             let mut pipeline = Pipeline::load(config.as_deref(), model.as_deref(), backend.as_deref(), fp32)?;
             let failed = analyze::analyze(&mut pipeline, &images, json, out.as_deref())?;
-            Ok(if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
-        Command::Run { config, backend, state_dir } => {
+        Command::Run {
+            config,
+            backend,
+            state_dir,
+        } => {
             service::run(&config, backend.as_deref(), &state_dir)?;
             Ok(ExitCode::SUCCESS)
         }
@@ -242,7 +262,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Image(command) => {
             match command {
-                ImageCommand::Pack { onnx, int8, manifest, selftest_input, selftest_mask, key, out } => model_image::pack(&model_image::PackArgs {
+                ImageCommand::Pack {
+                    onnx,
+                    int8,
+                    manifest,
+                    selftest_input,
+                    selftest_mask,
+                    key,
+                    out,
+                } => model_image::pack(&model_image::PackArgs {
                     onnx: &onnx,
                     int8: int8.as_deref(),
                     manifest: &manifest,
@@ -254,7 +282,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ImageCommand::Verify { image, trusted_keys } => model_image::verify(&image, trusted_keys.as_deref())?,
                 ImageCommand::Info { image, trusted_keys } => model_image::info(&image, trusted_keys.as_deref())?,
                 ImageCommand::Keygen { stem } => model_image::keygen(&stem)?,
-                ImageCommand::Install { image, state_dir, trusted_keys, config, backend, fp32 } => model_image::install(&model_image::InstallArgs {
+                ImageCommand::Install {
+                    image,
+                    state_dir,
+                    trusted_keys,
+                    config,
+                    backend,
+                    fp32,
+                } => model_image::install(&model_image::InstallArgs {
                     image: &image,
                     state_dir: &state_dir,
                     trusted_keys: trusted_keys.as_deref(),
@@ -267,7 +302,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Report { config, journal, images, out, state_dir } => {
+        Command::Report {
+            config,
+            journal,
+            images,
+            out,
+            state_dir,
+        } => {
             report::write(config.as_deref(), journal, images, out, &state_dir)?;
             Ok(ExitCode::SUCCESS)
         }

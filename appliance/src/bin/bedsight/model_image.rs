@@ -22,7 +22,8 @@ pub struct PackArgs<'a> {
 /// Packs a model image, then opens it again and loads every graph in it, so that an image
 /// whose manifest disagrees with its graphs is never written.
 pub fn pack(args: &PackArgs) -> Result<()> {
-    let text = std::fs::read_to_string(args.manifest).with_context(|| format!("manifest {}: cannot read it", args.manifest.display()))?;
+    let text = std::fs::read_to_string(args.manifest)
+        .with_context(|| format!("manifest {}: cannot read it", args.manifest.display()))?;
     let manifest = Manifest::parse(&text, &args.manifest.display().to_string())?;
     let signing_key = args.key.map(images::load_signing_key).transpose()?;
     let selftest = match (args.selftest_input, args.selftest_mask) {
@@ -30,14 +31,21 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         (None, None) => None,
         _ => anyhow::bail!("--selftest-input and --selftest-mask go together"),
     };
-    let input = PackInput { manifest, fp32_graph: args.onnx, int8_graph: args.int8, selftest, signing_key: signing_key.as_ref() };
+    let input = PackInput {
+        manifest,
+        fp32_graph: args.onnx,
+        int8_graph: args.int8,
+        selftest,
+        signing_key: signing_key.as_ref(),
+    };
     let staging = args.out.with_extension("bsimg.staging");
     images::pack(&input, &staging)?;
     if let Err(error) = check_graphs(&staging) {
         std::fs::remove_file(&staging).ok();
         return Err(error.context(format!("not packing {}", args.out.display())));
     }
-    std::fs::rename(&staging, args.out).with_context(|| format!("cannot move the packed image to {}", args.out.display()))?;
+    std::fs::rename(&staging, args.out)
+        .with_context(|| format!("cannot move the packed image to {}", args.out.display()))?;
     println!("packed {}", args.out.display());
     Ok(())
 }
@@ -60,11 +68,18 @@ pub fn verify(path: &Path, trusted_keys: Option<&Path>) -> Result<()> {
             let signer = image.check_signature(&keys)?;
             println!("{}: signed by {}", path.display(), signer.owner);
         }
-        None if image.signature.is_some() => println!("{}: signed (signature not checked: no --trusted-keys given)", path.display()),
+        None if image.signature.is_some() => println!(
+            "{}: signed (signature not checked: no --trusted-keys given)",
+            path.display()
+        ),
         None => println!("{}: not signed", path.display()),
     }
     check_graphs(path)?;
-    println!("{}: ok: {} files match their sha256, graphs agree with the manifest", path.display(), image.manifest.files.len());
+    println!(
+        "{}: ok: {} files match their sha256, graphs agree with the manifest",
+        path.display(),
+        image.manifest.files.len()
+    );
     Ok(())
 }
 
@@ -79,14 +94,29 @@ pub fn info(path: &Path, trusted_keys: Option<&Path>) -> Result<()> {
         println!("description   {}", m.description);
     }
     println!("format        {}", m.format_version);
-    println!("input         {}x{} px, {} channel(s), mean {:?}, std {:?}", m.input.width, m.input.height, m.input.channels, m.input.mean, m.input.std);
-    println!("ensemble      {} members, temperatures {:?}", m.ensemble.members, m.ensemble.temperatures);
+    println!(
+        "input         {}x{} px, {} channel(s), mean {:?}, std {:?}",
+        m.input.width, m.input.height, m.input.channels, m.input.mean, m.input.std
+    );
+    println!(
+        "ensemble      {} members, temperatures {:?}",
+        m.ensemble.members, m.ensemble.temperatures
+    );
     println!("classes");
     for (index, class) in m.classes.iter().enumerate() {
-        println!("  {index}  {:<18} {}  {}", class.name, class.colour, if class.defect { "defect" } else { "not a defect" });
+        println!(
+            "  {index}  {:<18} {}  {}",
+            class.name,
+            class.colour,
+            if class.defect { "defect" } else { "not a defect" }
+        );
     }
     match &m.layer_head {
-        Some(head) => println!("layer head    {} (multi-label), temperature {}", head.classes.join(", "), head.temperature),
+        Some(head) => println!(
+            "layer head    {} (multi-label), temperature {}",
+            head.classes.join(", "),
+            head.temperature
+        ),
         None => println!("layer head    none"),
     }
     println!("graphs        default {}, fp32 {}", m.graphs.default, m.graphs.fp32);
@@ -119,7 +149,10 @@ pub fn info(path: &Path, trusted_keys: Option<&Path>) -> Result<()> {
 pub fn keygen(stem: &Path) -> Result<()> {
     let (secret, public) = images::keygen(stem)?;
     println!("private key {} (keep it off the boxes)", secret.display());
-    println!("public key  {} (copy it into each box's trusted keys folder)", public.display());
+    println!(
+        "public key  {} (copy it into each box's trusted keys folder)",
+        public.display()
+    );
     Ok(())
 }
 
@@ -179,7 +212,12 @@ pub fn install(args: &InstallArgs) -> Result<()> {
 
     let idle = slots.idle()?;
     let cache_dir = model::engine_cache_dir(args.state_dir);
-    println!("install: unpacking {} {} into slot {idle} ({})", image.manifest.name, image.manifest.version, slots.slot_dir(idle).display());
+    println!(
+        "install: unpacking {} {} into slot {idle} ({})",
+        image.manifest.name,
+        image.manifest.version,
+        slots.slot_dir(idle).display()
+    );
     let installed = slots.install(&image, signed_by.as_deref(), |staged, staged_image| {
         if std::env::var(FAULT_INJECT_ENV).as_deref() == Ok("kill-before-switch") {
             eprintln!("install: {FAULT_INJECT_ENV}=kill-before-switch: aborting between unpack and switch");
@@ -209,18 +247,27 @@ pub fn install(args: &InstallArgs) -> Result<()> {
             "install: active slot is now {}: {} {} (slot {previous} kept: `bedsight image rollback` goes back to it)",
             installed.slot, status.name, status.version
         ),
-        None => println!("install: active slot is now {}: {} {}", installed.slot, status.name, status.version),
+        None => println!(
+            "install: active slot is now {}: {} {}",
+            installed.slot, status.name, status.version
+        ),
     }
     Ok(())
 }
 
 /// Adds "nothing was installed" to a refusal, so no one wonders what state the box is in.
 fn refused(path: &Path, error: anyhow::Error) -> anyhow::Error {
-    error.context(format!("refused {}: nothing was installed, the active model is unchanged", path.display()))
+    error.context(format!(
+        "refused {}: nothing was installed, the active model is unchanged",
+        path.display()
+    ))
 }
 
 fn trusted_keys_dir(given: Option<&Path>, config: &Config, state_dir: &Path) -> PathBuf {
-    given.map(Path::to_path_buf).or_else(|| config.images.trusted_keys.clone()).unwrap_or_else(|| state_dir.join("trusted-keys"))
+    given
+        .map(Path::to_path_buf)
+        .or_else(|| config.images.trusted_keys.clone())
+        .unwrap_or_else(|| state_dir.join("trusted-keys"))
 }
 
 fn report_recovery(slots: &Slots) {
@@ -238,7 +285,11 @@ pub fn rollback(state_dir: &Path) -> Result<()> {
         Ok(Some(status)) => format!("{} {}", status.name, status.version),
         _ => "?".to_string(),
     };
-    println!("rolled back: active slot is now {now} ({}); slot {was} ({}) kept as previous", describe(now), describe(was));
+    println!(
+        "rolled back: active slot is now {now} ({}); slot {was} ({}) kept as previous",
+        describe(now),
+        describe(was)
+    );
     Ok(())
 }
 
@@ -257,7 +308,8 @@ pub fn list(state_dir: &Path) -> Result<()> {
         };
         match &view.status {
             None => println!("slot {}  {role:<8}  empty", view.slot),
-            Some(status) => println!(
+            Some(status) => {
+                println!(
                 "slot {}  {role:<8}  {} {}  self-test {} {:.2}% ({}, {} graph)  {}  installed {}  manifest-sha256 {}",
                 view.slot,
                 status.name,
@@ -269,7 +321,8 @@ pub fn list(state_dir: &Path) -> Result<()> {
                 status.signed_by.as_ref().map_or("unsigned".to_string(), |owner| format!("signed by {owner}")),
                 status.installed_at,
                 status.manifest_sha256
-            ),
+            )
+            }
         }
     }
     Ok(())
