@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs every test of bedsight: the Rust workspace (cargo-nextest), then the Python suites
+# Runs every test of bedsight: formatting and lints (cargo fmt, clippy), the Rust workspace
+# (cargo-nextest), then the Python suites
 # (the training tool in quantize/tests, the end-to-end tests of the appliance in tests/).
 # On a fresh machine it first sets up the Python environment (PyTorch, ONNX Runtime) in
 # ~/.cache/bedsight/venv and reuses it on later runs.
@@ -32,6 +33,11 @@ if [ -n "$missing" ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
     $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
 fi
+
+echo "== formatting and lints"
+# rustfmt.toml sets the width; every allowed lint is allowed where it applies, with its reason.
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --features appliance/v4l2 -- -D warnings
 
 echo "== building"
 cargo build --workspace --bins --features appliance/v4l2

@@ -122,6 +122,10 @@ impl BuildHistory {
     /// One inspection of `layer` judged by the layer's rules (`verdict`, `reason`,
     /// `tripped_classes`): adds it, applies the track rules, and on a re-spread says whether
     /// the recoat fixed it (none of the classes that asked for it trips again).
+    // Allowed: the arguments are the layer (number, defects) and the three parts of its
+    // decision as `decide` returns them; a struct made only to carry them here would hide which
+    // part each test sets.
+    #[allow(clippy::too_many_arguments)]
     pub fn assess(
         &mut self,
         config: &Config,

@@ -366,7 +366,11 @@ mod tests {
             layer,
             time_ms: 1_764_000_000_000 + layer as u64,
             trigger: "serial".into(),
-            verdict: if layer % 2 == 0 { "RECOAT".into() } else { "PASS".into() },
+            verdict: if layer.is_multiple_of(2) {
+                "RECOAT".into()
+            } else {
+                "PASS".into()
+            },
             defects: (0..layer)
                 .map(|i| DefectRecord {
                     class: "streaking".into(),

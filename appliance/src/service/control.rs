@@ -35,6 +35,10 @@ pub(super) struct InFlight {
 }
 
 /// The control loop; returns how many layers got a verdict.
+// Allowed: each argument is one end the loop is wired to (queue, outputs, the analysis
+// thread's two channels, the stop flag, where layers go, the build's memory, the journal read
+// at start), all made by `run`; a struct for them would exist only to be unpacked here.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn control_loop(
     config: &Config,
     queue: &mut hal::TriggerQueue,
