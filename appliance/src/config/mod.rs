@@ -4,6 +4,10 @@
 //!
 //! One module per table: its type, its defaults and its checks side by side. This module holds
 //! the whole file's type, the checks that span tables, and where files go.
+//!
+//! Owns the file's meaning of every key and its limits. Must not open devices or any file but
+//! the configuration itself, nor act on a value: the tables are plain data that the other groups
+//! read.
 
 mod bed;
 mod camera;
