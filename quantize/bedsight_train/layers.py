@@ -17,19 +17,23 @@ size, as the box resizes its bed, and the loader says how many layers differed f
 with `mixed_sizes="refuse"` the first layer of another size is an error naming it. JPEGs are
 decoded at a reduced scale where that is exact enough (PIL's draft mode).
 
-Split (`held_out_split`): deterministic and independent of any seed, of the file order and of the
-other files. Consecutive layers of one build are near-duplicates (PBLM's `converted_ 0131.jpg` and
-`0132.jpg` differ by ~3 grey levels on average, layers of different labels by ~10), so layers are
-split in groups: the group of "label/name0123.jpg" is "label/name" with the last number of the file
-name divided by SPLIT_BLOCK (10 consecutive layer numbers). A group whose sha256 falls in the first
-20 % of the hash range is in the test split, the next 10 % in the validation split, the rest in
-training. Adding layers never moves an existing one between splits, so the test split stays unseen
-across retrainings; and no test layer has a near-twin in training but at a block's edge.
+Split (`held_out_split`): by build and by long runs of layers, the way new layers reach a box.
+Consecutive layers of one build are near-duplicates (PBLM's `converted_ 0131.jpg` and `0132.jpg`
+differ by ~3 grey levels on average, layers of different labels by ~10), so a split that
+interleaves them (every fifth file, or hashed blocks of ten) puts a near-twin of every test layer
+in training and measures recognising the build, not judging a new layer. Here each label folder is
+ordered by the numbers in its file names (layer numbers, or date and time); its last 20 % form the
+test split and the 10 % before them the validation split, which also keeps training layers away
+from test layers. Where the names carry a date as well as a time (PBLM's
+`PowderRecoat_20210909_143323.jpg`) and a folder holds at least three dates, whole dates are
+taken (one date is one build), so no build is cut in two. The split depends only on the names;
+adding later layers to a folder moves its tail into the test split, as a later build would be.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,12 +42,16 @@ import numpy as np
 
 from .common import IMAGE_SUFFIXES, BadInput, read_toml
 
-# Share of the hash range in the held-out test split and in the validation split.
+# Share of each label folder's layers, from its end, in the held-out test split and, before
+# them, in the validation split.
 TEST_SHARE = 0.2
 VAL_SHARE = 0.1
-# Consecutive layer numbers that share a split (see the module's docstring).
-SPLIT_BLOCK = 10
+# A folder whose names carry dates is split by whole dates from this many dates on.
+MIN_DATES_TO_SPLIT_BY_DATE = 3
 LABEL_MAPS = Path(__file__).parent / "label_maps"
+# `recoater_travel` of a label map -> counter-clockwise quarter turns to the bed's convention (the
+# recoater travels left to right on the rectified bed, as the box's bed.corners_px order says).
+RECOATER_TRAVEL = {"right": 0, "down": 1, "left": 2, "up": 3}
 
 
 @dataclass
@@ -51,6 +59,13 @@ class LabelMap:
     path: Path
     classes: list[str]  # the layer classes, in the classification head's output order
     labels: dict[str, list[str]]  # label folder -> its layer classes
+    recoater_travel: str = "right"  # where the recoater moves in the photographs (RECOATER_TRAVEL)
+
+    @property
+    def quarter_turns(self) -> int:
+        """Counter-clockwise quarter turns (np.rot90's k) that bring a photograph to the bed's
+        convention, the recoater travelling left to right (streaking horizontal)."""
+        return RECOATER_TRAVEL[self.recoater_travel]
 
     def target(self, label: str) -> np.ndarray:
         """The multi-label target of a layer with this label: 1.0 for each of its classes."""
@@ -66,9 +81,12 @@ def load_label_map(path: Path) -> LabelMap:
     if not path.exists() and path.suffix == "" and (LABEL_MAPS / f"{path.name}.toml").exists():
         path = LABEL_MAPS / f"{path.name}.toml"
     doc = read_toml(path)
-    unknown = sorted(set(doc) - {"classes", "labels"})
+    unknown = sorted(set(doc) - {"classes", "labels", "recoater_travel"})
     if unknown:
-        raise BadInput(f"{path}: unknown key(s) {', '.join(unknown)}; a label map has `classes` and [labels]")
+        raise BadInput(f"{path}: unknown key(s) {', '.join(unknown)}; a label map has `classes`, `recoater_travel` and [labels]")
+    travel = doc.get("recoater_travel", "right")
+    if travel not in RECOATER_TRAVEL:
+        raise BadInput(f"{path}: recoater_travel = {travel!r}: expected one of {', '.join(RECOATER_TRAVEL)} (where the recoater moves in the photographs)")
     classes = doc.get("classes")
     if not (isinstance(classes, list) and classes and all(isinstance(c, str) and c for c in classes)):
         raise BadInput(f"{path}: `classes` must be a non-empty list of layer class names")
@@ -83,7 +101,7 @@ def load_label_map(path: Path) -> LabelMap:
         bad = [n for n in names if n not in classes]
         if bad:
             raise BadInput(f"{path}: labels.{label} names {', '.join(bad)}, which `classes` does not list ({', '.join(classes)})")
-    return LabelMap(path=path, classes=list(classes), labels={k: list(v) for k, v in labels.items()})
+    return LabelMap(path=path, classes=list(classes), labels={k: list(v) for k, v in labels.items()}, recoater_travel=travel)
 
 
 @dataclass
@@ -124,26 +142,47 @@ def scan_layer_folders(root: Path, label_map: LabelMap) -> list[tuple[str, Path]
     return found
 
 
-def split_group(name: str) -> str:
-    """"Powder_Uneven/converted_ 0137.jpg" -> "Powder_Uneven/converted_ #13": the file's stem with
-    its last number divided by SPLIT_BLOCK."""
-    stem = name.rsplit(".", 1)[0]
-    match = None
-    for match in re.finditer(r"\d+", stem):
-        pass
-    if match is None:
-        return stem
-    return f"{stem[: match.start()]}#{int(match.group()) // SPLIT_BLOCK}{stem[match.end():]}"
+def _numbers(name: str) -> tuple[int, ...]:
+    return tuple(int(n) for n in re.findall(r"\d+", name.rsplit("/", 1)[-1]))
+
+
+def split_runs(names: list[str]) -> list[list[int]]:
+    """The indices of one label folder's layers in order, grouped into the units the split
+    takes whole: one date where the names carry dates (see the module's docstring), else one
+    layer."""
+    order = sorted(range(len(names)), key=lambda i: (_numbers(names[i]), names[i]))
+    dates = {_numbers(names[i])[:-1] for i in order if len(_numbers(names[i])) >= 2}
+    if len(dates) >= MIN_DATES_TO_SPLIT_BY_DATE and all(len(_numbers(names[i])) >= 2 for i in order):
+        runs: list[list[int]] = []
+        for i in order:
+            if runs and _numbers(names[runs[-1][0]])[:-1] == _numbers(names[i])[:-1]:
+                runs[-1].append(i)
+            else:
+                runs.append([i])
+        return runs
+    return [[i] for i in order]
 
 
 def held_out_split(names: list[str]) -> dict[str, list[int]]:
-    """train/val/test indices by the hash of each "label/file name"'s group (see the module's
-    docstring)."""
+    """train/val/test indices of "label/file name"s: per label folder, the last TEST_SHARE of its
+    layers are test and the VAL_SHARE before them validation (see the module's docstring)."""
     split: dict[str, list[int]] = {"train": [], "val": [], "test": []}
+    folders: dict[str, list[int]] = {}
     for i, name in enumerate(names):
-        u = int.from_bytes(hashlib.sha256(split_group(name).encode()).digest()[:8], "big") / 2.0**64
-        which = "test" if u < TEST_SHARE else "val" if u < TEST_SHARE + VAL_SHARE else "train"
-        split[which].append(i)
+        folders.setdefault(name.rsplit("/", 1)[0] if "/" in name else "", []).append(i)
+    for indices in folders.values():
+        runs = split_runs([names[i] for i in indices])
+        n = len(indices)
+        # layer counts, rounded before the ceiling so that 0.3 * 100 is 30, not 30.000000000000004
+        test_layers = math.ceil(round(TEST_SHARE * n, 9))
+        held_layers = math.ceil(round((TEST_SHARE + VAL_SHARE) * n, 9))
+        taken = 0
+        for run in reversed(runs):
+            which = "test" if taken < test_layers else "val" if taken < held_layers else "train"
+            split[which] += [indices[j] for j in run]
+            taken += len(run)
+    for which in split:
+        split[which].sort()
     return split
 
 
@@ -154,8 +193,9 @@ def _describe(image) -> tuple[tuple[int, int], int]:
 MIXED_SIZES = ("resize", "refuse")
 
 
-def load_layer_image(path: Path, size: int) -> np.ndarray:
-    """One layer as the model sees it: grey, resized to size x size (uint8 [size, size])."""
+def load_layer_image(path: Path, size: int, quarter_turns: int = 0) -> np.ndarray:
+    """One layer as the model sees it: grey, resized to size x size, turned to the bed's
+    convention (`LabelMap.quarter_turns`) (uint8 [size, size])."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -164,7 +204,7 @@ def load_layer_image(path: Path, size: int) -> np.ndarray:
         im = im.convert("L")
         if im.size != (size, size):
             im = im.resize((size, size), Image.Resampling.BILINEAR if im.size[0] <= 2 * size else Image.Resampling.BOX)
-        return np.asarray(im, dtype=np.uint8)
+        return np.ascontiguousarray(np.rot90(np.asarray(im, dtype=np.uint8), quarter_turns))
 
 
 def load_layer_folders(root: Path, label_map: LabelMap, size: int, splits: tuple[str, ...] = ("train", "val", "test"), max_per_label: int | None = None, mixed_sizes: str = "resize", progress: bool = False) -> LayerSet:
@@ -220,7 +260,7 @@ def load_layer_folders(root: Path, label_map: LabelMap, size: int, splits: tuple
     chosen.sort()
     images = np.zeros((len(chosen), size, size), dtype=np.uint8)
     for n, i in enumerate(tqdm(chosen, desc="load layers", unit="img", disable=not progress)):
-        images[n] = load_layer_image(found[i][1], size)
+        images[n] = load_layer_image(found[i][1], size, label_map.quarter_turns)
     labels = [found[i][0] for i in chosen]
     targets = np.stack([label_map.target(label) for label in labels]) if chosen else np.zeros((0, len(label_map.classes)), np.float32)
     return LayerSet(Path(root), label_map, [names[i] for i in chosen], labels, targets, images)

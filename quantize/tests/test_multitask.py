@@ -16,9 +16,9 @@ from bt_helpers import train_tiny
 REAL = Path(__file__).resolve().parents[2] / "assets" / "sample-build-real"
 
 
-def real_layer_folders(out: Path, copies: int = 3) -> Path:
-    """The real sample build, each layer `copies` times (flipped), so that the hash split has
-    layers in training and validation."""
+def real_layer_folders(out: Path, copies: int = 10) -> Path:
+    """The real sample build, each layer `copies` times (flipped), so that the split (the last
+    20 % of each folder test, the 10 % before them validation) has layers in every split."""
     for path in sorted(REAL.glob("*/*.png")):
         image = Image.open(path)
         (out / path.parent.name).mkdir(parents=True, exist_ok=True)
@@ -28,20 +28,28 @@ def real_layer_folders(out: Path, copies: int = 3) -> Path:
     return out
 
 
-def test_the_held_out_split_is_deterministic_and_stable():
+def test_the_held_out_split_takes_each_folders_last_layers_and_whole_dates():
     from bedsight_train.layers import held_out_split
 
-    names = [f"A/layer_{i:04d}.png" for i in range(3000)]
+    # 100 layers, listed out of order: the last 20 by number are test, the 10 before them val.
+    names = [f"A/converted_ {i:04d}.jpg" for i in reversed(range(100))]
     split = held_out_split(names)
-    assert split == held_out_split(list(names))
-    assert sorted(sum(split.values(), [])) == list(range(3000))
-    assert 0.1 < len(split["test"]) / 3000 < 0.3 and 0.03 < len(split["val"]) / 3000 < 0.17
-    # consecutive layers (near-duplicates) share a split, in blocks of 10 layer numbers
-    which = {i: k for k, v in split.items() for i in v}
-    assert all(which[i] == which[i - i % 10] for i in range(3000))
-    # adding layers never moves one that was there
+    number = lambda i: int(names[i][-8:-4])
+    assert sorted(number(i) for i in split["test"]) == list(range(80, 100))
+    assert sorted(number(i) for i in split["val"]) == list(range(70, 80))
+    assert sorted(number(i) for i in split["train"]) == list(range(70))
+    # another folder beside it changes nothing in this one
     more = held_out_split(names + [f"B/layer_{i:04d}.png" for i in range(500)])
-    assert set(split["test"]) == {i for i in more["test"] if i < 3000}
+    assert {k: [i for i in v if i < 100] for k, v in more.items()} == split
+    # dates and times: whole dates from the end; of 20 layers, the last date's 4 are the 20 % of
+    # test, the date before it (3) the validation split, though that makes 35 %
+    days = {"20210901": 5, "20210902": 4, "20210903": 4, "20210904": 3, "20210905": 4}
+    dated = [f"P/PowderRecoat_{d}_{10 + k:06d}.jpg" for d, n in days.items() for k in range(n)]
+    split = held_out_split(dated)
+    day = lambda which: sorted({dated[i].split("_")[1] for i in split[which]})
+    assert day("test") == ["20210905"]
+    assert day("val") == ["20210904"]
+    assert day("train") == ["20210901", "20210902", "20210903"]
 
 
 def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_data, tmp_path):
