@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--size", type=int, default=256)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--sample-build", action="store_true", help="write the demo's sample build (a fixed plan of layers) instead")
+    s.add_argument("--generator", choices=["main", "alt"], default="main", help="alt: the second generator (synth_alt.py), for test sets only: never train on it")
 
     t = sub.add_parser("train", help="train ISDNet-SR or AM-SegNet from scratch, a checkpoint per epoch")
     t.add_argument("--arch", required=True, choices=["isdnet-sr", "am-segnet"])
@@ -62,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-layers-per-label", type=int, default=None, help="use at most this many layers of each label per split")
     t.add_argument("--mixed-sizes", choices=["resize", "refuse"], default="resize", help="layers whose size differs from the first: resize them, or stop")
     t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (same architecture)")
+    t.add_argument("--real-layers", type=Path, default=None, help="real-bed mode: folder of label folders of real layers (e.g. pblm/) under weak pixel losses, with planted defects on their clean layers (realbed.py); needs --label-map and --crop")
+    t.add_argument("--plant-batch", type=int, default=2, help="real-bed mode: crops of clean real layers with planted defects per step")
+    t.add_argument("--real-batch", type=int, default=2, help="real-bed mode: crops of real layers under the absence loss per step")
+    t.add_argument("--mil-every", type=int, default=4, help="real-bed mode: one whole defective real layer (presence loss) every this many steps")
+    t.add_argument("--weak-weight", type=float, default=1.0, help="real-bed mode: weight of the weak losses")
+    t.add_argument("--real-val-layers", type=int, default=12, help="real-bed mode: validation real layers judged whole after each epoch")
 
     c = sub.add_parser("calibrate", help="pick the top-M checkpoints and fit a temperature per member")
     c.add_argument("--run", required=True, type=Path)
@@ -124,13 +131,20 @@ def run(args: argparse.Namespace) -> None:
         from . import synth
 
         if args.sample_build:
+            if args.generator != "main":
+                raise BadInput("--sample-build comes from the main generator")
             synth.write_sample_build(args.out, args.size, args.seed)
             print(f"wrote the sample build to {args.out}")
         else:
             if args.layers < 1 or args.size < 32:
                 raise BadInput("--layers must be >= 1 and --size >= 32")
-            synth.write_dataset(args.out, args.layers, args.size, args.seed, progress=progress)
-            print(f"wrote {args.layers} layers of {args.size}x{args.size} to {args.out}")
+            if args.generator == "alt":
+                from . import synth_alt
+
+                synth_alt.write_dataset(args.out, args.layers, args.size, args.seed, progress=progress)
+            else:
+                synth.write_dataset(args.out, args.layers, args.size, args.seed, progress=progress)
+            print(f"wrote {args.layers} layers of {args.size}x{args.size} ({args.generator} generator) to {args.out}")
     elif args.command == "train":
         from .train import TrainOptions, train
 
@@ -141,6 +155,8 @@ def run(args: argparse.Namespace) -> None:
                 class_weights=args.class_weights, sr_weight=args.sr_weight, photometric=args.photometric, overwrite=args.overwrite, progress=progress,
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
+                real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every,
+                weak_weight=args.weak_weight, real_val_layers=args.real_val_layers,
             )
         )
         best = max(history["epochs"], key=lambda e: e["score"])

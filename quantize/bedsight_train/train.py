@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from .common import BadInput, limit_threads
+from .common import BadInput, limit_threads, read_toml
 from .losses import LOSSES
 from .metrics import confusion, segmentation_metrics
 from .models import ARCHS, SIZE_MULTIPLE, build_model, make_config
@@ -63,6 +63,14 @@ class TrainOptions:
     max_layers_per_label: int | None = None  # per split, to bound a recipe's time
     mixed_sizes: str = "resize"  # layers of another size than the first: "resize" or "refuse"
     init: Path | None = None  # start from this checkpoint's weights (same architecture)
+    # real-bed mode (realbed.py): image-level labelled real layers (with --label-map) under weak
+    # pixel losses, and synthetic defects planted on their clean layers
+    real_layers: Path | None = None
+    plant_batch: int = 2  # crops of clean real layers with planted defects per step (pixel losses)
+    real_batch: int = 2  # crops of real layers per step (absence losses)
+    mil_every: int = 4  # one whole defective real layer every this many steps (presence and absence)
+    weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
+    real_val_layers: int = 12  # validation real layers judged whole after each epoch
 
 
 def _check_run_folder(out: Path, arch: str, overwrite: bool) -> None:
@@ -130,6 +138,9 @@ def train(opts: TrainOptions) -> dict:
     if opts.epochs < 1:
         raise BadInput("--epochs must be at least 1")
     limit_threads()
+    toml_path = Path(opts.data) / "dataset.toml"
+    if toml_path.is_file() and read_toml(toml_path).get("test_only"):
+        raise BadInput(f"{opts.data}: a test set (dataset.toml says test_only = true, e.g. the second generator's): never train on it")
     ds = data_mod.load_dataset(opts.data, progress=opts.progress)
     h, w = ds.size
     multiple = SIZE_MULTIPLE[opts.arch]
@@ -139,7 +150,7 @@ def train(opts: TrainOptions) -> dict:
         raise BadInput(f"--crop {opts.crop}: must be a multiple of {multiple} and at most {min(h, w)}")
     split = data_mod.split_dataset(ds, seed=opts.split_seed)
     layer_data = None
-    if opts.layers is not None or opts.label_map is not None:
+    if opts.layers is not None or (opts.label_map is not None and opts.real_layers is None):
         from . import multitask
 
         if opts.layers is None or opts.label_map is None:
@@ -149,6 +160,15 @@ def train(opts: TrainOptions) -> dict:
         if h != w:
             raise BadInput(f"{opts.data}: images are {w}x{h}; multi-task training resizes the layers to a square input")
         layer_data = multitask.load_layer_data(opts.layers, opts.label_map, h, [c.name for c in ds.classes], opts.max_layers_per_label, opts.mixed_sizes, opts.progress)
+    real = None
+    if opts.real_layers is not None:
+        from . import realbed
+
+        if opts.label_map is None:
+            raise BadInput("--real-layers needs --label-map (which label folder carries which classes)")
+        real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress)
+        if opts.crop is None or opts.crop > h:
+            raise BadInput("--real-layers trains on crops: give --crop")
     _check_run_folder(opts.out, opts.arch, opts.overwrite)
     k = ds.num_classes
     train_ds, val_ds = ds.subset(split["train"]), ds.subset(split["val"])
@@ -216,6 +236,20 @@ def train(opts: TrainOptions) -> dict:
             "val_layers": len(layer_data.val.names),
             "pos_weight": [float(v) for v in layer_data.pos_weight],
         }
+    if real is not None:
+        run_info["real_layers"] = {
+            "root": str(Path(opts.real_layers).resolve()),
+            "label_map": str(real.label_map.path.resolve()),
+            "train_layers": len(real.train.names),
+            "clean_train_layers": int(len(real.clean)),
+            "val_layers": len(real.val.names),
+            "plant_batch": opts.plant_batch,
+            "real_batch": opts.real_batch,
+            "mil_every": opts.mil_every,
+            "weak_weight": opts.weak_weight,
+            "top_k_share": realbed.TOP_K_SHARE,
+            "split": "per label folder, the last 20 % of layers (or whole dates) are test, the 10 % before them validation (layers.held_out_split)",
+        }
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
 
     torch.manual_seed(opts.seed)
@@ -241,6 +275,8 @@ def train(opts: TrainOptions) -> dict:
     history: dict[str, Any] = {"arch": opts.arch, "step_loss": [], "epochs": []}
     if layer_data is not None:
         history.update(step_seg_loss=[], step_layer_loss=[])
+    if real is not None:
+        history.update(step_seg_loss=[], step_absent_loss=[], step_present_loss=[])
     started = time.time()
     from tqdm import tqdm
 
@@ -254,8 +290,19 @@ def train(opts: TrainOptions) -> dict:
         for step in bar:
             idx = order[step * opts.batch_size : (step + 1) * opts.batch_size]
             xb, yb = _augment(rng, x_train[idx], y_train[idx], opts.crop, opts.photometric, mean, std)
+            if real is not None:
+                xp, yp = real.planted_batch(rng, opts.plant_batch, opts.crop, mean, std)
+                xb, yb = np.concatenate([xb, xp]), np.concatenate([yb, yp])
             xb_t, yb_t = torch.from_numpy(xb), torch.from_numpy(yb)
-            if layer_head is None:
+            if real is not None:
+                logits, aux = model(xb_t, return_aux=True)
+                seg_loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
+                weak_absent, weak_present = real.weak_step(rng, model, opts.real_batch, opts.crop, step % opts.mil_every == 0, mean, std)
+                loss = seg_loss + opts.weak_weight * (weak_absent + weak_present)
+                history["step_seg_loss"].append(float(seg_loss.detach()))
+                history["step_absent_loss"].append(float(weak_absent.detach()))
+                history["step_present_loss"].append(float(weak_present.detach()))
+            elif layer_head is None:
                 logits, aux = model(xb_t, return_aux=True)
                 loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
             else:
@@ -292,6 +339,10 @@ def train(opts: TrainOptions) -> dict:
             **{key: metrics[key] for key in ("cpa", "iou", "mpa", "miou", "score", "pixel_accuracy")},
         }
         checkpoint_extra = {}
+        if real is not None:
+            real_metrics = real.validate(model, mean, std)
+            record.update(real_metrics)
+            record["rank"] = 0.5 * record["score"] + 0.5 * real_metrics["real_score"]
         if layer_head is not None:
             val_logits = multitask.layer_logits_of(model.trunk, layer_head, x_layers_val)
             probs = 1.0 / (1.0 + np.exp(-val_logits))
@@ -318,6 +369,7 @@ def train(opts: TrainOptions) -> dict:
                 f"epoch {epoch}: loss {record['train_loss']:.4f}  val MPA {record['mpa']:.4f}  "
                 f"MIoU {record['miou']:.4f}  Score {record['score']:.4f}"
                 + (f"  layer F1 {record['layer_f1']:.4f}" if "layer_f1" in record else "")
+                + (f"  real: layer F1 {record['real_layer_f1']:.3f}, clean flagged {record['real_clean_flagged']:.4f}" if "real_score" in record else "")
                 + f"  ({record['seconds']:.0f} s)",
                 flush=True,
             )

@@ -1,0 +1,362 @@
+"""Training the segmentation on real powder beds, where only image-level labels exist.
+
+A model trained on synthetic layers alone learns the generator: on real photographs it follows
+the lighting (the darker half of an evenly spread bed becomes "incompleteness") and misses the
+real scratches. Real layers with pixel masks cannot be had here; layers with one label per image
+can (PBLM, `layers.py`). This module turns those labels into pixel supervision and puts real
+backgrounds under the pixel losses, beside the synthetic layers (`train --real-layers`):
+
+1. Weak labels (`weak_losses`). A layer's label says which defect classes it carries, and that is
+   all it carries:
+   - a class absent from the label is absent from every pixel: the suppression constraint of
+     Pathak, Kraehenbuehl and Darrell, "Constrained Convolutional Neural Networks for Weakly
+     Supervised Segmentation" (ICCV 2015), written as L_abs = mean over pixels of
+     -log(1 - p_c(x)) for each absent defect class c; a clean layer has every defect class absent,
+     so it is background everywhere;
+   - a class present is somewhere: multiple-instance learning with top-k pooling, the k-max
+     pooling of Durand et al., "WILDCAT: Weakly Supervised Learning of Deep ConvNets for Image
+     Classification, Pointwise Localization and Segmentation" (CVPR 2017):
+     L_pres = -log(mean of the k largest p_c(x)), k = a small share of the layer's pixels. It is
+     only taken on whole layers (`train --real-layers` runs one every `--mil-every` steps), since
+     a crop may miss the defect; the absence term holds on any crop.
+2. Synthetic defects on real beds (`plant`). The generator's kinds of defect, drawn onto real
+   clean layers with their masks, so that the pixel losses see real powder texture, real lighting
+   and the real camera: streaks along the recoater's travel (left to right on the bed), dragged
+   to the end of the travel; incompleteness as an uncovered region behind a ragged spreading front;
+   super-elevation as a bright, specular rim on the far edge of a part; hopping as bands across
+   the travel. Planted on clean layers only: on a defective layer the unlabelled pixels may hold a
+   real defect, which the planted mask would call background.
+3. Lighting is not a defect (`lighting`). Every training input, synthetic, planted or real, gets
+   an exposure change, a linear gradient, a vignette, and sometimes blur, sensor noise and JPEG
+   compression, so that a darker or brighter region of evenly spread powder stays background.
+
+Layers are in the bed's convention (the recoater travels left to right; `LabelMap.quarter_turns`
+turns photographs taken otherwise).
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch.nn import functional as F
+
+from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION
+
+# The share of a whole layer's pixels that top-k pooling averages for a present class (L_pres):
+# about a scratch across a 1024-px bed (3 px x 1024 px = 0.3 %), and at most what a small uncovered
+# patch covers, so that a present class is not asked to cover clean powder.
+TOP_K_SHARE = 0.002
+# p_c is clamped away from 0 and 1 before the logarithms.
+EPS = 1e-6
+
+
+def weak_losses(logits: torch.Tensor, present: torch.Tensor, absent: torch.Tensor, top_k_share: float | None = TOP_K_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_abs, L_pres) of a batch of real layers. `logits` [N, K, H, W]; `present` and `absent`
+    [N, K] booleans per segmentation class (a class in neither is not supervised: background, and
+    classes the label cannot speak of). `top_k_share=None` skips L_pres (crops). Each term is the
+    mean over the (layer, class) pairs it covers; a batch without any gives 0."""
+    p = torch.softmax(logits.float(), dim=1).clamp(EPS, 1.0 - EPS)
+    n, k, h, w = p.shape
+    flat = p.flatten(2)  # [N, K, H*W]
+    zero = logits.sum() * 0.0
+    absent_pairs = absent.nonzero()
+    if len(absent_pairs):
+        per = -torch.log1p(-flat[absent_pairs[:, 0], absent_pairs[:, 1]]).mean(dim=1)
+        loss_absent = per.mean()
+    else:
+        loss_absent = zero
+    present_pairs = present.nonzero()
+    if top_k_share is not None and len(present_pairs):
+        top = max(1, int(round(top_k_share * h * w)))
+        scores = flat[present_pairs[:, 0], present_pairs[:, 1]].topk(top, dim=1).values.mean(dim=1)
+        loss_present = -torch.log(scores).mean()
+    else:
+        loss_present = zero
+    return loss_absent, loss_present
+
+
+def class_targets(layer_classes: list[list[str]], seg_class_names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(present, absent) [N, K] for layers whose labels name their layer classes. A layer class
+    names the segmentation class of the same name; every class but background that a label does
+    not name is absent (the label is the whole description of the layer: a clean layer has none,
+    and a layer without supports has no lattice)."""
+    n, k = len(layer_classes), len(seg_class_names)
+    present = np.zeros((n, k), dtype=bool)
+    absent = np.zeros((n, k), dtype=bool)
+    for i, classes in enumerate(layer_classes):
+        for c, name in enumerate(seg_class_names):
+            if c == BACKGROUND:
+                continue
+            if name in classes:
+                present[i, c] = True
+            else:
+                absent[i, c] = True
+    return present, absent
+
+
+def lighting(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A random change of lighting and camera on one grey layer (float, 0..255) of evenly spread
+    powder: exposure, a linear gradient up to +-25 % across the bed in any direction, a vignette
+    up to 35 % darker in the corners, and at times blur, sensor noise and JPEG compression. The
+    mask does not change."""
+    h, w = image.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u, v = xx / w - 0.5, yy / h - 0.5
+    angle = rng.uniform(0, 2 * np.pi)
+    light = 1.0 + rng.uniform(-0.25, 0.25) * (np.cos(angle) * u + np.sin(angle) * v) * 2
+    cx, cy = rng.uniform(-0.2, 0.2, size=2)
+    light *= 1.0 - rng.uniform(0.0, 0.35) * ((u - cx) ** 2 + (v - cy) ** 2) / 0.5
+    out = image.astype(np.float32) * light * rng.uniform(0.7, 1.3) + rng.uniform(-15, 15)
+    if rng.random() < 0.3:
+        out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.5))
+    if rng.random() < 0.5:
+        out = out + rng.normal(0, rng.uniform(0.5, 4.0), size=out.shape)
+    out = np.clip(out, 0, 255)
+    if rng.random() < 0.3:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(np.round(out).astype(np.uint8)).save(buffer, format="JPEG", quality=int(rng.integers(50, 96)))
+        out = np.asarray(Image.open(buffer), dtype=np.float32)
+    return out.astype(np.float32)
+
+
+def _smooth_walk(rng: np.random.Generator, n: int, scale: float, smoothness: float) -> np.ndarray:
+    return ndimage.gaussian_filter1d(rng.normal(0, 1, n), smoothness, mode="nearest") * scale * np.sqrt(smoothness)
+
+
+def _plant_streak(rng, image, mask, local):
+    """A thin groove (or ridge) along the travel, from where the blade caught to the far edge."""
+    h, w = image.shape
+    yc = rng.uniform(0.03, 0.97) * h
+    x0 = int(rng.uniform(0.0, 0.7) * w) if rng.random() < 0.6 else 0
+    width = rng.uniform(1.2, 3.5)
+    depth = rng.uniform(0.08, 0.3) * (1 if rng.random() < 0.8 else -0.6)  # mostly darker grooves
+    xs = np.arange(w)
+    centre = yc + _smooth_walk(rng, w, 0.3, 40.0)
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    profile = np.exp(-((yy - centre[None, :]) ** 2) / (2 * (width / 2) ** 2))
+    profile[:, xs < x0] = 0.0
+    # the groove fades in where the blade caught
+    ramp = np.clip((xs - x0) / max(1.0, rng.uniform(5, 30)), 0, 1)
+    profile *= ramp[None, :]
+    image -= depth * local * profile
+    mask[profile > 0.5] = STREAKING
+
+
+def _plant_incompleteness(rng, image, mask, local):
+    """An uncovered region behind a ragged spreading front: the powder ran out before the end
+    of the travel, or left a tongue-shaped gap; the layer below shows through, darker."""
+    h, w = image.shape
+    y0 = int(rng.uniform(0.0, 0.7) * h)
+    y1 = min(h, y0 + int(rng.uniform(0.1, 0.5) * h))
+    front_x = rng.uniform(0.5, 0.95) * w if rng.random() < 0.7 else rng.uniform(0.15, 0.6) * w
+    front = front_x + _smooth_walk(rng, h, rng.uniform(2, 8), 6.0)
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    # the region narrows towards its ends along y, so it is a tongue, not a band
+    t = np.clip((yy - y0) / max(1, y1 - y0), 0, 1)
+    inset = (1 - np.sin(np.pi * t)) * rng.uniform(0.05, 0.3) * w
+    region = (xx >= front[:, None] + inset) & (yy >= y0) & (yy < y1)
+    if region.sum() < 50:
+        return
+    soft = ndimage.gaussian_filter(region.astype(np.float32), 1.5)
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), rng.uniform(1.5, 4)) * rng.uniform(4, 10)
+    darker = rng.uniform(0.12, 0.4)
+    image -= soft * (darker * local - texture)
+    # a dark ridge of heaped powder along the front
+    edge = soft * (1 - soft) * 4
+    image -= edge * rng.uniform(0.05, 0.15) * local
+    mask[soft > 0.5] = INCOMPLETENESS
+
+
+def _plant_super_elevation(rng, image, mask, local):
+    """A bright, specular rim where a part's edge stands proud of the powder, on the far side
+    from the recoater (the blade rides up on it)."""
+    h, w = image.shape
+    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+    radius = rng.uniform(0.03, 0.12) * min(h, w)
+    thickness = rng.uniform(2.0, 6.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    r = np.hypot(xx - cx, yy - cy)
+    angle = np.arctan2(yy - cy, xx - cx)
+    span = rng.uniform(0.4, 1.2)
+    arc = np.abs(angle) < span  # the +x side: far from the recoater
+    rim = np.exp(-((r - radius) ** 2) / (2 * thickness**2)) * arc
+    speckle = 1.0 + 0.5 * ndimage.gaussian_filter(rng.normal(0, 1, image.shape), 1.0)
+    image += rim * rng.uniform(0.35, 0.9) * local * speckle
+    mask[rim > 0.4] = SUPER_ELEVATION
+
+
+def _plant_hopping(rng, image, mask, local):
+    """Bands across the travel where the blade hopped over an obstacle and chattered."""
+    h, w = image.shape
+    n = int(rng.integers(3, 8))
+    pitch = rng.uniform(6, 16)
+    width = rng.uniform(1.5, 4.0)
+    x_start = rng.uniform(0.05, 0.8) * w
+    y0 = rng.uniform(0.0, 0.5) * h
+    y1 = min(h, y0 + rng.uniform(0.2, 0.8) * h)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    inside = (yy >= y0) & (yy < y1)
+    amplitude = rng.uniform(0.08, 0.2)
+    for i in range(n):
+        sign = 1.0 if i % 2 == 0 else -1.0
+        image += sign * amplitude * local * np.exp(-((xx - x_start - i * pitch) ** 2) / (2 * (width / 2) ** 2)) * inside
+    band = inside & (xx >= x_start - width) & (xx <= x_start + (n - 1) * pitch + width)
+    mask[band] = HOPPING
+
+
+PLANTERS = {
+    STREAKING: _plant_streak,
+    INCOMPLETENESS: _plant_incompleteness,
+    SUPER_ELEVATION: _plant_super_elevation,
+    HOPPING: _plant_hopping,
+}
+
+
+def plant(rng: np.random.Generator, bed: np.ndarray, classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic defects drawn on a real clean layer (uint8 [H, W], the bed's convention): returns
+    (image float32 0..255, mask uint8 class index). `classes` None draws a random set (sometimes
+    none: a clean real layer stays a clean example). Contrast is relative to the local powder
+    brightness, so a defect in a dark corner is as faint as a real one there."""
+    image = bed.astype(np.float32)
+    local = ndimage.uniform_filter(image, 31)
+    mask = np.full(bed.shape, BACKGROUND, dtype=np.uint8)
+    if classes is None:
+        classes = [c for c in PLANTERS if rng.random() < 0.4]
+    for c in classes:
+        for _ in range(int(rng.integers(1, 3))):
+            PLANTERS[c](rng, image, mask, local)
+    return np.clip(image, 0, 255), mask
+
+
+# A class counts as found on a whole 1024-px layer from this many pixels (about 2.3 mm² at
+# 0.24 mm per pixel): the shipped configuration's min_defect_area_px for the 1024 model.
+FOUND_MIN_PX = 40
+
+
+class RealLayers:
+    """The real layers of a run: the training split (all of it under the absence losses, the
+    defective ones under the presence loss, the clean ones as beds to plant on) and a few
+    validation layers judged whole after each epoch."""
+
+    def __init__(self, train, val, classes, label_map):
+        self.train = train
+        self.val = val
+        self.label_map = label_map
+        self.class_names = [c.name for c in classes]
+        self.defect = np.array([c.defect for c in classes])
+        names = [label_map.labels[label] for label in train.labels]
+        self.present, self.absent = class_targets(names, self.class_names)
+        self.clean = np.nonzero(~self.present.any(1))[0]
+        self.defective = np.nonzero(self.present.any(1))[0]
+        if len(self.clean) == 0 or len(self.defective) == 0:
+            raise ValueError("the real training layers need clean and defective layers")
+
+    def _crop(self, rng, image: np.ndarray, crop: int) -> np.ndarray:
+        h, w = image.shape
+        top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        out = image[top : top + crop, left : left + crop]
+        if rng.random() < 0.5:
+            out = out[:, ::-1]
+        if rng.random() < 0.5:
+            out = out[::-1, :]
+        return out
+
+    @staticmethod
+    def _normalise(images: list[np.ndarray], mean: float, std: float) -> np.ndarray:
+        return ((np.stack(images)[:, None] / 255.0 - mean) / std).astype(np.float32)
+
+    def planted_batch(self, rng, n: int, crop: int, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
+        """n crops of clean real layers with planted defects, lit anew: (inputs [n,1,c,c], masks [n,c,c])."""
+        xs, ys = [], []
+        for _ in range(n):
+            bed = self._crop(rng, self.train.images[int(rng.choice(self.clean))], crop)
+            image, mask = plant(rng, bed)
+            xs.append(lighting(rng, image))
+            ys.append(mask.astype(np.int64))
+        return self._normalise(xs, mean, std), np.stack(ys)
+
+    def weak_step(self, rng, model, n_crops: int, crop: int, whole: bool, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L_abs, L_pres) of this step: absence on `n_crops` crops of any real layers, and with
+        `whole` both terms on one whole defective layer. The real layers pass the network with its
+        BatchNorm in eval mode (multitask.frozen_batch_norm): normalised by the statistics of the
+        pixel-labelled batches, which already hold real beds (the planted crops)."""
+        from .multitask import frozen_batch_norm
+
+        picks = rng.integers(0, len(self.train.names), n_crops)
+        x = self._normalise([lighting(rng, self._crop(rng, self.train.images[i], crop).astype(np.float32)) for i in picks], mean, std)
+        with frozen_batch_norm(model):
+            absent, _ = weak_losses(model(torch.from_numpy(x)), torch.from_numpy(self.present[picks]), torch.from_numpy(self.absent[picks]), top_k_share=None)
+            present = absent * 0.0
+            if whole:
+                i = int(rng.choice(self.defective))
+                image = self.train.images[i]
+                if rng.random() < 0.5:
+                    image = image[::-1, :]
+                x = self._normalise([lighting(rng, image.astype(np.float32))], mean, std)
+                whole_absent, present = weak_losses(model(torch.from_numpy(x)), torch.from_numpy(self.present[i : i + 1]), torch.from_numpy(self.absent[i : i + 1]))
+                absent = 0.5 * (absent + whole_absent)
+        return absent, present
+
+    @torch.no_grad()
+    def validate(self, model, mean: float, std: float) -> dict:
+        """Judge the validation layers whole: the mean flagged share (defect-class pixels) of the
+        clean ones, the share of clean ones with a class found (false alarms), and the layer
+        classes found (FOUND_MIN_PX) against their labels, as macro F1 over the label map's
+        classes. real_score = 0.5 layer F1 + 0.5 (1 - false-alarm rate)."""
+        model.eval()
+        layer_classes = self.label_map.classes
+        seg_index = [self.class_names.index(c) if c in self.class_names else None for c in layer_classes]
+        found = np.zeros((len(self.val.names), len(layer_classes)), dtype=bool)
+        flagged = np.zeros(len(self.val.names))
+        for n, image in enumerate(self.val.images):
+            x = self._normalise([image.astype(np.float32)], mean, std)
+            pred = model(torch.from_numpy(x)).argmax(1)[0].numpy()
+            counts = np.bincount(pred.ravel(), minlength=len(self.class_names))
+            flagged[n] = counts[self.defect].sum() / pred.size
+            found[n] = [c is not None and counts[c] >= FOUND_MIN_PX for c in seg_index]
+        truth = self.val.targets > 0.5
+        clean = ~truth.any(1)
+        f1s = []
+        for c in range(len(layer_classes)):
+            tp = int((found[:, c] & truth[:, c]).sum())
+            fp = int((found[:, c] & ~truth[:, c]).sum())
+            fn = int((~found[:, c] & truth[:, c]).sum())
+            f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+        false_alarms = float(found[clean].any(1).mean()) if clean.any() else 0.0
+        layer_f1 = float(np.mean(f1s))
+        return {
+            "real_layer_f1": layer_f1,
+            "real_clean_flagged": float(flagged[clean].mean()) if clean.any() else 0.0,
+            "real_clean_false_alarms": false_alarms,
+            "real_defective_flagged": float(flagged[~clean].mean()) if (~clean).any() else 0.0,
+            "real_score": 0.5 * layer_f1 + 0.5 * (1.0 - false_alarms),
+        }
+
+
+def load_real_layers(root, label_map_path, size: int, classes, max_per_label: int | None, mixed_sizes: str, val_layers: int, progress: bool) -> RealLayers:
+    """The training split of the real layers at the model's input size (turned to the bed's
+    convention), and `val_layers` of the validation split: every clean one, then the others
+    spread over the folders in turn."""
+    from .layers import load_label_map, load_layer_folders
+
+    label_map = load_label_map(label_map_path)
+    train = load_layer_folders(root, label_map, size, splits=("train",), max_per_label=max_per_label, mixed_sizes=mixed_sizes, progress=progress)
+    val = load_layer_folders(root, label_map, size, splits=("val",), mixed_sizes=mixed_sizes, progress=False)
+    clean = [i for i, label in enumerate(val.labels) if not label_map.labels[label]]
+    others: dict[str, list[int]] = {}
+    for i, label in enumerate(val.labels):
+        if label_map.labels[label]:
+            others.setdefault(label, []).append(i)
+    chosen = clean[:val_layers]
+    queues = [list(v[:: max(1, len(v) // val_layers)]) for v in others.values()]
+    while len(chosen) < val_layers and any(queues):
+        for q in queues:
+            if q and len(chosen) < val_layers:
+                chosen.append(q.pop(0))
+    return RealLayers(train, val.subset(sorted(chosen)), classes, label_map)

@@ -1,0 +1,122 @@
+"""Real-bed training (realbed.py): the weak losses against values worked out by hand, the targets a
+label gives, the planted defects and their masks, the lighting changes, and a short run."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from bedsight_train import realbed
+from bedsight_train.synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION
+
+CLASSES = ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]
+
+
+def test_the_absence_loss_is_the_mean_of_minus_log_one_minus_p():
+    # two classes, two pixels: class 1 has logits log 3 and 0 against class 0's 0 -> p1 = 0.75, 0.5
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), 0.0]]]])
+    absent = torch.tensor([[False, True]])
+    present = torch.tensor([[False, False]])
+    loss_absent, loss_present = realbed.weak_losses(logits, present, absent, top_k_share=0.5)
+    assert loss_absent.item() == pytest.approx((math.log(4.0) + math.log(2.0)) / 2, rel=1e-5)
+    assert loss_present.item() == 0.0
+
+
+def test_the_presence_loss_pools_the_top_k_pixels():
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), 0.0]]]])
+    present = torch.tensor([[False, True]])
+    absent = torch.tensor([[False, False]])
+    # k = 1 of 2 pixels: the larger p, 0.75
+    _, top1 = realbed.weak_losses(logits, present, absent, top_k_share=0.5)
+    assert top1.item() == pytest.approx(-math.log(0.75), rel=1e-5)
+    # k = 2: their mean, 0.625
+    _, top2 = realbed.weak_losses(logits, present, absent, top_k_share=1.0)
+    assert top2.item() == pytest.approx(-math.log(0.625), rel=1e-5)
+    # crops: no presence term
+    _, none = realbed.weak_losses(logits, present, absent, top_k_share=None)
+    assert none.item() == 0.0
+
+
+def test_a_label_makes_every_class_it_does_not_name_absent():
+    present, absent = realbed.class_targets([[], ["incompleteness", "streaking"]], CLASSES)
+    # a clean layer: every class but background absent, none present
+    assert present[0].tolist() == [False] * 6
+    assert absent[0].tolist() == [False, True, True, True, True, True]
+    assert present[1].tolist() == [False, False, True, False, True, False]
+    assert absent[1].tolist() == [False, True, False, True, False, True]
+
+
+def _bed(seed=0, size=256):
+    rng = np.random.default_rng(seed)
+    return np.clip(120 + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("cls", [STREAKING, INCOMPLETENESS, SUPER_ELEVATION, HOPPING])
+def test_a_planted_defect_is_where_its_mask_says(cls):
+    bed = _bed()
+    found = 0
+    for seed in range(6):
+        image, mask = realbed.plant(np.random.default_rng(seed), bed, [cls])
+        assert image.shape == bed.shape and mask.shape == bed.shape
+        assert set(np.unique(mask)) <= {BACKGROUND, cls}
+        inside = mask == cls
+        if inside.sum() < 20:
+            continue
+        found += 1
+        change = np.abs(image - bed.astype(np.float32))
+        # the drawn change is inside the mask, not spread over the bed
+        assert change[inside].mean() > 3 * change[~inside].mean()
+        if cls == INCOMPLETENESS:
+            assert image[inside].mean() < bed[inside].mean() - 5
+        if cls == SUPER_ELEVATION:
+            assert image[inside].mean() > bed[inside].mean() + 5
+    assert found >= 3
+
+
+def test_a_streak_runs_along_the_recoater_travel_to_the_far_edge():
+    image, mask = realbed.plant(np.random.default_rng(3), _bed(), [STREAKING])
+    streak = mask == STREAKING
+    assert streak[:, -1].any()  # dragged to the end of the travel (+x)
+    # one or two lines a few pixels thin, each running along x: few pixels in any column, many in a row
+    assert streak.sum(axis=0).max() <= 2 * 5
+    assert streak.sum(axis=1).max() > 100
+
+
+def test_lighting_changes_brightness_not_the_size_and_stays_in_range():
+    bed = _bed().astype(np.float32)
+    for seed in range(5):
+        lit = realbed.lighting(np.random.default_rng(seed), bed)
+        assert lit.shape == bed.shape and lit.dtype == np.float32
+        assert 0.0 <= lit.min() and lit.max() <= 255.0
+    means = [realbed.lighting(np.random.default_rng(s), bed).mean() for s in range(20)]
+    assert np.ptp(means) > 20  # exposure varies
+
+
+def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path):
+    from bedsight_train.synth import write_dataset
+    from bedsight_train.train import TrainOptions, train
+
+    write_dataset(tmp_path / "data", 20, 64, seed=1, progress=False)
+    layers = tmp_path / "layers"
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    for label, n in [("No_Defect", 12), ("Powder_Uneven", 12)]:
+        (layers / label).mkdir(parents=True)
+        for i in range(n):
+            image = _bed(i, 64)
+            if label == "Powder_Uneven":
+                image[40:, 30:] = (image[40:, 30:] * 0.6).astype(np.uint8)
+            Image.fromarray(image).save(layers / label / f"layer_{i:04d}.png")
+    history = train(
+        TrainOptions(
+            arch="isdnet-sr", data=tmp_path / "data", epochs=1, out=tmp_path / "run", batch_size=2, crop=32,
+            progress=False, real_layers=layers, label_map="pblm", real_val_layers=3, mil_every=1,
+        )
+    )
+    record = history["epochs"][0]
+    assert {"real_layer_f1", "real_clean_flagged", "real_clean_false_alarms", "real_score", "rank"} <= set(record)
+    assert 0.0 <= record["real_clean_flagged"] <= 1.0
+    assert len(history["step_present_loss"]) == len(history["step_seg_loss"]) > 0
+    assert all(np.isfinite(history["step_absent_loss"]))
