@@ -1,0 +1,252 @@
+"""bedsight_train.real_eval: the metric functions on hand-computed cases, the polygon turning,
+and one end-to-end run of the real `bedsight` binary on three real layers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bedsight_train import real_eval as re_
+from bedsight_train.real_eval import (
+    Region,
+    aspect_matches,
+    chance_inside_share,
+    classification_metrics,
+    config_with_bed_aspect,
+    flagged_share,
+    inside_counts,
+    rasterise_polygon,
+    region_detection,
+    scale_points,
+    turn_points,
+    turned_size,
+    wilson,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PBLM = Path(os.environ.get("BEDSIGHT_PBLM", "/work/shared/data/pblm"))
+LABELS = REPO / "quantize" / "real-eval" / "labels.json"
+MODEL = REPO / "assets" / "default.bsimg"
+
+
+# --- polygon turning -------------------------------------------------------------------------
+
+
+def test_a_point_turned_a_quarter_counter_clockwise_by_hand():
+    # A 10-wide, 8-high image; the point (x=2, y=3) turned by np.rot90(k=1) is (y, W-1-x) = (3, 7).
+    assert turn_points([[2, 3]], 10, 8, 1).tolist() == [[3.0, 7.0]]
+    # and it is where np.rot90 puts that pixel
+    img = np.zeros((8, 10), dtype=np.uint8)
+    img[3, 2] = 1
+    rows, cols = np.nonzero(np.rot90(img, 1))
+    assert (int(cols[0]), int(rows[0])) == (3, 7)
+    assert turned_size(10, 8, 1) == (8, 10)
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+def test_turning_points_matches_np_rot90_for_every_quarter(k):
+    img = np.zeros((8, 10), dtype=np.uint8)
+    img[5, 1] = 1
+    rows, cols = np.nonzero(np.rot90(img, k))
+    assert turn_points([[1, 5]], 10, 8, k).tolist() == [[float(cols[0]), float(rows[0])]]
+
+
+def test_a_turned_polygon_rasterises_to_the_turned_raster():
+    # vertices on half pixels: no pixel centre lies on an edge, so the rasters must agree exactly
+    poly = [[1.5, 1.5], [6.5, 1.5], [6.5, 4.5], [1.5, 4.5]]
+    original = rasterise_polygon(np.asarray(poly), 12, 8)
+    assert original.sum() == 5 * 3  # columns 2..6, rows 2..4
+    turned = rasterise_polygon(turn_points(poly, 12, 8, 1), 8, 12)
+    assert np.array_equal(turned, np.rot90(original, 1))
+
+
+def test_scaling_keeps_the_image_edges_on_the_edges():
+    # the left edge of pixel 0 (-0.5) and the right edge of the last pixel (1023.5) of a 1024-wide
+    # image land on those of a 256-wide one; the centre of pixel 0 lands a 0.375 pixel inside
+    pts = scale_points(np.array([[-0.5, -0.5], [1023.5, 895.5], [0.0, 0.0]]), (1024, 896), (256, 256))
+    assert np.allclose(pts, [[-0.5, -0.5], [255.5, 255.5], [-0.375, (0.5 * 256 / 896) - 0.5]])
+
+
+# --- metrics -----------------------------------------------------------------------------------
+
+
+def test_a_square_polygon_covers_the_pixels_whose_centres_are_inside():
+    inside = rasterise_polygon(np.array([[2, 2], [6, 2], [6, 6], [2, 6]]), 10, 10)
+    expected = np.zeros((10, 10), dtype=bool)
+    expected[2:6, 2:6] = True  # left/top edges inside, right/bottom outside: 4 x 4
+    assert np.array_equal(inside, expected)
+    assert not rasterise_polygon(np.array([[0, 0], [1, 1]]), 10, 10).any()  # two points: nothing
+
+
+CLASSES = ["background", "incompleteness", "streaking", "lattice"]
+DEFECTS = [1, 2]
+
+
+def _case():
+    """10x10 mask: a streaking square region covering rows/columns 2..5 (16 px). Inside it,
+    rows 2-3 are streaking (8 px) and rows 4-5 incompleteness (8 px); outside, 4 px of streaking
+    on row 8 and a row of lattice (not a defect) on row 0."""
+    mask = np.zeros((10, 10), dtype=np.uint8)
+    mask[2:4, 2:6] = 2
+    mask[4:6, 2:6] = 1
+    mask[8, 0:4] = 2
+    mask[0, :] = 3
+    region = Region(cls="streaking", inside=rasterise_polygon(np.array([[2, 2], [6, 2], [6, 6], [2, 6]]), 10, 10))
+    return mask, region
+
+
+def test_flagged_share_counts_only_defect_classes():
+    mask, _ = _case()
+    assert flagged_share(mask, DEFECTS) == pytest.approx(20 / 100)  # lattice is not flagged
+
+
+def test_inside_shares_by_hand():
+    mask, region = _case()
+    c = inside_counts(mask, CLASSES, DEFECTS, [region])
+    assert (c["flagged"], c["inside_any"], c["inside_same"], c["labelled_pixels"]) == (20, 16, 8, 16)
+    assert c["inside_any"] / c["flagged"] == pytest.approx(0.8)
+    assert c["inside_same"] / c["flagged"] == pytest.approx(0.4)
+    assert c["per_class"]["streaking"] == {"flagged": 12, "inside_any": 8, "inside_same": 8}
+    assert c["per_class"]["incompleteness"] == {"flagged": 8, "inside_any": 8, "inside_same": 0}
+
+
+def test_region_recall_by_hand():
+    mask, region = _case()
+    d = region_detection(mask, CLASSES, DEFECTS, region, 6)
+    assert (d["area_px"], d["flagged_inside"], d["own_class_inside"]) == (16, 16, 8)
+    assert d["detected_any"] and d["detected_same"] and not d["below_min_area"]
+    d = region_detection(mask, CLASSES, DEFECTS, region, 10)  # 16 flagged, only 8 of its own class
+    assert d["detected_any"] and not d["detected_same"]
+    d = region_detection(mask, CLASSES, DEFECTS, region, 17)
+    assert not d["detected_any"] and d["below_min_area"]
+    # a class the model does not have is never detected as its own class
+    d = region_detection(mask, CLASSES, DEFECTS, Region("super-elevation", region.inside), 6)
+    assert d["detected_any"] and not d["detected_same"]
+
+
+def test_chance_level_of_the_inside_share_by_hand():
+    # layer 1: 20 flagged px, regions cover 16 % of its bed; layer 2: 60 flagged px, 50 %:
+    # at random, (20 * 0.16 + 60 * 0.5) / 80 = 33.2 / 80 of the flagged pixels would be inside
+    assert chance_inside_share([20, 60], [0.16, 0.5]) == pytest.approx(33.2 / 80)
+    assert chance_inside_share([0, 0], [0.1, 0.2]) is None
+
+
+def test_classification_by_hand():
+    truth = [{"a"}, {"a", "b"}, set(), {"b"}]
+    predicted = [{"a"}, {"b"}, {"a"}, set()]
+    m = classification_metrics(truth, predicted, ["a", "b", "c"])
+    a, b, c = (m["per_class"][k] for k in "abc")
+    assert (a["tp"], a["fp"], a["fn"], a["tn"]) == (1, 1, 1, 1)
+    assert (a["precision"], a["recall"], a["f1"]) == pytest.approx((0.5, 0.5, 0.5))
+    assert (b["tp"], b["fp"], b["fn"], b["tn"]) == (1, 0, 1, 2)
+    assert (b["precision"], b["recall"], b["f1"]) == pytest.approx((1.0, 0.5, 2 / 3))
+    assert (c["support"], c["f1"]) == (0, 0.0)
+    assert m["macro_f1"] == pytest.approx((0.5 + 2 / 3 + 0.0) / 3)
+    assert m["exact_match"] == pytest.approx(1 / 4)  # only the first layer's set is right
+
+
+def test_wilson_interval_by_hand():
+    low, high = wilson(0, 4)
+    assert low == 0.0 and high == pytest.approx(0.4899, abs=1e-4)  # 3.8416/4 / (1 + 3.8416/4)
+    low, high = wilson(4, 4)
+    assert high == 1.0 and low == pytest.approx(1 - 0.4899, abs=1e-4)
+    assert wilson(0, 0) is None
+
+
+def test_the_bed_is_fitted_to_a_frame_of_another_aspect():
+    text = (REPO / "assets" / "bedsight.toml").read_text()
+    assert aspect_matches((1024, 1024), (250.0, 250.0))
+    assert not aspect_matches((896, 1024), (250.0, 250.0))  # the box would FAULT it
+    new_text, bed = config_with_bed_aspect(text, (896, 1024))
+    assert bed == pytest.approx((218.75, 250.0))
+    import tomllib
+
+    old, new = tomllib.loads(text), tomllib.loads(new_text)
+    assert new["bed"]["width_mm"] == pytest.approx(218.75) and new["bed"]["height_mm"] == 250.0
+    assert aspect_matches((896, 1024), (new["bed"]["width_mm"], new["bed"]["height_mm"]))
+    del old["bed"], new["bed"]
+    assert old == new  # nothing else changed
+    assert new_text.count("\n") == text.count("\n")  # comments kept
+
+
+# --- end to end through the real binary -------------------------------------------------------
+
+E2E_LAYERS = [
+    "No_Defect/converted_ 0018.jpg",
+    "Powder_Uneven/converted_ 0646.jpg",
+    "Plateform_Powder_Uneven/PowderRecoat_20211125_135551.jpg",
+]
+
+
+def test_end_to_end_on_three_real_layers(tmp_path):
+    binary = re_.find_binary()
+    if binary is None:
+        pytest.skip("no bedsight binary (set BEDSIGHT_BIN or build target/debug/bedsight)")
+    if not all((PBLM / name).is_file() for name in E2E_LAYERS):
+        pytest.skip(f"the PBLM layers are not at {PBLM} (set BEDSIGHT_PBLM)")
+    layers = tmp_path / "pblm"
+    for name in E2E_LAYERS:
+        (layers / name).parent.mkdir(parents=True, exist_ok=True)
+        (layers / name).symlink_to(PBLM / name)
+    doc = json.loads(LABELS.read_text())
+    doc["layers"] = [entry for entry in doc["layers"] if entry["image"] in E2E_LAYERS]
+    assert len(doc["layers"]) == 3
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps(doc))
+    out = tmp_path / "out"
+
+    report = re_.evaluate_real(MODEL, layers, labels, out, split="test", bedsight_bin=binary, progress=False)
+
+    assert json.loads((out / "real-eval.json").read_text()) == json.loads(json.dumps(report))
+    assert "## Per folder" in (out / "real-eval.md").read_text()
+    # one layer per folder: each is its folder's test layer, and hand-labelled
+    assert set(report["per_folder"]) == {n.split("/")[0] for n in E2E_LAYERS}
+    for folder in report["per_folder"].values():
+        assert folder["layers"] == 1
+        assert set(folder["verdicts"]) == set(re_.VERDICTS)
+        assert sum(folder["verdicts"].values()) == folder["layers"]
+        assert folder["not_pass_share"] == pytest.approx(1 - folder["verdicts"]["PASS"] / folder["layers"])
+        assert isinstance(folder["mean_flagged_share"], float) and 0.0 <= folder["mean_flagged_share"] <= 1.0
+        assert set(folder["class_found_share"]) == set(report["run"]["defect_classes"])
+        assert all(0.0 <= v <= 1.0 for v in folder["class_found_share"].values())
+    assert report["overall"]["layers"] == 3 == sum(report["overall"]["verdicts"].values())
+    # the Plateform layer (3772x3302) is resized to a long side of 1024, turned (896x1024) and
+    # judged with a bed of its aspect: never a FAULT for its shape
+    (plate,) = [l for l in report["layers"] if l["folder"] == "Plateform_Powder_Uneven"]
+    assert plate["png_size"] == [896, 1024] and plate["resized"] and plate["verdict"] != "FAULT"
+    assert [f["folder"] for f in report["run"]["bed_fitted_to_frame"]] == ["Plateform_Powder_Uneven"]
+    clean = report["clean"]
+    assert clean["layers"] == 1 and clean["folders"] == ["No_Defect"]
+    assert clean["false_alarm_rate"] in (0.0, 1.0)
+    cls = report["classification"]
+    assert cls["layers"] + cls["left_out_fault"] == 3
+    for m in cls["per_class"].values():
+        assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == cls["layers"]
+        assert all(0.0 <= m[k] <= 1.0 for k in ("precision", "recall", "f1"))
+    assert 0.0 <= cls["macro_f1"] <= 1.0
+    hand = report["hand_labelled"]
+    assert hand["layers"] == 3 and hand["in_split"] == 3 and hand["not_judged"] == []
+    n_regions = sum(len(entry["regions"]) for entry in doc["layers"])
+    assert hand["regions"]["all"]["regions"] == n_regions
+    assert sum(v["regions"] for k, v in hand["regions"].items() if k != "all") == n_regions
+    assert isinstance(hand["flagged_pixels"], int)
+    assert sum(v["flagged"] for v in hand["per_flagged_class"].values()) == hand["flagged_pixels"]
+    if hand["flagged_pixels"]:
+        assert 0.0 <= hand["inside_same_share"] <= hand["inside_any_share"] <= 1.0
+        assert 0.0 <= hand["inside_any_chance"] <= 1.0
+    assert hand["clean_layers"]["layers"] == 1
+    assert isinstance(hand["clean_layers"]["mean_flagged_share"], float)
+    for layer in report["layers"]:
+        assert layer["verdict"] in re_.VERDICTS
+        assert isinstance(layer["flagged_share"], float)
+        assert isinstance(layer["classes_found"], list)
+    overlays = sorted(p.name for p in (out / "overlays").iterdir())
+    assert len(overlays) == 3
+    from PIL import Image
+
+    with Image.open(out / "overlays" / overlays[0]) as im:
+        assert im.width == re_.OVERLAY_WIDTH
