@@ -13,7 +13,7 @@
 //!
 //! One layer, in order:
 //! ```text
-//! Rectifier::rectify_into → preprocess_gray → Backend::infer → fuse → refine → measure
+//! FlatField::apply → Rectifier::rectify_into → preprocess_gray → Backend::infer → fuse → refine → measure
 //! ```
 //! and, when the model has a layer-level head, `Backend::layer_logits → layer_probabilities`.
 
@@ -21,6 +21,7 @@ pub mod backend;
 pub mod classify;
 pub mod components;
 pub mod error;
+pub mod flat_field;
 pub mod fuse;
 pub mod measure;
 pub mod preprocess;
@@ -31,6 +32,7 @@ pub use backend::{find_onnxruntime, load_backend, Backend, BackendChoice, Backen
 pub use classify::{layer_probabilities, most_probable};
 pub use components::Labeller;
 pub use error::ModelError;
+pub use flat_field::{lighting_reference, FlatField};
 pub use fuse::{fuse, Fused};
 pub use measure::{measure, measure_into, Defect, Ellipse, MeasureBuffers};
 pub use preprocess::{preprocess, preprocess_gray, rectify, Rectifier};

@@ -1,5 +1,7 @@
 //! `[bed]`: the bed's size and where its corners are in the camera frame.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Result};
 use serde::Deserialize;
 
@@ -14,6 +16,10 @@ pub struct BedConfig {
     /// seen with the recoater travelling left to right). Absent when frames are already the bed.
     #[serde(default)]
     pub corners_px: Option<[[f32; 2]; 4]>,
+    /// The flat-field reference that `bedsight calibrate --flat-field` wrote (relative paths are
+    /// taken from the configuration file's folder); absent: frames are judged as they come.
+    #[serde(default)]
+    pub flat_field: Option<PathBuf>,
 }
 
 impl BedConfig {

@@ -122,11 +122,16 @@ impl Config {
         })
     }
 
-    /// Reads and checks a configuration file.
+    /// Reads and checks a configuration file. A relative `bed.flat_field` is taken from the
+    /// file's folder.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("configuration {}: cannot read it", path.display()))?;
-        Config::parse(&text, &path.display().to_string())
+        let mut config = Config::parse(&text, &path.display().to_string())?;
+        if let Some(flat_field) = &mut config.bed.flat_field {
+            *flat_field = path.parent().unwrap_or(Path::new("")).join(&*flat_field);
+        }
+        Ok(config)
     }
 
     /// The configuration embedded in the binary.

@@ -88,6 +88,8 @@ pub struct Pipeline {
     rectifier: Option<models::Rectifier>,
     /// The camera frame in grey, reused across layers.
     grey_frame: GrayImage,
+    /// The lighting correction of `[bed] flat_field`, applied to the camera frame.
+    flat_field: Option<models::FlatField>,
     input_tensor: Vec<f32>,
     logits: Vec<f32>,
     /// The last layer's calibrated layer-class probabilities, in `layer_head.classes` order
@@ -148,10 +150,18 @@ impl Pipeline {
             ),
             None => None,
         };
+        let flat_field = match &config.bed.flat_field {
+            Some(path) => Some(
+                crate::record::flat_field::read(path)
+                    .with_context(|| format!("configuration {config_origin}: bed.flat_field"))?,
+            ),
+            None => None,
+        };
         Ok(Pipeline {
             refine_classes: model.class_indices(&config.refine.classes)?,
             rectifier,
             grey_frame: GrayImage::new(1, 1),
+            flat_field,
             input_tensor: vec![0.0; width * height],
             logits: vec![0.0; model.spec.members * classes * width * height],
             layer_probabilities: vec![0.0; model.spec.layer_logits_len()],
@@ -196,6 +206,13 @@ impl Pipeline {
 
         let input = &self.model.spec.input;
         grey_into(frame, &mut self.grey_frame);
+        // The lighting correction is timed with rectification: both map camera pixels to the bed.
+        if let Some(flat_field) = &self.flat_field {
+            if let Err(error) = flat_field.apply(&mut self.grey_frame) {
+                lap(&mut timing.rectify_ms);
+                return self.fault_outcome(format!("flat field: {error}"), timing, started);
+            }
+        }
         let rectified = match &self.rectifier {
             Some(rectifier) => rectifier.rectify_into(&self.grey_frame, &mut self.bed_image),
             // A frame of the model's size is the bed already: copied into the kept buffer

@@ -92,6 +92,33 @@ pub fn calibrate(config_path: &Path, frame_path: &Path, out_stem: &Path) -> Resu
     Ok(vec![rectified_path, corners_path])
 }
 
+/// Writes `<stem>.flat-field.tiff`, the lighting of `frame_path` (a frame of an evenly spread,
+/// empty bed), and says how to use it.
+pub fn write_flat_field(frame_path: &Path, out_stem: &Path) -> Result<PathBuf> {
+    let frame = image::open(frame_path)
+        .with_context(|| format!("frame {}: not a readable image", frame_path.display()))?
+        .to_luma8();
+    let path = PathBuf::from(format!("{}.flat-field.tiff", out_stem.display()));
+    let field = appliance::record::flat_field::write(&path, &frame)
+        .with_context(|| format!("frame {}", frame_path.display()))?;
+    let (low, high) = field
+        .gain
+        .iter()
+        .fold((f32::MAX, f32::MIN), |(lo, hi), g| (lo.min(*g), hi.max(*g)));
+    println!(
+        "wrote {}: the lighting of {} ({}x{} camera px); it brightens the bed by up to x{high:.2} and darkens it by up to x{low:.2}",
+        path.display(),
+        frame_path.display(),
+        field.width,
+        field.height
+    );
+    println!(
+        "set  flat_field = \"{}\"  in the [bed] table to correct every frame of this camera with it.",
+        path.display()
+    );
+    Ok(path)
+}
+
 /// The frame with a grid line every GRID_STEP_PX pixels, brighter every 500.
 fn grid(frame: &image::GrayImage) -> RgbImage {
     let mut picture = image::DynamicImage::ImageLuma8(frame.clone()).to_rgb8();

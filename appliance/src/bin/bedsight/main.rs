@@ -97,6 +97,10 @@ enum Command {
         /// Stem of the check images (default: next to the frame).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write STEM.flat-field.tiff: the lighting of this frame of an evenly spread,
+        /// empty bed, which `[bed] flat_field` divides out of every frame.
+        #[arg(long)]
+        flat_field: bool,
     },
     /// Make, check and read model images.
     #[command(subcommand)]
@@ -246,9 +250,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             service::run(&config, backend.as_deref(), &state_dir)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Calibrate { config, frame, out } => {
+        Command::Calibrate {
+            config,
+            frame,
+            out,
+            flat_field,
+        } => {
             let stem = out.unwrap_or_else(|| frame.with_extension(""));
             calibrate::calibrate(&config, &frame, &stem)?;
+            if flat_field {
+                calibrate::write_flat_field(&frame, &stem)?;
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(args) => {

@@ -1,0 +1,74 @@
+"""The flat-field reference, as an integrator commissions it and the box then uses it:
+`bedsight calibrate --flat-field` writes the bed's lighting, `[bed] flat_field` divides it out of
+every frame, and a frame from another camera is a FAULT with the reason, never a verdict."""
+
+import numpy as np
+from PIL import Image
+
+from conftest import ASSETS, SAMPLE_BUILD, analyze_json, run
+
+
+def lit(image: np.ndarray, left: float, right: float) -> np.ndarray:
+    """The image under light that falls from `right` to `left` times its brightness across x."""
+    gain = np.linspace(left, right, image.shape[1], dtype=np.float32)[None, :]
+    return np.clip(np.round(image.astype(np.float32) * gain), 0, 255).astype(np.uint8)
+
+
+def commission(tmp_path, ledger):
+    """An empty, evenly spread bed under light twice as strong on the right as on the left; the
+    integrator's calibrate run on it; a configuration that uses its flat field."""
+    clean = [f for f, planted in sorted(ledger.items()) if not planted]
+    empty_bed = np.asarray(Image.open(SAMPLE_BUILD / clean[0]).convert("L"))
+    Image.fromarray(lit(empty_bed, 0.6, 1.2)).save(tmp_path / "empty-bed.png")
+    config = tmp_path / "box.toml"
+    config.write_text("[bed]\nwidth_mm = 250\nheight_mm = 250\n")
+    result = run("calibrate", "--config", config, "--frame", tmp_path / "empty-bed.png", "--flat-field", "--out", tmp_path / "cal")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "cal.flat-field.tiff").is_file()
+    assert f'flat_field = "{tmp_path / "cal.flat-field.tiff"}"' in result.stdout, result.stdout
+    # relative to the configuration's folder, as an integrator writes it
+    config.write_text((ASSETS / "bedsight.toml").read_text().replace("height_mm = 250.0\n", 'height_mm = 250.0\nflat_field = "cal.flat-field.tiff"\n', 1))
+    return config, clean
+
+
+def test_a_layer_under_the_commissioned_lighting_is_judged_as_under_even_light(tmp_path, ledger):
+    config, clean = commission(tmp_path, ledger)
+    planted = next(f for f, classes in sorted(ledger.items()) if classes & {"streaking", "incompleteness"})
+    frames = []
+    for name in (clean[1], planted):
+        image = np.asarray(Image.open(SAMPLE_BUILD / name).convert("L"))
+        Image.fromarray(lit(image, 0.6, 1.2)).save(tmp_path / name)
+        frames.append(tmp_path / name)
+    result, corrected = analyze_json("--config", config, *frames)
+    assert result.returncode == 0, result.stderr
+    result, even = analyze_json(*[SAMPLE_BUILD / name for name in (clean[1], planted)])
+    assert result.returncode == 0, result.stderr
+    # the clean layer passes, and the layer with a defect gets the verdict and classes it gets
+    # under even light
+    assert corrected[0]["verdict"] == "PASS" and corrected[0]["defects"] == [], corrected[0]
+    assert corrected[1]["verdict"] == even[1]["verdict"], (corrected[1], even[1])
+    assert {d["class"] for d in corrected[1]["defects"]} == {d["class"] for d in even[1]["defects"]}
+
+
+def test_a_frame_of_another_size_is_a_fault_with_the_reason(tmp_path, ledger):
+    config, clean = commission(tmp_path, ledger)
+    image = Image.open(SAMPLE_BUILD / clean[1]).convert("L").resize((128, 128))
+    image.save(tmp_path / "other-camera.png")
+    result, [report] = analyze_json("--config", config, tmp_path / "other-camera.png")
+    assert report["verdict"] == "FAULT", report
+    assert "flat field: frame is 128x128 px but the flat field is 256x256" in report["fault"], report["fault"]
+    assert report["defects"] == []
+
+
+def test_a_missing_or_foreign_flat_field_stops_the_box_before_any_layer(tmp_path, ledger):
+    config = tmp_path / "box.toml"
+    config.write_text((ASSETS / "bedsight.toml").read_text().replace("height_mm = 250.0\n", 'height_mm = 250.0\nflat_field = "none.tiff"\n', 1))
+    layer = SAMPLE_BUILD / sorted(ledger)[0]
+    result = run("analyze", "--config", config, layer)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "bed.flat_field" in result.stderr and "none.tiff: cannot read it" in result.stderr, result.stderr
+    # a picture, not a reference
+    Image.open(layer).save(tmp_path / "none.tiff")
+    result = run("analyze", "--config", config, layer)
+    assert result.returncode != 0 and result.stdout == ""
+    assert "none.tiff: Gray(8) pixels, not one 32-bit float channel" in result.stderr, result.stderr
