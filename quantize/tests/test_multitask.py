@@ -16,7 +16,7 @@ from bt_helpers import train_tiny
 REAL = Path(__file__).resolve().parents[2] / "assets" / "sample-build-real"
 
 
-def real_layer_folders(out: Path, copies: int = 10) -> Path:
+def real_layer_folders(out: Path, copies: int = 4) -> Path:
     """The real sample build, each layer `copies` times (flipped), so that the split (the last
     20 % of each folder test, the 10 % before them validation) has layers in every split."""
     for path in sorted(REAL.glob("*/*.png")):
@@ -58,7 +58,7 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
 
     layers = real_layer_folders(tmp_path / "layers")
     run = tmp_path / "run"
-    history = train_tiny("isdnet-sr", tiny_data, run, epochs=30, layers=layers, label_map=Path("pblm"), layer_weight=1.0, seed=1, layer_batch_size=8)
+    history = train_tiny("isdnet-sr", tiny_data, run, epochs=45, layers=layers, label_map=Path("pblm"), layer_weight=1.0, seed=1, layer_batch_size=8)
     seg, layer = np.array(history["step_seg_loss"]), np.array(history["step_layer_loss"])
     assert len(seg) == len(layer) >= 120
     # per-step losses of small batches are noisy: compare the first and the last 20 steps
