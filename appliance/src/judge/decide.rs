@@ -29,7 +29,9 @@ pub struct Decision {
 /// Per class: a rule trips when the class's total area, largest defect or count passes its
 /// limit, and gives the rule's verdict; the most severe tripped verdict wins. Then, when the
 /// layer has defects and more than `uncertainty_gate.max_share` of their pixels are uncertain,
-/// the verdict becomes REVIEW: the model is not sure enough of what it found to act on it.
+/// a milder verdict becomes REVIEW: the model is not sure enough of what it found to act on it.
+/// The gate never lowers a verdict: an uncertain PAUSE stays PAUSE, with the gate's finding
+/// among the reasons.
 pub fn decide(
     config: &Config,
     class_names: &[String],
@@ -101,18 +103,26 @@ pub fn decide(
         uncertain_defect_pixels as f64 / defect_pixels as f64
     };
     if !defects.is_empty() && defect_uncertain_share > config.uncertainty_gate.max_share {
-        reasons.push(format!(
-            "uncertainty gate: {:.0}% of defect pixels are uncertain > {:.0}% → REVIEW (was {verdict})",
-            defect_uncertain_share * 100.0,
-            config.uncertainty_gate.max_share * 100.0
-        ));
-        verdict = Verdict::Review;
-        reason = Some(Reason {
-            kind: RuleKind::UncertaintyGate,
-            class_index: 0,
-            class: String::new(),
-            text: reasons.last().cloned().unwrap_or_default(),
-        });
+        let share = defect_uncertain_share * 100.0;
+        let limit = config.uncertainty_gate.max_share * 100.0;
+        // The gate only ever raises a verdict: an uncertain PAUSE stays PAUSE (the rule that
+        // decided stays the reason), with the gate's finding said beside it.
+        if verdict.severity() < Verdict::Review.severity() {
+            reasons.push(format!(
+                "uncertainty gate: {share:.0}% of defect pixels are uncertain > {limit:.0}% → REVIEW (was {verdict})"
+            ));
+            verdict = Verdict::Review;
+            reason = Some(Reason {
+                kind: RuleKind::UncertaintyGate,
+                class_index: 0,
+                class: String::new(),
+                text: reasons.last().cloned().unwrap_or_default(),
+            });
+        } else {
+            reasons.push(format!(
+                "uncertainty gate: {share:.0}% of defect pixels are uncertain > {limit:.0}%; {verdict} stands"
+            ));
+        }
     }
     Decision {
         verdict,
@@ -300,6 +310,19 @@ mod tests {
         // 8 of 20 uncertain: 40%, the rule's RECOAT stands.
         let decision = decide(&config, &names(), &defect_classes(), &[defect(2, 1.0)], &layer(20, 8));
         assert_eq!(decision.verdict, Verdict::Recoat);
+    }
+
+    #[test]
+    fn the_uncertainty_gate_never_lowers_a_pause() {
+        let config = config("[rules.incompleteness]\nmax_count = 0\nverdict = \"PAUSE\"\n[uncertainty_gate]\npixel_threshold = 0.1\nmax_share = 0.5\n");
+        // 20 defect pixels, 12 of them uncertain: 60% > 50%, but the rule said PAUSE.
+        let decision = decide(&config, &names(), &defect_classes(), &[defect(2, 1.0)], &layer(20, 12));
+        assert_eq!(decision.verdict, Verdict::Pause);
+        assert_eq!(decision.reason.as_ref().map(|r| r.kind), Some(RuleKind::ClassLimit));
+        assert_eq!(
+            decision.reasons.last().map(String::as_str),
+            Some("uncertainty gate: 60% of defect pixels are uncertain > 50%; PAUSE stands")
+        );
     }
 
     #[test]
