@@ -65,6 +65,9 @@ verdict = "RECOAT"
 max_layers = 4
 verdict = "REVIEW"
 message = "recoater blade damage suspected"
+
+[rules.hopping]
+verdict = "ignore"             # these builds have none; said on purpose, as a box must
 {camera_and_plc}
 [journal]
 path = "{journal}"

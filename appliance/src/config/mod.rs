@@ -70,8 +70,9 @@ pub struct Config {
     pub layer_classifier: LayerClassifierConfig,
     #[serde(default)]
     pub recoat: RecoatConfig,
-    /// Per-class rules, keyed by the class name of the model image.
-    #[serde(default)]
+    /// Per-class rules, keyed by the class name of the model image; without the table, the
+    /// embedded configuration's.
+    #[serde(default = "rules::embedded")]
     pub rules: BTreeMap<String, ClassRule>,
     /// Model images: whether unsigned ones may be installed, where the trusted keys are.
     #[serde(default)]
@@ -97,7 +98,31 @@ pub struct Config {
     /// The operator's web page of `bedsight run`: on, on loopback, unless the table says otherwise.
     #[serde(default)]
     pub dashboard: DashboardConfig,
+    /// The tables the file left out, which hold the embedded configuration's values (`[rules]`)
+    /// or their defaults (the others; equal to the embedded ones, a test holds them so).
+    #[serde(skip)]
+    pub defaulted_tables: Vec<&'static str>,
 }
+
+/// Every table a configuration file may hold, in the order `bedsight run` lists them.
+pub const TABLES: [&str; 16] = [
+    "bed",
+    "model",
+    "refine",
+    "frame_check",
+    "uncertainty_gate",
+    "layer_classifier",
+    "recoat",
+    "rules",
+    "tracks",
+    "images",
+    "camera",
+    "trigger",
+    "plc",
+    "journal",
+    "record",
+    "dashboard",
+];
 
 fn yes() -> bool {
     true
@@ -141,8 +166,14 @@ impl Config {
 
     /// Parses and checks configuration text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config> {
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| anyhow::anyhow!("configuration {origin}: {}", e.to_string().trim()))?;
+        // Parsed again as a table only to see which tables the file holds (it parsed above).
+        let present: toml::Table = toml::from_str(text).unwrap_or_default();
+        config.defaulted_tables = TABLES
+            .into_iter()
+            .filter(|table| !present.contains_key(*table))
+            .collect();
         config.check().with_context(|| format!("configuration {origin}"))?;
         Ok(config)
     }
@@ -171,8 +202,28 @@ impl Config {
         Ok(())
     }
 
-    /// Checks the names in the configuration against the classes of the model it will run.
-    pub fn check_against_classes(&self, class_names: &[String], origin: &str) -> Result<()> {
+    /// Checks the names in the configuration against the classes of the model it will run, and
+    /// that every defect class (`defect[i]` for `class_names[i]`) has a rule: a class the model
+    /// finds and no rule judges would pass every layer silently.
+    pub fn check_against_classes(&self, class_names: &[String], defect: &[bool], origin: &str) -> Result<()> {
+        let unjudged: Vec<&String> = class_names
+            .iter()
+            .zip(defect)
+            .filter(|(class, defect)| **defect && !self.rules.contains_key(*class))
+            .map(|(class, _)| class)
+            .collect();
+        match unjudged.as_slice() {
+            [] => {}
+            [class] => bail!(
+                "configuration {origin}: rules.{class} is missing: the model finds {class} and no rule judges it; \
+                 add [rules.{class}] with a limit and a verdict, or verdict = \"ignore\" to let it through"
+            ),
+            classes => bail!(
+                "configuration {origin}: rules.{} are missing: the model finds these classes and no rule judges them; \
+                 add [rules.<class>] with a limit and a verdict for each, or verdict = \"ignore\" to let one through",
+                classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", rules.")
+            ),
+        }
         let known = class_names.join(", ");
         for class in self.rules.keys() {
             if !class_names.contains(class) {
@@ -414,12 +465,95 @@ mod tests {
         .unwrap();
         let classes = vec!["background".to_string(), "lattice".to_string()];
         let message = config
-            .check_against_classes(&classes, "t.toml")
+            .check_against_classes(&classes, &[false, false], "t.toml")
             .unwrap_err()
             .to_string();
         assert!(
             message.contains("porosity") && message.contains("background, lattice"),
             "{message}"
         );
+    }
+
+    const BED: &str = "[bed]\nwidth_mm = 250\nheight_mm = 250\n";
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_file_without_rules_takes_the_embedded_rules_and_says_so() {
+        let config = Config::parse(BED, "t.toml").unwrap();
+        let embedded = Config::embedded();
+        assert_eq!(format!("{:?}", config.rules), format!("{:?}", embedded.rules));
+        assert!(config.rules.contains_key("super-elevation") && config.rules.contains_key("streaking"));
+        assert!(config.defaulted_tables.contains(&"rules") && !config.defaulted_tables.contains(&"bed"));
+        assert!(embedded.defaulted_tables.contains(&"camera") && !embedded.defaulted_tables.contains(&"rules"));
+    }
+
+    #[test]
+    fn every_other_tables_default_is_the_embedded_value() {
+        // A table left out takes its default; these must be what the embedded file says, so a
+        // file without the table behaves as the shipped configuration.
+        let bare = Config::parse(BED, "t.toml").unwrap();
+        let embedded = Config::embedded();
+        for (table, bare, embedded) in [
+            ("model", format!("{:?}", bare.model), format!("{:?}", embedded.model)),
+            ("refine", format!("{:?}", bare.refine), format!("{:?}", embedded.refine)),
+            (
+                "frame_check",
+                format!("{:?}", bare.frame_check),
+                format!("{:?}", embedded.frame_check),
+            ),
+            (
+                "uncertainty_gate",
+                format!("{:?}", bare.uncertainty_gate),
+                format!("{:?}", embedded.uncertainty_gate),
+            ),
+            (
+                "layer_classifier",
+                format!("{:?}", bare.layer_classifier),
+                format!("{:?}", embedded.layer_classifier),
+            ),
+            ("recoat", format!("{:?}", bare.recoat), format!("{:?}", embedded.recoat)),
+            ("tracks", format!("{:?}", bare.tracks), format!("{:?}", embedded.tracks)),
+        ] {
+            assert_eq!(bare, embedded, "[{table}]");
+        }
+    }
+
+    #[test]
+    fn a_defect_class_without_a_rule_is_refused_unless_ignored_on_purpose() {
+        let classes = names(&["background", "incompleteness", "hopping", "lattice"]);
+        let defect = [false, true, true, false];
+        let partial = format!("{BED}[rules.incompleteness]\nmax_count = 0\nverdict = \"RECOAT\"\n");
+        let config = Config::parse(&partial, "t.toml").unwrap();
+        let message = config
+            .check_against_classes(&classes, &defect, "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            message,
+            "configuration t.toml: rules.hopping is missing: the model finds hopping and no rule judges it; \
+             add [rules.hopping] with a limit and a verdict, or verdict = \"ignore\" to let it through"
+        );
+        let ignored = format!("{partial}[rules.hopping]\nverdict = \"ignore\"\n");
+        let config = Config::parse(&ignored, "t.toml").unwrap();
+        config.check_against_classes(&classes, &defect, "t.toml").unwrap();
+        assert!(config.rules["hopping"].is_ignore());
+    }
+
+    #[test]
+    fn a_rule_that_sets_nothing_or_ignores_with_limits_is_refused() {
+        let message = |text: &str| format!("{:#}", Config::parse(&format!("{BED}{text}"), "t.toml").unwrap_err());
+        assert_eq!(
+            message("[rules.hopping]\n"),
+            "configuration t.toml: rules.hopping sets nothing: give a limit and a verdict, or verdict = \"ignore\" to let hopping through"
+        );
+        assert_eq!(
+            message("[rules.hopping]\nmax_count = 0\nverdict = \"ignore\"\n"),
+            "configuration t.toml: rules.hopping.verdict = \"ignore\" takes no limit and no track: remove them, or give a verdict"
+        );
+        assert!(message("[rules.hopping]\nmax_count = 0\nverdict = \"PASS\"\n")
+            .contains("must be RECOAT, REVIEW, PAUSE or ignore"));
     }
 }

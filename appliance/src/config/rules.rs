@@ -1,5 +1,9 @@
 //! `[rules.<class>]` and `[rules.<class>.track]`: the limits per class on a layer and on a
 //! track across layers, and the verdict when one is passed.
+//!
+//! Rules cannot vanish: a file without `[rules]` takes the embedded configuration's rules, and
+//! every defect class of the model needs a rule, or `verdict = "ignore"` said on purpose
+//! (`Config::check_against_classes`); a rule that sets nothing is refused.
 
 use std::collections::BTreeMap;
 
@@ -42,7 +46,7 @@ pub struct ClassRule {
     #[serde(default)]
     pub max_count: Option<u32>,
     /// What the PLC is told when a limit is passed: RECOAT, REVIEW or PAUSE (needed when a
-    /// limit is set).
+    /// limit is set); or `ignore`, with no limit: this class never decides a layer.
     #[serde(default)]
     pub verdict: Option<String>,
     /// Rules on the tracks of this class across layers.
@@ -51,6 +55,11 @@ pub struct ClassRule {
 }
 
 impl ClassRule {
+    /// `verdict = "ignore"`: the configuration lets this class through on purpose.
+    pub fn is_ignore(&self) -> bool {
+        self.verdict.as_deref() == Some("ignore")
+    }
+
     /// The per-layer verdict (checked at load when a limit is set).
     pub fn layer_verdict(&self) -> Verdict {
         self.verdict
@@ -58,6 +67,11 @@ impl ClassRule {
             .and_then(Verdict::parse)
             .unwrap_or(Verdict::Pass)
     }
+}
+
+/// The embedded configuration's rules, for a file without `[rules]`.
+pub(super) fn embedded() -> BTreeMap<String, ClassRule> {
+    super::Config::embedded().rules
 }
 
 /// Checks every class's rule; the class names are checked against the model later
@@ -76,12 +90,21 @@ pub(super) fn check(rules: &BTreeMap<String, ClassRule>) -> Result<()> {
         }
         let has_limit =
             rule.max_total_area_mm2.is_some() || rule.max_largest_area_mm2.is_some() || rule.max_count.is_some();
+        if rule.is_ignore() {
+            if has_limit || rule.track.is_some() {
+                bail!("rules.{class}.verdict = \"ignore\" takes no limit and no track: remove them, or give a verdict");
+            }
+            continue;
+        }
         match rule.verdict.as_deref().map(Verdict::parse) {
             Some(Some(Verdict::Recoat | Verdict::Review | Verdict::Pause)) => {}
-            None if !has_limit => {}
+            None if !has_limit && rule.track.is_some() => {}
+            None if !has_limit => bail!(
+                "rules.{class} sets nothing: give a limit and a verdict, or verdict = \"ignore\" to let {class} through"
+            ),
             None => bail!("rules.{class}.verdict is missing: say RECOAT, REVIEW or PAUSE for when a limit is passed"),
             Some(_) => bail!(
-                "rules.{class}.verdict must be RECOAT, REVIEW or PAUSE, got {:?}",
+                "rules.{class}.verdict must be RECOAT, REVIEW, PAUSE or ignore, got {:?}",
                 rule.verdict.as_deref().unwrap_or_default()
             ),
         }

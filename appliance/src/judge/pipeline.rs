@@ -131,7 +131,8 @@ impl Pipeline {
     }
 
     pub fn new(config: Config, model: LoadedModel, config_origin: &str) -> Result<Pipeline> {
-        config.check_against_classes(&model.class_names, config_origin)?;
+        let defect: Vec<bool> = model.spec.classes.iter().map(|class| class.defect).collect();
+        config.check_against_classes(&model.class_names, &defect, config_origin)?;
         let input = &model.spec.input;
         if input.channels != 1 {
             bail!(

@@ -141,6 +141,20 @@ impl LayerCounter {
     }
 }
 
+/// Where each table of the configuration came from: the file, or (left out) the embedded
+/// configuration and the defaults, which are the same values.
+fn table_sources(config: &Config, origin: &str) -> String {
+    let from_file: Vec<&str> = crate::config::TABLES
+        .into_iter()
+        .filter(|table| !config.defaulted_tables.contains(table))
+        .collect();
+    format!(
+        "configuration {origin}: [{}] from the file; [{}] embedded defaults",
+        from_file.join("] ["),
+        config.defaulted_tables.join("] [")
+    )
+}
+
 /// Runs the loop until SIGINT/SIGTERM.
 pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Result<()> {
     let config = Config::load(config_path)?;
@@ -154,6 +168,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         .trigger
         .clone()
         .ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
+    println!("{}", table_sources(&config, &origin));
 
     let journal_path = config.journal_file(&base_dir, state_dir);
     let (journal, opened) = Journal::open(&journal_path)?;
