@@ -34,20 +34,23 @@ if [ -n "$missing" ]; then
     $SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $missing
 fi
 
+# The features of every build and test here: the V4L2 driver, and fault injection (test builds only).
+FEATURES="appliance/v4l2,appliance/fault-inject"
+
 echo "== formatting and lints"
 # rustfmt.toml sets the width; every allowed lint is allowed where it applies, with its reason.
 cargo fmt --all --check
-cargo clippy --workspace --all-targets --features appliance/v4l2 -- -D warnings
+cargo clippy --workspace --all-targets --features "$FEATURES" -- -D warnings
 
 echo "== building"
-cargo build --workspace --bins --features appliance/v4l2
+cargo build --workspace --bins --features "$FEATURES"
 export BEDSIGHT_BIN="$PWD/target/debug/bedsight"
 
 echo "== Rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --workspace --features appliance/v4l2 --no-fail-fast
+    cargo nextest run --workspace --features "$FEATURES" --no-fail-fast
 else
-    cargo test --workspace --features appliance/v4l2 --no-fail-fast
+    cargo test --workspace --features "$FEATURES" --no-fail-fast
 fi
 
 echo "== Python tests"

@@ -214,7 +214,17 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    // A command whose output goes into a pipe that closes (`bedsight demo | head -1`) ends
+    // quietly, as command-line tools do, instead of panicking on the failed write. Not `run`:
+    // there a closed socket must be an error the loop handles, never a signal that kills it.
+    if !matches!(cli.command, Command::Run { .. }) {
+        // SAFETY: setting a signal's disposition to its default before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

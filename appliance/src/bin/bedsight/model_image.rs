@@ -157,7 +157,9 @@ pub fn keygen(stem: &Path) -> Result<()> {
 }
 
 /// Set to `kill-before-switch` to abort `image install` after the image is unpacked into the
-/// idle slot and before `active` is switched, as a power cut or `kill -9` would (for tests).
+/// idle slot and before `active` is switched, as a power cut or `kill -9` would. Only in builds
+/// with the `fault-inject` feature (./test.sh's), never in a box's build.
+#[cfg(feature = "fault-inject")]
 pub const FAULT_INJECT_ENV: &str = "BEDSIGHT_FAULT_INJECT";
 
 pub struct InstallArgs<'a> {
@@ -219,6 +221,7 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         slots.slot_dir(idle).display()
     );
     let installed = slots.install(&image, signed_by.as_deref(), |staged, staged_image| {
+        #[cfg(feature = "fault-inject")]
         if std::env::var(FAULT_INJECT_ENV).as_deref() == Ok("kill-before-switch") {
             eprintln!("install: {FAULT_INJECT_ENV}=kill-before-switch: aborting between unpack and switch");
             std::process::abort();
