@@ -23,6 +23,13 @@
 //!
 //! Anything else is answered with exception 02 (illegal data address); an inspect command
 //! while a layer is in progress with exception 06 (server device busy).
+//!
+//! As the Modbus application protocol (1.1b3) and serial line (1.02) specifications want: an RTU
+//! frame's CRC is checked before anything else is read from it (a bad one is dropped, never
+//! answered); a frame with a function code of 0x80 or above (an exception code, not a request)
+//! is dropped; the functions the map does not serve (all but 3, 4, 6 and 16) get exception 01
+//! (illegal function); a read of 0 or more than 125 registers, a write of 0 or more than 123, and
+//! a byte count that is not twice the register count get exception 03 (illegal data value).
 
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,8 +38,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rmodbus::consts::{ModbusErrorCode, ModbusFunction};
 use rmodbus::server::{ModbusFrame, Read as FrameRead, Write as FrameWrite};
 use rmodbus::{guess_request_frame_len, ErrorKind, ModbusProto};
+
+/// CRC-16/MODBUS of RTU frames (polynomial 0xA001 reflected, initial 0xFFFF).
+const MODBUS_CRC: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_MODBUS);
 
 use crate::plc::{LoopState, Outputs, PlcError, Verdict, VerdictMessage, CLASSES_ON_WIRE};
 use crate::serial::{open_serial, SerialSettings};
@@ -268,6 +279,23 @@ pub fn handle_frame(
     response: &mut Vec<u8>,
 ) -> FrameOutcome {
     let mut bank = bank.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    // The unit id: after the 6-byte MBAP header on TCP, first on RTU.
+    let unit_at = if proto == ModbusProto::TcpUdp { 6 } else { 0 };
+    if proto == ModbusProto::Rtu {
+        let Some(body_len) = request.len().checked_sub(2).filter(|len| *len >= 2) else {
+            bank.counters.broken_frames += 1;
+            return FrameOutcome::Broken;
+        };
+        let sent = u16::from_le_bytes([request[body_len], request[body_len + 1]]);
+        if MODBUS_CRC.checksum(&request[..body_len]) != sent {
+            bank.counters.crc_errors += 1;
+            return FrameOutcome::CrcError;
+        }
+    }
+    if request.get(unit_at + 1).is_some_and(|function| *function >= 0x80) {
+        bank.counters.broken_frames += 1;
+        return FrameOutcome::Broken;
+    }
     let mut frame = ModbusFrame::new(unit_id, request, proto, response);
     match frame.parse() {
         Ok(()) => {}
@@ -278,6 +306,12 @@ pub fn handle_frame(
         Err(_) => {
             bank.counters.broken_frames += 1;
             return FrameOutcome::Broken;
+        }
+    }
+    if frame.processing_required {
+        if let Some(code) = refused_request(&frame, request, unit_at) {
+            frame.processing_required = false;
+            frame.error = Some(code);
         }
     }
     if frame.processing_required {
@@ -317,6 +351,28 @@ pub fn handle_frame(
     }
     bank.counters.requests += 1;
     FrameOutcome::Respond
+}
+
+/// The exception for a request the map does not serve or whose counts are out of the
+/// specification's range (rmodbus answers the coil and discrete functions as if served, reads of
+/// 0 registers, and writes whose byte count disagrees with their register count).
+fn refused_request<V: rmodbus::VectorTrait<u8>>(
+    frame: &ModbusFrame<V>,
+    request: &[u8],
+    unit_at: usize,
+) -> Option<ModbusErrorCode> {
+    match frame.func {
+        ModbusFunction::GetHoldings | ModbusFunction::GetInputs => {
+            (frame.count == 0 || frame.count > 125).then_some(ModbusErrorCode::IllegalDataValue)
+        }
+        ModbusFunction::SetHolding => None,
+        ModbusFunction::SetHoldingsBulk => {
+            let bytes = request.get(unit_at + 6).copied().unwrap_or(0) as u16;
+            (frame.count == 0 || frame.count > 123 || bytes != 2 * frame.count)
+                .then_some(ModbusErrorCode::IllegalDataValue)
+        }
+        _ => Some(ModbusErrorCode::IllegalFunction),
+    }
 }
 
 /// Whether a write-multiple request (function 15 or 16) holds the data bytes its byte-count
@@ -717,15 +773,91 @@ mod tests {
             FrameOutcome::Respond
         );
         assert_eq!(&response[..3], &[0x01, 0x83, 0x02]);
-        // Another unit's frame: silence.
-        let mut other = good;
-        other[0] = 2;
+        // Another unit's frame: silence. 02 03 0000 0002 + CRC C438.
+        let other = [0x02, 0x03, 0x00, 0x00, 0x00, 0x02, 0xC4, 0x38];
         assert_eq!(
             handle_frame(&bank, 1, ModbusProto::Rtu, &other, &mut response),
             FrameOutcome::Silent
         );
         let counters = bank.lock().unwrap().counters;
         assert_eq!((counters.requests, counters.exceptions, counters.crc_errors), (2, 1, 1));
+    }
+
+    #[test]
+    fn rtu_checks_the_crc_before_the_function_and_drops_exception_codes() {
+        let bank = Mutex::new(RegisterBank::new(None));
+        let mut response = Vec::new();
+        // Function 7 (not served) with a bad CRC: dropped as a CRC error, never answered.
+        let bad = [0x01, 0x07, 0x00, 0x00];
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &bad, &mut response),
+            FrameOutcome::CrcError
+        );
+        // With its CRC (41 E2): exception 01, 01 87 01 + CRC 82 30.
+        let unknown = [0x01, 0x07, 0x41, 0xE2];
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &unknown, &mut response),
+            FrameOutcome::Respond
+        );
+        assert_eq!(response, [0x01, 0x87, 0x01, 0x82, 0x30]);
+        // Function 0x82 is an exception code, not a request: no reply, even with a good CRC.
+        let exception_code = [0x01, 0x82, 0x00, 0x00, 0x00, 0x01, 0xB8, 0x14];
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &exception_code, &mut response),
+            FrameOutcome::Broken
+        );
+        // Read coils (function 1): the map has none, so the function is not served: 01 81 01 + 81 90.
+        let coils = [0x01, 0x01, 0x00, 0x00, 0x00, 0x01, 0xFD, 0xCA];
+        response.clear();
+        assert_eq!(
+            handle_frame(&bank, 1, ModbusProto::Rtu, &coils, &mut response),
+            FrameOutcome::Respond
+        );
+        assert_eq!(response, [0x01, 0x81, 0x01, 0x81, 0x90]);
+        let counters = bank.lock().unwrap().counters;
+        assert_eq!((counters.requests, counters.exceptions, counters.crc_errors), (2, 2, 1));
+    }
+
+    #[test]
+    fn tcp_answers_unserved_functions_01_and_bad_counts_03() {
+        let bank = Mutex::new(RegisterBank::new(None));
+        let mut response = Vec::new();
+        let mut ask = |pdu: &[u8]| {
+            let mut request = vec![0x00, 0x09, 0x00, 0x00, 0x00, (pdu.len() + 1) as u8, 0x01];
+            request.extend_from_slice(pdu);
+            response.clear();
+            let outcome = handle_frame(&bank, 1, ModbusProto::TcpUdp, &request, &mut response);
+            (outcome, response.clone())
+        };
+        let exception = |function: u8, code: u8| {
+            (
+                FrameOutcome::Respond,
+                vec![0x00, 0x09, 0x00, 0x00, 0x00, 0x03, 0x01, function, code],
+            )
+        };
+        for function in [0x00u8, 0x07, 0x11, 0x18, 0x2B, 0x41, 0x7F, 0x01, 0x02, 0x05] {
+            assert_eq!(
+                ask(&[function, 0x00, 0x00, 0x00, 0x01]),
+                exception(function | 0x80, 0x01),
+                "function {function:#04x}"
+            );
+        }
+        // write one coil with function 15: byte count 1, data 01
+        assert_eq!(ask(&[0x0F, 0x00, 0x00, 0x00, 0x01, 0x01, 0x01]), exception(0x8F, 0x01));
+        // read 0 registers, or 126
+        assert_eq!(ask(&[0x03, 0x00, 0x00, 0x00, 0x00]), exception(0x83, 0x03));
+        assert_eq!(ask(&[0x04, 0x00, 0x00, 0x00, 0x7E]), exception(0x84, 0x03));
+        // write 1 register announcing 4 data bytes (and holding them)
+        assert_eq!(
+            ask(&[0x10, 0x00, 0x64, 0x00, 0x01, 0x04, 0x00, 0x07, 0x00, 0x00]),
+            exception(0x90, 0x03)
+        );
+        // write 0 registers
+        assert_eq!(ask(&[0x10, 0x00, 0x64, 0x00, 0x00, 0x00]), exception(0x90, 0x03));
+        // nothing was written
+        assert_eq!(bank.lock().unwrap().get(100), Some(0));
+        // 0x83 as a request: dropped
+        assert_eq!(ask(&[0x83, 0x00, 0x00, 0x00, 0x01]).0, FrameOutcome::Broken);
     }
 
     /// fuzz/regressions/modbus_request/byte-count-past-the-end: a TCP write of registers whose
