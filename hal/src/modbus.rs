@@ -33,7 +33,7 @@
 
 use std::io::{ErrorKind as IoErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -497,14 +497,45 @@ pub fn spawn_rtu_server(
         .expect("spawning a thread"))
 }
 
-/// At most this many Modbus TCP clients at once; more are closed at accept.
+/// At most this many Modbus TCP clients at once, by default.
 pub const MAX_TCP_CLIENTS: usize = 4;
+/// A client that sends no request for this long is closed, by default.
+pub const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the Modbus TCP server keeps its clients: at most `max_clients` at once; a new client
+/// over the limit makes the one idle longest give way (a PLC that lost power leaves half-open
+/// sockets behind, and must still get in when it is back); a client idle for `idle_timeout` is
+/// closed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TcpLimits {
+    pub max_clients: usize,
+    pub idle_timeout: Duration,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            max_clients: MAX_TCP_CLIENTS,
+            idle_timeout: TCP_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// One connected client: when it last sent a request, and a handle to close it.
+struct TcpClient {
+    id: u64,
+    last_request: Instant,
+    stream: TcpStream,
+}
+
+type TcpClients = Arc<Mutex<Vec<TcpClient>>>;
 
 /// Serves Modbus TCP on `listen` until `stop` is set. Returns the bound address (port 0 picks
-/// a free one) and the accepting thread.
+/// a free one) and the accepting thread; each client gets a thread of its own.
 pub fn spawn_tcp_server(
     listen: &str,
     unit_id: u8,
+    limits: TcpLimits,
     bank: Arc<Mutex<RegisterBank>>,
     stop: Arc<AtomicBool>,
 ) -> Result<(SocketAddr, JoinHandle<()>), PlcError> {
@@ -515,24 +546,41 @@ pub fn spawn_tcp_server(
     let listener = TcpListener::bind(listen).map_err(|e| open_error(format!("cannot listen: {e}")))?;
     listener.set_nonblocking(true).map_err(|e| open_error(e.to_string()))?;
     let address = listener.local_addr().map_err(|e| open_error(e.to_string()))?;
-    let clients = Arc::new(AtomicUsize::new(0));
+    let clients: TcpClients = Arc::new(Mutex::new(Vec::new()));
     let handle = std::thread::Builder::new()
         .name("modbus-tcp".into())
         .spawn(move || {
+            let mut next_id = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((stream, _)) => {
-                        if clients.load(Ordering::Acquire) >= MAX_TCP_CLIENTS {
-                            drop(stream);
-                            continue;
+                        let Ok(handle) = stream.try_clone() else { continue };
+                        {
+                            let mut list = clients.lock().unwrap_or_else(|p| p.into_inner());
+                            while list.len() >= limits.max_clients.max(1) {
+                                // The client idle longest gives way to the new one.
+                                let oldest = (0..list.len())
+                                    .min_by_key(|i| list[*i].last_request)
+                                    .expect("list is not empty");
+                                let gone = list.remove(oldest);
+                                gone.stream.shutdown(std::net::Shutdown::Both).ok();
+                            }
+                            next_id += 1;
+                            list.push(TcpClient {
+                                id: next_id,
+                                last_request: Instant::now(),
+                                stream: handle,
+                            });
                         }
-                        clients.fetch_add(1, Ordering::AcqRel);
-                        let (bank, stop, clients) = (bank.clone(), stop.clone(), clients.clone());
+                        let (bank, stop, clients, id) = (bank.clone(), stop.clone(), clients.clone(), next_id);
                         std::thread::Builder::new()
                             .name("modbus-tcp-client".into())
                             .spawn(move || {
-                                serve_tcp_client(stream, unit_id, &bank, &stop);
-                                clients.fetch_sub(1, Ordering::AcqRel);
+                                serve_tcp_client(stream, unit_id, limits.idle_timeout, &bank, &stop, &clients, id);
+                                clients
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .retain(|client| client.id != id);
                             })
                             .expect("spawning a thread");
                     }
@@ -547,7 +595,15 @@ pub fn spawn_tcp_server(
     Ok((address, handle))
 }
 
-fn serve_tcp_client(mut stream: TcpStream, unit_id: u8, bank: &Mutex<RegisterBank>, stop: &AtomicBool) {
+fn serve_tcp_client(
+    mut stream: TcpStream,
+    unit_id: u8,
+    idle_timeout: Duration,
+    bank: &Mutex<RegisterBank>,
+    stop: &AtomicBool,
+    clients: &Mutex<Vec<TcpClient>>,
+    id: u64,
+) {
     if stream.set_nonblocking(false).is_err() || stream.set_read_timeout(Some(Duration::from_millis(100))).is_err() {
         return;
     }
@@ -555,7 +611,11 @@ fn serve_tcp_client(mut stream: TcpStream, unit_id: u8, bank: &Mutex<RegisterBan
     let mut pending: Vec<u8> = Vec::with_capacity(520);
     let mut chunk = [0u8; 260];
     let mut response = Vec::with_capacity(260);
+    let mut last_request = Instant::now();
     while !stop.load(Ordering::Relaxed) {
+        if last_request.elapsed() > idle_timeout {
+            return;
+        }
         match stream.read(&mut chunk) {
             Ok(0) => return,
             Ok(n) => pending.extend_from_slice(&chunk[..n]),
@@ -576,6 +636,15 @@ fn serve_tcp_client(mut stream: TcpStream, unit_id: u8, bank: &Mutex<RegisterBan
             }
             let outcome = handle_frame(bank, unit_id, ModbusProto::TcpUdp, &pending[..length], &mut response);
             pending.drain(..length);
+            last_request = Instant::now();
+            if let Some(client) = clients
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter_mut()
+                .find(|c| c.id == id)
+            {
+                client.last_request = last_request;
+            }
             if outcome == FrameOutcome::Respond && stream.write_all(&response).is_err() {
                 return;
             }
@@ -725,7 +794,7 @@ mod tests {
     fn tcp_server_answers_with_the_mbap_header() {
         let bank = Arc::new(Mutex::new(RegisterBank::new(None)));
         let stop = Arc::new(AtomicBool::new(false));
-        let (address, server) = spawn_tcp_server("127.0.0.1:0", 1, bank, stop.clone()).unwrap();
+        let (address, server) = spawn_tcp_server("127.0.0.1:0", 1, TcpLimits::default(), bank, stop.clone()).unwrap();
         let mut client = TcpStream::connect(address).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         // Transaction 0x0102, read register 0 of unit 1.
@@ -781,6 +850,68 @@ mod tests {
         );
         let counters = bank.lock().unwrap().counters;
         assert_eq!((counters.requests, counters.exceptions, counters.crc_errors), (2, 1, 1));
+    }
+
+    /// Reads register 0 of unit 1 over `client` (transaction `tid`); the map version, 2.
+    fn read_version(client: &mut TcpStream, tid: u8) -> std::io::Result<u16> {
+        client.write_all(&[0x00, tid, 0x00, 0x00, 0x00, 0x06, 0x01, 0x03, 0x00, 0x00, 0x00, 0x01])?;
+        let mut answer = [0u8; 11];
+        client.read_exact(&mut answer)?;
+        Ok(u16::from_be_bytes([answer[9], answer[10]]))
+    }
+
+    fn connect(address: SocketAddr) -> TcpStream {
+        let client = TcpStream::connect(address).unwrap();
+        client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        client
+    }
+
+    #[test]
+    fn a_new_client_over_the_limit_makes_the_one_idle_longest_give_way() {
+        let bank = Arc::new(Mutex::new(RegisterBank::new(None)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let limits = TcpLimits {
+            max_clients: 2,
+            idle_timeout: Duration::from_secs(30),
+        };
+        let (address, server) = spawn_tcp_server("127.0.0.1:0", 1, limits, bank, stop.clone()).unwrap();
+        // A half-open socket left by a PLC that lost power, then a client that keeps asking.
+        let mut stale = connect(address);
+        std::thread::sleep(Duration::from_millis(100));
+        let mut busy = connect(address);
+        assert_eq!(read_version(&mut busy, 1).unwrap(), 2);
+        // The PLC, back: it gets in, the stale socket is closed, the busy client stays.
+        let mut back = connect(address);
+        assert_eq!(read_version(&mut back, 2).unwrap(), 2);
+        let mut byte = [0u8; 1];
+        assert!(
+            matches!(stale.read(&mut byte), Ok(0) | Err(_)),
+            "the stale client was not closed"
+        );
+        assert_eq!(read_version(&mut busy, 3).unwrap(), 2);
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn an_idle_client_is_closed_after_the_idle_timeout() {
+        let bank = Arc::new(Mutex::new(RegisterBank::new(None)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let limits = TcpLimits {
+            max_clients: 4,
+            idle_timeout: Duration::from_millis(300),
+        };
+        let (address, server) = spawn_tcp_server("127.0.0.1:0", 1, limits, bank, stop.clone()).unwrap();
+        let mut client = connect(address);
+        assert_eq!(read_version(&mut client, 1).unwrap(), 2);
+        // Requests within the timeout keep it open.
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(read_version(&mut client, 2).unwrap(), 2);
+        // Then silence: closed.
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(read_version(&mut client, 3).is_err(), "an idle client was still served");
+        stop.store(true, Ordering::Relaxed);
+        server.join().unwrap();
     }
 
     #[test]

@@ -481,6 +481,26 @@ mod tests {
     }
 
     #[test]
+    fn modbus_tcp_keeps_four_clients_and_closes_them_after_a_minute_idle_unless_told() {
+        let tcp = |extra: &str| format!("{BED}[plc.modbus_tcp]\nlisten = \"127.0.0.1:1502\"\n{extra}");
+        let config = Config::parse(&tcp(""), "t.toml").unwrap();
+        let limits = config.plc.modbus_tcp.unwrap().limits();
+        assert_eq!((limits.max_clients, limits.idle_timeout.as_secs()), (4, 60));
+        let config = Config::parse(&tcp("max_clients = 8\nidle_timeout_s = 5\n"), "t.toml").unwrap();
+        let limits = config.plc.modbus_tcp.unwrap().limits();
+        assert_eq!((limits.max_clients, limits.idle_timeout.as_secs()), (8, 5));
+        let message = |extra: &str| format!("{:#}", Config::parse(&tcp(extra), "t.toml").unwrap_err());
+        assert_eq!(
+            message("max_clients = 0\n"),
+            "configuration t.toml: plc.modbus_tcp.max_clients must be in 1..32, got 0"
+        );
+        assert_eq!(
+            message("idle_timeout_s = 0\n"),
+            "configuration t.toml: plc.modbus_tcp.idle_timeout_s must be in 1..86400 seconds, got 0"
+        );
+    }
+
+    #[test]
     fn a_file_without_rules_takes_the_embedded_rules_and_says_so() {
         let config = Config::parse(BED, "t.toml").unwrap();
         let embedded = Config::embedded();

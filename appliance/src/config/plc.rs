@@ -138,6 +138,30 @@ pub struct ModbusTcpConfig {
     pub listen: String,
     #[serde(default = "default_unit_id")]
     pub unit_id: u8,
+    /// Clients at once; a new one over the limit makes the one idle longest give way.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+    /// A client that sends no request for this many seconds is closed.
+    #[serde(default = "default_idle_timeout_s")]
+    pub idle_timeout_s: u64,
+}
+
+impl ModbusTcpConfig {
+    /// The hal's limits for these keys (checked at load).
+    pub fn limits(&self) -> hal::modbus::TcpLimits {
+        hal::modbus::TcpLimits {
+            max_clients: self.max_clients,
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout_s),
+        }
+    }
+}
+
+fn default_max_clients() -> usize {
+    hal::modbus::MAX_TCP_CLIENTS
+}
+
+fn default_idle_timeout_s() -> u64 {
+    hal::modbus::TCP_IDLE_TIMEOUT.as_secs()
 }
 
 /// `[plc.modbus_rtu]`: bedsight as a Modbus RTU slave on a serial port.
@@ -193,6 +217,15 @@ impl PlcConfig {
                 bail!(
                     "plc.modbus_tcp.listen must be an address and port such as \"0.0.0.0:502\", got {:?}",
                     tcp.listen
+                );
+            }
+            if !(1..=32).contains(&tcp.max_clients) {
+                bail!("plc.modbus_tcp.max_clients must be in 1..32, got {}", tcp.max_clients);
+            }
+            if !(1..=86_400).contains(&tcp.idle_timeout_s) {
+                bail!(
+                    "plc.modbus_tcp.idle_timeout_s must be in 1..86400 seconds, got {}",
+                    tcp.idle_timeout_s
                 );
             }
         }

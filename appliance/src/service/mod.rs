@@ -208,8 +208,9 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         let bank = Arc::new(Mutex::new(RegisterBank::new(modbus_gate)));
         let mut labels = Vec::new();
         if let Some(tcp) = &plc.modbus_tcp {
-            let (address, handle) = spawn_tcp_server(&tcp.listen, tcp.unit_id, bank.clone(), stop.clone())
-                .with_context(|| format!("configuration {origin}: plc.modbus_tcp.listen"))?;
+            let (address, handle) =
+                spawn_tcp_server(&tcp.listen, tcp.unit_id, tcp.limits(), bank.clone(), stop.clone())
+                    .with_context(|| format!("configuration {origin}: plc.modbus_tcp.listen"))?;
             println!("modbus tcp: listening on {address}, unit {}", tcp.unit_id);
             labels.push(format!("Modbus TCP on {address}"));
             threads.push(handle);
