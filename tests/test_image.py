@@ -31,3 +31,10 @@ def test_pack_refuses_a_manifest_whose_members_disagree_with_the_graph(tmp_path)
     assert result.returncode != 0
     assert f"{MEMBERS}" in result.stderr and f"{wrong}" in result.stderr and "members" in result.stderr, result.stderr
     assert not out.exists()
+
+
+def test_a_missing_model_image_is_said_once(tmp_path):
+    result = run("image", "verify", tmp_path / "none.bsimg")
+    assert result.returncode != 0
+    assert result.stderr.count("No such file or directory") == 1, result.stderr
+    assert f"{tmp_path / 'none.bsimg'}: cannot open the model image" in result.stderr

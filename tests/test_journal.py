@@ -63,3 +63,12 @@ def test_each_layer_the_plc_hears_is_in_the_journal(tmp_path):
     assert cut, line
     assert journal.stat().st_size == len(whole) - 5 - int(cut.group(1))
     assert [r["layer"] for r in map(json.loads, run("journal", "export", journal, "--format", "jsonl", check=True).stdout.splitlines())] == [1, 2]
+
+
+def test_checking_a_file_that_is_not_a_journal_says_what_it_is_and_moves_nothing(tmp_path):
+    notes = tmp_path / "notes.bsj"
+    notes.write_text("hello")
+    result = run("journal", "check", notes)
+    assert result.returncode != 0
+    assert result.stderr.strip() == f'error: journal {notes}: not a bedsight journal (it does not start with "BSJRNL02")'
+    assert notes.read_text() == "hello"

@@ -227,12 +227,12 @@ fn write_atomically(out: &Path, entries: &[(&str, &[u8])]) -> Result<u64, ImageE
         fs::rename(&temp, out)?;
         Ok(archive_bytes)
     };
-    let archive_bytes = write().map_err(|source| {
+    let archive_bytes = write().map_err(|error| {
         let _ = fs::remove_file(&temp);
         ImageError::Io {
             path: out.to_path_buf(),
             doing: format!("write the model image (through {})", temp.display()),
-            source,
+            error,
         }
     })?;
     // Make the rename itself durable.

@@ -11,14 +11,15 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ImageError {
     /// Reading or writing a file failed (missing, unreadable, disk full, ...).
-    #[error("{}: cannot {doing}: {source}", path.display())]
+    #[error("{}: cannot {doing}: {error}", path.display())]
     Io {
         /// The file or folder.
         path: PathBuf,
         /// What was being done, e.g. "read the fp32 graph".
         doing: String,
-        #[source]
-        source: io::Error,
+        /// Said in the message, and not a `source`: a chain printed whole (anyhow's `{:#}`)
+        /// would say it twice.
+        error: io::Error,
     },
 
     /// The manifest is not valid TOML, has unknown or missing keys, or fails validation.
@@ -187,5 +188,5 @@ fn short_hash(hash: &str) -> &str {
 pub(crate) fn io_error(path: &std::path::Path, doing: &str) -> impl FnOnce(io::Error) -> ImageError {
     let path = path.to_path_buf();
     let doing = doing.to_string();
-    move |source| ImageError::Io { path, doing, source }
+    move |error| ImageError::Io { path, doing, error }
 }

@@ -139,7 +139,9 @@ impl Journal {
                 },
             ));
         }
-        let contents = scan(path, &bytes)?;
+        // `bedsight run` writes here: it says what to do; a reading command only what is wrong.
+        let contents =
+            scan(path, &bytes).map_err(|e| anyhow::anyhow!("{e:#}; move it away and a new one is started"))?;
         if contents.good_end < contents.file_len {
             file.set_len(contents.good_end)
                 .and_then(|_| file.sync_all())
@@ -201,7 +203,7 @@ pub fn read(path: &Path) -> Result<Contents> {
 pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
     if bytes.len() >= MAGIC.len() && bytes[..6] == MAGIC[..6] && bytes[..MAGIC.len()] != MAGIC[..] {
         bail!(
-            "journal {}: written in format {} by another bedsight version, this one writes {}; move it away and a new one is started",
+            "journal {}: written in format {} by another bedsight version, this one writes {}",
             path.display(),
             String::from_utf8_lossy(&bytes[6..8]),
             String::from_utf8_lossy(&MAGIC[6..])
@@ -209,7 +211,7 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
     }
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         bail!(
-            "journal {}: not a bedsight journal (it does not start with {:?}); move it away and a new one is started",
+            "journal {}: not a bedsight journal (it does not start with {:?})",
             path.display(),
             std::str::from_utf8(MAGIC).unwrap_or_default()
         );
@@ -515,10 +517,22 @@ mod tests {
         let path = folder.path().join("notes.txt");
         std::fs::write(&path, b"hello, this is not a journal").unwrap();
         let error = format!("{:#}", Journal::open(&path).err().unwrap());
-        assert!(
-            error.contains("notes.txt") && error.contains("not a bedsight journal"),
-            "{error}"
+        assert_eq!(
+            error,
+            format!(
+                "journal {}: not a bedsight journal (it does not start with \"BSJRNL02\"); move it away and a new one is started",
+                path.display()
+            )
         );
         assert_eq!(std::fs::read(&path).unwrap(), b"hello, this is not a journal");
+        // A reading command (journal check, export, report) moves nothing: it says what is wrong.
+        let error = format!("{:#}", read(&path).err().unwrap());
+        assert_eq!(
+            error,
+            format!(
+                "journal {}: not a bedsight journal (it does not start with \"BSJRNL02\")",
+                path.display()
+            )
+        );
     }
 }
