@@ -153,3 +153,18 @@ def class_colours_rgb(classes: tuple[ClassInfo, ...] | list[ClassInfo]) -> np.nd
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
+
+def synthetic_dataset_doc(size: int, seed: int, layers: int, name: str, generator: str) -> dict:
+    """The dataset.toml document of a synthetic generator's dataset (synth.py, synth_alt.py)."""
+    return {
+        "name": name,
+        "generator": generator,
+        "seed": seed,
+        "layers": layers,
+        "size": size,
+        "channels": 1,
+        "recoater_direction": RECOATER_DIRECTION,
+        "mm_per_px": SYNTH_BED_WIDTH_MM / size,
+        "classes": [{"index": i, "name": c.name, "colour": c.colour, "defect": c.defect} for i, c in enumerate(DEFAULT_CLASSES)],
+    }

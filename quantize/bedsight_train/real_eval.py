@@ -233,25 +233,17 @@ def chance_inside_share(flagged: Sequence[int], labelled_share: Sequence[float])
 
 
 def classification_metrics(truth: Sequence[Iterable[str]], predicted: Sequence[Iterable[str]], classes: Sequence[str]) -> dict[str, Any]:
-    """Per-class precision, recall, F1 and counts of layer-level class sets, and the macro F1.
-    A ratio with a zero denominator is 0.0 (as multitask.multilabel_metrics reports it)."""
-    truth = [set(t) for t in truth]
-    predicted = [set(p) for p in predicted]
+    """Per-class precision, recall, F1 and counts of layer-level class sets, and the macro F1:
+    multitask.multilabel_metrics on the sets as 0/1 rows (a zero denominator gives 0.0)."""
+    from .multitask import multilabel_metrics
+
+    truth, predicted = list(truth), list(predicted)
     if len(truth) != len(predicted):
         raise ValueError("truth and predicted differ in length")
-    per_class = {}
-    for name in classes:
-        tp = sum(1 for t, p in zip(truth, predicted) if name in t and name in p)
-        fp = sum(1 for t, p in zip(truth, predicted) if name not in t and name in p)
-        fn = sum(1 for t, p in zip(truth, predicted) if name in t and name not in p)
-        tn = len(truth) - tp - fp - fn
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": tp + fn, "tp": tp, "fp": fp, "fn": fn, "tn": tn}
-    macro = float(np.mean([c["f1"] for c in per_class.values()])) if per_class else 0.0
-    exact = sum(1 for t, p in zip(truth, predicted) if t & set(classes) == p & set(classes)) / len(truth) if truth else 0.0
-    return {"per_class": per_class, "macro_f1": macro, "exact_match": exact, "layers": len(truth)}
+    rows = lambda sets: np.array([[name in set(s) for name in classes] for s in sets], dtype=np.float32).reshape(len(sets), len(classes))
+    metrics = multilabel_metrics(rows(predicted), rows(truth), list(classes))
+    del metrics["threshold"]
+    return metrics
 
 
 def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:

@@ -309,6 +309,8 @@ class RealLayers:
         clean ones, the share of clean ones with a class found (false alarms), and the layer
         classes found (FOUND_MIN_PX) against their labels, as macro F1 over the label map's
         classes. real_score = 0.5 layer F1 + 0.5 (1 - false-alarm rate)."""
+        from .multitask import multilabel_metrics
+
         model.eval()
         layer_classes = self.label_map.classes
         seg_index = [self.class_names.index(c) if c in self.class_names else None for c in layer_classes]
@@ -322,14 +324,8 @@ class RealLayers:
             found[n] = [c is not None and counts[c] >= FOUND_MIN_PX for c in seg_index]
         truth = self.val.targets > 0.5
         clean = ~truth.any(1)
-        f1s = []
-        for c in range(len(layer_classes)):
-            tp = int((found[:, c] & truth[:, c]).sum())
-            fp = int((found[:, c] & ~truth[:, c]).sum())
-            fn = int((~found[:, c] & truth[:, c]).sum())
-            f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 1.0)
+        layer_f1 = multilabel_metrics(found.astype(np.float32), self.val.targets, layer_classes)["macro_f1"]
         false_alarms = float(found[clean].any(1).mean()) if clean.any() else 0.0
-        layer_f1 = float(np.mean(f1s))
         return {
             "real_layer_f1": layer_f1,
             "real_clean_flagged": float(flagged[clean].mean()) if clean.any() else 0.0,

@@ -22,13 +22,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .common import (
-    DEFAULT_CLASSES,
-    RECOATER_DIRECTION,
-    SYNTH_BED_WIDTH_MM,
-    save_png_grey,
-    toml_dumps,
-)
+from .common import DEFAULT_CLASSES, RECOATER_DIRECTION, SYNTH_BED_WIDTH_MM, save_png_grey, synthetic_dataset_doc, toml_dumps
 
 BACKGROUND, SUPER_ELEVATION, INCOMPLETENESS, HOPPING, STREAKING, LATTICE = range(6)
 DEFECT_CLASSES = (SUPER_ELEVATION, INCOMPLETENESS, HOPPING, STREAKING, LATTICE)
@@ -272,20 +266,7 @@ def random_plan(rng: np.random.Generator, p_defect: float = 0.45, p_clean: float
 
 
 def dataset_toml(size: int, seed: int, layers: int, name: str = "synthetic") -> str:
-    doc = {
-        "name": name,
-        "generator": "bedsight-train synth",
-        "seed": seed,
-        "layers": layers,
-        "size": size,
-        "channels": 1,
-        "recoater_direction": RECOATER_DIRECTION,
-        "mm_per_px": SYNTH_BED_WIDTH_MM / size,
-        "classes": [
-            {"index": i, "name": c.name, "colour": c.colour, "defect": c.defect}
-            for i, c in enumerate(DEFAULT_CLASSES)
-        ],
-    }
+    doc = synthetic_dataset_doc(size, seed, layers, name, "bedsight-train synth")
     return (
         "# A labelled powder-bed dataset: images/*.png (8-bit grey) and masks/*.png (class index per\n"
         "# pixel, same file name). The recoater travels along recoater_direction in image coordinates.\n"

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .common import DEFAULT_CLASSES, RECOATER_DIRECTION, SYNTH_BED_WIDTH_MM, save_png_grey, toml_dumps
+from .common import DEFAULT_CLASSES, save_png_grey, synthetic_dataset_doc, toml_dumps
 
 _INDEX = {c.name: i for i, c in enumerate(DEFAULT_CLASSES)}
 BACKGROUND = _INDEX["background"]
@@ -477,18 +477,7 @@ def plan_dataset(rng: np.random.Generator, layers: int) -> list[set[int]]:
 
 
 def dataset_toml(size: int, seed: int, layers: int) -> str:
-    doc = {
-        "name": DATASET_NAME,
-        "generator": GENERATOR,
-        "test_only": True,
-        "seed": seed,
-        "layers": layers,
-        "size": size,
-        "channels": 1,
-        "recoater_direction": RECOATER_DIRECTION,
-        "mm_per_px": SYNTH_BED_WIDTH_MM / size,
-        "classes": [{"index": i, "name": c.name, "colour": c.colour, "defect": c.defect} for i, c in enumerate(DEFAULT_CLASSES)],
-    }
+    doc = {**synthetic_dataset_doc(size, seed, layers, DATASET_NAME, GENERATOR), "test_only": True}
     return (
         "# A labelled powder-bed TEST set from the second synthetic generator (synth_alt): never train on it.\n"
         "# images/*.png (8-bit grey) and masks/*.png (class index per pixel, same file name). The recoater\n"

@@ -190,18 +190,7 @@ impl Pipeline {
 
         if let Err(reason) = self.check_frame(frame) {
             lap(&mut timing.check_ms);
-            timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
-            return LayerOutcome {
-                verdict: Verdict::Fault,
-                fault: Some(reason),
-                decision: None,
-                defects: heapless::Vec::new(),
-                defects_dropped: 0,
-                totals: DefectTotals::default(),
-                refine: None,
-                timing,
-                layer_call: None,
-            };
+            return self.fault_outcome(reason, timing, started);
         }
         lap(&mut timing.check_ms);
 
