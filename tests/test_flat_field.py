@@ -14,12 +14,20 @@ def lit(image: np.ndarray, left: float, right: float) -> np.ndarray:
     return np.clip(np.round(image.astype(np.float32) * gain), 0, 255).astype(np.uint8)
 
 
+def empty_bed(size: int) -> np.ndarray:
+    """An evenly spread bed without parts (the training tool's generator), as an integrator
+    photographs it at commissioning."""
+    from bedsight_train.synth import render_layer
+
+    return render_layer(np.random.default_rng(3), size, (), parts=[]).image
+
+
 def commission(tmp_path, ledger):
     """An empty, evenly spread bed under light twice as strong on the right as on the left; the
     integrator's calibrate run on it; a configuration that uses its flat field."""
     clean = [f for f, planted in sorted(ledger.items()) if not planted]
-    empty_bed = np.asarray(Image.open(SAMPLE_BUILD / clean[0]).convert("L"))
-    Image.fromarray(lit(empty_bed, 0.6, 1.2)).save(tmp_path / "empty-bed.png")
+    size = Image.open(SAMPLE_BUILD / clean[0]).size[0]
+    Image.fromarray(lit(empty_bed(size), 0.6, 1.2)).save(tmp_path / "empty-bed.png")
     config = tmp_path / "box.toml"
     config.write_text("[bed]\nwidth_mm = 250\nheight_mm = 250\n")
     result = run("calibrate", "--config", config, "--frame", tmp_path / "empty-bed.png", "--flat-field", "--out", tmp_path / "cal")
@@ -56,7 +64,8 @@ def test_a_frame_of_another_size_is_a_fault_with_the_reason(tmp_path, ledger):
     image.save(tmp_path / "other-camera.png")
     result, [report] = analyze_json("--config", config, tmp_path / "other-camera.png")
     assert report["verdict"] == "FAULT", report
-    assert "flat field: frame is 128x128 px but the flat field is 256x256" in report["fault"], report["fault"]
+    w, h = Image.open(SAMPLE_BUILD / clean[1]).size
+    assert f"flat field: frame is 128x128 px but the flat field is {w}x{h}" in report["fault"], report["fault"]
     assert report["defects"] == []
 
 
@@ -72,3 +81,20 @@ def test_a_missing_or_foreign_flat_field_stops_the_box_before_any_layer(tmp_path
     result = run("analyze", "--config", config, layer)
     assert result.returncode != 0 and result.stdout == ""
     assert "none.tiff: Gray(8) pixels, not one 32-bit float channel" in result.stderr, result.stderr
+
+
+def test_the_training_tool_divides_out_the_same_lighting_as_the_box(tmp_path, ledger):
+    """bedsight-train trains on frames corrected as the box corrects them: its port of the
+    reference (bedsight_train.flat_field) against the one `bedsight calibrate --flat-field` writes,
+    on the same frame of a bed lit 2:1."""
+    from bedsight_train import flat_field
+
+    config, _ = commission(tmp_path, ledger)
+    frame = np.asarray(Image.open(tmp_path / "empty-bed.png").convert("L"))
+    with Image.open(tmp_path / "cal.flat-field.tiff") as tiff:
+        box = np.asarray(tiff, dtype=np.float32)
+    ours = flat_field.lighting_reference(frame)
+    assert box.shape == ours.shape
+    # the same low-pass up to resampling: within 2 % of the lighting, 0.5 % on average
+    relative = np.abs(ours - box) / box
+    assert relative.max() < 0.02 and relative.mean() < 0.005, (relative.max(), relative.mean())

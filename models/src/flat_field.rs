@@ -14,9 +14,12 @@ use image::{GrayImage, ImageBuffer, Luma};
 
 use crate::ModelError;
 
-/// Sigma of the low-pass, as a share of the frame's long side: several times the largest
-/// defect the model looks for, well below the scale of the light's falloff.
-pub const LOW_PASS_SHARE: f32 = 0.05;
+/// Sigma of the low-pass, as a share of the frame's long side (about 10 px of a 1024-px frame):
+/// wide enough to average the powder's grain and noise away, narrow enough to follow the light
+/// where it falls steeply at the bed's far edge (on the PBLM camera, to a third within 40 px;
+/// at 0.05 a dark band was left there, which a model takes for a defect). The reference is a
+/// frame of an evenly spread bed, so there is nothing but lighting in it to follow.
+pub const LOW_PASS_SHARE: f32 = 0.01;
 /// The reference is low-passed at this fraction of the frame's size.
 const DOWNSCALE: u32 = 8;
 /// A reference pixel darker than this share of the reference's mean would need a gain above

@@ -17,6 +17,21 @@ size, as the box resizes its bed, and the loader says how many layers differed f
 with `mixed_sizes="refuse"` the first layer of another size is an error naming it. JPEGs are
 decoded at a reduced scale where that is exact enough (PIL's draft mode).
 
+A label map may also say where the bed is in the photographs and how they are lit, per camera:
+
+    [cameras.pblm]
+    folders = ["No_Defect", "Powder_Uneven"]      # the label folders this camera took
+    bed_corners = [[0.01, 0.05], [0.97, 0.01], [0.98, 0.97], [0.01, 0.97]]
+    flat_field_from = "No_Defect"                   # a clean folder of this camera
+
+`bed_corners` are the bed's corners in the turned photograph (top-left, top-right, bottom-right,
+bottom-left, as the box's [bed] corners_px), as shares of its width and height; the loader warps
+that quadrilateral to the model's square, as the box's homography does, so walls and the frame
+around the bed are never taken for powder. `flat_field_from` names a clean label folder: its
+first training-split layer is the camera's commissioning frame, and its lighting is divided out
+of every layer of the camera before the warp (flat_field.py, the box's `[bed] flat_field`). A
+folder in no camera is taken as the bed itself, lit as it is.
+
 Split (`held_out_split`): by build and by long runs of layers, the way new layers reach a box.
 Consecutive layers of one build are near-duplicates (PBLM's `converted_ 0131.jpg` and `0132.jpg`
 differ by ~3 grey levels on average, layers of different labels by ~10), so a split that
@@ -35,8 +50,9 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -54,12 +70,32 @@ LABEL_MAPS = Path(__file__).parent / "label_maps"
 RECOATER_TRAVEL = {"right": 0, "down": 1, "left": 2, "up": 3}
 
 
+# A photograph with a longer side than this is first resized to it, as the camera path delivers
+# frames here (real_eval writes them at this size for the box).
+CAMERA_LONG_SIDE = 1024
+
+
+@dataclass
+class Camera:
+    """Where the bed is in one camera's photographs and which clean folder lit it (see the
+    module's docstring)."""
+
+    name: str
+    folders: list[str]
+    bed_corners: list[tuple[float, float]] | None  # shares of the turned photograph: TL, TR, BR, BL
+    flat_field_from: str | None  # a clean label folder of this camera
+
+
 @dataclass
 class LabelMap:
     path: Path
     classes: list[str]  # the layer classes, in the classification head's output order
     labels: dict[str, list[str]]  # label folder -> its layer classes
     recoater_travel: str = "right"  # where the recoater moves in the photographs (RECOATER_TRAVEL)
+    cameras: dict[str, Camera] = field(default_factory=dict)  # label folder -> its camera
+
+    def camera(self, label: str) -> Camera | None:
+        return self.cameras.get(label)
 
     @property
     def quarter_turns(self) -> int:
@@ -81,9 +117,9 @@ def load_label_map(path: Path) -> LabelMap:
     if not path.exists() and path.suffix == "" and (LABEL_MAPS / f"{path.name}.toml").exists():
         path = LABEL_MAPS / f"{path.name}.toml"
     doc = read_toml(path)
-    unknown = sorted(set(doc) - {"classes", "labels", "recoater_travel"})
+    unknown = sorted(set(doc) - {"classes", "labels", "recoater_travel", "cameras"})
     if unknown:
-        raise BadInput(f"{path}: unknown key(s) {', '.join(unknown)}; a label map has `classes`, `recoater_travel` and [labels]")
+        raise BadInput(f"{path}: unknown key(s) {', '.join(unknown)}; a label map has `classes`, `recoater_travel`, [labels] and [cameras.*]")
     travel = doc.get("recoater_travel", "right")
     if travel not in RECOATER_TRAVEL:
         raise BadInput(f"{path}: recoater_travel = {travel!r}: expected one of {', '.join(RECOATER_TRAVEL)} (where the recoater moves in the photographs)")
@@ -101,7 +137,88 @@ def load_label_map(path: Path) -> LabelMap:
         bad = [n for n in names if n not in classes]
         if bad:
             raise BadInput(f"{path}: labels.{label} names {', '.join(bad)}, which `classes` does not list ({', '.join(classes)})")
-    return LabelMap(path=path, classes=list(classes), labels={k: list(v) for k, v in labels.items()}, recoater_travel=travel)
+    cameras = _read_cameras(path, doc.get("cameras", {}), labels)
+    return LabelMap(path=path, classes=list(classes), labels={k: list(v) for k, v in labels.items()}, recoater_travel=travel, cameras=cameras)
+
+
+def _read_cameras(path: Path, tables: Any, labels: dict[str, list[str]]) -> dict[str, Camera]:
+    if not isinstance(tables, dict):
+        raise BadInput(f"{path}: `cameras` must be tables [cameras.NAME]")
+    by_folder: dict[str, Camera] = {}
+    for name, table in tables.items():
+        where = f"{path}: cameras.{name}"
+        if not isinstance(table, dict):
+            raise BadInput(f"{where} must be a table")
+        unknown = sorted(set(table) - {"folders", "bed_corners", "flat_field_from"})
+        if unknown:
+            raise BadInput(f"{where}: unknown key(s) {', '.join(unknown)}; a camera has folders, bed_corners and flat_field_from")
+        folders = table.get("folders")
+        if not (isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders)):
+            raise BadInput(f"{where}.folders must be a non-empty list of label folders")
+        for folder in folders:
+            if folder not in labels:
+                raise BadInput(f"{where}.folders names {folder}, which [labels] does not list")
+            if folder in by_folder:
+                raise BadInput(f"{where}.folders names {folder}, which cameras.{by_folder[folder].name} already holds")
+        corners = table.get("bed_corners")
+        if corners is not None:
+            ok = isinstance(corners, list) and len(corners) == 4 and all(
+                isinstance(c, list) and len(c) == 2 and all(isinstance(v, (int, float)) and 0.0 <= v <= 1.0 for v in c) for c in corners
+            )
+            if not ok:
+                raise BadInput(f"{where}.bed_corners must be four [x, y] shares of the turned photograph (0..1): top-left, top-right, bottom-right, bottom-left")
+            corners = [(float(x), float(y)) for x, y in corners]
+            if _signed_area(corners) <= 0.05:
+                raise BadInput(f"{where}.bed_corners are not a bed: top-left, top-right, bottom-right, bottom-left, going clockwise round at least 5 % of the photograph")
+        reference = table.get("flat_field_from")
+        if reference is not None:
+            if reference not in folders:
+                raise BadInput(f"{where}.flat_field_from = {reference!r}: not one of this camera's folders")
+            if labels[reference]:
+                raise BadInput(f"{where}.flat_field_from = {reference!r}: a flat field is measured on a clean bed, and this folder's layers carry {', '.join(labels[reference])}")
+        camera = Camera(name=name, folders=list(folders), bed_corners=corners, flat_field_from=reference)
+        for folder in folders:
+            by_folder[folder] = camera
+    return by_folder
+
+
+def _signed_area(points: list[tuple[float, float]]) -> float:
+    """Shoelace area, positive when the points go clockwise on an image (y down)."""
+    return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(points, points[1:] + points[:1]))
+
+
+def homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 3x3 projective map taking the four points `src` to `dst` (each [4, 2])."""
+    a = []
+    for (x, y), (u, v) in zip(np.asarray(src, float), np.asarray(dst, float)):
+        a.append([x, y, 1, 0, 0, 0, -u * x, -u * y, -u])
+        a.append([0, 0, 0, x, y, 1, -v * x, -v * y, -v])
+    _, _, vt = np.linalg.svd(np.asarray(a))
+    h = vt[-1].reshape(3, 3)
+    return h / h[2, 2]
+
+
+def map_points(h: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Points [N, 2] through the homography h."""
+    p = np.c_[np.asarray(points, float), np.ones(len(points))] @ h.T
+    return p[:, :2] / p[:, 2:3]
+
+
+# Points are in pixel-centre coordinates (pixel i's centre is i), as the box's rectifier takes
+# them (models/src/preprocess.rs): the bed corners map onto the centres of the rectified bed's
+# corner pixels.
+
+
+def bed_corners_px(camera: Camera, width: int, height: int) -> np.ndarray:
+    """The camera's bed corners in a turned photograph of width x height: share 0 is the first
+    pixel's centre, share 1 the last's."""
+    return np.asarray(camera.bed_corners, float) * [width - 1, height - 1]
+
+
+def bed_square(size: int, height: int | None = None) -> np.ndarray:
+    """The centres of the corner pixels of the rectified size x height bed, in bed_corners' order."""
+    w, h = size - 1, (size if height is None else height) - 1
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], float)
 
 
 @dataclass
@@ -193,8 +310,103 @@ def _describe(image) -> tuple[tuple[int, int], int]:
 MIXED_SIZES = ("resize", "refuse")
 
 
+def load_photograph(path: Path, quarter_turns: int, draft_to: int | None = None) -> np.ndarray:
+    """A photograph as the camera path delivers it here: grey, its long side at most
+    CAMERA_LONG_SIDE, turned to the bed's convention (uint8 [H, W]). `draft_to` lets a JPEG be
+    decoded at a reduced scale of at least that size (PIL's draft mode)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.format == "JPEG" and draft_to is not None:
+            im.draft("L", (draft_to, draft_to))
+        im = im.convert("L")
+        long_side = max(im.size)
+        if long_side > CAMERA_LONG_SIDE:
+            w, h = im.size
+            im = im.resize((round(w * CAMERA_LONG_SIDE / long_side), round(h * CAMERA_LONG_SIDE / long_side)), Image.Resampling.BOX)
+        return np.ascontiguousarray(np.rot90(np.asarray(im, dtype=np.uint8), quarter_turns))
+
+
+def rectify(photo: np.ndarray, corners_px: np.ndarray, size: int) -> np.ndarray:
+    """The quadrilateral `corners_px` of a photograph warped to a size x size bed (bilinear), as
+    the box's homography rectifies a camera frame."""
+    from PIL import Image
+
+    centres = homography(bed_square(size), corners_px)  # bed pixel -> photograph pixel
+    # PIL maps output pixel edges to input pixel edges: shift by half a pixel on both sides
+    shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1]])
+    h = shift @ centres @ np.linalg.inv(shift)
+    coeffs = tuple((h / h[2, 2]).ravel()[:8])
+    return np.asarray(Image.fromarray(photo).transform((size, size), Image.Transform.PERSPECTIVE, coeffs, Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+class CameraViews:
+    """How each label folder's photographs become beds: turned, their camera's lighting divided
+    out (flat field from the clean reference layer), their bed warped to the model's square. The
+    flat-field gains are computed once per camera and photograph size."""
+
+    def __init__(self, label_map: LabelMap, references: dict[str, Path]):
+        self.label_map = label_map
+        self.references = references  # camera name -> its commissioning frame
+        self._gains: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
+
+    def gains(self, camera: Camera, shape: tuple[int, int], draft_to: int | None) -> np.ndarray | None:
+        from . import flat_field
+
+        if camera.flat_field_from is None:
+            return None
+        key = (camera.name, shape)
+        if key not in self._gains:
+            reference = load_photograph(self.references[camera.name], self.label_map.quarter_turns, draft_to)
+            origin = f"flat field of camera {camera.name} ({self.references[camera.name]})"
+            if reference.shape != shape:
+                raise BadInput(f"{origin}: {reference.shape[1]}x{reference.shape[0]} px, but its camera's layers are {shape[1]}x{shape[0]}")
+            self._gains[key] = flat_field.gain(flat_field.lighting_reference(reference), origin)
+        return self._gains[key]
+
+    def bed(self, label: str, path: Path, size: int) -> np.ndarray:
+        """One layer as the model sees it (uint8 [size, size])."""
+        camera = self.label_map.camera(label)
+        if camera is None:
+            return load_layer_image(path, size, self.label_map.quarter_turns)
+        draft_to = 2 * size if size < CAMERA_LONG_SIDE // 2 else None
+        photo = load_photograph(path, self.label_map.quarter_turns, draft_to)
+        gains = self.gains(camera, photo.shape, draft_to)
+        if gains is not None:
+            from . import flat_field
+
+            photo = flat_field.apply(photo, gains, str(path))
+        if camera.bed_corners is None:
+            from PIL import Image
+
+            return np.asarray(Image.fromarray(photo).resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        return rectify(photo, bed_corners_px(camera, photo.shape[1], photo.shape[0]), size)
+
+
+def flat_field_references(label_map: LabelMap, found: list[tuple[str, Path]]) -> dict[str, Path]:
+    """Each camera's commissioning frame: the first training-split layer of its flat_field_from
+    folder (the layer an integrator would have photographed before the build)."""
+    names = [f"{label}/{path.name}" for label, path in found]
+    train = held_out_split(names)["train"]
+    references: dict[str, Path] = {}
+    for camera in {c.name: c for c in label_map.cameras.values()}.values():
+        if camera.flat_field_from is None:
+            continue
+        candidates = [i for i in train if found[i][0] == camera.flat_field_from]
+        if not candidates:
+            raise BadInput(f"{label_map.path}: cameras.{camera.name}.flat_field_from = {camera.flat_field_from!r}, but that folder has no training layer to measure the lighting on")
+        first = min(candidates, key=lambda i: (_numbers(names[i]), names[i]))
+        references[camera.name] = found[first][1]
+    return references
+
+
+def camera_views(root: Path, label_map: LabelMap) -> CameraViews:
+    """The CameraViews of a folder of label folders."""
+    return CameraViews(label_map, flat_field_references(label_map, scan_layer_folders(root, label_map)))
+
+
 def load_layer_image(path: Path, size: int, quarter_turns: int = 0) -> np.ndarray:
-    """One layer as the model sees it: grey, resized to size x size, turned to the bed's
+    """One photograph taken as the bed: grey, resized to size x size, turned to the bed's
     convention (`LabelMap.quarter_turns`) (uint8 [size, size])."""
     from PIL import Image
 
@@ -258,9 +470,10 @@ def load_layer_folders(root: Path, label_map: LabelMap, size: int, splits: tuple
             per_label[label] = per_label.get(label, 0) + 1
             chosen.append(i)
     chosen.sort()
+    views = CameraViews(label_map, flat_field_references(label_map, found))
     images = np.zeros((len(chosen), size, size), dtype=np.uint8)
     for n, i in enumerate(tqdm(chosen, desc="load layers", unit="img", disable=not progress)):
-        images[n] = load_layer_image(found[i][1], size, label_map.quarter_turns)
+        images[n] = views.bed(found[i][0], found[i][1], size)
     labels = [found[i][0] for i in chosen]
     targets = np.stack([label_map.target(label) for label in labels]) if chosen else np.zeros((0, len(label_map.classes)), np.float32)
     return LayerSet(Path(root), label_map, [names[i] for i in chosen], labels, targets, images)

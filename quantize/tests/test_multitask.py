@@ -58,7 +58,7 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
 
     layers = real_layer_folders(tmp_path / "layers")
     run = tmp_path / "run"
-    history = train_tiny("isdnet-sr", tiny_data, run, epochs=45, layers=layers, label_map=Path("pblm"), layer_weight=1.0, seed=1, layer_batch_size=8)
+    history = train_tiny("isdnet-sr", tiny_data, run, epochs=45, layers=layers, label_map=Path("pblm-beds"), layer_weight=1.0, seed=1, layer_batch_size=8)
     seg, layer = np.array(history["step_seg_loss"]), np.array(history["step_layer_loss"])
     assert len(seg) == len(layer) >= 120
     # per-step losses of small batches are noisy: compare the first and the last 20 steps
@@ -86,7 +86,7 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
     # the head on the held-out test split, as the box reads it
     from bedsight_train.layer_report import evaluate_layers
 
-    result = evaluate_layers(out, layers, Path("pblm"), tmp_path / "eval", progress=False)
+    result = evaluate_layers(out, layers, Path("pblm-beds"), tmp_path / "eval", progress=False)
     assert int(np.sum(result["confusion"]["matrix"])) == result["layers"] > 0
     assert set(result["per_class"]) == {"incompleteness", "streaking", "super-elevation"}
     report = (tmp_path / "eval" / "layer-report.md").read_text()
@@ -100,7 +100,7 @@ def test_an_unmapped_label_stops_training_before_it_starts(tiny_data, tmp_path):
     (layers / "Spatter").mkdir()
     shutil.copy(next(REAL.glob("No_Defect/*.png")), layers / "Spatter" / "a.png")
     run = tmp_path / "run"
-    code = main(["--quiet", "train", "--arch", "isdnet-sr", "--data", str(tiny_data), "--epochs", "1", "--out", str(run), "--layers", str(layers), "--label-map", "pblm"])
+    code = main(["--quiet", "train", "--arch", "isdnet-sr", "--data", str(tiny_data), "--epochs", "1", "--out", str(run), "--layers", str(layers), "--label-map", "pblm-beds"])
     assert code == 2
     assert not (run / "checkpoints").exists() and not (run / "run.json").exists()
 
@@ -119,7 +119,7 @@ def test_mixed_channels_are_refused_and_mixed_sizes_resized_or_refused(tmp_path)
     from bedsight_train.common import BadInput
     from bedsight_train.layers import load_label_map, load_layer_folders
 
-    label_map = load_label_map(Path("pblm"))
+    label_map = load_label_map(Path("pblm-beds"))
     layers = real_layer_folders(tmp_path / "layers", copies=1)
     odd = layers / "Powder_Uneven" / "zz-small.png"
     Image.open(next(REAL.glob("Powder_Uneven/*.png"))).resize((100, 80)).save(odd)
