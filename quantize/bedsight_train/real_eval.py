@@ -37,11 +37,15 @@ a rectified bed (grey, turned so the recoater travels left to right) and judged 
 How the layers are prepared: each photograph is turned by the label map's quarter turns (PBLM:
 one quarter counter-clockwise) and written as a grey PNG at its own resolution, except that a
 photograph whose long side exceeds 1024 px (PBLM's Plateform_Powder_Uneven layers, 3772x3302) is
-resized to a long side of 1024 px, keeping its aspect ratio. The box refuses (FAULT) a frame
-whose aspect differs from the configured bed's by more than 2 %; a Plateform layer (896x1024 when
-turned) is judged with a copy of the configuration whose bed is given the frame's aspect (the
-longer side keeps the configured millimetres), which is what an integrator of that camera would
-set. The report names every folder judged that way.
+resized to a long side of 1024 px, keeping its aspect ratio (layers.load_photograph, as training
+reads them). A folder whose camera the label map describes ([cameras.*]) is judged as that
+camera's integrator would set the box up: a copy of the configuration with [bed] corners_px from
+the camera's bed corners, and, when the camera has a clean reference folder, [bed] flat_field
+written by `bedsight calibrate --flat-field` from its first training-split layer; the report
+lists every camera and what was set. A folder in no camera is taken as the bed: the box refuses
+(FAULT) a frame whose aspect differs from the configured bed's by more than 2 %, so such a layer
+is judged with a copy of the configuration whose bed is given the frame's aspect (the longer side
+keeps the configured millimetres).
 
 What the figures cannot show:
 - PBLM has image-level labels only, and the label map's classes are what the folder name means,
@@ -54,8 +58,9 @@ What the figures cannot show:
   detected, and the report says how many such regions there are.
 - The samples are small: 4 clean layers in the test split, 34 hand-labelled layers. Rates come
   with a 95 % Wilson interval; read them as coarse.
-- The photographs are of other printers' beds with their own lighting and no flat-field
-  reference; the box's bed rectification is not exercised (the photographs are taken as the bed).
+- The bed corners were read off the mean of each camera's photographs by eye, and the flat field
+  of the 1024 camera comes from one clean layer of a build; the Plateform camera has no clean
+  layer, so its lighting is not corrected. A camera that moved within a folder would shift the bed.
 - No RECOAT outcome, track or defect-map rule is exercised: every layer is judged on its own,
   as a fresh `bedsight analyze` judges it.
 """
@@ -79,19 +84,22 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .common import BadInput, read_toml
-from .layers import held_out_split, load_label_map, scan_layer_folders
+from .layers import CAMERA_LONG_SIDE, bed_corners_px, bed_square, flat_field_references, held_out_split, homography, load_label_map, load_photograph, map_points, rectify, scan_layer_folders
 
 VERDICTS = ("PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT")
-# A photograph whose long side is above this is resized to it (keeping the aspect ratio).
-MAX_SIDE = 1024
+# A photograph whose long side is above this is resized to it (keeping the aspect ratio), as the
+# training tool's loader does (layers.CAMERA_LONG_SIDE).
+MAX_SIDE = CAMERA_LONG_SIDE
 # Images per `bedsight analyze` process (bounds the process's memory and the loss to one crash).
 BATCH = 50
 # The box refuses a frame whose aspect differs from the bed's by more than this
 # (appliance/src/judge/pipeline.rs, check_frame).
 ASPECT_TOLERANCE = 0.02
-DEFAULT_MIN_AREA_PX = 6
+DEFAULT_MIN_AREA_PX = 6  # the box's default (appliance/src/config/model.rs)
 LABELS_FORMAT = "bedsight-real-eval 1"
 OVERLAY_WIDTH = 512
+# The overlays stretch the grey levels of at least this range to 0..255.
+OVERLAY_MIN_RANGE = 128
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -321,26 +329,54 @@ def config_with_bed_aspect(text: str, frame_size: tuple[int, int]) -> tuple[str,
     fw, fh = frame_size
     long_mm = max(w_mm, h_mm)
     new = (long_mm, long_mm * fh / fw) if fw >= fh else (long_mm * fw / fh, long_mm)
+    text = config_with_bed_keys(text, {"width_mm": new[0], "height_mm": new[1]})
+    return text, new
+
+
+def config_with_bed_keys(text: str, values: dict[str, Any]) -> str:
+    """Configuration text with the given [bed] keys set (an existing plain key line replaced, a
+    missing one added under the [bed] header); everything else, comments included, unchanged."""
     lines = text.splitlines(keepends=True)
     section = None
+    header_at = None
     done = set()
     for i, line in enumerate(lines):
         header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
         if header:
             section = header.group(1).strip()
+            if section == "bed":
+                header_at = i
             continue
         if section != "bed":
             continue
-        for key, value in (("width_mm", new[0]), ("height_mm", new[1])):
+        for key, value in values.items():
             if re.match(rf"\s*{key}\s*=", line):
-                comment = line.split("#", 1)[1] if "#" in line else None
-                lines[i] = f"{key} = {value!r}" + (f"  # {comment.strip()}" if comment else "") + "\n"
+                comment = line.split("#", 1)[1].strip() if "#" in line else None
+                lines[i] = f"{key} = {_toml_value(value)}" + (f"  # {comment}" if comment else "") + "\n"
                 done.add(key)
+    if header_at is None:
+        raise BadInput("configuration: no [bed] table to set the camera's corners and flat field in")
+    added = [f"{key} = {_toml_value(value)}\n" for key, value in values.items() if key not in done]
+    lines[header_at + 1 : header_at + 1] = added
     out = "".join(lines)
-    check = tomllib.loads(out).get("bed", {})
-    if done != {"width_mm", "height_mm"} or abs(check.get("width_mm", 0) - new[0]) > 1e-9 or abs(check.get("height_mm", 0) - new[1]) > 1e-9:
-        raise BadInput("configuration: could not set [bed] width_mm/height_mm (write them as plain keys under [bed])")
-    return out, new
+    bed = tomllib.loads(out).get("bed", {})
+    if any(bed.get(key) != value for key, value in values.items()):
+        raise BadInput("configuration: could not set the [bed] keys (write them as plain keys under [bed])")
+    return out
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def photo_to_bed(corners_px: np.ndarray, bed_size: tuple[int, int]) -> np.ndarray:
+    """The homography from a turned photograph to the rectified bed of bed_size (w, h) pixels,
+    as the box's [bed] corners_px rectifies (pixel-centre coordinates on both sides)."""
+    return homography(corners_px, bed_square(*bed_size))
 
 
 def aspect_matches(frame_size: tuple[int, int], bed_mm: tuple[float, float]) -> bool:
@@ -368,6 +404,8 @@ class Layer:
     group: str = ""  # the analysis group (label, + "@WxH" for a fitted bed)
     result: dict[str, Any] | None = None  # the box's JSON line
     mask: np.ndarray | None = None
+    corners_px: np.ndarray | None = None  # the camera's bed corners in the PNG (label map), if any
+    flat_field: Path | None = None  # the camera's flat-field reference (bedsight calibrate), if any
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -411,30 +449,28 @@ def _safe_stem(name: str) -> str:
 
 
 def write_turned_png(layer: Layer, folder: Path, quarter_turns: int) -> None:
-    """The layer as a turned grey PNG (its own size; a long side above MAX_SIDE resized to it,
-    aspect kept). An existing PNG newer than the photograph is kept."""
+    """The layer as a turned grey PNG, as the training tool's loader reads it
+    (layers.load_photograph: its own size, a long side above MAX_SIDE resized to it, aspect kept).
+    An existing PNG newer than the photograph is kept."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{_safe_stem(layer.source.name)}.png"
     with Image.open(layer.source) as im:
         w, h = im.size
-        layer.turned_size = turned_size(w, h, quarter_turns)
-        scale = min(1.0, MAX_SIDE / max(w, h))
-        target = (max(1, round(w * scale)), max(1, round(h * scale)))
-        layer.resized = scale < 1.0
-        layer.png_size = turned_size(target[0], target[1], quarter_turns)
-        if out.is_file() and out.stat().st_mtime >= layer.source.stat().st_mtime:
-            with Image.open(out) as done:
-                if done.size == layer.png_size:
-                    layer.png = out
-                    return
-        if im.format == "JPEG" and layer.resized:
-            im.draft("L", target)
-        grey = im.convert("L")
-        if grey.size != target:
-            grey = grey.resize(target, Image.Resampling.LANCZOS)
-    turned = np.ascontiguousarray(np.rot90(np.asarray(grey, dtype=np.uint8), quarter_turns))
+    layer.turned_size = turned_size(w, h, quarter_turns)
+    scale = min(1.0, MAX_SIDE / max(w, h))
+    target = (round(w * scale), round(h * scale)) if scale < 1.0 else (w, h)
+    layer.resized = scale < 1.0
+    layer.png_size = turned_size(target[0], target[1], quarter_turns)
+    if out.is_file() and out.stat().st_mtime >= layer.source.stat().st_mtime:
+        with Image.open(out) as done:
+            if done.size == layer.png_size:
+                layer.png = out
+                return
+    turned = load_photograph(layer.source, quarter_turns)
+    if (turned.shape[1], turned.shape[0]) != layer.png_size:
+        raise BadInput(f"{layer.source}: read as {turned.shape[1]}x{turned.shape[0]} px, expected {layer.png_size[0]}x{layer.png_size[1]}")
     tmp = out.with_suffix(".tmp.png")
     Image.fromarray(turned).save(tmp, compress_level=1)
     tmp.replace(out)
@@ -495,14 +531,22 @@ def _progress(enabled: bool, message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def _hand_regions(layer: Layer, mask_size: tuple[int, int], quarter_turns: int) -> list[Region]:
+def region_points(layer: Layer, polygon: Sequence[Sequence[float]], size: tuple[int, int], quarter_turns: int) -> np.ndarray:
+    """A polygon drawn on the original photograph, in pixel-centre coordinates of the bed the box
+    judged, drawn at `size` (w, h): turned, scaled to the PNG the box read, and through the
+    camera's bed corners when it has them (else the PNG is the bed, resized)."""
     entry = layer.hand or {}
     w, h = int(entry.get("width", 0)), int(entry.get("height", 0))
-    turned = turned_size(w, h, quarter_turns)
+    pts = scale_points(turn_points(polygon, w, h, quarter_turns), turned_size(w, h, quarter_turns), layer.png_size)
+    if layer.corners_px is None:
+        return scale_points(pts, layer.png_size, size)
+    return map_points(photo_to_bed(layer.corners_px, size), pts)
+
+
+def _hand_regions(layer: Layer, mask_size: tuple[int, int], quarter_turns: int) -> list[Region]:
     regions = []
-    for region in entry.get("regions", []):
-        pts = turn_points(region["polygon"], w, h, quarter_turns)
-        pts = scale_points(pts, turned, mask_size)
+    for region in (layer.hand or {}).get("regions", []):
+        pts = region_points(layer, region["polygon"], mask_size, quarter_turns)
         regions.append(Region(cls=region["class"], inside=rasterise_polygon(pts, mask_size[0], mask_size[1])))
     return regions
 
@@ -523,11 +567,13 @@ def evaluate_real(
     progress: bool = True,
     work: Path | None = None,
     batch: int = BATCH,
+    flat_field: bool = True,
 ) -> dict[str, Any]:
     """Judge the `split` layers of `layers` and the hand-labelled layers of `labels` with the
     `bedsight` binary, write OUT/real-eval.json, OUT/real-eval.md and OUT/overlays/, and return
     the report (the JSON's content). `work` (default OUT/work) keeps the turned PNGs and the
-    box's masks; a rerun reuses the PNGs."""
+    box's masks; a rerun reuses the PNGs. `flat_field=False` judges without the cameras' flat
+    fields (the corners stay)."""
     started = time.time()
     model = Path(model)
     out = Path(out)
@@ -569,8 +615,20 @@ def evaluate_real(
     groups: dict[str, list[Layer]] = {}
     group_config: dict[str, Path | None] = {}
     fitted: dict[str, dict[str, Any]] = {}
+    cameras: dict[str, dict[str, Any]] = {}
+    references = flat_field_references(lmap, scan_layer_folders(Path(layers), lmap)) if flat_field else {}
+    if not flat_field:
+        notes.append("judged without the cameras' flat fields (--no-flat-field): the lighting reaches the model as the camera saw it")
     for layer in chosen:
-        if aspect_matches(layer.png_size, bed_mm):
+        camera = lmap.camera(layer.label)
+        if camera is not None and camera.bed_corners is not None:
+            # the box rectifies with the camera's corners (and divides out its flat field)
+            layer.corners_px = bed_corners_px(camera, *layer.png_size)
+            key = f"{camera.name}@{layer.png_size[0]}x{layer.png_size[1]}"
+            if key not in group_config:
+                group_config[key], cameras[key] = _camera_config(binary, config_text_path, camera, layer, references.get(camera.name), work, k)
+            layer.flat_field = Path(cameras[key]["flat_field"]) if cameras[key]["flat_field"] else None
+        elif aspect_matches(layer.png_size, bed_mm):
             key = layer.label
             group_config.setdefault(key, Path(config) if config is not None else None)
         else:
@@ -624,6 +682,7 @@ def evaluate_real(
         "resized_to_long_side": MAX_SIDE,
         "resized_layers": sum(1 for l in chosen if l.resized),
         "bed_fitted_to_frame": list(fitted.values()),
+        "cameras": list(cameras.values()),
         "notes": notes,
         "seconds": round(time.time() - started, 1),
         "mean_box_ms_per_layer": _mean([l.result.get("timing_ms", {}).get("total_ms") for l in chosen if l.result and l.result.get("timing_ms")]),
@@ -635,6 +694,37 @@ def evaluate_real(
     (out / "real-eval.md").write_text(markdown(report))
     _progress(progress, f"real-eval: wrote {out / 'real-eval.json'} and {out / 'real-eval.md'} in {report['run']['seconds']} s")
     return report
+
+
+def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: Layer, reference: Path | None, work: Path, k: int) -> tuple[Path, dict[str, Any]]:
+    """A copy of the configuration for one camera of the label map, as its integrator would set
+    it: [bed] corners_px from the label map's bed corners (in the PNG's pixels) and, when the
+    camera has a clean reference layer, [bed] flat_field written from it by `bedsight calibrate
+    --flat-field`. Returns the configuration's path and what was set."""
+    if config_text_path is None:
+        raise BadInput(f"camera {camera.name}: no configuration text to set its bed corners in (pass --config)")
+    folder = work / "configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{camera.name}@{layer.png_size[0]}x{layer.png_size[1]}")
+    corners = [[round(float(x), 2), round(float(y), 2)] for x, y in layer.corners_px]
+    text = config_with_bed_keys(config_text_path.read_text(), {"corners_px": corners})
+    path = folder / f"{stem}.toml"
+    path.write_text(text)
+    record: dict[str, Any] = {"camera": camera.name, "folders": camera.folders, "frame_px": list(layer.png_size), "corners_px": corners, "config": str(path), "flat_field": None}
+    if reference is not None:
+        ref = Layer(name=reference.name, label=camera.flat_field_from, source=reference, split="train")
+        write_turned_png(ref, work / "references", k)
+        if ref.png_size != layer.png_size:
+            raise BadInput(f"camera {camera.name}: its reference layer {reference} is {ref.png_size[0]}x{ref.png_size[1]} px, its layer {layer.source} {layer.png_size[0]}x{layer.png_size[1]}")
+        out_stem = folder / stem
+        proc = subprocess.run([str(binary), "calibrate", "--config", str(path), "--frame", str(ref.png), "--out", str(out_stem), "--flat-field"], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BadInput(f"{binary} calibrate --flat-field on {ref.png} failed: {proc.stderr.strip()}")
+        tiff = Path(f"{out_stem}.flat-field.tiff")
+        text = config_with_bed_keys(text, {"corners_px": corners, "flat_field": str(tiff.resolve())})
+        path.write_text(text)
+        record.update(flat_field=str(tiff), flat_field_reference=f"{camera.flat_field_from}/{reference.name}", rectified_check=f"{out_stem}.rectified.png")
+    return path, record
 
 
 def _mean(values: Iterable[float | None]) -> float | None:
@@ -817,22 +907,42 @@ def _hex(colour: str) -> tuple[int, int, int]:
 
 
 def _write_overlays(chosen: list[Layer], folder: Path, mask_size, class_names, defect_ids, colours, k: int) -> None:
-    """Per hand-labelled layer: the turned photograph (contrast-stretched, OVERLAY_WIDTH wide),
+    """Per hand-labelled layer: the bed the box judged (the turned photograph, its camera's
+    lighting divided out and its bed rectified where the label map says; contrast-stretched,
+    OVERLAY_WIDTH wide),
     the box's flagged pixels tinted in their class colour, the labelled polygons outlined in
     theirs, a caption strip on top."""
     from PIL import Image, ImageDraw
 
+    from . import flat_field
+
     folder.mkdir(parents=True, exist_ok=True)
+    gains: dict[Path, np.ndarray] = {}
     for layer in chosen:
         if layer.hand is None or layer.png is None:
             continue
         with Image.open(layer.png) as im:
-            pw, ph = im.size
-            scale = OVERLAY_WIDTH / pw
-            size = (OVERLAY_WIDTH, max(1, round(ph * scale)))
-            grey = np.asarray(im.convert("L").resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
-        lo, hi = np.percentile(grey, [1, 99])
-        grey = np.clip((grey - lo) / max(hi - lo, 1e-6) * 255, 0, 255)
+            if layer.corners_px is not None:
+                # the bed as the box judged it: its lighting divided out, rectified
+                size = (OVERLAY_WIDTH, OVERLAY_WIDTH * mask_size[1] // mask_size[0])
+                photo = np.asarray(im.convert("L"), dtype=np.uint8)
+                if layer.flat_field is not None:
+                    if layer.flat_field not in gains:
+                        with Image.open(layer.flat_field) as reference:
+                            gains[layer.flat_field] = flat_field.gain(np.asarray(reference, dtype=np.float32), str(layer.flat_field))
+                    photo = flat_field.apply(photo, gains[layer.flat_field], str(layer.png))
+                bed = rectify(photo, layer.corners_px, size[0])
+                grey = np.asarray(Image.fromarray(bed).resize(size), dtype=np.float32)
+            else:
+                pw, ph = im.size
+                scale = OVERLAY_WIDTH / pw
+                size = (OVERLAY_WIDTH, max(1, round(ph * scale)))
+                grey = np.asarray(im.convert("L").resize(size, Image.Resampling.LANCZOS), dtype=np.float32)
+        # stretched at most 2x around the median: enough to see the powder, not so much that an
+        # evenly lit bed's grain and JPEG blocks look like texture
+        lo, median, hi = np.percentile(grey, [1, 50, 99])
+        lo, hi = min(lo, median - OVERLAY_MIN_RANGE / 2), max(hi, median + OVERLAY_MIN_RANGE / 2)
+        grey = np.clip((grey - lo) / (hi - lo) * 255, 0, 255)
         rgb = np.repeat(grey[..., None], 3, axis=2)
         if layer.mask is not None:
             big = np.asarray(Image.fromarray(layer.mask).resize(size, Image.Resampling.NEAREST))
@@ -842,10 +952,8 @@ def _write_overlays(chosen: list[Layer], folder: Path, mask_size, class_names, d
                     rgb[sel] = 0.5 * rgb[sel] + 0.5 * np.asarray(_hex(colours[class_names[c]]), dtype=np.float32)
         body = Image.fromarray(rgb.round().clip(0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(body)
-        w, h = int(layer.hand.get("width", 0)), int(layer.hand.get("height", 0))
-        turned = turned_size(w, h, k)
         for region in layer.hand.get("regions", []):
-            pts = scale_points(turn_points(region["polygon"], w, h, k), turned, size)
+            pts = region_points(layer, region["polygon"], size, k)
             colour = _hex(colours.get(region["class"], "#ffffff"))
             xy = [(float(x), float(y)) for x, y in pts]
             draw.line(xy + [xy[0]], fill=(0, 0, 0), width=4)
@@ -893,6 +1001,12 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"- {f['folder']}: frames of {f['frame_px'][0]}x{f['frame_px'][1]} px are not the bed's aspect (the box would "
             f"FAULT them); judged with a copy of the configuration whose bed is {f['bed_mm'][0]}x{f['bed_mm'][1]} mm."
+        )
+    for c in run.get("cameras", []):
+        lines.append(
+            f"- Camera {c['camera']} ({', '.join(c['folders'])}): frames of {c['frame_px'][0]}x{c['frame_px'][1]} px, "
+            f"[bed] corners_px = {c['corners_px']}"
+            + (f", flat field from {c['flat_field_reference']} (`bedsight calibrate --flat-field`)." if c.get("flat_field") else ", no flat field (no clean layer of this camera).")
         )
     lines += [
         f"- Flagged pixels: pixels of a defect class ({', '.join(run['defect_classes'])}) in the box's "
@@ -983,7 +1097,7 @@ def markdown(report: dict[str, Any]) -> str:
         "- Folder labels are image-level and sometimes wrong for what a layer shows (quantize/real-eval/README.md); classification figures inherit that.",
         "- Hand-labelled regions were drawn by eye by one person: agreement with that person, not pixel truth.",
         "- Small samples (the clean folder especially): read the intervals.",
-        "- Other printers' photographs, no flat-field reference, no bed rectification, every layer judged alone (no tracks, no recoat loop).",
+        "- Other printers' photographs: bed corners read off each camera's mean photograph by eye, the flat field from one clean layer (none for a camera without a clean layer); every layer judged alone (no tracks, no recoat loop).",
         "",
     ]
     return "\n".join(lines)
@@ -1001,12 +1115,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--work", type=Path, default=None, help="where the turned PNGs and the box's masks go (default OUT/work)")
     ap.add_argument("--batch", type=int, default=BATCH, help=f"images per bedsight process (default {BATCH})")
+    ap.add_argument("--no-flat-field", action="store_true", help="judge without the cameras' flat fields (to measure what the correction does)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
         report = evaluate_real(
             args.model, args.layers, args.labels, args.out, split=args.split, config=args.config, bedsight_bin=args.bin,
-            label_map=args.label_map, progress=not args.quiet, work=args.work, batch=max(1, args.batch),
+            label_map=args.label_map, progress=not args.quiet, work=args.work, batch=max(1, args.batch), flat_field=not args.no_flat_field,
         )
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)

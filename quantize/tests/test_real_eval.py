@@ -173,6 +173,34 @@ def test_the_bed_is_fitted_to_a_frame_of_another_aspect():
     assert new_text.count("\n") == text.count("\n")  # comments kept
 
 
+def test_the_cameras_corners_and_flat_field_are_set_in_the_bed_table():
+    import tomllib
+
+    text = (REPO / "assets" / "bedsight.toml").read_text()
+    corners = [[6.1, 58.3], [993.6, 16.4], [999.7, 984.1], [6.1, 984.1]]
+    new_text = re_.config_with_bed_keys(text, {"corners_px": corners, "flat_field": "/cal/bed.flat-field.tiff"})
+    old, new = tomllib.loads(text), tomllib.loads(new_text)
+    assert new["bed"] == {**old["bed"], "corners_px": corners, "flat_field": "/cal/bed.flat-field.tiff"}
+    del old["bed"], new["bed"]
+    assert old == new  # nothing else changed
+    # set again: the keys are replaced, not added twice
+    again = re_.config_with_bed_keys(new_text, {"corners_px": corners, "flat_field": "/other.tiff"})
+    assert tomllib.loads(again)["bed"]["flat_field"] == "/other.tiff" and again.count("\ncorners_px = [[") == 1
+
+
+def test_a_labelled_polygon_reaches_the_bed_through_the_cameras_corners():
+    # a 1000x1000 photograph (not turned) whose bed is the square 100..900; an 80x80 mask
+    layer = re_.Layer(name="x", label="x", source=Path("x"), split="test", hand={"width": 1000, "height": 1000})
+    layer.png_size = (1000, 1000)
+    layer.corners_px = np.array([[100, 100], [900, 100], [900, 900], [100, 900]], float)
+    # corners onto the corner pixels' centres: 100 -> 0 and 900 -> 79, so x -> (x - 100) * 79 / 800
+    pts = re_.region_points(layer, [[100, 100], [500, 300], [900, 900]], (80, 80), 0)
+    np.testing.assert_allclose(pts, [[0, 0], [39.5, 19.75], [79, 79]], atol=1e-9)
+    # without corners the photograph is the bed, resized
+    layer.corners_px = None
+    np.testing.assert_allclose(re_.region_points(layer, [[499.5, 499.5]], (80, 80), 0), [[39.5, 39.5]], atol=1e-9)
+
+
 # --- end to end through the real binary -------------------------------------------------------
 
 E2E_LAYERS = [
@@ -182,12 +210,16 @@ E2E_LAYERS = [
 ]
 
 
+# The 1024 camera's commissioning frame: the first clean layer of the training split.
+FLAT_FIELD_REFERENCE = "No_Defect/converted_ 0001.jpg"
+
+
 def test_end_to_end_on_three_real_layers(tmp_path):
     binary = re_.find_binary()
     if binary is None:
         pytest.fail("no bedsight binary: run ./test.sh (it builds one and sets BEDSIGHT_BIN), or cargo build")
     layers = tmp_path / "pblm"
-    for name in E2E_LAYERS:
+    for name in E2E_LAYERS + [FLAT_FIELD_REFERENCE]:
         (layers / name).parent.mkdir(parents=True, exist_ok=True)
         (layers / name).symlink_to(PBLM / name)
     doc = json.loads(LABELS.read_text())
@@ -212,11 +244,23 @@ def test_end_to_end_on_three_real_layers(tmp_path):
         assert set(folder["class_found_share"]) == set(report["run"]["defect_classes"])
         assert all(0.0 <= v <= 1.0 for v in folder["class_found_share"].values())
     assert report["overall"]["layers"] == 3 == sum(report["overall"]["verdicts"].values())
-    # the Plateform layer (3772x3302) is resized to a long side of 1024, turned (896x1024) and
-    # judged with a bed of its aspect: never a FAULT for its shape
+    # every layer is judged as its camera's integrator set the box up: the label map's bed
+    # corners as [bed] corners_px, and for the 1024 camera the flat field that `bedsight
+    # calibrate --flat-field` measured on the reference layer; the Plateform layer (3772x3302) is
+    # resized to a long side of 1024 and turned (896x1024), and its corners cut the plate out
     (plate,) = [l for l in report["layers"] if l["folder"] == "Plateform_Powder_Uneven"]
     assert plate["png_size"] == [896, 1024] and plate["resized"] and plate["verdict"] != "FAULT"
-    assert [f["folder"] for f in report["run"]["bed_fitted_to_frame"]] == ["Plateform_Powder_Uneven"]
+    assert report["run"]["bed_fitted_to_frame"] == []
+    cameras = {c["camera"]: c for c in report["run"]["cameras"]}
+    assert set(cameras) == {"pblm-1024", "pblm-plate"}
+    assert cameras["pblm-1024"]["flat_field_reference"] == FLAT_FIELD_REFERENCE
+    assert Path(cameras["pblm-1024"]["flat_field"]).is_file() and cameras["pblm-plate"]["flat_field"] is None
+    assert cameras["pblm-plate"]["frame_px"] == [896, 1024]
+    assert cameras["pblm-plate"]["corners_px"][1] == [pytest.approx(0.955 * 895, abs=0.01), pytest.approx(0.035 * 1023, abs=0.01)]
+    import tomllib
+
+    bed = tomllib.loads(Path(cameras["pblm-1024"]["config"]).read_text())["bed"]
+    assert bed["corners_px"] == cameras["pblm-1024"]["corners_px"] and bed["flat_field"] == str(Path(cameras["pblm-1024"]["flat_field"]).resolve())
     clean = report["clean"]
     assert clean["layers"] == 1 and clean["folders"] == ["No_Defect"]
     assert clean["false_alarm_rate"] in (0.0, 1.0)
