@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="the run folder")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--lr-schedule", choices=["cosine", "constant"], default=None, help="cosine: fall to 5 %% of --lr over the run (default for am-segnet); constant (default for isdnet-sr)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--split-seed", type=int, default=0)
     t.add_argument("--crop", type=int, default=None, help="train on random square crops of this size")
@@ -156,7 +157,7 @@ def run(args: argparse.Namespace) -> None:
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every,
-                weak_weight=args.weak_weight, real_val_layers=args.real_val_layers,
+                weak_weight=args.weak_weight, real_val_layers=args.real_val_layers, lr_schedule=args.lr_schedule,
             )
         )
         best = max(history["epochs"], key=lambda e: e["score"])

@@ -10,9 +10,13 @@ backgrounds under the pixel losses, beside the synthetic layers (`train --real-l
    all it carries:
    - a class absent from the label is absent from every pixel: the suppression constraint of
      Pathak, Kraehenbuehl and Darrell, "Constrained Convolutional Neural Networks for Weakly
-     Supervised Segmentation" (ICCV 2015), written as L_abs = mean over pixels of
-     -log(1 - p_c(x)) for each absent defect class c; a clean layer has every defect class absent,
-     so it is background everywhere;
+     Supervised Segmentation" (ICCV 2015), written as mean over pixels of -log(1 - p_c(x)) for
+     each absent defect class c, plus the same on the top-k pooled score that L_pres uses,
+     -log(1 - mean of the k largest p_c(x)): multiple-instance learning's negative bag, whose
+     highest-scoring instances must be negative (Maron and Lozano-Perez, "A Framework for
+     Multiple-Instance Learning", NIPS 1998). The mean alone lets a small false region through
+     (a few hundred pixels barely move a mean over a million); the pooled term does not. A clean
+     layer has every defect class absent, so it is background everywhere;
    - a class present is somewhere: multiple-instance learning with top-k pooling, the k-max
      pooling of Durand et al., "WILDCAT: Weakly Supervised Learning of Deep ConvNets for Image
      Classification, Pointwise Localization and Segmentation" (CVPR 2017):
@@ -49,6 +53,8 @@ from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATI
 # about a scratch across a 1024-px bed (3 px x 1024 px = 0.3 %), and at most what a small uncovered
 # patch covers, so that a present class is not asked to cover clean powder.
 TOP_K_SHARE = 0.002
+# The share of the whole real layers of weak_step that are clean (absence of every class).
+WHOLE_CLEAN_SHARE = 0.5
 # p_c is clamped away from 0 and 1 before the logarithms.
 EPS = 1e-6
 
@@ -56,16 +62,20 @@ EPS = 1e-6
 def weak_losses(logits: torch.Tensor, present: torch.Tensor, absent: torch.Tensor, top_k_share: float | None = TOP_K_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_abs, L_pres) of a batch of real layers. `logits` [N, K, H, W]; `present` and `absent`
     [N, K] booleans per segmentation class (a class in neither is not supervised: background, and
-    classes the label cannot speak of). `top_k_share=None` skips L_pres (crops). Each term is the
-    mean over the (layer, class) pairs it covers; a batch without any gives 0."""
+    classes the label cannot speak of). `top_k_share=None` skips L_pres (crops); L_abs pools its
+    top k over TOP_K_SHARE of the pixels whatever the image. Each term is the mean over the
+    (layer, class) pairs it covers; a batch without any gives 0."""
     p = torch.softmax(logits.float(), dim=1).clamp(EPS, 1.0 - EPS)
     n, k, h, w = p.shape
     flat = p.flatten(2)  # [N, K, H*W]
     zero = logits.sum() * 0.0
     absent_pairs = absent.nonzero()
     if len(absent_pairs):
-        per = -torch.log1p(-flat[absent_pairs[:, 0], absent_pairs[:, 1]]).mean(dim=1)
-        loss_absent = per.mean()
+        scores = flat[absent_pairs[:, 0], absent_pairs[:, 1]]
+        per_pixel = -torch.log1p(-scores).mean(dim=1)
+        top = max(1, int(round(TOP_K_SHARE * h * w)))
+        pooled = -torch.log1p(-scores.topk(top, dim=1).values.mean(dim=1))
+        loss_absent = (per_pixel + pooled).mean()
     else:
         loss_absent = zero
     present_pairs = present.nonzero()
@@ -133,8 +143,10 @@ def _plant_streak(rng, image, mask, local):
     h, w = image.shape
     yc = rng.uniform(0.03, 0.97) * h
     x0 = int(rng.uniform(0.0, 0.7) * w) if rng.random() < 0.6 else 0
-    width = rng.uniform(1.2, 3.5)
-    depth = rng.uniform(0.08, 0.3) * (1 if rng.random() < 0.8 else -0.6)  # mostly darker grooves
+    width = rng.uniform(1.5, 4.0)
+    # mostly darker grooves, as faint as real ones: PBLM's scratches are 4-7 % darker than the
+    # powder beside them (flat-fielded, 2-4 px wide at 1024 px), under a grain of about 5 %
+    depth = rng.uniform(0.03, 0.15) * (1 if rng.random() < 0.8 else -0.6)
     xs = np.arange(w)
     centre = yc + _smooth_walk(rng, w, 0.3, 40.0)
     yy = np.arange(h, dtype=np.float32)[:, None]
@@ -283,9 +295,13 @@ class RealLayers:
 
     def weak_step(self, rng, model, n_crops: int, crop: int, whole: bool, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_abs, L_pres) of this step: absence on `n_crops` crops of any real layers, and with
-        `whole` both terms on one whole defective layer. The real layers pass the network with its
-        BatchNorm in eval mode (multitask.frozen_batch_norm): normalised by the statistics of the
-        pixel-labelled batches, which already hold real beds (the planted crops)."""
+        `whole` both terms on one whole layer, clean (absence only) one time in WHOLE_CLEAN_SHARE,
+        else defective. Whole layers matter beyond crops: the network pools globally (ASPP's image
+        pooling, the fusion's channel attention), so a whole bed is not a crop's context, and a
+        model that never saw a clean bed whole may call all of it a defect. The real layers pass
+        the network with its BatchNorm in eval mode (multitask.frozen_batch_norm): normalised by
+        the statistics of the pixel-labelled batches, which already hold real beds (the planted
+        crops)."""
         from .multitask import frozen_batch_norm
 
         picks = rng.integers(0, len(self.train.names), n_crops)
@@ -294,7 +310,7 @@ class RealLayers:
             absent, _ = weak_losses(model(torch.from_numpy(x)), torch.from_numpy(self.present[picks]), torch.from_numpy(self.absent[picks]), top_k_share=None)
             present = absent * 0.0
             if whole:
-                i = int(rng.choice(self.defective))
+                i = int(rng.choice(self.clean if rng.random() < WHOLE_CLEAN_SHARE else self.defective))
                 image = self.train.images[i]
                 if rng.random() < 0.5:
                     image = image[::-1, :]

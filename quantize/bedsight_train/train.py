@@ -71,6 +71,9 @@ class TrainOptions:
     mil_every: int = 4  # one whole defective real layer every this many steps (presence and absence)
     weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
+    # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
+    # anneals, seed 002 §3.1); "constant": it stays at --lr. None: the architecture's default.
+    lr_schedule: str | None = None
 
 
 def _check_run_folder(out: Path, arch: str, overwrite: bool) -> None:
@@ -204,6 +207,9 @@ def train(opts: TrainOptions) -> dict:
             (out / stale).unlink()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     data_mod.save_split(out / "split.json", ds, split)
+    schedule = opts.lr_schedule or ("cosine" if opts.arch == "am-segnet" else "constant")
+    if schedule not in ("cosine", "constant"):
+        raise BadInput(f"lr schedule {schedule!r}: expected cosine or constant")
     run_info = {
         "arch": opts.arch,
         "config": config.to_dict(),
@@ -215,6 +221,7 @@ def train(opts: TrainOptions) -> dict:
         "split_seed": opts.split_seed,
         "seed": opts.seed,
         "lr": opts.lr or DEFAULT_LR[opts.arch],
+        "lr_schedule": schedule,
         "batch_size": opts.batch_size,
         "crop": opts.crop,
         "class_weights": opts.class_weights,
@@ -241,6 +248,7 @@ def train(opts: TrainOptions) -> dict:
             "root": str(Path(opts.real_layers).resolve()),
             "label_map": str(real.label_map.path.resolve()),
             "train_layers": len(real.train.names),
+            "max_per_label": opts.max_layers_per_label,
             "clean_train_layers": int(len(real.clean)),
             "val_layers": len(real.val.names),
             "plant_batch": opts.plant_batch,
@@ -269,7 +277,7 @@ def train(opts: TrainOptions) -> dict:
     if opts.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, opts.max_steps_per_epoch)
     scheduler = None
-    if opts.arch == "am-segnet":  # annealed learning rate (seed 002 §3.1)
+    if run_info["lr_schedule"] == "cosine":  # annealed learning rate (seed 002 §3.1 for AM-SegNet)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=opts.epochs * steps_per_epoch, eta_min=run_info["lr"] * 0.05)
 
     history: dict[str, Any] = {"arch": opts.arch, "step_loss": [], "epochs": []}

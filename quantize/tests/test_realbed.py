@@ -13,13 +13,15 @@ from bedsight_train.synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING,
 CLASSES = ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]
 
 
-def test_the_absence_loss_is_the_mean_of_minus_log_one_minus_p():
+def test_the_absence_loss_is_the_mean_of_minus_log_one_minus_p_and_of_its_top_k():
     # two classes, two pixels: class 1 has logits log 3 and 0 against class 0's 0 -> p1 = 0.75, 0.5
     logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), 0.0]]]])
     absent = torch.tensor([[False, True]])
     present = torch.tensor([[False, False]])
     loss_absent, loss_present = realbed.weak_losses(logits, present, absent, top_k_share=0.5)
-    assert loss_absent.item() == pytest.approx((math.log(4.0) + math.log(2.0)) / 2, rel=1e-5)
+    # the mean of -log(1 - p) = (log 4 + log 2) / 2, and the pooled term over k = 1 pixel (0.2 %
+    # of 2 pixels, at least one): -log(1 - 0.75) = log 4
+    assert loss_absent.item() == pytest.approx((math.log(4.0) + math.log(2.0)) / 2 + math.log(4.0), rel=1e-5)
     assert loss_present.item() == 0.0
 
 
@@ -120,3 +122,31 @@ def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path)
     assert 0.0 <= record["real_clean_flagged"] <= 1.0
     assert len(history["step_present_loss"]) == len(history["step_seg_loss"]) > 0
     assert all(np.isfinite(history["step_absent_loss"]))
+
+
+class _Constant(torch.nn.Module):
+    """A 'network' that calls every pixel incompleteness with p = 0.9 (whatever the input)."""
+
+    def forward(self, x):
+        logits = torch.full((x.shape[0], len(CLASSES), x.shape[2], x.shape[3]), 0.0)
+        logits[:, INCOMPLETENESS] = math.log(0.9 / 0.1 * (len(CLASSES) - 1))
+        return logits
+
+
+def test_whole_layers_are_clean_beds_as_well_as_defective_ones(monkeypatch):
+    """A whole clean layer is under the absence loss of every class and no presence loss; a whole
+    defective layer under both (the network pools globally, so whole beds are seen whole)."""
+    from bedsight_train.layers import LayerSet, LabelMap
+    from bedsight_train.common import ClassInfo
+
+    label_map = LabelMap(path=None, classes=["incompleteness"], labels={"Clean": [], "Uneven": ["incompleteness"]})
+    images = np.stack([_bed(s, 64) for s in range(4)])
+    train = LayerSet(None, label_map, ["Clean/0", "Clean/1", "Uneven/0", "Uneven/1"], ["Clean", "Clean", "Uneven", "Uneven"], np.array([[0], [0], [1], [1]], np.float32), images)
+    classes = [ClassInfo(name, "#000000", name not in ("background", "lattice")) for name in CLASSES]
+    real = realbed.RealLayers(train, train.subset([0, 2]), classes, label_map)
+    # p(incompleteness) = 0.9 everywhere: a whole clean layer has no class present (L_pres = 0),
+    # a whole Uneven layer has it present, L_pres = -log(mean of the top k p) = -log 0.9
+    for share, whole_present in ((1.0, 0.0), (0.0, -math.log(0.9))):
+        monkeypatch.setattr(realbed, "WHOLE_CLEAN_SHARE", share)
+        _, present = real.weak_step(np.random.default_rng(0), _Constant(), 2, 32, True, 0.5, 0.2)
+        assert float(present) == pytest.approx(whole_present, abs=1e-4)
