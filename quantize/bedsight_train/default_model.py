@@ -123,6 +123,30 @@ def _mosaic(sample: Path, result: dict[str, Any], classes: list[ClassInfo], path
     im.save(path)
 
 
+# Hand-labelled layers shown in report/real-overlays.png: one of each folder, then a second.
+OVERLAYS_PER_FOLDER = 2
+
+
+def _overlay_mosaic(folder: Path, path: Path) -> None:
+    """The real-eval overlays of the first OVERLAYS_PER_FOLDER hand-labelled layers of each
+    folder, in rows of four at half size: what an operator would look at."""
+    from PIL import Image
+
+    picked: dict[str, list[Path]] = {}
+    for overlay_path in sorted(folder.glob("*.png")):
+        picked.setdefault(overlay_path.name.split("__", 1)[0], []).append(overlay_path)
+    tiles = [Image.open(p).convert("RGB") for paths in picked.values() for p in paths[:OVERLAYS_PER_FOLDER]]
+    if not tiles:
+        return
+    w, h = tiles[0].width // 2, tiles[0].height // 2
+    columns = 4
+    rows = (len(tiles) + columns - 1) // columns
+    mosaic = Image.new("RGB", (columns * w, rows * h))
+    for i, tile in enumerate(tiles):
+        mosaic.paste(tile.resize((w, h)), ((i % columns) * w, (i // columns) * h))
+    mosaic.save(path)
+
+
 def finalize(work: Path, assets: Path, command: str) -> bool:
     from .pack import make_selftest
 
@@ -185,6 +209,16 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
     layer_eval = work / "eval-layers" / "layer-metrics.json"
     if layer_eval.exists():
         metrics["test_layers_int8"] = json.loads(layer_eval.read_text())
+    metrics["real_layers"] = run_info.get("real_layers")
+    alt = work / "eval-alt-fp32" / "metrics.json"
+    if alt.exists():
+        metrics["alt_generator_fp32"] = {k: json.loads(alt.read_text())[k] for k in ("cpa", "iou", "mpa", "miou")}
+    real = work / "eval-real" / "real-eval.json"
+    if real.exists():
+        report = json.loads(real.read_text())
+        metrics["real_eval"] = {k: report[k] for k in ("split", "overall", "per_folder", "clean", "classification", "hand_labelled")}
+        shutil.copyfile(work / "eval-real" / "real-eval.md", out / "real-eval.md")
+        _overlay_mosaic(work / "eval-real" / "overlays", plots / "real-overlays.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "report.md").write_text(_report(metrics, manifest, command, checks))
     if not all(c["ok"] for c in checks.values()):
@@ -210,9 +244,23 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         "",
         f"`{manifest['name']}` {manifest['version']}: {manifest['description']}.",
         "",
-        f"Rebuild it with `{command}` (about 15-20 minutes on two CPU cores).",
+        f"Rebuild it with `{command}` (about 70 minutes on two CPU cores).",
     ]
-    if m.get("layers"):
+    if m.get("real_layers"):
+        real = m["real_layers"]
+        lines += [
+            "",
+            f"Real beds (`train --real-layers`, realbed.py): beside the pixel losses on synthetic layers, {real['train_layers']} real layers of "
+            f"`{Path(real['root']).name}` ({'at most ' + str(real['max_per_label']) + ' per label folder of ' if real.get('max_per_label') else ''}their training split; label map "
+            f"`{Path(real['label_map']).name}`) under weak pixel losses: a class the label does not name is absent from every pixel (Pathak et al. 2015), "
+            f"a class it names is somewhere (top-k pooling over {real['top_k_share'] * 100:.1f} % of a whole layer, WILDCAT); and synthetic defects planted "
+            f"on crops of the {real['clean_train_layers']} clean real training layers, with their masks. Each real layer reaches the network as the box's "
+            "camera path delivers it: the bed cut out by its camera's corners and the camera's lighting divided out (flat field), then lit anew "
+            f"(exposure, gradients, vignetting, blur, noise, JPEG). Per step: {real['plant_batch']} planted crops, {real['real_batch']} real crops "
+            f"under the absence loss, one whole defective real layer every {real['mil_every']} steps. {real['val_layers']} validation real layers "
+            "rank the checkpoints (with the synthetic validation Score) and fit nothing else. It judges the bed at 1024x1024 (about 0.24 mm per pixel).",
+        ]
+    elif m.get("layers"):
         lay = m["layers"]
         lines += [
             "Multi-task (seed 004): the segmentation heads learn from synthetic layers (`bedsight-train synth`), a layer-level "
@@ -223,13 +271,16 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
     else:
         lines.append("Trained on synthetic layers only (`bedsight-train synth`): it is a demo model for `bedsight demo`, not one for a real printer.")
     if m.get("init"):
-        lines.append(f"Fine-tuned from the checkpoint `{Path(m['init']).name}` of the previous default model's run (`INIT=`), not trained from scratch.")
+        lines.append(
+            f"The last stage of training started from the checkpoint `{Path(m['init']).parent.parent.name}/{Path(m['init']).name}` "
+            "(the stage before it; quantize/scripts/build-default-model.sh trains in three stages)."
+        )
     lines += [
         "",
         "## Training",
         f"- {m['epochs']} epochs in {m['train_seconds'] / 60:.1f} min on the CPU; {m['parameters']:,} parameters; widths {json.dumps(m['config'])}",
         f"- input {manifest['input']['width']}x{manifest['input']['height']} grey, mean {manifest['input']['mean'][0]:.4f}, std {manifest['input']['std'][0]:.4f}"
-        " (256x256 keeps CPU training feasible; the appliance resizes the rectified bed to it)",
+        " (trained on crops; the fully convolutional graph is exported at the bed's full size, and the appliance rectifies the bed to it)",
         f"- FLOPs at that size: one member {m['flops']['member'] / 1e9:.3f} G, ensemble of {manifest['ensemble']['members']} {m['flops']['ensemble'] / 1e9:.3f} G"
         f" ({m['flops']['ensemble_over_member']:.2f}x; 5 members would be {m['flops']['five_members_over_member']:.2f}x, seed 000 §4.4 claims under 2x)",
         f"- onnxruntime vs PyTorch on the exported graph: max |logit difference| {m['onnx_max_abs_diff']:.2e}",
@@ -275,6 +326,43 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
             "does on another printer. The segmentation heads have seen no real layer: on real powder they call large "
             "areas incompleteness and hopping (see `bedsight demo --build real`), so on real layers the box's verdict "
             "comes from segmentation that does not transfer, and the layer head adds a calibrated second opinion.",
+            "",
+        ]
+    if m.get("alt_generator_fp32"):
+        main, alt = m["test_fp32"]["miou"], m["alt_generator_fp32"]["miou"]
+        lines += [
+            "## The second generator (synth_alt.py, never trained on; fp32)",
+            "",
+            f"MIoU {f(alt)} on 40 layers of the second generator against {f(main)} on the first generator's test split: "
+            f"a difference of {f(main - alt)} (the target is at most 0.10). The difference is what the model learned of the first generator rather than of defects.",
+            "",
+            "| class | IoU first generator | IoU second generator |",
+            "|---|---|---|",
+        ]
+        for k, name in enumerate(names):
+            lines.append(f"| {name} | {f(m['test_fp32']['iou'][k])} | {f(m['alt_generator_fp32']['iou'][k])} |")
+        lines.append("")
+    if m.get("real_eval"):
+        r = m["real_eval"]
+        clean, cls, hand = r["clean"], r["classification"], r["hand_labelled"]
+        lines += [
+            "## Real layers, as the box judges them (held-out split, INT8, the shipped configuration)",
+            "",
+            "The whole report, with intervals, per-class tables and what the figures cannot show, is `real-eval.md` beside this file; "
+            "report/real-overlays.png shows hand-labelled layers as an operator would see them (tint: the box's flagged pixels; outline: the hand labels).",
+            "",
+            "| folder | layers | not PASS | mean flagged share of the bed |",
+            "|---|---|---|---|",
+        ]
+        for label, folder in r["per_folder"].items():
+            lines.append(f"| {label} | {folder['layers']} | {folder['not_pass_share'] * 100:.0f} % | {folder['mean_flagged_share'] * 100:.2f} % |")
+        inside = hand.get("inside_any_share")
+        lines += [
+            "",
+            f"- Clean layers ({', '.join(clean['folders'])}): {clean['layers']} layers, false-alarm rate {clean['false_alarm_rate'] * 100:.0f} %, mean flagged share {clean['mean_flagged_share'] * 100:.2f} % (targets: PASS, under 1 %).",
+            f"- Layer classes (a class found when the box reports a defect of it and does not PASS): macro F1 {cls['macro_f1']:.3f} over {cls['layers']} layers (target 0.90).",
+            f"- Hand-labelled layers: {'n/a' if inside is None else f'{inside * 100:.0f} %'} of the flagged pixels inside the labelled regions (target 60 %); "
+            f"regions detected with their own class {hand['regions']['all']['detected_same']} of {hand['regions']['all']['regions']}.",
             "",
         ]
     lines += [

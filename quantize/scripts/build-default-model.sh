@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the default model image that ships in the repository, and the demo's sample build.
+# Rebuild the default model image that ships in the repository, and the demo's sample builds.
 #
 #   quantize/scripts/build-default-model.sh          # REAL_LAYERS defaults to ../shared/data/pblm
 #   REAL_LAYERS=/path/to/pblm quantize/scripts/build-default-model.sh
@@ -8,33 +8,40 @@
 # 250 mm bed) and learns real beds (bedsight-train train --real-layers, realbed.py): pixel losses
 # on synthetic layers and on synthetic defects planted on the clean real layers, weak losses on the
 # image-level labelled real layers (a class absent from a label is absent everywhere; a class
-# present is somewhere), and lighting changes on every input. It trains on 256x256 crops and the
-# fully convolutional graph runs on the whole bed. REAL_LAYERS is a folder of label folders of
-# real layers (the PBLM photographs) with the label map LABEL_MAP (default: pblm,
-# quantize/bedsight_train/label_maps/pblm.toml); its held-out split (the last fifth of each
+# present is somewhere), and lighting changes on every input. The real layers reach the network as
+# the box's camera path delivers them: the label map's cameras cut the bed out of each photograph
+# and divide the camera's lighting out (flat field). It trains on 256x256 crops with a cosine
+# learning rate in its later stages, and the fully convolutional graph runs on the whole bed. REAL_LAYERS is a folder
+# of label folders of real layers (the PBLM photographs) with the label map LABEL_MAP (default:
+# pblm, quantize/bedsight_train/label_maps/pblm.toml); its held-out split (the last fifth of each
 # folder) is never trained on.
 #
-# Writes assets/sample-build/ (the layers `bedsight demo` replays), assets/default-model/ (the
-# unpacked model: manifest.toml, model.onnx, model.int8.onnx, selftest/, report.md, metrics.json,
-# report/*.png) and, when a `bedsight` binary is found (BEDSIGHT_BIN, PATH, or target/), packs
-# assets/default.bsimg. Intermediate files go to $WORK (default out/default-model-build, ignored
-# by git), with the synthetic test sets of both generators evaluated in eval-*/. About 1-2 hours
-# on two CPU cores; everything is seeded, so a rerun gives the same data and nearly the same model
-# (PyTorch on CPU is not bit-for-bit deterministic across machines).
+# Needs a `bedsight` binary (BEDSIGHT_BIN, PATH, or target/): the model is packed and judged by it
+# on the held-out real layers before anything in assets/ changes. Writes assets/sample-build/ (the
+# synthetic layers `bedsight demo` replays), assets/sample-build-real/ (held-out real layers made
+# beds, `bedsight demo --build real`), assets/default-model/ (the unpacked model: manifest.toml,
+# model.onnx, model.int8.onnx, selftest/, report.md, metrics.json, real-eval.md, report/*.png) and
+# assets/default.bsimg. Intermediate files go to $WORK (default out/default-model-build, ignored by
+# git). About 70 minutes on two CPU cores; everything is seeded, so a rerun gives the same data and
+# nearly the same model (PyTorch on CPU is not bit-for-bit deterministic across machines).
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 work="${WORK:-$repo/out/default-model-build}"
 assets="$repo/assets"
-layers="${LAYERS:-200}"
+layers="${LAYERS:-160}"
 size=1024          # the camera's resolution: the graph is exported at the bed's full size
 crop=256           # training crops (the network is fully convolutional)
-epochs="${EPOCHS:-12}"
+stage1_epochs="${STAGE1_EPOCHS:-12}"
+stage2_epochs="${STAGE2_EPOCHS:-20}"
+epochs="${EPOCHS:-20}"   # the last stage's
 members=3
 version="${VERSION:-$(date +%Y.%m.%d)}"
 real_layers="${REAL_LAYERS:-$repo/../shared/data/pblm}"
 label_map="${LABEL_MAP:-pblm}"
-lr="${LR:-2e-3}"
+lr="${LR:-2e-3}"     # the first stage's
+lr2="${LR2:-1e-3}"   # the second stage's, at its start
+lr3="${LR3:-5e-4}"   # the third stage's, at its start
 if [[ ! -d "$real_layers" ]]; then
     echo "real layers $real_layers: not found; set REAL_LAYERS to a folder of label folders (e.g. the PBLM photographs)" >&2
     exit 2
@@ -49,12 +56,29 @@ rm -rf "$work"
 mkdir -p "$work"
 start=$(date +%s)
 
+bin="$("$py" -c "from bedsight_train.pack import find_bedsight_bin; print(find_bedsight_bin() or '')")"
+if [[ -z "$bin" ]]; then
+    echo "no bedsight binary: build it first (cargo build --release --bin bedsight) or set BEDSIGHT_BIN" >&2
+    exit 2
+fi
+export BEDSIGHT_BIN="$bin"
+
 bt synth --out "$work/data" --layers "$layers" --size "$size" --seed 11
 bt synth --sample-build --out "$work/sample-build" --size "$size" --seed 2026
 bt synth --generator alt --out "$work/data-alt" --layers 40 --size "$size" --seed 5
+real=(--real-layers "$real_layers" --label-map "$label_map" --max-layers-per-label "${MAX_LAYERS_PER_LABEL:-150}" --mil-every 3)
+# Three stages: a short one at a constant learning rate finds its feet (from scratch, or from
+# INIT); the second starts from its checkpoint with the best synthetic validation Score, the third
+# from the second's last one, each with a learning rate that falls along a cosine. On two CPU
+# cores a step takes about a second.
+bt train --arch isdnet-sr --data "$work/data" --epochs "$stage1_epochs" --out "$work/run-stage1" \
+    --crop "$crop" --batch-size 2 --lr "$lr" --class-weights inverse-sqrt --seed 0 "${real[@]}" "${init[@]}"
+best="$("$py" -c "import json, sys; h = json.load(open(sys.argv[1] + '/history.json')); e = max(h['epochs'], key=lambda e: e['score']); print(f\"{sys.argv[1]}/checkpoints/epoch-{e['epoch']:04d}.pt\")" "$work/run-stage1")"
+bt train --arch isdnet-sr --data "$work/data" --epochs "$stage2_epochs" --out "$work/run-stage2" \
+    --crop "$crop" --batch-size 2 --lr "$lr2" --lr-schedule cosine --class-weights inverse-sqrt --seed 1 "${real[@]}" --init "$best"
+last="$(ls "$work/run-stage2/checkpoints/"*.pt | sort | tail -n 1)"
 bt train --arch isdnet-sr --data "$work/data" --epochs "$epochs" --out "$work/run" \
-    --crop "$crop" --batch-size 2 --lr "$lr" --class-weights inverse-sqrt --seed 0 \
-    --real-layers "$real_layers" --label-map "$label_map" --max-layers-per-label "${MAX_LAYERS_PER_LABEL:-150}" "${init[@]}"
+    --crop "$crop" --batch-size 2 --lr "$lr3" --lr-schedule cosine --class-weights inverse-sqrt --seed 2 "${real[@]}" --init "$last"
 bt calibrate --run "$work/run" --members "$members"
 bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-real --version "$version" \
     --description "$description"
@@ -64,20 +88,15 @@ bt evaluate --model "$work/model/model.int8.onnx" --data "$work/data" --split te
 # the second generator, never trained on: how much of the first one's figure is the generator
 bt evaluate --model "$work/model/model.onnx" --data "$work/data-alt" --split all --out "$work/eval-alt-fp32"
 
+# the real figures, as the box judges: the held-out split and the hand-labelled layers, with the
+# shipped configuration (each camera's corners and flat field set as its integrator would)
+bt pack --model "$work/model/model.onnx" -o "$work/model.bsimg"
+"$py" -m bedsight_train.real_eval --model "$work/model.bsimg" --config "$assets/bedsight.toml" --layers "$real_layers" \
+    --label-map "$label_map" --labels "$repo/quantize/real-eval/labels.json" --split test --out "$work/eval-real"
+
 mkdir -p "$assets"
 # checks the model on the sample build; replaces assets/default-model and assets/sample-build only if it passes
 "$py" -m bedsight_train.default_model --work "$work" --assets "$assets" --command "quantize/scripts/build-default-model.sh"
-
-if "$py" -c "from bedsight_train.pack import find_bedsight_bin; import sys; sys.exit(0 if find_bedsight_bin() else 1)" 2>/dev/null; then
-    bt pack --model "$assets/default-model/model.onnx" --int8 "$assets/default-model/model.int8.onnx" \
-        --manifest "$assets/default-model/manifest.toml" \
-        --selftest-input "$assets/default-model/selftest/input.png" \
-        --selftest-mask "$assets/default-model/selftest/expected_mask.png" \
-        -o "$assets/default.bsimg"
-    # the real figures, as the box judges: the held-out split and the hand-labelled layers
-    "$py" -m bedsight_train.real_eval --model "$assets/default.bsimg" --layers "$real_layers" \
-        --labels "$repo/quantize/real-eval/labels.json" --split test --out "$work/eval-real"
-else
-    echo "no bedsight binary found: skipped packing assets/default.bsimg and the real figures (run \`bedsight-train pack\` later)"
-fi
+cp "$work/model.bsimg" "$assets/default.bsimg"
+"$py" "$repo/quantize/scripts/make-real-sample-build.py" "$real_layers" "$assets/sample-build-real"
 echo "default model rebuilt in $(( ($(date +%s) - start) / 60 )) min"
