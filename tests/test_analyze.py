@@ -4,7 +4,7 @@ import struct
 import numpy as np
 from PIL import Image
 
-from conftest import ASSETS, SAMPLE_BUILD, analyze_json, run
+from conftest import ASSETS, MODEL_SIZE, SAMPLE_BUILD, analyze_json, run
 
 DEFECT_CLASSES = {"super-elevation", "incompleteness", "hopping", "streaking"}
 
@@ -37,8 +37,8 @@ def test_the_json_record_carries_what_the_issue_promises(ledger):
     for key in ["class", "area_px", "area_mm2", "bbox", "centroid", "equivalent_diameter_mm", "ellipse", "mean_uncertainty"]:
         assert key in defect, key
     assert set(defect["ellipse"]) == {"theta_deg", "semi_major_px", "semi_minor_px"}
-    # 250 mm over 256 px: one pixel is (250/256)^2 mm².
-    assert abs(defect["area_mm2"] - defect["area_px"] * (250 / 256) ** 2) < 1e-2
+    # 250 mm over the model's width in pixels: one pixel is (250/width)^2 mm².
+    assert abs(defect["area_mm2"] - defect["area_px"] * (250 / MODEL_SIZE[0]) ** 2) < 1e-2
     x, y, w, h = defect["bbox"]
     assert x <= defect["centroid"][0] <= x + w and y <= defect["centroid"][1] <= y + h
 
@@ -48,7 +48,7 @@ def test_out_writes_mask_uncertainty_and_overlay(tmp_path, ledger):
     stem = name.rsplit(".", 1)[0]
     _, [report] = analyze_json("--out", tmp_path, SAMPLE_BUILD / name)
     mask = np.array(Image.open(tmp_path / f"{stem}.mask.png"))
-    assert mask.dtype == np.uint8 and mask.shape == (256, 256)
+    assert mask.dtype == np.uint8 and mask.shape == (MODEL_SIZE[1], MODEL_SIZE[0])
     assert mask.max() < 6
     # The biggest defect's pixels carry its class in the mask.
     biggest = max(report["defects"], key=lambda d: d["area_px"])
@@ -56,11 +56,11 @@ def test_out_writes_mask_uncertainty_and_overlay(tmp_path, ledger):
     class_names = ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]
     assert (mask[y:y + h, x:x + w] == class_names.index(biggest["class"])).sum() >= biggest["area_px"]
     uncertainty = Image.open(tmp_path / f"{stem}.uncertainty.tiff")
-    assert uncertainty.mode == "F" and uncertainty.size == (256, 256)
+    assert uncertainty.mode == "F" and uncertainty.size == MODEL_SIZE
     values = np.array(uncertainty)
     assert abs(float(values.max()) - report["uncertainty"]["max"]) < 1e-5
     overlay = Image.open(tmp_path / f"{stem}.overlay.png")
-    assert overlay.mode == "RGB" and overlay.size == (256, 256)
+    assert overlay.mode == "RGB" and overlay.size == MODEL_SIZE
 
 
 def test_a_missing_image_is_named_and_the_others_are_still_analysed(ledger):

@@ -13,7 +13,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from chromium import Chromium
-from conftest import SAMPLE_BUILD, run
+from conftest import MODEL_SIZE, SAMPLE_BUILD, run
 from run_harness import Appliance, LinePort, serial_line_config
 
 TOKEN = "test-token-0123"
@@ -114,7 +114,7 @@ def test_the_page_in_chromium_follows_the_build_live(tmp_path, line_port):
             " && i.src.endsWith('/images/2/overlay.png') ? [i.naturalWidth, i.naturalHeight] : null })()",
             what="layer 3's overlay loaded",
         )
-        assert image == [256, 256]
+        assert image == list(MODEL_SIZE)
         assert browser.evaluate("getComputedStyle(document.getElementById('missing')).display") == "none"
         assert browser.evaluate("document.getElementById('status-camera').className") == "badge up"
         assert "ort" in browser.evaluate("document.getElementById('status-backend').textContent") or "tract" in browser.evaluate(

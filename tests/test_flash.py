@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bsimg_tools import box_state, flip_byte, keygen, make_box, pack
-from conftest import REPO, bedsight_bin
+from conftest import MODEL_SIZE, REPO, bedsight_bin
 
 FLASH = REPO / "flash.sh"
 
@@ -80,7 +80,7 @@ def test_an_image_the_box_refuses_leaves_it_as_it_was(box, kit, tmp_path):
     flash(kit["v1"], "--target", box)
     before = box_state(box)
     mask = tmp_path / "wrong.png"
-    Image.new("L", (256, 256), 4).save(mask)
+    Image.new("L", MODEL_SIZE, 4).save(mask)
     bad = pack(tmp_path / "bad.bsimg", "2.0.0", kit["alice_key"], expected_mask=mask)
     result = flash(bad, "--target", box)
     assert result.returncode == 5, result.stdout + result.stderr

@@ -10,7 +10,7 @@ import pytest
 
 from bsimg_tools import (box_state, ed25519_sign, entries, flip_byte, install, keygen, make_box,
                          manifest_with_files, pack, training_manifest, write_tar)
-from conftest import run
+from conftest import MODEL_SIZE, run
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +64,7 @@ def test_install_list_and_rollback(box, kit):
 
 def test_info_says_who_signed(kit):
     result = run("image", "info", kit["v1"], "--trusted-keys", kit["alice_pub"].parent, check=True)
-    for text in ["isdnet-sr", "classes", "members", "temperatures", "256x256", "miou", "signed by alice",
+    for text in ["isdnet-sr", "classes", "members", "temperatures", f"{MODEL_SIZE[0]}x{MODEL_SIZE[1]}", "miou", "signed by alice",
                  "manifest      sha256"]:
         assert text in result.stdout, (text, result.stdout)
     result = run("image", "info", kit["v1"], check=True)
@@ -136,7 +136,7 @@ def newer_major_format(kit, out):
 def wrong_golden_mask(kit, out):
     from PIL import Image
     mask = out.with_suffix(".mask.png")
-    Image.new("L", (256, 256), 4).save(mask)  # "streaking" everywhere
+    Image.new("L", MODEL_SIZE, 4).save(mask)  # "streaking" everywhere
     return pack(out, "2.0.0", kit["alice_key"], expected_mask=mask)
 
 
