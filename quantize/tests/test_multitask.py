@@ -16,6 +16,18 @@ from bt_helpers import train_tiny
 REAL = Path(__file__).resolve().parents[2] / "assets" / "sample-build-real"
 
 
+def sample_label_map(tmp_path: Path) -> Path:
+    """pblm.toml's classes and labels for the real sample build's layers, which are PBLM
+    photographs resized (not turned, no camera of their own): the map those files need."""
+    import tomllib
+
+    doc = tomllib.loads((Path(__file__).resolve().parents[1] / "bedsight_train" / "label_maps" / "pblm.toml").read_text())
+    labels = "\n".join(f"{k} = {json.dumps(v)}" for k, v in doc["labels"].items())
+    path = tmp_path / "sample-build-real.toml"
+    path.write_text(f'classes = {json.dumps(doc["classes"])}\nrecoater_travel = "down"\n[labels]\n{labels}\n')
+    return path
+
+
 def real_layer_folders(out: Path, copies: int = 4) -> Path:
     """The real sample build, each layer `copies` times (flipped), so that the split (the last
     20 % of each folder test, the 10 % before them validation) has layers in every split."""
@@ -58,7 +70,7 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
 
     layers = real_layer_folders(tmp_path / "layers")
     run = tmp_path / "run"
-    history = train_tiny("isdnet-sr", tiny_data, run, epochs=45, layers=layers, label_map=Path("pblm-beds"), layer_weight=1.0, seed=1, layer_batch_size=8)
+    history = train_tiny("isdnet-sr", tiny_data, run, epochs=45, layers=layers, label_map=sample_label_map(tmp_path), layer_weight=1.0, seed=1, layer_batch_size=8)
     seg, layer = np.array(history["step_seg_loss"]), np.array(history["step_layer_loss"])
     assert len(seg) == len(layer) >= 120
     # per-step losses of small batches are noisy: compare the first and the last 20 steps
@@ -86,7 +98,7 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
     # the head on the held-out test split, as the box reads it
     from bedsight_train.layer_report import evaluate_layers
 
-    result = evaluate_layers(out, layers, Path("pblm-beds"), tmp_path / "eval", progress=False)
+    result = evaluate_layers(out, layers, sample_label_map(tmp_path), tmp_path / "eval", progress=False)
     assert int(np.sum(result["confusion"]["matrix"])) == result["layers"] > 0
     assert set(result["per_class"]) == {"incompleteness", "streaking", "super-elevation"}
     report = (tmp_path / "eval" / "layer-report.md").read_text()
@@ -100,7 +112,7 @@ def test_an_unmapped_label_stops_training_before_it_starts(tiny_data, tmp_path):
     (layers / "Spatter").mkdir()
     shutil.copy(next(REAL.glob("No_Defect/*.png")), layers / "Spatter" / "a.png")
     run = tmp_path / "run"
-    code = main(["--quiet", "train", "--arch", "isdnet-sr", "--data", str(tiny_data), "--epochs", "1", "--out", str(run), "--layers", str(layers), "--label-map", "pblm-beds"])
+    code = main(["--quiet", "train", "--arch", "isdnet-sr", "--data", str(tiny_data), "--epochs", "1", "--out", str(run), "--layers", str(layers), "--label-map", str(sample_label_map(tmp_path))])
     assert code == 2
     assert not (run / "checkpoints").exists() and not (run / "run.json").exists()
 
@@ -119,7 +131,7 @@ def test_mixed_channels_are_refused_and_mixed_sizes_resized_or_refused(tmp_path)
     from bedsight_train.common import BadInput
     from bedsight_train.layers import load_label_map, load_layer_folders
 
-    label_map = load_label_map(Path("pblm-beds"))
+    label_map = load_label_map(sample_label_map(tmp_path))
     layers = real_layer_folders(tmp_path / "layers", copies=1)
     odd = layers / "Powder_Uneven" / "zz-small.png"
     Image.open(next(REAL.glob("Powder_Uneven/*.png"))).resize((100, 80)).save(odd)
