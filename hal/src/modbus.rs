@@ -860,6 +860,21 @@ mod tests {
         Ok(u16::from_be_bytes([answer[9], answer[10]]))
     }
 
+    /// A TCP server for unit 1 with these client limits: its address, its thread and its stop flag.
+    fn limited_server(
+        max_clients: usize,
+        idle_timeout: Duration,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+        let bank = Arc::new(Mutex::new(RegisterBank::new(None)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let limits = TcpLimits {
+            max_clients,
+            idle_timeout,
+        };
+        let (address, server) = spawn_tcp_server("127.0.0.1:0", 1, limits, bank, stop.clone()).unwrap();
+        (address, server, stop)
+    }
+
     fn connect(address: SocketAddr) -> TcpStream {
         let client = TcpStream::connect(address).unwrap();
         client.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
@@ -868,13 +883,7 @@ mod tests {
 
     #[test]
     fn a_new_client_over_the_limit_makes_the_one_idle_longest_give_way() {
-        let bank = Arc::new(Mutex::new(RegisterBank::new(None)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let limits = TcpLimits {
-            max_clients: 2,
-            idle_timeout: Duration::from_secs(30),
-        };
-        let (address, server) = spawn_tcp_server("127.0.0.1:0", 1, limits, bank, stop.clone()).unwrap();
+        let (address, server, stop) = limited_server(2, Duration::from_secs(30));
         // A half-open socket left by a PLC that lost power, then a client that keeps asking.
         let mut stale = connect(address);
         std::thread::sleep(Duration::from_millis(100));
@@ -895,13 +904,7 @@ mod tests {
 
     #[test]
     fn an_idle_client_is_closed_after_the_idle_timeout() {
-        let bank = Arc::new(Mutex::new(RegisterBank::new(None)));
-        let stop = Arc::new(AtomicBool::new(false));
-        let limits = TcpLimits {
-            max_clients: 4,
-            idle_timeout: Duration::from_millis(300),
-        };
-        let (address, server) = spawn_tcp_server("127.0.0.1:0", 1, limits, bank, stop.clone()).unwrap();
+        let (address, server, stop) = limited_server(4, Duration::from_millis(300));
         let mut client = connect(address);
         assert_eq!(read_version(&mut client, 1).unwrap(), 2);
         // Requests within the timeout keep it open.
