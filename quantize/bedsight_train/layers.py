@@ -56,6 +56,7 @@ from typing import Any
 
 import numpy as np
 
+from . import flat_field
 from .common import IMAGE_SUFFIXES, BadInput, read_toml
 
 # Share of each label folder's layers, from its end, in the held-out test split and, before
@@ -351,8 +352,6 @@ class CameraViews:
         self._gains: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
 
     def gains(self, camera: Camera, shape: tuple[int, int], draft_to: int | None) -> np.ndarray | None:
-        from . import flat_field
-
         if camera.flat_field_from is None:
             return None
         key = (camera.name, shape)
@@ -373,8 +372,6 @@ class CameraViews:
         photo = load_photograph(path, self.label_map.quarter_turns, draft_to)
         gains = self.gains(camera, photo.shape, draft_to)
         if gains is not None:
-            from . import flat_field
-
             photo = flat_field.apply(photo, gains, str(path))
         if camera.bed_corners is None:
             from PIL import Image
@@ -398,11 +395,6 @@ def flat_field_references(label_map: LabelMap, found: list[tuple[str, Path]]) ->
         first = min(candidates, key=lambda i: (_numbers(names[i]), names[i]))
         references[camera.name] = found[first][1]
     return references
-
-
-def camera_views(root: Path, label_map: LabelMap) -> CameraViews:
-    """The CameraViews of a folder of label folders."""
-    return CameraViews(label_map, flat_field_references(label_map, scan_layer_folders(root, label_map)))
 
 
 def load_layer_image(path: Path, size: int, quarter_turns: int = 0) -> np.ndarray:
