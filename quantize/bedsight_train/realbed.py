@@ -27,8 +27,9 @@ backgrounds under the pixel losses, beside the synthetic layers (`train --real-l
    clean layers with their masks, so that the pixel losses see real powder texture, real lighting
    and the real camera: streaks along the recoater's travel (left to right on the bed), dragged
    to the end of the travel; incompleteness as an uncovered region behind a ragged spreading front;
-   super-elevation as a bright, specular rim on the far edge of a part; hopping as bands across
-   the travel. Planted on clean layers only: on a defective layer the unlabelled pixels may hold a
+   super-elevation as specular glare on the edge of a part; hopping as bands across the travel.
+   Clean parts (brighter, smoother melted metal) are drawn under half of them as background, as
+   the generator draws them: a part's edge is not a defect. Planted on clean layers only: on a defective layer the unlabelled pixels may hold a
    real defect, which the planted mask would call background.
 3. Lighting is not a defect (`lighting`). Every training input, synthetic, planted or real, gets
    an exposure change, a linear gradient, a vignette, and sometimes blur, sensor noise and JPEG
@@ -47,7 +48,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
-from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION
+from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION, blob, random_parts
 
 # The share of a whole layer's pixels that top-k pooling averages for a present class (L_pres):
 # about a scratch across a 1024-px bed (3 px x 1024 px = 0.3 %), and at most what a small uncovered
@@ -185,22 +186,51 @@ def _plant_incompleteness(rng, image, mask, local):
     mask[soft > 0.5] = INCOMPLETENESS
 
 
-def _plant_super_elevation(rng, image, mask, local):
-    """A bright, specular rim where a part's edge stands proud of the powder, on the far side
-    from the recoater (the blade rides up on it)."""
+# A planted part's size is the generator's on a 1024-px bed (synth.random_parts), whatever the crop.
+PART_BED_PX = 1024
+
+
+def _plant_parts(rng, image, local, count: int) -> np.ndarray:
+    """Parts' cross-sections showing through the fresh powder, as the generator draws them
+    (synth.render_layer): brighter and smoother than powder (melted metal) with a faint hatch,
+    20-35 % above the local powder. Labelled background: a part is not a defect, and a model that
+    never saw a part on a real bed calls a clean part's edge super-elevation or hopping. Returns
+    the parts' union (bool [H, W]); the image (square) is changed in place."""
     h, w = image.shape
-    cx, cy = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
-    radius = rng.uniform(0.03, 0.12) * min(h, w)
-    thickness = rng.uniform(2.0, 6.0)
+    union = np.zeros((h, w), dtype=bool)
+    if count == 0:
+        return union
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    r = np.hypot(xx - cx, yy - cy)
-    angle = np.arctan2(yy - cy, xx - cx)
-    span = rng.uniform(0.4, 1.2)
-    arc = np.abs(angle) < span  # the +x side: far from the recoater
-    rim = np.exp(-((r - radius) ** 2) / (2 * thickness**2)) * arc
-    speckle = 1.0 + 0.5 * ndimage.gaussian_filter(rng.normal(0, 1, image.shape), 1.0)
-    image += rim * rng.uniform(0.35, 0.9) * local * speckle
-    mask[rim > 0.4] = SUPER_ELEVATION
+    hatch_angle = rng.choice([np.pi / 4, -np.pi / 4])
+    # the generator's hatch pitch (4 px per 256) on a 1024-px bed
+    hatch = np.sin((xx * np.cos(hatch_angle) + yy * np.sin(hatch_angle)) * (2 * np.pi / 16.0))
+    texture = image - local
+    for part in random_parts(rng, h, count, PART_BED_PX):
+        union |= part.mask(h)
+    smooth = local * rng.uniform(1.2, 1.35) + 0.3 * texture + 0.025 * local * hatch
+    soft = ndimage.gaussian_filter(union.astype(np.float32), 0.8)
+    image[:] = image * (1 - soft) + smooth * soft
+    return union
+
+
+def _plant_super_elevation(rng, image, mask, local, parts):
+    """Specular glare where a part's edge stands proud of the powder (synth.render_layer's
+    super-elevation, its brightness relative to the local powder): on the edge of a planted part,
+    one planted first if there is none."""
+    if not parts.any():
+        parts |= _plant_parts(rng, image, local, 1)
+    soft = ndimage.gaussian_filter(parts.astype(np.float32), 0.8)
+    ys, xs = np.nonzero((soft > 0.1) & (soft < 0.9))
+    if len(xs) == 0:
+        return
+    for _ in range(int(rng.integers(1, 4))):
+        i = int(rng.integers(0, len(xs)))
+        radius = rng.uniform(3.0, 7.0) * PART_BED_PX / 256 + 1
+        region = blob(rng, image.shape[0], float(xs[i]), float(ys[i]), radius, 0.3)
+        glare = ndimage.gaussian_filter(region.astype(np.float32), 0.7)
+        speckle = 1.0 + 0.1 * ndimage.gaussian_filter(rng.normal(0, 1, image.shape), 1.0)
+        image[:] = image * (1 - glare) + np.minimum(250.0, local * rng.uniform(1.8, 2.1)) * speckle * glare
+        mask[region] = SUPER_ELEVATION
 
 
 def _plant_hopping(rng, image, mask, local):
@@ -222,25 +252,35 @@ def _plant_hopping(rng, image, mask, local):
     mask[band] = HOPPING
 
 
+# Super-elevation is planted on a part's edge (_plant_super_elevation), the others anywhere.
 PLANTERS = {
     STREAKING: _plant_streak,
     INCOMPLETENESS: _plant_incompleteness,
-    SUPER_ELEVATION: _plant_super_elevation,
+    SUPER_ELEVATION: None,
     HOPPING: _plant_hopping,
 }
+# The share of planted crops that get clean parts (background) under their defects.
+PARTS_SHARE = 0.5
 
 
-def plant(rng: np.random.Generator, bed: np.ndarray, classes: list[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Synthetic defects drawn on a real clean layer (uint8 [H, W], the bed's convention): returns
-    (image float32 0..255, mask uint8 class index). `classes` None draws a random set (sometimes
-    none: a clean real layer stays a clean example). Contrast is relative to the local powder
-    brightness, so a defect in a dark corner is as faint as a real one there."""
+def plant(rng: np.random.Generator, bed: np.ndarray, classes: list[int] | None = None, parts: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic defects drawn on a real clean layer (uint8 [H, W], square, the bed's convention):
+    returns (image float32 0..255, mask uint8 class index). `classes` None draws a random set
+    (sometimes none: a clean real layer stays a clean example); `parts` is how many clean parts
+    to draw first (None: none, or 1-3 one time in PARTS_SHARE). Contrast is relative to the local
+    powder brightness, so a defect in a dark corner is as faint as a real one there."""
     image = bed.astype(np.float32)
     local = ndimage.uniform_filter(image, 31)
     mask = np.full(bed.shape, BACKGROUND, dtype=np.uint8)
     if classes is None:
         classes = [c for c in PLANTERS if rng.random() < 0.4]
+    if parts is None:
+        parts = int(rng.integers(1, 4)) if rng.random() < PARTS_SHARE else 0
+    part_union = _plant_parts(rng, image, local, parts)
     for c in classes:
+        if c == SUPER_ELEVATION:
+            _plant_super_elevation(rng, image, mask, local, part_union)
+            continue
         for _ in range(int(rng.integers(1, 3))):
             PLANTERS[c](rng, image, mask, local)
     return np.clip(image, 0, 255), mask

@@ -56,10 +56,11 @@ class Layer:
     planted: list[int] = field(default_factory=list)  # classes present in the mask
 
 
-def random_parts(rng: np.random.Generator, size: int, count: int) -> list[Part]:
+def random_parts(rng: np.random.Generator, size: int, count: int, bed_px: int | None = None) -> list[Part]:
+    """`count` parts on a square of `size` px, sized for a bed of `bed_px` (default: the square)."""
     parts: list[Part] = []
     for _ in range(count):
-        r = rng.uniform(0.06, 0.16) * size
+        r = rng.uniform(0.06, 0.16) * (bed_px or size)
         parts.append(
             Part(
                 kind=str(rng.choice(["ellipse", "rect"])),
@@ -78,7 +79,7 @@ def _unit_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray
     return field_ / (field_.std() + 1e-6)
 
 
-def _blob(rng: np.random.Generator, size: int, cx: float, cy: float, radius: float, roughness: float = 0.35) -> np.ndarray:
+def blob(rng: np.random.Generator, size: int, cx: float, cy: float, radius: float, roughness: float = 0.35) -> np.ndarray:
     """An irregular blob: a disc whose boundary is perturbed by smooth noise."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2) / max(radius, 0.5)
@@ -99,7 +100,7 @@ class Placed:
 
 
 def _incompleteness(rng, image, mask, grain, mottle, cx, cy, radius):
-    region = _blob(rng, image.shape[0], cx, cy, radius, 0.3)
+    region = blob(rng, image.shape[0], cx, cy, radius, 0.3)
     level = rng.uniform(35, 62)
     uncovered = level + 0.25 * grain + 0.8 * mottle
     edge = ndimage.gaussian_filter(region.astype(np.float32), 1.0)
@@ -124,7 +125,7 @@ def _streak(rng, image, mask, xx, yy, s, yc, x0):
 
 
 def _super_elevation(rng, image, mask, grain, x, y, radius):
-    region = _blob(rng, image.shape[0], x, y, radius, 0.3)
+    region = blob(rng, image.shape[0], x, y, radius, 0.3)
     glare = ndimage.gaussian_filter(region.astype(np.float32), 0.7)
     mask[region] = SUPER_ELEVATION
     return image * (1 - glare) + rng.uniform(225, 250) * glare + 4 * grain * glare

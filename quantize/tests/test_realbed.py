@@ -6,6 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from bedsight_train import realbed
 from bedsight_train.synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION
@@ -54,12 +55,12 @@ def _bed(seed=0, size=256):
     return np.clip(120 + rng.normal(0, 8, (size, size)), 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("cls", [STREAKING, INCOMPLETENESS, SUPER_ELEVATION, HOPPING])
+@pytest.mark.parametrize("cls", [STREAKING, INCOMPLETENESS, HOPPING])
 def test_a_planted_defect_is_where_its_mask_says(cls):
     bed = _bed()
     found = 0
     for seed in range(6):
-        image, mask = realbed.plant(np.random.default_rng(seed), bed, [cls])
+        image, mask = realbed.plant(np.random.default_rng(seed), bed, [cls], parts=0)
         assert image.shape == bed.shape and mask.shape == bed.shape
         assert set(np.unique(mask)) <= {BACKGROUND, cls}
         inside = mask == cls
@@ -71,9 +72,30 @@ def test_a_planted_defect_is_where_its_mask_says(cls):
         assert change[inside].mean() > 3 * change[~inside].mean()
         if cls == INCOMPLETENESS:
             assert image[inside].mean() < bed[inside].mean() - 5
-        if cls == SUPER_ELEVATION:
-            assert image[inside].mean() > bed[inside].mean() + 5
     assert found >= 3
+
+
+def test_clean_parts_are_brighter_background():
+    bed = _bed()
+    image, mask = realbed.plant(np.random.default_rng(1), bed, [], parts=2)
+    assert (mask == BACKGROUND).all()
+    brighter = image - bed.astype(np.float32) > 15  # 20-35 % of 120 on a part, noise elsewhere
+    assert 0.02 < brighter.mean() < 0.98
+    # the melted metal is smoother than the powder around it
+    assert image[brighter].std() < bed.astype(np.float32).std()
+
+
+def test_super_elevation_is_glare_on_a_part_edge():
+    bed = _bed().astype(np.float32)
+    for seed in range(4):
+        image, mask = realbed.plant(np.random.default_rng(seed), bed.astype(np.uint8), [SUPER_ELEVATION], parts=0)
+        glare = mask == SUPER_ELEVATION
+        assert glare.sum() > 100  # blobs of radius 13-29 px
+        part = (image - bed > 15) & ~glare
+        assert part.sum() > 1000  # the part it stands on was drawn (background)
+        # far brighter than the part (about twice the powder), and touching it
+        assert image[glare].mean() > image[part].mean() + 40
+        assert (ndimage.binary_dilation(glare, iterations=3) & part).any()
 
 
 def test_a_streak_runs_along_the_recoater_travel_to_the_far_edge():
