@@ -134,7 +134,7 @@ fn check_backend(choice: BackendChoice) {
             verdicts[layer % frames.len()],
             "{choice:?}: layer {layer} changed verdict after warm-up"
         );
-        assert!(outcome.fault.is_none(), "{:?}", outcome.fault);
+        assert!(outcome.unjudged.is_none(), "{:?}", outcome.unjudged);
         // What `decide` allocates on this layer (its reasons), on the defects the layer measured
         // (the sample build has fewer than the listed maximum, so `defects` holds them all).
         assert_eq!(outcome.defects_dropped, 0);

@@ -352,11 +352,11 @@ def config_with_bed_keys(text: str, values: dict[str, Any]) -> str:
         for key, value in values.items():
             if re.match(rf"\s*{key}\s*=", line):
                 comment = line.split("#", 1)[1].strip() if "#" in line else None
-                lines[i] = f"{key} = {_toml_value(value)}" + (f"  # {comment}" if comment else "") + "\n"
+                lines[i] = f"{key} = {toml_value(value)}" + (f"  # {comment}" if comment else "") + "\n"
                 done.add(key)
     if header_at is None:
         raise BadInput("configuration: no [bed] table to set the camera's corners and flat field in")
-    added = [f"{key} = {_toml_value(value)}\n" for key, value in values.items() if key not in done]
+    added = [f"{key} = {toml_value(value)}\n" for key, value in values.items() if key not in done]
     lines[header_at + 1 : header_at + 1] = added
     out = "".join(lines)
     bed = tomllib.loads(out).get("bed", {})
@@ -365,11 +365,11 @@ def config_with_bed_keys(text: str, values: dict[str, Any]) -> str:
     return out
 
 
-def _toml_value(value: Any) -> str:
+def toml_value(value: Any) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     return repr(value)
 
 

@@ -35,7 +35,7 @@ use serde::Deserialize;
 pub use bed::BedConfig;
 pub use camera::CameraConfig;
 pub use dashboard::DashboardConfig;
-pub use frame_check::FrameCheckConfig;
+pub use frame_check::{FrameCheckConfig, OcclusionAction};
 pub use images::ImagesConfig;
 pub use journal::JournalConfig;
 pub use layer_classifier::LayerClassifierConfig;
@@ -147,14 +147,18 @@ impl Config {
         })
     }
 
-    /// Reads and checks a configuration file. A relative `bed.flat_field` is taken from the
-    /// file's folder.
+    /// Reads and checks a configuration file. A relative `bed.flat_field` or
+    /// `frame_check.reference` is taken from the file's folder.
     pub fn load(path: &Path) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("configuration {}: cannot read it", path.display()))?;
         let mut config = Config::parse(&text, &path.display().to_string())?;
+        let folder = path.parent().unwrap_or(Path::new(""));
         if let Some(flat_field) = &mut config.bed.flat_field {
-            *flat_field = path.parent().unwrap_or(Path::new("")).join(&*flat_field);
+            *flat_field = folder.join(&*flat_field);
+        }
+        if let Some(reference) = &mut config.frame_check.reference {
+            *reference = folder.join(&*reference);
         }
         Ok(config)
     }
@@ -182,7 +186,7 @@ impl Config {
     fn check(&self) -> Result<()> {
         self.bed.check()?;
         self.model.check()?;
-        self.frame_check.check()?;
+        self.frame_check.check(self.bed.corners_px.is_some())?;
         self.uncertainty_gate.check()?;
         self.layer_classifier.check()?;
         self.recoat.check()?;

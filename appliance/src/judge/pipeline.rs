@@ -12,6 +12,7 @@ use models::{Defect, Fused, MeasureBuffers, RefineBuffers, RefineReport};
 
 use crate::config::Config;
 use crate::judge::decide::{apply_layer_call, decide, Decision};
+use crate::judge::frame_check::{FrameCheck, FrameChecker, Unjudged};
 use crate::judge::layer_class::LayerCall;
 use crate::model::LoadedModel;
 
@@ -64,8 +65,9 @@ impl DefectTotals {
 #[derive(Debug, Clone)]
 pub struct LayerOutcome {
     pub verdict: Verdict,
-    /// Why the layer was a FAULT (a frame the model must not judge), when it was.
-    pub fault: Option<String>,
+    /// Why the model did not judge the layer (a frame check, or a stage that failed), when it
+    /// did not: the verdict is then this one's (FAULT or REVIEW).
+    pub unjudged: Option<Unjudged>,
     pub decision: Option<Decision>,
     /// The defects, largest first, at most MAX_DEFECTS_PER_LAYER of them.
     pub defects: heapless::Vec<Defect, MAX_DEFECTS_PER_LAYER>,
@@ -90,6 +92,8 @@ pub struct Pipeline {
     grey_frame: GrayImage,
     /// The lighting correction of `[bed] flat_field`, applied to the camera frame.
     flat_field: Option<models::FlatField>,
+    /// The checks of `[frame_check]`, with the last judged layer's grain.
+    frame_checks: FrameChecker,
     input_tensor: Vec<f32>,
     logits: Vec<f32>,
     /// The last layer's calibrated layer-class probabilities, in `layer_head.classes` order
@@ -158,7 +162,9 @@ impl Pipeline {
             ),
             None => None,
         };
+        let frame_checks = FrameChecker::new(&config).with_context(|| format!("configuration {config_origin}"))?;
         Ok(Pipeline {
+            frame_checks,
             refine_classes: model.class_indices(&config.refine.classes)?,
             rectifier,
             grey_frame: GrayImage::new(1, 1),
@@ -190,12 +196,16 @@ impl Pipeline {
 
         if let Err(reason) = self.check_frame(frame) {
             lap(&mut timing.check_ms);
-            return self.fault_outcome(reason, timing, started);
+            return self.unjudged_outcome(Unjudged::fault(FrameCheck::Format, reason), timing, started);
+        }
+        grey_into(frame, &mut self.grey_frame);
+        if let Err(unjudged) = self.frame_checks.check_camera_frame(&self.grey_frame) {
+            lap(&mut timing.check_ms);
+            return self.unjudged_outcome(unjudged, timing, started);
         }
         lap(&mut timing.check_ms);
 
         let input = &self.model.spec.input;
-        grey_into(frame, &mut self.grey_frame);
         // The lighting correction is timed with rectification: both map camera pixels to the bed.
         if let Some(flat_field) = &self.flat_field {
             if let Err(error) = flat_field.apply(&mut self.grey_frame) {
@@ -224,6 +234,14 @@ impl Pipeline {
         lap(&mut timing.rectify_ms);
         if let Err(error) = rectified {
             return self.fault_outcome(format!("rectification failed: {error}"), timing, started);
+        }
+        // A dark bar is looked for on the bed itself, lit evenly (timed with the frame checks).
+        let camera_checks_ms = timing.check_ms;
+        let bed_check = self.frame_checks.check_bed(&self.bed_image, self.bed_mm_per_px_xy());
+        lap(&mut timing.check_ms);
+        timing.check_ms += camera_checks_ms;
+        if let Err(unjudged) = bed_check {
+            return self.unjudged_outcome(unjudged, timing, started);
         }
 
         let prepared = models::preprocess_gray(&self.bed_image, input, &mut self.input_tensor);
@@ -278,12 +296,13 @@ impl Pipeline {
             apply_layer_call(Some(call), &head.classes[call.top_class], &self.measured, &mut decision);
         }
         lap(&mut timing.decide_ms);
+        self.frame_checks.judged();
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
         let totals = DefectTotals::of(&self.measured);
         let (defects, defects_dropped) = largest_first(&self.measured);
         LayerOutcome {
             verdict: decision.verdict,
-            fault: None,
+            unjudged: None,
             decision: Some(decision),
             defects,
             defects_dropped,
@@ -294,11 +313,24 @@ impl Pipeline {
         }
     }
 
-    fn fault_outcome(&self, reason: String, mut timing: StageTimes, started: Instant) -> LayerOutcome {
+    /// A stage that failed after the checks (flat field, rectification, the model): FAULT.
+    fn fault_outcome(&self, reason: String, timing: StageTimes, started: Instant) -> LayerOutcome {
+        self.unjudged_outcome(
+            Unjudged {
+                check: FrameCheck::Stage,
+                verdict: Verdict::Fault,
+                text: reason,
+            },
+            timing,
+            started,
+        )
+    }
+
+    fn unjudged_outcome(&self, unjudged: Unjudged, mut timing: StageTimes, started: Instant) -> LayerOutcome {
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
         LayerOutcome {
-            verdict: Verdict::Fault,
-            fault: Some(reason),
+            verdict: unjudged.verdict,
+            unjudged: Some(unjudged),
             decision: None,
             defects: heapless::Vec::new(),
             defects_dropped: 0,
@@ -319,8 +351,8 @@ impl Pipeline {
         ]
     }
 
-    /// Refuses frames that cannot be judged: a pixel format the camera path does not carry,
-    /// a bed of the wrong shape, a black or over-exposed frame.
+    /// Refuses frames that are not a bed camera's: a pixel format the camera path does not
+    /// carry, a bed of the wrong shape or size (the rest of the checks are `frame_checks`').
     fn check_frame(&self, frame: &DynamicImage) -> Result<(), String> {
         check_pixel_format(frame)?;
         if self.config.bed.corners_px.is_none() {
@@ -345,20 +377,6 @@ impl Pipeline {
                 frame.height(),
                 self.model.spec.input.width,
                 self.model.spec.input.height
-            ));
-        }
-        let (mean, saturated_share) = brightness(frame);
-        if mean < self.config.frame_check.min_mean_brightness {
-            return Err(format!(
-                "black frame: mean brightness {mean:.1} < {:.1} (lights off, lens covered?)",
-                self.config.frame_check.min_mean_brightness
-            ));
-        }
-        if saturated_share > self.config.frame_check.max_saturated_share {
-            return Err(format!(
-                "over-exposed frame: {:.0}% of pixels saturated > {:.0}% (laser in view, exposure too long?)",
-                saturated_share * 100.0,
-                self.config.frame_check.max_saturated_share * 100.0
             ));
         }
         Ok(())
@@ -422,39 +440,9 @@ pub fn check_pixel_format(frame: &DynamicImage) -> Result<(), String> {
     }
 }
 
-/// Mean brightness (0..255) and the share of saturated pixels, on a grid of at most ~64k samples.
-fn brightness(frame: &DynamicImage) -> (f64, f64) {
-    let step = ((frame.width() as u64 * frame.height() as u64 / 65_536) as f64)
-        .sqrt()
-        .max(1.0) as u32;
-    let (mut sum, mut saturated, mut count) = (0u64, 0u64, 0u64);
-    for y in (0..frame.height()).step_by(step as usize) {
-        for x in (0..frame.width()).step_by(step as usize) {
-            let value = hal::camera::luma_at(frame, x, y);
-            sum += value as u64;
-            saturated += (value >= 250) as u64;
-            count += 1;
-        }
-    }
-    (sum as f64 / count.max(1) as f64, saturated as f64 / count.max(1) as f64)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn brightness_of_a_half_saturated_frame() {
-        let mut frame = GrayImage::from_pixel(100, 100, image::Luma([100]));
-        for y in 0..50 {
-            for x in 0..100 {
-                frame.put_pixel(x, y, image::Luma([255]));
-            }
-        }
-        let (mean, saturated) = brightness(&DynamicImage::ImageLuma8(frame));
-        assert!((mean - 177.5).abs() < 1e-9, "{mean}");
-        assert!((saturated - 0.5).abs() < 1e-9, "{saturated}");
-    }
 
     #[test]
     fn past_the_maximum_the_smallest_defects_are_dropped_and_counted_but_still_summed() {

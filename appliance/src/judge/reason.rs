@@ -2,7 +2,11 @@
 //! the PLC (Modbus register 17, docs/plc.md and docs/tracks.md).
 //!
 //! A code is `kind * 256 + class index`: the high byte says what kind of rule fired, the low
-//! byte which class of the model image it was about (0 when the rule is about no class).
+//! byte which class of the model image it was about (0 when the rule is about no class). For a
+//! frame the model did not judge (kinds `Fault` and `FrameReview`) the low byte says which frame
+//! check kept it (`judge::frame_check::FrameCheck`; 0: a stage failed).
+
+use crate::judge::frame_check::FrameCheck;
 
 /// The kinds of rule, the high byte of a reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -21,11 +25,13 @@ pub enum RuleKind {
     TrackGrowth = 6,
     /// `rules.<class>.track.after_recoat`: the defect is still there after a RECOAT.
     TrackAfterRecoat = 7,
-    /// The layer could not be judged (camera, frame check, model).
+    /// The layer could not be judged (camera, frame check, model): FAULT.
     Fault = 8,
     /// The model's layer classifier called a layer defective where segmentation found nothing:
     /// REVIEW (`layer_classifier.review_threshold`).
     LayerClassifier = 9,
+    /// A frame check that asks a person to look (blurred, low contrast, a covered bed): REVIEW.
+    FrameReview = 10,
 }
 
 impl RuleKind {
@@ -41,6 +47,7 @@ impl RuleKind {
             RuleKind::TrackAfterRecoat => "track.after_recoat",
             RuleKind::Fault => "fault",
             RuleKind::LayerClassifier => "layer_classifier",
+            RuleKind::FrameReview => "frame_check",
         }
     }
 }
@@ -63,9 +70,18 @@ impl Reason {
         (self.kind as u16) << 8 | self.class_index as u16
     }
 
+    /// The frame check that kept the layer from the model, for a FAULT or a frame review.
+    pub fn frame_check(&self) -> Option<FrameCheck> {
+        matches!(self.kind, RuleKind::Fault | RuleKind::FrameReview)
+            .then(|| FrameCheck::from_byte(self.class_index))
+            .flatten()
+    }
+
     /// The rule's name: `rules.<class>.<rule>` for class rules, the configuration key otherwise.
     pub fn rule(&self) -> String {
-        if self.class.is_empty() {
+        if let Some(check) = self.frame_check().filter(|check| *check != FrameCheck::Stage) {
+            format!("frame_check.{}", check.name())
+        } else if self.class.is_empty() {
             self.kind.name().to_string()
         } else {
             format!("rules.{}.{}", self.class, self.kind.name())
@@ -94,5 +110,30 @@ mod tests {
             text: String::new(),
         };
         assert_eq!((gate.code(), gate.rule()), (0x0200, "uncertainty_gate".to_string()));
+        let frozen = Reason {
+            kind: RuleKind::Fault,
+            class_index: 4,
+            class: String::new(),
+            text: String::new(),
+        };
+        assert_eq!(
+            (frozen.code(), frozen.rule()),
+            (0x0804, "frame_check.frozen".to_string())
+        );
+        let camera = Reason {
+            class_index: 0,
+            ..frozen
+        };
+        assert_eq!((camera.code(), camera.rule()), (0x0800, "fault".to_string()));
+        let blurred = Reason {
+            kind: RuleKind::FrameReview,
+            class_index: 6,
+            class: String::new(),
+            text: String::new(),
+        };
+        assert_eq!(
+            (blurred.code(), blurred.rule()),
+            (0x0A06, "frame_check.blurred".to_string())
+        );
     }
 }

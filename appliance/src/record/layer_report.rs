@@ -1,5 +1,6 @@
 //! How one layer's outcome is shown: a JSON object for machines, a few lines for people.
 
+use hal::Verdict;
 use serde_json::{json, Value};
 
 use crate::judge::pipeline::{LayerOutcome, Pipeline};
@@ -46,8 +47,17 @@ pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> V
     json!({
         "image": image,
         "verdict": outcome.verdict.as_str(),
-        "fault": outcome.fault,
-        "reasons": outcome.decision.as_ref().map(|d| d.reasons.clone()).unwrap_or_default(),
+        "fault": outcome.unjudged.as_ref().filter(|u| u.verdict == Verdict::Fault).map(|u| &u.text),
+        "frame_check": outcome.unjudged.as_ref().map(|u| json!({
+            "check": u.check.name(),
+            "rule": u.reason().rule(),
+            "code": u.reason().code(),
+            "reason": u.text,
+        })),
+        "reasons": match &outcome.unjudged {
+            Some(unjudged) => vec![unjudged.text.clone()],
+            None => outcome.decision.as_ref().map(|d| d.reasons.clone()).unwrap_or_default(),
+        },
         "backend": model.backend_label(),
         "model": { "name": model.name, "version": model.version, "architecture": model.architecture, "graph": model.graph_name },
         "mm_per_px": round(pipeline.bed_mm_per_px, 6),
@@ -119,8 +129,13 @@ pub fn layer_text(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> S
         pipeline.model.backend_label(),
         outcome.timing.total_ms
     );
-    if let Some(reason) = &outcome.fault {
-        text.push_str(&format!("\n  fault: {reason}"));
+    if let Some(unjudged) = &outcome.unjudged {
+        let what = if unjudged.verdict == Verdict::Fault {
+            "fault"
+        } else {
+            "not judged"
+        };
+        text.push_str(&format!("\n  {what}: {} [{}]", unjudged.text, unjudged.reason().rule()));
         return text;
     }
     if let Some(decision) = &outcome.decision {

@@ -13,8 +13,8 @@ use images::ActiveGeneration;
 use super::{AnalysisEvent, LayerJob, LayerResult};
 use crate::config::Config;
 use crate::judge::defect_map::Footprint;
-use crate::judge::pipeline::Pipeline;
-use crate::judge::reason::{Reason, RuleKind};
+use crate::judge::frame_check::FrameCheck;
+use crate::judge::pipeline::{LayerOutcome, Pipeline};
 use crate::model::LoadedModel;
 use crate::record::journal::DefectRecord;
 use crate::record::layer_images::{JudgedLayer, SnapshotSender};
@@ -51,6 +51,13 @@ fn next_job(
             }
         }
     }
+}
+
+fn occluded(outcome: &LayerOutcome) -> bool {
+    outcome
+        .unjudged
+        .as_ref()
+        .is_some_and(|unjudged| unjudged.check == FrameCheck::Occluded)
 }
 
 /// The loop's model: the configuration's fixed `[model] image` when set; otherwise the image
@@ -155,7 +162,7 @@ pub(super) fn analysis_thread(
                 &state_dir,
             );
         }
-        let frame = match camera.capture() {
+        let mut frame = match camera.capture() {
             Ok(frame) => frame,
             Err(error) => {
                 let mut result = LayerResult::fault(format!("camera: {error}"));
@@ -173,10 +180,21 @@ pub(super) fn analysis_thread(
         if events.send(AnalysisEvent::Analysing).is_err() {
             return;
         }
-        let outcome = pipeline.run_layer(&frame.image);
+        let mut outcome = pipeline.run_layer(&frame.image);
+        // With a video trigger the recoater or the plume may still be passing: look again until
+        // the bed is clear, for at most `frame_check.occlusion_wait_ms`, then judge what is there.
+        if let Some(watch) = &video {
+            let deadline = Instant::now() + Duration::from_millis(pipeline.config.frame_check.occlusion_wait_ms);
+            while occluded(&outcome) && Instant::now() + watch.interval <= deadline {
+                std::thread::sleep(watch.interval);
+                let Ok(again) = camera.capture() else { break };
+                frame = again;
+                outcome = pipeline.run_layer(&frame.image);
+            }
+        }
         let mm_per_px = pipeline.bed_mm_per_px_xy();
-        let detail = match &outcome.fault {
-            Some(reason) => reason.clone(),
+        let detail = match &outcome.unjudged {
+            Some(unjudged) => unjudged.text.clone(),
             None => defect_summary(&outcome, &pipeline.model.class_names),
         };
         let result = LayerResult {
@@ -213,13 +231,8 @@ pub(super) fn analysis_thread(
             total_ms: outcome.timing.total_ms,
             infer_ms: outcome.timing.infer_ms,
             timing: Some(outcome.timing),
-            reason: match &outcome.fault {
-                Some(fault) => Some(Reason {
-                    kind: RuleKind::Fault,
-                    class_index: 0,
-                    class: String::new(),
-                    text: fault.clone(),
-                }),
+            reason: match &outcome.unjudged {
+                Some(unjudged) => Some(unjudged.reason()),
                 None => outcome.decision.as_ref().and_then(|d| d.reason.clone()),
             },
             tripped_classes: outcome
@@ -234,7 +247,7 @@ pub(super) fn analysis_thread(
         }
         // The PLC has its verdict on the way: now copy the layer's pixels for the recorder.
         if let Some(snapshots) = &snapshots {
-            snapshots.offer(|snapshot| match outcome.fault {
+            snapshots.offer(|snapshot| match outcome.unjudged {
                 None => snapshot.fill(
                     seq,
                     &frame.image,

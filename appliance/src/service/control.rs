@@ -237,9 +237,14 @@ pub(super) fn control_loop(
                         flight.started.elapsed().as_secs_f64(),
                         result.camera_failed,
                         model_error.is_some(),
+                        reason.as_ref().and_then(Reason::frame_check),
                     );
-                    let camera_error = result
-                        .camera_failed
+                    // A frozen or moved camera is down as much as one that gives no frame.
+                    let camera_down = reason
+                        .as_ref()
+                        .and_then(Reason::frame_check)
+                        .is_some_and(|check| check.camera_down());
+                    let camera_error = (result.camera_failed || camera_down)
                         .then(|| result.detail.trim_start_matches("camera: ").to_string());
                     let verdict_word = record.verdict.clone();
                     board.add_record(record, camera_error, model_error);

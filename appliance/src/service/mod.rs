@@ -169,6 +169,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         .clone()
         .ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
     println!("{}", table_sources(&config, &origin));
+    println!("{}", config.frame_check.summary(config.bed.corners_px.is_some()));
 
     let journal_path = config.journal_file(&base_dir, state_dir);
     let (journal, opened) = Journal::open(&journal_path)?;

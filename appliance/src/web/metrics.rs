@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 
 use hal::Verdict;
 
+use crate::judge::frame_check::FrameCheck;
 use crate::judge::pipeline::StageTimes;
 use crate::record::layer_images::RecorderStats;
 
@@ -106,6 +107,8 @@ pub struct Metrics {
     verdicts: [AtomicU64; VERDICTS.len()],
     camera_errors: AtomicU64,
     backend_errors: AtomicU64,
+    /// Layers kept from the model, by the frame check that kept them (FrameCheck::ALL's order).
+    frame_checks: [AtomicU64; FrameCheck::ALL.len()],
     stages: Mutex<[Histogram; STAGES.len()]>,
     /// Trigger to verdict, as the PLC waits for it.
     layer_latency: Mutex<Histogram>,
@@ -114,7 +117,8 @@ pub struct Metrics {
 
 impl Metrics {
     /// Counts one finished layer. `timing`: the pipeline's stages (none when the camera gave
-    /// no frame); `latency_s`: trigger to verdict.
+    /// no frame); `latency_s`: trigger to verdict; `frame_check`: the check that kept the frame
+    /// from the model, if one did.
     pub fn layer(
         &self,
         verdict: Verdict,
@@ -122,8 +126,12 @@ impl Metrics {
         latency_s: f64,
         camera_failed: bool,
         backend_failed: bool,
+        frame_check: Option<FrameCheck>,
     ) {
         self.layers.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = frame_check.and_then(|check| FrameCheck::ALL.iter().position(|c| *c == check)) {
+            self.frame_checks[slot].fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(slot) = VERDICTS.iter().position(|v| *v == verdict) {
             self.verdicts[slot].fetch_add(1, Ordering::Relaxed);
         }
@@ -193,6 +201,15 @@ impl Metrics {
             "Layers whose inference failed.",
             self.backend_errors.load(Ordering::Relaxed),
         );
+        let _ = writeln!(out, "# HELP bedsight_frame_checks_total Layers the model did not judge, by the frame check that kept them (stage: a stage failed).\n# TYPE bedsight_frame_checks_total counter");
+        for (check, count) in FrameCheck::ALL.iter().zip(&self.frame_checks) {
+            let _ = writeln!(
+                out,
+                "bedsight_frame_checks_total{{check=\"{}\"}} {}",
+                check.name(),
+                count.load(Ordering::Relaxed)
+            );
+        }
         counter(
             &mut out,
             "bedsight_plc_errors_total",
@@ -260,19 +277,31 @@ mod tests {
             total_ms: 40.0,
             ..StageTimes::default()
         };
-        metrics.layer(Verdict::Pass, Some(&timing), 0.05, false, false);
-        metrics.layer(Verdict::Recoat, Some(&timing), 0.2, false, false);
-        metrics.layer(Verdict::Fault, None, 0.001, true, false);
+        metrics.layer(Verdict::Pass, Some(&timing), 0.05, false, false, None);
+        metrics.layer(Verdict::Recoat, Some(&timing), 0.2, false, false, None);
+        metrics.layer(Verdict::Fault, None, 0.001, true, false, Some(FrameCheck::Stage));
+        metrics.layer(Verdict::Fault, None, 0.01, false, false, Some(FrameCheck::Frozen));
         let text = metrics.render();
-        assert!(text.contains("bedsight_layers_total 3\n"), "{text}");
+        assert!(
+            text.contains("bedsight_frame_checks_total{check=\"frozen\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("bedsight_frame_checks_total{check=\"blurred\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("bedsight_layers_total 4\n"), "{text}");
         assert!(text.contains("bedsight_verdicts_total{verdict=\"RECOAT\"} 1\n"));
         assert!(text.contains("bedsight_camera_errors_total 1\n"));
         // infer took 3 ms twice: not in the 2.5 ms bucket, in the 5 ms one and every one above.
         assert!(text.contains("bedsight_stage_seconds_bucket{stage=\"infer\",le=\"0.0025\"} 0\n"));
         assert!(text.contains("bedsight_stage_seconds_bucket{stage=\"infer\",le=\"0.005\"} 2\n"));
         assert!(text.contains("bedsight_stage_seconds_bucket{stage=\"infer\",le=\"+Inf\"} 2\n"));
-        assert!(text.contains("bedsight_stage_seconds_sum{stage=\"infer\"} 0.006\n"));
-        assert!(text.contains("bedsight_layer_seconds_bucket{le=\"0.05\"} 2\n"));
-        assert!(text.contains("bedsight_layer_seconds_count 3\n"));
+        assert!(
+            text.contains("bedsight_stage_seconds_sum{stage=\"infer\"} 0.006\n"),
+            "{text}"
+        );
+        assert!(text.contains("bedsight_layer_seconds_bucket{le=\"0.05\"} 3\n"));
+        assert!(text.contains("bedsight_layer_seconds_count 4\n"));
     }
 }

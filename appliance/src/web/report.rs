@@ -164,6 +164,26 @@ pub fn render(
             area_text.join(", ")
         }
     );
+    // Layers a frame check kept from the model, by check (docs/frame-checks.md).
+    let mut checks: Vec<(&str, usize)> = Vec::new();
+    for record in records {
+        if let Some(check) = record.rule.strip_prefix("frame_check.") {
+            match checks.iter_mut().find(|(c, _)| *c == check) {
+                Some(entry) => entry.1 += 1,
+                None => checks.push((check, 1)),
+            }
+        }
+    }
+    let checks_text: Vec<String> = checks.iter().map(|(c, n)| format!("{} {n}", escape(c))).collect();
+    let _ = write!(
+        html,
+        "<tr><th>frame checks</th><td id=\"frame-checks\">{}</td></tr>",
+        if checks_text.is_empty() {
+            "none fired".into()
+        } else {
+            checks_text.join(", ")
+        }
+    );
     let acknowledged = annotations.iter().filter(|a| a.action == Action::Acknowledge).count();
     let false_alarms = annotations.iter().filter(|a| a.action == Action::FalseAlarm).count();
     let _ = writeln!(html, "<tr><th>annotations</th><td>{acknowledged} REVIEWs acknowledged, {false_alarms} false alarms</td></tr></table>");
@@ -188,13 +208,16 @@ pub fn render(
     }
     for &index in worst.iter().take(WORST_SHOWN) {
         let record = &records[index];
-        let caption = format!(
+        let mut caption = format!(
             "layer {} (record {index}): <span class=\"{verdict}\">{verdict}</span>, {} defects, {:.1} mm²",
             record.layer,
             record.defects.len(),
             total_area(index),
             verdict = escape(&record.verdict)
         );
+        if !record.reason.is_empty() {
+            caption.push_str(&format!(" · {}: {}", escape(&record.rule), escape(&record.reason)));
+        }
         match image_dir(index).and_then(|dir| data_url(&dir.join("overlay.png"))) {
             Some(url) => {
                 let _ = writeln!(html, "<figure class=\"worst\"><img class=\"overlay\" alt=\"overlay of layer {}\" src=\"{url}\"><figcaption>{caption}</figcaption></figure>", record.layer);

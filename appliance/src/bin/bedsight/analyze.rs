@@ -30,16 +30,16 @@ pub fn analyze(pipeline: &mut Pipeline, images: &[PathBuf], json: bool, out_dir:
             }
         };
         let outcome = pipeline.run_layer(&frame.image);
-        if let Some(reason) = &outcome.fault {
+        if let Some(unjudged) = outcome.unjudged.as_ref().filter(|u| u.verdict == Verdict::Fault) {
             failed += 1;
-            eprintln!("error: image {shown}: {reason}");
+            eprintln!("error: image {shown}: {}", unjudged.text);
         }
         if json {
             println!("{}", layer_json(&shown, &outcome, pipeline));
         } else {
             println!("{}", layer_text(&shown, &outcome, pipeline));
         }
-        if let (Some(dir), None) = (out_dir, &outcome.fault) {
+        if let (Some(dir), None) = (out_dir, &outcome.unjudged) {
             let stem = path
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())

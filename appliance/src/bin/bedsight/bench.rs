@@ -658,6 +658,30 @@ fn ensemble_ratio(
     })
 }
 
+/// The embedded configuration as an integrator leaves it on a box, and the camera frames it
+/// sees: each bed in a chamber of grey 20 one eighth of the bed wide on every side, the bed's
+/// corners set there, and the first frame written to `scratch` as the commissioning reference.
+fn commissioned(beds: &[GrayImage], scratch: &Path) -> Result<(Config, Vec<GrayImage>)> {
+    let (w, h) = beds[0].dimensions();
+    let margin = w.max(h) / 8;
+    let frames: Vec<GrayImage> = beds
+        .iter()
+        .map(|bed| {
+            let mut frame = GrayImage::from_pixel(w + 2 * margin, h + 2 * margin, image::Luma([20]));
+            image::imageops::replace(&mut frame, bed, margin as i64, margin as i64);
+            frame
+        })
+        .collect();
+    let reference = scratch.join("frame-reference.png");
+    frames[0].save(&reference)?;
+    let mut config = Config::embedded();
+    let (x0, y0) = (margin as f32, margin as f32);
+    let (x1, y1) = ((margin + w - 1) as f32, (margin + h - 1) as f32);
+    config.bed.corners_px = Some([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]);
+    config.frame_check.reference = Some(reference);
+    Ok((config, frames))
+}
+
 /// Every stage of a layer, the way `bedsight run` does it: a replay camera reading PNG files,
 /// the pipeline, and a journal record appended (and fsynced) per layer.
 fn stage_times(
@@ -667,6 +691,9 @@ fn stage_times(
     options: &BenchOptions,
     scratch: &Path,
 ) -> Result<StageReport> {
+    // A commissioned box: the camera sees the bed inside the darker chamber, and the bed's
+    // corners and the commissioning frame are set, so every frame check runs (docs/frame-checks.md).
+    let (config, frames) = commissioned(frames, scratch)?;
     let replay_folder = scratch.join("replay");
     std::fs::create_dir_all(&replay_folder)?;
     for (index, frame) in frames.iter().enumerate() {
@@ -679,7 +706,7 @@ fn stage_times(
     };
     let loaded = LoadedModel::from_graph(model.origin.clone(), &model.manifest, graph_name, graph, choice, None)?;
     let runner = loaded.backend_label();
-    let mut pipeline = Pipeline::new(Config::embedded(), loaded, "embedded bedsight.toml")?;
+    let mut pipeline = Pipeline::new(config, loaded, "embedded bedsight.toml, commissioned")?;
     let (mut journal, _) = Journal::open(&scratch.join("journal.bsj"))?;
 
     let mut snapshot = LayerSnapshot::empty();

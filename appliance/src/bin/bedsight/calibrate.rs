@@ -9,6 +9,7 @@ use image::{Rgb, RgbImage};
 use imageproc::drawing::{draw_cross_mut, draw_line_segment_mut};
 
 use appliance::config::Config;
+use appliance::judge::frame_check::FrameChecker;
 
 /// Long side of the rectified image written for a person to check, in pixels.
 const CHECK_LONG_SIDE_PX: u32 = 1024;
@@ -114,6 +115,47 @@ pub fn write_flat_field(frame_path: &Path, out_stem: &Path) -> Result<PathBuf> {
     );
     println!(
         "set  flat_field = \"{}\"  in the [bed] table to correct every frame of this camera with it.",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// Writes `<stem>.frame-reference.png`, the frame in grey as the commissioning reference of the
+/// frame checks, and says what the checks will compare and how to use it.
+pub fn write_frame_reference(config_path: &Path, frame_path: &Path, out_stem: &Path) -> Result<PathBuf> {
+    let config = Config::load(config_path)?;
+    let frame = image::open(frame_path)
+        .with_context(|| format!("frame {}: not a readable image", frame_path.display()))?
+        .to_luma8();
+    let path = PathBuf::from(format!("{}.frame-reference.png", out_stem.display()));
+    frame
+        .save(&path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    let summary = FrameChecker::summarise_reference(&frame, &config);
+    println!(
+        "wrote {}: the commissioning frame ({}x{} px); fine detail {:.4}, contrast {:.4} of its brightness",
+        path.display(),
+        frame.width(),
+        frame.height(),
+        summary.sharpness,
+        summary.contrast
+    );
+    if config.bed.corners_px.is_none() {
+        println!("bed.corners_px is not set: the camera check (max_camera_shift_mm) needs it and will not run.");
+    } else if summary.usable_edges.len() < 2 {
+        println!(
+            "only {} of the 8 halves of the bed's edges stand out from what is around them: the camera check needs 2; \
+             set bed.corners_px on the bed's visible edges and capture again.",
+            summary.usable_edges.len()
+        );
+    } else {
+        println!(
+            "the camera check will follow the bed's border and its {}.",
+            summary.usable_edges.join(", ")
+        );
+    }
+    println!(
+        "set  reference = \"{}\"  in the [frame_check] table to check every frame against it.",
         path.display()
     );
     Ok(path)

@@ -82,8 +82,8 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
         };
         let verdict = budget.apply(layer, outcome.verdict, pipeline.config.recoat.max_retries);
         let uncertainty_score = outcome.decision.as_ref().map(|d| d.uncertainty_score).unwrap_or(0.0);
-        let mut detail = match &outcome.fault {
-            Some(reason) => reason.clone(),
+        let mut detail = match &outcome.unjudged {
+            Some(unjudged) => unjudged.text.clone(),
             None => defect_summary(&outcome, &pipeline.model.class_names),
         };
         if let (Some(call), Some(head)) = (&outcome.layer_call, &pipeline.model.spec.layer_head) {
@@ -106,14 +106,17 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             largest_defect_area_mm2: outcome.totals.largest_area_mm2,
             class_areas_mm2: outcome.totals.class_areas_mm2,
             uncertainty_score,
-            reason_code: outcome
-                .decision
-                .as_ref()
-                .and_then(|d| d.reason.as_ref())
-                .map(|r| r.code())
-                .unwrap_or(0),
+            reason_code: match &outcome.unjudged {
+                Some(unjudged) => unjudged.reason().code(),
+                None => outcome
+                    .decision
+                    .as_ref()
+                    .and_then(|d| d.reason.as_ref())
+                    .map(|r| r.code())
+                    .unwrap_or(0),
+            },
         })?;
-        if outcome.fault.is_none() {
+        if outcome.unjudged.is_none() {
             let stem = format!("layer-{layer:04}");
             write_layer_files(
                 out_dir,

@@ -101,6 +101,11 @@ enum Command {
         /// empty bed, which `[bed] flat_field` divides out of every frame.
         #[arg(long)]
         flat_field: bool,
+        /// Also write STEM.frame-reference.png: this frame as the commissioning reference that
+        /// `[frame_check] reference` compares every frame with (sharpness, contrast, the bed's
+        /// edges). Capture it with the lights, focus and mount as they will stay.
+        #[arg(long)]
+        frame_reference: bool,
     },
     /// Make, check and read model images.
     #[command(subcommand)]
@@ -265,11 +270,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             frame,
             out,
             flat_field,
+            frame_reference,
         } => {
             let stem = out.unwrap_or_else(|| frame.with_extension(""));
             calibrate::calibrate(&config, &frame, &stem)?;
             if flat_field {
                 calibrate::write_flat_field(&frame, &stem)?;
+            }
+            if frame_reference {
+                calibrate::write_frame_reference(&config, &frame, &stem)?;
             }
             Ok(ExitCode::SUCCESS)
         }
