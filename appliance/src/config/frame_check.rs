@@ -26,7 +26,7 @@ pub struct FrameCheckConfig {
     /// Correlation of the frame's fine grain (pixel minus its 3x3 mean) with the last judged
     /// layer's above which it is that bed again: fresh powder shares little of its grain with
     /// the last layer (PBLM: under 0.05 mostly, 0.25 at most), the same bed all of it but the
-    /// sensor noise (PBLM with fresh noise of sigma 2: 0.59 and more).
+    /// sensor noise (PBLM with fresh noise of sigma 2: mostly 0.6-0.9).
     #[serde(default = "default_frozen_min_correlation")]
     pub frozen_min_correlation: f64,
     /// The commissioning frame that `bedsight calibrate --frame-reference` wrote (relative paths
