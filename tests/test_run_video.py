@@ -60,3 +60,43 @@ hold_ms = 200
         assert len(layers) == 2, layers
     finally:
         appliance.kill()
+
+
+def test_with_a_video_trigger_a_covered_bed_is_captured_again_until_clear(tmp_path, ledger):
+    names = sorted(ledger)
+    beds = [np.array(Image.open(SAMPLE_BUILD / name).convert("L")) for name in names[:2]]
+    folder = tmp_path / "video"
+    folder.mkdir()
+    covered = beds[1].copy()
+    covered[:, 120:140] = 10  # an arm across the new bed, still when the bed settles
+    frames = [("a", beds[0])] * 3
+    frames += [("blade", blade_over(beds[0], x)) for x in (0, 90, 180)]
+    frames += [("covered", covered)] * 8
+    frames += [("b", beds[1])] * 12
+    for index, (kind, frame) in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame-{index:03d}-{kind}.png")
+    config = write_config(
+        tmp_path,
+        replay_camera(folder)
+        + """
+[trigger]
+kind = "video"
+interval_ms = 50
+pass_threshold = 10.0
+settle_threshold = 2.0
+hold_ms = 200
+""",
+    )
+    appliance = Appliance(config)
+    try:
+        appliance.wait_for(r"^ready$")
+        first = appliance.wait_for(r"^layer 1 (\w+) .*\[video\].*frame-\d+-(\w+)\.png")
+        # the layer is judged on the clear bed, not REVIEW for the arm that was still in view
+        assert first.group(2) == "b", appliance.seen
+        planted = ledger[names[1]] - {"lattice"}
+        assert (first.group(1) == "PASS") == (not planted), first.group(0)
+        assert appliance.stop() == 0
+        layers = [line for line in appliance.seen if re.match(r"^layer \d+ ", line)]
+        assert len(layers) == 1, layers
+    finally:
+        appliance.kill()
