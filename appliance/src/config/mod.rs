@@ -239,6 +239,11 @@ impl Config {
                 bail!("configuration {origin}: refine.classes: the model has no class {class:?} (it has: {known})");
             }
         }
+        for class in self.tracks.along_blade.iter().flatten() {
+            if !class_names.contains(class) {
+                bail!("configuration {origin}: tracks.along_blade: the model has no class {class:?} (it has: {known})");
+            }
+        }
         for class in self.recoat.fixable.iter().flatten() {
             if !class_names.contains(class) {
                 bail!("configuration {origin}: recoat.fixable: the model has no class {class:?} (it has: {known})");

@@ -19,7 +19,15 @@ pub struct TracksConfig {
     /// The defect map's cell size in millimetres.
     #[serde(default = "default_cell_mm")]
     pub cell_mm: f64,
+    /// Classes that run along the recoater's travel (a streak dragged by the blade): matched by
+    /// their overlap along the blade (y) alone, however far along x they start. Absent: the
+    /// model's classes among DEFAULT_ALONG_BLADE.
+    #[serde(default)]
+    pub along_blade: Option<Vec<String>>,
 }
+
+/// The classes matched along the blade when `tracks.along_blade` is not set.
+pub const DEFAULT_ALONG_BLADE: [&str; 1] = ["streaking"];
 
 impl Default for TracksConfig {
     fn default() -> Self {
@@ -27,6 +35,7 @@ impl Default for TracksConfig {
             min_iou: default_min_iou(),
             max_gap_layers: 0,
             cell_mm: default_cell_mm(),
+            along_blade: None,
         }
     }
 }
@@ -40,6 +49,14 @@ fn default_cell_mm() -> f64 {
 }
 
 impl TracksConfig {
+    /// Whether `class` is matched by its overlap along the blade.
+    pub fn along_blade(&self, class: &str) -> bool {
+        match &self.along_blade {
+            Some(classes) => classes.iter().any(|c| c == class),
+            None => DEFAULT_ALONG_BLADE.contains(&class),
+        }
+    }
+
     pub(super) fn check(&self, bed: &BedConfig) -> Result<()> {
         if !(self.min_iou.is_finite() && self.min_iou > 0.0 && self.min_iou <= 1.0) {
             bail!("tracks.min_iou must be in (0, 1], got {}", self.min_iou);

@@ -51,6 +51,17 @@ impl Footprint {
     }
 
     /// Intersection over union of two boxes (0 when they do not overlap or both are empty).
+    /// Intersection over union of the two spans along y (the blade), whatever their x.
+    pub fn iou_along_y(self, other: Footprint) -> f64 {
+        let intersection = (self.y1.min(other.y1) - self.y0.max(other.y0)).max(0.0);
+        let union = (self.y1 - self.y0) + (other.y1 - other.y0) - intersection;
+        if union <= 0.0 {
+            0.0
+        } else {
+            intersection / union
+        }
+    }
+
     pub fn iou(self, other: Footprint) -> f64 {
         let overlap = Footprint {
             x0: self.x0.max(other.x0),

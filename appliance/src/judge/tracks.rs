@@ -2,7 +2,10 @@
 //!
 //! A defect on layer L continues a track of its class when the track was last seen on layer
 //! L - 1 (up to `tracks.max_gap_layers` layers earlier) or on layer L itself, and their
-//! footprints (bounding boxes in bed millimetres) overlap by at least `tracks.min_iou`.
+//! footprints (bounding boxes in bed millimetres) overlap by at least `tracks.min_iou`: as boxes
+//! (intersection over union), or, for a class in `tracks.along_blade` (streaking), as spans
+//! along the blade (y) alone, since a streak at one place of the blade may start anywhere
+//! along the travel.
 //! "Layer L itself" is the re-spread of the same layer after a RECOAT: it is the same layer of
 //! the part, so the re-spread's area replaces the first inspection's, the track does not get
 //! longer, and a track whose defect is gone on the re-spread ends there (the recoat fixed it).
@@ -151,7 +154,11 @@ impl Tracker {
         for (t, track) in self.active.iter().enumerate() {
             for (s, sighting) in sightings.iter().enumerate() {
                 if sighting.class == track.class {
-                    let iou = track.footprint.iou(sighting.footprint);
+                    let iou = if self.settings.along_blade(&track.class) {
+                        track.footprint.iou_along_y(sighting.footprint)
+                    } else {
+                        track.footprint.iou(sighting.footprint)
+                    };
                     if iou >= self.settings.min_iou {
                         pairs.push((iou, t, s));
                     }
@@ -298,6 +305,7 @@ mod tests {
             min_iou,
             max_gap_layers,
             cell_mm: 5.0,
+            along_blade: None,
         }
     }
 
@@ -333,13 +341,15 @@ mod tests {
     #[test]
     fn overlap_under_the_threshold_or_a_missed_layer_starts_a_new_track() {
         let mut tracker = Tracker::new(&settings(0.5, 0));
-        tracker.observe(1, false, &[sighting("streaking", 0.0, 10.0, 5.0)]);
+        tracker.observe(1, false, &[sighting("super-elevation", 0.0, 10.0, 5.0)]);
         // 0..10 vs 4..14 mm (same y): intersection 6, union 14, IoU 0.43 < 0.5: a new track.
-        let update = tracker.observe(2, false, &[sighting("streaking", 4.0, 10.0, 5.0)]);
+        let update = tracker.observe(2, false, &[sighting("super-elevation", 4.0, 10.0, 5.0)]);
         assert_eq!(update.seen, vec![2]);
         // 4..14 vs 5..14: IoU 9/10 = 0.9: track 2 goes on.
         assert_eq!(
-            tracker.observe(3, false, &[sighting("streaking", 5.0, 9.0, 5.0)]).seen,
+            tracker
+                .observe(3, false, &[sighting("super-elevation", 5.0, 9.0, 5.0)])
+                .seen,
             vec![2]
         );
         // Another class at the same place is its own track.
@@ -387,13 +397,13 @@ mod tests {
     #[test]
     fn each_track_takes_one_defect_the_best_overlap() {
         let mut tracker = Tracker::new(&settings(0.3, 0));
-        tracker.observe(1, false, &[sighting("streaking", 0.0, 10.0, 5.0)]);
+        tracker.observe(1, false, &[sighting("super-elevation", 0.0, 10.0, 5.0)]);
         let update = tracker.observe(
             2,
             false,
             &[
-                sighting("streaking", 3.0, 10.0, 5.0),
-                sighting("streaking", 1.0, 10.0, 5.0),
+                sighting("super-elevation", 3.0, 10.0, 5.0),
+                sighting("super-elevation", 1.0, 10.0, 5.0),
             ],
         );
         // The second sighting overlaps more (9/11 against 7/13): it continues track 1.
@@ -472,6 +482,65 @@ mod tests {
             hits[1].reason.text,
             "streaking track #1 over layers 1-4: 4 layers > 3 → REVIEW: recoater blade damage suspected"
         );
+    }
+
+    #[test]
+    fn a_streak_at_one_place_of_the_blade_is_one_track_whichever_end_it_starts_from() {
+        // docs/tracks.md: boxes [0, 58, 256, 5] and [206, 58, 50, 5] mm alternately (box IoU
+        // 50 x 5 / 256 x 5 = 0.195 < 0.3); along the blade both span y 58..63: IoU 1.
+        let config = config(
+            "[rules.streaking.track]\nmax_layers = 5\nverdict = \"REVIEW\"\nmessage = \"recoater blade damage suspected\"\n",
+        );
+        let streak = |x0: f64, width: f64| Sighting {
+            class: "streaking".into(),
+            area_mm2: width * 5.0,
+            footprint: Footprint {
+                x0,
+                y0: 58.0,
+                x1: x0 + width,
+                y1: 63.0,
+            },
+        };
+        let mut tracker = Tracker::new(&config.tracks);
+        let mut verdicts = Vec::new();
+        for layer in 1..=10 {
+            let sighting = if layer % 2 == 1 {
+                streak(0.0, 256.0)
+            } else {
+                streak(206.0, 50.0)
+            };
+            let update = tracker.observe(layer, false, &[sighting]);
+            assert_eq!(update.seen, vec![1], "layer {layer}");
+            verdicts.push(judge(&config, &names(), &tracker, &update));
+        }
+        assert_eq!(tracker.get(1).unwrap().layers(), 10);
+        assert!(verdicts[..5].iter().all(Vec::is_empty), "{verdicts:?}");
+        for hits in &verdicts[5..] {
+            assert_eq!((hits[0].verdict, hits[0].reason.code()), (Verdict::Review, 0x0504));
+        }
+        assert_eq!(
+            verdicts[5][0].reason.text,
+            "streaking track #1 over layers 1-6: 6 layers > 5 → REVIEW: recoater blade damage suspected"
+        );
+        // a streak at another place of the blade (y 70..75) is another track; and a class not
+        // along the blade keeps box overlap
+        let update = tracker.observe(
+            11,
+            false,
+            &[Sighting {
+                footprint: Footprint {
+                    y0: 70.0,
+                    y1: 75.0,
+                    ..streak(0.0, 256.0).footprint
+                },
+                ..streak(0.0, 256.0)
+            }],
+        );
+        assert_eq!(update.seen, vec![2]);
+        let mut boxes = Tracker::new(&config.tracks);
+        boxes.observe(1, false, &[sighting("super-elevation", 0.0, 256.0, 10.0)]);
+        let update = boxes.observe(2, false, &[sighting("super-elevation", 206.0, 50.0, 10.0)]);
+        assert_eq!(update.seen, vec![2]);
     }
 
     #[test]
