@@ -209,7 +209,7 @@ def test_controls_need_the_token_and_bad_requests_change_nothing(tmp_path, line_
         appliance.kill()
 
 
-def test_metrics_count_the_layers_and_healthz_reports_the_camera_gone(tmp_path, line_port):
+def test_metrics_count_the_layers_and_healthz_reports_the_camera_gone_and_back(tmp_path, line_port):
     frames = tmp_path / "frames"
     frames.mkdir()
     for name in ("layer-0001.png", "layer-0002.png", "layer-0003.png"):
@@ -239,6 +239,14 @@ def test_metrics_count_the_layers_and_healthz_reports_the_camera_gone(tmp_path, 
         assert values[("bedsight_camera_errors_total", ())] == 1
         assert values[("bedsight_verdicts_total", (("verdict", "FAULT"),))] == verdicts.count("FAULT") + 1
         assert values[("bedsight_layers_total", ())] == 4
+
+        # A frame written into the folder during the run: the camera is back.
+        shutil.copy(SAMPLE_BUILD / "layer-0004.png", frames / "layer-0004.png")
+        assert layer(line_port, 5) != "FAULT"
+        wait_for_records(url, 5)
+        status, text = get(url + "/healthz")
+        assert status == 200 and "up" in text, text
+        appliance.wait_for(r"^layer 5 \w+ .*layer-0004\.png")
         assert appliance.stop() == 0
     finally:
         appliance.kill()

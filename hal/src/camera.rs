@@ -44,7 +44,10 @@ enum ReplaySource {
 }
 
 /// The simulated twin of a camera: replays images in name order, one per capture. This is what
-/// `bedsight demo` and the tests use in place of a real camera over the printer's bed.
+/// `bedsight demo` and the tests use in place of a real camera over the printer's bed. A replay
+/// of a folder looks at the folder again when it runs out or its next file is gone: files added
+/// during a run come after the last one replayed, and a folder deleted and made again starts
+/// from its first file.
 #[derive(Debug, Clone)]
 pub struct ReplayCamera {
     origin: String,
@@ -52,6 +55,11 @@ pub struct ReplayCamera {
     next: usize,
     /// Start again from the first frame after the last one.
     repeat: bool,
+    /// The folder replayed, looked at again when the list runs out.
+    folder: Option<PathBuf>,
+    /// The last file replayed from it, with its modification time: a file of that name written
+    /// since is another (the folder was made again).
+    last: Option<(PathBuf, Option<std::time::SystemTime>)>,
 }
 
 /// File extensions a replay folder may hold.
@@ -60,13 +68,7 @@ const IMAGE_EXTENSIONS: [&str; 6] = ["png", "jpg", "jpeg", "tif", "tiff", "bmp"]
 impl ReplayCamera {
     /// Every image file in `folder`, in name order.
     pub fn from_folder(folder: &Path) -> Result<Self, CameraError> {
-        let entries = std::fs::read_dir(folder)
-            .map_err(|e| CameraError::Folder(folder.to_path_buf(), format!("cannot list it: {e}")))?;
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|path| path.is_file() && has_image_extension(path))
-            .collect();
-        paths.sort();
+        let paths = list_images(folder)?;
         if paths.is_empty() {
             return Err(CameraError::Folder(
                 folder.to_path_buf(),
@@ -78,7 +80,31 @@ impl ReplayCamera {
             frames: paths.into_iter().map(ReplaySource::File).collect(),
             next: 0,
             repeat: false,
+            folder: Some(folder.to_path_buf()),
+            last: None,
         })
+    }
+
+    /// Lists the folder again: the replay goes on after the last file replayed, or from the
+    /// first file when that one is gone (the folder was made again).
+    fn rescan(&mut self) -> Result<(), CameraError> {
+        let Some(folder) = &self.folder else { return Ok(()) };
+        let paths = match list_images(folder) {
+            Ok(paths) => paths,
+            Err(error) => {
+                // gone: when it is back, it is another folder
+                self.last = None;
+                return Err(error);
+            }
+        };
+        self.next = match &self.last {
+            Some((last, modified)) if modified_time(last) == *modified => {
+                paths.iter().position(|p| p == last).map_or(0, |i| i + 1)
+            }
+            _ => 0,
+        };
+        self.frames = paths.into_iter().map(ReplaySource::File).collect();
+        Ok(())
     }
 
     /// The given files, in the order given.
@@ -88,6 +114,8 @@ impl ReplayCamera {
             frames: paths.iter().cloned().map(ReplaySource::File).collect(),
             next: 0,
             repeat: false,
+            folder: None,
+            last: None,
         }
     }
 
@@ -105,6 +133,8 @@ impl ReplayCamera {
             frames,
             next: 0,
             repeat: false,
+            folder: None,
+            last: None,
         }
     }
 
@@ -124,6 +154,22 @@ impl ReplayCamera {
     }
 }
 
+fn modified_time(path: &Path) -> Option<std::time::SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// The image files in `folder`, in name order.
+fn list_images(folder: &Path) -> Result<Vec<PathBuf>, CameraError> {
+    let entries = std::fs::read_dir(folder)
+        .map_err(|e| CameraError::Folder(folder.to_path_buf(), format!("cannot list it: {e}")))?;
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file() && has_image_extension(path))
+        .collect();
+    paths.sort();
+    Ok(paths)
+}
+
 fn has_image_extension(path: &Path) -> bool {
     path.extension()
         .and_then(|ext| ext.to_str())
@@ -133,6 +179,10 @@ fn has_image_extension(path: &Path) -> bool {
 
 impl Camera for ReplayCamera {
     fn capture(&mut self) -> Result<Frame, CameraError> {
+        let next_gone = matches!(self.frames.get(self.next), Some(ReplaySource::File(path)) if !path.is_file());
+        if self.next >= self.frames.len() || next_gone {
+            self.rescan()?;
+        }
         if self.repeat && self.next >= self.frames.len() {
             self.next = 0;
         }
@@ -145,6 +195,9 @@ impl Camera for ReplayCamera {
         match source {
             ReplaySource::File(path) => {
                 let name = path.display().to_string();
+                if self.folder.is_some() {
+                    self.last = Some((path.clone(), modified_time(&path)));
+                }
                 let image = image::ImageReader::open(&path)
                     .map_err(|e| CameraError::Unreadable {
                         source_name: name.clone(),
@@ -218,6 +271,55 @@ mod tests {
         assert_eq!(first.image.to_luma8().get_pixel(0, 0).0[0], 10);
         assert_eq!(camera.capture().unwrap().image.to_luma8().get_pixel(0, 0).0[0], 20);
         assert!(matches!(camera.capture(), Err(CameraError::Exhausted(_))));
+    }
+
+    fn grey(path: &Path, value: u8) {
+        image::GrayImage::from_pixel(4, 4, image::Luma([value]))
+            .save(path)
+            .unwrap();
+    }
+
+    fn value_of(frame: Frame) -> u8 {
+        frame.image.to_luma8().get_pixel(0, 0).0[0]
+    }
+
+    #[test]
+    fn frames_added_during_a_run_are_replayed_and_a_folder_made_again_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder = dir.path().join("frames");
+        std::fs::create_dir(&folder).unwrap();
+        grey(&folder.join("layer-0001.png"), 10);
+        let mut camera = ReplayCamera::from_folder(&folder).unwrap();
+        assert_eq!(value_of(camera.capture().unwrap()), 10);
+        assert!(matches!(camera.capture(), Err(CameraError::Exhausted(_))));
+        // a frame written after the start, and one that sorts before the last replayed (not replayed)
+        grey(&folder.join("layer-0002.png"), 20);
+        grey(&folder.join("layer-0000.png"), 5);
+        assert_eq!(value_of(camera.capture().unwrap()), 20);
+        // the folder deleted: an error naming it, every capture, until it is back
+        std::fs::remove_dir_all(&folder).unwrap();
+        match camera.capture() {
+            Err(CameraError::Folder(path, why)) => {
+                assert!(path == folder && why.starts_with("cannot list it"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+        std::fs::create_dir(&folder).unwrap();
+        grey(&folder.join("layer-0001.png"), 30);
+        grey(&folder.join("layer-0002.png"), 40);
+        assert_eq!(value_of(camera.capture().unwrap()), 30);
+        assert_eq!(value_of(camera.capture().unwrap()), 40);
+    }
+
+    #[test]
+    fn a_repeating_replay_takes_new_frames_before_it_starts_again() {
+        let dir = tempfile::tempdir().unwrap();
+        grey(&dir.path().join("a.png"), 1);
+        let mut camera = ReplayCamera::from_folder(dir.path()).unwrap().repeating(true);
+        assert_eq!(value_of(camera.capture().unwrap()), 1);
+        grey(&dir.path().join("b.png"), 2);
+        assert_eq!(value_of(camera.capture().unwrap()), 2);
+        assert_eq!(value_of(camera.capture().unwrap()), 1);
     }
 
     #[test]
