@@ -6,7 +6,7 @@
 //! closed, and is reopened on a later layer with exponential back-off; no restart needed.
 //!
 //! The pure parts (pixel-format conversion, averaging, back-off) are tested on synthetic
-//! buffers without a device.
+//! buffers without a device, and the reopening on a stand-in for the driver (`Driver`).
 
 use std::time::{Duration, Instant};
 
@@ -259,7 +259,7 @@ mod device {
     /// V4L2_EXPOSURE_MANUAL.
     const EXPOSURE_MANUAL: i64 = 1;
 
-    pub(super) struct OpenCamera {
+    pub struct OpenCamera {
         // The stream holds its own handle on the device; keep the device for controls.
         _device: Device,
         stream: MmapStream<'static>,
@@ -342,12 +342,64 @@ mod device {
     }
 }
 
+/// What the camera asks of its device: open it, and grab frames from it into the averager.
+/// `SystemV4l2` is the kernel's V4L2 through the `v4l` crate; tests stand in for it to play a
+/// camera that vanishes and comes back.
+pub trait Driver {
+    type Open;
+    fn open(&mut self, settings: &V4l2Settings) -> Result<Self::Open, String>;
+    /// Drops `stale` frames, then adds `fresh` ones to the averager.
+    fn grab(
+        &mut self,
+        camera: &mut Self::Open,
+        settings: &V4l2Settings,
+        stale: u32,
+        fresh: u32,
+        averager: &mut FrameAverager,
+    ) -> Result<(), String>;
+}
+
+/// The kernel's V4L2 (hal feature `v4l2`; without it, every open fails saying so).
+pub struct SystemV4l2;
+
+#[cfg(feature = "v4l2")]
+impl Driver for SystemV4l2 {
+    type Open = device::OpenCamera;
+
+    fn open(&mut self, settings: &V4l2Settings) -> Result<device::OpenCamera, String> {
+        device::open(settings)
+    }
+
+    fn grab(
+        &mut self,
+        camera: &mut device::OpenCamera,
+        settings: &V4l2Settings,
+        stale: u32,
+        fresh: u32,
+        averager: &mut FrameAverager,
+    ) -> Result<(), String> {
+        device::grab(camera, settings.format, stale, fresh, averager)
+    }
+}
+
+#[cfg(not(feature = "v4l2"))]
+impl Driver for SystemV4l2 {
+    type Open = ();
+
+    fn open(&mut self, _: &V4l2Settings) -> Result<(), String> {
+        Err("this build has no V4L2 support (hal feature v4l2)".into())
+    }
+
+    fn grab(&mut self, _: &mut (), _: &V4l2Settings, _: u32, _: u32, _: &mut FrameAverager) -> Result<(), String> {
+        Err("this build has no V4L2 support (hal feature v4l2)".into())
+    }
+}
+
 /// The V4L2 camera, with its reopen back-off.
-#[cfg_attr(not(feature = "v4l2"), allow(dead_code))]
-pub struct V4l2Camera {
+pub struct V4l2Camera<D: Driver = SystemV4l2> {
     settings: V4l2Settings,
-    #[cfg(feature = "v4l2")]
-    open: Option<device::OpenCamera>,
+    driver: D,
+    open: Option<D::Open>,
     backoff: Backoff,
     averager: FrameAverager,
 }
@@ -355,36 +407,32 @@ pub struct V4l2Camera {
 impl V4l2Camera {
     /// Opens the device now, so a missing camera at start is one error naming it.
     pub fn open(settings: V4l2Settings) -> Result<V4l2Camera, CameraError> {
-        let averager = FrameAverager::new(settings.width, settings.height);
-        let backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
-        #[cfg(feature = "v4l2")]
-        {
-            let open = device::open(&settings).map_err(|reason| CameraError::Unreadable {
-                source_name: settings.device.clone(),
-                reason,
-            })?;
-            Ok(V4l2Camera {
-                settings,
-                open: Some(open),
-                backoff,
-                averager,
-            })
-        }
-        #[cfg(not(feature = "v4l2"))]
-        {
-            let _ = (averager, backoff);
-            Err(CameraError::Unreadable {
-                source_name: settings.device,
-                reason: "this build has no V4L2 support (hal feature v4l2)".into(),
-            })
-        }
+        V4l2Camera::with_driver(
+            settings,
+            SystemV4l2,
+            Backoff::new(Duration::from_millis(500), Duration::from_secs(30)),
+        )
     }
 }
 
-impl V4l2Camera {
+impl<D: Driver> V4l2Camera<D> {
+    /// The camera on `driver`, opened now, reopening after a failure as `backoff` allows.
+    pub fn with_driver(settings: V4l2Settings, mut driver: D, backoff: Backoff) -> Result<V4l2Camera<D>, CameraError> {
+        let open = driver.open(&settings).map_err(|reason| CameraError::Unreadable {
+            source_name: settings.device.clone(),
+            reason,
+        })?;
+        Ok(V4l2Camera {
+            averager: FrameAverager::new(settings.width, settings.height),
+            settings,
+            driver,
+            open: Some(open),
+            backoff,
+        })
+    }
+
     /// Drops `stale` frames and averages `fresh` ones, reopening a vanished device first when
     /// the back-off allows.
-    #[cfg(feature = "v4l2")]
     fn grab(&mut self, stale: u32, fresh: u32) -> Result<Frame, CameraError> {
         let now = Instant::now();
         let name = self.settings.device.clone();
@@ -398,7 +446,7 @@ impl V4l2Camera {
                     ),
                 });
             }
-            match device::open(&self.settings) {
+            match self.driver.open(&self.settings) {
                 Ok(open) => {
                     self.backoff.succeeded();
                     self.open = Some(open);
@@ -414,7 +462,9 @@ impl V4l2Camera {
         }
         let camera = self.open.as_mut().expect("opened above");
         self.averager.reset();
-        let grabbed = device::grab(camera, self.settings.format, stale, fresh, &mut self.averager);
+        let grabbed = self
+            .driver
+            .grab(camera, &self.settings, stale, fresh, &mut self.averager);
         if let Err(reason) = grabbed {
             // Close it; the next layer reopens (with back-off).
             self.open = None;
@@ -424,7 +474,10 @@ impl V4l2Camera {
                 reason: format!("{reason}; reopening in {:.1} s", wait.as_secs_f64()),
             });
         }
-        let image = self.averager.mean().expect("at least one frame");
+        let image = self.averager.mean().ok_or_else(|| CameraError::Unreadable {
+            source_name: name.clone(),
+            reason: "the driver gave no frame".into(),
+        })?;
         Ok(Frame {
             image,
             source: format!("{} ({} frames averaged)", name, self.averager.frames()),
@@ -432,23 +485,13 @@ impl V4l2Camera {
     }
 }
 
-impl Camera for V4l2Camera {
-    #[cfg(feature = "v4l2")]
+impl<D: Driver> Camera for V4l2Camera<D> {
     fn capture(&mut self) -> Result<Frame, CameraError> {
         self.grab(self.settings.buffers, self.settings.frames_averaged.max(1))
     }
 
-    #[cfg(feature = "v4l2")]
     fn preview(&mut self) -> Result<Frame, CameraError> {
         self.grab(0, 1)
-    }
-
-    #[cfg(not(feature = "v4l2"))]
-    fn capture(&mut self) -> Result<Frame, CameraError> {
-        Err(CameraError::Unreadable {
-            source_name: self.settings.device.clone(),
-            reason: "this build has no V4L2 support".into(),
-        })
     }
 
     fn describe(&self) -> String {
@@ -579,5 +622,89 @@ mod tests {
         };
         let error = V4l2Camera::open(settings).err().unwrap().to_string();
         assert!(error.contains("/dev/bedsight-no-such-camera"), "{error}");
+    }
+
+    /// A camera on a cable: unplugged, a grab fails; plugged back, it opens again. Each open
+    /// is a new handle numbered from 1, and each frame is grey at 10 x the handle's number.
+    struct Cable {
+        plugged: std::rc::Rc<std::cell::Cell<bool>>,
+        opens: u8,
+    }
+
+    impl Driver for Cable {
+        type Open = u8;
+
+        fn open(&mut self, _: &V4l2Settings) -> Result<u8, String> {
+            if !self.plugged.get() {
+                return Err("No such device".into());
+            }
+            self.opens += 1;
+            Ok(self.opens)
+        }
+
+        fn grab(
+            &mut self,
+            handle: &mut u8,
+            settings: &V4l2Settings,
+            _: u32,
+            fresh: u32,
+            averager: &mut FrameAverager,
+        ) -> Result<(), String> {
+            if !self.plugged.get() {
+                return Err("no frame: No such device".into());
+            }
+            let frame = vec![10 * *handle; (settings.width * settings.height) as usize];
+            for _ in 0..fresh {
+                averager.add(settings.format, settings.width as usize, &frame)?;
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_camera_unplugged_and_plugged_back_is_reopened_after_the_back_off() {
+        let plugged = std::rc::Rc::new(std::cell::Cell::new(true));
+        let settings = V4l2Settings {
+            device: "/dev/bedsight-camera".into(),
+            width: 4,
+            height: 4,
+            format: PixelFormat::Grey,
+            frames_averaged: 2,
+            exposure: None,
+            gain: None,
+            buffers: 2,
+            capture_timeout: Duration::from_secs(1),
+        };
+        let cable = Cable {
+            plugged: plugged.clone(),
+            opens: 0,
+        };
+        let backoff = Backoff::new(Duration::from_millis(40), Duration::from_millis(160));
+        let mut camera = V4l2Camera::with_driver(settings, cable, backoff).unwrap();
+        let value = |frame: Frame| frame.image.to_luma8().get_pixel(0, 0).0[0];
+        assert_eq!(value(camera.capture().unwrap()), 10);
+
+        plugged.set(false);
+        let error = camera.capture().unwrap_err().to_string();
+        assert!(
+            error.contains("/dev/bedsight-camera") && error.contains("no frame: No such device; reopening in 0.0 s"),
+            "{error}"
+        );
+        // before the back-off: no reopen tried
+        let error = camera.capture().unwrap_err().to_string();
+        assert!(error.contains("camera gone; next reopen in"), "{error}");
+        // after it, still unplugged: the reopen fails and the wait doubles
+        std::thread::sleep(Duration::from_millis(50));
+        let error = camera.capture().unwrap_err().to_string();
+        assert!(
+            error.contains("reopen failed: No such device; next try in 0.1 s"),
+            "{error}"
+        );
+
+        plugged.set(true);
+        std::thread::sleep(Duration::from_millis(90));
+        // a new handle (the second open): its frames
+        assert_eq!(value(camera.capture().unwrap()), 20);
+        assert_eq!(value(camera.preview().unwrap()), 20);
     }
 }
