@@ -607,20 +607,27 @@ mod tests {
         assert_eq!(PixelFormat::parse("NV12"), None);
     }
 
-    #[test]
-    fn a_missing_device_is_named() {
-        let settings = V4l2Settings {
-            device: "/dev/bedsight-no-such-camera".into(),
-            width: 64,
-            height: 64,
+    /// A square 8-bit grey camera averaging 2 frames.
+    fn grey_camera(device: &str, side: u32) -> V4l2Settings {
+        V4l2Settings {
+            device: device.into(),
+            width: side,
+            height: side,
             format: PixelFormat::Grey,
             frames_averaged: 2,
             exposure: None,
             gain: None,
             buffers: 2,
             capture_timeout: Duration::from_secs(1),
-        };
-        let error = V4l2Camera::open(settings).err().unwrap().to_string();
+        }
+    }
+
+    #[test]
+    fn a_missing_device_is_named() {
+        let error = V4l2Camera::open(grey_camera("/dev/bedsight-no-such-camera", 64))
+            .err()
+            .unwrap()
+            .to_string();
         assert!(error.contains("/dev/bedsight-no-such-camera"), "{error}");
     }
 
@@ -664,17 +671,7 @@ mod tests {
     #[test]
     fn a_camera_unplugged_and_plugged_back_is_reopened_after_the_back_off() {
         let plugged = std::rc::Rc::new(std::cell::Cell::new(true));
-        let settings = V4l2Settings {
-            device: "/dev/bedsight-camera".into(),
-            width: 4,
-            height: 4,
-            format: PixelFormat::Grey,
-            frames_averaged: 2,
-            exposure: None,
-            gain: None,
-            buffers: 2,
-            capture_timeout: Duration::from_secs(1),
-        };
+        let settings = grey_camera("/dev/bedsight-camera", 4);
         let cable = Cable {
             plugged: plugged.clone(),
             opens: 0,
