@@ -234,3 +234,51 @@ def test_a_camera_without_frames_gives_fault_then_state_4(tmp_path):
         assert appliance.stop() == 0
     finally:
         appliance.kill()
+
+
+def test_the_plc_link_is_down_until_a_plc_talks_and_healthz_metrics_and_page_say_so(tmp_path):
+    import json
+    import urllib.error
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def get(url):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def metrics(url):
+        text = get(url + "/metrics")[1]
+        return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples if not s.labels}
+
+    appliance = Appliance(write_config(tmp_path, replay_over_modbus(SAMPLE_BUILD, MODBUS_TCP_FREE_PORT)))
+    try:
+        port = int(appliance.wait_for(r"modbus tcp: listening on 127\.0\.0\.1:(\d+)").group(1))
+        url = appliance.wait_for(r"^dashboard: (http://127\.0\.0\.1:\d+)/$").group(1)
+        appliance.wait_for(r"^ready$")
+        # no PLC yet: the link is down, though nothing failed
+        status, text = get(url + "/healthz")
+        assert status == 503 and "plc: no PLC has made a request yet" in text, text
+        values = metrics(url)
+        assert (values["bedsight_plc_requests_total"], values["bedsight_plc_connections"], values["bedsight_plc_last_request_timestamp_seconds"]) == (0, 0, 0)
+        state = json.loads(get(url + "/api/state")[1])["status"]
+        assert (state["plc_up"], state["plc_link"]) == (False, "no PLC has made a request yet"), state
+
+        client = ModbusTcpClient("127.0.0.1", port=port, timeout=5)
+        assert client.connect()
+        before = time.time()
+        registers(client, 0, 17)
+        status, text = get(url + "/healthz")
+        assert status == 200, text
+        values = metrics(url)
+        assert values["bedsight_plc_requests_total"] == 1 and values["bedsight_plc_connections"] == 1, values
+        assert before - 1 <= values["bedsight_plc_last_request_timestamp_seconds"] <= time.time() + 1, values
+        state = json.loads(get(url + "/api/state")[1])["status"]
+        assert state["plc_up"] is True and re.match(r"1 connected, last request \d+\.\d s ago, 1 answered", state["plc_link"]), state
+        client.close()
+        assert appliance.stop() == 0
+    finally:
+        appliance.kill()

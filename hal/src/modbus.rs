@@ -105,6 +105,10 @@ pub struct ModbusCounters {
     pub crc_errors: u64,
     /// Frames dropped because they could not be parsed (truncated, bad MBAP header).
     pub broken_frames: u64,
+    /// When the last request was answered; none yet: no PLC has spoken.
+    pub last_request: Option<std::time::SystemTime>,
+    /// Modbus TCP clients connected now.
+    pub connections: u32,
 }
 
 /// The register map's contents, shared by the transports (behind a mutex) and the loop.
@@ -350,6 +354,7 @@ pub fn handle_frame(
         return FrameOutcome::Broken;
     }
     bank.counters.requests += 1;
+    bank.counters.last_request = Some(std::time::SystemTime::now());
     FrameOutcome::Respond
 }
 
@@ -571,16 +576,16 @@ pub fn spawn_tcp_server(
                                 last_request: Instant::now(),
                                 stream: handle,
                             });
+                            bank.lock().unwrap_or_else(|p| p.into_inner()).counters.connections = list.len() as u32;
                         }
                         let (bank, stop, clients, id) = (bank.clone(), stop.clone(), clients.clone(), next_id);
                         std::thread::Builder::new()
                             .name("modbus-tcp-client".into())
                             .spawn(move || {
                                 serve_tcp_client(stream, unit_id, limits.idle_timeout, &bank, &stop, &clients, id);
-                                clients
-                                    .lock()
-                                    .unwrap_or_else(|p| p.into_inner())
-                                    .retain(|client| client.id != id);
+                                let mut list = clients.lock().unwrap_or_else(|p| p.into_inner());
+                                list.retain(|client| client.id != id);
+                                bank.lock().unwrap_or_else(|p| p.into_inner()).counters.connections = list.len() as u32;
                             })
                             .expect("spawning a thread");
                     }

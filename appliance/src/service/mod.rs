@@ -232,6 +232,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
             labels.push(format!("Modbus RTU on {}", rtu.port));
             threads.push(handle);
         }
+        board.metrics.watch_modbus(bank.clone());
         modbus_bank = Some(bank.clone());
         outputs.push(Box::new(ModbusOutputs {
             bank,

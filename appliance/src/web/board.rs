@@ -188,7 +188,7 @@ impl Board {
     pub fn set_status(&self, status: Status) {
         let mut state = self.lock();
         state.status = status;
-        let event = json!({ "status": status_json(&state.status) });
+        let event = json!({ "status": self.status_json(&state.status) });
         broadcast(&mut state, "status", &event);
     }
 
@@ -210,7 +210,7 @@ impl Board {
             state.status.model = format!("{} {}", record.model, record.model_version);
             state.status.backend = record.backend.clone();
         }
-        let event = json!({ "record": record_json(index, &record, &[]), "status": status_json(&state.status) });
+        let event = json!({ "record": record_json(index, &record, &[]), "status": self.status_json(&state.status) });
         state.layers.push(&record);
         if state.recent.len() == RECENT_RECORDS {
             state.recent.pop_front();
@@ -316,7 +316,7 @@ impl Board {
             .enumerate()
             .map(|(i, r)| summary_json(i as u64, &state.layers, r, state.images[i]))
             .collect();
-        json!({ "status": status_json(&state.status), "records": records, "annotations": state.annotations })
+        json!({ "status": self.status_json(&state.status), "records": records, "annotations": state.annotations })
     }
 
     /// `/api/records/<index>`: one record in full with its annotations; `None` when there is no
@@ -386,6 +386,17 @@ impl Board {
         view(&self.lock().layers)
     }
 
+    /// The status as the page shows it: the PLC is up while the outputs go through and, with
+    /// Modbus, while a PLC is talking (`plc_link` says what was last heard).
+    fn status_json(&self, status: &Status) -> Value {
+        let mut value = json!(status);
+        let link = self.metrics.plc_link();
+        let outputs_ok = PLC.last_ok.load(std::sync::atomic::Ordering::Relaxed);
+        value["plc_up"] = json!(outputs_ok && link.as_ref().is_none_or(|l| l.up));
+        value["plc_link"] = json!(link.map(|l| l.detail));
+        value
+    }
+
     /// `None` when camera, model and PLC link are up; else what is down and why.
     pub fn down(&self) -> Option<Vec<String>> {
         let state = self.lock();
@@ -404,6 +415,9 @@ impl Board {
         }
         if !PLC.last_ok.load(std::sync::atomic::Ordering::Relaxed) {
             down.push("plc: the last output to the PLC failed".into());
+        }
+        if let Some(link) = self.metrics.plc_link().filter(|link| !link.up) {
+            down.push(format!("plc: {}", link.detail));
         }
         (!down.is_empty()).then_some(down)
     }
@@ -429,12 +443,6 @@ fn broadcast(state: &mut State, event: &str, data: &Value) {
     state
         .subscribers
         .retain(|subscriber| !matches!(subscriber.try_send(message.clone()), Err(TrySendError::Disconnected(_))));
-}
-
-fn status_json(status: &Status) -> Value {
-    let mut value = json!(status);
-    value["plc_up"] = json!(PLC.last_ok.load(std::sync::atomic::Ordering::Relaxed));
-    value
 }
 
 fn summary_json(index: u64, layers: &Layers, record: &Layer, images: bool) -> Value {

@@ -8,6 +8,8 @@ use std::sync::{Mutex, OnceLock};
 
 use hal::Verdict;
 
+use hal::modbus::RegisterBank;
+
 use crate::judge::frame_check::FrameCheck;
 use crate::judge::pipeline::StageTimes;
 use crate::record::layer_images::RecorderStats;
@@ -113,6 +115,18 @@ pub struct Metrics {
     /// Trigger to verdict, as the PLC waits for it.
     layer_latency: Mutex<Histogram>,
     recorder: OnceLock<std::sync::Arc<RecorderStats>>,
+    /// The Modbus server's register bank, whose counters say whether a PLC is talking.
+    modbus: OnceLock<std::sync::Arc<Mutex<RegisterBank>>>,
+}
+
+/// A Modbus PLC polls: one silent this long is gone (power cut, cable, program stopped).
+pub const PLC_SILENT_AFTER_S: f64 = 30.0;
+
+/// Whether the PLC is talking to the box, and what was last heard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlcLink {
+    pub up: bool,
+    pub detail: String,
 }
 
 impl Metrics {
@@ -166,6 +180,18 @@ impl Metrics {
 
     pub fn watch_recorder(&self, stats: std::sync::Arc<RecorderStats>) {
         self.recorder.set(stats).ok();
+    }
+
+    pub fn watch_modbus(&self, bank: std::sync::Arc<Mutex<RegisterBank>>) {
+        self.modbus.set(bank).ok();
+    }
+
+    /// The Modbus PLC's link, when the box serves Modbus: down until a PLC has made a request
+    /// and after PLC_SILENT_AFTER_S without one.
+    pub fn plc_link(&self) -> Option<PlcLink> {
+        let bank = self.modbus.get()?;
+        let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
+        Some(plc_link(&counters, std::time::SystemTime::now()))
     }
 
     /// The Prometheus text exposition.
@@ -230,6 +256,32 @@ impl Metrics {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .render(&mut out, "bedsight_layer_seconds", "");
+        if let Some(bank) = self.modbus.get() {
+            let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
+            counter(
+                &mut out,
+                "bedsight_plc_requests_total",
+                "Modbus requests answered, normally or with an exception.",
+                counters.requests,
+            );
+            counter(
+                &mut out,
+                "bedsight_plc_exceptions_total",
+                "Modbus requests answered with an exception.",
+                counters.exceptions,
+            );
+            let last = counters
+                .last_request
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            let _ = writeln!(
+                out,
+                "# HELP bedsight_plc_connections Modbus TCP clients connected now.\n# TYPE bedsight_plc_connections gauge\nbedsight_plc_connections {}\n\
+                 # HELP bedsight_plc_last_request_timestamp_seconds When the last Modbus request was answered (Unix time; 0: never).\n\
+                 # TYPE bedsight_plc_last_request_timestamp_seconds gauge\nbedsight_plc_last_request_timestamp_seconds {last:.3}",
+                counters.connections
+            );
+        }
         if let Some(stats) = self.recorder.get() {
             counter(
                 &mut out,
@@ -265,9 +317,64 @@ impl Metrics {
     }
 }
 
+/// The link `counters` describe at `now`.
+fn plc_link(counters: &hal::modbus::ModbusCounters, now: std::time::SystemTime) -> PlcLink {
+    let Some(last) = counters.last_request else {
+        return PlcLink {
+            up: false,
+            detail: "no PLC has made a request yet".into(),
+        };
+    };
+    let age = now.duration_since(last).map_or(0.0, |d| d.as_secs_f64());
+    if age > PLC_SILENT_AFTER_S {
+        return PlcLink {
+            up: false,
+            detail: format!(
+                "no request for {age:.0} s (> {PLC_SILENT_AFTER_S:.0} s; {} answered before)",
+                counters.requests
+            ),
+        };
+    }
+    PlcLink {
+        up: true,
+        detail: format!(
+            "{} connected, last request {age:.1} s ago, {} answered",
+            counters.connections, counters.requests
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plc_link_is_down_before_the_first_request_and_after_a_silence() {
+        let now = std::time::SystemTime::now();
+        let mut counters = hal::modbus::ModbusCounters::default();
+        assert_eq!(
+            plc_link(&counters, now),
+            PlcLink {
+                up: false,
+                detail: "no PLC has made a request yet".into()
+            }
+        );
+        counters.requests = 12;
+        counters.connections = 1;
+        counters.last_request = Some(now - std::time::Duration::from_millis(2500));
+        assert_eq!(
+            plc_link(&counters, now),
+            PlcLink {
+                up: true,
+                detail: "1 connected, last request 2.5 s ago, 12 answered".into()
+            }
+        );
+        counters.last_request = Some(now - std::time::Duration::from_secs(31));
+        assert_eq!(
+            plc_link(&counters, now).detail,
+            "no request for 31 s (> 30 s; 12 answered before)"
+        );
+    }
 
     #[test]
     fn histograms_are_cumulative_with_sum_and_count() {
