@@ -12,6 +12,8 @@ def test_demo_prints_a_line_per_layer_and_writes_its_outputs(tmp_path, ledger):
     layers = sorted(ledger)
     lines = [l for l in result.stdout.splitlines() if re.match(r"\[\s*\d+/\d+\] layer", l)]
     assert len(lines) == len(layers), result.stdout
+    # each line names the layer's file
+    assert [l.split()[-1] for l in lines] == layers, lines
     assert str(out) in result.stdout.splitlines()[-1]
 
     summary = json.loads((out / "summary.json").read_text())

@@ -40,6 +40,8 @@ def test_a_repeated_frame_is_a_frozen_camera_everywhere_an_operator_looks(tmp_pa
         facts = browser.evaluate("document.getElementById('layer-facts').textContent")
         assert "why: frozen camera: the frame is the last judged layer's bed again" in facts and "[frame_check.frozen]" in facts, facts
         assert browser.evaluate("document.getElementById('status-camera').className") == "badge down"
+        # a FAULT is no REVIEW to acknowledge; it can be marked a false alarm
+        assert browser.evaluate("[document.getElementById('ack').hidden, document.getElementById('false-alarm').hidden]") == [True, False]
 
         # a new layer's frame: judged again, and the camera is up
         assert layer(line_port, 3) != "FAULT"

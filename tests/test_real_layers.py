@@ -105,6 +105,8 @@ def test_demo_replays_the_real_build(tmp_path):
     lines = [l for l in result.stdout.splitlines() if re.match(r"\[\s*\d+/\d+\] layer", l)]
     assert len(lines) == len(layers), result.stdout
     assert all(re.search(r"; layer (clean|incompleteness|streaking|super-elevation) \d+%", l) for l in lines), lines
+    # each line ends with the layer's file, as the build holds it
+    assert [l.rsplit("  ", 1)[-1] for l in lines] == [p.relative_to(REAL).as_posix() for p in layers], lines
     summary = json.loads((out / "summary.json").read_text())
     assert [Path(l["image"]).as_posix() for l in summary["layers"]] == [p.relative_to(REAL).as_posix() for p in layers]
     assert all(l["layer_class"] is not None for l in summary["layers"])

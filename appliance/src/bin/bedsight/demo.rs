@@ -74,7 +74,7 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
         let outcome = match camera.capture() {
             Ok(frame) => pipeline.run_layer(&frame.image),
             Err(error) => {
-                println!("layer {layer:>4}  FAULT   {error}");
+                println!("layer {layer:>4}  FAULT   {error}  {name}");
                 plc.publish(&VerdictMessage::fault(layer))?;
                 verdicts.push(Verdict::Fault);
                 continue;
@@ -94,7 +94,7 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             ));
         }
         println!(
-            "layer {layer:>4}  {:<7} {detail:<60} u {uncertainty_score:.3}  {:>6.0} ms",
+            "layer {layer:>4}  {:<7} {detail:<60} u {uncertainty_score:.3}  {:>6.0} ms  {name}",
             verdict.as_str(),
             outcome.timing.total_ms
         );
