@@ -28,6 +28,18 @@ def test_demo_prints_a_line_per_layer_and_writes_its_outputs(tmp_path, ledger):
         assert (verdicts[i] == "PASS") == (not planted), f"{name}: planted {sorted(planted)}, verdict {verdicts[i]}"
         assert (out / f"layer-{i + 1:04d}.overlay.png").is_file()
 
+    # the journal `bedsight run` would keep, read by the tools that read a build
+    exported = run("journal", "export", out / "journal.bsj", "--format", "jsonl", check=True).stdout.splitlines()
+    records = [json.loads(line) for line in exported]
+    assert [(r["layer"], r["verdict"]) for r in records] == [(i + 1, v) for i, v in enumerate(verdicts)]
+    assert all((r["reason_code"] == 0) == (r["verdict"] == "PASS") for r in records), records
+    report = (out / "build-report.html").read_text()
+    for word in ("PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT"):
+        assert f'<td class="verdict-count" data-verdict="{word}">{verdicts.count(word)}</td>' in report
+    again = tmp_path / "again.html"
+    run("report", "--journal", out / "journal.bsj", "--out", again, check=True)
+    assert again.stat().st_size > 1000
+
 
 def test_demo_into_a_pipe_that_closes_ends_quietly(tmp_path):
     """`bedsight demo | head -1`: the reader goes away after one line; the demo ends on SIGPIPE as

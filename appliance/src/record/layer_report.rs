@@ -3,7 +3,9 @@
 use hal::Verdict;
 use serde_json::{json, Value};
 
+use crate::judge::defect_map::Footprint;
 use crate::judge::pipeline::{LayerOutcome, Pipeline};
+use crate::record::journal::DefectRecord;
 
 /// The `--json` object of one analysed image.
 pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> Value {
@@ -174,4 +176,26 @@ pub fn layer_text(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> S
 fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
+}
+
+/// The journal's records of a layer's defects (class names, footprints in bed millimetres).
+pub fn defect_records(outcome: &LayerOutcome, pipeline: &Pipeline) -> Vec<DefectRecord> {
+    let mm_per_px = pipeline.bed_mm_per_px_xy();
+    outcome
+        .defects
+        .iter()
+        .map(|d| DefectRecord {
+            class: pipeline
+                .model
+                .class_names
+                .get(d.class as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("class {}", d.class)),
+            area_mm2: d.area_mm2,
+            bbox: d.bbox,
+            bbox_mm: Footprint::from_bbox_px(d.bbox, mm_per_px).to_xywh(),
+            centroid: d.centroid,
+            mean_uncertainty: d.mean_uncertainty,
+        })
+        .collect()
 }

@@ -12,13 +12,11 @@ use images::ActiveGeneration;
 
 use super::{AnalysisEvent, LayerJob, LayerResult};
 use crate::config::Config;
-use crate::judge::defect_map::Footprint;
 use crate::judge::frame_check::FrameCheck;
 use crate::judge::pipeline::{LayerOutcome, Pipeline};
 use crate::model::LoadedModel;
-use crate::record::journal::DefectRecord;
 use crate::record::layer_images::{JudgedLayer, SnapshotSender};
-use crate::record::layer_report::defect_summary;
+use crate::record::layer_report::{defect_records, defect_summary};
 
 /// The video trigger: preview frames between layers go through the recoat detector.
 pub(super) struct VideoWatch {
@@ -192,7 +190,6 @@ pub(super) fn analysis_thread(
                 outcome = pipeline.run_layer(&frame.image);
             }
         }
-        let mm_per_px = pipeline.bed_mm_per_px_xy();
         let detail = match &outcome.unjudged {
             Some(unjudged) => unjudged.text.clone(),
             None => defect_summary(&outcome, &pipeline.model.class_names),
@@ -211,23 +208,7 @@ pub(super) fn analysis_thread(
             model_name: pipeline.model.name.clone(),
             model_version: pipeline.model.version.clone(),
             backend: pipeline.model.backend_label(),
-            defects: outcome
-                .defects
-                .iter()
-                .map(|d| DefectRecord {
-                    class: pipeline
-                        .model
-                        .class_names
-                        .get(d.class as usize)
-                        .cloned()
-                        .unwrap_or_else(|| format!("class {}", d.class)),
-                    area_mm2: d.area_mm2,
-                    bbox: d.bbox,
-                    bbox_mm: Footprint::from_bbox_px(d.bbox, mm_per_px).to_xywh(),
-                    centroid: d.centroid,
-                    mean_uncertainty: d.mean_uncertainty,
-                })
-                .collect(),
+            defects: defect_records(&outcome, &pipeline),
             total_ms: outcome.timing.total_ms,
             infer_ms: outcome.timing.infer_ms,
             timing: Some(outcome.timing),

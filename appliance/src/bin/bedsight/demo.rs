@@ -11,8 +11,9 @@ use include_dir::{include_dir, Dir};
 
 use appliance::judge::decide::RecoatBudget;
 use appliance::judge::pipeline::Pipeline;
+use appliance::record::journal::{Journal, LayerRecord};
 use appliance::record::layer_files::write_layer_files;
-use appliance::record::layer_report::{defect_summary, layer_json};
+use appliance::record::layer_report::{defect_records, defect_summary, layer_json};
 
 /// The sample build made by the training tool's generator (`quantize/scripts/build-default-model.sh`).
 static SAMPLE_BUILD: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../assets/sample-build");
@@ -57,6 +58,13 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
     );
     let mut plc = SimulatedPlc::default();
     let mut budget = RecoatBudget::default();
+    // The journal `bedsight run` would keep, so that `bedsight report` and `journal export`
+    // read the demo as a build (a new one each run).
+    let journal_path = out_dir.join("journal.bsj");
+    if journal_path.exists() {
+        std::fs::remove_file(&journal_path).with_context(|| format!("cannot replace {}", journal_path.display()))?;
+    }
+    let (mut journal, _) = Journal::open(&journal_path)?;
     let mut records = Vec::new();
     let mut verdicts = Vec::new();
     println!(
@@ -76,6 +84,16 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             Err(error) => {
                 println!("layer {layer:>4}  FAULT   {error}  {name}");
                 plc.publish(&VerdictMessage::fault(layer))?;
+                journal.append(&LayerRecord {
+                    layer,
+                    time_ms: now_ms(),
+                    trigger: "demo".into(),
+                    verdict: Verdict::Fault.as_str().into(),
+                    reason: format!("camera: {error}"),
+                    rule: "fault".into(),
+                    reason_code: 0x0800,
+                    ..LayerRecord::default()
+                })?;
                 verdicts.push(Verdict::Fault);
                 continue;
             }
@@ -98,6 +116,11 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             verdict.as_str(),
             outcome.timing.total_ms
         );
+        let reason = match &outcome.unjudged {
+            Some(unjudged) => Some(unjudged.reason()),
+            None => outcome.decision.as_ref().and_then(|d| d.reason.clone()),
+        }
+        .filter(|_| verdict != Verdict::Pass);
         plc.publish(&VerdictMessage {
             layer,
             verdict,
@@ -106,15 +129,24 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             largest_defect_area_mm2: outcome.totals.largest_area_mm2,
             class_areas_mm2: outcome.totals.class_areas_mm2,
             uncertainty_score,
-            reason_code: match &outcome.unjudged {
-                Some(unjudged) => unjudged.reason().code(),
-                None => outcome
-                    .decision
-                    .as_ref()
-                    .and_then(|d| d.reason.as_ref())
-                    .map(|r| r.code())
-                    .unwrap_or(0),
-            },
+            reason_code: reason.as_ref().map_or(0, |r| r.code()),
+        })?;
+        journal.append(&LayerRecord {
+            layer,
+            time_ms: now_ms(),
+            trigger: "demo".into(),
+            verdict: verdict.as_str().into(),
+            defects: defect_records(&outcome, pipeline),
+            uncertainty_score,
+            model: pipeline.model.name.clone(),
+            model_version: pipeline.model.version.clone(),
+            backend: pipeline.model.backend_label(),
+            total_ms: outcome.timing.total_ms,
+            infer_ms: outcome.timing.infer_ms,
+            rule: reason.as_ref().map(|r| r.rule()).unwrap_or_default(),
+            reason_code: reason.as_ref().map_or(0, |r| r.code()),
+            reason: reason.map(|r| r.text).unwrap_or_default(),
+            ..LayerRecord::default()
         })?;
         if outcome.unjudged.is_none() {
             let stem = format!("layer-{layer:04}");
@@ -163,10 +195,20 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             (n > 0).then(|| format!("{n} {v}"))
         })
         .collect();
+    drop(journal);
+    let report = out_dir.join("build-report.html");
+    appliance::web::report::write(&journal_path, None, &report, &pipeline.config)?;
     println!("{} layers: {}", verdicts.len(), tally.join(", "));
     println!(
-        "overlays, masks, uncertainty maps, summary.json and plc.log are in {}",
+        "overlays, masks, uncertainty maps, summary.json, plc.log, the journal (journal.bsj) and the build report (build-report.html) are in {}",
         out_dir.display()
     );
     Ok(verdicts)
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|t| t.as_millis() as u64)
+        .unwrap_or(0)
 }
