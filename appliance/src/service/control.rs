@@ -63,7 +63,13 @@ pub(super) fn control_loop(
     }
     let mut in_flight: Option<InFlight> = None;
     let mut layers = 0u64;
+    // systemd restarts a loop that stops turning (board/bedsight.service, WatchdogSec=).
+    let mut watchdog = super::systemd::Watchdog::from_env();
+    if let Some(every) = watchdog.interval() {
+        println!("systemd: watchdog pinged every {:.1} s", every.as_secs_f64());
+    }
     loop {
+        watchdog.tick();
         if Instant::now() >= next_heartbeat {
             report(outputs.heartbeat());
             next_heartbeat += Duration::from_secs(1);

@@ -19,6 +19,7 @@
 mod analysis;
 mod control;
 mod devices;
+mod systemd;
 
 use std::io::Write;
 use std::path::Path;
@@ -339,6 +340,9 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     outputs.set_state(LoopState::Ready).map_err(|e| anyhow!("{e}"))?;
     println!("ready");
     std::io::stdout().flush().ok();
+    systemd::ready(&format!(
+        "judging layers: model {model_label}, trigger: {trigger_label}"
+    ));
 
     let mut news = LayerNews {
         journal,
@@ -356,6 +360,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         &mut history,
         &restored,
     )?;
+    systemd::stopping();
     println!(
         "stopped after {layers} layers ({} triggers answered BUSY)",
         queue.busy_refusals()

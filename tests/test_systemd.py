@@ -1,0 +1,76 @@
+"""`bedsight run` under systemd (board/systemd/bedsight.service, Type=notify), with this test as
+the service manager: the notify socket hears READY once the loop is ready, WATCHDOG pings at half
+the interval asked for, STOPPING on the way out; and the unit file says what the box needs."""
+import configparser
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+from conftest import REPO, SAMPLE_BUILD, bedsight_bin
+from run_harness import MODBUS_TCP_FREE_PORT, replay_over_modbus, write_config
+
+UNIT = REPO / "board" / "systemd" / "bedsight.service"
+
+
+def test_ready_watchdog_and_stopping_reach_the_service_manager(tmp_path):
+    config = write_config(tmp_path, replay_over_modbus(SAMPLE_BUILD, MODBUS_TCP_FREE_PORT))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    path = tmp_path / "notify.sock"
+    notify.bind(str(path))
+    notify.settimeout(0.05)
+    env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="400000", BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
+    # systemd sets WATCHDOG_PID to the service's pid: the shell's, which exec keeps
+    command = f"WATCHDOG_PID=$$ exec {shlex.quote(bedsight_bin())} run --config {shlex.quote(str(config))}"
+    process = subprocess.Popen(["sh", "-c", command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    heard = []  # (seconds since start, message)
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < 60 and not any(m.startswith("READY=1") for _, m in heard):
+            try:
+                heard.append((time.monotonic() - start, notify.recv(4096).decode().strip()))
+            except socket.timeout:
+                assert process.poll() is None, process.stderr.read()
+        ready = next(m for _, m in heard if m.startswith("READY=1"))
+        assert "STATUS=judging layers: model " in ready, ready
+        # watchdog pings every 0.2 s (half of 0.4 s) while the loop turns
+        ready_at = time.monotonic()
+        while time.monotonic() - ready_at < 1.5:
+            try:
+                heard.append((time.monotonic() - start, notify.recv(4096).decode().strip()))
+            except socket.timeout:
+                pass
+        pings = [t for t, m in heard if m == "WATCHDOG=1"]
+        assert len(pings) >= 5, heard
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert max(gaps) < 0.4, gaps
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, process.stderr.read()
+        while True:
+            try:
+                heard.append((time.monotonic() - start, notify.recv(4096).decode().strip()))
+            except socket.timeout:
+                break
+        # the loop has stopped turning: STOPPING is the last word, no ping after it
+        assert heard[-1][1] == "STOPPING=1", heard[-5:]
+        stdout = process.stdout.read()
+        assert "systemd: watchdog pinged every 0.2 s" in stdout, stdout
+    finally:
+        if process.poll() is None:
+            process.kill()
+        notify.close()
+
+
+def test_the_unit_runs_the_loop_as_a_notify_service_with_a_watchdog():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # keys keep their case, as systemd reads them
+    unit.read(UNIT)
+    service = unit["Service"]
+    assert (service["Type"], service["NotifyAccess"], service["Restart"]) == ("notify", "main", "on-failure")
+    assert int(service["WatchdogSec"]) >= 10 and int(service["TimeoutStartSec"]) >= 300
+    assert service["ExecStart"].split()[1:3] == ["run", "--config"]
+    assert service["KillSignal"] == "SIGINT"  # the loop finishes the layer in flight on SIGINT
+    assert unit["Install"]["WantedBy"] == "multi-user.target"
