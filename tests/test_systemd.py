@@ -74,3 +74,34 @@ def test_the_unit_runs_the_loop_as_a_notify_service_with_a_watchdog():
     assert service["ExecStart"].split()[1:3] == ["run", "--config"]
     assert service["KillSignal"] == "SIGINT"  # the loop finishes the layer in flight on SIGINT
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_under_journald_a_pause_is_a_warning_and_a_pass_is_info(tmp_path, ledger):
+    """With stdout going to the journal (systemd sets JOURNAL_STREAM), each layer's lines carry
+    the `<N>` prefix journald files them under; a terminal sees them plain (every other test)."""
+    from run_harness import replay_camera
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    names = sorted(ledger)[:2]  # a clean layer, then a super-elevation the shipped rules PAUSE
+    for name in names:
+        (frames / name).write_bytes((SAMPLE_BUILD / name).read_bytes())
+    config = write_config(tmp_path, replay_camera(frames) + '\n[trigger]\nkind = "timer"\ninterval_ms = 200\n')
+    env = dict(os.environ, JOURNAL_STREAM="8:12345", BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
+    process = subprocess.Popen([bedsight_bin(), "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(line.startswith("<4>rule: ") for line in lines):
+            line = process.stdout.readline()
+            assert line, process.stderr.read()
+            lines.append(line.rstrip("\n"))
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    layer_lines = [line for line in lines if ">layer " in line]
+    assert layer_lines[0].startswith("<6>layer 1 PASS "), layer_lines
+    assert layer_lines[1].startswith("<4>layer 2 PAUSE "), layer_lines
+    assert any(line.startswith("<4>rule: rules.super-elevation.limit (code 257): ") for line in lines), lines

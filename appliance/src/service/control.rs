@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use hal::{LoopState, Outputs, Trigger, TriggerError, TriggerSource, Verdict, VerdictMessage};
 
+use super::systemd;
 use super::{AnalysisEvent, LayerCounter, LayerJob};
 use crate::config::Config;
 use crate::judge::decide::RecoatBudget;
@@ -64,7 +65,7 @@ pub(super) fn control_loop(
     let mut in_flight: Option<InFlight> = None;
     let mut layers = 0u64;
     // systemd restarts a loop that stops turning (board/bedsight.service, WatchdogSec=).
-    let mut watchdog = super::systemd::Watchdog::from_env();
+    let mut watchdog = systemd::Watchdog::from_env();
     if let Some(every) = watchdog.interval() {
         println!("systemd: watchdog pinged every {:.1} s", every.as_secs_f64());
     }
@@ -94,7 +95,7 @@ pub(super) fn control_loop(
                         continue;
                     }
                     Err(error) => {
-                        eprintln!("trigger: {error}");
+                        eprintln!("{}", systemd::line(systemd::ERR, &format!("trigger: {error}")));
                         continue;
                     }
                 };
@@ -165,24 +166,37 @@ pub(super) fn control_loop(
                     } else {
                         String::new()
                     };
+                    let level = systemd::priority(verdict);
                     println!(
-                        "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms model {} {} {}",
-                        flight.layer,
-                        verdict,
-                        result.defect_count,
-                        result.total_defect_area_mm2,
-                        result.uncertainty_score,
-                        flight.source.as_str(),
-                        flight.started.elapsed().as_secs_f64() * 1e3,
-                        if result.model.is_empty() { "-" } else { &result.model },
-                        result.frame_source,
-                        result.detail
+                        "{}",
+                        systemd::line(
+                            level,
+                            &format!(
+                                "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms model {} {} {}",
+                                flight.layer,
+                                verdict,
+                                result.defect_count,
+                                result.total_defect_area_mm2,
+                                result.uncertainty_score,
+                                flight.source.as_str(),
+                                flight.started.elapsed().as_secs_f64() * 1e3,
+                                if result.model.is_empty() { "-" } else { &result.model },
+                                result.frame_source,
+                                result.detail
+                            )
+                        )
                     );
                     for hit in &assessed.hits {
-                        println!("track: {}", hit.reason.text);
+                        println!("{}", systemd::line(level, &format!("track: {}", hit.reason.text)));
                     }
                     if let Some(reason) = &reason {
-                        println!("rule: {} (code {}): {}", reason.rule(), reason.code(), reason.text);
+                        println!(
+                            "{}",
+                            systemd::line(
+                                level,
+                                &format!("rule: {} (code {}): {}", reason.rule(), reason.code(), reason.text)
+                            )
+                        );
                     }
                     let recoat_outcome = match assessed.recoat_fixed {
                         Some(fixed) => {
@@ -229,7 +243,7 @@ pub(super) fn control_loop(
                         recoat_classes,
                     };
                     if let Err(error) = news.journal.append(&record) {
-                        eprintln!("{error:#}");
+                        eprintln!("{}", systemd::line(systemd::ERR, &format!("{error:#}")));
                     }
                     seq += 1;
                     let (board, index) = (&news.board, news.board.next_index());
@@ -280,6 +294,6 @@ pub(super) fn control_loop(
 fn report(result: Result<(), hal::PlcError>) {
     crate::web::metrics::PLC.note(result.is_ok());
     if let Err(error) = result {
-        eprintln!("plc: {error}");
+        eprintln!("{}", systemd::line(systemd::ERR, &format!("plc: {error}")));
     }
 }
