@@ -277,6 +277,100 @@ fn share(key: &str, value: f64) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// docs/bedsight-reference.toml: every table and key, with what it does.
+    const REFERENCE: &str = include_str!("../../../docs/bedsight-reference.toml");
+
+    /// The keys a table of the reference names, live or in a commented `# key =` line, and the
+    /// sub-tables under it (`plc` -> `modbus_tcp`, ...), by table path ("" for the top).
+    fn documented_keys(text: &str) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+        let mut keys: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> = Default::default();
+        let mut table = String::new();
+        for line in text.lines() {
+            let trimmed = line.trim();
+            if let Some(header) = trimmed.strip_prefix('[').and_then(|h| h.split(']').next()) {
+                table = header.trim().to_string();
+                let mut parent = String::new();
+                for part in table.split('.') {
+                    keys.entry(parent.clone()).or_default().insert(part.to_string());
+                    parent = if parent.is_empty() {
+                        part.to_string()
+                    } else {
+                        format!("{parent}.{part}")
+                    };
+                }
+                continue;
+            }
+            let line = trimmed.strip_prefix('#').map(str::trim_start).unwrap_or(trimmed);
+            if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty()
+                    && key
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    keys.entry(table.clone()).or_default().insert(key.to_string());
+                }
+            }
+        }
+        keys
+    }
+
+    /// The fields serde says `table` takes: the "expected" list of the error for a key it does
+    /// not know, put under the table's header (or at the top).
+    fn fields_taken(table: &str) -> Vec<String> {
+        let text = if table.is_empty() {
+            format!("zz_not_a_key = 1\n{REFERENCE}")
+        } else {
+            // at the header's line (the rest of that line, a comment, stays a comment)
+            REFERENCE.replacen(&format!("\n[{table}]"), &format!("\n[{table}]\nzz_not_a_key = 1\n#"), 1)
+        };
+        let message = format!(
+            "{:#}",
+            Config::parse(&text, "reference").expect_err("an unknown key is refused")
+        );
+        let expected = message
+            .split("unknown field `zz_not_a_key`, expected")
+            .nth(1)
+            .unwrap_or_else(|| panic!("[{table}]: {message}"));
+        expected.split('`').skip(1).step_by(2).map(String::from).collect()
+    }
+
+    #[test]
+    fn the_reference_configuration_parses_and_documents_every_key_the_code_takes() {
+        Config::parse(REFERENCE, "docs/bedsight-reference.toml").unwrap();
+        let documented = documented_keys(REFERENCE);
+        let mut tables: Vec<String> = documented.keys().filter(|t| !t.starts_with("rules")).cloned().collect();
+        // one class rule and its track rule stand for every class
+        tables.extend([
+            "rules.super-elevation".to_string(),
+            "rules.super-elevation.track".to_string(),
+        ]);
+        for table in tables {
+            if table == "plc" {
+                continue; // no header of its own: its fields are the [plc.*] tables, checked below
+            }
+            let taken = fields_taken(&table);
+            assert!(!taken.is_empty(), "[{table}]");
+            for field in &taken {
+                assert!(
+                    documented.get(&table).is_some_and(|keys| keys.contains(field)),
+                    "[{table}] {field}: taken by the code, not in docs/bedsight-reference.toml"
+                );
+            }
+        }
+        let plc: std::collections::BTreeSet<String> = ["modbus_tcp", "modbus_rtu", "serial_line", "gpio"]
+            .map(String::from)
+            .into();
+        assert_eq!(documented["plc"], plc);
+        // every top-level table is there
+        for table in TABLES {
+            assert!(
+                documented[""].contains(table),
+                "[{table}] is not in docs/bedsight-reference.toml"
+            );
+        }
+    }
+
     #[test]
     fn the_embedded_configuration_is_valid() {
         let config = Config::embedded();
