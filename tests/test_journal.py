@@ -1,6 +1,7 @@
 """`bedsight run` writes one journal record per layer, with the verdict the PLC heard; `journal
 check` and `journal export` read it back, and a torn last record is cut on the next start."""
 import csv
+import datetime
 import io
 import json
 import re
@@ -36,6 +37,18 @@ def test_each_layer_the_plc_hears_is_in_the_journal(tmp_path):
 
     table = list(csv.DictReader(io.StringIO(run("journal", "export", journal, "--format", "csv", check=True).stdout)))
     assert [(int(row["layer"]), row["verdict"]) for row in table] == sorted(heard.items())
+    # what an operator follows a layer by: the record's index and image folder, the time, each
+    # class's area, the rule and its reason
+    for index, (row, record) in enumerate(zip(table, records)):
+        assert int(row["record"]) == index and row["images"] == f"{index:06}-L{record['layer']:05}-{record['verdict']}"
+        when = datetime.datetime.fromtimestamp(record["time_ms"] / 1000, datetime.timezone.utc)
+        assert row["time"] == when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{record['time_ms'] % 1000:03d}Z"
+        assert (row["rule"], row["reason"], int(row["reason_code"])) == (record["rule"], record["reason"], record["reason_code"])
+        class_columns = [k for k in row if k.startswith("area_")]
+        assert abs(sum(float(row[k]) for k in class_columns) - float(row["total_area_mm2"])) < 0.01 * len(class_columns) + 1e-9
+        for k in class_columns:
+            cls = k[len("area_") : -len("_mm2")]
+            assert abs(float(row[k]) - sum(d["area_mm2"] for d in record["defects"] if d["class"] == cls)) < 0.001
 
     check = run("journal", "check", journal, check=True)
     assert "3 records, layers 1 to 3" in check.stdout

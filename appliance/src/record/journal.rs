@@ -304,20 +304,90 @@ pub fn check(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `bedsight journal export FILE --format csv|jsonl`, to stdout.
+/// A time of the journal (milliseconds since 1970, UTC) as a calendar date and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    pub year: i64,
+    pub month: i64,
+    pub day: i64,
+    pub hour: u64,
+    pub minute: u64,
+    pub second: u64,
+    pub millis: u64,
+}
+
+impl UtcTime {
+    /// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian calendar).
+    pub fn from_ms(time_ms: u64) -> UtcTime {
+        let seconds = time_ms / 1000;
+        let (days, rest) = ((seconds / 86_400) as i64, seconds % 86_400);
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        UtcTime {
+            year: yoe + era * 400 + (month <= 2) as i64,
+            month,
+            day,
+            hour: rest / 3600,
+            minute: rest % 3600 / 60,
+            second: rest % 60,
+            millis: time_ms % 1000,
+        }
+    }
+}
+
+impl std::fmt::Display for UtcTime {
+    /// ISO 8601, e.g. `2024-02-29T12:34:56.000Z`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            self.year, self.month, self.day, self.hour, self.minute, self.second, self.millis
+        )
+    }
+}
+
+/// `bedsight journal export FILE --format csv|jsonl`, to stdout. The CSV has a row per record:
+/// its index (the image folder's number), the time in ISO 8601 and in milliseconds, the area of
+/// each class found anywhere in the journal, the rule and reason, and the folder its images
+/// are kept under (inside the image folder, while `record.max_gb` keeps them).
 pub fn export(path: &Path, format: &str) -> Result<()> {
     let contents = read(path)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     match format {
         "csv" => {
-            writeln!(out, "layer,time_ms,trigger,verdict,defects,total_area_mm2,uncertainty,model,version,backend,total_ms,rule,reason_code,recoat_outcome")?;
-            for r in &contents.records {
+            let mut classes: Vec<&str> = Vec::new();
+            for defect in contents.records.iter().flat_map(|r| &r.defects) {
+                if !classes.contains(&defect.class.as_str()) {
+                    classes.push(&defect.class);
+                }
+            }
+            let class_columns: String = classes.iter().map(|c| format!(",area_{}_mm2", csv_field(c))).collect();
+            writeln!(out, "record,layer,time,time_ms,trigger,verdict,defects,total_area_mm2{class_columns},uncertainty,model,version,backend,total_ms,rule,reason_code,reason,recoat_outcome,images")?;
+            for (index, r) in contents.records.iter().enumerate() {
                 let area = r.defects.iter().fold(0.0, |sum, d| sum + d.area_mm2);
+                let class_areas: String = classes
+                    .iter()
+                    .map(|c| {
+                        let area = r
+                            .defects
+                            .iter()
+                            .filter(|d| d.class == *c)
+                            .fold(0.0, |sum, d| sum + d.area_mm2);
+                        format!(",{area:.3}")
+                    })
+                    .collect();
                 writeln!(
                     out,
-                    "{},{},{},{},{},{area:.3},{:.6},{},{},{},{:.1},{},{},{}",
+                    "{index},{},{},{},{},{},{},{area:.3}{class_areas},{:.6},{},{},{},{:.1},{},{},{},{},{}",
                     r.layer,
+                    UtcTime::from_ms(r.time_ms),
                     r.time_ms,
                     csv_field(&r.trigger),
                     csv_field(&r.verdict),
@@ -329,7 +399,9 @@ pub fn export(path: &Path, format: &str) -> Result<()> {
                     r.total_ms,
                     csv_field(&r.rule),
                     r.reason_code,
-                    csv_field(&r.recoat_outcome)
+                    csv_field(&r.reason),
+                    csv_field(&r.recoat_outcome),
+                    crate::record::layer_images::dir_name(index as u64, r.layer, &r.verdict)
                 )?;
             }
         }
@@ -362,6 +434,13 @@ fn csv_field(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_iso_8601_in_utc() {
+        assert_eq!(UtcTime::from_ms(0).to_string(), "1970-01-01T00:00:00.000Z");
+        // 2024-02-29 12:34:56.789 UTC, a leap day
+        assert_eq!(UtcTime::from_ms(1_709_210_096_789).to_string(), "2024-02-29T12:34:56.789Z");
+    }
 
     fn record(layer: u32) -> LayerRecord {
         LayerRecord {

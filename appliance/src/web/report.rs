@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use base64::Engine as _;
 
 use crate::config::Config;
-use crate::record::journal::{self, LayerRecord};
+use crate::record::journal::{self, LayerRecord, UtcTime};
 use crate::record::layer_images::{dir_name, BedInfo};
 use crate::web::board::{read_annotations, Action, Annotation};
 use crate::web::chart::{escape, stacked_svg, trend_svg};
@@ -33,22 +33,10 @@ fn severity(verdict: &str) -> u8 {
 /// `YYYY-MM-DD HH:MM:SS UTC` of milliseconds since the Unix epoch (civil-from-days,
 /// H. Hinnant's algorithm).
 fn utc(time_ms: u64) -> String {
-    let seconds = time_ms / 1000;
-    let (days, rest) = ((seconds / 86_400) as i64, seconds % 86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + (month <= 2) as i64;
+    let t = UtcTime::from_ms(time_ms);
     format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02} UTC",
+        t.year, t.month, t.day, t.hour, t.minute, t.second
     )
 }
 
