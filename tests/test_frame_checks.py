@@ -7,7 +7,7 @@ import shutil
 
 from chromium import Chromium
 from conftest import SAMPLE_BUILD, run
-from test_dashboard import get, layer, metrics, start, wait_for_records
+from test_dashboard import TOKEN, get, layer, metrics, start, wait_for_records
 
 FROZEN_FAULT = 0x0804  # docs/tracks.md: kind 8 (FAULT) x 256 + check 4 (frozen)
 
@@ -43,6 +43,15 @@ def test_a_repeated_frame_is_a_frozen_camera_everywhere_an_operator_looks(tmp_pa
         # a FAULT is no REVIEW to acknowledge; it can be marked a false alarm
         assert browser.evaluate("[document.getElementById('ack').hidden, document.getElementById('false-alarm').hidden]") == [True, False]
 
+        # the operator notes what it was (the token guards it)
+        status, _ = get(
+            url + "/api/records/1/false-alarm",
+            "POST",
+            {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            json.dumps({"note": "camera cable re-seated"}).encode(),
+        )
+        assert status == 200
+
         # a new layer's frame: judged again, and the camera is up
         assert layer(line_port, 3) != "FAULT"
         wait_for_records(url, 3)
@@ -58,5 +67,7 @@ def test_a_repeated_frame_is_a_frozen_camera_everywhere_an_operator_looks(tmp_pa
     run("report", "--journal", tmp_path / "journal" / "layers.bsj", "--out", report, check=True)
     page = report.read_text()
     assert '<td id="frame-checks">frozen 1</td>' in page
-    # the worst layers name the check and its reason (the FAULT is the most severe)
+    # the worst layers and the layer table name the check and its reason, and the note is there
     assert "frame_check.frozen: frozen camera: the frame is the last judged layer&#39;s bed again" in page
+    assert '<td class="why">frame_check.frozen: frozen camera: the frame is the last judged layer&#39;s bed again' in page
+    assert "<td>false alarm: camera cable re-seated</td>" in page

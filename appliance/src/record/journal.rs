@@ -439,7 +439,10 @@ mod tests {
     fn times_are_iso_8601_in_utc() {
         assert_eq!(UtcTime::from_ms(0).to_string(), "1970-01-01T00:00:00.000Z");
         // 2024-02-29 12:34:56.789 UTC, a leap day
-        assert_eq!(UtcTime::from_ms(1_709_210_096_789).to_string(), "2024-02-29T12:34:56.789Z");
+        assert_eq!(
+            UtcTime::from_ms(1_709_210_096_789).to_string(),
+            "2024-02-29T12:34:56.789Z"
+        );
     }
 
     fn record(layer: u32) -> LayerRecord {

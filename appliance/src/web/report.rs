@@ -239,20 +239,33 @@ pub fn render(
 
     let _ = write!(
         html,
-        "<h2>Layers</h2>\n<table class=\"layers\"><thead><tr><th>record</th><th>layer</th><th>time</th><th>trigger</th><th>verdict</th><th>defects</th><th>area, mm²</th><th>uncertainty</th><th>ms</th><th>model</th><th>annotations</th></tr></thead><tbody>\n"
+        "<h2>Layers</h2>\n<table class=\"layers\"><thead><tr><th>record</th><th>layer</th><th>time</th><th>trigger</th><th>verdict</th><th>defects</th><th>area, mm²</th><th>uncertainty</th><th>ms</th><th>model</th><th>why</th><th>annotations</th></tr></thead><tbody>\n"
     );
     for (index, record) in records.iter().enumerate() {
-        let notes: Vec<&str> = annotations
+        let notes: Vec<String> = annotations
             .iter()
             .filter(|a| a.index == index as u64)
-            .map(|a| match a.action {
-                Action::Acknowledge => "acknowledged",
-                Action::FalseAlarm => "false alarm",
+            .map(|a| {
+                let what = match a.action {
+                    Action::Acknowledge => "acknowledged",
+                    Action::FalseAlarm => "false alarm",
+                };
+                if a.note.is_empty() {
+                    what.to_string()
+                } else {
+                    format!("{what}: {}", a.note)
+                }
             })
             .collect();
+        // the rule that decided and what it saw (a FAULT's cause, a frame check's finding)
+        let why = if record.reason.is_empty() {
+            String::new()
+        } else {
+            format!("{}: {}", record.rule, record.reason)
+        };
         let _ = writeln!(
             html,
-            "<tr class=\"layer-row\"><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict {verdict}\">{verdict}</td><td>{}</td><td>{:.2}</td><td>{:.4}</td><td>{:.0}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"layer-row\"><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict {verdict}\">{verdict}</td><td>{}</td><td>{:.2}</td><td>{:.4}</td><td>{:.0}</td><td>{}</td><td class=\"why\">{}</td><td>{}</td></tr>",
             record.layer,
             utc(record.time_ms),
             escape(&record.trigger),
@@ -261,7 +274,8 @@ pub fn render(
             record.uncertainty_score,
             record.total_ms,
             escape(&format!("{} {}", record.model, record.model_version)),
-            notes.join(", "),
+            escape(&why),
+            escape(&notes.join(", ")),
             verdict = escape(&record.verdict)
         );
     }
