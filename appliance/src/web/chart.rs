@@ -4,6 +4,8 @@
 
 use std::fmt::Write as _;
 
+use hal::Verdict;
+
 use crate::record::layer_images::BedInfo;
 use crate::web::layers::Layers;
 
@@ -46,8 +48,11 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
             classes.push(class.clone());
         }
     }
-    let max_area = areas.iter().flatten().map(|(_, a)| *a).fold(0.0, f64::max).max(1.0);
-    let max_uncertainty = records.iter().map(|r| r.uncertainty).fold(0.0, f64::max).max(0.01);
+    // Areas on a log scale (log10(1 + a)) up to the power of ten above the largest, with a tick
+    // at each power: one big area does not flatten the rest, and the ticks are round numbers.
+    let max_area = areas.iter().flatten().map(|(_, a)| *a).fold(0.0, f64::max);
+    let area_top = 10f64.powi((max_area.max(1.0)).log10().ceil().max(1.0) as i32);
+    let max_uncertainty = nice_ceiling(records.iter().map(|r| r.uncertainty).fold(0.0, f64::max).max(0.01));
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let x = |i: usize| {
@@ -57,8 +62,10 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
             plot_w / 2.0
         }
     };
-    let y_area = |a: f64| TOP + plot_h * (1.0 - a / max_area);
+    let y_area = |a: f64| TOP + plot_h * (1.0 - (1.0 + a).log10() / (1.0 + area_top).log10());
     let y_unc = |u: f64| TOP + plot_h * (1.0 - u / max_uncertainty);
+    // A FAULT layer was not judged: its lines break there, and it has a mark of its own.
+    let fault: Vec<bool> = records.iter().map(|r| r.verdict == Verdict::Fault).collect();
 
     let mut svg = String::new();
     let _ = write!(
@@ -69,19 +76,26 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
         svg,
         r##"<rect x="{LEFT}" y="{TOP}" width="{plot_w}" height="{plot_h}" fill="#fafafa" stroke="#bbb"/>"##
     );
-    for tick in 0..=4 {
-        let fraction = tick as f64 / 4.0;
-        let ty = TOP + plot_h * (1.0 - fraction);
+    let mut power = 0.0;
+    while power <= area_top {
+        let ty = y_area(power);
         let _ = write!(
             svg,
-            r##"<line x1="{LEFT}" x2="{}" y1="{ty:.1}" y2="{ty:.1}" stroke="#e4e4e4"/><text x="{}" y="{:.1}" font-size="10" text-anchor="end">{:.1}</text><text x="{}" y="{:.1}" font-size="10" fill="{UNCERTAINTY_COLOUR}">{:.3}</text>"##,
+            r##"<line x1="{LEFT}" x2="{}" y1="{ty:.1}" y2="{ty:.1}" stroke="#e4e4e4"/><text class="tick-area" x="{}" y="{:.1}" font-size="10" text-anchor="end">{power}</text>"##,
             LEFT + plot_w,
             LEFT - 4.0,
             ty + 3.0,
-            max_area * fraction,
+        );
+        power = if power == 0.0 { 1.0 } else { power * 10.0 };
+    }
+    for tick in 0..=4 {
+        let value = max_uncertainty * tick as f64 / 4.0;
+        let _ = write!(
+            svg,
+            r#"<text class="tick-unc" x="{}" y="{:.1}" font-size="10" fill="{UNCERTAINTY_COLOUR}">{}</text>"#,
             LEFT + plot_w + 4.0,
-            ty + 3.0,
-            max_uncertainty * fraction
+            y_unc(value) + 3.0,
+            round_label(value)
         );
     }
     let _ = write!(
@@ -105,7 +119,7 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
     }
     for (position, class) in classes.iter().enumerate() {
         let colour = class_colour(class, position, bed);
-        let points: Vec<String> = areas
+        let points: Vec<Option<String>> = areas
             .iter()
             .enumerate()
             .map(|(i, per_class)| {
@@ -114,15 +128,17 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
                     .find(|(c, _)| c == class)
                     .map(|(_, a)| *a)
                     .unwrap_or(0.0);
-                format!("{:.1},{:.1}", x(i), y_area(area))
+                (!fault[i]).then(|| format!("{:.1},{:.1}", x(i), y_area(area)))
             })
             .collect();
-        let _ = write!(
-            svg,
-            r#"<polyline class="line-area" data-class="{}" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
-            escape(class),
-            points.join(" ")
-        );
+        for segment in points.split(Option::is_none).filter(|s| !s.is_empty()) {
+            let _ = write!(
+                svg,
+                r#"<polyline class="line-area" data-class="{}" fill="none" stroke="{colour}" stroke-width="1.5" points="{}"/>"#,
+                escape(class),
+                segment.iter().flatten().cloned().collect::<Vec<_>>().join(" ")
+            );
+        }
         let _ = write!(
             svg,
             r#"<text x="{}" y="{}" font-size="10" fill="{colour}">■ {}</text>"#,
@@ -131,17 +147,29 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
             escape(class)
         );
     }
-    let points: Vec<String> = records
+    let points: Vec<Option<String>> = records
         .iter()
         .enumerate()
-        .map(|(i, r)| format!("{:.1},{:.1}", x(i), y_unc(r.uncertainty)))
+        .map(|(i, r)| (!fault[i]).then(|| format!("{:.1},{:.1}", x(i), y_unc(r.uncertainty))))
         .collect();
-    let _ = write!(
-        svg,
-        r#"<polyline class="line-unc" fill="none" stroke="{UNCERTAINTY_COLOUR}" stroke-dasharray="4 2" stroke-width="1.5" points="{}"/>"#,
-        points.join(" ")
-    );
+    for segment in points.split(Option::is_none).filter(|s| !s.is_empty()) {
+        let _ = write!(
+            svg,
+            r#"<polyline class="line-unc" fill="none" stroke="{UNCERTAINTY_COLOUR}" stroke-dasharray="4 2" stroke-width="1.5" points="{}"/>"#,
+            segment.iter().flatten().cloned().collect::<Vec<_>>().join(" ")
+        );
+    }
     for (i, record) in records.iter().enumerate() {
+        if fault[i] {
+            let _ = write!(
+                svg,
+                r##"<text class="pt-fault" data-index="{i}" x="{:.1}" y="{:.1}" font-size="14" fill="#b71c1c" text-anchor="middle">×<title>layer {} FAULT: not judged</title></text>"##,
+                x(i),
+                TOP + plot_h - 3.0,
+                record.layer
+            );
+            continue;
+        }
         let _ = write!(
             svg,
             r#"<circle class="pt-unc" data-index="{i}" cx="{:.1}" cy="{:.1}" r="3.5" fill="{UNCERTAINTY_COLOUR}"><title>layer {} {}: uncertainty {:.4}</title></circle>"#,
@@ -160,6 +188,22 @@ pub fn trend_svg(records: &Layers, bed: Option<&BedInfo>) -> String {
     );
     svg.push_str("</svg>");
     svg
+}
+
+/// The smallest 1, 2 or 5 times a power of ten at or above `value` (> 0).
+fn nice_ceiling(value: f64) -> f64 {
+    let power = 10f64.powf(value.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * power)
+        .find(|v| *v >= value * (1.0 - 1e-12))
+        .unwrap_or(10.0 * power)
+}
+
+/// A tick value with no more decimals than it needs (0.005, 0.01, 0.015).
+fn round_label(value: f64) -> String {
+    let text = format!("{value:.4}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Cells of the stacked top view per side.
@@ -318,6 +362,42 @@ mod tests {
         let svg = stacked_svg(&records, Some(&bed), None);
         assert_eq!(svg.matches("class=\"stack-cell\"").count(), 3);
         assert_eq!(svg.matches("data-count=\"2\"").count(), 1);
+    }
+
+    #[test]
+    fn the_trend_breaks_at_a_fault_keeps_small_areas_visible_and_has_round_ticks() {
+        let mut records = vec![
+            record(1, &[[0, 0, 2, 2]]),
+            record(2, &[[0, 0, 2, 2]]),
+            record(3, &[]),
+            record(4, &[[0, 0, 2, 2]]),
+        ];
+        records[2].verdict = "FAULT".into();
+        records[3].defects[0].area_mm2 = 5000.0;
+        let svg = trend_svg(&Layers::from_records(&records), None);
+        // the area and uncertainty lines each in two pieces, around layer 3's mark
+        assert_eq!(svg.matches("class=\"line-area\"").count(), 2);
+        assert_eq!(svg.matches("class=\"line-unc\"").count(), 2);
+        assert_eq!(svg.matches("class=\"pt-unc\"").count(), 3);
+        assert!(svg.contains("<title>layer 3 FAULT: not judged</title>"));
+        // log10(1 + a) up to 10 000 mm²: ticks at 0, 1, 10, 100, 1000 and 10000
+        let ticks: Vec<&str> = svg
+            .split("class=\"tick-area\"")
+            .skip(1)
+            .map(|t| t.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect();
+        assert_eq!(ticks, ["0", "1", "10", "100", "1000", "10000"]);
+        // uncertainty 0.05 x layer, at most 0.2: ticks 0, 0.05, 0.1, 0.15, 0.2
+        let unc: Vec<&str> = svg
+            .split("class=\"tick-unc\"")
+            .skip(1)
+            .map(|t| t.split('>').nth(1).unwrap().split('<').next().unwrap())
+            .collect();
+        assert_eq!(unc, ["0", "0.05", "0.1", "0.15", "0.2"]);
+        assert_eq!(
+            (nice_ceiling(0.013), nice_ceiling(0.2), nice_ceiling(3.0)),
+            (0.02, 0.2, 5.0)
+        );
     }
 
     #[test]
