@@ -121,6 +121,16 @@ def test_the_page_in_chromium_follows_the_build_live(tmp_path, line_port):
             "document.getElementById('status-backend').textContent"
         )
 
+        # the overlay's legend: one swatch per class the overlay draws
+        legend = browser.wait_for("document.getElementById('legend').textContent", what="the legend")
+        for name in ("super-elevation", "incompleteness", "hopping", "streaking", "lattice"):
+            assert name in legend, legend
+        assert browser.evaluate("document.querySelectorAll('#legend .swatch').length") == 5
+        # the camera frame as it came, then back to the overlay
+        browser.evaluate("document.getElementById('raw-toggle').click()")
+        browser.wait_for("document.getElementById('bed').src.endsWith('/images/2/raw.png')", what="the raw frame")
+        browser.evaluate("document.getElementById('raw-toggle').click()")
+        browser.wait_for("document.getElementById('bed').src.endsWith('/images/2/overlay.png')", what="the overlay again")
         browser.evaluate("document.getElementById('heat-toggle').click()")
         browser.wait_for(
             "(() => { const i = document.getElementById('heat'); return !i.hidden && i.complete && i.naturalWidth > 0 })()", what="the uncertainty heat map"

@@ -135,6 +135,12 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
             Err((status, message)) => text(request, status, &message),
         },
         (Method::Get, ["images", segment, file]) => serve_image(request, board, segment, file),
+        // The bed's size and the model's classes with their colours (the page's legend), once
+        // the recorder has written the first layer's images.
+        (Method::Get, ["api", "bed"]) => match board.images_folder.as_deref().and_then(BedInfo::read) {
+            Some(bed) => json(request, 200, &serde_json::json!(bed)),
+            None => text(request, 404, "no layer images yet"),
+        },
         (Method::Get, ["chart.svg"]) => {
             let bed = board.images_folder.as_deref().and_then(BedInfo::read);
             respond(
@@ -270,7 +276,7 @@ fn known_path(segments: &[&str]) -> bool {
             | "map.svg"
             | "tracks.html"
             | "map-filter.js"]
-            | ["api", "state"]
+            | ["api", "state" | "bed"]
             | ["api", "records", _]
             | ["api", "records", _, _]
             | ["images", _, _]
