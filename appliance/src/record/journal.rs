@@ -139,6 +139,30 @@ impl Journal {
                 },
             ));
         }
+        if torn_header(&bytes) {
+            // Nothing in it to keep; set aside rather than replaced, so nothing is lost unseen.
+            drop(file);
+            let aside = set_aside_name(path);
+            std::fs::rename(path, &aside).with_context(|| {
+                format!(
+                    "journal {}: cannot set aside as {} its cut header",
+                    path.display(),
+                    aside.display()
+                )
+            })?;
+            let (journal, _) = Journal::open(path)?;
+            let report = OpenReport {
+                records: 0,
+                cut_bytes: bytes.len() as u64,
+                reason: Some(format!(
+                    "its header was cut after {} of {} bytes (a power cut while it was created); set aside as {}",
+                    bytes.len(),
+                    MAGIC.len(),
+                    aside.display()
+                )),
+            };
+            return Ok((journal, report));
+        }
         // `bedsight run` writes here: it says what to do; a reading command only what is wrong.
         let contents =
             scan(path, &bytes).map_err(|e| anyhow::anyhow!("{e:#}; move it away and a new one is started"))?;
@@ -200,6 +224,26 @@ pub fn read(path: &Path) -> Result<Contents> {
 /// Walks the frames of a journal file's bytes up to the first one that is not a good record;
 /// `path` only names the file in messages. What `read` and the open-time repair use (and the
 /// journal fuzz target).
+/// Whether `bytes` are the start of a journal's header and no more (a creation cut short).
+fn torn_header(bytes: &[u8]) -> bool {
+    !bytes.is_empty() && bytes.len() < MAGIC.len() && MAGIC.starts_with(bytes)
+}
+
+/// `<path>.torn-header`, or `.torn-header.N` for the first N not taken.
+fn set_aside_name(path: &Path) -> PathBuf {
+    let base = format!("{}.torn-header", path.display());
+    (1..)
+        .map(|n| {
+            if n == 1 {
+                PathBuf::from(&base)
+            } else {
+                PathBuf::from(format!("{base}.{n}"))
+            }
+        })
+        .find(|candidate| !candidate.exists())
+        .expect("a free name")
+}
+
 pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
     if bytes.len() >= MAGIC.len() && bytes[..6] == MAGIC[..6] && bytes[..MAGIC.len()] != MAGIC[..] {
         bail!(
@@ -207,6 +251,14 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
             path.display(),
             String::from_utf8_lossy(&bytes[6..8]),
             String::from_utf8_lossy(&MAGIC[6..])
+        );
+    }
+    if torn_header(bytes) {
+        bail!(
+            "journal {}: its header is cut after {} of {} bytes (a power cut while it was created): it holds no record",
+            path.display(),
+            bytes.len(),
+            MAGIC.len()
         );
     }
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
@@ -591,6 +643,30 @@ mod tests {
             error.contains("layers.bsj") && error.contains("format 01") && error.contains("writes 02"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn a_header_cut_at_creation_is_set_aside_with_the_reason_and_a_new_journal_started() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("layers.bsj");
+        std::fs::write(&path, b"BSJR").unwrap();
+        // a reading command says what is wrong and moves nothing
+        let error = format!("{:#}", read(&path).err().unwrap());
+        assert!(error.contains("its header is cut after 4 of 8 bytes"), "{error}");
+        assert_eq!(std::fs::read(&path).unwrap(), b"BSJR");
+        // the loop sets it aside, says so, and starts a new one
+        let (mut journal, report) = Journal::open(&path).unwrap();
+        let aside = folder.path().join("layers.bsj.torn-header");
+        assert_eq!(
+            report.to_string(),
+            format!(
+                "0 records, cut 4 bytes: its header was cut after 4 of 8 bytes (a power cut while it was created); set aside as {}",
+                aside.display()
+            )
+        );
+        assert_eq!(std::fs::read(&aside).unwrap(), b"BSJR");
+        journal.append(&LayerRecord::default()).unwrap();
+        assert_eq!(read(&path).unwrap().records.len(), 1);
     }
 
     #[test]
