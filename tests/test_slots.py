@@ -133,6 +133,15 @@ def newer_major_format(kit, out):
     return write_tar(out, [("manifest.toml", manifest), *files.items(), ("manifest.sig", signature)])
 
 
+def empty_fp32_graph(kit, out):
+    # The fp32 graph beside the INT8 default is 0 bytes; hashed and signed by a trusted key.
+    files = {m.name: data for m, data in entries(kit["v2"]) if m.name not in ("manifest.toml", "manifest.sig")}
+    files["model.onnx"] = b""
+    manifest = manifest_with_files(training_manifest("2.0.0"), files).encode()
+    signature = ed25519_sign(kit["alice_key"], manifest)
+    return write_tar(out, [("manifest.toml", manifest), *files.items(), ("manifest.sig", signature)])
+
+
 def wrong_golden_mask(kit, out):
     from PIL import Image
     mask = out.with_suffix(".mask.png")
@@ -149,6 +158,7 @@ FAULTS = {
     "truncated archive": (truncated, ["truncated"]),
     "output shape disagrees with the graph": (shape_disagrees, ["members", "5", "3"]),
     "self-test fails": (wrong_golden_mask, ["self-test failed", "expected_mask.png", "99%"]),
+    "the fp32 graph is 0 bytes": (empty_fp32_graph, ["fp32", "model.onnx"]),
     "unknown major format version": (newer_major_format, ["manifest.toml", 'format_version "2.0" is not supported']),
 }
 

@@ -241,6 +241,36 @@ pub fn install(args: &InstallArgs) -> Result<()> {
             outcome.pixels,
             images::SELFTEST_MIN_AGREEMENT * 100.0
         );
+        // The box may run the other graph too (prefer_fp32, or a backend that falls back to
+        // it): it loads and passes the same self-test, or nothing is installed.
+        let graphs = &staged_image.manifest.graphs;
+        let (other_name, other_file) = if model.graph_name == "fp32" {
+            ("default", &graphs.default)
+        } else {
+            ("fp32", &graphs.fp32)
+        };
+        let other = LoadedModel::from_image(staged.display().to_string(), staged_image, choice, !prefer_fp32, Some(&cache_dir));
+        match other {
+            Ok(mut other) if other.graph_name != model.graph_name => {
+                let second = other.selftest(staged_image).map_err(|error| format!("{error:#}"))?;
+                println!(
+                    "install: self-test of the {} graph too: {:.2}% of {} pixels agree",
+                    second.graph,
+                    second.agreement * 100.0,
+                    second.pixels
+                );
+                if second.agreement < images::SELFTEST_MIN_AGREEMENT {
+                    return Err(format!(
+                        "self-test failed on the {} graph: {:.2}% of the pixels agree with selftest/expected_mask.png (at least {:.0}% required)",
+                        second.graph,
+                        second.agreement * 100.0,
+                        images::SELFTEST_MIN_AGREEMENT * 100.0
+                    ));
+                }
+            }
+            Ok(_) => {}
+            Err(error) => return Err(format!("the {other_name} graph ({other_file}) does not load: {error:#}")),
+        }
         Ok(outcome)
     });
     let installed = installed.map_err(|error| refused(args.image, error.into()))?;
