@@ -17,6 +17,21 @@ def blade_over(bed: np.ndarray, x: int) -> np.ndarray:
     return frame
 
 
+def video_replay(tmp_path, folder, frames):
+    """Writes `frames` ((kind, image) in order) into `folder` as the video a camera would show,
+    and a configuration replaying it with the video trigger (preview every 50 ms)."""
+    for index, (kind, frame) in enumerate(frames):
+        Image.fromarray(frame).save(folder / f"frame-{index:03d}-{kind}.png")
+    return write_config(tmp_path, replay_camera(folder) + """
+[trigger]
+kind = "video"
+interval_ms = 50
+pass_threshold = 10.0
+settle_threshold = 2.0
+hold_ms = 200
+""")
+
+
 def test_two_recoats_in_the_video_give_two_layers(tmp_path, ledger):
     names = sorted(ledger)
     beds = [np.array(Image.open(SAMPLE_BUILD / name).convert("L")) for name in names[:3]]
@@ -30,22 +45,7 @@ def test_two_recoats_in_the_video_give_two_layers(tmp_path, ledger):
     frames += [("b", beds[1])] * 12
     frames += [("blade", blade_over(beds[1], x)) for x in (0, 90, 180)]
     frames += [("c", beds[2])] * 12
-    for index, (kind, frame) in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"frame-{index:03d}-{kind}.png")
-
-    config = write_config(
-        tmp_path,
-        replay_camera(folder)
-        + f"""
-[trigger]
-kind = "video"
-interval_ms = 50
-pass_threshold = 10.0
-settle_threshold = 2.0
-hold_ms = 200
-""",
-    )
-    appliance = Appliance(config)
+    appliance = Appliance(video_replay(tmp_path, folder, frames))
     try:
         appliance.wait_for(r"^ready$")
         first = appliance.wait_for(r"^layer 1 (\w+) .*\[video\].*frame-\d+-(\w+)\.png")
@@ -73,21 +73,7 @@ def test_with_a_video_trigger_a_covered_bed_is_captured_again_until_clear(tmp_pa
     frames += [("blade", blade_over(beds[0], x)) for x in (0, 90, 180)]
     frames += [("covered", covered)] * 8
     frames += [("b", beds[1])] * 12
-    for index, (kind, frame) in enumerate(frames):
-        Image.fromarray(frame).save(folder / f"frame-{index:03d}-{kind}.png")
-    config = write_config(
-        tmp_path,
-        replay_camera(folder)
-        + """
-[trigger]
-kind = "video"
-interval_ms = 50
-pass_threshold = 10.0
-settle_threshold = 2.0
-hold_ms = 200
-""",
-    )
-    appliance = Appliance(config)
+    appliance = Appliance(video_replay(tmp_path, folder, frames))
     try:
         appliance.wait_for(r"^ready$")
         first = appliance.wait_for(r"^layer 1 (\w+) .*\[video\].*frame-\d+-(\w+)\.png")
