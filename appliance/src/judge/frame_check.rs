@@ -424,7 +424,6 @@ impl BorderBand {
     /// best one's neighbours, then a parabola through the peak along each axis.
     fn best_shift(&self, reference: &BorderBand) -> ([f64; 2], f64) {
         let search = self.search.min(MAX_BAND_SEARCH);
-        let side = (2 * search + 1) as usize;
         // NaN: not computed yet
         let mut scores = [[f64::NAN; 2 * MAX_BAND_SEARCH as usize + 1]; 2 * MAX_BAND_SEARCH as usize + 1];
         let mut at = |dx: i32, dy: i32| -> f64 {
@@ -469,7 +468,6 @@ impl BorderBand {
         let (left, right) = (at(best.0 - 1, best.1), at(best.0 + 1, best.1));
         let (up, down) = (at(best.0, best.1 - 1), at(best.0, best.1 + 1));
         let (sub_x, sub_y) = (refine(left, best.2, right), refine(up, best.2, down));
-        debug_assert!(side <= scores.len());
         let s = self.scale as f64;
         ([(best.0 as f64 + sub_x) * s, (best.1 as f64 + sub_y) * s], best.2)
     }

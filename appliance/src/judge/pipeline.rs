@@ -315,15 +315,7 @@ impl Pipeline {
 
     /// A stage that failed after the checks (flat field, rectification, the model): FAULT.
     fn fault_outcome(&self, reason: String, timing: StageTimes, started: Instant) -> LayerOutcome {
-        self.unjudged_outcome(
-            Unjudged {
-                check: FrameCheck::Stage,
-                verdict: Verdict::Fault,
-                text: reason,
-            },
-            timing,
-            started,
-        )
+        self.unjudged_outcome(Unjudged::fault(FrameCheck::Stage, reason), timing, started)
     }
 
     fn unjudged_outcome(&self, unjudged: Unjudged, mut timing: StageTimes, started: Instant) -> LayerOutcome {

@@ -50,12 +50,10 @@ pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> V
         "image": image,
         "verdict": outcome.verdict.as_str(),
         "fault": outcome.unjudged.as_ref().filter(|u| u.verdict == Verdict::Fault).map(|u| &u.text),
-        "frame_check": outcome.unjudged.as_ref().map(|u| json!({
-            "check": u.check.name(),
-            "rule": u.reason().rule(),
-            "code": u.reason().code(),
-            "reason": u.text,
-        })),
+        "frame_check": outcome.unjudged.as_ref().map(|u| {
+            let reason = u.reason();
+            json!({ "check": u.check.name(), "rule": reason.rule(), "code": reason.code(), "reason": u.text })
+        }),
         "reasons": match &outcome.unjudged {
             Some(unjudged) => vec![unjudged.text.clone()],
             None => outcome.decision.as_ref().map(|d| d.reasons.clone()).unwrap_or_default(),
