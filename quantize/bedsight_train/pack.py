@@ -24,7 +24,7 @@ from . import data as data_mod
 from .common import BadInput, read_toml, save_png_grey
 from .evaluate import check_manifest, run_members
 from .metrics import fuse
-from .synth import LATTICE, STREAKING, SUPER_ELEVATION, render_layer
+from .synth import DEFECT_CLASSES, render_layer
 
 
 class PackError(Exception):
@@ -69,13 +69,14 @@ def find_bedsight_bin() -> Path | None:
 
 
 def make_selftest(model: Path, manifest: dict, out_dir: Path, seed: int = 7) -> tuple[Path, Path]:
-    """A synthetic layer with several planted classes and the fp32 graph's fused mask on it."""
+    """A synthetic layer with every class planted and the fp32 graph's fused mask on it: the box
+    compares each defect class's pixels with it at install, so a graph that lost a class fails."""
     from .export import ort_session
 
     size_w, size_h = manifest["input"]["width"], manifest["input"]["height"]
     if size_w != size_h:
         raise BadInput(f"{model}: the self-test generator makes square layers; this model takes {size_w}x{size_h}")
-    layer = render_layer(np.random.default_rng(seed), size_w, {SUPER_ELEVATION, STREAKING, LATTICE})
+    layer = render_layer(np.random.default_rng(seed), size_w, set(DEFECT_CLASSES))
     x = data_mod.to_input(layer.image[None], manifest["input"]["mean"][0], manifest["input"]["std"][0])
     logits = run_members(ort_session(model), x)
     _, mask, _ = fuse(logits, manifest["ensemble"]["temperatures"])

@@ -54,8 +54,10 @@ from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATI
 # about a scratch across a 1024-px bed (3 px x 1024 px = 0.3 %), and at most what a small uncovered
 # patch covers, so that a present class is not asked to cover clean powder.
 TOP_K_SHARE = 0.002
-# The share of the whole real layers of weak_step that are clean (absence of every class).
-WHOLE_CLEAN_SHARE = 0.5
+# The share of the whole real layers of weak_step that are clean (absence of every class). Crops of
+# every real layer already carry the absence terms each step; a whole defective layer is the only
+# place the presence term is taken, so most whole layers are defective.
+WHOLE_CLEAN_SHARE = 0.3
 # p_c is clamped away from 0 and 1 before the logarithms.
 EPS = 1e-6
 
@@ -149,7 +151,10 @@ def _plant_streak(rng, image, mask, local):
     # powder beside them (flat-fielded, 2-4 px wide at 1024 px), under a grain of about 5 %
     depth = rng.uniform(0.03, 0.15) * (1 if rng.random() < 0.8 else -0.6)
     xs = np.arange(w)
-    centre = yc + _smooth_walk(rng, w, 0.3, 40.0)
+    # real scratches drift across the rows as they run (PBLM: 13 px over the 1024-px bed, the
+    # camera and the blade not quite square), and wander a little
+    slope = rng.uniform(-0.015, 0.015)
+    centre = yc + slope * (xs - w / 2) + _smooth_walk(rng, w, 0.3, 40.0)
     yy = np.arange(h, dtype=np.float32)[:, None]
     profile = np.exp(-((yy - centre[None, :]) ** 2) / (2 * (width / 2) ** 2))
     profile[:, xs < x0] = 0.0

@@ -66,7 +66,7 @@ export BEDSIGHT_BIN="$bin"
 bt synth --out "$work/data" --layers "$layers" --size "$size" --seed 11
 bt synth --sample-build --out "$work/sample-build" --size "$size" --seed 2026
 bt synth --generator alt --out "$work/data-alt" --layers 40 --size "$size" --seed 5
-real=(--real-layers "$real_layers" --label-map "$label_map" --max-layers-per-label "${MAX_LAYERS_PER_LABEL:-150}" --mil-every 3)
+real=(--real-layers "$real_layers" --label-map "$label_map" --max-layers-per-label "${MAX_LAYERS_PER_LABEL:-150}" --mil-every 2)
 # Three stages: a short one at a constant learning rate finds its feet (from scratch, or from
 # INIT); the second starts from its checkpoint with the best synthetic validation Score, the third
 # from the second's last one, each with a learning rate that falls along a cosine. On two CPU
