@@ -69,8 +69,9 @@ def find_bedsight_bin() -> Path | None:
 
 
 def make_selftest(model: Path, manifest: dict, out_dir: Path, seed: int = 7) -> tuple[Path, Path]:
-    """A synthetic layer with every class planted and the fp32 graph's fused mask on it: the box
-    compares each defect class's pixels with it at install, so a graph that lost a class fails."""
+    """A synthetic layer with every class planted and the fp32 graph's fused mask on it, so that
+    the install's self-test sees every class (it compares the whole mask today; issue 19 asks for
+    a comparison per class)."""
     from .export import ort_session
 
     size_w, size_h = manifest["input"]["width"], manifest["input"]["height"]
