@@ -57,3 +57,28 @@ def test_run_says_where_each_table_came_from(tmp_path, ledger):
         box.wait_for("^ready$", timeout=60)
     finally:
         box.stop()
+
+
+def test_the_graph_follows_precision_and_auto_runs_fp32_on_the_cpu(tmp_path, ledger):
+    """`[model] precision`: absent means auto, which runs the fp32 graph on ONNX Runtime's CPU
+    provider and on tract (INT8 is slower there, docs/performance.md); int8 and fp32 force one;
+    --precision overrides the file; a word it does not know is refused by key."""
+    layer = SAMPLE_BUILD / sorted(ledger)[0]
+    config = tmp_path / "box.toml"
+    config.write_text(BED_ONLY)
+    for backend in ("ort", "tract"):
+        result, objects = analyze_json("--config", config, "--backend", backend, layer)
+        assert result.returncode == 0, result.stderr
+        assert objects[0]["model"]["graph"] == "fp32", (backend, objects[0]["model"])
+    config.write_text(BED_ONLY + '\n[model]\nprecision = "int8"\n')
+    result, objects = analyze_json("--config", config, layer)
+    assert result.returncode == 0, result.stderr
+    assert objects[0]["model"]["graph"] == "int8"
+    result, objects = analyze_json("--config", config, "--precision", "fp32", layer)
+    assert result.returncode == 0, result.stderr
+    assert objects[0]["model"]["graph"] == "fp32"
+    config.write_text(BED_ONLY + '\n[model]\nprecision = "fp16"\n')
+    result = run("analyze", "--config", config, layer)
+    assert result.returncode != 0 and result.stdout == ""
+    assert 'model.precision: unknown precision "fp16": use auto, int8 or fp32' in result.stderr, result.stderr
+

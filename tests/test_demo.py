@@ -56,4 +56,6 @@ def test_demo_into_a_pipe_that_closes_ends_quietly(tmp_path):
     # SIGPIPE on its next line (or done already, had it written every line before the close)
     assert process.wait(timeout=300) in (-signal.SIGPIPE, 0), stderr
     assert first.startswith("bedsight demo: model ")
+    # which graph runs and why (`[model] precision = "auto"` on ONNX Runtime's CPU provider)
+    assert "on ort (CPU), fp32 graph (precision auto: on ort (CPU) the INT8 graph is slower than fp32; INT8 runs on TensorRT)" in first, first
     assert "panicked" not in stderr, stderr

@@ -124,3 +124,27 @@ def test_a_model_image_without_a_layer_head_still_loads_and_judges(ledger):
     assert clean["layer_class"] is None and clean["verdict"] == "PASS", clean
     assert real["layer_class"] is None and real["verdict"] in ("PASS", "RECOAT", "REVIEW", "PAUSE"), real
     assert not any(r.startswith("layer classifier:") for r in real["reasons"])
+
+
+def test_onnx_runtime_and_tract_judge_real_layers_alike(tmp_path):
+    """The box falls back to tract when ONNX Runtime is missing: the PLC must get the same
+    verdict. Under `precision = "auto"` both run the fp32 graph on these CPUs (the INT8 graph is
+    slower there, and tract's QDQ arithmetic differs from ONNX Runtime's)."""
+    import numpy as np
+    from PIL import Image
+    layers = real_layers()
+    judged = {}
+    for backend in ("ort", "tract"):
+        out = tmp_path / backend
+        result, objects = analyze_json("--backend", backend, "--out", out, *layers)
+        assert result.returncode == 0, result.stderr
+        assert [o["backend"].split(" ")[0] for o in objects] == [backend] * len(layers), [o["backend"] for o in objects]
+        assert {o["model"]["graph"] for o in objects} == {"fp32"}
+        masks = [np.array(Image.open(out / f"{path.stem}.mask.png")) for path in layers]
+        judged[backend] = (objects, masks)
+    (ort, ort_masks), (tract, tract_masks) = judged["ort"], judged["tract"]
+    for path, a, b, mask_a, mask_b in zip(layers, ort, tract, ort_masks, tract_masks):
+        assert (a["verdict"], a["reasons"]) == (b["verdict"], b["reasons"]), (path.name, a["reasons"], b["reasons"])
+        assert a["layer_class"]["class"] == b["layer_class"]["class"], path.name
+        agreement = float((mask_a == mask_b).mean())
+        assert agreement >= 0.999, (path.name, agreement)

@@ -216,3 +216,82 @@ def test_the_state_folder_comes_from_the_environment(box):
     env = {**os.environ, "BEDSIGHT_STATE_DIR": str(box)}
     result = run("image", "list", env=env, check=True)
     assert f"state folder {box}" in result.stdout and "slot a  active" in result.stdout, result.stdout
+
+
+# --- the self-test compares each defect class and the verdict ----------------------------------
+
+def selftest_mask_and_defect_classes():
+    import tomllib
+
+    import numpy as np
+    from PIL import Image
+
+    from bsimg_tools import MODEL
+    mask = np.array(Image.open(MODEL / "selftest" / "expected_mask.png"))
+    classes = tomllib.loads((MODEL / "manifest.toml").read_text())["classes"]
+    defects = {index: c["name"] for index, c in enumerate(classes) if c["defect"]}
+    return mask, defects
+
+
+def test_a_graph_that_loses_a_defect_class_is_refused_though_most_pixels_agree(box, tmp_path, kit, fault_case):
+    # The expected mask without the smallest defect class it holds (at least 50 pixels): over 99%
+    # of the pixels still agree, the class's IoU is 0.
+    from PIL import Image
+    mask, defects = selftest_mask_and_defect_classes()
+    counts = {index: int((mask == index).sum()) for index in defects}
+    index = min((i for i in counts if counts[i] >= 50), key=counts.get)
+    assert counts[index] < 0.01 * mask.size
+    lost = mask.copy()
+    lost[lost == index] = 0
+    Image.fromarray(lost).save(tmp_path / "lost.png")
+    broken = pack(tmp_path / "lost.bsimg", "2.0.0", kit["alice_key"], expected_mask=tmp_path / "lost.png")
+    before = box_state(box)
+    result = install(box, broken)
+    assert result.returncode == 1, result.stderr
+    assert f"{defects[index]} IoU 0.00" in result.stderr and "0.80 required" in result.stderr, result.stderr
+    assert "nothing was installed, the active model is unchanged" in result.stderr
+    assert box_state(box) == before
+    fault_case()
+
+
+def test_a_graph_whose_verdict_differs_is_refused(box, tmp_path, kit, fault_case):
+    # One more defect of 42 pixels in the expected mask, on clean powder: too small to move any
+    # class's IoU or the pixel share past its limit, but under a rule that allows as many defects of
+    # that class as the graph finds, the expected mask is a PAUSE and the graph's is not.
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
+    mask, defects = selftest_mask_and_defect_classes()
+    counts = {index: int((mask == index).sum()) for index in defects}
+    # a class the mask lacks, else the largest one (42 pixels move its IoU by under 0.2)
+    index = next((i for i in defects if counts[i] == 0), max(counts, key=counts.get))
+    assert counts[index] == 0 or counts[index] >= 300, counts
+    occupied = ndimage.binary_dilation(mask != 0, iterations=3)
+    free = ndimage.minimum_filter((~occupied).astype(np.uint8), size=(6, 7))
+    y, x = np.argwhere(free == 1)[len(np.argwhere(free == 1)) // 2]
+    planted = mask.copy()
+    planted[y - 3:y + 3, x - 3:x + 4] = index
+    assert int((planted == index).sum()) == counts[index] + 42
+    Image.fromarray(planted).save(tmp_path / "planted.png")
+    min_area = 30
+    labels, _ = ndimage.label(mask == index, structure=np.ones((3, 3)))
+    found = sum(1 for size in np.bincount(labels.ravel())[1:] if size >= min_area)
+    rules = "".join(
+        f'\n[rules.{name}]\nmax_count = {found}\nverdict = "PAUSE"\n' if i == index
+        else f'\n[rules.{name}]\nmax_total_area_mm2 = 1000000.0\nverdict = "RECOAT"\n'
+        for i, name in defects.items())
+    config = tmp_path / "box.toml"
+    config.write_text(f"[bed]\nwidth_mm = 250\nheight_mm = 250\n\n[model]\nmin_defect_area_px = {min_area}\n{rules}")
+    broken = pack(tmp_path / "planted.bsimg", "2.0.0", kit["alice_key"], expected_mask=tmp_path / "planted.png")
+    before = box_state(box)
+    result = install(box, broken, "--config", config)
+    assert result.returncode == 1, result.stderr
+    assert "the self-test input is judged" in result.stderr, result.stderr
+    assert f"where selftest/expected_mask.png gives PAUSE ({defects[index]}: {found + 1} defects > {found}" in result.stderr, result.stderr
+    assert box_state(box) == before
+    fault_case()
+
+    # The same image's own mask under the same rules: installed.
+    result = install(box, kit["v2"], "--config", config)
+    assert result.returncode == 0, result.stderr
+    assert "same verdict" in result.stdout, result.stdout

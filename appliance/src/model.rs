@@ -8,6 +8,22 @@ use anyhow::{bail, Context, Result};
 use images::{ActiveGeneration, Manifest, ModelImage, SelfTestOutcome, Slots};
 use models::{Backend, BackendChoice, ClassInfo, InputSpec, ModelSpec};
 
+use crate::config::Config;
+use crate::judge::decide::decide;
+
+/// Which of a model image's graphs runs (`[model] precision`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Precision {
+    /// INT8 where the execution provider runs it faster than fp32 (TensorRT); fp32 on ONNX
+    /// Runtime's CPU and CUDA providers and on tract, where the INT8 graph is slower (measured
+    /// in docs/performance.md) and, on tract, judges differently.
+    Auto,
+    /// The image's INT8 graph, whatever runs it.
+    Int8,
+    /// The image's fp32 graph.
+    Fp32,
+}
+
 /// The model image embedded in the binary (trained by `quantize/scripts/build-default-model.sh`).
 pub const EMBEDDED_IMAGE: &[u8] = include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../assets/default.bsimg"));
 pub const EMBEDDED_IMAGE_NAME: &str = "embedded default.bsimg";
@@ -25,8 +41,10 @@ pub struct LoadedModel {
     pub class_names: Arc<[String]>,
     /// Whether each class is a defect (indexed by class).
     pub defect_classes: Vec<bool>,
-    /// Which graph of the image runs: `default` or `fp32`.
+    /// Which graph of the image runs: `int8` or `fp32`.
     pub graph_name: String,
+    /// Which graph runs and why, for the start-up lines and `bench`: "fp32 (precision auto: ...)".
+    pub precision_note: String,
     pub backend: Box<dyn Backend>,
 }
 
@@ -35,7 +53,7 @@ impl LoadedModel {
     pub fn load(
         path: Option<&Path>,
         choice: BackendChoice,
-        prefer_fp32: bool,
+        precision: Precision,
         engine_cache_dir: Option<&Path>,
     ) -> Result<LoadedModel> {
         let (origin, image) = match path {
@@ -45,7 +63,7 @@ impl LoadedModel {
                 ModelImage::from_bytes(EMBEDDED_IMAGE, EMBEDDED_IMAGE_NAME)?,
             ),
         };
-        Self::from_image(origin, &image, choice, prefer_fp32, engine_cache_dir)
+        Self::from_image(origin, &image, choice, precision, engine_cache_dir)
     }
 
     /// Loads the model image that is active in the slots under `state_dir` (what `bedsight image
@@ -60,7 +78,7 @@ impl LoadedModel {
     pub fn load_active(
         state_dir: &Path,
         choice: BackendChoice,
-        prefer_fp32: bool,
+        precision: Precision,
     ) -> Result<Option<(LoadedModel, ActiveGeneration)>> {
         let slots = Slots::open(state_dir)?;
         let Some((slot, path, status)) = slots.active_image()? else {
@@ -76,7 +94,7 @@ impl LoadedModel {
             );
         }
         let origin = format!("slot {slot} ({})", path.display());
-        let model = Self::from_image(origin, &image, choice, prefer_fp32, Some(&engine_cache_dir(state_dir)))?;
+        let model = Self::from_image(origin, &image, choice, precision, Some(&engine_cache_dir(state_dir)))?;
         Ok(Some((
             model,
             ActiveGeneration {
@@ -86,24 +104,89 @@ impl LoadedModel {
         )))
     }
 
-    /// Loads the graph of a verified model image; `origin` names it in errors.
+    /// Loads the graph of a verified model image that `precision` chooses (see [`Precision`]);
+    /// `origin` names it in errors.
     pub fn from_image(
         origin: String,
         image: &ModelImage,
         choice: BackendChoice,
-        prefer_fp32: bool,
+        precision: Precision,
         engine_cache_dir: Option<&Path>,
     ) -> Result<LoadedModel> {
-        let (graph_name, graph) = if prefer_fp32 {
-            ("fp32", image.fp32_graph())
-        } else {
-            ("default", image.default_graph())
+        let int8 = (image.manifest.graphs.default != image.manifest.graphs.fp32).then(|| image.default_graph());
+        Self::from_graphs(
+            origin,
+            &image.manifest,
+            int8,
+            image.fp32_graph(),
+            choice,
+            precision,
+            engine_cache_dir,
+        )
+    }
+
+    /// [`LoadedModel::from_image`] on graphs given as bytes: the INT8 one if there is one, and the
+    /// fp32 one.
+    pub fn from_graphs(
+        origin: String,
+        manifest: &Manifest,
+        int8_graph: Option<&[u8]>,
+        fp32_graph: &[u8],
+        choice: BackendChoice,
+        precision: Precision,
+        engine_cache_dir: Option<&Path>,
+    ) -> Result<LoadedModel> {
+        let has_int8 = int8_graph.is_some();
+        let load = |name: &str, graph: &[u8]| {
+            let file = if name == "fp32" {
+                &manifest.graphs.fp32
+            } else {
+                &manifest.graphs.default
+            };
+            Self::from_graph(origin.clone(), manifest, name, graph, choice, engine_cache_dir).with_context(
+                || match file.is_empty() {
+                    true => format!("its {name} graph"),
+                    false => format!("its {name} graph ({file})"),
+                },
+            )
         };
-        Self::from_graph(origin, &image.manifest, graph_name, graph, choice, engine_cache_dir)
+        let fp32 = || load("fp32", fp32_graph);
+        let int8 = || load("int8", int8_graph.unwrap_or_default());
+        let (mut model, note) = match precision {
+            Precision::Fp32 => (fp32()?, "precision = \"fp32\"".to_string()),
+            Precision::Int8 if !has_int8 => {
+                bail!("model image {origin}: it holds no INT8 graph, and precision = \"int8\" asks for one; use auto or fp32")
+            }
+            Precision::Int8 => (int8()?, "precision = \"int8\"".to_string()),
+            Precision::Auto if !has_int8 => (fp32()?, "precision auto: the image holds no INT8 graph".to_string()),
+            Precision::Auto if models::tensorrt_built_in(choice) => {
+                let model = int8()?;
+                if model.backend.info().execution_provider == "TensorRT" {
+                    (model, "precision auto: TensorRT runs INT8 faster than fp32".to_string())
+                } else {
+                    let provider = model.backend_label();
+                    drop(model);
+                    let note = format!(
+                        "precision auto: TensorRT did not take the session, and on {provider} INT8 is slower than fp32"
+                    );
+                    (fp32()?, note)
+                }
+            }
+            Precision::Auto => {
+                let model = fp32()?;
+                let note = format!(
+                    "precision auto: on {} the INT8 graph is slower than fp32; INT8 runs on TensorRT",
+                    model.backend_label()
+                );
+                (model, note)
+            }
+        };
+        model.precision_note = format!("{} graph ({note})", model.graph_name);
+        Ok(model)
     }
 
     /// Loads `graph` (ONNX bytes) described by `manifest`; `graph_name` says which of the
-    /// image's graphs it is (`default`, `fp32`, ...). `origin` names it in errors.
+    /// image's graphs it is (`int8`, `fp32`). `origin` names it in errors.
     pub fn from_graph(
         origin: String,
         manifest: &Manifest,
@@ -124,6 +207,7 @@ impl LoadedModel {
             defect_classes: spec.classes.iter().map(|c| c.defect).collect(),
             spec,
             graph_name: graph_name.to_string(),
+            precision_note: format!("{graph_name} graph"),
             backend,
         })
     }
@@ -131,9 +215,10 @@ impl LoadedModel {
     /// Runs an image's golden self-test through the real pipeline maths: the input layer
     /// (`selftest/input.png`) through `models::preprocess_gray` (or `preprocess` for colour
     /// models), this model's backend and `models::fuse`, then compares the argmax mask with
-    /// `selftest/expected_mask.png` pixel by pixel. Returns the share that agrees; the caller
-    /// (`images::Slots::install`) decides whether that is enough.
-    pub fn selftest(&mut self, image: &ModelImage) -> Result<SelfTestOutcome> {
+    /// `selftest/expected_mask.png`: the share of pixels that agree, the IoU of each defect class
+    /// (the caller, `images::Slots::install`, decides whether they are enough), and the verdict
+    /// that `config`'s rules give on each mask, which must be the same (an error otherwise).
+    pub fn selftest(&mut self, image: &ModelImage, config: &Config) -> Result<SelfTestOutcome> {
         let (input_png, expected_png) = image
             .selftest()
             .with_context(|| format!("model image {}: it holds no self-test sample", image.path.display()))?;
@@ -166,19 +251,77 @@ impl LoadedModel {
             .with_context(|| format!("model image {origin}: running the self-test input"))?;
         let mut fused = models::Fused::new(input.width as usize, input.height as usize, self.spec.classes.len());
         models::fuse(&logits, self.spec.members, &self.spec.temperatures, &mut fused);
-        let agreeing = fused
-            .mask
-            .iter()
-            .zip(expected.as_raw())
-            .filter(|(got, want)| got == want)
-            .count();
+        let want = expected.as_raw();
+        let agreeing = fused.mask.iter().zip(want).filter(|(got, want)| got == want).count();
         let pixels = fused.mask.len();
-        Ok(SelfTestOutcome {
+
+        let class_iou = self
+            .spec
+            .classes
+            .iter()
+            .enumerate()
+            .filter(|(_, class)| class.defect)
+            .filter_map(|(index, _)| {
+                let class = index as u8;
+                let (mut got, mut wanted, mut both) = (0u64, 0u64, 0u64);
+                for (g, w) in fused.mask.iter().zip(want) {
+                    got += u64::from(*g == class);
+                    wanted += u64::from(*w == class);
+                    both += u64::from(*g == class && *w == class);
+                }
+                (got.max(wanted) >= images::SELFTEST_CLASS_MIN_PIXELS).then(|| {
+                    (
+                        self.class_names[index].clone(),
+                        both as f64 / (got + wanted - both) as f64,
+                    )
+                })
+            })
+            .collect();
+
+        let outcome = SelfTestOutcome {
             agreement: agreeing as f64 / pixels.max(1) as f64,
             pixels: pixels as u64,
             backend: self.backend_label(),
             graph: self.graph_name.clone(),
-        })
+            class_iou,
+        };
+        if outcome.failure().is_some() {
+            // The pixels already disagree; the caller refuses with the figures.
+            return Ok(outcome);
+        }
+
+        // The verdict by the rules on either mask, with the same uncertainty map.
+        let mut expected_fused = fused.clone();
+        expected_fused.mask.copy_from_slice(want);
+        let got_decision = self.decide_on(&fused, config);
+        let expected_decision = self.decide_on(&expected_fused, config);
+        if got_decision.verdict != expected_decision.verdict {
+            bail!(
+                "model image {origin}: the self-test input is judged {} ({}) where selftest/expected_mask.png gives {} ({}), by the rules of the configuration",
+                got_decision.verdict,
+                reasons_or_none(&got_decision.reasons),
+                expected_decision.verdict,
+                reasons_or_none(&expected_decision.reasons)
+            );
+        }
+        Ok(outcome)
+    }
+
+    /// The rules' decision on a fused mask (measured as the pipeline measures a layer).
+    fn decide_on(&self, fused: &models::Fused, config: &Config) -> crate::judge::decide::Decision {
+        let input = &self.spec.input;
+        let mm_per_px = crate::judge::pipeline::pixel_pitch_mm(config, input.width, input.height);
+        let mut buffers = models::MeasureBuffers::for_pixels(fused.mask.len());
+        let mut defects = Vec::new();
+        models::measure_into(
+            fused,
+            &self.spec.classes,
+            mm_per_px,
+            config.model.min_defect_area_px,
+            &mut buffers,
+            &mut defects,
+        );
+        decide(config, &self.class_names, &self.defect_classes, &defects, fused)
     }
 
     /// "ort (CPU)" or "tract".
@@ -200,6 +343,14 @@ impl LoadedModel {
                 None => bail!("model {}: no class {name:?}", self.origin),
             })
             .collect()
+    }
+}
+
+fn reasons_or_none(reasons: &[String]) -> String {
+    if reasons.is_empty() {
+        "no rule fired".to_string()
+    } else {
+        reasons.join("; ")
     }
 }
 
@@ -247,9 +398,11 @@ mod tests {
     #[test]
     fn an_installed_image_self_tests_and_loads_as_the_active_model() {
         let state = tempfile::tempdir().unwrap();
-        assert!(LoadedModel::load_active(state.path(), BackendChoice::Tract, false)
-            .unwrap()
-            .is_none());
+        assert!(
+            LoadedModel::load_active(state.path(), BackendChoice::Tract, Precision::Auto)
+                .unwrap()
+                .is_none()
+        );
         let archive = state.path().join("default.bsimg");
         std::fs::write(&archive, EMBEDDED_IMAGE).unwrap();
         let image = ModelImage::open(&archive).unwrap();
@@ -260,11 +413,13 @@ mod tests {
                     staged.display().to_string(),
                     staged_image,
                     BackendChoice::Tract,
-                    false,
+                    Precision::Auto,
                     None,
                 )
                 .map_err(|e| format!("{e:#}"))?;
-                model.selftest(staged_image).map_err(|e| format!("{e:#}"))
+                model
+                    .selftest(staged_image, &Config::embedded())
+                    .map_err(|e| format!("{e:#}"))
             })
             .unwrap();
         assert!(
@@ -274,7 +429,7 @@ mod tests {
         );
         assert_eq!(report.status.backend, "tract");
 
-        let (model, generation) = LoadedModel::load_active(state.path(), BackendChoice::Tract, false)
+        let (model, generation) = LoadedModel::load_active(state.path(), BackendChoice::Tract, Precision::Auto)
             .unwrap()
             .unwrap();
         assert_eq!(generation, images::active_generation(state.path()).unwrap().unwrap());

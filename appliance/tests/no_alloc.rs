@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use appliance::config::Config;
 use appliance::judge::decide::decide;
 use appliance::judge::pipeline::Pipeline;
-use appliance::model::LoadedModel;
+use appliance::model::{LoadedModel, Precision};
 use image::DynamicImage;
 use models::BackendChoice;
 
@@ -100,7 +100,7 @@ fn check_backend(choice: BackendChoice) {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     let frames = sample_frames();
-    let model = LoadedModel::load(None, choice, false, None).unwrap();
+    let model = LoadedModel::load(None, choice, Precision::Auto, None).unwrap();
     let mut pipeline = Pipeline::new(Config::embedded(), model, "embedded").unwrap();
     // Warm-up: every frame once, so every buffer has met the largest layer.
     let mut verdicts = Vec::new();

@@ -39,7 +39,7 @@ pub use manifest::{
 };
 pub use slots::{
     active_generation, ActiveGeneration, InstallReport, SelfTestOutcome, Slot, SlotStatus, SlotView, Slots,
-    SELFTEST_MIN_AGREEMENT,
+    SELFTEST_CLASS_MIN_PIXELS, SELFTEST_MIN_AGREEMENT, SELFTEST_MIN_CLASS_IOU,
 };
 
 /// The ed25519 types that appear in this API, re-exported so that users need not depend on

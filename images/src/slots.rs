@@ -20,6 +20,7 @@
 //! This module knows files and the format only: the self-test (which runs the graph) is a
 //! callback that the appliance passes in, so `images` stays free of any inference engine.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -33,6 +34,13 @@ use crate::{ImageError, ModelImage, ENTRY_MANIFEST, ENTRY_SIGNATURE};
 
 /// The least share of pixels on which the self-test's mask must equal the expected mask.
 pub const SELFTEST_MIN_AGREEMENT: f64 = 0.99;
+/// The least IoU of each defect class between the self-test's mask and the expected mask. The
+/// pixel share alone would pass a graph that lost every defect pixel: the background is most of
+/// the bed.
+pub const SELFTEST_MIN_CLASS_IOU: f64 = 0.8;
+/// A defect class is compared by IoU when either mask holds at least this many of its pixels;
+/// below it, a few pixels at a defect's edge would decide the IoU.
+pub const SELFTEST_CLASS_MIN_PIXELS: u64 = 50;
 /// The archive as installed, kept in each slot (what [`Slots::active_image`] loads).
 pub const SLOT_IMAGE_FILE: &str = "image.bsimg";
 /// What install found, kept in each slot.
@@ -107,8 +115,12 @@ pub struct SlotStatus {
     pub selftest_pixels: u64,
     /// The backend the self-test ran on, e.g. "ort (TensorRT)" or "tract".
     pub backend: String,
-    /// Which graph of the image ran: "default" or "fp32".
+    /// Which graph of the image ran: "int8" or "fp32".
     pub graph: String,
+    /// IoU of each defect class compared by the self-test ([`SELFTEST_CLASS_MIN_PIXELS`]);
+    /// absent in a status written before it was measured.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selftest_class_iou: BTreeMap<String, f64>,
     /// The owner of the trusted key that verified the signature; absent for an unsigned image
     /// (installed because the configuration allows unsigned images).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,9 +128,13 @@ pub struct SlotStatus {
 }
 
 impl SlotStatus {
-    /// Whether the self-test passed ([`SELFTEST_MIN_AGREEMENT`]).
+    /// Whether the self-test passed ([`SELFTEST_MIN_AGREEMENT`], [`SELFTEST_MIN_CLASS_IOU`]).
     pub fn selftest_passed(&self) -> bool {
         self.selftest_agreement >= SELFTEST_MIN_AGREEMENT
+            && self
+                .selftest_class_iou
+                .values()
+                .all(|iou| *iou >= SELFTEST_MIN_CLASS_IOU)
     }
 }
 
@@ -131,8 +147,41 @@ pub struct SelfTestOutcome {
     pub pixels: u64,
     /// The backend the graph ran on.
     pub backend: String,
-    /// Which graph ran: "default" or "fp32".
+    /// Which graph ran: "int8" or "fp32".
     pub graph: String,
+    /// IoU with the expected mask of each defect class that either mask holds at least
+    /// [`SELFTEST_CLASS_MIN_PIXELS`] pixels of.
+    pub class_iou: BTreeMap<String, f64>,
+}
+
+impl SelfTestOutcome {
+    /// Why this outcome fails the self-test, if it does: too few pixels agree, or a defect class
+    /// was lost, moved or invented.
+    pub fn failure(&self) -> Option<String> {
+        if self.agreement.is_nan() || self.agreement < SELFTEST_MIN_AGREEMENT {
+            return Some(format!(
+                "the golden input gave a mask that agrees with selftest/expected_mask.png on \
+                 {:.2}% of {} pixels, at least {:.0}% is required",
+                self.agreement * 100.0,
+                self.pixels,
+                SELFTEST_MIN_AGREEMENT * 100.0
+            ));
+        }
+        let poor: Vec<String> = self
+            .class_iou
+            .iter()
+            .filter(|(_, iou)| iou.is_nan() || **iou < SELFTEST_MIN_CLASS_IOU)
+            .map(|(class, iou)| format!("{class} IoU {iou:.2}"))
+            .collect();
+        if !poor.is_empty() {
+            return Some(format!(
+                "the golden input's defects differ from selftest/expected_mask.png: {} (at least {:.2} required per defect class)",
+                poor.join(", "),
+                SELFTEST_MIN_CLASS_IOU
+            ));
+        }
+        None
+    }
 }
 
 /// Which image is active: what a running loop compares between layers to see a new image.
@@ -401,16 +450,10 @@ impl Slots {
             path: image.path.clone(),
             problem,
         })?;
-        if outcome.agreement.is_nan() || outcome.agreement < SELFTEST_MIN_AGREEMENT {
+        if let Some(problem) = outcome.failure() {
             return Err(ImageError::SelfTest {
                 path: image.path.clone(),
-                problem: format!(
-                    "the golden input gave a mask that agrees with selftest/expected_mask.png on \
-                     {:.2}% of {} pixels, at least {:.0}% is required",
-                    outcome.agreement * 100.0,
-                    outcome.pixels,
-                    SELFTEST_MIN_AGREEMENT * 100.0
-                ),
+                problem,
             });
         }
         let status = SlotStatus {
@@ -422,6 +465,7 @@ impl Slots {
             selftest_pixels: outcome.pixels,
             backend: outcome.backend,
             graph: outcome.graph,
+            selftest_class_iou: outcome.class_iou,
             signed_by: signed_by.map(str::to_string),
         };
         let status_path = staging.join(SLOT_STATUS_FILE);

@@ -1,6 +1,7 @@
 //! A/B slots: install into the idle slot, atomic pointers, rollback, refusal on a failed
 //! self-test, and recovery after an install killed between unpack and switch.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,8 @@ fn passing(_: &Path, _: &ModelImage) -> Result<SelfTestOutcome, String> {
         agreement: 1.0,
         pixels: 64,
         backend: "test".into(),
-        graph: "default".into(),
+        graph: "int8".into(),
+        class_iou: BTreeMap::from([("streaking".to_string(), 0.93)]),
     })
 }
 
@@ -110,6 +112,10 @@ fn install_unpacks_into_slot_a_then_b_and_switches_atomically() {
     assert_eq!(status.manifest_sha256, first.manifest_sha256());
     assert_eq!(status.signed_by.as_deref(), Some("alice"));
     assert!(status.selftest_passed());
+    assert_eq!(
+        status.selftest_class_iou,
+        BTreeMap::from([("streaking".to_string(), 0.93)])
+    );
     assert_eq!(
         active_generation(&state).unwrap().unwrap().manifest_sha256,
         first.manifest_sha256()
@@ -192,7 +198,8 @@ fn a_failed_self_test_changes_nothing() {
             agreement: 0.5,
             pixels: 64,
             backend: "test".into(),
-            graph: "default".into(),
+            graph: "int8".into(),
+            class_iou: BTreeMap::new(),
         })
     };
     let error = slots.install(&image(temp.path(), "3"), None, low).unwrap_err();
@@ -200,6 +207,28 @@ fn a_failed_self_test_changes_nothing() {
     let message = error.to_string();
     assert!(
         message.contains("50.00%") && message.contains("99%") && message.contains("not activated"),
+        "{message}"
+    );
+    assert_eq!(before, (tree(&state), fs::read(state.join("active")).unwrap()));
+
+    // 99.5% of the pixels agree, but the graph lost the streaks: the background hid it.
+    let lost_class = |_: &Path, _: &ModelImage| {
+        Ok(SelfTestOutcome {
+            agreement: 0.995,
+            pixels: 65_536,
+            backend: "test".into(),
+            graph: "int8".into(),
+            class_iou: BTreeMap::from([("streaking".to_string(), 0.0), ("incompleteness".to_string(), 0.91)]),
+        })
+    };
+    let message = slots
+        .install(&image(temp.path(), "3"), None, lost_class)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        message.contains("streaking IoU 0.00")
+            && !message.contains("incompleteness")
+            && message.contains("0.80 required"),
         "{message}"
     );
     assert_eq!(before, (tree(&state), fs::read(state.join("active")).unwrap()));

@@ -28,7 +28,7 @@ pub mod preprocess;
 pub mod refine;
 pub mod spec;
 
-pub use backend::{find_onnxruntime, load_backend, Backend, BackendChoice, BackendInfo};
+pub use backend::{find_onnxruntime, load_backend, tensorrt_built_in, Backend, BackendChoice, BackendInfo};
 pub use classify::{layer_probabilities, most_probable};
 pub use components::Labeller;
 pub use error::ModelError;

@@ -27,7 +27,8 @@ the tail of every folder); the hand-labelled figures are over the hand-labelled 
 split they are in (each layer record says which).
 
 Why through the binary: the box's figure is what matters, and the box is not the Python model.
-It resizes the frame itself, runs the INT8 graph by default, fuses the members, refines, drops
+It resizes the frame itself, runs the graph the box runs (`[model] precision = "auto"`: fp32 on
+these CPUs, INT8 on TensorRT), fuses the members, refines, drops
 components below min_defect_area_px, applies the configured rules, the uncertainty gate and the
 layer-head call. A figure computed by Python inference would miss any of those, and any drift
 between the two implementations. So the photographs are written out as the camera would deliver

@@ -1,4 +1,5 @@
-"""The packed model image runs in the appliance (`bedsight analyze`), INT8 graph by default.
+"""The packed model image runs in the appliance (`bedsight analyze`): the graph `[model] precision`
+chooses (fp32 on these CPUs).
 
 These tests need the `bedsight` binary (the project's test command builds it and sets
 BEDSIGHT_BIN); without one they fail and say how to build it."""

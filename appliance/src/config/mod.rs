@@ -39,7 +39,7 @@ pub use frame_check::{FrameCheckConfig, OcclusionAction};
 pub use images::ImagesConfig;
 pub use journal::JournalConfig;
 pub use layer_classifier::LayerClassifierConfig;
-pub use model::{parse_backend, ModelConfig};
+pub use model::{parse_backend, parse_precision, ModelConfig};
 pub use plc::{GpioConfig, ModbusRtuConfig, ModbusTcpConfig, PlcConfig, SerialLineConfig};
 pub use recoat::{RecoatConfig, DEFAULT_RECOAT_FIXABLE};
 pub use record::RecordConfig;

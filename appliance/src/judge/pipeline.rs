@@ -119,7 +119,7 @@ impl Pipeline {
         config_path: Option<&Path>,
         model_path: Option<&Path>,
         backend: Option<&str>,
-        fp32: bool,
+        precision: Option<&str>,
     ) -> Result<Pipeline> {
         let (config, origin) = match config_path {
             Some(path) => (Config::load(path)?, path.display().to_string()),
@@ -130,7 +130,11 @@ impl Pipeline {
             None => config.backend_choice(),
         };
         let model_path = model_path.map(Path::to_path_buf).or_else(|| config.model.image.clone());
-        let model = LoadedModel::load(model_path.as_deref(), choice, fp32 || config.model.prefer_fp32, None)?;
+        let precision = match precision {
+            Some(word) => crate::config::parse_precision(word).context("--precision")?,
+            None => config.model.precision(),
+        };
+        let model = LoadedModel::load(model_path.as_deref(), choice, precision, None)?;
         Pipeline::new(config, model, &origin)
     }
 
@@ -411,7 +415,7 @@ fn grey_into(frame: &DynamicImage, grey: &mut GrayImage) {
 
 /// The bed's millimetres per pixel once rectified to the model's input size. A bed that is not
 /// square has two pitches; areas use their product, lengths the mean.
-fn pixel_pitch_mm(config: &Config, width: u32, height: u32) -> f64 {
+pub(crate) fn pixel_pitch_mm(config: &Config, width: u32, height: u32) -> f64 {
     let along_x = config.bed.width_mm / width as f64;
     let along_y = config.bed.height_mm / height as f64;
     (along_x * along_y).sqrt()

@@ -72,14 +72,14 @@ fn load_pipeline(
             Some(word) => crate::config::parse_backend(word).context("--backend")?,
             None => config.backend_choice(),
         };
-        if let Some((model, generation)) = LoadedModel::load_active(state_dir, choice, config.model.prefer_fp32)? {
+        if let Some((model, generation)) = LoadedModel::load_active(state_dir, choice, config.model.precision())? {
             return Ok((
                 Pipeline::new(config, model, &config_path.display().to_string())?,
                 Some(generation),
             ));
         }
     }
-    Ok((Pipeline::load(Some(config_path), None, backend, false)?, None))
+    Ok((Pipeline::load(Some(config_path), None, backend, None)?, None))
 }
 
 /// Between layers: when a new image has been activated in the slots, load it and run the next
@@ -100,11 +100,12 @@ fn follow_active_image(
     match load_pipeline(config_path, backend, state_dir) {
         Ok((next, next_generation)) => {
             println!(
-                "model: now {} {} from slot {} on {}",
+                "model: now {} {} from slot {} on {}, {}",
                 next.model.name,
                 next.model.version,
                 active.slot,
-                next.model.backend_label()
+                next.model.backend_label(),
+                next.model.precision_note
             );
             *pipeline = next;
             *generation = next_generation;
@@ -141,10 +142,11 @@ pub(super) fn analysis_thread(
         }
     };
     let label = format!(
-        "{} {} on {}",
+        "{} {} on {}, {}",
         pipeline.model.name,
         pipeline.model.version,
-        pipeline.model.backend_label()
+        pipeline.model.backend_label(),
+        pipeline.model.precision_note
     );
     if events.send(AnalysisEvent::Started(Ok(label))).is_err() {
         return;

@@ -109,6 +109,20 @@ pub fn load_backend(
     }
 }
 
+/// Whether the ONNX Runtime that `choice` would load has the TensorRT execution provider built
+/// in. It may still not take a session (no GPU, no TensorRT libraries): the loaded backend's
+/// [`BackendInfo::execution_provider`] says what did. False for tract and when no ONNX Runtime
+/// library is found or loads.
+pub fn tensorrt_built_in(choice: BackendChoice) -> bool {
+    if choice == BackendChoice::Tract {
+        return false;
+    }
+    match locate_onnxruntime() {
+        Ok(library) => ort::tensorrt_built_in(&library),
+        Err(_) => false,
+    }
+}
+
 /// The ONNX Runtime shared library to load, if there is one:
 /// 1. `ORT_DYLIB_PATH` when it is set (and then only it: a path set there that does not exist
 ///    gives `None`, never some other library);

@@ -68,6 +68,12 @@ pub fn load_runtime(library: &Path) -> Result<(Environment, PathBuf), ModelError
     Ok((environment, library.to_path_buf()))
 }
 
+/// Whether the ONNX Runtime library at `library` loads and lists TensorRT among its execution
+/// providers.
+pub fn tensorrt_built_in(library: &Path) -> bool {
+    load_runtime(library).is_ok() && <ep::TensorRT as ExecutionProvider>::is_available().unwrap_or(false)
+}
+
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<String>()

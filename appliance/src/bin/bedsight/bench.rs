@@ -29,7 +29,7 @@ use serde::Serialize;
 use appliance::config::Config;
 use appliance::judge::defect_map::Footprint;
 use appliance::judge::pipeline::Pipeline;
-use appliance::model::{spec_of, LoadedModel};
+use appliance::model::{spec_of, LoadedModel, Precision};
 use appliance::record::journal::{DefectRecord, Journal, LayerRecord};
 use appliance::record::layer_images::{ImageStore, JudgedLayer, LayerSnapshot, LayerVerdict};
 
@@ -188,6 +188,7 @@ struct StageRow {
 #[derive(Debug, Serialize)]
 struct StageReport {
     runner: String,
+    /// The graph the box runs on this backend and why ("fp32 graph (precision auto: ...)").
     graph: String,
     stages: Vec<StageRow>,
     layer_median_ms: f64,
@@ -700,12 +701,18 @@ fn stage_times(
         frame.save(replay_folder.join(format!("layer-{index:04}.png")))?;
     }
     let mut camera = ReplayCamera::from_folder(&replay_folder)?.repeating(true);
-    let (graph_name, graph) = match &model.int8 {
-        Some(int8) => ("default", int8.as_slice()),
-        None => ("fp32", model.fp32.as_slice()),
-    };
-    let loaded = LoadedModel::from_graph(model.origin.clone(), &model.manifest, graph_name, graph, choice, None)?;
+    // The graph the box would run on this backend (`[model] precision = "auto"`).
+    let loaded = LoadedModel::from_graphs(
+        model.origin.clone(),
+        &model.manifest,
+        model.int8.as_deref(),
+        &model.fp32,
+        choice,
+        Precision::Auto,
+        None,
+    )?;
     let runner = loaded.backend_label();
+    let graph_name = loaded.precision_note.clone();
     let mut pipeline = Pipeline::new(config, loaded, "embedded bedsight.toml, commissioned")?;
     let (mut journal, _) = Journal::open(&scratch.join("journal.bsj"))?;
 
@@ -827,7 +834,7 @@ fn stage_times(
     let infer_share = stages.iter().find(|s| s.stage == "infer").map_or(0.0, |s| s.share);
     Ok(StageReport {
         runner,
-        graph: graph_name.to_string(),
+        graph: graph_name,
         stages,
         layer_median_ms: layer_ms,
         around_model_share: 1.0 - infer_share,
@@ -900,7 +907,7 @@ fn print_model(report: &ModelReport) {
     if let Some(stages) = &report.stages {
         let _ = writeln!(
             out,
-            "  stages of a layer ({}, {} graph), median over {} layers:",
+            "  stages of a layer ({}, {}), median over {} layers:",
             stages.runner, stages.graph, stages.stages[0].spread.runs
         );
         let _ = writeln!(

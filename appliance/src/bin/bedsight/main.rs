@@ -44,9 +44,9 @@ enum Command {
         /// auto, ort or tract; overrides the configuration.
         #[arg(long)]
         backend: Option<String>,
-        /// Run the image's fp32 graph instead of its default (INT8) one.
+        /// Which graph runs: auto, int8 or fp32; overrides the configuration's [model] precision.
         #[arg(long)]
-        fp32: bool,
+        precision: Option<String>,
         /// One JSON object per image, one per line.
         #[arg(long)]
         json: bool,
@@ -202,9 +202,10 @@ enum ImageCommand {
         /// auto, ort or tract (the backend the box runs); overrides the configuration.
         #[arg(long)]
         backend: Option<String>,
-        /// Self-test the fp32 graph instead of the default (INT8) one.
+        /// Which graph the box runs (auto, int8 or fp32); overrides the configuration's [model]
+        /// precision. Every graph the box may run is self-tested either way.
         #[arg(long)]
-        fp32: bool,
+        precision: Option<String>,
     },
     /// Switch back to the model image that was active before the last install or rollback.
     Rollback {
@@ -244,12 +245,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             model,
             config,
             backend,
-            fp32,
+            precision,
             json,
             out,
             images,
         } => {
-            let mut pipeline = Pipeline::load(config.as_deref(), model.as_deref(), backend.as_deref(), fp32)?;
+            let mut pipeline = Pipeline::load(
+                config.as_deref(),
+                model.as_deref(),
+                backend.as_deref(),
+                precision.as_deref(),
+            )?;
             let failed = analyze::analyze(&mut pipeline, &images, json, out.as_deref())?;
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
@@ -287,7 +293,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo { out, build, backend } => {
-            let mut pipeline = Pipeline::load(None, None, backend.as_deref(), false)?;
+            let mut pipeline = Pipeline::load(None, None, backend.as_deref(), None)?;
             demo::demo(&mut pipeline, &out, build == "real")?;
             Ok(ExitCode::SUCCESS)
         }
@@ -319,14 +325,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     trusted_keys,
                     config,
                     backend,
-                    fp32,
+                    precision,
                 } => model_image::install(&model_image::InstallArgs {
                     image: &image,
                     state_dir: &state_dir,
                     trusted_keys: trusted_keys.as_deref(),
                     config: config.as_deref(),
                     backend: backend.as_deref(),
-                    fp32,
+                    precision: precision.as_deref(),
                 })?,
                 ImageCommand::Rollback { state_dir } => model_image::rollback(&state_dir)?,
                 ImageCommand::List { state_dir } => model_image::list(&state_dir)?,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
-use images::{Manifest, ModelImage, PackInput, Slots};
+use images::{Manifest, ModelImage, PackInput, SelfTestOutcome, Slots};
 use models::BackendChoice;
 
 use appliance::config::{self, Config};
@@ -50,13 +50,33 @@ pub fn pack(args: &PackArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads the default and the fp32 graph of an image with tract (always present, exact shapes),
-/// which checks their input and output shapes against the manifest.
+/// Loads every graph of an image (the INT8 one when it has one, and the fp32 one) with tract
+/// (always present, exact shapes), which checks their input and output shapes against the
+/// manifest.
 fn check_graphs(path: &Path) -> Result<()> {
-    for prefer_fp32 in [false, true] {
-        LoadedModel::load(Some(path), BackendChoice::Tract, prefer_fp32, None)?;
+    let image = ModelImage::open(path)?;
+    for (name, graph) in graphs_of(&image) {
+        LoadedModel::from_graph(
+            path.display().to_string(),
+            &image.manifest,
+            name,
+            graph,
+            BackendChoice::Tract,
+            None,
+        )
+        .with_context(|| format!("its {name} graph"))?;
     }
     Ok(())
+}
+
+/// An image's graphs by name: `int8` (when it has one) and `fp32`.
+fn graphs_of(image: &ModelImage) -> Vec<(&'static str, &[u8])> {
+    let mut graphs = Vec::new();
+    if image.manifest.graphs.default != image.manifest.graphs.fp32 {
+        graphs.push(("int8", image.default_graph()));
+    }
+    graphs.push(("fp32", image.fp32_graph()));
+    graphs
 }
 
 /// Checks hashes (on open), the signature when trusted keys are given, and the graphs' shapes.
@@ -168,7 +188,7 @@ pub struct InstallArgs<'a> {
     pub trusted_keys: Option<&'a Path>,
     pub config: Option<&'a Path>,
     pub backend: Option<&'a str>,
-    pub fp32: bool,
+    pub precision: Option<&'a str>,
 }
 
 /// `bedsight image install`: verify (hashes, signature against the trusted keys), unpack into
@@ -182,7 +202,10 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         Some(word) => config::parse_backend(word).context("--backend")?,
         None => config.backend_choice(),
     };
-    let prefer_fp32 = args.fp32 || config.model.prefer_fp32;
+    let precision = match args.precision {
+        Some(word) => config::parse_precision(word).context("--precision")?,
+        None => config.model.precision(),
+    };
     let mut slots = Slots::open(args.state_dir)?;
     report_recovery(&slots);
 
@@ -227,49 +250,48 @@ pub fn install(args: &InstallArgs) -> Result<()> {
             std::process::abort();
         }
         println!("install: loading {} with the box's backend", staged.display());
-        let mut model = LoadedModel::from_image(staged.display().to_string(), staged_image, choice, prefer_fp32, Some(&cache_dir))
-            .map_err(|error| format!("the graph does not load: {error:#}"))?;
+        let mut model = LoadedModel::from_image(
+            staged.display().to_string(),
+            staged_image,
+            choice,
+            precision,
+            Some(&cache_dir),
+        )
+        .map_err(|error| format!("the graph does not load: {error:#}"))?;
         // TensorRT has built its engine into the cache by now, so the first layer after
         // activation does not wait for it.
-        println!("install: loaded on {} ({} graph)", model.backend_label(), model.graph_name);
-        let outcome = model.selftest(staged_image).map_err(|error| format!("{error:#}"))?;
-        println!(
-            "install: self-test on {}, {} graph: {:.2}% of {} pixels agree with the expected mask (at least {:.0}% required)",
-            outcome.backend,
-            outcome.graph,
-            outcome.agreement * 100.0,
-            outcome.pixels,
-            images::SELFTEST_MIN_AGREEMENT * 100.0
-        );
-        // The box may run the other graph too (prefer_fp32, or a backend that falls back to
-        // it): it loads and passes the same self-test, or nothing is installed.
-        let graphs = &staged_image.manifest.graphs;
-        let (other_name, other_file) = if model.graph_name == "fp32" {
-            ("default", &graphs.default)
-        } else {
-            ("fp32", &graphs.fp32)
-        };
-        let other = LoadedModel::from_image(staged.display().to_string(), staged_image, choice, !prefer_fp32, Some(&cache_dir));
-        match other {
-            Ok(mut other) if other.graph_name != model.graph_name => {
-                let second = other.selftest(staged_image).map_err(|error| format!("{error:#}"))?;
-                println!(
-                    "install: self-test of the {} graph too: {:.2}% of {} pixels agree",
-                    second.graph,
-                    second.agreement * 100.0,
-                    second.pixels
-                );
-                if second.agreement < images::SELFTEST_MIN_AGREEMENT {
-                    return Err(format!(
-                        "self-test failed on the {} graph: {:.2}% of the pixels agree with selftest/expected_mask.png (at least {:.0}% required)",
-                        second.graph,
-                        second.agreement * 100.0,
-                        images::SELFTEST_MIN_AGREEMENT * 100.0
-                    ));
-                }
+        println!("install: loaded on {}, {}", model.backend_label(), model.precision_note);
+        let outcome = model
+            .selftest(staged_image, &config)
+            .map_err(|error| format!("{error:#}"))?;
+        print_selftest(&outcome);
+        // The box may run the image's other graph too (another precision, or TensorRT not
+        // taking a session): it loads and passes the same self-test, or nothing is installed.
+        for (name, graph) in graphs_of(staged_image) {
+            if name == model.graph_name {
+                continue;
             }
-            Ok(_) => {}
-            Err(error) => return Err(format!("the {other_name} graph ({other_file}) does not load: {error:#}")),
+            let file = if name == "fp32" {
+                &staged_image.manifest.graphs.fp32
+            } else {
+                &staged_image.manifest.graphs.default
+            };
+            let mut other = LoadedModel::from_graph(
+                staged.display().to_string(),
+                &staged_image.manifest,
+                name,
+                graph,
+                choice,
+                Some(&cache_dir),
+            )
+            .map_err(|error| format!("the {name} graph ({file}) does not load: {error:#}"))?;
+            let second = other
+                .selftest(staged_image, &config)
+                .map_err(|error| format!("the {name} graph: {error:#}"))?;
+            print_selftest(&second);
+            if let Some(problem) = second.failure() {
+                return Err(format!("self-test failed on the {name} graph: {problem}"));
+            }
         }
         Ok(outcome)
     });
@@ -286,6 +308,24 @@ pub fn install(args: &InstallArgs) -> Result<()> {
         ),
     }
     Ok(())
+}
+
+fn print_selftest(outcome: &SelfTestOutcome) {
+    let classes: Vec<String> = outcome
+        .class_iou
+        .iter()
+        .map(|(class, iou)| format!("{class} {iou:.3}"))
+        .collect();
+    println!(
+        "install: self-test on {}, {} graph: {:.2}% of {} pixels agree with the expected mask (at least {:.0}% required); defect IoU {} (at least {:.2} each); same verdict",
+        outcome.backend,
+        outcome.graph,
+        outcome.agreement * 100.0,
+        outcome.pixels,
+        images::SELFTEST_MIN_AGREEMENT * 100.0,
+        if classes.is_empty() { "none compared".to_string() } else { classes.join(", ") },
+        images::SELFTEST_MIN_CLASS_IOU
+    );
 }
 
 /// Adds "nothing was installed" to a refusal, so no one wonders what state the box is in.
