@@ -142,6 +142,17 @@ def empty_fp32_graph(kit, out):
     return write_tar(out, [("manifest.toml", manifest), *files.items(), ("manifest.sig", signature)])
 
 
+def domain_without_features(kit, out):
+    # A [domain] table (format 1.2) whose graph has no `features` output; signed, hashes right.
+    files = {m.name: data for m, data in entries(kit["v2"]) if m.name not in ("manifest.toml", "manifest.sig")}
+    text = re.sub(r'format_version = "1\.\d+"', 'format_version = "1.2"', training_manifest("2.0.0"))
+    text += ("\n[domain]\nfeature_size = 2\nmean = [0.0, 0.0]\ninverse_covariance = [1.0, 0.0, 0.0, 1.0]\n"
+             "threshold = 1.5\nthreshold_quantile = 0.99\nfit_layers = 100\nvalidation_layers = 20\n")
+    manifest = manifest_with_files(text, files).encode()
+    signature = ed25519_sign(kit["alice_key"], manifest)
+    return write_tar(out, [("manifest.toml", manifest), *files.items(), ("manifest.sig", signature)])
+
+
 def wrong_golden_mask(kit, out):
     from PIL import Image
     mask = out.with_suffix(".mask.png")
@@ -159,6 +170,7 @@ FAULTS = {
     "output shape disagrees with the graph": (shape_disagrees, ["members", "5", "3"]),
     "self-test fails": (wrong_golden_mask, ["self-test failed", "expected_mask.png", "99%"]),
     "the fp32 graph is 0 bytes": (empty_fp32_graph, ["fp32", "model.onnx"]),
+    "a [domain] table its graph does not have": (domain_without_features, ["[domain] table", "no output named `features`"]),
     "unknown major format version": (newer_major_format, ["manifest.toml", 'format_version "2.0" is not supported']),
 }
 

@@ -41,6 +41,8 @@ pub struct LoadedModel {
     pub class_names: Arc<[String]>,
     /// Whether each class is a defect (indexed by class).
     pub defect_classes: Vec<bool>,
+    /// The domain check's statistics (model format 1.2); `None` for an image without them.
+    pub domain: Option<images::DomainTable>,
     /// Which graph of the image runs: `int8` or `fp32`.
     pub graph_name: String,
     /// Which graph runs and why, for the start-up lines and `bench`: "fp32 (precision auto: ...)".
@@ -205,6 +207,7 @@ impl LoadedModel {
             architecture: manifest.architecture.clone(),
             class_names: spec.classes.iter().map(|c| c.name.clone()).collect(),
             defect_classes: spec.classes.iter().map(|c| c.defect).collect(),
+            domain: manifest.domain.clone(),
             spec,
             graph_name: graph_name.to_string(),
             precision_note: format!("{graph_name} graph"),
@@ -324,6 +327,19 @@ impl LoadedModel {
         decide(config, &self.class_names, &self.defect_classes, &defects, fused)
     }
 
+    /// Whether layers are checked against the training data, for the start-up lines.
+    pub fn domain_note(&self) -> String {
+        match &self.domain {
+            Some(domain) => format!(
+                "domain check on (threshold {:.2}: the {:.0}% quantile of {} validation layers' scores)",
+                domain.threshold,
+                domain.threshold_quantile * 100.0,
+                domain.validation_layers
+            ),
+            None => "no domain check (the image has no [domain] table: format 1.2 added it)".to_string(),
+        }
+    }
+
     /// "ort (CPU)" or "tract".
     pub fn backend_label(&self) -> String {
         let info = self.backend.info();
@@ -376,6 +392,7 @@ pub fn spec_of(manifest: &Manifest) -> ModelSpec {
         members: manifest.ensemble.members,
         temperatures: manifest.ensemble.temperatures.clone(),
         classes,
+        features: manifest.domain.as_ref().map(|domain| domain.feature_size),
         layer_head: manifest.layer_head.as_ref().map(|head| models::LayerHeadSpec {
             classes: head.classes.clone(),
             temperature: head.temperature,

@@ -16,9 +16,10 @@ use crate::ImageError;
 /// version is refused.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The minor format version this build writes. A higher minor version of the same major is read.
-pub const FORMAT_MINOR: u32 = 1;
-/// The `format_version` string this build writes. 1.1 added the optional `[layer_head]`.
-pub const FORMAT_VERSION: &str = "1.1";
+pub const FORMAT_MINOR: u32 = 2;
+/// The `format_version` string this build writes. 1.1 added the optional `[layer_head]`, 1.2 the
+/// optional `[domain]`.
+pub const FORMAT_VERSION: &str = "1.2";
 
 /// Input sizes the manifest may declare, in pixels, for width and height alike.
 const INPUT_SIDE_PX: std::ops::RangeInclusive<u32> = 8..=8192;
@@ -28,6 +29,8 @@ const MAX_MEMBERS: usize = 64;
 const MAX_CLASSES: usize = 255;
 /// The most layer-level classes a `[layer_head]` may declare.
 const MAX_LAYER_CLASSES: usize = 64;
+/// The most features a `[domain]` table may declare (its matrix is D x D numbers in TOML).
+const MAX_DOMAIN_FEATURES: usize = 512;
 /// The longest name, version, architecture or class name, in bytes.
 const MAX_LABEL_BYTES: usize = 128;
 
@@ -56,6 +59,10 @@ pub struct Manifest {
     /// trained without one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_head: Option<LayerHeadTable>,
+    /// The domain check (format 1.2): what the training layers' features look like; absent in
+    /// older images, whose layers the box judges without one (and says so at start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<DomainTable>,
     /// Which graph to run; filled in by [`crate::pack`].
     #[serde(default, skip_serializing_if = "GraphsTable::is_empty")]
     pub graphs: GraphsTable,
@@ -106,6 +113,33 @@ pub struct LayerHeadTable {
     pub classes: Vec<String>,
     /// T, finite and > 0, calibrated on the training tool's validation split.
     pub temperature: f32,
+}
+
+/// `[domain]`: the graph's third output `features` `[1, D]` against the training layers'. A
+/// layer's score is `sqrt((f - mean)^T inverse_covariance (f - mean) / D)`; above `threshold` the
+/// layer is unlike the training data (quantize/bedsight_train/domain.py fits it).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainTable {
+    /// D.
+    pub feature_size: usize,
+    /// The training layers' mean features, D values.
+    #[serde(serialize_with = "shortest_floats")]
+    pub mean: Vec<f32>,
+    /// The inverse of their (shrunk) covariance, D x D values, row by row.
+    #[serde(serialize_with = "shortest_floats")]
+    pub inverse_covariance: Vec<f32>,
+    /// Scores above it are unfamiliar; finite and > 0.
+    pub threshold: f64,
+    /// Which quantile of the validation layers' scores `threshold` is, in (0, 1).
+    pub threshold_quantile: f64,
+    /// How many training layers the statistics come from.
+    pub fit_layers: u64,
+    /// How many validation layers (never fitted) set the threshold.
+    pub validation_layers: u64,
+    /// Their scores, ascending (up to 1000): what commissioning plots a new camera's against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", serialize_with = "shortest_floats")]
+    pub validation_scores: Vec<f32>,
 }
 
 /// One `[[classes]]` entry.
@@ -320,6 +354,10 @@ impl Manifest {
             }
         }
 
+        if let Some(domain) = &self.domain {
+            domain.check(self, &mut problems);
+        }
+
         for (key, value) in &self.training {
             if key.is_empty() || !value.is_finite() {
                 problems.push(format!("training.{key} = {value} must be a finite number"));
@@ -397,6 +435,56 @@ impl Manifest {
     /// The major and minor parts of `format_version`, if it is "major.minor".
     pub fn format(&self) -> Option<(u32, u32)> {
         parse_format_version(&self.format_version)
+    }
+}
+
+impl DomainTable {
+    fn check(&self, manifest: &Manifest, problems: &mut Vec<String>) {
+        if manifest.format().is_some_and(|(_, minor)| minor < 2) {
+            problems.push(format!(
+                "has a [domain] table, which format_version 1.2 added, but says format_version \"{}\"",
+                manifest.format_version
+            ));
+        }
+        let d = self.feature_size;
+        if d == 0 || d > MAX_DOMAIN_FEATURES {
+            problems.push(format!("domain.feature_size {d} must be 1..={MAX_DOMAIN_FEATURES}"));
+            return;
+        }
+        if self.mean.len() != d {
+            problems.push(format!(
+                "domain.mean has {} values, feature_size is {d}",
+                self.mean.len()
+            ));
+        }
+        if self.inverse_covariance.len() != d * d {
+            problems.push(format!(
+                "domain.inverse_covariance has {} values, feature_size {d} needs {}",
+                self.inverse_covariance.len(),
+                d * d
+            ));
+        }
+        if self.mean.iter().chain(&self.inverse_covariance).any(|v| !v.is_finite()) {
+            problems.push("domain.mean and domain.inverse_covariance must hold finite numbers".to_string());
+        }
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            problems.push(format!(
+                "domain.threshold {} must be a finite number > 0",
+                self.threshold
+            ));
+        }
+        if self.validation_scores.len() > 1000 || self.validation_scores.iter().any(|v| !v.is_finite()) {
+            problems.push(format!(
+                "domain.validation_scores must be at most 1000 finite numbers (it has {})",
+                self.validation_scores.len()
+            ));
+        }
+        if !(self.threshold_quantile > 0.0 && self.threshold_quantile < 1.0) {
+            problems.push(format!(
+                "domain.threshold_quantile {} must be in (0, 1)",
+                self.threshold_quantile
+            ));
+        }
     }
 }
 

@@ -997,6 +997,14 @@ fn key_files_interoperate_with_openssl() {
     );
 }
 
+/// The manifest is refused with a message holding every one of `words`.
+fn refused(text: &str, words: &[&str]) {
+    let message = Manifest::parse(text, "m.toml").unwrap_err().to_string();
+    for word in words {
+        assert!(message.contains(word), "lacks {word:?}: {message}");
+    }
+}
+
 /// `[layer_head]` (format 1.1): read, written back as read, checked; an image without one (every
 /// 1.0 image) still parses with `layer_head` absent.
 #[test]
@@ -1012,12 +1020,6 @@ fn layer_head_is_optional_and_checked() {
     assert_eq!(head.temperature, 1.25);
     assert_eq!(Manifest::parse(&parsed.to_toml(), "again.toml").unwrap(), parsed);
 
-    let refused = |text: &str, words: &[&str]| {
-        let message = Manifest::parse(text, "m.toml").unwrap_err().to_string();
-        for word in words {
-            assert!(message.contains(word), "lacks {word:?}: {message}");
-        }
-    };
     refused(
         &with_head.replace("\"1.1\"", "\"1.0\""),
         &["[layer_head]", "1.1", "\"1.0\""],
@@ -1037,5 +1039,47 @@ fn layer_head_is_optional_and_checked() {
     refused(
         &with_head.replace("temperature = 1.25", "temperature = 1.25\nthreshold = 0.5"),
         &["threshold"],
+    );
+}
+
+/// `[domain]` (format 1.2): read, written back as read, checked by name; an image without one
+/// still parses with `domain` absent.
+#[test]
+fn domain_table_is_optional_and_checked() {
+    assert_eq!(manifest().domain, None);
+    let with_domain = MANIFEST.replace("\"1.0\"", "\"1.2\"").replace(
+        "[training]",
+        "[domain]\nfeature_size = 2\nmean = [0.5, -1.0]\ninverse_covariance = [2.0, 0.5, 0.5, 1.0]\n\
+         threshold = 1.4\nthreshold_quantile = 0.99\nfit_layers = 300\nvalidation_layers = 40\n\n[training]",
+    );
+    let parsed = Manifest::parse(&with_domain, "m.toml").unwrap();
+    let domain = parsed.domain.as_ref().unwrap();
+    assert_eq!((domain.feature_size, domain.threshold), (2, 1.4));
+    assert_eq!(domain.inverse_covariance, [2.0, 0.5, 0.5, 1.0]);
+    assert_eq!(Manifest::parse(&parsed.to_toml(), "again.toml").unwrap(), parsed);
+
+    refused(
+        &with_domain.replace("\"1.2\"", "\"1.1\""),
+        &["[domain]", "1.2", "\"1.1\""],
+    );
+    refused(
+        &with_domain.replace("feature_size = 2", "feature_size = 3"),
+        &["m.toml", "domain.mean has 2 values, feature_size is 3", "needs 9"],
+    );
+    refused(
+        &with_domain.replace("threshold = 1.4", "threshold = nan"),
+        &["domain.threshold", "finite"],
+    );
+    refused(
+        &with_domain.replace("threshold = 1.4", "threshold = inf"),
+        &["domain.threshold", "finite"],
+    );
+    refused(
+        &with_domain.replace("threshold_quantile = 0.99", "threshold_quantile = 1.5"),
+        &["domain.threshold_quantile 1.5"],
+    );
+    refused(
+        &with_domain.replace("mean = [0.5, -1.0]", "mean = [0.5, nan]"),
+        &["finite numbers"],
     );
 }

@@ -117,6 +117,10 @@ pub struct ModelSpec {
     /// The layer-level classification head, when the graph has one (older models do not).
     #[serde(default)]
     pub layer_head: Option<LayerHeadSpec>,
+    /// `D`, the length of the graph's optional `features` output `[1, D]` (what the domain check
+    /// compares with the training layers'); `None` when the model has no domain check.
+    #[serde(default)]
+    pub features: Option<usize>,
 }
 
 impl ModelSpec {
@@ -135,9 +139,17 @@ impl ModelSpec {
         self.layer_head.as_ref().map_or(0, |head| head.classes.len())
     }
 
+    /// `D`, the number of `f32` values in the graph's `features` output; 0 without one.
+    pub fn features_len(&self) -> usize {
+        self.features.unwrap_or(0)
+    }
+
     /// Checks that the spec is self-consistent; every loader calls this first.
     pub fn validate(&self) -> Result<(), ModelError> {
         self.input.validate()?;
+        if self.features == Some(0) {
+            return Err(ModelError::Spec("the features output has 0 values".into()));
+        }
         let spec_error = |message: String| Err(ModelError::Spec(message));
         if self.members == 0 {
             return spec_error("the ensemble has 0 members".into());
@@ -210,6 +222,7 @@ pub(crate) fn test_spec(width: u32, height: u32, members: usize, classes: usize)
             })
             .collect(),
         layer_head: None,
+        features: None,
     }
 }
 

@@ -76,7 +76,12 @@ def count_flops(ensemble: torch.nn.Module, x: torch.Tensor) -> dict[str, float]:
 
 
 def output_names(ensemble: torch.nn.Module) -> list[str]:
-    return ["logits", "layer_logits"] if getattr(ensemble, "layer_head", None) is not None else ["logits"]
+    names = ["logits"]
+    if getattr(ensemble, "layer_head", None) is not None:
+        names.append("layer_logits")
+    if getattr(ensemble, "with_features", False):
+        names.append("features")
+    return names
 
 
 def export_onnx(ensemble: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -119,12 +124,12 @@ def check_against_torch(ensemble: torch.nn.Module, path: Path, x: np.ndarray) ->
     return worst
 
 
-def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, version: str, description: str) -> dict[str, Any]:
+def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, version: str, description: str, domain: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of docs/model-image.md, without [graphs] and [files]."""
     inp = saved["input"]
     head = saved.get("layer_head")
     manifest = {
-        "format_version": "1.1" if head else "1.0",
+        "format_version": "1.2" if domain else "1.1" if head else "1.0",
         "name": name,
         "version": version,
         "architecture": saved["arch"],
@@ -141,8 +146,35 @@ def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, 
     }
     if head:
         manifest["layer_head"] = {"classes": list(head["classes"]), "temperature": float(head["temperature"])}
+    if domain:
+        manifest["domain"] = domain
     manifest["training"] = {k: float(v) for k, v in training.items()}
     return manifest
+
+
+def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: data_mod.Dataset, mean: float, std: float, progress: bool) -> dict[str, Any]:
+    """The [domain] table (domain.py) from the run's training layers, its threshold from its
+    validation layers: the synthetic splits, and the real layers' when the run trained on them."""
+    from . import domain
+    from .layers import load_label_map, load_layer_folders
+
+    train = run_split(run, info, "train")
+    train_f = [domain.features_of(ensemble, train.images, mean, std)]
+    val_f = [domain.features_of(ensemble, val.images, mean, std)]
+    real = info.get("real_layers")
+    if real:
+        label_map = load_label_map(Path(real["label_map"]))
+        size = int(info["input"]["width"])
+        for split, bucket in (("train", train_f), ("val", val_f)):
+            layers = load_layer_folders(Path(real["root"]), label_map, size, splits=(split,), max_per_label=real.get("max_per_label"), progress=progress)
+            bucket.append(domain.features_of(ensemble, layers.images, mean, std))
+    table = domain.fit(np.concatenate(train_f), np.concatenate(val_f))
+    if progress:
+        print(
+            f"  domain check: {table['feature_size']} features, fitted on {table['fit_layers']} training layers; threshold "
+            f"{table['threshold']:.3f} (the {table['threshold_quantile']:.0%} quantile of {table['validation_layers']} validation layers)"
+        )
+    return table
 
 
 def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str | None = None, description: str | None = None, progress: bool = True) -> dict[str, Any]:
@@ -156,6 +188,14 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
     mean, std = saved["input"]["mean"][0], saved["input"]["std"][0]
     x = data_mod.to_input(val.images[:1], mean, std)
 
+    domain_table = None
+    if ensemble.has_encoder:
+        ensemble.with_features = True
+        try:
+            domain_table = fit_domain(ensemble, run, info, val, mean, std, progress)
+        except BadInput as e:
+            ensemble.with_features = False
+            print(f"  domain check: not fitted ({e}); the image carries none and the box says so at start")
     export_onnx(ensemble, torch.from_numpy(x), out)
     max_diff = check_against_torch(ensemble, out, x)
     if not max_diff < MAX_ABS_DIFF:
@@ -189,7 +229,7 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
         f"{saved['arch']} checkpoint ensemble of {m} heads on one trunk (seed 000 Eq. 14), trained by bedsight-train "
         f"on {info['input']['width']}x{info['input']['height']} layers from {Path(info['data']).name}"
     )
-    manifest = manifest_dict(saved, training, name, version, description)
+    manifest = manifest_dict(saved, training, name, version, description, domain_table)
     manifest_path = out.parent / "manifest.toml"
     manifest_path.write_text("# written by bedsight-train export; `bedsight image pack` adds [graphs] and [files]\n" + toml_dumps(manifest))
     report = {"onnx": str(out), "manifest": str(manifest_path), "max_abs_diff": max_diff, "flops": flops, "members": m}

@@ -20,7 +20,7 @@ def tiny_data(tmp_path_factory) -> Path:
     from bedsight_train import synth
 
     out = tmp_path_factory.mktemp("data")
-    synth.write_dataset(out, layers=24, size=SIZE, seed=5, progress=False)
+    synth.write_dataset(out, layers=40, size=SIZE, seed=5, progress=False)
     return out
 
 

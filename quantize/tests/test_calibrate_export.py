@@ -28,7 +28,8 @@ def test_export_matches_pytorch_and_contract(tiny_isdnet_model, tiny_isdnet_run)
 
     model = onnx.load(str(tiny_isdnet_model))
     assert [i.name for i in model.graph.input] == ["image"]
-    assert [o.name for o in model.graph.output] == ["logits"]
+    # the domain check's features beside the logits (domain.py)
+    assert [o.name for o in model.graph.output] == ["logits", "features"]
     dims = [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim]
     assert dims == [1, 3, 6, 64, 64]  # [1, M, K, H, W]
     ops = {n.op_type for n in model.graph.node}
@@ -37,15 +38,17 @@ def test_export_matches_pytorch_and_contract(tiny_isdnet_model, tiny_isdnet_run)
     x = np.random.default_rng(0).normal(size=(1, 1, 64, 64)).astype(np.float32)
     with torch.no_grad():
         expected = ensemble(torch.from_numpy(x)).numpy()
-    got = ort_session(tiny_isdnet_model).run(["logits"], {"image": x})[0]
+    got, features = ort_session(tiny_isdnet_model).run(["logits", "features"], {"image": x})
     assert np.abs(got - expected).max() < 1e-3
+    with torch.no_grad():
+        assert np.abs(features - ensemble.trunk_features(torch.from_numpy(x)).numpy()).max() < 1e-4
     report = json.loads((tiny_isdnet_model.parent / "model.export.json").read_text())
     assert report["flops"]["ensemble"] < 3 * report["flops"]["member"]
 
 
 def test_manifest_follows_the_model_image_doc(tiny_isdnet_model):
     doc = tomllib.loads((tiny_isdnet_model.parent / "manifest.toml").read_text())
-    assert doc["format_version"] == "1.0"
+    assert doc["format_version"] == "1.2"  # a [domain] table
     assert doc["architecture"] == "isdnet-sr"
     assert isinstance(doc["name"], str) and isinstance(doc["version"], str)
     assert doc["input"]["width"] == 64 and doc["input"]["height"] == 64 and doc["input"]["channels"] == 1
@@ -56,6 +59,9 @@ def test_manifest_follows_the_model_image_doc(tiny_isdnet_model):
     assert all(set(c) == {"name", "colour", "defect"} for c in doc["classes"])
     assert "graphs" not in doc and "files" not in doc  # pack adds those
     assert all(isinstance(v, float) for v in doc["training"].values())
+    d = doc["domain"]
+    assert len(d["mean"]) == d["feature_size"] and len(d["inverse_covariance"]) == d["feature_size"] ** 2
+    assert d["threshold"] > 0 and d["threshold_quantile"] == 0.99 and d["fit_layers"] >= 8 and d["validation_layers"] >= 3
 
 
 def test_quantized_graph_runs_in_onnxruntime(tiny_isdnet_int8, tiny_isdnet_model):

@@ -5,6 +5,7 @@ use hal::Verdict;
 use models::{Defect, Fused};
 
 use crate::config::Config;
+use crate::judge::domain::DomainFinding;
 use crate::judge::layer_class::LayerCall;
 use crate::judge::reason::{Reason, RuleKind};
 
@@ -150,6 +151,34 @@ pub fn escalate_unfixable(
         return (Verdict::Pause, RuleKind::NotFixable);
     }
     (verdict, kind)
+}
+
+/// The domain check: a layer unlike the model's training data is REVIEW, whatever the model made
+/// of it, since the model is outside its ground; a more severe verdict (PAUSE) stands, with the
+/// finding beside it, as the uncertainty gate's does: a person is asked either way, and a PAUSE
+/// never becomes milder.
+pub fn apply_domain(finding: &DomainFinding, decision: &mut Decision) {
+    if finding.familiar {
+        return;
+    }
+    let seen = format!(
+        "domain check: image unlike the model's training data (score {:.2} > {:.2})",
+        finding.score, finding.threshold
+    );
+    if decision.verdict.severity() < Verdict::Review.severity() {
+        decision
+            .reasons
+            .push(format!("{seen} → REVIEW (was {})", decision.verdict));
+        decision.verdict = Verdict::Review;
+        decision.reason = Some(Reason {
+            kind: RuleKind::Domain,
+            class_index: 0,
+            class: String::new(),
+            text: decision.reasons.last().cloned().unwrap_or_default(),
+        });
+    } else {
+        decision.reasons.push(format!("{seen}; {} stands", decision.verdict));
+    }
 }
 
 /// The layer classifier's gate (models with a layer-level head): when the segmentation found no

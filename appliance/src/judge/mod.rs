@@ -1,5 +1,6 @@
 //! Judging: one layer from frame to verdict (`frame_check`: the frames the model must not judge;
-//! `pipeline`: check, rectify, infer, fuse, refine, measure; `decide`: the rules and the recoat budget; `layer_class`: the layer-level head's
+//! `pipeline`: check, rectify, infer, fuse, refine, measure; `domain`: whether the layer is like
+//! the model's training layers; `decide`: the rules and the recoat budget; `layer_class`: the layer-level head's
 //! call; `reason`: which rule decided and its PLC reason code), and the build across layers
 //! (`defect_map`: the build-long grid in bed millimetres; `tracks`: defects followed across
 //! layers and the rules on them; `history`: what the loop remembers, restored from the journal).
@@ -10,6 +11,7 @@
 
 pub mod decide;
 pub mod defect_map;
+pub mod domain;
 pub mod frame_check;
 pub mod history;
 pub mod layer_class;

@@ -11,7 +11,8 @@ use image::{DynamicImage, GrayImage};
 use models::{Defect, Fused, MeasureBuffers, RefineBuffers, RefineReport};
 
 use crate::config::Config;
-use crate::judge::decide::{apply_layer_call, decide, Decision};
+use crate::judge::decide::{apply_domain, apply_layer_call, decide, Decision};
+use crate::judge::domain::{DomainCheck, DomainFinding};
 use crate::judge::frame_check::{FrameCheck, FrameChecker, Unjudged};
 use crate::judge::layer_class::LayerCall;
 use crate::model::LoadedModel;
@@ -79,6 +80,8 @@ pub struct LayerOutcome {
     pub timing: StageTimes,
     /// The classification head's call on the whole layer (models that have a head).
     pub layer_call: Option<LayerCall>,
+    /// The domain check's finding (models that carry one).
+    pub domain: Option<DomainFinding>,
 }
 
 /// The per-layer machinery around one loaded model.
@@ -94,6 +97,8 @@ pub struct Pipeline {
     flat_field: Option<models::FlatField>,
     /// The checks of `[frame_check]`, with the last judged layer's grain.
     frame_checks: FrameChecker,
+    /// The domain check of the model image's `[domain]` table, when it has one.
+    domain_check: Option<DomainCheck>,
     input_tensor: Vec<f32>,
     logits: Vec<f32>,
     /// The last layer's calibrated layer-class probabilities, in `layer_head.classes` order
@@ -169,6 +174,7 @@ impl Pipeline {
         let frame_checks = FrameChecker::new(&config).with_context(|| format!("configuration {config_origin}"))?;
         Ok(Pipeline {
             frame_checks,
+            domain_check: model.domain.as_ref().map(DomainCheck::new),
             refine_classes: model.class_indices(&config.refine.classes)?,
             rectifier,
             grey_frame: GrayImage::new(1, 1),
@@ -299,6 +305,13 @@ impl Pipeline {
         if let (Some(call), Some(head)) = (&layer_call, &self.model.spec.layer_head) {
             apply_layer_call(Some(call), &head.classes[call.top_class], &self.measured, &mut decision);
         }
+        let domain = self
+            .domain_check
+            .as_mut()
+            .map(|check| check.assess(self.model.backend.features()));
+        if let Some(finding) = &domain {
+            apply_domain(finding, &mut decision);
+        }
         lap(&mut timing.decide_ms);
         self.frame_checks.judged();
         timing.total_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -314,6 +327,7 @@ impl Pipeline {
             refine: Some(refine),
             timing,
             layer_call,
+            domain,
         }
     }
 
@@ -334,6 +348,7 @@ impl Pipeline {
             refine: None,
             timing,
             layer_call: None,
+            domain: None,
         }
     }
 

@@ -32,6 +32,8 @@ pub enum RuleKind {
     LayerClassifier = 9,
     /// A frame check that asks a person to look (blurred, low contrast, a covered bed): REVIEW.
     FrameReview = 10,
+    /// The layer is unlike the model's training data (the domain check): REVIEW.
+    Domain = 11,
 }
 
 impl RuleKind {
@@ -48,6 +50,7 @@ impl RuleKind {
             RuleKind::Fault => "fault",
             RuleKind::LayerClassifier => "layer_classifier",
             RuleKind::FrameReview => "frame_check",
+            RuleKind::Domain => "domain",
         }
     }
 }

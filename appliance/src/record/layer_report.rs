@@ -66,6 +66,12 @@ pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> V
         "uncertainty": uncertainty,
         "refine": outcome.refine.as_ref().map(|r| json!({ "regions": r.regions, "pixels_changed": r.pixels_changed })),
         "layer_class": layer_class_json(outcome, pipeline),
+        // the domain check: null for a model image without one, or a layer it did not judge
+        "domain": outcome.domain.map(|d| json!({
+            "score": if d.score.is_finite() { Value::from(round(d.score, 4)) } else { Value::Null },
+            "threshold": round(d.threshold, 4),
+            "familiar": d.familiar,
+        })),
         "timing_ms": outcome.timing,
     })
 }

@@ -142,11 +142,12 @@ pub(super) fn analysis_thread(
         }
     };
     let label = format!(
-        "{} {} on {}, {}",
+        "{} {} on {}, {}, {}",
         pipeline.model.name,
         pipeline.model.version,
         pipeline.model.backend_label(),
-        pipeline.model.precision_note
+        pipeline.model.precision_note,
+        pipeline.model.domain_note()
     );
     if events.send(AnalysisEvent::Started(Ok(label))).is_err() {
         return;

@@ -22,6 +22,9 @@ pub const OUTPUT_NAME: &str = "logits";
 /// The optional second output: the layer-level classification head's logits `[1, L]`, read
 /// when the spec has a [`LayerHeadSpec`](crate::LayerHeadSpec) and ignored otherwise.
 pub const LAYER_OUTPUT_NAME: &str = "layer_logits";
+/// The optional third output: the features the domain check compares `[1, D]`, read when the
+/// spec has [`ModelSpec::features`] and ignored otherwise.
+pub const FEATURES_OUTPUT_NAME: &str = "features";
 
 /// Which backend to run a graph on.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
@@ -60,6 +63,10 @@ pub trait Backend: Send {
     /// The raw layer-level logits `[1, L]` ([`ModelSpec::layer_logits_len`] values) of the last
     /// [`Backend::infer`]; empty when the spec has no layer head.
     fn layer_logits(&self) -> &[f32];
+
+    /// The domain check's features `[1, D]` ([`ModelSpec::features_len`] values) of the last
+    /// [`Backend::infer`]; empty when the spec has none.
+    fn features(&self) -> &[f32];
 }
 
 /// Loads `graph` (ONNX bytes) on the chosen backend and checks it against `spec`: one input
@@ -335,22 +342,41 @@ pub(crate) fn check_output_shape(declared: &[DeclaredDim], spec: &ModelSpec) -> 
 /// Checks the declared shape of `layer_logits` against `[1, L]`; unknown dimensions pass.
 pub(crate) fn check_layer_output_shape(declared: &[DeclaredDim], spec: &ModelSpec) -> Result<(), ModelError> {
     let classes = spec.layer_logits_len();
+    check_row_output_shape(declared, LAYER_OUTPUT_NAME, "L", classes, |actual| {
+        format!("graph returns {actual} layer classes, manifest lists {classes}")
+    })
+}
+
+/// Checks the declared shape of `features` against `[1, D]`; unknown dimensions pass.
+pub(crate) fn check_features_output_shape(declared: &[DeclaredDim], spec: &ModelSpec) -> Result<(), ModelError> {
+    let size = spec.features_len();
+    check_row_output_shape(declared, FEATURES_OUTPUT_NAME, "D", size, |actual| {
+        format!("graph returns {actual} features, the manifest's [domain] table has feature_size {size}")
+    })
+}
+
+/// A `[1, N]` output named `name` against the `N` the spec expects; `disagree` words a wrong N.
+fn check_row_output_shape(
+    declared: &[DeclaredDim],
+    name: &str,
+    letter: &str,
+    expected: usize,
+    disagree: impl Fn(usize) -> String,
+) -> Result<(), ModelError> {
     let wrong = |what: String| {
         Err(ModelError::Contract(format!(
-            "graph output `{LAYER_OUTPUT_NAME}` is {}: {what}",
+            "graph output `{name}` is {}: {what}",
             show(declared)
         )))
     };
     if declared.len() != 2 {
-        return wrong("the contract is [1, L]".into());
+        return wrong(format!("the contract is [1, {letter}]"));
     }
     if declared[0].is_some_and(|batch| batch != 1) {
         return wrong("the contract says a batch of 1".into());
     }
     match declared[1] {
-        Some(actual) if actual != classes => wrong(format!(
-            "graph returns {actual} layer classes, manifest lists {classes}"
-        )),
+        Some(actual) if actual != expected => wrong(disagree(actual)),
         _ => Ok(()),
     }
 }

@@ -16,8 +16,8 @@ use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, ValueType};
 
 use super::{
-    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend, BackendInfo, DeclaredDim,
-    INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
+    check_buffers, check_features_output_shape, check_input_shape, check_layer_output_shape, check_output_shape,
+    Backend, BackendInfo, DeclaredDim, FEATURES_OUTPUT_NAME, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
 use crate::spec::ModelSpec;
@@ -95,6 +95,10 @@ pub struct OrtBackend {
     layer_output: Option<Tensor<f32>>,
     /// The last run's layer logits, copied out of `layer_output` (empty without a head).
     layer_logits: Vec<f32>,
+    /// `[1, D]`, allocated once and bound when the spec has features (the domain check).
+    features_output: Option<Tensor<f32>>,
+    /// The last run's features, copied out of `features_output` (empty without them).
+    features: Vec<f32>,
     input_len: usize,
     logits_len: usize,
     /// Whether the graph declares any output dimension as symbolic.
@@ -326,10 +330,25 @@ impl OrtBackend {
         } else {
             None
         };
+        let features_len = spec.features_len();
+        let features_output = if features_len > 0 {
+            let mut features_output = Tensor::<f32>::new(session.allocator(), [1usize, features_len])
+                .map_err(|e| graph_error("features output tensor", e))?;
+            binding
+                .bind_output(FEATURES_OUTPUT_NAME, &mut features_output)
+                .map_err(|e| graph_error("binding the features output", e))?;
+            Some(features_output)
+        } else {
+            None
+        };
         let output_declared_open = session
             .outputs()
             .iter()
-            .filter(|o| o.name() == OUTPUT_NAME || (layer_len > 0 && o.name() == LAYER_OUTPUT_NAME))
+            .filter(|o| {
+                o.name() == OUTPUT_NAME
+                    || (layer_len > 0 && o.name() == LAYER_OUTPUT_NAME)
+                    || (features_len > 0 && o.name() == FEATURES_OUTPUT_NAME)
+            })
             .any(|o| {
                 o.dtype()
                     .tensor_shape()
@@ -343,6 +362,8 @@ impl OrtBackend {
             output,
             layer_output,
             layer_logits: vec![0.0; layer_len],
+            features_output,
+            features: vec![0.0; features_len],
             input_len: spec.input.len(),
             logits_len: spec.logits_len(),
             output_declared_open,
@@ -374,6 +395,14 @@ impl OrtBackend {
             let (shape, _) = layer_logits.try_extract_tensor::<f32>().map_err(inference_error)?;
             let concrete: Vec<DeclaredDim> = shape.iter().map(|&d| Some(d.max(0) as usize)).collect();
             check_layer_output_shape(&concrete, spec)?;
+        }
+        if spec.features.is_some() {
+            let features = outputs
+                .get(FEATURES_OUTPUT_NAME)
+                .ok_or_else(|| ModelError::Contract(format!("graph returned no `{FEATURES_OUTPUT_NAME}`")))?;
+            let (shape, _) = features.try_extract_tensor::<f32>().map_err(inference_error)?;
+            let concrete: Vec<DeclaredDim> = shape.iter().map(|&d| Some(d.max(0) as usize)).collect();
+            check_features_output_shape(&concrete, spec)?;
         }
         Ok(())
     }
@@ -416,11 +445,24 @@ impl Backend for OrtBackend {
             }
             self.layer_logits.copy_from_slice(values);
         }
+        if let Some(features_output) = &self.features_output {
+            let (shape, values) = features_output.extract_tensor();
+            if values.len() != self.features.len() {
+                return Err(ModelError::Contract(format!(
+                    "graph returned `{FEATURES_OUTPUT_NAME}` of shape {shape:?}"
+                )));
+            }
+            self.features.copy_from_slice(values);
+        }
         Ok(())
     }
 
     fn layer_logits(&self) -> &[f32] {
         &self.layer_logits
+    }
+
+    fn features(&self) -> &[f32] {
+        &self.features
     }
 }
 
@@ -476,6 +518,23 @@ fn check_session(session: &Session, spec: &ModelSpec) -> Result<(), ModelError> 
             })?;
         check_layer_output_shape(
             &float_tensor_dims(layer_output.dtype(), "output", LAYER_OUTPUT_NAME)?,
+            spec,
+        )?;
+    }
+    if spec.features.is_some() {
+        let features_output = session
+            .outputs()
+            .iter()
+            .find(|o| o.name() == FEATURES_OUTPUT_NAME)
+            .ok_or_else(|| {
+                ModelError::Contract(format!(
+                    "the manifest has a [domain] table but the graph has no output named \
+                     `{FEATURES_OUTPUT_NAME}` (its outputs: {})",
+                    names(session.outputs())
+                ))
+            })?;
+        check_features_output_shape(
+            &float_tensor_dims(features_output.dtype(), "output", FEATURES_OUTPUT_NAME)?,
             spec,
         )?;
     }

@@ -7,8 +7,8 @@ use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{
-    check_buffers, check_input_shape, check_layer_output_shape, check_output_shape, Backend, BackendInfo, DeclaredDim,
-    INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
+    check_buffers, check_features_output_shape, check_input_shape, check_layer_output_shape, check_output_shape,
+    Backend, BackendInfo, DeclaredDim, FEATURES_OUTPUT_NAME, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
 use crate::spec::ModelSpec;
@@ -26,6 +26,10 @@ pub struct TractBackend {
     layer_output_index: Option<usize>,
     /// The last run's layer logits (empty without a head).
     layer_logits: Vec<f32>,
+    /// Where `features` is among the outputs, when the spec has them (the domain check).
+    features_output_index: Option<usize>,
+    /// The last run's features (empty without them).
+    features: Vec<f32>,
     input_len: usize,
     logits_len: usize,
 }
@@ -88,6 +92,21 @@ impl TractBackend {
             None
         };
 
+        let features_output_index = match spec.features {
+            Some(_) => Some(
+                output_names
+                    .iter()
+                    .position(|n| n == FEATURES_OUTPUT_NAME)
+                    .ok_or_else(|| {
+                        ModelError::Contract(format!(
+                            "the manifest has a [domain] table but the graph has no output named \
+                             `{FEATURES_OUTPUT_NAME}` (its outputs: {output_names:?})"
+                        ))
+                    })?,
+            ),
+            None => None,
+        };
+
         // What the graph itself declares, before the spec's shape is imposed on it.
         let declared = model.input_fact(0).map_err(|e| graph_error("input", e))?;
         if !declared.shape.is_open() {
@@ -136,6 +155,19 @@ impl TractBackend {
             let dims: Vec<DeclaredDim> = fact.shape.iter().map(|d| d.as_usize()).collect();
             check_layer_output_shape(&dims, spec)?;
         }
+        if let Some(index) = features_output_index {
+            let fact = model
+                .output_fact(index)
+                .map_err(|e| graph_error("features output", e))?;
+            if fact.datum_type != f32::datum_type() {
+                return Err(ModelError::Contract(format!(
+                    "graph output `{FEATURES_OUTPUT_NAME}` is {:?}, the contract is float32",
+                    fact.datum_type
+                )));
+            }
+            let dims: Vec<DeclaredDim> = fact.shape.iter().map(|d| d.as_usize()).collect();
+            check_features_output_shape(&dims, spec)?;
+        }
         let plan = model.into_runnable().map_err(|e| graph_error("planning", e))?;
         let state = plan.spawn().map_err(|e| graph_error("state", e))?;
         Ok(TractBackend {
@@ -149,6 +181,8 @@ impl TractBackend {
             output_index,
             layer_output_index,
             layer_logits: vec![0.0; spec.layer_logits_len()],
+            features_output_index,
+            features: vec![0.0; spec.features_len()],
             input_len: spec.input.len(),
             logits_len: spec.logits_len(),
         })
@@ -192,10 +226,24 @@ impl Backend for TractBackend {
             }
             self.layer_logits.iter_mut().zip(view.iter()).for_each(|(l, v)| *l = *v);
         }
+        if let Some(index) = self.features_output_index {
+            let view = outputs[index].to_plain_array_view::<f32>().map_err(inference_error)?;
+            if view.len() != self.features.len() {
+                return Err(ModelError::Contract(format!(
+                    "graph returned `{FEATURES_OUTPUT_NAME}` of shape {:?}",
+                    view.shape()
+                )));
+            }
+            self.features.iter_mut().zip(view.iter()).for_each(|(f, v)| *f = *v);
+        }
         Ok(())
     }
 
     fn layer_logits(&self) -> &[f32] {
         &self.layer_logits
+    }
+
+    fn features(&self) -> &[f32] {
+        &self.features
     }
 }

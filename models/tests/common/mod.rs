@@ -82,6 +82,7 @@ pub fn spec_from_manifest(text: &str) -> ModelSpec {
         members: integer(ensemble, "members") as usize,
         temperatures: floats(&ensemble["temperatures"]),
         classes,
+        features: None,
         layer_head: manifest.get("layer_head").map(|head| LayerHeadSpec {
             classes: head["classes"]
                 .as_array()

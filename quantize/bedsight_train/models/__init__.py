@@ -41,20 +41,38 @@ class Ensemble(nn.Module):
     graph: they live in the manifest and `models::fuse` applies them.
 
     With a layer head (multi-task, seed 004) it returns (logits, layer_logits [N, L]): the
-    contract's optional second output, its temperature in the manifest's [layer_head]."""
+    contract's optional second output, its temperature in the manifest's [layer_head].
+
+    With `with_features` set (export does, for a trunk with an encoder output) it also returns
+    `features` [N, D], the fused encoder features averaged over the bed: what the domain check
+    (domain.py) compares with the training layers'."""
 
     def __init__(self, trunk: nn.Module, heads: list[nn.Module], layer_head: nn.Module | None = None):
         super().__init__()
         self.trunk = trunk
         self.heads = nn.ModuleList(heads)
         self.layer_head = layer_head
+        self.with_features = False
+
+    @property
+    def has_encoder(self) -> bool:
+        return hasattr(self.trunk, "forward_with_encoded")
+
+    def trunk_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The domain check's features alone: the encoder's output averaged over the bed."""
+        return self.trunk.encode(x).mean(dim=(2, 3))
 
     def forward(self, x: torch.Tensor):
-        if self.layer_head is None:
+        if self.layer_head is None and not self.with_features:
             features = self.trunk(x)
             return torch.stack([head(features) for head in self.heads], dim=1)
         features, encoded = self.trunk.forward_with_encoded(x)
-        return torch.stack([head(features) for head in self.heads], dim=1), self.layer_head(encoded)
+        outputs = [torch.stack([head(features) for head in self.heads], dim=1)]
+        if self.layer_head is not None:
+            outputs.append(self.layer_head(encoded))
+        if self.with_features:
+            outputs.append(encoded.mean(dim=(2, 3)))
+        return tuple(outputs)
 
 
 def load_checkpoint(path: Path, expect_arch: str | None = None) -> dict[str, Any]:

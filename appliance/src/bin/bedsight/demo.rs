@@ -68,11 +68,12 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
     let mut records = Vec::new();
     let mut verdicts = Vec::new();
     println!(
-        "bedsight demo: model {} {} on {}, {}, camera: {}, PLC: {}",
+        "bedsight demo: model {} {} on {}, {}, {}, camera: {}, PLC: {}",
         pipeline.model.name,
         pipeline.model.version,
         pipeline.model.backend_label(),
         pipeline.model.precision_note,
+        pipeline.model.domain_note(),
         camera.describe(),
         plc.describe()
     );

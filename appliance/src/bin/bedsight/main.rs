@@ -5,6 +5,7 @@
 mod analyze;
 mod bench;
 mod calibrate;
+mod commission;
 mod demo;
 mod model_image;
 mod report;
@@ -106,6 +107,26 @@ enum Command {
         /// edges). Capture it with the lights, focus and mount as they will stay.
         #[arg(long)]
         frame_reference: bool,
+    },
+    /// Does the model fit a new printer's camera? Judges a folder of its frames through the box's
+    /// pipeline and compares each layer's domain score with the model's validation layers': the
+    /// share of familiar layers, OUT/domain.svg (a histogram of both), OUT/domain.json. Exit status
+    /// 1 when under 95% of the layers are familiar.
+    Commission {
+        /// Configuration file (TOML): the printer's [bed] corners, flat field and frame checks.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Model image (.bsimg); default: the configuration's, else the embedded one.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// auto, ort or tract; overrides the configuration.
+        #[arg(long)]
+        backend: Option<String>,
+        /// Where domain.svg and domain.json go.
+        #[arg(long, default_value = "commission")]
+        out: PathBuf,
+        /// A folder of camera frames from the new printer, one per layer.
+        frames: PathBuf,
     },
     /// Make, check and read model images.
     #[command(subcommand)]
@@ -287,6 +308,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 calibrate::write_frame_reference(&config, &frame, &stem)?;
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Commission {
+            config,
+            model,
+            backend,
+            out,
+            frames,
+        } => {
+            let fits = commission::commission(config.as_deref(), model.as_deref(), backend.as_deref(), &frames, &out)?;
+            Ok(if fits { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Bench(args) => {
             bench::bench(&bench::options(args)?)?;

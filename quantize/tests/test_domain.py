@@ -1,0 +1,45 @@
+"""The domain check's statistics (domain.py): the Mahalanobis score with a shrunk covariance, and
+the threshold from validation layers, on values worked out by hand."""
+import math
+
+import numpy as np
+import pytest
+
+from bedsight_train import domain
+from bedsight_train.common import BadInput
+
+# eight training layers of two features: (+-1, 0) and (0, +-1), twice
+TRAIN = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]] * 2, dtype=np.float64)
+
+
+def test_the_score_is_the_mahalanobis_distance_per_feature():
+    table = domain.fit(TRAIN, np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]]))
+    # mean 0; sample covariance diag(4/7, 4/7) (4 squares per axis over n - 1 = 7); shrinking
+    # toward (tr S / D) I = 4/7 I changes nothing; its inverse is diag(7/4, 7/4)
+    assert table["feature_size"] == 2 and table["fit_layers"] == 8 and table["validation_layers"] == 3
+    assert table["mean"] == [0.0, 0.0]
+    assert np.allclose(table["inverse_covariance"], [1.75, 0.0, 0.0, 1.75])
+    # score((1, 1)) = sqrt((1.75 + 1.75) / 2)
+    assert math.isclose(domain.table_scores(np.array([[1.0, 1.0]]), table)[0], math.sqrt(1.75))
+    # validation scores 0, sqrt(1.75 / 2), sqrt(1.75 * 4 / 2); the 99 % quantile interpolates
+    # between the last two at 0.98 of the way
+    a, b = math.sqrt(0.875), math.sqrt(3.5)
+    assert math.isclose(table["threshold"], a + 0.98 * (b - a))
+    assert table["threshold_quantile"] == 0.99
+    assert np.allclose(table["validation_scores"], [0.0, a, b])
+
+
+def test_the_covariance_is_shrunk_toward_a_scaled_identity():
+    # all the spread on the first feature: S = diag(8/7, 0) is singular; shrunk by 0.1 toward
+    # (tr S / 2) I = 4/7 I: diag(0.9 * 8/7 + 0.1 * 4/7, 0.1 * 4/7)
+    train = np.array([[1, 0], [-1, 0]] * 4, dtype=np.float64)
+    table = domain.fit(train, np.zeros((3, 2)))
+    expected = np.diag([1 / (0.9 * 8 / 7 + 0.1 * 4 / 7), 1 / (0.1 * 4 / 7)])
+    assert np.allclose(np.reshape(table["inverse_covariance"], (2, 2)), expected)
+
+
+def test_too_few_layers_are_refused_by_name():
+    with pytest.raises(BadInput, match="3 training layers; at least 8"):
+        domain.fit(TRAIN[:3], TRAIN[:3])
+    with pytest.raises(BadInput, match="2 validation layers; at least 3"):
+        domain.fit(TRAIN, TRAIN[:2])
