@@ -44,6 +44,11 @@ def test_each_layer_the_plc_hears_is_in_the_journal(tmp_path):
         when = datetime.datetime.fromtimestamp(record["time_ms"] / 1000, datetime.timezone.utc)
         assert row["time"] == when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{record['time_ms'] % 1000:03d}Z"
         assert (row["rule"], row["reason"], int(row["reason_code"])) == (record["rule"], record["reason"], record["reason_code"])
+        # the layer-level head's call (the default model has one) and the domain check (it has none)
+        assert record["layer_class"] in ("clean", "incompleteness", "streaking", "super-elevation"), record
+        assert 0.5 <= record["layer_class_confidence"] <= 1.0 and record["domain"] is None, record
+        assert (row["layer_class"], float(row["layer_class_confidence"])) == (record["layer_class"], round(record["layer_class_confidence"], 3))
+        assert row["domain_score"] == row["domain_familiar"] == ""
         class_columns = [k for k in row if k.startswith("area_")]
         assert abs(sum(float(row[k]) for k in class_columns) - float(row["total_area_mm2"])) < 0.01 * len(class_columns) + 1e-9
         for k in class_columns:
@@ -83,5 +88,5 @@ def test_checking_a_file_that_is_not_a_journal_says_what_it_is_and_moves_nothing
     notes.write_text("hello")
     result = run("journal", "check", notes)
     assert result.returncode != 0
-    assert result.stderr.strip() == f'error: journal {notes}: not a bedsight journal (it does not start with "BSJRNL02")'
+    assert result.stderr.strip() == f'error: journal {notes}: not a bedsight journal (it does not start with "BSJRNL03")'
     assert notes.read_text() == "hello"

@@ -1,7 +1,7 @@
 //! The per-layer journal: an append-only file with one record per finished layer, fsynced
 //! before the next layer starts, so a power cut loses at most the layer being written.
 //!
-//! On disk: the 8-byte magic (`BSJRNL02`: [`MAGIC`]), then frames of `u32 LE payload length`, the payload
+//! On disk: the 8-byte magic (`BSJRNL03`: [`MAGIC`]), then frames of `u32 LE payload length`, the payload
 //! (`postcard`), `u32 LE crc32 of the payload`. A torn or corrupt record is cut at open, with
 //! everything before it kept; `read` finds the same thing without touching the file.
 
@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 /// The first 8 bytes of every journal file: the record format's version is in the last two.
 /// Version 2 added the defects' footprints in millimetres, the rule that decided and the
-/// recoat outcome (docs/tracks.md).
-pub const MAGIC: &[u8; 8] = b"BSJRNL02";
+/// recoat outcome (docs/tracks.md); version 3 the layer-level head's call and the domain check.
+pub const MAGIC: &[u8; 8] = b"BSJRNL03";
+/// The header of a version 2 journal, which is read and, on open for writing, converted.
+const MAGIC_V2: &[u8; 8] = b"BSJRNL02";
 
 /// A record larger than this is taken for a corrupt length field (64 defects take ~3 KiB).
 const MAX_PAYLOAD_BYTES: u32 = 1 << 20;
@@ -62,6 +64,67 @@ pub struct LayerRecord {
     pub recoat_outcome: String,
     /// On a RECOAT: the classes it was sent for.
     pub recoat_classes: Vec<String>,
+    /// The layer-level head's call: `clean` or its most probable class; empty for a model
+    /// without a head, a layer it did not judge, or a record of format 2.
+    pub layer_class: String,
+    /// The call's confidence, 0..1 (0 with no call).
+    pub layer_class_confidence: f32,
+    /// The domain check's finding; none for a model without one, a layer it did not judge, or a
+    /// record of format 2.
+    pub domain: Option<DomainRecord>,
+}
+
+/// The domain check of one layer (appliance `judge::domain`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DomainRecord {
+    pub score: f64,
+    pub threshold: f64,
+    pub familiar: bool,
+}
+
+/// A record of format 2, as it was written; read and converted to [`LayerRecord`].
+#[derive(Serialize, Deserialize)]
+struct LayerRecordV2 {
+    layer: u32,
+    time_ms: u64,
+    trigger: String,
+    verdict: String,
+    defects: Vec<DefectRecord>,
+    uncertainty_score: f64,
+    model: String,
+    model_version: String,
+    backend: String,
+    total_ms: f64,
+    infer_ms: f64,
+    rule: String,
+    reason_code: u16,
+    reason: String,
+    recoat_outcome: String,
+    recoat_classes: Vec<String>,
+}
+
+impl From<LayerRecordV2> for LayerRecord {
+    fn from(old: LayerRecordV2) -> LayerRecord {
+        LayerRecord {
+            layer: old.layer,
+            time_ms: old.time_ms,
+            trigger: old.trigger,
+            verdict: old.verdict,
+            defects: old.defects,
+            uncertainty_score: old.uncertainty_score,
+            model: old.model,
+            model_version: old.model_version,
+            backend: old.backend,
+            total_ms: old.total_ms,
+            infer_ms: old.infer_ms,
+            rule: old.rule,
+            reason_code: old.reason_code,
+            reason: old.reason,
+            recoat_outcome: old.recoat_outcome,
+            recoat_classes: old.recoat_classes,
+            ..LayerRecord::default()
+        }
+    }
 }
 
 /// What opening a journal found.
@@ -73,6 +136,8 @@ pub struct OpenReport {
     pub cut_bytes: u64,
     /// Why bytes were cut, when they were.
     pub reason: Option<String>,
+    /// A journal of an older format converted on open: what was done and where the old file is.
+    pub converted: Option<String>,
 }
 
 impl std::fmt::Display for OpenReport {
@@ -80,6 +145,9 @@ impl std::fmt::Display for OpenReport {
         write!(f, "{} records", self.records)?;
         if let Some(reason) = &self.reason {
             write!(f, ", cut {} bytes: {reason}", self.cut_bytes)?;
+        }
+        if let Some(converted) = &self.converted {
+            write!(f, "; {converted}")?;
         }
         Ok(())
     }
@@ -136,6 +204,7 @@ impl Journal {
                     records: 0,
                     cut_bytes: 0,
                     reason: None,
+                    converted: None,
                 },
             ));
         }
@@ -160,8 +229,13 @@ impl Journal {
                     MAGIC.len(),
                     aside.display()
                 )),
+                converted: None,
             };
             return Ok((journal, report));
+        }
+        if bytes.starts_with(MAGIC_V2) {
+            drop(file);
+            return convert_v2(path, &bytes);
         }
         // `bedsight run` writes here: it says what to do; a reading command only what is wrong.
         let contents =
@@ -183,6 +257,7 @@ impl Journal {
             records: contents.records.len(),
             cut_bytes: contents.file_len - contents.good_end,
             reason: contents.reason,
+            converted: None,
         };
         Ok((
             Journal {
@@ -215,6 +290,47 @@ impl Journal {
     }
 }
 
+/// A journal of format 2, opened for writing: its good records are written again in format 3 to a
+/// new file beside it, which replaces it once on the disk; the old file is kept beside it
+/// (`<path>.format-2`), so a box's history is never lost to an upgrade. A bad tail is left in the
+/// old file and said.
+fn convert_v2(path: &Path, bytes: &[u8]) -> Result<(Journal, OpenReport)> {
+    let contents = scan(path, bytes)?;
+    let staging = PathBuf::from(format!("{}.format-3", path.display()));
+    let kept = PathBuf::from(format!("{}.format-2", path.display()));
+    if kept.exists() {
+        bail!(
+            "journal {} is of format 2 and {} exists already: move one of them away",
+            path.display(),
+            kept.display()
+        );
+    }
+    let _ = std::fs::remove_file(&staging);
+    {
+        let (mut converted, _) = Journal::open(&staging)?;
+        for record in &contents.records {
+            converted.append(record)?;
+        }
+    }
+    std::fs::rename(path, &kept)
+        .and_then(|_| std::fs::rename(&staging, path))
+        .with_context(|| format!("journal {}: cannot put its format 3 copy in place", path.display()))?;
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        File::open(folder).and_then(|dir| dir.sync_all()).ok();
+    }
+    let (journal, mut report) = Journal::open(path)?;
+    report.converted = Some(format!(
+        "converted {} records from format 2 (the old file is kept as {}{})",
+        contents.records.len(),
+        kept.display(),
+        contents
+            .reason
+            .map(|why| format!("; not converted: {why}"))
+            .unwrap_or_default()
+    ));
+    Ok((journal, report))
+}
+
 /// Reads every good record of the journal at `path`; changes nothing.
 pub fn read(path: &Path) -> Result<Contents> {
     let bytes = std::fs::read(path).with_context(|| format!("journal {}: cannot read it", path.display()))?;
@@ -245,7 +361,8 @@ fn set_aside_name(path: &Path) -> PathBuf {
 }
 
 pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
-    if bytes.len() >= MAGIC.len() && bytes[..6] == MAGIC[..6] && bytes[..MAGIC.len()] != MAGIC[..] {
+    let v2 = bytes.starts_with(MAGIC_V2);
+    if !v2 && bytes.len() >= MAGIC.len() && bytes[..6] == MAGIC[..6] && bytes[..MAGIC.len()] != MAGIC[..] {
         bail!(
             "journal {}: written in format {} by another bedsight version, this one writes {}",
             path.display(),
@@ -261,7 +378,7 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
             MAGIC.len()
         );
     }
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    if !v2 && (bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC) {
         bail!(
             "journal {}: not a bedsight journal (it does not start with {:?})",
             path.display(),
@@ -295,7 +412,12 @@ pub fn scan(path: &Path, bytes: &[u8]) -> Result<Contents> {
                 if crc32fast::hash(payload) != stored_crc {
                     Err(format!("corrupt record at byte {pos}: bad CRC"))
                 } else {
-                    match postcard::from_bytes::<LayerRecord>(payload) {
+                    let decoded = if v2 {
+                        postcard::from_bytes::<LayerRecordV2>(payload).map(LayerRecord::from)
+                    } else {
+                        postcard::from_bytes::<LayerRecord>(payload)
+                    };
+                    match decoded {
                         Ok(record) => Ok((record, end)),
                         Err(error) => Err(format!("corrupt record at byte {pos}: cannot decode it ({error})")),
                     }
@@ -421,7 +543,7 @@ pub fn export(path: &Path, format: &str) -> Result<()> {
                 }
             }
             let class_columns: String = classes.iter().map(|c| format!(",area_{}_mm2", csv_field(c))).collect();
-            writeln!(out, "record,layer,time,time_ms,trigger,verdict,defects,total_area_mm2{class_columns},uncertainty,model,version,backend,total_ms,rule,reason_code,reason,recoat_outcome,images")?;
+            writeln!(out, "record,layer,time,time_ms,trigger,verdict,defects,total_area_mm2{class_columns},uncertainty,model,version,backend,total_ms,rule,reason_code,reason,recoat_outcome,layer_class,layer_class_confidence,domain_score,domain_familiar,images")?;
             for (index, r) in contents.records.iter().enumerate() {
                 let area = r.defects.iter().fold(0.0, |sum, d| sum + d.area_mm2);
                 let class_areas: String = classes
@@ -437,7 +559,7 @@ pub fn export(path: &Path, format: &str) -> Result<()> {
                     .collect();
                 writeln!(
                     out,
-                    "{index},{},{},{},{},{},{},{area:.3}{class_areas},{:.6},{},{},{},{:.1},{},{},{},{},{}",
+                    "{index},{},{},{},{},{},{},{area:.3}{class_areas},{:.6},{},{},{},{:.1},{},{},{},{},{},{},{},{},{}",
                     r.layer,
                     UtcTime::from_ms(r.time_ms),
                     r.time_ms,
@@ -453,6 +575,14 @@ pub fn export(path: &Path, format: &str) -> Result<()> {
                     r.reason_code,
                     csv_field(&r.reason),
                     csv_field(&r.recoat_outcome),
+                    csv_field(&r.layer_class),
+                    if r.layer_class.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{:.3}", r.layer_class_confidence)
+                    },
+                    r.domain.map(|d| format!("{:.3}", d.score)).unwrap_or_default(),
+                    r.domain.map(|d| d.familiar.to_string()).unwrap_or_default(),
                     crate::record::layer_images::dir_name(index as u64, r.layer, &r.verdict)
                 )?;
             }
@@ -528,6 +658,13 @@ mod tests {
             reason: "streaking: total area 21.00 mm² > 20.00 mm² → RECOAT".into(),
             recoat_outcome: String::new(),
             recoat_classes: vec!["streaking".into()],
+            layer_class: "streaking".into(),
+            layer_class_confidence: 0.875,
+            domain: Some(DomainRecord {
+                score: 0.75,
+                threshold: 1.5,
+                familiar: true,
+            }),
         }
     }
 
@@ -549,7 +686,8 @@ mod tests {
             OpenReport {
                 records: 3,
                 cut_bytes: 0,
-                reason: None
+                reason: None,
+                converted: None,
             }
         );
         assert_eq!(journal.records(), 3);
@@ -640,9 +778,68 @@ mod tests {
         std::fs::write(&path, b"BSJRNL01\x00\x00\x00\x00").unwrap();
         let error = format!("{:#}", Journal::open(&path).err().unwrap());
         assert!(
-            error.contains("layers.bsj") && error.contains("format 01") && error.contains("writes 02"),
+            error.contains("layers.bsj") && error.contains("format 01") && error.contains("writes 03"),
             "{error}"
         );
+    }
+
+    /// A box upgraded from format 2 keeps its history: the loop converts the journal on open and
+    /// keeps the old file; reading commands read format 2 as it is.
+    #[test]
+    fn a_format_2_journal_is_read_and_converted_on_open_keeping_the_old_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("layers.bsj");
+        let old: Vec<LayerRecord> = (1..=3)
+            .map(|layer| LayerRecord {
+                layer_class: String::new(),
+                layer_class_confidence: 0.0,
+                domain: None,
+                ..record(layer)
+            })
+            .collect();
+        let mut bytes = MAGIC_V2.to_vec();
+        for r in &old {
+            let v2 = LayerRecordV2 {
+                layer: r.layer,
+                time_ms: r.time_ms,
+                trigger: r.trigger.clone(),
+                verdict: r.verdict.clone(),
+                defects: r.defects.clone(),
+                uncertainty_score: r.uncertainty_score,
+                model: r.model.clone(),
+                model_version: r.model_version.clone(),
+                backend: r.backend.clone(),
+                total_ms: r.total_ms,
+                infer_ms: r.infer_ms,
+                rule: r.rule.clone(),
+                reason_code: r.reason_code,
+                reason: r.reason.clone(),
+                recoat_outcome: r.recoat_outcome.clone(),
+                recoat_classes: r.recoat_classes.clone(),
+            };
+            let payload = postcard::to_allocvec(&v2).unwrap();
+            bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&payload);
+            bytes.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(read(&path).unwrap().records, old);
+
+        let (mut journal, report) = Journal::open(&path).unwrap();
+        let kept = folder.path().join("layers.bsj.format-2");
+        assert_eq!(
+            report.to_string(),
+            format!(
+                "3 records; converted 3 records from format 2 (the old file is kept as {})",
+                kept.display()
+            )
+        );
+        assert_eq!(std::fs::read(&kept).unwrap(), bytes);
+        assert!(std::fs::read(&path).unwrap().starts_with(MAGIC));
+        journal.append(&record(4)).unwrap();
+        let mut expected = old;
+        expected.push(record(4));
+        assert_eq!(read(&path).unwrap().records, expected);
     }
 
     #[test]
@@ -678,7 +875,7 @@ mod tests {
         assert_eq!(
             error,
             format!(
-                "journal {}: not a bedsight journal (it does not start with \"BSJRNL02\"); move it away and a new one is started",
+                "journal {}: not a bedsight journal (it does not start with \"BSJRNL03\"); move it away and a new one is started",
                 path.display()
             )
         );
@@ -688,7 +885,7 @@ mod tests {
         assert_eq!(
             error,
             format!(
-                "journal {}: not a bedsight journal (it does not start with \"BSJRNL02\")",
+                "journal {}: not a bedsight journal (it does not start with \"BSJRNL03\")",
                 path.display()
             )
         );

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 
 use crate::judge::defect_map::Footprint;
 use crate::judge::pipeline::{LayerOutcome, Pipeline};
-use crate::record::journal::DefectRecord;
+use crate::record::journal::{DefectRecord, DomainRecord};
 
 /// The `--json` object of one analysed image.
 pub fn layer_json(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> Value {
@@ -180,6 +180,24 @@ pub fn layer_text(image: &str, outcome: &LayerOutcome, pipeline: &Pipeline) -> S
 fn round(value: f64, digits: i32) -> f64 {
     let scale = 10f64.powi(digits);
     (value * scale).round() / scale
+}
+
+/// The layer-level head's call as the journal keeps it: (`clean` or the class, confidence);
+/// empty and 0 for a model without a head or a layer it did not judge.
+pub fn layer_class_record(outcome: &LayerOutcome, pipeline: &Pipeline) -> (String, f32) {
+    match (&outcome.layer_call, &pipeline.model.spec.layer_head) {
+        (Some(call), Some(head)) => (call.label(head).to_string(), call.confidence()),
+        _ => (String::new(), 0.0),
+    }
+}
+
+/// The domain check's finding as the journal keeps it.
+pub fn domain_record(outcome: &LayerOutcome) -> Option<DomainRecord> {
+    outcome.domain.map(|d| DomainRecord {
+        score: d.score,
+        threshold: d.threshold,
+        familiar: d.familiar,
+    })
 }
 
 /// The journal's records of a layer's defects (class names, footprints in bed millimetres).

@@ -16,7 +16,7 @@ use crate::judge::frame_check::FrameCheck;
 use crate::judge::pipeline::{LayerOutcome, Pipeline};
 use crate::model::LoadedModel;
 use crate::record::layer_images::{JudgedLayer, SnapshotSender};
-use crate::record::layer_report::{defect_records, defect_summary};
+use crate::record::layer_report::{defect_records, defect_summary, domain_record, layer_class_record};
 
 /// The video trigger: preview frames between layers go through the recoat detector.
 pub(super) struct VideoWatch {
@@ -197,7 +197,11 @@ pub(super) fn analysis_thread(
             Some(unjudged) => unjudged.text.clone(),
             None => defect_summary(&outcome, &pipeline.model.class_names),
         };
+        let (layer_class, layer_class_confidence) = layer_class_record(&outcome, &pipeline);
         let result = LayerResult {
+            layer_class,
+            layer_class_confidence,
+            domain: domain_record(&outcome),
             verdict: outcome.verdict,
             defect_count: outcome.totals.count,
             total_defect_area_mm2: outcome.totals.total_area_mm2,

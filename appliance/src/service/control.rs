@@ -241,6 +241,9 @@ pub(super) fn control_loop(
                         reason: reason.as_ref().map(|r| r.text.clone()).unwrap_or_default(),
                         recoat_outcome,
                         recoat_classes,
+                        layer_class: result.layer_class,
+                        layer_class_confidence: result.layer_class_confidence,
+                        domain: result.domain,
                     };
                     if let Err(error) = news.journal.append(&record) {
                         eprintln!("{}", systemd::line(systemd::ERR, &format!("{error:#}")));

@@ -38,6 +38,7 @@ use crate::config::Config;
 use crate::judge::history::BuildHistory;
 use crate::judge::pipeline::StageTimes;
 use crate::judge::reason::{Reason, RuleKind};
+use crate::record::journal::DomainRecord;
 use crate::record::journal::{DefectRecord, Journal, LayerRecord};
 use crate::record::layer_images::{ImageStore, SnapshotSender, VerdictSender};
 use crate::web::board::{Board, Status};
@@ -91,6 +92,11 @@ struct LayerResult {
     tripped_classes: Vec<String>,
     /// The model's class names (for the reason codes of the track rules).
     class_names: Arc<[String]>,
+    /// The layer-level head's call (`clean` or a class) and its confidence; empty without one.
+    layer_class: String,
+    layer_class_confidence: f32,
+    /// The domain check's finding, for models with one.
+    domain: Option<DomainRecord>,
 }
 
 impl LayerResult {
@@ -121,6 +127,9 @@ impl LayerResult {
             total_ms: 0.0,
             infer_ms: 0.0,
             timing: None,
+            layer_class: String::new(),
+            layer_class_confidence: 0.0,
+            domain: None,
         }
     }
 }

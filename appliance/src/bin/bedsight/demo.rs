@@ -13,7 +13,7 @@ use appliance::judge::decide::RecoatBudget;
 use appliance::judge::pipeline::Pipeline;
 use appliance::record::journal::{Journal, LayerRecord};
 use appliance::record::layer_files::write_layer_files;
-use appliance::record::layer_report::{defect_records, defect_summary, layer_json};
+use appliance::record::layer_report::{defect_records, defect_summary, domain_record, layer_class_record, layer_json};
 
 /// The sample build made by the training tool's generator (`quantize/scripts/build-default-model.sh`).
 static SAMPLE_BUILD: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../assets/sample-build");
@@ -133,7 +133,11 @@ pub fn demo(pipeline: &mut Pipeline, out_dir: &Path, real: bool) -> Result<Vec<V
             uncertainty_score,
             reason_code: reason.as_ref().map_or(0, |r| r.code()),
         })?;
+        let (layer_class, layer_class_confidence) = layer_class_record(&outcome, pipeline);
         journal.append(&LayerRecord {
+            layer_class,
+            layer_class_confidence,
+            domain: domain_record(&outcome),
             layer,
             time_ms: now_ms(),
             trigger: "demo".into(),
