@@ -71,3 +71,8 @@ def test_a_repeated_frame_is_a_frozen_camera_everywhere_an_operator_looks(tmp_pa
     assert "frame_check.frozen: frozen camera: the frame is the last judged layer&#39;s bed again" in page
     assert '<td class="why">frame_check.frozen: frozen camera: the frame is the last judged layer&#39;s bed again' in page
     assert "<td>false alarm: camera cable re-seated</td>" in page
+    # the judged layer's row says what the model's layer head called it, as the journal keeps it
+    first = json.loads(run("journal", "export", tmp_path / "journal" / "layers.bsj", "--format", "jsonl", check=True).stdout.splitlines()[0])
+    assert first["layer_class"] in ("clean", "incompleteness", "streaking", "super-elevation"), first
+    called = f"layer class {first['layer_class']} ({first['layer_class_confidence'] * 100:.0f}%)"
+    assert called in page.split('<tr class="layer-row"><td>0</td>')[1].split("</tr>")[0], called

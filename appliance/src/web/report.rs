@@ -258,11 +258,26 @@ pub fn render(
             })
             .collect();
         // the rule that decided and what it saw (a FAULT's cause, a frame check's finding)
-        let why = if record.reason.is_empty() {
-            String::new()
-        } else {
-            format!("{}: {}", record.rule, record.reason)
-        };
+        // and what the model made of the layer: its layer-level call and the domain check
+        let mut why: Vec<String> = Vec::new();
+        if !record.reason.is_empty() {
+            why.push(format!("{}: {}", record.rule, record.reason));
+        }
+        if !record.layer_class.is_empty() {
+            why.push(format!(
+                "layer class {} ({:.0}%)",
+                record.layer_class,
+                record.layer_class_confidence * 100.0
+            ));
+        }
+        if let Some(domain) = record.domain {
+            let word = if domain.familiar { "familiar" } else { "unfamiliar" };
+            why.push(format!(
+                "domain {word} (score {:.2}, threshold {:.2})",
+                domain.score, domain.threshold
+            ));
+        }
+        let why = why.join("; ");
         let _ = writeln!(
             html,
             "<tr class=\"layer-row\"><td>{index}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"verdict {verdict}\">{verdict}</td><td>{}</td><td>{:.2}</td><td>{:.4}</td><td>{:.0}</td><td>{}</td><td class=\"why\">{}</td><td>{}</td></tr>",
