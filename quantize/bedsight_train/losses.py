@@ -40,6 +40,28 @@ def categorical_focal_loss(logits, target, gamma: float = 2.0, alpha: float = 0.
     return loss.mean()
 
 
+# Seed 001 §4 (Table 1 and 2): the parameter search settled on alpha 0.633 (false negatives),
+# beta 0.1 (false positives) and gamma 1.
+FTL_ALPHA, FTL_BETA, FTL_GAMMA = 0.633, 0.1, 1.0
+
+
+def focal_tversky_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = FTL_ALPHA, beta: float = FTL_BETA,
+                       gamma: float = FTL_GAMMA, eps: float = 1.0) -> torch.Tensor:
+    """Focal Tversky loss (seed 001 Eq. 1), FTL = (1 - TP / (TP + alpha FN + beta FP))^gamma, per
+    class with soft counts over the batch (TP = sum p_k y_k, FN = sum (1 - p_k) y_k, FP = sum p_k
+    (1 - y_k)), averaged over the classes; eps keeps a class absent from the batch at a loss of 0
+    rather than 0/0."""
+    k = logits.shape[1]
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(target, k).permute(0, 3, 1, 2).to(probs.dtype)
+    dims = (0, 2, 3)
+    tp = (probs * onehot).sum(dims)
+    fn = ((1 - probs) * onehot).sum(dims)
+    fp = (probs * (1 - onehot)).sum(dims)
+    tversky = (tp + eps) / (tp + alpha * fn + beta * fp + eps)
+    return ((1 - tversky) ** gamma).mean()
+
+
 def am_segnet_loss(logits, aux, target, image, class_weights=None, sr_weight: float = 0.0):
     """Dice + categorical focal loss (seed 002 §3.1). Returns (total, parts)."""
     dice = dice_loss(logits, target)

@@ -100,7 +100,6 @@ pub struct Pipeline {
     /// The domain check of the model image's `[domain]` table, when it has one.
     domain_check: Option<DomainCheck>,
     input_tensor: Vec<f32>,
-    logits: Vec<f32>,
     /// The last layer's calibrated layer-class probabilities, in `layer_head.classes` order
     /// (empty for a model without a layer head).
     pub layer_probabilities: Vec<f32>,
@@ -180,7 +179,6 @@ impl Pipeline {
             grey_frame: GrayImage::new(1, 1),
             flat_field,
             input_tensor: vec![0.0; width * height],
-            logits: vec![0.0; model.spec.members * classes * width * height],
             layer_probabilities: vec![0.0; model.spec.layer_logits_len()],
             fused: Fused::new(width, height, classes),
             refine_buffers: RefineBuffers::for_pixels(width * height),
@@ -260,14 +258,18 @@ impl Pipeline {
             return self.fault_outcome(format!("pre-processing failed: {error}"), timing, started);
         }
 
-        if let Err(error) = self.model.backend.infer(&self.input_tensor, &mut self.logits) {
-            lap(&mut timing.infer_ms);
-            return self.fault_outcome(format!("inference failed: {error}"), timing, started);
-        }
+        // The logits stay where the backend wrote them; fusion reads them there.
+        let logits = match self.model.backend.infer(&self.input_tensor) {
+            Ok(logits) => logits,
+            Err(error) => {
+                lap(&mut timing.infer_ms);
+                return self.fault_outcome(format!("inference failed: {error}"), timing, started);
+            }
+        };
         lap(&mut timing.infer_ms);
 
         models::fuse(
-            &self.logits,
+            logits,
             self.model.spec.members,
             &self.model.spec.temperatures,
             &mut self.fused,

@@ -56,9 +56,11 @@ pub trait Backend: Send {
     fn info(&self) -> &BackendInfo;
 
     /// Runs the graph on `input` (`[1, C, H, W]`, [`InputSpec::len`](crate::InputSpec::len)
-    /// values, as [`preprocess`](crate::preprocess()) makes it) and writes the raw logits
-    /// `[1, M, K, H, W]` ([`ModelSpec::logits_len`] values) into `logits`.
-    fn infer(&mut self, input: &[f32], logits: &mut [f32]) -> Result<(), ModelError>;
+    /// values, as [`preprocess`](crate::preprocess()) makes it) and returns the raw logits
+    /// `[1, M, K, H, W]` ([`ModelSpec::logits_len`] values) where the backend wrote them (ONNX
+    /// Runtime's bound output, tract's output tensor): fusion reads them there, no copy is made
+    /// (at 1024x1024 with 5 members they are 126 MB). Valid until the next call.
+    fn infer(&mut self, input: &[f32]) -> Result<&[f32], ModelError>;
 
     /// The raw layer-level logits `[1, L]` ([`ModelSpec::layer_logits_len`] values) of the last
     /// [`Backend::infer`]; empty when the spec has no layer head.
@@ -391,23 +393,11 @@ fn show(dims: &[DeclaredDim]) -> String {
 }
 
 /// Checks the buffers handed to [`Backend::infer`].
-pub(crate) fn check_buffers(
-    backend: &str,
-    input: &[f32],
-    logits: &[f32],
-    input_len: usize,
-    logits_len: usize,
-) -> Result<(), ModelError> {
+pub(crate) fn check_input_len(backend: &str, input: &[f32], input_len: usize) -> Result<(), ModelError> {
     if input.len() != input_len {
         return Err(ModelError::Input(format!(
             "{backend}: input holds {} values, the graph takes {input_len}",
             input.len()
-        )));
-    }
-    if logits.len() != logits_len {
-        return Err(ModelError::Input(format!(
-            "{backend}: logits buffer holds {} values, the graph returns {logits_len}",
-            logits.len()
         )));
     }
     Ok(())

@@ -3,7 +3,8 @@
 //! Execution providers are asked for in order TensorRT, CUDA, CPU; each registration either
 //! succeeds or returns why not, and [`BackendInfo::execution_provider`] names the first that
 //! registered (and then built the session). Input and output tensors are allocated once and bound
-//! with an `IoBinding`, so a layer copies its input in and its logits out and allocates no tensors.
+//! with an `IoBinding`, so a layer copies its input in, fusion reads the logits where ONNX Runtime
+//! wrote them (the bound output), and no tensor is allocated.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -16,7 +17,7 @@ use ort::session::{IoBinding, Session};
 use ort::value::{Tensor, ValueType};
 
 use super::{
-    check_buffers, check_features_output_shape, check_input_shape, check_layer_output_shape, check_output_shape,
+    check_features_output_shape, check_input_len, check_input_shape, check_layer_output_shape, check_output_shape,
     Backend, BackendInfo, DeclaredDim, FEATURES_OUTPUT_NAME, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
@@ -413,8 +414,8 @@ impl Backend for OrtBackend {
         &self.info
     }
 
-    fn infer(&mut self, input: &[f32], logits: &mut [f32]) -> Result<(), ModelError> {
-        check_buffers(BACKEND, input, logits, self.input_len, self.logits_len)?;
+    fn infer(&mut self, input: &[f32]) -> Result<&[f32], ModelError> {
+        check_input_len(BACKEND, input, self.input_len)?;
         let inference_error = |reason: String| ModelError::Inference {
             backend: BACKEND,
             reason,
@@ -430,12 +431,11 @@ impl Backend for OrtBackend {
             .map_err(|e| inference_error(e.to_string()))?;
         drop(outputs);
         let (shape, values) = self.output.extract_tensor();
-        if values.len() != logits.len() {
+        if values.len() != self.logits_len {
             return Err(ModelError::Contract(format!(
                 "graph returned logits of shape {shape:?}"
             )));
         }
-        logits.copy_from_slice(values);
         if let Some(layer_output) = &self.layer_output {
             let (shape, values) = layer_output.extract_tensor();
             if values.len() != self.layer_logits.len() {
@@ -454,7 +454,7 @@ impl Backend for OrtBackend {
             }
             self.features.copy_from_slice(values);
         }
-        Ok(())
+        Ok(self.output.extract_tensor().1)
     }
 
     fn layer_logits(&self) -> &[f32] {

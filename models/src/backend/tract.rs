@@ -7,7 +7,7 @@ use tract_onnx::tract_core::internal::DimLike;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use super::{
-    check_buffers, check_features_output_shape, check_input_shape, check_layer_output_shape, check_output_shape,
+    check_features_output_shape, check_input_len, check_input_shape, check_layer_output_shape, check_output_shape,
     Backend, BackendInfo, DeclaredDim, FEATURES_OUTPUT_NAME, INPUT_NAME, LAYER_OUTPUT_NAME, OUTPUT_NAME,
 };
 use crate::error::ModelError;
@@ -30,6 +30,8 @@ pub struct TractBackend {
     features_output_index: Option<usize>,
     /// The last run's features (empty without them).
     features: Vec<f32>,
+    /// The last run's outputs: `infer` returns the logits from here, without a copy.
+    outputs: TVec<TValue>,
     input_len: usize,
     logits_len: usize,
 }
@@ -183,6 +185,7 @@ impl TractBackend {
             layer_logits: vec![0.0; spec.layer_logits_len()],
             features_output_index,
             features: vec![0.0; spec.features_len()],
+            outputs: TVec::new(),
             input_len: spec.input.len(),
             logits_len: spec.logits_len(),
         })
@@ -194,8 +197,8 @@ impl Backend for TractBackend {
         &self.info
     }
 
-    fn infer(&mut self, input: &[f32], logits: &mut [f32]) -> Result<(), ModelError> {
-        check_buffers(BACKEND, input, logits, self.input_len, self.logits_len)?;
+    fn infer(&mut self, input: &[f32]) -> Result<&[f32], ModelError> {
+        check_input_len(BACKEND, input, self.input_len)?;
         let inference_error = |e: TractError| ModelError::Inference {
             backend: BACKEND,
             reason: format!("{e:#}"),
@@ -203,18 +206,12 @@ impl Backend for TractBackend {
         // tract consumes its input, so this is one copy per layer.
         let tensor = Tensor::from_shape(&self.input_shape, input).map_err(inference_error)?;
         let outputs = self.state.run(tvec!(tensor.into())).map_err(inference_error)?;
-        let view = outputs[self.output_index]
-            .to_plain_array_view::<f32>()
-            .map_err(inference_error)?;
-        if view.len() != logits.len() {
+        let logits = &outputs[self.output_index];
+        if logits.len() != self.logits_len {
             return Err(ModelError::Contract(format!(
                 "graph returned logits of shape {:?}",
-                view.shape()
+                logits.shape()
             )));
-        }
-        match view.as_slice() {
-            Some(values) => logits.copy_from_slice(values),
-            None => logits.iter_mut().zip(view.iter()).for_each(|(l, v)| *l = *v),
         }
         if let Some(index) = self.layer_output_index {
             let view = outputs[index].to_plain_array_view::<f32>().map_err(inference_error)?;
@@ -236,7 +233,13 @@ impl Backend for TractBackend {
             }
             self.features.iter_mut().zip(view.iter()).for_each(|(f, v)| *f = *v);
         }
-        Ok(())
+        // Kept until the next run; the logits are read where tract wrote them (a tract tensor is
+        // one contiguous buffer).
+        self.outputs = outputs;
+        self.outputs[self.output_index]
+            .try_as_plain_ram()
+            .and_then(|plain| plain.as_slice::<f32>())
+            .map_err(inference_error)
     }
 
     fn layer_logits(&self) -> &[f32] {

@@ -410,10 +410,10 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
                 Some(python) => {
                     let mut reference =
                         PythonReference::start(python, &graph_file, &input_file, &spec, &info.execution_provider)?;
-                    let (rust, python_times) = interleaved(backend.as_mut(), &mut reference, &input, &spec, options)?;
+                    let (rust, python_times) = interleaved(backend.as_mut(), &mut reference, &input, options)?;
                     (rust, Some(python_times))
                 }
-                None => (time_inference(backend.as_mut(), &input, &spec, options)?, None),
+                None => (time_inference(backend.as_mut(), &input, options)?, None),
             };
             print_row(&info.name, &info.execution_provider, precision, &rust);
             inference.push(InferenceRow {
@@ -480,23 +480,17 @@ fn bench_model(model: &BenchModel, options: &BenchOptions) -> Result<ModelReport
 }
 
 /// `runs` timed runs of `infer` after `warmup` untimed ones.
-fn time_inference(
-    backend: &mut dyn models::Backend,
-    input: &[f32],
-    spec: &ModelSpec,
-    options: &BenchOptions,
-) -> Result<Spread> {
-    let mut logits = vec![0.0f32; spec.logits_len()];
-    timed_runs(backend, input, &mut logits, options.warmup)?;
-    Ok(Spread::of(&timed_runs(backend, input, &mut logits, options.runs)?))
+fn time_inference(backend: &mut dyn models::Backend, input: &[f32], options: &BenchOptions) -> Result<Spread> {
+    timed_runs(backend, input, options.warmup)?;
+    Ok(Spread::of(&timed_runs(backend, input, options.runs)?))
 }
 
 /// Milliseconds of each of `runs` runs of `infer`.
-fn timed_runs(backend: &mut dyn models::Backend, input: &[f32], logits: &mut [f32], runs: usize) -> Result<Vec<f64>> {
+fn timed_runs(backend: &mut dyn models::Backend, input: &[f32], runs: usize) -> Result<Vec<f64>> {
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs {
         let started = Instant::now();
-        backend.infer(input, logits)?;
+        backend.infer(input)?;
         times.push(started.elapsed().as_secs_f64() * 1e3);
     }
     Ok(times)
@@ -511,16 +505,14 @@ fn interleaved(
     backend: &mut dyn models::Backend,
     reference: &mut PythonReference,
     input: &[f32],
-    spec: &ModelSpec,
     options: &BenchOptions,
 ) -> Result<(Spread, Spread)> {
-    let mut logits = vec![0.0f32; spec.logits_len()];
-    timed_runs(backend, input, &mut logits, options.warmup)?;
+    timed_runs(backend, input, options.warmup)?;
     reference.run(options.warmup)?;
     let (mut rust, mut python) = (Vec::new(), Vec::new());
     while rust.len() < options.runs {
         let turn = TURN_RUNS.min(options.runs - rust.len());
-        rust.extend(timed_runs(backend, input, &mut logits, turn)?);
+        rust.extend(timed_runs(backend, input, turn)?);
         python.extend(reference.run(turn)?);
     }
     Ok((Spread::of(&rust), Spread::of(&python)))
@@ -646,8 +638,8 @@ fn ensemble_ratio(
     let mut ensemble = models::load_backend(choice, &model.fp32, &spec, None)?;
     let mut one = models::load_backend(choice, one_graph, &one_spec, None)?;
     let runner = ensemble.info().name.clone();
-    let ensemble_ms = time_inference(ensemble.as_mut(), input, &spec, options)?.median_ms;
-    let one_ms = time_inference(one.as_mut(), input, &one_spec, options)?.median_ms;
+    let ensemble_ms = time_inference(ensemble.as_mut(), input, options)?.median_ms;
+    let one_ms = time_inference(one.as_mut(), input, options)?.median_ms;
     let ratio = ensemble_ms / one_ms;
     println!("  ensemble ({runner} fp32): {} members {ensemble_ms:.2} ms vs one member {one_ms:.2} ms: {ratio:.2}x (seed 000: 5 under 2x)", spec.members);
     Ok(EnsembleReport {
