@@ -87,11 +87,12 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
     out = tmp_path / "model" / "model.onnx"
     export(run, out, progress=False)
     session = ort_session(out)
-    assert [o.name for o in session.get_outputs()] == ["logits", "layer_logits"]
-    logits, layer_logits = session.run(None, {"image": np.zeros((1, 1, 64, 64), np.float32)})
-    assert logits.shape == (1, 2, 6, 64, 64) and layer_logits.shape == (1, 3)
+    # the layer head's output, then the domain check's features (domain.py)
+    assert [o.name for o in session.get_outputs()] == ["logits", "layer_logits", "features"]
+    logits, layer_logits, features = session.run(None, {"image": np.zeros((1, 1, 64, 64), np.float32)})
+    assert logits.shape == (1, 2, 6, 64, 64) and layer_logits.shape == (1, 3) and features.shape[0] == 1
     manifest = (out.parent / "manifest.toml").read_text()
-    assert 'format_version = "1.1"' in manifest
+    assert 'format_version = "1.2"' in manifest and "[domain]" in manifest
     assert 'classes = ["incompleteness", "streaking", "super-elevation"]' in manifest
     assert "[layer_head]" in manifest
 
