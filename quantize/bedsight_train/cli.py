@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--split-seed", type=int, default=0)
     t.add_argument("--crop", type=int, default=None, help="train on random square crops of this size")
     t.add_argument("--class-weights", choices=["none", "inverse-sqrt"], default="none")
+    t.add_argument("--focal-tversky", action="store_true", help="add seed 001's Focal Tversky loss (alpha 0.633, beta 0.1, gamma 1) to the architecture's loss")
     t.add_argument("--sr-weight", type=float, default=0.1, help="weight of ISDNet-SR's MSE (SR) loss")
     t.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run in --out")
     t.add_argument("--photometric", type=float, default=0.15, help="random grey-level gain/offset augmentation strength (0: off)")
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> None:
             TrainOptions(
                 arch=args.arch, data=args.data, epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr=args.lr,
                 seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), crop=args.crop,
-                class_weights=args.class_weights, sr_weight=args.sr_weight, photometric=args.photometric, overwrite=args.overwrite, progress=progress,
+                class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, overwrite=args.overwrite, progress=progress,
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every,

@@ -26,7 +26,7 @@ import torch
 
 from . import data as data_mod
 from .common import BadInput, limit_threads, read_toml
-from .losses import LOSSES
+from .losses import LOSSES, focal_tversky_loss
 from .metrics import confusion, segmentation_metrics
 from .models import ARCHS, SIZE_MULTIPLE, build_model, make_config
 
@@ -50,6 +50,7 @@ class TrainOptions:
     widths: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
     crop: int | None = None  # train on random square crops of this size (full images if None)
     class_weights: str = "none"  # "none" or "inverse-sqrt"
+    focal_tversky: bool = False  # add seed 001's Focal Tversky loss (Eq. 1) to the architecture's loss
     sr_weight: float = 0.1  # weight of L_MSE for ISDNet-SR
     photometric: float = 0.15  # random gain 1 +- this and offset +- this/3 (0..1 scale); 0 turns it off
     overwrite: bool = False  # replace the checkpoints of an earlier run in the same folder
@@ -225,6 +226,7 @@ def train(opts: TrainOptions) -> dict:
         "batch_size": opts.batch_size,
         "crop": opts.crop,
         "class_weights": opts.class_weights,
+        "focal_tversky": opts.focal_tversky,
         "sr_weight": opts.sr_weight,
         "photometric": opts.photometric,
         "epochs": opts.epochs,
@@ -266,7 +268,17 @@ def train(opts: TrainOptions) -> dict:
     y_train = train_ds.masks.astype(np.int64)
     x_val = data_mod.to_input(val_ds.images, mean, std)
     weights = class_weight_vector(train_ds.masks, k, opts.class_weights)
-    loss_fn = LOSSES[opts.arch]
+    paper_loss = LOSSES[opts.arch]
+
+    def loss_fn(logits, aux, target, image, class_weights=None, sr_weight=0.1):
+        """The architecture's loss, plus seed 001's Focal Tversky loss with --focal-tversky (for
+        small defects, whose pixels the cross-entropy's average drowns)."""
+        total, parts = paper_loss(logits, aux, target, image, class_weights=class_weights, sr_weight=sr_weight)
+        if opts.focal_tversky:
+            ftl = focal_tversky_loss(logits, target)
+            total = total + ftl
+            parts["ftl"] = float(ftl.detach())
+        return total, parts
     parameters = list(model.parameters()) + (list(layer_head.parameters()) if layer_head is not None else [])
     optimiser = torch.optim.Adam(parameters, lr=run_info["lr"])
     if layer_data is not None:
