@@ -689,6 +689,7 @@ def evaluate_real(
         "mean_box_ms_per_layer": _mean([l.result.get("timing_ms", {}).get("total_ms") for l in chosen if l.result and l.result.get("timing_ms")]),
     }
     report["layers"] = [_layer_record(l, class_names, defect_ids) for l in chosen]
+    report["domain"] = domain_summary(report["layers"], split)
     if labels_doc is not None:
         _write_overlays(chosen, out / "overlays", mask_size, class_names, defect_ids, colours, k)
     (out / "real-eval.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -755,6 +756,7 @@ def _layer_record(layer: Layer, class_names: Sequence[str], defect_ids: Sequence
         "classes_found": sorted(_found_classes(r)),
         "flagged_share": flagged_share(layer.mask, defect_ids) if layer.mask is not None else None,
         "layer_head": (r.get("layer_class") or {}).get("class"),
+        "domain": r.get("domain"),
         **layer.extra,
     }
 
@@ -983,6 +985,31 @@ def _ci(ci: list[float] | None) -> str:
     return "" if ci is None else f" ({ci[0] * 100:.0f}-{ci[1] * 100:.0f})"
 
 
+def domain_summary(layers: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
+    """The domain check's findings per folder on the chosen split: layers judged with a finding,
+    how many familiar; None for a model without a domain check."""
+    scored = [l for l in layers if l["split"] == split and l.get("domain")]
+    if not scored:
+        return None
+    per_folder: dict[str, dict[str, Any]] = {}
+    for layer in scored:
+        entry = per_folder.setdefault(layer["folder"], {"judged": 0, "familiar": 0, "scores": []})
+        entry["judged"] += 1
+        entry["familiar"] += int(layer["domain"]["familiar"])
+        entry["scores"].append(layer["domain"]["score"])
+    for entry in per_folder.values():
+        entry["familiar_share"] = entry["familiar"] / entry["judged"]
+        entry["median_score"] = float(np.median([v for v in entry.pop("scores") if v is not None])) if entry["judged"] else None
+    familiar = sum(e["familiar"] for e in per_folder.values())
+    return {
+        "threshold": scored[0]["domain"]["threshold"],
+        "judged": len(scored),
+        "familiar": familiar,
+        "familiar_share": familiar / len(scored),
+        "per_folder": per_folder,
+    }
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report for a person."""
     run = report["run"]
@@ -1091,6 +1118,20 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "Overlays: `overlays/` (tint: the box's flagged pixels; outline: the labelled regions; both in the class's colour).",
         ]
+    domain = report.get("domain")
+    if domain:
+        lines += [
+            "",
+            f"## Domain check ({report['split']} split)",
+            "",
+            f"Threshold {domain['threshold']:.3f}: {domain['familiar']} of {domain['judged']} judged layers familiar "
+            f"({_pct(domain['familiar_share'], 0)}); a layer above the threshold is REVIEW.",
+            "",
+            "| folder | judged | familiar | median score |",
+            "|---|---|---|---|",
+        ]
+        for folder, entry in sorted(domain["per_folder"].items()):
+            lines.append(f"| {folder} | {entry['judged']} | {entry['familiar']} ({_pct(entry['familiar_share'], 0)}) | {entry['median_score']:.3f} |")
     lines += [
         "",
         "## What these figures cannot show",

@@ -292,3 +292,19 @@ def test_end_to_end_on_three_real_layers(tmp_path):
 
     with Image.open(out / "overlays" / overlays[0]) as im:
         assert im.width == re_.OVERLAY_WIDTH
+
+
+def test_the_domain_check_is_summarised_per_folder():
+    from bedsight_train.real_eval import domain_summary
+
+    def layer(folder, split, score, familiar):
+        return {"folder": folder, "split": split, "domain": {"score": score, "threshold": 1.5, "familiar": familiar}}
+
+    layers = [layer("No_Defect", "test", 0.5, True), layer("No_Defect", "test", 2.0, False), layer("No_Defect", "test", 1.0, True),
+              layer("Powder_Uneven", "test", 0.7, True), layer("Powder_Uneven", "train", 9.0, False),
+              {"folder": "Powder_Uneven", "split": "test", "domain": None}]
+    summary = domain_summary(layers, "test")
+    assert (summary["judged"], summary["familiar"], summary["threshold"]) == (4, 3, 1.5)
+    assert summary["per_folder"]["No_Defect"] == {"judged": 3, "familiar": 2, "familiar_share": 2 / 3, "median_score": 1.0}
+    assert summary["per_folder"]["Powder_Uneven"]["median_score"] == 0.7
+    assert domain_summary([{"folder": "x", "split": "test", "domain": None}], "test") is None
