@@ -301,3 +301,32 @@ fn int8_graph_runs_on_both_backends() {
         );
     }
 }
+
+/// Which graph `[model] precision = "auto"` picks rests on this: whether the ONNX Runtime the
+/// box loads lists TensorRT (the JetPack build does, the CPU build these machines carry does
+/// not), as onnxruntime itself says through Python; tract never has it.
+#[test]
+fn tensorrt_is_built_in_where_onnx_runtime_lists_it() {
+    require_onnxruntime();
+    assert!(!models::tensorrt_built_in(BackendChoice::Tract));
+    let library = models::find_onnxruntime().expect("found (require_onnxruntime)");
+    // .../site-packages/onnxruntime/capi/libonnxruntime.so.X -> .../site-packages
+    let Some(site_packages) = library.ancestors().nth(3).filter(|p| p.ends_with("site-packages")) else {
+        eprintln!(
+            "{}: not a Python package's library; only tract is checked",
+            library.display()
+        );
+        return;
+    };
+    let python = site_packages.ancestors().nth(3).expect("prefix").join("bin/python");
+    let listed = std::process::Command::new(&python)
+        .args([
+            "-c",
+            "import onnxruntime; print('TensorrtExecutionProvider' in onnxruntime.get_available_providers())",
+        ])
+        .output()
+        .expect("the package's python runs");
+    let listed = String::from_utf8_lossy(&listed.stdout).trim() == "True";
+    assert_eq!(models::tensorrt_built_in(BackendChoice::Ort), listed);
+    assert_eq!(models::tensorrt_built_in(BackendChoice::Auto), listed);
+}
