@@ -115,11 +115,10 @@ impl LoadedModel {
         precision: Precision,
         engine_cache_dir: Option<&Path>,
     ) -> Result<LoadedModel> {
-        let int8 = (image.manifest.graphs.default != image.manifest.graphs.fp32).then(|| image.default_graph());
         Self::from_graphs(
             origin,
             &image.manifest,
-            int8,
+            image.int8_graph(),
             image.fp32_graph(),
             choice,
             precision,

@@ -495,6 +495,11 @@ impl ModelImage {
         self.file(&self.manifest.graphs.fp32).unwrap_or_default()
     }
 
+    /// The INT8 graph, when the image has one (its default graph is then not the fp32 one).
+    pub fn int8_graph(&self) -> Option<&[u8]> {
+        (self.manifest.graphs.default != self.manifest.graphs.fp32).then(|| self.default_graph())
+    }
+
     /// (input layer image, expected mask), both PNG, when the image has a self-test.
     pub fn selftest(&self) -> Option<(&[u8], &[u8])> {
         Some((self.file(ENTRY_SELFTEST_INPUT)?, self.file(ENTRY_SELFTEST_EXPECTED)?))

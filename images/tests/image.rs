@@ -214,6 +214,7 @@ fn round_trip_gives_identical_bytes_and_manifest() {
     assert_eq!(packed.archive_bytes, fs::metadata(&out).unwrap().len());
     assert_eq!(image.fp32_graph(), fs::read(&fixture.fp32).unwrap());
     assert_eq!(image.default_graph(), fs::read(&fixture.int8).unwrap());
+    assert_eq!(image.int8_graph(), Some(image.default_graph()));
     let (input, expected) = image.selftest().unwrap();
     assert_eq!(input, fs::read(&fixture.selftest_input).unwrap());
     assert_eq!(expected, fs::read(&fixture.selftest_expected).unwrap());
@@ -288,6 +289,7 @@ fn fp32_only_image_runs_the_fp32_graph() {
     assert_eq!(image.manifest.graphs.default, "model.onnx");
     assert_eq!(image.default_graph(), fs::read(&fixture.fp32).unwrap());
     assert_eq!(image.fp32_graph(), image.default_graph());
+    assert_eq!(image.int8_graph(), None);
     assert!(image.selftest().is_none());
     assert_eq!(image.files.len(), 1);
 }

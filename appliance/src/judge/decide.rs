@@ -25,6 +25,20 @@ pub struct Decision {
     pub tripped_classes: Vec<String>,
 }
 
+impl Decision {
+    /// The verdict becomes REVIEW by a rule about no class (`kind`), which `text` explains.
+    fn review(&mut self, kind: RuleKind, text: String) {
+        self.reasons.push(text.clone());
+        self.verdict = Verdict::Review;
+        self.reason = Some(Reason {
+            kind,
+            class_index: 0,
+            class: String::new(),
+            text,
+        });
+    }
+}
+
 /// Applies the per-class rules, then the uncertainty gate.
 ///
 /// Per class: a rule trips when the class's total area, largest defect or count passes its
@@ -166,16 +180,8 @@ pub fn apply_domain(finding: &DomainFinding, decision: &mut Decision) {
         finding.score, finding.threshold
     );
     if decision.verdict.severity() < Verdict::Review.severity() {
-        decision
-            .reasons
-            .push(format!("{seen} → REVIEW (was {})", decision.verdict));
-        decision.verdict = Verdict::Review;
-        decision.reason = Some(Reason {
-            kind: RuleKind::Domain,
-            class_index: 0,
-            class: String::new(),
-            text: decision.reasons.last().cloned().unwrap_or_default(),
-        });
+        let text = format!("{seen} → REVIEW (was {})", decision.verdict);
+        decision.review(RuleKind::Domain, text);
     } else {
         decision.reasons.push(format!("{seen}; {} stands", decision.verdict));
     }
@@ -188,17 +194,11 @@ pub fn apply_domain(finding: &DomainFinding, decision: &mut Decision) {
 pub fn apply_layer_call(call: Option<&LayerCall>, class_name: &str, defects: &[Defect], decision: &mut Decision) {
     let Some(call) = call else { return };
     if call.defective && defects.is_empty() && decision.verdict == Verdict::Pass {
-        decision.reasons.push(format!(
+        let text = format!(
             "layer classifier: {class_name} p = {:.2} but segmentation found no defect → REVIEW",
             call.top_probability
-        ));
-        decision.verdict = Verdict::Review;
-        decision.reason = Some(Reason {
-            kind: RuleKind::LayerClassifier,
-            class_index: 0,
-            class: String::new(),
-            text: decision.reasons.last().cloned().unwrap_or_default(),
-        });
+        );
+        decision.review(RuleKind::LayerClassifier, text);
     }
 }
 
@@ -386,6 +386,47 @@ mod tests {
         let mut decision = decide(&config, &names(), &defect_classes(), &defects, &layer(10, 0));
         apply_layer_call(defective.as_ref(), "streaking", &defects, &mut decision);
         assert_eq!(decision.verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn a_layer_unlike_the_training_data_is_review_and_a_pause_stands() {
+        let unfamiliar = DomainFinding {
+            score: 2.25,
+            threshold: 1.5,
+            familiar: false,
+        };
+        let mut passed = decide(&config(""), &names(), &defect_classes(), &[], &layer(0, 0));
+        apply_domain(&unfamiliar, &mut passed);
+        assert_eq!(passed.verdict, Verdict::Review);
+        assert_eq!(
+            passed.reasons,
+            ["domain check: image unlike the model's training data (score 2.25 > 1.50) → REVIEW (was PASS)"]
+        );
+        let reason = passed.reason.as_ref().unwrap();
+        assert_eq!((reason.code(), reason.rule().as_str()), (0x0B00, "domain"));
+
+        let config = config("[rules.super-elevation]\nmax_count = 0\nverdict = \"PAUSE\"\n");
+        let mut paused = decide(&config, &names(), &defect_classes(), &[defect(1, 0.5)], &layer(20, 0));
+        let before = paused.reason.clone();
+        apply_domain(&unfamiliar, &mut paused);
+        assert_eq!((paused.verdict, &paused.reason), (Verdict::Pause, &before));
+        assert!(paused
+            .reasons
+            .last()
+            .unwrap()
+            .ends_with("(score 2.25 > 1.50); PAUSE stands"));
+
+        // a familiar layer changes nothing
+        let mut familiar = decide(&config, &names(), &defect_classes(), &[], &layer(0, 0));
+        let unchanged = familiar.clone();
+        apply_domain(
+            &DomainFinding {
+                familiar: true,
+                ..unfamiliar
+            },
+            &mut familiar,
+        );
+        assert_eq!(familiar, unchanged);
     }
 
     #[test]

@@ -293,8 +293,7 @@ impl BenchModel {
 
     fn from_image(origin: String, image: &ModelImage) -> BenchModel {
         let fp32 = image.fp32_graph().to_vec();
-        let default = image.default_graph();
-        let int8 = (image.manifest.graphs.default != image.manifest.graphs.fp32).then(|| default.to_vec());
+        let int8 = image.int8_graph().map(<[u8]>::to_vec);
         BenchModel {
             origin,
             manifest: image.manifest.clone(),

@@ -71,12 +71,8 @@ fn check_graphs(path: &Path) -> Result<()> {
 
 /// An image's graphs by name: `int8` (when it has one) and `fp32`.
 fn graphs_of(image: &ModelImage) -> Vec<(&'static str, &[u8])> {
-    let mut graphs = Vec::new();
-    if image.manifest.graphs.default != image.manifest.graphs.fp32 {
-        graphs.push(("int8", image.default_graph()));
-    }
-    graphs.push(("fp32", image.fp32_graph()));
-    graphs
+    let int8 = image.int8_graph().map(|graph| ("int8", graph));
+    int8.into_iter().chain([("fp32", image.fp32_graph())]).collect()
 }
 
 /// Checks hashes (on open), the signature when trusted keys are given, and the graphs' shapes.
