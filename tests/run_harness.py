@@ -93,8 +93,14 @@ baud = 115200
     )
 
 
+# A line of `bedsight run` on a terminal (appliance/src/service/log.rs): its UTC time (RFC 3339),
+# its level, the message.
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z) (ERROR|WARN|NOTICE|INFO|DEBUG|TRACE) +(.*)$")
+
+
 class Appliance:
-    """A running `bedsight run --config FILE`, its stdout lines in a queue."""
+    """A running `bedsight run --config FILE`, the messages of its stdout lines in a queue (time and
+    level cut off: `logged` keeps them, a line without them has the level None)."""
 
     def __init__(self, config: Path, *extra):
         # Never the box's /var/lib/bedsight: a fresh state folder unless --state-dir is given.
@@ -108,16 +114,20 @@ class Appliance:
         )
         self.lines: "queue.Queue[str | None]" = queue.Queue()
         self.seen: list[str] = []
+        self.logged: list[tuple[str | None, str | None, str]] = []  # (time, level, message) of every line
         self.stderr = ""
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self):
         for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+            line = line.rstrip("\n")
+            match = LOG_LINE.match(line)
+            self.logged.append(match.groups() if match else (None, None, line))
+            self.lines.put(match.group(3) if match else line)
         self.lines.put(None)
 
     def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match:
-        """The first stdout line (from now on) that matches `pattern`."""
+        """The first stdout line's message (from now on) that matches `pattern`."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()

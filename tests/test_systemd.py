@@ -11,7 +11,7 @@ import tempfile
 import time
 
 from conftest import REPO, SAMPLE_BUILD, bedsight_bin
-from run_harness import MODBUS_TCP_FREE_PORT, replay_over_modbus, write_config
+from run_harness import LOG_LINE, MODBUS_TCP_FREE_PORT, replay_over_modbus, write_config
 
 UNIT = REPO / "board" / "systemd" / "bedsight.service"
 
@@ -105,3 +105,36 @@ def test_under_journald_a_pause_is_a_warning_and_a_pass_is_info(tmp_path, ledger
     assert layer_lines[0].startswith("<6>layer 1 PASS "), layer_lines
     assert layer_lines[1].startswith("<4>layer 2 PAUSE "), layer_lines
     assert any(line.startswith("<4>rule: rules.super-elevation.limit (code 257): ") for line in lines), lines
+    # under journald no line carries its own time: journald keeps it
+    assert not any(LOG_LINE.match(line) for line in lines), lines
+
+
+def test_on_a_terminal_each_line_has_its_time_and_level(tmp_path, ledger):
+    """Outside systemd every line of `bedsight run` starts with its UTC time and its level: a
+    PASS is INFO, a PAUSE and its rule WARN, a camera that has no frame left an ERROR (FAULT)."""
+    from datetime import datetime, timedelta, timezone
+
+    from run_harness import Appliance, replay_camera
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for name in sorted(ledger)[:2]:  # a clean layer, then a super-elevation the shipped rules PAUSE
+        (frames / name).write_bytes((SAMPLE_BUILD / name).read_bytes())
+    config = write_config(tmp_path, replay_camera(frames) + '\n[trigger]\nkind = "timer"\ninterval_ms = 200\n')
+    started = datetime.now(timezone.utc)
+    appliance = Appliance(config)
+    try:
+        appliance.wait_for(r"^layer 3 FAULT ", timeout=60)
+    finally:
+        appliance.stop()
+    logged = appliance.logged
+    assert all(level is not None for _, level, _ in logged), [m for _, level, m in logged if level is None]
+    level_of = {message.split(" (")[0]: level for _, level, message in logged}
+    assert level_of["ready"] == "INFO"
+    layer = {message.split()[1]: (level, message.split()[2]) for _, level, message in logged if message.startswith("layer ")}
+    assert (layer["1"], layer["2"], layer["3"]) == (("INFO", "PASS"), ("WARN", "PAUSE"), ("ERROR", "FAULT")), layer
+    rule = next((level, message) for _, level, message in logged if message.startswith("rule: rules.super-elevation.limit (code 257): "))
+    assert rule[0] == "WARN", rule
+    times = [datetime.strptime(time, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=timezone.utc) for time, _, _ in logged]
+    assert times == sorted(times), times
+    assert started - timedelta(seconds=1) <= times[0] and times[-1] <= datetime.now(timezone.utc) + timedelta(seconds=1), (started, times[0], times[-1])

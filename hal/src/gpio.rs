@@ -315,7 +315,7 @@ pub fn spawn_gpio_inputs(
                     Ok(Some(edge)) => edge,
                     Ok(None) => continue,
                     Err(error) => {
-                        eprintln!("gpio: {error}; retrying");
+                        tracing::error!("gpio: {error}; retrying");
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
                     }

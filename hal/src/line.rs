@@ -155,7 +155,7 @@ pub fn spawn_line_server(
                         continue
                     }
                     Err(error) => {
-                        eprintln!("serial line {name}: read failed: {error}; retrying");
+                        tracing::error!("serial line {name}: read failed: {error}; retrying");
                         std::thread::sleep(Duration::from_millis(200));
                         continue;
                     }
@@ -175,7 +175,7 @@ pub fn spawn_line_server(
                     if let Some(answer) = answer {
                         let mut port = writer.lock().unwrap_or_else(|p| p.into_inner());
                         if let Err(error) = port.write_all(answer.as_bytes()) {
-                            eprintln!("serial line {name}: write failed: {error}");
+                            tracing::error!("serial line {name}: write failed: {error}");
                         }
                     }
                 }

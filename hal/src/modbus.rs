@@ -465,7 +465,7 @@ pub fn spawn_rtu_server(
                         }
                     }
                     Err(error) => {
-                        eprintln!("modbus rtu {name}: read failed: {error}; retrying");
+                        tracing::error!("modbus rtu {name}: read failed: {error}; retrying");
                         std::thread::sleep(Duration::from_millis(200));
                     }
                 }
@@ -486,7 +486,7 @@ pub fn spawn_rtu_server(
                         FrameOutcome::Respond => {
                             pending.drain(..length);
                             if let Err(error) = port.write_all(&response) {
-                                eprintln!("modbus rtu {name}: write failed: {error}");
+                                tracing::error!("modbus rtu {name}: write failed: {error}");
                             }
                         }
                         FrameOutcome::Silent => {

@@ -208,7 +208,7 @@ impl VerdictSender {
         // A full queue means the recorder is far behind; the pixels of that layer wait for
         // nothing and are dropped when the next layer's arrive.
         if let Err(TrySendError::Full(_)) = self.to_recorder.try_send(Message::Verdict(verdict)) {
-            eprintln!("record: the image recorder is behind; a layer's images are dropped");
+            tracing::warn!("record: the image recorder is behind; a layer's images are dropped");
         }
     }
 }
@@ -308,7 +308,7 @@ impl ImageStore {
             };
             let (name, bytes, _) = self.layers.remove(&index).expect("found");
             if let Err(error) = std::fs::remove_dir_all(self.folder.join(&name)) {
-                eprintln!("record: cannot delete {}: {error}", self.folder.join(&name).display());
+                tracing::error!("record: cannot delete {}: {error}", self.folder.join(&name).display());
             }
             total -= bytes;
             deleted.push(index);
@@ -372,7 +372,7 @@ pub fn spawn_recorder(
                         }
                         Err(error) => {
                             thread_stats.failed.fetch_add(1, Ordering::Relaxed);
-                            eprintln!("{error:#}");
+                            tracing::error!("{error:#}");
                         }
                     }
                     thread_stats.bytes.store(store.bytes(), Ordering::Relaxed);

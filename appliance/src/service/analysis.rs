@@ -99,7 +99,7 @@ fn follow_active_image(
     }
     match load_pipeline(config_path, backend, state_dir) {
         Ok((next, next_generation)) => {
-            println!(
+            tracing::info!(
                 "model: now {} {} from slot {} on {}, {}",
                 next.model.name,
                 next.model.version,
@@ -111,7 +111,7 @@ fn follow_active_image(
             *generation = next_generation;
         }
         Err(error) => {
-            eprintln!(
+            tracing::error!(
                 "model: the newly active image in {} did not load; still running {} {}: {error:#}",
                 state_dir.display(),
                 pipeline.model.name,

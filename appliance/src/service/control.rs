@@ -1,7 +1,6 @@
 //! The control thread of `bedsight run`: triggers in, verdicts out to every PLC output, the
 //! heartbeat, and where each finished layer goes (journal, dashboard, image recorder).
 
-use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 use hal::{LoopState, Outputs, Trigger, TriggerError, TriggerSource, Verdict, VerdictMessage};
 
-use super::systemd;
+use super::{log, systemd};
 use super::{AnalysisEvent, LayerCounter, LayerJob};
 use crate::config::Config;
 use crate::judge::decide::RecoatBudget;
@@ -67,7 +66,7 @@ pub(super) fn control_loop(
     // systemd restarts a loop that stops turning (board/bedsight.service, WatchdogSec=).
     let mut watchdog = systemd::Watchdog::from_env();
     if let Some(every) = watchdog.interval() {
-        println!("systemd: watchdog pinged every {:.1} s", every.as_secs_f64());
+        tracing::info!("systemd: watchdog pinged every {:.1} s", every.as_secs_f64());
     }
     loop {
         watchdog.tick();
@@ -95,7 +94,7 @@ pub(super) fn control_loop(
                         continue;
                     }
                     Err(error) => {
-                        eprintln!("{}", systemd::line(systemd::ERR, &format!("trigger: {error}")));
+                        tracing::error!("trigger: {error}");
                         continue;
                     }
                 };
@@ -166,43 +165,36 @@ pub(super) fn control_loop(
                     } else {
                         String::new()
                     };
-                    let level = systemd::priority(verdict);
-                    println!(
-                        "{}",
-                        systemd::line(
-                            level,
-                            &format!(
-                                "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms model {} {} {}",
-                                flight.layer,
-                                verdict,
-                                result.defect_count,
-                                result.total_defect_area_mm2,
-                                result.uncertainty_score,
-                                flight.source.as_str(),
-                                flight.started.elapsed().as_secs_f64() * 1e3,
-                                if result.model.is_empty() { "-" } else { &result.model },
-                                result.frame_source,
-                                result.detail
-                            )
-                        )
+                    log::verdict_line(
+                        verdict,
+                        &format!(
+                            "layer {} {}{budget_note} defects {} area {:.2} mm2 uncertainty {:.3} [{}] {:.0} ms model {} {} {}",
+                            flight.layer,
+                            verdict,
+                            result.defect_count,
+                            result.total_defect_area_mm2,
+                            result.uncertainty_score,
+                            flight.source.as_str(),
+                            flight.started.elapsed().as_secs_f64() * 1e3,
+                            if result.model.is_empty() { "-" } else { &result.model },
+                            result.frame_source,
+                            result.detail
+                        ),
                     );
                     for hit in &assessed.hits {
-                        println!("{}", systemd::line(level, &format!("track: {}", hit.reason.text)));
+                        log::verdict_line(verdict, &format!("track: {}", hit.reason.text));
                     }
                     if let Some(reason) = &reason {
-                        println!(
-                            "{}",
-                            systemd::line(
-                                level,
-                                &format!("rule: {} (code {}): {}", reason.rule(), reason.code(), reason.text)
-                            )
+                        log::verdict_line(
+                            verdict,
+                            &format!("rule: {} (code {}): {}", reason.rule(), reason.code(), reason.text),
                         );
                     }
                     let recoat_outcome = match assessed.recoat_fixed {
                         Some(fixed) => {
                             let word = if fixed { "fixed" } else { "not fixed" };
                             let counts = history.recoats;
-                            println!(
+                            tracing::info!(
                                 "recoat: layer {} {word} ({} of {} re-spread layers fixed)",
                                 flight.layer,
                                 counts.fixed,
@@ -218,7 +210,6 @@ pub(super) fn control_loop(
                         Vec::new()
                     };
                     history.record_verdict(flight.layer, verdict, recoat_classes.clone());
-                    std::io::stdout().flush().ok();
                     // After the PLC has its verdict: a journal that cannot be written is
                     // reported and the build goes on.
                     let record = LayerRecord {
@@ -246,7 +237,7 @@ pub(super) fn control_loop(
                         domain: result.domain,
                     };
                     if let Err(error) = news.journal.append(&record) {
-                        eprintln!("{}", systemd::line(systemd::ERR, &format!("{error:#}")));
+                        tracing::error!("{error:#}");
                     }
                     seq += 1;
                     let (board, index) = (&news.board, news.board.next_index());
@@ -297,6 +288,6 @@ pub(super) fn control_loop(
 fn report(result: Result<(), hal::PlcError>) {
     crate::web::metrics::PLC.note(result.is_ok());
     if let Err(error) = result {
-        eprintln!("{}", systemd::line(systemd::ERR, &format!("plc: {error}")));
+        tracing::error!("plc: {error}");
     }
 }

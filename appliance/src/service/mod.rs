@@ -19,9 +19,9 @@
 mod analysis;
 mod control;
 mod devices;
+pub mod log;
 mod systemd;
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
@@ -178,12 +178,12 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         .trigger
         .clone()
         .ok_or_else(|| anyhow!("configuration {origin}: [trigger] is missing: bedsight run needs a layer trigger"))?;
-    println!("{}", table_sources(&config, &origin));
-    println!("{}", config.frame_check.summary(config.bed.corners_px.is_some()));
+    tracing::info!("{}", table_sources(&config, &origin));
+    tracing::info!("{}", config.frame_check.summary(config.bed.corners_px.is_some()));
 
     let journal_path = config.journal_file(&base_dir, state_dir);
     let (journal, opened) = Journal::open(&journal_path)?;
-    println!("journal: {}: {opened}", journal_path.display());
+    tracing::info!("journal: {}: {opened}", journal_path.display());
     // The build so far: the defect map, the tracks and the recoats carry on from the journal.
     let restored = if opened.records > 0 {
         crate::record::journal::read(&journal_path)?.records
@@ -192,7 +192,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     };
     let mut history = BuildHistory::restore(&config, &restored);
     if !restored.is_empty() {
-        println!(
+        tracing::info!(
             "history: restored from {} journal records: {}",
             restored.len(),
             history.summary()
@@ -222,7 +222,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
             let (address, handle) =
                 spawn_tcp_server(&tcp.listen, tcp.unit_id, tcp.limits(), bank.clone(), stop.clone())
                     .with_context(|| format!("configuration {origin}: plc.modbus_tcp.listen"))?;
-            println!("modbus tcp: listening on {address}, unit {}", tcp.unit_id);
+            tracing::info!("modbus tcp: listening on {address}, unit {}", tcp.unit_id);
             labels.push(format!("Modbus TCP on {address}"));
             threads.push(handle);
         }
@@ -235,9 +235,11 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
             };
             let handle = spawn_rtu_server(&settings, rtu.unit_id, bank.clone(), stop.clone())
                 .with_context(|| format!("configuration {origin}: plc.modbus_rtu.port"))?;
-            println!(
+            tracing::info!(
                 "modbus rtu: serving unit {} on {} at {} baud",
-                rtu.unit_id, rtu.port, rtu.baud
+                rtu.unit_id,
+                rtu.port,
+                rtu.baud
             );
             labels.push(format!("Modbus RTU on {}", rtu.port));
             threads.push(handle);
@@ -254,9 +256,10 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         let (line_outputs, handle) =
             hal::line::spawn_line_server(&SerialSettings::new(&line.port, line.baud), line_gate, stop.clone())
                 .with_context(|| format!("configuration {origin}: plc.serial_line.port"))?;
-        println!(
+        tracing::info!(
             "serial line: LAYER/VERDICT protocol on {} at {} baud",
-            line.port, line.baud
+            line.port,
+            line.baud
         );
         outputs.push(Box::new(line_outputs));
         threads.push(handle);
@@ -283,7 +286,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
                 stop.clone(),
             ));
         }
-        println!(
+        tracing::info!(
             "gpio: {} output and {} input lines on {}",
             plan.outputs.len(),
             plan.inputs.len(),
@@ -328,7 +331,7 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         _ => bail!("the analysis thread stopped while starting"),
     };
 
-    println!(
+    tracing::info!(
         "bedsight run: model {model_label}, camera: {camera_label}, trigger: {trigger_label}, outputs: {}",
         outputs.describe()
     );
@@ -343,12 +346,11 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         let (address, handle) =
             crate::web::spawn(&dashboard.address, dashboard.token.clone(), board.clone(), stop.clone())
                 .with_context(|| format!("configuration {origin}: dashboard.address"))?;
-        println!("dashboard: http://{address}/");
+        tracing::info!("dashboard: http://{address}/");
         threads.push(handle);
     }
     outputs.set_state(LoopState::Ready).map_err(|e| anyhow!("{e}"))?;
-    println!("ready");
-    std::io::stdout().flush().ok();
+    tracing::info!("ready");
     systemd::ready(&format!(
         "judging layers: model {model_label}, trigger: {trigger_label}"
     ));
@@ -370,24 +372,26 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
         &restored,
     )?;
     systemd::stopping();
-    println!(
+    tracing::info!(
         "stopped after {layers} layers ({} triggers answered BUSY)",
         queue.busy_refusals()
     );
-    println!("{}", history.summary());
-    println!(
+    tracing::info!("{}", history.summary());
+    tracing::info!(
         "journal: {} records in {}",
         news.journal.records(),
         journal_path.display()
     );
     if let Some(bank) = &modbus_bank {
         let counters = bank.lock().unwrap_or_else(|p| p.into_inner()).counters;
-        println!(
+        tracing::info!(
             "modbus: {} requests answered ({} with an exception), {} frames dropped for a bad CRC, {} broken frames",
-            counters.requests, counters.exceptions, counters.crc_errors, counters.broken_frames
+            counters.requests,
+            counters.exceptions,
+            counters.crc_errors,
+            counters.broken_frames
         );
     }
-    std::io::stdout().flush().ok();
     stop.store(true, Ordering::Relaxed);
     drop(job_sender);
     analysis.join().ok();
@@ -398,8 +402,8 @@ pub fn run(config_path: &Path, backend: Option<&str>, state_dir: &Path) -> Resul
     }
     let report_path = journal_path.with_file_name("build-report.html");
     match crate::web::report::write(&journal_path, board.images_folder.as_deref(), &report_path, &config) {
-        Ok(()) => println!("report: {}", report_path.display()),
-        Err(error) => eprintln!("report: {error:#}"),
+        Ok(()) => tracing::info!("report: {}", report_path.display()),
+        Err(error) => tracing::error!("report: {error:#}"),
     }
     for thread in threads {
         thread.join().ok();
@@ -437,7 +441,7 @@ fn start_board_and_recorder(
     )?);
     board.config.set(config.clone()).ok();
     if let Some(folder) = &images_folder {
-        println!(
+        tracing::info!(
             "record: layer images in {} (limit {} GB)",
             folder.display(),
             config.record.max_gb

@@ -75,7 +75,7 @@ pub fn read_annotations(path: &Path) -> Result<Vec<Annotation>> {
         match serde_json::from_str(line) {
             Ok(annotation) => annotations.push(annotation),
             Err(_) if number + 1 == lines.len() && !text.ends_with('\n') => {
-                eprintln!("annotations {}: a torn last line is skipped", path.display())
+                tracing::warn!("annotations {}: a torn last line is skipped", path.display())
             }
             Err(error) => bail!("annotations {}: line {}: {error}", path.display(), number + 1),
         }

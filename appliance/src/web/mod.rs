@@ -59,7 +59,7 @@ pub fn spawn(
                 match server.recv_timeout(Duration::from_millis(200)) {
                     Ok(Some(request)) => handle(request, &board, token.as_deref().map(String::as_str), &stop),
                     Ok(None) => {}
-                    Err(error) => eprintln!("dashboard: {error}"),
+                    Err(error) => tracing::error!("dashboard: {error}"),
                 }
             }
         })
@@ -406,6 +406,6 @@ fn stream_events(request: Request, board: &Arc<Board>, stop: &Arc<AtomicBool>) {
         }
     });
     if let Err(error) = spawned {
-        eprintln!("dashboard: cannot start an event stream: {error}");
+        tracing::error!("dashboard: cannot start an event stream: {error}");
     }
 }

@@ -245,7 +245,13 @@ fn main() -> ExitCode {
     // A command whose output goes into a pipe that closes (`bedsight demo | head -1`) ends
     // quietly, as command-line tools do, instead of panicking on the failed write. Not `run`:
     // there a closed socket must be an error the loop handles, never a signal that kills it.
-    if !matches!(cli.command, Command::Run { .. }) {
+    let service = matches!(cli.command, Command::Run { .. });
+    if service {
+        appliance::service::log::init_service();
+    } else {
+        appliance::service::log::init_command();
+    }
+    if !service {
         // SAFETY: setting a signal's disposition to its default before any thread is started.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
@@ -254,7 +260,13 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // The loop's last word under systemd is an error in the journal, as its other errors.
+            let priority = if service && appliance::service::log::to_journal() {
+                "<3>"
+            } else {
+                ""
+            };
+            eprintln!("{priority}error: {error:#}");
             ExitCode::FAILURE
         }
     }
