@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--plant-batch", type=int, default=2, help="real-bed mode: crops of clean real layers with planted defects per step")
     t.add_argument("--real-batch", type=int, default=2, help="real-bed mode: crops of real layers under the absence loss per step")
     t.add_argument("--mil-every", type=int, default=4, help="real-bed mode: one whole defective real layer (presence loss) every this many steps")
-    t.add_argument("--weak-weight", type=float, default=1.0, help="real-bed mode: weight of the weak losses")
+    t.add_argument("--weak-weight", type=float, default=1.0, help="real-bed mode: weight of the weak losses (0: planted defects on real beds only, the real layers are not passed)")
     t.add_argument("--real-val-layers", type=int, default=12, help="real-bed mode: validation real layers judged whole after each epoch")
 
     c = sub.add_parser("calibrate", help="pick the top-M checkpoints and fit a temperature per member")

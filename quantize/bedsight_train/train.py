@@ -317,7 +317,10 @@ def train(opts: TrainOptions) -> dict:
             if real is not None:
                 logits, aux = model(xb_t, return_aux=True)
                 seg_loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
-                weak_absent, weak_present = real.weak_step(rng, model, opts.real_batch, opts.crop, step % opts.mil_every == 0, mean, std)
+                if opts.weak_weight > 0:
+                    weak_absent, weak_present = real.weak_step(rng, model, opts.real_batch, opts.crop, step % opts.mil_every == 0, mean, std)
+                else:  # planted defects on real beds without the weak losses: no passes of the real layers
+                    weak_absent = weak_present = seg_loss * 0.0
                 loss = seg_loss + opts.weak_weight * (weak_absent + weak_present)
                 history["step_seg_loss"].append(float(seg_loss.detach()))
                 history["step_absent_loss"].append(float(weak_absent.detach()))
