@@ -32,6 +32,8 @@ from .calibrate import load_ensemble, read_run, run_split
 from .common import BadInput, limit_threads, toml_dumps
 
 MAX_ABS_DIFF = 1e-3
+# the grouped heads against the separate ones, both in PyTorch (issue 17: within 1e-5)
+GROUPED_MAX_ABS_DIFF = 1e-5
 OPSET = 17
 
 
@@ -124,6 +126,48 @@ def check_against_torch(ensemble: torch.nn.Module, path: Path, x: np.ndarray) ->
     return worst
 
 
+def group_heads_checked(ensemble: torch.nn.Module, x: np.ndarray) -> float:
+    """Group the ensemble's heads into one branch (models/grouped.py) and check that the members'
+    logits are the separate heads' to within GROUPED_MAX_ABS_DIFF; returns the largest difference."""
+    with torch.no_grad():
+        separate = ensemble.members(ensemble.trunk(torch.from_numpy(x)))
+        ensemble.group_heads()
+        grouped = ensemble.members(ensemble.trunk(torch.from_numpy(x)))
+    diff = float((grouped - separate).abs().max())
+    if not diff <= GROUPED_MAX_ABS_DIFF:
+        raise ExportMismatch(f"the grouped heads' logits differ from the separate heads' by {diff:.3g} (limit {GROUPED_MAX_ABS_DIFF:g}); the grouping is wrong")
+    return diff
+
+
+def time_members(ensemble: torch.nn.Module, x: np.ndarray, out: Path, runs: int = 3) -> dict[str, float]:
+    """Median onnxruntime time of the exported ensemble and of one member (the trunk and the first
+    head, exported beside it and deleted), on this machine: what the grouping buys in time, next to
+    what FLOPs promise."""
+    import time
+
+    from .models import Ensemble
+
+    member_path = out.parent / (out.stem + ".member.onnx")
+    member = Ensemble(ensemble.trunk, [ensemble.heads[0]]).eval()
+    export_onnx(member, torch.from_numpy(x), member_path)
+
+    def median_ms(path: Path) -> float:
+        session = ort_session(path)
+        session.run(None, {"image": x})  # warm-up
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            session.run(None, {"image": x})
+            times.append((time.perf_counter() - start) * 1e3)
+        return float(np.median(times))
+
+    try:
+        member_ms = median_ms(member_path)
+    finally:
+        member_path.unlink(missing_ok=True)
+    return {"member_ms": member_ms, "ensemble_ms": median_ms(out), "runs": runs}
+
+
 def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, version: str, description: str, domain: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of docs/model-image.md, without [graphs] and [files]."""
     inp = saved["input"]
@@ -196,11 +240,13 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
         except BadInput as e:
             ensemble.with_features = False
             print(f"  domain check: not fitted ({e}); the image carries none and the box says so at start")
+    grouped_diff = group_heads_checked(ensemble, x)
     export_onnx(ensemble, torch.from_numpy(x), out)
     max_diff = check_against_torch(ensemble, out, x)
     if not max_diff < MAX_ABS_DIFF:
         raise ExportMismatch(f"{out}: onnxruntime and PyTorch logits differ by {max_diff:.3g} (limit {MAX_ABS_DIFF}); the export is wrong")
     flops = count_flops(ensemble, torch.from_numpy(x))
+    timing = time_members(ensemble, x, out)
 
     calibration_path = run / "calibration.json"
     calibration = json.loads(calibration_path.read_text()) if calibration_path.exists() else None
@@ -220,6 +266,9 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
         gflops_ensemble=flops["ensemble"] / 1e9,
         epochs=float(len(history.get("epochs", []))),
         onnx_max_abs_diff=max_diff,
+        grouped_heads_max_abs_diff=grouped_diff,
+        ms_member=timing["member_ms"],
+        ms_ensemble=timing["ensemble_ms"],
     )
     if "train_seconds" in history:
         training["train_seconds"] = float(history["train_seconds"])
@@ -232,7 +281,7 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
     manifest = manifest_dict(saved, training, name, version, description, domain_table)
     manifest_path = out.parent / "manifest.toml"
     manifest_path.write_text("# written by bedsight-train export; `bedsight image pack` adds [graphs] and [files]\n" + toml_dumps(manifest))
-    report = {"onnx": str(out), "manifest": str(manifest_path), "max_abs_diff": max_diff, "flops": flops, "members": m}
+    report = {"onnx": str(out), "manifest": str(manifest_path), "max_abs_diff": max_diff, "grouped_heads_max_abs_diff": grouped_diff, "flops": flops, "timing": timing, "members": m}
     (out.parent / (out.stem + ".export.json")).write_text(json.dumps(report, indent=1))
     if progress:
         print(f"exported {out} and {manifest_path}")
@@ -240,6 +289,12 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
         print(
             f"  FLOPs at {info['input']['width']}x{info['input']['height']}: one member {flops['member'] / 1e9:.3f} G, "
             f"ensemble of {m} {flops['ensemble'] / 1e9:.3f} G ({flops['ensemble_over_member']:.2f}x; "
-            f"5 members would be {flops['five_members_over_member']:.2f}x, seed 000 §4.4 claims under 2x)"
+            f"5 members would be {flops['five_members_over_member']:.2f}x, seed 000 §4.4 claims under 2x); "
+            f"in multiply-adds, seed 000's unit: {flops['member'] / 2e9:.3f} and {flops['ensemble'] / 2e9:.3f} GMAC"
+        )
+        print(f"  heads grouped into one branch: max |logit difference| to the separate heads = {grouped_diff:.2e} (limit {GROUPED_MAX_ABS_DIFF:g})")
+        print(
+            f"  onnxruntime on this machine ({timing['runs']} runs each, median): one member {timing['member_ms']:.1f} ms, "
+            f"ensemble of {m} {timing['ensemble_ms']:.1f} ms ({timing['ensemble_ms'] / timing['member_ms']:.2f}x)"
         )
     return report

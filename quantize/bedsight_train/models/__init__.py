@@ -53,6 +53,21 @@ class Ensemble(nn.Module):
         self.heads = nn.ModuleList(heads)
         self.layer_head = layer_head
         self.with_features = False
+        self.grouped = None  # the heads as one branch (group_heads), for export
+
+    def group_heads(self) -> None:
+        """Compute the members with one grouped branch (grouped.py) instead of M heads in turn:
+        the same logits, one pass. Eval mode only; the separate heads stay as they are."""
+        from .grouped import GroupedHeads
+
+        self.eval()
+        self.grouped = GroupedHeads(list(self.heads))
+
+    def members(self, features: torch.Tensor) -> torch.Tensor:
+        """The members' logits [N, M, K, H, W] from the trunk's features."""
+        if self.grouped is not None:
+            return self.grouped(features)
+        return torch.stack([head(features) for head in self.heads], dim=1)
 
     @property
     def has_encoder(self) -> bool:
@@ -64,10 +79,9 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor):
         if self.layer_head is None and not self.with_features:
-            features = self.trunk(x)
-            return torch.stack([head(features) for head in self.heads], dim=1)
+            return self.members(self.trunk(x))
         features, encoded = self.trunk.forward_with_encoded(x)
-        outputs = [torch.stack([head(features) for head in self.heads], dim=1)]
+        outputs = [self.members(features)]
         if self.layer_head is not None:
             outputs.append(self.layer_head(encoded))
         if self.with_features:

@@ -1,0 +1,67 @@
+"""The ensemble's heads grouped into one branch (models/grouped.py, issue 17): the members' logits
+are the separate heads' within 1e-5, for both architectures, and the export carries the grouped
+branch (fewer convolutions than M separate heads) with onnxruntime agreeing with PyTorch."""
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from bedsight_train.models import Ensemble, build_model, make_config
+
+
+def _ensemble(arch: str, members: int, seed: int, **widths) -> Ensemble:
+    """An ensemble of `members` heads with random weights and random batch-norm statistics (a
+    freshly built network's statistics are 0 and 1, which would hide a stacking mistake)."""
+    torch.manual_seed(seed)
+    model = build_model(arch, make_config(arch, 1, 6, widths).to_dict())
+    heads = [build_model(arch, make_config(arch, 1, 6, widths).to_dict()).head for _ in range(members)]
+    for module in [*model.modules(), *(m for h in heads for m in h.modules())]:
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    return Ensemble(model.trunk, heads).eval()
+
+
+@pytest.mark.parametrize(
+    "arch, widths",
+    [("isdnet-sr", {}), ("isdnet-sr", {"head_sr": 2}), ("am-segnet", {})],
+    ids=["isdnet-sr", "isdnet-sr-two-sr-modules-per-head", "am-segnet"],
+)
+def test_grouped_heads_give_the_separate_heads_logits(arch, widths):
+    ensemble = _ensemble(arch, members=5, seed=3, **widths)
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 1, 64, 64)).astype(np.float32))
+    with torch.no_grad():
+        features = ensemble.trunk(x)
+        separate = torch.stack([head(features) for head in ensemble.heads], dim=1)
+        ensemble.group_heads()
+        grouped = ensemble(x)
+    assert grouped.shape == (2, 5, 6, 64, 64)
+    assert float((grouped - separate).abs().max()) <= 1e-5
+    # member i is head i: a swapped block would still pass a loose test of the mean
+    assert float((grouped[:, 1] - separate[:, 2]).abs().max()) > 1e-2
+
+
+def test_the_export_runs_the_members_as_one_branch(tmp_path):
+    from bedsight_train.export import check_against_torch, export_onnx, group_heads_checked
+
+    ensemble = _ensemble("isdnet-sr", members=5, seed=4)
+    x = np.random.default_rng(2).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    separate_path = tmp_path / "separate.onnx"
+    export_onnx(ensemble, torch.from_numpy(x), separate_path)
+    assert group_heads_checked(ensemble, x) <= 1e-5
+    grouped_path = tmp_path / "grouped.onnx"
+    export_onnx(ensemble, torch.from_numpy(x), grouped_path)
+    assert check_against_torch(ensemble, grouped_path, x) < 1e-4
+
+    def convs(path):
+        return [n for n in onnx.load(str(path)).graph.node if n.op_type == "Conv"]
+
+    # one ISDNet-SR head is one SR module: two convolutions. Separate: 5 x 2; grouped: 2, the
+    # second with 5 groups
+    assert len(convs(separate_path)) - len(convs(grouped_path)) == 5 * 2 - 2
+    groups = [next((a.i for a in n.attribute if a.name == "group"), 1) for n in convs(grouped_path)]
+    assert groups[-1] == 5
+    ops = {n.op_type for n in onnx.load(str(grouped_path)).graph.node}
+    assert not ops & {"Dropout", "Shape", "NonZero", "Loop", "If"}
