@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--plant-batch", type=int, default=2, help="real-bed mode: crops of clean real layers with planted defects per step")
     t.add_argument("--real-batch", type=int, default=2, help="real-bed mode: crops of real layers under the absence loss per step")
     t.add_argument("--mil-every", type=int, default=4, help="real-bed mode: one whole defective real layer (presence loss) every this many steps")
+    t.add_argument("--weak-layers", choices=["all", "clean"], default="all", help="real-bed mode: the real layers under the weak losses: all (absence and presence by their labels), or the clean ones only (absence everywhere)")
     t.add_argument("--weak-weight", type=float, default=1.0, help="real-bed mode: weight of the weak losses (0: planted defects on real beds only, the real layers are not passed)")
     t.add_argument("--real-val-layers", type=int, default=12, help="real-bed mode: validation real layers judged whole after each epoch")
 
@@ -157,7 +158,7 @@ def run(args: argparse.Namespace) -> None:
                 class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, overwrite=args.overwrite, progress=progress,
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
-                real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every,
+                real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every, weak_layers=args.weak_layers,
                 weak_weight=args.weak_weight, real_val_layers=args.real_val_layers, lr_schedule=args.lr_schedule,
             )
         )

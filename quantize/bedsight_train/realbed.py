@@ -338,10 +338,11 @@ class RealLayers:
             ys.append(mask.astype(np.int64))
         return self._normalise(xs, mean, std), np.stack(ys)
 
-    def weak_step(self, rng, model, n_crops: int, crop: int, whole: bool, mean: float, std: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def weak_step(self, rng, model, n_crops: int, crop: int, whole: bool, mean: float, std: float, clean_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_abs, L_pres) of this step: absence on `n_crops` crops of any real layers, and with
         `whole` both terms on one whole layer, clean (absence only) one time in WHOLE_CLEAN_SHARE,
-        else defective. Whole layers matter beyond crops: the network pools globally (ASPP's image
+        else defective. `clean_only`: the clean layers alone, crops and whole (absence of every
+        class: the one image label that says where, everywhere), no presence term. Whole layers matter beyond crops: the network pools globally (ASPP's image
         pooling, the fusion's channel attention), so a whole bed is not a crop's context, and a
         model that never saw a clean bed whole may call all of it a defect. The real layers pass
         the network with its BatchNorm in eval mode (multitask.frozen_batch_norm): normalised by
@@ -349,13 +350,13 @@ class RealLayers:
         crops)."""
         from .multitask import frozen_batch_norm
 
-        picks = rng.integers(0, len(self.train.names), n_crops)
+        picks = rng.choice(self.clean, n_crops) if clean_only else rng.integers(0, len(self.train.names), n_crops)
         x = self._normalise([lighting(rng, self._crop(rng, self.train.images[i], crop).astype(np.float32)) for i in picks], mean, std)
         with frozen_batch_norm(model):
             absent, _ = weak_losses(model(torch.from_numpy(x)), torch.from_numpy(self.present[picks]), torch.from_numpy(self.absent[picks]), top_k_share=None)
             present = absent * 0.0
             if whole:
-                i = int(rng.choice(self.clean if rng.random() < WHOLE_CLEAN_SHARE else self.defective))
+                i = int(rng.choice(self.clean if clean_only or rng.random() < WHOLE_CLEAN_SHARE else self.defective))
                 image = self.train.images[i]
                 if rng.random() < 0.5:
                     image = image[::-1, :]

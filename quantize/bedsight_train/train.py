@@ -70,6 +70,7 @@ class TrainOptions:
     plant_batch: int = 2  # crops of clean real layers with planted defects per step (pixel losses)
     real_batch: int = 2  # crops of real layers per step (absence losses)
     mil_every: int = 4  # one whole defective real layer every this many steps (presence and absence)
+    weak_layers: str = "all"  # which real layers the weak losses read: all, or the clean ones only
     weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
     # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
@@ -256,6 +257,7 @@ def train(opts: TrainOptions) -> dict:
             "plant_batch": opts.plant_batch,
             "real_batch": opts.real_batch,
             "mil_every": opts.mil_every,
+            "weak_layers": opts.weak_layers,
             "weak_weight": opts.weak_weight,
             "top_k_share": realbed.TOP_K_SHARE,
             "split": "per label folder, the last 20 % of layers (or whole dates) are test, the 10 % before them validation (layers.held_out_split)",
@@ -318,7 +320,7 @@ def train(opts: TrainOptions) -> dict:
                 logits, aux = model(xb_t, return_aux=True)
                 seg_loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
                 if opts.weak_weight > 0:
-                    weak_absent, weak_present = real.weak_step(rng, model, opts.real_batch, opts.crop, step % opts.mil_every == 0, mean, std)
+                    weak_absent, weak_present = real.weak_step(rng, model, opts.real_batch, opts.crop, step % opts.mil_every == 0, mean, std, clean_only=opts.weak_layers == "clean")
                 else:  # planted defects on real beds without the weak losses: no passes of the real layers
                     weak_absent = weak_present = seg_loss * 0.0
                 loss = seg_loss + opts.weak_weight * (weak_absent + weak_present)

@@ -172,3 +172,29 @@ def test_whole_layers_are_clean_beds_as_well_as_defective_ones(monkeypatch):
         monkeypatch.setattr(realbed, "WHOLE_CLEAN_SHARE", share)
         _, present = real.weak_step(np.random.default_rng(0), _Constant(), 2, 32, True, 0.5, 0.2)
         assert float(present) == pytest.approx(whole_present, abs=1e-4)
+
+
+def test_clean_only_weak_losses_read_the_clean_layers_alone(monkeypatch):
+    """--weak-layers clean: every crop and every whole layer comes from a clean layer, so the
+    constant network's p(incompleteness) = 0.9 gives the absence loss of a clean bed and never a
+    presence loss, even where whole layers would otherwise be defective."""
+    from bedsight_train.layers import LayerSet, LabelMap
+    from bedsight_train.common import ClassInfo
+
+    label_map = LabelMap(path=None, classes=["incompleteness"], labels={"Clean": [], "Uneven": ["incompleteness"]})
+    images = np.stack([_bed(s, 64) for s in range(4)])
+    train = LayerSet(None, label_map, ["Clean/0", "Uneven/0", "Uneven/1", "Uneven/2"], ["Clean", "Uneven", "Uneven", "Uneven"], np.array([[0], [1], [1], [1]], np.float32), images)
+    classes = [ClassInfo(name, "#000000", name not in ("background", "lattice")) for name in CLASSES]
+    real = realbed.RealLayers(train, train.subset([0, 1]), classes, label_map)
+    monkeypatch.setattr(realbed, "WHOLE_CLEAN_SHARE", 0.0)  # whole layers would all be defective
+    seen = []
+    original = realbed.RealLayers._crop
+    monkeypatch.setattr(realbed.RealLayers, "_crop", lambda self, rng, image, crop: (seen.append(np.array_equal(image, self.train.images[0])), original(self, rng, image, crop))[1])
+    for seed in range(5):
+        absent, present = real.weak_step(np.random.default_rng(seed), _Constant(), 3, 32, True, 0.5, 0.2, clean_only=True)
+        assert float(present) == 0.0
+        # every class but background is absent on a clean bed (5 pairs): incompleteness at p = 0.9
+        # costs -log(0.1) per pixel and again pooled, each other class at p = 0.02 -log(0.98) twice
+        expected = (2 * -math.log(0.1) + 4 * 2 * -math.log(0.98)) / 5
+        assert float(absent) == pytest.approx(expected, rel=1e-4)
+    assert seen and all(seen)
