@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--focal-tversky", action="store_true", help="add seed 001's Focal Tversky loss (alpha 0.633, beta 0.1, gamma 1) to the architecture's loss")
     t.add_argument("--sr-weight", type=float, default=0.1, help="weight of ISDNet-SR's MSE (SR) loss")
     t.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run in --out")
+    t.add_argument("--resume", action="store_true", help="carry on the interrupted run in --out from its last checkpoint (weights, optimiser, learning-rate schedule, random state, history); give the run's own options")
+    t.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train: cpu, cuda, or auto (cuda where PyTorch sees one)")
     t.add_argument("--photometric", type=float, default=0.15, help="random grey-level gain/offset augmentation strength (0: off)")
     t.add_argument("--width", action="append", metavar="KEY=V[,V..]", help="architecture widths, e.g. shallow=16,32,64 fuse=64 sr=24,16,8 head_sr=1")
     t.add_argument("--layers", type=Path, default=None, help="multi-task mode: folder of label folders of image-level labelled layers (e.g. pblm/)")
@@ -160,6 +162,7 @@ def run(args: argparse.Namespace) -> None:
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every, weak_layers=args.weak_layers,
                 weak_weight=args.weak_weight, real_val_layers=args.real_val_layers, lr_schedule=args.lr_schedule,
+                device=args.device, resume=args.resume,
             )
         )
         best = max(history["epochs"], key=lambda e: e["score"])

@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from .common import BadInput
 from .layers import LayerSet, load_label_map, load_layer_folders
+from .models import device_of
 from .models.layer_head import LayerHead, LayerHeadConfig
 
 # A class counts as present in a pixel-labelled (cropped) layer from this many pixels: the
@@ -116,7 +117,8 @@ def layer_loss_masked(logits: torch.Tensor, targets: torch.Tensor, known: torch.
 def layer_logits_of(trunk: torch.nn.Module, head: torch.nn.Module, inputs: np.ndarray, batch_size: int = 8) -> np.ndarray:
     trunk.eval()
     head.eval()
-    out = [head(trunk.encode(torch.from_numpy(inputs[i : i + batch_size]))).numpy() for i in range(0, len(inputs), batch_size)]
+    device = device_of(trunk)
+    out = [head(trunk.encode(torch.from_numpy(inputs[i : i + batch_size]).to(device))).cpu().numpy() for i in range(0, len(inputs), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, head.cfg.num_classes), np.float32)
 
 

@@ -48,6 +48,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from .models import device_of
 from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION, blob, random_parts
 
 # The share of a whole layer's pixels that top-k pooling averages for a present class (L_pres):
@@ -350,10 +351,11 @@ class RealLayers:
         crops)."""
         from .multitask import frozen_batch_norm
 
+        device = device_of(model)
         picks = rng.choice(self.clean, n_crops) if clean_only else rng.integers(0, len(self.train.names), n_crops)
         x = self._normalise([lighting(rng, self._crop(rng, self.train.images[i], crop).astype(np.float32)) for i in picks], mean, std)
         with frozen_batch_norm(model):
-            absent, _ = weak_losses(model(torch.from_numpy(x)), torch.from_numpy(self.present[picks]), torch.from_numpy(self.absent[picks]), top_k_share=None)
+            absent, _ = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.present[picks]).to(device), torch.from_numpy(self.absent[picks]).to(device), top_k_share=None)
             present = absent * 0.0
             if whole:
                 i = int(rng.choice(self.clean if clean_only or rng.random() < WHOLE_CLEAN_SHARE else self.defective))
@@ -361,7 +363,7 @@ class RealLayers:
                 if rng.random() < 0.5:
                     image = image[::-1, :]
                 x = self._normalise([lighting(rng, image.astype(np.float32))], mean, std)
-                whole_absent, present = weak_losses(model(torch.from_numpy(x)), torch.from_numpy(self.present[i : i + 1]), torch.from_numpy(self.absent[i : i + 1]))
+                whole_absent, present = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.present[i : i + 1]).to(device), torch.from_numpy(self.absent[i : i + 1]).to(device))
                 absent = 0.5 * (absent + whole_absent)
         return absent, present
 
@@ -380,7 +382,7 @@ class RealLayers:
         flagged = np.zeros(len(self.val.names))
         for n, image in enumerate(self.val.images):
             x = self._normalise([image.astype(np.float32)], mean, std)
-            pred = model(torch.from_numpy(x)).argmax(1)[0].numpy()
+            pred = model(torch.from_numpy(x).to(device_of(model))).argmax(1)[0].cpu().numpy()
             counts = np.bincount(pred.ravel(), minlength=len(self.class_names))
             flagged[n] = counts[self.defect].sum() / pred.size
             found[n] = [c is not None and counts[c] >= FOUND_MIN_PX for c in seg_index]

@@ -28,7 +28,7 @@ from . import data as data_mod
 from .common import BadInput, limit_threads, read_toml
 from .losses import LOSSES, focal_tversky_loss
 from .metrics import confusion, segmentation_metrics
-from .models import ARCHS, SIZE_MULTIPLE, build_model, make_config
+from .models import ARCHS, SIZE_MULTIPLE, build_model, device_of, make_config
 
 # Learning rates: seed 000 §4.2 trains ISDNet-SR with Adam at a constant, "relatively large"
 # learning rate (0.01) so that checkpoints along the way differ (§3.2.1); on our small CPU budget
@@ -76,6 +76,11 @@ class TrainOptions:
     # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
     # anneals, seed 002 §3.1); "constant": it stays at --lr. None: the architecture's default.
     lr_schedule: str | None = None
+    device: str = "cpu"  # cpu, cuda or auto (pick_device)
+    # carry on an interrupted run in --out from its last checkpoint: the weights, the optimiser's
+    # and the learning-rate schedule's state, the random generators and the history (the same
+    # options are required: they are compared with the run's run.json)
+    resume: bool = False
 
 
 def _check_run_folder(out: Path, arch: str, overwrite: bool) -> None:
@@ -104,6 +109,67 @@ def _check_run_folder(out: Path, arch: str, overwrite: bool) -> None:
             )
 
 
+def _last_checkpoint(out: Path, arch: str) -> tuple[Path, dict[str, Any]]:
+    """The last checkpoint of the run in `out`, for --resume; refused when there is none or it
+    was written before checkpoints carried the optimiser's state."""
+    from .models import load_checkpoint
+
+    if not (out / "run.json").is_file():
+        raise BadInput(f"--resume: {out} holds no run (no run.json); start it without --resume")
+    checkpoints = sorted((out / "checkpoints").glob("epoch-*.pt"))
+    if not checkpoints:
+        raise BadInput(f"--resume: {out / 'checkpoints'} holds no checkpoint; start the run again without --resume")
+    saved = load_checkpoint(checkpoints[-1], expect_arch=arch)
+    if "optimiser" not in saved:
+        raise BadInput(f"--resume: {checkpoints[-1]} has no optimiser state (written by an older bedsight-train); start a new run with --init {checkpoints[-1]}")
+    return checkpoints[-1], saved
+
+
+# run.json keys that may differ between a run and its resumption: none of them changes what is trained
+RESUME_MAY_DIFFER = {"parameters"}
+
+
+def _check_same_run(run_json: Path, run_info: dict[str, Any]) -> None:
+    """--resume carries on the same run: every option that shapes it must be the run's."""
+    previous = json.loads(run_json.read_text())
+    differ = sorted(k for k in set(previous) | set(run_info) if k not in RESUME_MAY_DIFFER and previous.get(k) != run_info.get(k))
+    if differ:
+        detail = "; ".join(f"{k}: the run has {previous.get(k)!r}, this command {run_info.get(k)!r}" for k in differ)
+        raise BadInput(f"--resume: the command is not the run's in {run_json} ({detail}); give the run's own options")
+
+
+def _restore(path: Path, saved: dict[str, Any], model, layer_head, optimiser, scheduler, rng) -> int:
+    """Load a checkpoint's full state for --resume; returns the first epoch still to train."""
+    model.load_state_dict(saved["state_dict"])
+    if layer_head is not None and saved.get("layer_head"):
+        layer_head.load_state_dict(saved["layer_head"]["state_dict"])
+    optimiser.load_state_dict(saved["optimiser"])
+    if scheduler is not None:
+        if saved.get("scheduler") is None:
+            raise BadInput(f"--resume: {path} was written without a learning-rate schedule; this command has one")
+        scheduler.load_state_dict(saved["scheduler"])
+    rng.bit_generator.state = saved["rng"]
+    torch.set_rng_state(saved["torch_rng"])
+    return int(saved["epoch"]) + 1
+
+
+def _history_until(path: Path, empty: dict[str, Any], epochs: int, steps_per_epoch: int) -> dict[str, Any]:
+    """The run's history up to the end of epoch `epochs` (what came after the last checkpoint is
+    dropped: it is trained again)."""
+    history = json.loads(path.read_text()) if path.is_file() else empty
+    history["epochs"] = [e for e in history.get("epochs", []) if e["epoch"] <= epochs]
+    for key in empty:
+        if key.startswith("step_"):
+            history[key] = history.get(key, [])[: epochs * steps_per_epoch]
+    history.pop("train_seconds", None)
+    return history
+
+
+def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict with its tensors on the CPU: checkpoints load anywhere."""
+    return {k: v.detach().cpu() for k, v in state.items()}
+
+
 def class_weight_vector(masks: np.ndarray, k: int, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
@@ -115,22 +181,36 @@ def class_weight_vector(masks: np.ndarray, k: int, mode: str) -> torch.Tensor | 
     return torch.tensor(w, dtype=torch.float32)
 
 
+def pick_device(name: str) -> torch.device:
+    """--device: cpu, cuda (refused where PyTorch has no CUDA device), or auto (cuda where there
+    is one, else cpu)."""
+    if name not in ("cpu", "cuda", "auto"):
+        raise BadInput(f"--device {name!r}: expected cpu, cuda or auto")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise BadInput("--device cuda: PyTorch sees no CUDA device here (torch.cuda.is_available() is false); use --device cpu or auto")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
 @torch.no_grad()
 def predict_logits(model: torch.nn.Module, inputs: np.ndarray, batch_size: int = 4) -> np.ndarray:
     model.eval()
+    device = device_of(model)
     out = []
     for i in range(0, len(inputs), batch_size):
-        out.append(model(torch.from_numpy(inputs[i : i + batch_size])).numpy())
+        out.append(model(torch.from_numpy(inputs[i : i + batch_size]).to(device)).cpu().numpy())
     return np.concatenate(out)
 
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, inputs: np.ndarray, masks: np.ndarray, k: int, batch_size: int = 4) -> dict:
     model.eval()
+    device = device_of(model)
     conf = np.zeros((k, k), dtype=np.int64)
     for i in range(0, len(inputs), batch_size):
-        logits = model(torch.from_numpy(inputs[i : i + batch_size]))
-        conf += confusion(logits.argmax(1).numpy(), masks[i : i + batch_size], k)
+        logits = model(torch.from_numpy(inputs[i : i + batch_size]).to(device))
+        conf += confusion(logits.argmax(1).cpu().numpy(), masks[i : i + batch_size], k)
     metrics = segmentation_metrics(conf)
     metrics["confusion"] = conf.tolist()
     return metrics
@@ -174,7 +254,12 @@ def train(opts: TrainOptions) -> dict:
         real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress)
         if opts.crop is None or opts.crop > h:
             raise BadInput("--real-layers trains on crops: give --crop")
-    _check_run_folder(opts.out, opts.arch, opts.overwrite)
+    device = pick_device(opts.device)
+    if opts.resume and opts.overwrite:
+        raise BadInput("--resume carries on the run in --out; --overwrite would delete it: give one of them")
+    resume = _last_checkpoint(opts.out, opts.arch) if opts.resume else None
+    if resume is None:
+        _check_run_folder(opts.out, opts.arch, opts.overwrite)
     k = ds.num_classes
     train_ds, val_ds = ds.subset(split["train"]), ds.subset(split["val"])
     mean, std = data_mod.normalisation(train_ds.images)
@@ -208,7 +293,8 @@ def train(opts: TrainOptions) -> dict:
         if (out / stale).exists():
             (out / stale).unlink()
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    data_mod.save_split(out / "split.json", ds, split)
+    if resume is None:
+        data_mod.save_split(out / "split.json", ds, split)
     schedule = opts.lr_schedule or ("cosine" if opts.arch == "am-segnet" else "constant")
     if schedule not in ("cosine", "constant"):
         raise BadInput(f"lr schedule {schedule!r}: expected cosine or constant")
@@ -262,6 +348,8 @@ def train(opts: TrainOptions) -> dict:
             "top_k_share": realbed.TOP_K_SHARE,
             "split": "per label folder, the last 20 % of layers (or whole dates) are test, the 10 % before them validation (layers.held_out_split)",
         }
+    if resume is not None:
+        _check_same_run(out / "run.json", run_info)
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
 
     torch.manual_seed(opts.seed)
@@ -300,9 +388,24 @@ def train(opts: TrainOptions) -> dict:
     if real is not None:
         history.update(step_seg_loss=[], step_absent_loss=[], step_present_loss=[])
     started = time.time()
+    first_epoch = 1
+    if resume is not None:
+        path, saved = resume
+        first_epoch = _restore(path, saved, model, layer_head, optimiser, scheduler, rng)
+        history = _history_until(out / "history.json", history, first_epoch - 1, steps_per_epoch)
+        started -= history["epochs"][-1]["seconds"] if history["epochs"] else 0.0
+        if opts.progress:
+            print(f"resuming {out} after epoch {first_epoch - 1} of {opts.epochs} ({path.name})", flush=True)
+    model.to(device)
+    if layer_head is not None:
+        layer_head.to(device)
+    if weights is not None:
+        weights = weights.to(device)
+    if opts.progress and device.type != "cpu":
+        print(f"training on {device}", flush=True)
     from tqdm import tqdm
 
-    for epoch in range(1, opts.epochs + 1):
+    for epoch in range(first_epoch, opts.epochs + 1):
         model.train()
         if layer_head is not None:
             layer_head.train()
@@ -315,7 +418,7 @@ def train(opts: TrainOptions) -> dict:
             if real is not None:
                 xp, yp = real.planted_batch(rng, opts.plant_batch, opts.crop, mean, std)
                 xb, yb = np.concatenate([xb, xp]), np.concatenate([yb, yp])
-            xb_t, yb_t = torch.from_numpy(xb), torch.from_numpy(yb)
+            xb_t, yb_t = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
             if real is not None:
                 logits, aux = model(xb_t, return_aux=True)
                 seg_loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
@@ -335,10 +438,10 @@ def train(opts: TrainOptions) -> dict:
                 logits, aux = model.head(features, return_aux=True)
                 seg_loss, parts = loss_fn(logits, aux, yb_t, xb_t, class_weights=weights, sr_weight=opts.sr_weight)
                 pick = rng.integers(0, len(x_layers), opts.layer_batch_size)
-                xr = torch.from_numpy(multitask.augment_layers(rng, x_layers[pick], opts.photometric, mean, std))
+                xr = torch.from_numpy(multitask.augment_layers(rng, x_layers[pick], opts.photometric, mean, std)).to(device)
                 with multitask.frozen_batch_norm(model.trunk):
                     real_encoded = model.trunk.encode(xr)
-                real_loss = multitask.layer_loss_real(layer_head(real_encoded), torch.from_numpy(y_layers[pick]), layer_data.pos_weight)
+                real_loss = multitask.layer_loss_real(layer_head(real_encoded), torch.from_numpy(y_layers[pick]).to(device), layer_data.pos_weight.to(device))
                 masked_targets, known = multitask.mask_targets(yb_t, layer_data.mask_classes)
                 masked_loss = multitask.layer_loss_masked(layer_head(encoded), masked_targets, known)
                 layer_loss = real_loss + 0.5 * masked_loss
@@ -375,17 +478,22 @@ def train(opts: TrainOptions) -> dict:
             record["layer_f1"] = layer_metrics["macro_f1"]
             record["layer_bce"] = float(torch.nn.functional.binary_cross_entropy_with_logits(torch.from_numpy(val_logits), torch.from_numpy(layer_data.val.targets)))
             record["rank"] = 0.5 * record["score"] + 0.5 * record["layer_f1"]
-            checkpoint_extra["layer_head"] = {"config": layer_head.cfg.to_dict(), "state_dict": layer_head.state_dict(), "classes": layer_data.train.label_map.classes}
+            checkpoint_extra["layer_head"] = {"config": layer_head.cfg.to_dict(), "state_dict": _on_cpu(layer_head.state_dict()), "classes": layer_data.train.label_map.classes}
         history["epochs"].append(record)
         torch.save(
             {
                 "arch": opts.arch,
                 "config": config.to_dict(),
-                "state_dict": model.state_dict(),
+                "state_dict": _on_cpu(model.state_dict()),
                 "epoch": epoch,
                 "metrics": record,
                 "input": run_info["input"],
                 **checkpoint_extra,
+                # what --resume needs to carry on exactly where this epoch ended
+                "optimiser": optimiser.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
             },
             out / "checkpoints" / f"epoch-{epoch:04d}.pt",
         )

@@ -66,3 +66,52 @@ def test_focal_tversky_adds_its_term_to_the_loss(tiny_data, tmp_path):
     gap = with_ftl["step_loss"][0] - plain["step_loss"][0]
     assert 0.01 < gap <= 1.0, (plain["step_loss"][0], with_ftl["step_loss"][0])  # FTL lies in [0, 1]
     assert json.loads((tmp_path / "ftl" / "run.json").read_text())["focal_tversky"] is True
+
+
+def test_resume_carries_on_exactly_where_the_run_stopped(tiny_data, tmp_path):
+    """A run cut after epoch 1 and resumed gives the uninterrupted run's epoch 2: the same weights,
+    the same Adam moments and learning-rate schedule, the same random crops, the same history."""
+    import shutil
+
+    import torch
+
+    whole = tmp_path / "whole"
+    train_tiny("isdnet-sr", tiny_data, whole, epochs=2, crop=32, lr_schedule="cosine", max_steps_per_epoch=3)
+    cut = tmp_path / "cut"
+    shutil.copytree(whole, cut)
+    (cut / "checkpoints" / "epoch-0002.pt").unlink()  # the power went off during epoch 2
+    resumed = train_tiny("isdnet-sr", tiny_data, cut, epochs=2, crop=32, lr_schedule="cosine", max_steps_per_epoch=3, resume=True)
+    a = torch.load(whole / "checkpoints" / "epoch-0002.pt", weights_only=False)
+    b = torch.load(cut / "checkpoints" / "epoch-0002.pt", weights_only=False)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2]
+    assert len(resumed["step_loss"]) == 6
+    assert resumed["epochs"][1]["miou"] == a["metrics"]["miou"]
+
+
+def test_resume_refuses_another_command_and_a_run_that_is_not_there(tiny_data, tmp_path):
+    from bedsight_train.common import BadInput
+
+    with pytest.raises(BadInput, match="holds no run"):
+        train_tiny("isdnet-sr", tiny_data, tmp_path / "none", epochs=1, resume=True)
+    run = tmp_path / "run"
+    train_tiny("isdnet-sr", tiny_data, run, epochs=1, crop=32, max_steps_per_epoch=2)
+    with pytest.raises(BadInput, match=r"not the run's .*crop: the run has 32, this command 48"):
+        train_tiny("isdnet-sr", tiny_data, run, epochs=2, crop=48, max_steps_per_epoch=2, resume=True)
+    with pytest.raises(BadInput, match="--overwrite would delete it"):
+        train_tiny("isdnet-sr", tiny_data, run, epochs=2, crop=32, max_steps_per_epoch=2, resume=True, overwrite=True)
+
+
+def test_a_cuda_device_that_is_not_there_is_refused_by_name(tiny_data, tmp_path):
+    import torch
+
+    from bedsight_train.common import BadInput
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    with pytest.raises(BadInput, match="--device cuda: PyTorch sees no CUDA device"):
+        train_tiny("isdnet-sr", tiny_data, tmp_path / "run", epochs=1, device="cuda")
+    history = train_tiny("isdnet-sr", tiny_data, tmp_path / "auto", epochs=1, crop=32, max_steps_per_epoch=2, device="auto")
+    assert len(history["epochs"]) == 1

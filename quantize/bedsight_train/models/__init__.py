@@ -17,6 +17,11 @@ ARCHS = ("isdnet-sr", "am-segnet")
 SIZE_MULTIPLE = {"isdnet-sr": 16, "am-segnet": 8}
 
 
+def device_of(model: nn.Module) -> torch.device:
+    """Where the model's weights are (the CPU for a model without any): its inputs go there."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
 def make_config(arch: str, in_channels: int, num_classes: int, overrides: dict[str, Any] | None = None):
     overrides = dict(overrides or {})
     overrides.update(in_channels=in_channels, num_classes=num_classes)
