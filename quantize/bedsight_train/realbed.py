@@ -265,6 +265,11 @@ PLANTERS = {
     SUPER_ELEVATION: None,
     HOPPING: _plant_hopping,
 }
+# The share of planted crops flush with a side of the bed (RealLayers._crop). A uniform 256-px crop
+# of a 1024-px bed holds the outermost 20 px of one given side one time in 40, and then only at
+# the crop's border; a model trained so calls the dim rim at the start of the travel hopping on
+# every real layer (measured: 100 % of the held-out layers, clean ones included).
+EDGE_SHARE = 0.3
 # The share of planted crops that get clean parts (background) under their defects.
 PARTS_SHARE = 0.5
 
@@ -315,9 +320,16 @@ class RealLayers:
         if len(self.clean) == 0 or len(self.defective) == 0:
             raise ValueError("the real training layers need clean and defective layers")
 
-    def _crop(self, rng, image: np.ndarray, crop: int) -> np.ndarray:
+    def _crop(self, rng, image: np.ndarray, crop: int, edge_share: float = 0.0) -> np.ndarray:
+        """A random crop, flipped at random; one time in `edge_share` flush with a random side of
+        the bed, so that the bed's rim (where the camera's light falls off and the flat field
+        lifts the noise with it) is seen in its place as often as the open powder is."""
         h, w = image.shape
         top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        if rng.random() < edge_share:
+            side = int(rng.integers(0, 4))
+            top = 0 if side == 0 else h - crop if side == 1 else top
+            left = 0 if side == 2 else w - crop if side == 3 else left
         out = image[top : top + crop, left : left + crop]
         if rng.random() < 0.5:
             out = out[:, ::-1]
@@ -333,7 +345,7 @@ class RealLayers:
         """n crops of clean real layers with planted defects, lit anew: (inputs [n,1,c,c], masks [n,c,c])."""
         xs, ys = [], []
         for _ in range(n):
-            bed = self._crop(rng, self.train.images[int(rng.choice(self.clean))], crop)
+            bed = self._crop(rng, self.train.images[int(rng.choice(self.clean))], crop, EDGE_SHARE)
             image, mask = plant(rng, bed)
             xs.append(lighting(rng, image))
             ys.append(mask.astype(np.int64))

@@ -198,3 +198,26 @@ def test_clean_only_weak_losses_read_the_clean_layers_alone(monkeypatch):
         expected = (2 * -math.log(0.1) + 4 * 2 * -math.log(0.98)) / 5
         assert float(absent) == pytest.approx(expected, rel=1e-4)
     assert seen and all(seen)
+
+
+def test_planted_crops_show_the_bed_rim_in_its_place():
+    """One planted crop in EDGE_SHARE lies flush with a side of the bed: over many crops of a bed
+    whose outermost column is marked, that column shows up in the crops flush with the left side
+    (EDGE_SHARE / 4) and in the uniform ones that start at it (1 in 33 of the rest but the right
+    side's), far more often than in uniform crops alone."""
+    from bedsight_train.layers import LayerSet, LabelMap
+
+    label_map = LabelMap(path=None, classes=["incompleteness"], labels={"Clean": []})
+    bed = np.full((64, 64), 100, np.uint8)
+    bed[:, 0] = 0  # the left rim
+    train = LayerSet(None, label_map, ["Clean/0"], ["Clean"], np.array([[0]], np.float32), bed[None])
+    real = realbed.RealLayers.__new__(realbed.RealLayers)
+    real.train = train
+    rng = np.random.default_rng(0)
+    crops = [real._crop(rng, bed, 32, realbed.EDGE_SHARE) for _ in range(4000)]
+    with_rim = np.mean([(c == 0).any() for c in crops])
+    # flush with the left side, or left uniform (top, bottom, or no side) and starting at 0
+    expected = realbed.EDGE_SHARE / 4 + (1 - realbed.EDGE_SHARE / 2) / 33
+    assert with_rim == pytest.approx(expected, abs=0.015)
+    uniform = np.mean([(real._crop(rng, bed, 32) == 0).any() for _ in range(4000)])
+    assert uniform == pytest.approx(1 / 33, abs=0.01)
