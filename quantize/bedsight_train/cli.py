@@ -119,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--selftest-mask", type=Path, default=None)
     k.add_argument("-o", "--out", required=True, type=Path)
 
+    lb = sub.add_parser("labels", help="a site's pixel labels in the formats of labelling tools (COCO for CVAT, labelme)")
+    lb_sub = lb.add_subparsers(dest="labels_command", required=True)
+    le = lb_sub.add_parser("export", help="write a label store as COCO (one JSON file) or labelme (a folder of JSON files)")
+    le.add_argument("--labels", required=True, type=Path, help="the label store: NAME.mask.png + NAME.labels.json per layer")
+    le.add_argument("--format", required=True, choices=["coco", "labelme"])
+    le.add_argument("--out", required=True, type=Path, help="coco: the JSON file; labelme: a folder")
+    li = lb_sub.add_parser("import", help="read COCO or labelme files into a label store")
+    li.add_argument("--format", required=True, choices=["coco", "labelme"])
+    li.add_argument("--from", dest="source", required=True, type=Path, help="coco: the JSON file; labelme: the folder of JSON files")
+    li.add_argument("--out", required=True, type=Path, help="the label store to write")
+    li.add_argument("--by", default="", help="who labelled them (kept where the files do not say)")
+
     l = sub.add_parser("select", help="pick the layers most worth labelling next")
     l.add_argument("--journal", required=True, type=Path, help="folder of REVIEW layers (or any images)")
     l.add_argument("--strategy", choices=["uncertainty", "smile"], default="uncertainty")
@@ -191,6 +203,15 @@ def run(args: argparse.Namespace) -> None:
         from .pack import pack
 
         pack(args.model, args.out, int8=args.int8, manifest=args.manifest, key=args.key, selftest_input=args.selftest_input, selftest_mask=args.selftest_mask, progress=progress)
+    elif args.command == "labels":
+        from . import labels
+
+        if args.labels_command == "export":
+            written = labels.export_labels(args.labels, args.format, args.out)
+            print(f"wrote {args.format} labels to {written}")
+        else:
+            layers = labels.import_labels(args.source, args.format, args.out, labelled_by=args.by)
+            print(f"imported {len(layers)} labelled layer(s) into {args.out}")
     elif args.command == "select":
         from .select import select
 
