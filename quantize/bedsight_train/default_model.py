@@ -244,22 +244,37 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         "",
         f"`{manifest['name']}` {manifest['version']}: {manifest['description']}.",
         "",
-        f"Rebuild it with `{command}` (about 70 minutes on two CPU cores).",
+        f"Rebuild it with `{command}` (about an hour on two idle CPU cores).",
     ]
     if m.get("real_layers"):
         real = m["real_layers"]
-        lines += [
-            "",
-            f"Real beds (`train --real-layers`, realbed.py): beside the pixel losses on synthetic layers, {real['train_layers']} real layers of "
-            f"`{Path(real['root']).name}` ({'at most ' + str(real['max_per_label']) + ' per label folder of ' if real.get('max_per_label') else ''}their training split; label map "
-            f"`{Path(real['label_map']).name}`) under weak pixel losses: a class the label does not name is absent from every pixel (Pathak et al. 2015), "
-            f"a class it names is somewhere (top-k pooling over {real['top_k_share'] * 100:.1f} % of a whole layer, WILDCAT); and synthetic defects planted "
-            f"on crops of the {real['clean_train_layers']} clean real training layers, with their masks. Each real layer reaches the network as the box's "
-            "camera path delivers it: the bed cut out by its camera's corners and the camera's lighting divided out (flat field), then lit anew "
-            f"(exposure, gradients, vignetting, blur, noise, JPEG). Per step: {real['plant_batch']} planted crops, {real['real_batch']} real crops "
-            f"under the absence loss, one whole defective real layer every {real['mil_every']} steps. {real['val_layers']} validation real layers "
-            "rank the checkpoints (with the synthetic validation Score) and fit nothing else. It judges the bed at 1024x1024 (about 0.24 mm per pixel).",
-        ]
+        camera = (
+            "Each real layer reaches the network as the box's camera path delivers it: the bed cut out by its camera's corners and the "
+            "camera's lighting divided out (flat field), then lit anew (exposure, gradients, vignetting, blur, noise, JPEG)."
+        )
+        if real.get("weak_weight", 1.0) == 0:
+            lines += [
+                "",
+                f"Real beds (`train --real-layers ... --weak-weight 0`, realbed.py): beside the pixel losses on synthetic layers, synthetic defects "
+                f"planted on crops of the {real['clean_train_layers']} clean real training layers of `{Path(real['root']).name}` (label map "
+                f"`{Path(real['label_map']).name}`), with their masks, {real['plant_batch']} crops per step, a third of them flush with a side of the bed "
+                f"so that its dim rim is seen as powder. {camera} The weak losses from the image-level labels are off: measured on the held-out "
+                "real layers, they drove incompleteness and streaking to zero on every layer, synthetic ones included (quantize/README.md, "
+                f"\"Real beds\"). {real['val_layers']} validation real layers rank the checkpoints (with the synthetic validation Score) and fit "
+                "nothing else. It judges the bed at 1024x1024 (about 0.24 mm per pixel).",
+            ]
+        else:
+            lines += [
+                "",
+                f"Real beds (`train --real-layers`, realbed.py): beside the pixel losses on synthetic layers, {real['train_layers']} real layers of "
+                f"`{Path(real['root']).name}` ({'at most ' + str(real['max_per_label']) + ' per label folder of ' if real.get('max_per_label') else ''}their training split; label map "
+                f"`{Path(real['label_map']).name}`) under weak pixel losses: a class the label does not name is absent from every pixel (Pathak et al. 2015), "
+                f"a class it names is somewhere (top-k pooling over {real['top_k_share'] * 100:.1f} % of a whole layer, WILDCAT); and synthetic defects planted "
+                f"on crops of the {real['clean_train_layers']} clean real training layers, with their masks. {camera} Per step: {real['plant_batch']} planted crops, "
+                f"{real['real_batch']} real crops under the absence loss, one whole defective real layer every {real['mil_every']} steps. {real['val_layers']} "
+                "validation real layers rank the checkpoints (with the synthetic validation Score) and fit nothing else. It judges the bed at 1024x1024 "
+                "(about 0.24 mm per pixel).",
+            ]
     elif m.get("layers"):
         lay = m["layers"]
         lines += [
@@ -273,7 +288,7 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
     if m.get("init"):
         lines.append(
             f"The last stage of training started from the checkpoint `{Path(m['init']).parent.parent.name}/{Path(m['init']).name}` "
-            "(the stage before it; quantize/scripts/build-default-model.sh trains in three stages)."
+            "(the stage before it; quantize/scripts/build-default-model.sh trains in two stages)."
         )
     lines += [
         "",

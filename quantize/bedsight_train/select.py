@@ -1,8 +1,15 @@
 """`bedsight-train select`: pick the layers most worth labelling next.
 
-Input: the layers a box saved as REVIEW (or any folder of layer images, searched recursively;
-with `--verdict REVIEW`, only the layers whose JSON-lines records, as `bedsight analyze --json`
-prints them, carry that verdict).
+Input: a box's state folder (`/var/lib/bedsight`, or a copy: `journal/layers.bsj`, its
+`annotations.jsonl` and the layer images the box recorded in `images/NNNNNN-LNNNNN-VERDICT/`), or
+any folder of layer images, searched recursively; with `--verdict REVIEW`, only the layers whose
+JSON-lines records, as `bedsight analyze --json` prints them, carry that verdict. Only layer
+frames are candidates: of a box's recorded layer its `rectified.png` (the bed as the model saw it;
+`raw.png` where there is none), never the box's own overlays, masks or uncertainty maps.
+
+From a box's state folder, every layer an operator marked as a false alarm or acknowledged on
+the dashboard, and every layer the domain check called unfamiliar, is picked first, with why;
+the strategy then picks `--count` more from the rest.
 Two strategies (seed 003 §2, "Active learning"):
 
 - `uncertainty`: rank images by their image-level mean uncertainty, the pixel-wise ensemble
@@ -27,7 +34,10 @@ and the folder is a dataset `train` reads), OUT/selection.csv and OUT/embedding.
 from __future__ import annotations
 
 import csv
+import json
+import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -37,13 +47,25 @@ import numpy as np
 from .common import DEFAULT_CLASSES, IMAGE_SUFFIXES, BadInput, limit_threads, load_grey, save_png_grey, toml_dumps
 
 THUMB = 16
+# A layer's folder in a box's image store (appliance/src/record/layer_images.rs): record index,
+# layer number, verdict.
+RECORD_FOLDER = re.compile(r"^(\d{6})-L(\d{5})-([A-Z]+)$")
+# What the box and `bedsight analyze --out` write beside a layer: its products, not layers.
+PRODUCT_SUFFIXES = (".mask.png", ".overlay.png", ".uncertainty.png", ".uncertainty.tiff")
+
+
+def _is_layer_frame(path: Path) -> bool:
+    if RECORD_FOLDER.match(path.parent.name):
+        # a recorded layer: the rectified bed, or the camera's frame where the box kept no other
+        return path.name == "rectified.png" or (path.name == "raw.png" and not (path.parent / "rectified.png").exists())
+    return not path.name.lower().endswith(PRODUCT_SUFFIXES)
 
 
 def find_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInput(f"{folder}: folder not found")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and _is_layer_frame(p))
     # a dataset's or a previous selection's masks are not layers
     files = [p for p in files if not ({"masks", "prelabels"} & set(p.relative_to(folder).parts[:-1]))]
     if not files:
@@ -265,6 +287,50 @@ def smile_order(embedding_2d: np.ndarray, count: int, seed: int = 0) -> tuple[li
     return order[:count], best_labels, spread
 
 
+def box_priorities(folder: Path, files: list[Path]) -> dict[Path, str]:
+    """Of a box's state folder: the recorded layers that must be labelled, with why: marked as a
+    false alarm or acknowledged by an operator (journal/annotations.jsonl), or unfamiliar to the
+    model (the journal record's domain finding). Empty for a folder that is not a box's."""
+    journal = folder / "journal" / "layers.bsj"
+    if not journal.is_file():
+        return {}
+    from .pack import find_bedsight_bin
+
+    binary = find_bedsight_bin()
+    if binary is None:
+        raise BadInput(f"{journal}: reading the box's journal needs the bedsight binary (BEDSIGHT_BIN, PATH or target/)")
+    result = subprocess.run([str(binary), "journal", "export", "--format", "jsonl", str(journal)], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise BadInput(f"{journal}: bedsight cannot read it: {result.stderr.strip()}")
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    frames = {}
+    for path in files:
+        match = RECORD_FOLDER.match(path.parent.name)
+        if match:
+            frames[int(match.group(1))] = path
+    why: dict[int, list[str]] = {}
+    annotations = folder / "journal" / "annotations.jsonl"
+    if annotations.is_file():
+        for number, line in enumerate(annotations.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                note = json.loads(line)
+                index, action = int(note["index"]), note["action"]
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                if number == len(annotations.read_text().splitlines()):
+                    continue  # a torn last line (the box stopped mid-write), as the box reads it
+                raise BadInput(f"{annotations}:{number}: not an annotation (index, action)") from None
+            text = {"false-alarm": "false alarm (marked by an operator)", "acknowledge": "REVIEW acknowledged by an operator"}.get(action)
+            if text:
+                why.setdefault(index, []).append(text + (f": {note['note']}" if note.get("note") else ""))
+    for index, record in enumerate(records):
+        domain = record.get("domain")
+        if domain and not domain.get("familiar", True):
+            why.setdefault(index, []).append(f"unfamiliar to the model (domain score {domain['score']:.2f} > {domain['threshold']:.2f})")
+    return {frames[i]: "; ".join(reasons) for i, reasons in sorted(why.items()) if i in frames}
+
+
 def select(journal: Path, strategy: str, count: int, out: Path, model: Path | None = None, seed: int = 0, progress: bool = True, verdict: str | None = None) -> list[dict[str, Any]]:
     limit_threads()
     if strategy not in ("uncertainty", "smile"):
@@ -276,32 +342,42 @@ def select(journal: Path, strategy: str, count: int, out: Path, model: Path | No
     files = find_images(journal)
     if verdict:
         files = filter_by_verdict(journal, files, verdict)
+    must = box_priorities(Path(journal), files)
     images = [load_grey(p) for p in files]
     predictions, manifest = (model_predictions(Path(model), images, progress) if model else (None, None))
     rows: list[dict[str, Any]] = []
-    if strategy == "uncertainty":
-        order = sorted(range(len(files)), key=lambda i: predictions[i]["mean_uncertainty"], reverse=True)[:count]
-        labels = None
+    first = [i for i, p in enumerate(files) if p in must]
+    rest = [i for i, p in enumerate(files) if p not in must]
+    labels = None
+    if not rest:
+        order = []
+    elif strategy == "uncertainty":
+        order = sorted(rest, key=lambda i: predictions[i]["mean_uncertainty"], reverse=True)[:count]
     else:
-        points = tsne(embed(images, predictions), seed=seed)
-        order, labels, spread = smile_order(points, count, seed)
-        _plot_embedding(points, labels, order, Path(out) / "embedding.png")
+        points = tsne(embed([images[i] for i in rest], [predictions[i] for i in rest] if predictions else None), seed=seed)
+        picked, cluster_of, spread = smile_order(points, count, seed)
+        order = [rest[j] for j in picked]
+        labels = {rest[j]: int(cluster_of[j]) for j in range(len(rest))}
+        _plot_embedding(points, cluster_of, picked, Path(out) / "embedding.png")
+    order = first + order
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(len(order))))
     for rank, i in enumerate(order, start=1):
-        name = f"{rank:0{width}d}-{files[i].stem}.png"
+        # a box's recorded layer is named by its record folder (all its frames are rectified.png)
+        stem = files[i].parent.name if RECORD_FOLDER.match(files[i].parent.name) else files[i].stem
+        name = f"{rank:0{width}d}-{stem}.png"
         if files[i].suffix.lower() == ".png":
             shutil.copyfile(files[i], out / "images" / name)
         else:
             save_png_grey(out / "images" / name, images[i])
-        row = {"rank": rank, "file": str(files[i]), "image": f"images/{name}"}
+        row = {"rank": rank, "file": str(files[i]), "image": f"images/{name}", "why": must.get(files[i], strategy)}
         if predictions:
             save_png_grey(out / "prelabels" / name, predictions[i]["mask"])
             row["mean_uncertainty"] = predictions[i]["mean_uncertainty"]
         if labels is not None:
-            row["cluster"] = int(labels[i])
-            row["cluster_spread"] = spread[int(labels[i])]
+            row["cluster"] = labels[i] if i in labels and files[i] not in must else ""
+            row["cluster_spread"] = spread[labels[i]] if row["cluster"] != "" else ""
         rows.append(row)
     with open(out / "selection.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
@@ -315,7 +391,7 @@ def select(journal: Path, strategy: str, count: int, out: Path, model: Path | No
                       "classes": [{"index": i, **c} for i, c in enumerate(classes)]})
     )
     if progress:
-        print(f"selected {len(rows)} of {len(files)} layers by {strategy} into {out}")
+        print(f"selected {len(rows)} of {len(files)} layers into {out}: {len(first)} marked by the box or its operators, {len(rows) - len(first)} by {strategy}")
         for row in rows[: min(10, len(rows))]:
             extra = f"  mean uncertainty {row['mean_uncertainty']:.5f}" if "mean_uncertainty" in row else ""
             print(f"  {row['rank']:>3}  {row['file']}{extra}")
