@@ -17,6 +17,7 @@
 pub mod board;
 pub mod chart;
 pub mod defects;
+mod labelling;
 pub mod layers;
 pub mod metrics;
 pub mod report;
@@ -223,14 +224,7 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
                 );
             };
             if let Err((status, message)) = authorise(&request, token) {
-                let mut response = Response::from_data(format!("{message}\n").into_bytes())
-                    .with_status_code(status)
-                    .with_header(header("Content-Type", "text/plain; charset=utf-8"));
-                if status == 401 {
-                    response.add_header(header("WWW-Authenticate", "Bearer"));
-                }
-                request.respond(response).ok();
-                return;
+                return refuse(request, status, &message);
             }
             let index = match record_index(segment, board) {
                 Ok(index) => index,
@@ -247,12 +241,26 @@ fn handle(mut request: Request, board: &Arc<Board>, token: Option<&str>, stop: &
                 Err(AnnotateError::Storage(message)) => text(request, 500, &message),
             }
         }
+        (Method::Get | Method::Head, ["label", segment]) => match record_index(segment, board) {
+            Ok(_) => respond(
+                request,
+                200,
+                "text/html; charset=utf-8",
+                labelling::PAGE.as_bytes().to_vec(),
+            ),
+            Err((status, message)) => text(request, status, &message),
+        },
+        (Method::Get, ["api", "labels", segment]) => labelling::info(request, board, segment),
+        (Method::Get, ["labels", segment, "mask.png"]) => labelling::mask(request, board, segment),
+        (Method::Post, ["api", "labels", segment]) => labelling::save(request, board, token, segment),
         (
             _,
             ["" | "events" | "metrics" | "healthz" | "chart.svg" | "stacked.svg" | "map.svg" | "tracks.html"
             | "map-filter.js"]
             | ["api", ..]
-            | ["images", ..],
+            | ["images", ..]
+            | ["label", ..]
+            | ["labels", ..],
         ) => {
             let message = if known_path(&segments) {
                 format!("{method} is not allowed on {path}")
@@ -279,8 +287,22 @@ fn known_path(segments: &[&str]) -> bool {
             | ["api", "state" | "bed"]
             | ["api", "records", _]
             | ["api", "records", _, _]
+            | ["api", "labels", _]
             | ["images", _, _]
+            | ["label", _]
+            | ["labels", _, "mask.png"]
     )
+}
+
+/// A refusal of a control: 401 says how to authenticate (RFC 6750).
+fn refuse(request: Request, status: u16, message: &str) {
+    let mut response = Response::from_data(format!("{message}\n").into_bytes())
+        .with_status_code(status)
+        .with_header(header("Content-Type", "text/plain; charset=utf-8"));
+    if status == 401 {
+        response.add_header(header("WWW-Authenticate", "Bearer"));
+    }
+    request.respond(response).ok();
 }
 
 /// `Authorization: Bearer <token>` against the configured token.

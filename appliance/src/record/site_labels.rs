@@ -1,0 +1,249 @@
+//! The site's own pixel labels, as the dashboard's labelling page saves them (issue 15): a
+//! folder beside the layer images with two files per labelled layer, named after the layer's
+//! image folder (`NNNNNN-LNNNNN-VERDICT`):
+//!
+//! - `NAME.mask.png`: 8-bit grey, the bed's size, each pixel its class index (the label,
+//!   whatever drew it: polygons, the brush, the eraser);
+//! - `NAME.labels.json`: `{"format": "bedsight-labels 1", "image", "width", "height",
+//!   "classes", "polygons": [{"class", "points": [[x, y], ...]}], "labelled_by",
+//!   "labelled_at"}`.
+//!
+//! The format is the training tool's label store (quantize/bedsight_train/labels.py), which
+//! reads this folder as it is and exports it for CVAT or labelme. Every save is checked whole
+//! before anything is written; the mask and the labels file are each written to a temporary
+//! file and renamed, the mask first, so a labels file is never beside a half-written mask.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::record::journal::UtcTime;
+
+pub const FORMAT: &str = "bedsight-labels 1";
+/// The longest name a labeller may give.
+const MAX_NAME: usize = 100;
+
+/// What the labelling page sends: who, the polygons drawn, and the mask as the bed's class
+/// indices (row-major bytes, base64).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LabelsUpload {
+    pub labelled_by: String,
+    #[serde(default)]
+    pub polygons: Vec<Polygon>,
+    pub mask: String,
+}
+
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Polygon {
+    pub class: String,
+    pub points: Vec<[f64; 2]>,
+}
+
+/// A checked upload: its mask decoded.
+pub struct Labels {
+    pub labelled_by: String,
+    pub polygons: Vec<Polygon>,
+    pub mask: Vec<u8>,
+}
+
+/// The label store of the layer images in `images_folder`: `labels/` beside it.
+pub fn folder_for(images_folder: &Path) -> PathBuf {
+    images_folder.with_file_name("labels")
+}
+
+/// Checks an upload against the bed (`width` x `height`) and its classes (index 0 background);
+/// the error says what is wrong, once.
+pub fn check(upload: LabelsUpload, width: u32, height: u32, classes: &[String]) -> Result<Labels, String> {
+    let who = upload.labelled_by.trim();
+    if who.is_empty() || who.chars().count() > MAX_NAME || who.chars().any(char::is_control) {
+        return Err(format!(
+            "labelled_by: give who labelled the layer (1 to {MAX_NAME} printable characters)"
+        ));
+    }
+    let mask = base64::engine::general_purpose::STANDARD
+        .decode(upload.mask.as_bytes())
+        .map_err(|e| format!("mask: not base64 ({e})"))?;
+    let expected = width as usize * height as usize;
+    if mask.len() != expected {
+        return Err(format!(
+            "mask: {} class indices, but the bed is {width}x{height} = {expected} pixels",
+            mask.len()
+        ));
+    }
+    if let Some(&bad) = mask.iter().find(|&&k| k as usize >= classes.len()) {
+        return Err(format!(
+            "mask: class index {bad}, but the model has {} classes (0 to {})",
+            classes.len(),
+            classes.len() - 1
+        ));
+    }
+    for (i, polygon) in upload.polygons.iter().enumerate() {
+        if !classes.iter().skip(1).any(|c| *c == polygon.class) {
+            return Err(format!(
+                "polygons[{i}]: class {:?} is not one of {}",
+                polygon.class,
+                classes[1..].join(", ")
+            ));
+        }
+        if polygon.points.len() < 3 {
+            return Err(format!("polygons[{i}]: a polygon needs at least 3 points"));
+        }
+        let outside = polygon.points.iter().find(|[x, y]| {
+            !(x.is_finite() && y.is_finite() && (0.0..=width as f64).contains(x) && (0.0..=height as f64).contains(y))
+        });
+        if let Some([x, y]) = outside {
+            return Err(format!(
+                "polygons[{i}]: point [{x}, {y}] lies outside the {width}x{height} bed"
+            ));
+        }
+    }
+    Ok(Labels {
+        labelled_by: who.to_string(),
+        polygons: upload.polygons,
+        mask,
+    })
+}
+
+/// The layer a save is for: its name in the store (its image folder's), its rectified bed
+/// (relative to the images folder), the bed's size and the model's classes.
+pub struct LayerBed<'a> {
+    pub name: &'a str,
+    pub image: &'a str,
+    pub width: u32,
+    pub height: u32,
+    pub classes: &'a [String],
+}
+
+/// Writes one layer's labels into `store` (created if missing); returns the labels file's
+/// contents.
+pub fn save(store: &Path, bed: &LayerBed, labels: &Labels, now_ms: u64) -> Result<Value> {
+    use image::ImageEncoder;
+
+    std::fs::create_dir_all(store).with_context(|| format!("label store {}", store.display()))?;
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut png)
+        .write_image(&labels.mask, bed.width, bed.height, image::ExtendedColorType::L8)
+        .context("encoding the mask")?;
+    write_replacing(&store.join(format!("{}.mask.png", bed.name)), &png)?;
+    let doc = json!({
+        "format": FORMAT,
+        "image": bed.image,
+        "width": bed.width,
+        "height": bed.height,
+        "classes": bed.classes,
+        "polygons": labels.polygons,
+        "labelled_by": labels.labelled_by,
+        "labelled_at": UtcTime::from_ms(now_ms).to_string(),
+    });
+    let text = serde_json::to_string_pretty(&doc).expect("plain data") + "\n";
+    write_replacing(&store.join(format!("{}.labels.json", bed.name)), text.as_bytes())?;
+    Ok(doc)
+}
+
+/// The saved labels file of a layer, if any.
+pub fn load(store: &Path, name: &str) -> Result<Option<Value>> {
+    let path = store.join(format!("{name}.labels.json"));
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(Some(
+            serde_json::from_str(&text).with_context(|| format!("{}: not a labels file", path.display()))?,
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("{}", path.display())),
+    }
+}
+
+fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
+    let temporary = path.with_extension("part");
+    std::fs::write(&temporary, bytes).with_context(|| format!("writing {}", temporary.display()))?;
+    std::fs::rename(&temporary, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classes() -> Vec<String> {
+        [
+            "background",
+            "super-elevation",
+            "incompleteness",
+            "hopping",
+            "streaking",
+            "lattice",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    fn upload(mask: &[u8]) -> LabelsUpload {
+        LabelsUpload {
+            labelled_by: "ana".into(),
+            polygons: vec![Polygon {
+                class: "streaking".into(),
+                points: vec![[0.0, 1.0], [4.0, 1.0], [4.0, 2.0]],
+            }],
+            mask: base64::engine::general_purpose::STANDARD.encode(mask),
+        }
+    }
+
+    #[test]
+    fn a_save_writes_the_mask_and_the_labels_file_the_training_tool_reads() {
+        let folder = tempfile::tempdir().unwrap();
+        let mut mask = vec![0u8; 4 * 3];
+        mask[5] = 4;
+        let labels = check(upload(&mask), 4, 3, &classes()).unwrap();
+        // 2026-12-03T10:00:00Z
+        let classes = classes();
+        let bed = LayerBed {
+            name: "000001-L00002-PAUSE",
+            image: "000001-L00002-PAUSE/rectified.png",
+            width: 4,
+            height: 3,
+            classes: &classes,
+        };
+        let doc = save(folder.path(), &bed, &labels, 1_796_292_000_000).unwrap();
+        assert_eq!(doc["labelled_at"], "2026-12-03T10:00:00.000Z");
+        assert_eq!(doc["format"], FORMAT);
+        let back = image::open(folder.path().join("000001-L00002-PAUSE.mask.png"))
+            .unwrap()
+            .to_luma8();
+        assert_eq!((back.width(), back.height()), (4, 3));
+        assert_eq!(back.into_raw(), mask);
+        let read = load(folder.path(), "000001-L00002-PAUSE").unwrap().unwrap();
+        assert_eq!(read["polygons"][0]["class"], "streaking");
+        assert!(load(folder.path(), "000002-L00003-PASS").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_bad_upload_is_refused_with_what_is_wrong() {
+        let refuse = |upload: LabelsUpload| check(upload, 4, 3, &classes()).err().unwrap();
+        assert_eq!(
+            refuse(upload(&[0; 11])),
+            "mask: 11 class indices, but the bed is 4x3 = 12 pixels"
+        );
+        assert_eq!(
+            refuse(upload(&[6; 12])),
+            "mask: class index 6, but the model has 6 classes (0 to 5)"
+        );
+        let mut nobody = upload(&[0; 12]);
+        nobody.labelled_by = "  ".into();
+        assert!(refuse(nobody).starts_with("labelled_by: give who labelled"));
+        let mut unknown = upload(&[0; 12]);
+        unknown.polygons[0].class = "scratch".into();
+        assert_eq!(
+            refuse(unknown),
+            "polygons[0]: class \"scratch\" is not one of super-elevation, incompleteness, hopping, streaking, lattice"
+        );
+        let mut outside = upload(&[0; 12]);
+        outside.polygons[0].points[1] = [9.0, 1.0];
+        assert_eq!(refuse(outside), "polygons[0]: point [9, 1] lies outside the 4x3 bed");
+        let mut not_base64 = upload(&[0; 12]);
+        not_base64.mask = "***".into();
+        assert!(refuse(not_base64).starts_with("mask: not base64"));
+    }
+}
