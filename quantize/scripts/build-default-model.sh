@@ -3,6 +3,7 @@
 #
 #   quantize/scripts/build-default-model.sh          # REAL_LAYERS defaults to ../shared/data/pblm
 #   REAL_LAYERS=/path/to/pblm quantize/scripts/build-default-model.sh
+#   RESUME=1 quantize/scripts/build-default-model.sh   # carry on an interrupted build in $WORK
 #
 # The model judges the bed at the camera's resolution (1024x1024, about 0.24 mm per pixel on a
 # 250 mm bed) and learns real beds (bedsight-train train --real-layers, realbed.py): pixel losses on
@@ -52,9 +53,45 @@ if [[ -n "${INIT:-}" ]]; then
     init=(--init "$INIT")
 fi
 
-rm -rf "$work"
+# RESUME=1 carries on a build that stopped (a session that ended, a power cut): the data already
+# written in $WORK is kept, each training stage resumes from its last checkpoint (train --resume:
+# the weights, the optimiser, the schedule and the random state, so the result is the uninterrupted
+# build's), and a stage already complete is not trained again. Everything after training reruns.
+resume="${RESUME:-0}"
+if [[ "$resume" != 1 ]]; then
+    rm -rf "$work"
+fi
 mkdir -p "$work"
 start=$(date +%s)
+
+# synth_once MARKER ARGS...: write a dataset unless RESUME=1 finds it complete (its MARKER file,
+# written last)
+synth_once() {
+    local marker=$1
+    shift
+    if [[ "$resume" == 1 && -f "$marker" ]]; then
+        echo "kept $(dirname "$marker")"
+    else
+        bt synth "$@"
+    fi
+}
+# train_stage RUN EPOCHS ARGS...: train a stage, or with RESUME=1 carry it on from its last
+# checkpoint (or skip it when all its epochs are there)
+train_stage() {
+    local run=$1 epochs=$2
+    shift 2
+    local done=0
+    if [[ "$resume" == 1 && -d "$run/checkpoints" ]]; then
+        done=$(find "$run/checkpoints" -name 'epoch-*.pt' | wc -l)
+    fi
+    if (( done >= epochs )); then
+        echo "kept $run ($done epochs)"
+    elif (( done > 0 )); then
+        bt train --out "$run" --epochs "$epochs" "$@" --resume
+    else
+        bt train --out "$run" --epochs "$epochs" "$@"
+    fi
+}
 
 bin="$("$py" -c "from bedsight_train.pack import find_bedsight_bin; print(find_bedsight_bin() or '')")"
 if [[ -z "$bin" ]]; then
@@ -63,17 +100,17 @@ if [[ -z "$bin" ]]; then
 fi
 export BEDSIGHT_BIN="$bin"
 
-bt synth --out "$work/data" --layers "$layers" --size "$size" --seed 11
-bt synth --sample-build --out "$work/sample-build" --size "$size" --seed 2026
-bt synth --generator alt --out "$work/data-alt" --layers 40 --size "$size" --seed 5
+synth_once "$work/data/dataset.toml" --out "$work/data" --layers "$layers" --size "$size" --seed 11
+synth_once "$work/sample-build/layers.toml" --sample-build --out "$work/sample-build" --size "$size" --seed 2026
+synth_once "$work/data-alt/dataset.toml" --generator alt --out "$work/data-alt" --layers 40 --size "$size" --seed 5
 real=(--real-layers "$real_layers" --label-map "$label_map" --max-layers-per-label "${MAX_LAYERS_PER_LABEL:-150}" --weak-weight 0)
 # Two stages: one at a constant learning rate finds its feet (from scratch, or from INIT); the
 # second starts from its last checkpoint with a learning rate that falls along a cosine, and its
 # checkpoints are the ensemble's members. On two CPU cores a step takes about a second.
-bt train --arch isdnet-sr --data "$work/data" --epochs "$stage1_epochs" --out "$work/run-stage1" \
+train_stage "$work/run-stage1" "$stage1_epochs" --arch isdnet-sr --data "$work/data" \
     --crop "$crop" --batch-size 2 --lr "$lr" --class-weights inverse-sqrt --seed 0 "${real[@]}" "${init[@]}"
 last="$(ls "$work/run-stage1/checkpoints/"*.pt | sort | tail -n 1)"
-bt train --arch isdnet-sr --data "$work/data" --epochs "$epochs" --out "$work/run" \
+train_stage "$work/run" "$epochs" --arch isdnet-sr --data "$work/data" \
     --crop "$crop" --batch-size 2 --lr "$lr2" --lr-schedule cosine --class-weights inverse-sqrt --seed 1 "${real[@]}" --init "$last"
 bt calibrate --run "$work/run" --members "$members"
 bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-real --version "$version" \
