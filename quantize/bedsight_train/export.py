@@ -133,6 +133,7 @@ def group_heads_checked(ensemble: torch.nn.Module, x: np.ndarray) -> float:
         separate = ensemble.members(ensemble.trunk(torch.from_numpy(x)))
         ensemble.group_heads()
         grouped = ensemble.members(ensemble.trunk(torch.from_numpy(x)))
+        ensemble.grouped.static_shape = tuple(grouped.shape)
     diff = float((grouped - separate).abs().max())
     if not diff <= GROUPED_MAX_ABS_DIFF:
         raise ExportMismatch(f"the grouped heads' logits differ from the separate heads' by {diff:.3g} (limit {GROUPED_MAX_ABS_DIFF:g}); the grouping is wrong")

@@ -117,6 +117,7 @@ class GroupedHeads(nn.Module):
         if not heads:
             raise ValueError("no heads to group")
         self.m = len(heads)
+        self.static_shape: tuple[int, ...] | None = None  # set by export: [1, M, K, H, W]
         if all(isinstance(h, IsdnetHead) for h in heads):
             depth = len(heads[0].sr)
             self.layers = nn.ModuleList([GroupedSr([h.sr[i] for h in heads], shared_input=i == 0) for i in range(depth)])
@@ -133,9 +134,13 @@ class GroupedHeads(nn.Module):
         y = features
         for layer in self.layers:
             y = layer(y)
-        # [N, M*K, H, W] -> [N, M, K, H, W] by constant slices: a reshape would put Shape ops in
-        # the graph, which the model contract leaves out (static shapes)
-        return torch.stack([block for (block,) in (_blocks([y], i, self.m) for i in range(self.m))], dim=1)
+        # [N, M*K, H, W] -> [N, M, K, H, W]: the same bytes in the same order. In the exported
+        # graph a Reshape to the constant shape the export set (`static_shape`), which costs
+        # nothing; a reshape computed from the tensor's own shape would put Shape ops in the
+        # graph, which the model contract leaves out.
+        if self.static_shape is not None and torch.jit.is_tracing():
+            return y.reshape(self.static_shape)
+        return y.unflatten(1, (self.m, -1))
 
 
 def _blocks(tensors: list[torch.Tensor], i: int, m: int) -> list[torch.Tensor]:
