@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--from", dest="source", required=True, type=Path, help="coco: the JSON file; labelme: the folder of JSON files")
     li.add_argument("--out", required=True, type=Path, help="the label store to write")
     li.add_argument("--by", default="", help="who labelled them (kept where the files do not say)")
+    ld = lb_sub.add_parser("dataset", help="a dataset `train` reads from a label store and the layer images it labels")
+    ld.add_argument("--labels", required=True, type=Path, help="the label store")
+    ld.add_argument("--images", type=Path, default=None, help="the folder the labels' image paths are relative to (default: images/ beside the store, as on a box)")
+    ld.add_argument("--out", required=True, type=Path, help="the dataset folder to write (new)")
 
     l = sub.add_parser("select", help="pick the layers most worth labelling next")
     l.add_argument("--journal", required=True, type=Path, help="folder of REVIEW layers (or any images)")
@@ -206,7 +210,10 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "labels":
         from . import labels
 
-        if args.labels_command == "export":
+        if args.labels_command == "dataset":
+            count = labels.make_dataset(args.labels, args.images, args.out)
+            print(f"wrote a dataset of {count} labelled layer(s) to {args.out}: `bedsight-train evaluate --model MODEL --data {args.out} --split all` measures a model on the site's labels")
+        elif args.labels_command == "export":
             written = labels.export_labels(args.labels, args.format, args.out)
             print(f"wrote {args.format} labels to {written}")
         else:

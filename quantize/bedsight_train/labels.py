@@ -25,6 +25,10 @@ The label store is a folder with two files per labelled layer:
 
 Export then import gives the same masks, pixel for pixel (a test); a polygon that an eraser cut
 into is kept only as pixels (it is no longer the outline of its class's region).
+
+`make_dataset` turns a store and the layer images it labels into a dataset (images/, masks/,
+dataset.toml): `evaluate --split all` measures a model on the site's own labels with it, and
+`train` reads it where every class has labelled layers enough for its splits.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import DEFAULT_CLASSES, BadInput
+from .common import DEFAULT_CLASSES, RECOATER_DIRECTION, BadInput, load_grey, save_png_grey, toml_dumps
 
 FORMAT = "bedsight-labels 1"
 FORMATS = ("coco", "labelme")
@@ -379,3 +383,49 @@ def _import_labelme(folder: Path, classes: list[str], labelled_by: str) -> list[
         extra = doc.get("bedsight") or {}
         out.append(LayerLabels(path.stem, str(doc.get("imagePath", "")), mask, classes, polygons, extra.get("labelled_by") or labelled_by, extra.get("labelled_at", "")))
     return out
+
+
+def make_dataset(store: Path, images: Path | None, out: Path) -> int:
+    """A dataset of the store's labelled layers for `train`: each layer's image (its `image`
+    path, relative to `images`: by default the box's `images/` beside the store) and its mask, at
+    the layer's size, with the store's classes. Refused by name: a missing or unreadable image,
+    one whose size is not its mask's, layers of different sizes or classes, an existing `out`."""
+    layers = read_store(store)
+    images = Path(images) if images is not None else Path(store).parent / "images"
+    classes, size = layers[0].classes, layers[0].mask.shape
+    pairs = []
+    for layer in layers:
+        if layer.classes != classes:
+            raise BadInput(f"{layer.name}: classes {layer.classes} differ from {layers[0].name}'s {classes}")
+        if layer.mask.shape != size:
+            raise BadInput(f"{layer.name}: {layer.mask.shape[1]}x{layer.mask.shape[0]}, but {layers[0].name} is {size[1]}x{size[0]}: a dataset has one size")
+        path = images / layer.image
+        if not layer.image or not path.is_file():
+            raise BadInput(f"{layer.name}: its image {path} is not there (give --images, the folder its image path is relative to)")
+        image = load_grey(path)
+        if image.shape != layer.mask.shape:
+            raise BadInput(f"{path}: {image.shape[1]}x{image.shape[0]}, but its mask is {size[1]}x{size[0]}")
+        pairs.append((layer.name, image, layer.mask))
+    if Path(out).exists():
+        raise BadInput(f"{out}: already there; pick a new folder")
+    for name, image, mask in pairs:
+        save_png_grey(Path(out) / "images" / f"{name}.png", image)
+        save_png_grey(Path(out) / "masks" / f"{name}.png", mask)
+    colours = {c.name: c for c in DEFAULT_CLASSES}
+    doc = {
+        "name": "site labels",
+        "source": str(Path(store).resolve()),
+        "layers": len(pairs),
+        "size": size[1],
+        "channels": 1,
+        "recoater_direction": RECOATER_DIRECTION,
+        "classes": [
+            {"index": i, "name": name, "colour": colours[name].colour if name in colours else "#ffffff", "defect": colours[name].defect if name in colours else True}
+            for i, name in enumerate(classes)
+        ],
+    }
+    (Path(out) / "dataset.toml").write_text(
+        "# A site's own labelled layers (bedsight-train labels dataset): images/*.png and masks/*.png (class\n"
+        "# index per pixel), the layers as the box rectified them.\n" + toml_dumps(doc)
+    )
+    return len(pairs)

@@ -115,3 +115,36 @@ def test_a_store_whose_mask_disagrees_with_its_labels_file_is_refused(tmp_path):
     (store / "layer-0008.mask.png").unlink()
     with pytest.raises(BadInput, match=r"layer-0008\.labels\.json: its mask layer-0008\.mask\.png is missing"):
         read_store(store)
+
+
+def test_a_store_becomes_a_dataset_the_model_is_measured_on(tmp_path, tiny_isdnet_model):
+    """The box's layout (labels/ beside images/NNNNNN-LNNNNN-VERDICT/rectified.png): the store and
+    its layer images make a dataset that load_dataset reads with the store's masks, and that
+    `evaluate --split all` measures a model on: the figures on the site's own labels."""
+    from bedsight_train import data as data_mod
+    from bedsight_train.labels import make_dataset
+    from bedsight_train.common import save_png_grey
+    from bedsight_train.evaluate import evaluate
+
+    state = tmp_path / "state"
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        name = f"{i:06d}-L{i + 1:05d}-PASS"
+        save_png_grey(state / "images" / name / "rectified.png", rng.integers(90, 110, (64, 64)).astype(np.uint8))
+        mask = np.zeros((64, 64), np.uint8)
+        mask[10 + i : 14 + i, 5:60] = STREAKING
+        write_layer(state / "labels", LayerLabels(name, f"{name}/rectified.png", mask, CLASSES, [], "ana", "2026-12-03T10:00:00Z"))
+    assert make_dataset(state / "labels", None, tmp_path / "site") == 6
+    ds = data_mod.load_dataset(tmp_path / "site", progress=False)
+    assert [c.name for c in ds.classes] == CLASSES and ds.images.shape == (6, 64, 64)
+    assert sorted(int((m == STREAKING).sum()) for m in ds.masks) == [220] * 6  # 4 rows x 55 columns each
+    with pytest.raises(BadInput, match="already there"):
+        make_dataset(state / "labels", None, tmp_path / "site")
+    (state / "images" / "000003-L00004-PASS" / "rectified.png").unlink()
+    with pytest.raises(BadInput, match=r"000003-L00004-PASS: its image .* is not there"):
+        make_dataset(state / "labels", None, tmp_path / "other")
+    metrics = evaluate(tiny_isdnet_model, tmp_path / "site", tmp_path / "eval", split="all", progress=False)
+    assert len(metrics["iou"]) == len(CLASSES) and 0.0 <= metrics["iou"][STREAKING] <= 1.0
+    # every labelled pixel is counted once: background and streaking, 64 x 64 x 6
+    assert sum(map(sum, metrics["confusion"])) == 6 * 64 * 64
+    assert sum(metrics["confusion"][STREAKING]) == 6 * 220
