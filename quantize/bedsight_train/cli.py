@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace the checkpoints of an earlier run in --out")
     t.add_argument("--resume", action="store_true", help="carry on the interrupted run in --out from its last checkpoint (weights, optimiser, learning-rate schedule, random state, history); give the run's own options")
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train: cpu, cuda, or auto (cuda where PyTorch sees one)")
+    t.add_argument("--foreground-share", type=float, default=0.0, help="with --crop: this share of the crops is placed over a pixel of a class the layer holds, each class present equally likely (nnU-Net's foreground oversampling); 0: uniform crops")
     t.add_argument("--photometric", type=float, default=0.15, help="random grey-level gain/offset augmentation strength (0: off)")
     t.add_argument("--width", action="append", metavar="KEY=V[,V..]", help="architecture widths, e.g. shallow=16,32,64 fuse=64 sr=24,16,8 head_sr=1")
     t.add_argument("--layers", type=Path, default=None, help="multi-task mode: folder of label folders of image-level labelled layers (e.g. pblm/)")
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> None:
             TrainOptions(
                 arch=args.arch, data=args.data, epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr=args.lr,
                 seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), crop=args.crop,
-                class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, overwrite=args.overwrite, progress=progress,
+                class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, foreground_share=args.foreground_share, overwrite=args.overwrite, progress=progress,
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every, weak_layers=args.weak_layers,

@@ -115,3 +115,27 @@ def test_a_cuda_device_that_is_not_there_is_refused_by_name(tiny_data, tmp_path)
         train_tiny("isdnet-sr", tiny_data, tmp_path / "run", epochs=1, device="cuda")
     history = train_tiny("isdnet-sr", tiny_data, tmp_path / "auto", epochs=1, crop=32, max_steps_per_epoch=2, device="auto")
     assert len(history["epochs"]) == 1
+
+
+def test_foreground_crops_land_on_the_classes_a_layer_holds():
+    """--foreground-share 1: every crop holds a pixel of a class the layer has, each present class
+    chosen evenly (a 3-px streak as often as a large patch); 0: uniform crops, which on this layer
+    hold the streak in about one crop in seven, and the random stream of a run is unchanged."""
+    from bedsight_train.train import _augment
+
+    y = np.zeros((1, 256, 256), np.int64)
+    y[0, 100:103, 200:256] = 4  # a short streak near the right edge
+    y[0, 0:128, 0:128] = 2  # a large uncovered patch
+    x = np.zeros((1, 1, 256, 256), np.float32)
+    rng = np.random.default_rng(0)
+    crops = [_augment(rng, x, y, 32, foreground=1.0)[1][0] for _ in range(400)]
+    streak = np.mean([(c == 4).any() for c in crops])
+    patch = np.mean([(c == 2).any() for c in crops])
+    assert all((c != 0).any() for c in crops)
+    assert streak == pytest.approx(0.5, abs=0.08) and patch == pytest.approx(0.5, abs=0.08)
+    uniform = [_augment(rng, x, y, 32)[1][0] for _ in range(400)]
+    # a 32-px crop holds part of the streak when its top is within 34 rows and its left within the last 87 columns
+    assert np.mean([(c == 4).any() for c in uniform]) == pytest.approx((34 / 225) * (87 / 225), abs=0.04)
+    # with the share 0 the draws are those of a run before the option existed
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert np.array_equal(_augment(a, x, y, 32)[1], _augment(b, x, y, 32, foreground=0.0)[1])
