@@ -14,4 +14,6 @@ pub mod judge;
 pub mod model;
 pub mod record;
 pub mod service;
+#[cfg(test)]
+mod test_support;
 pub mod web;

@@ -231,20 +231,8 @@ impl RecoatBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::class_names as names;
     use models::Ellipse;
-
-    fn names() -> Vec<String> {
-        [
-            "background",
-            "super-elevation",
-            "incompleteness",
-            "hopping",
-            "streaking",
-            "lattice",
-        ]
-        .map(String::from)
-        .to_vec()
-    }
 
     fn defect_classes() -> Vec<bool> {
         vec![false, true, true, true, true, false]

@@ -299,6 +299,7 @@ pub fn judge(config: &Config, class_names: &[String], tracker: &Tracker, update:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::class_names as names;
 
     fn settings(min_iou: f64, max_gap_layers: u32) -> TracksConfig {
         TracksConfig {
@@ -432,19 +433,6 @@ mod tests {
 
     fn config(rules: &str) -> Config {
         Config::parse(&format!("[bed]\nwidth_mm = 100\nheight_mm = 100\n{rules}"), "test.toml").unwrap()
-    }
-
-    fn names() -> Vec<String> {
-        [
-            "background",
-            "super-elevation",
-            "incompleteness",
-            "hopping",
-            "streaking",
-            "lattice",
-        ]
-        .map(String::from)
-        .to_vec()
     }
 
     #[test]

@@ -166,19 +166,7 @@ fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn classes() -> Vec<String> {
-        [
-            "background",
-            "super-elevation",
-            "incompleteness",
-            "hopping",
-            "streaking",
-            "lattice",
-        ]
-        .map(String::from)
-        .to_vec()
-    }
+    use crate::test_support::class_names as classes;
 
     fn upload(mask: &[u8]) -> LabelsUpload {
         LabelsUpload {
