@@ -311,14 +311,15 @@ def box_priorities(folder: Path, files: list[Path]) -> dict[Path, str]:
     why: dict[int, list[str]] = {}
     annotations = folder / "journal" / "annotations.jsonl"
     if annotations.is_file():
-        for number, line in enumerate(annotations.read_text().splitlines(), start=1):
+        lines = annotations.read_text().splitlines()
+        for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
                 note = json.loads(line)
                 index, action = int(note["index"]), note["action"]
             except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                if number == len(annotations.read_text().splitlines()):
+                if number == len(lines):
                     continue  # a torn last line (the box stopped mid-write), as the box reads it
                 raise BadInput(f"{annotations}:{number}: not an annotation (index, action)") from None
             text = {"false-alarm": "false alarm (marked by an operator)", "acknowledge": "REVIEW acknowledged by an operator"}.get(action)

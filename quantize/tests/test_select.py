@@ -59,14 +59,13 @@ def _box_state(tmp_path, frames: int = 8):
     import signal
     import subprocess
     import time
+    from pathlib import Path
 
-    import pytest
     from bt_helpers import bedsight_bin
 
     binary = bedsight_bin()
-    if binary is None:
-        pytest.skip("no bedsight binary (cargo build, or BEDSIGHT_BIN)")
-    repo = __import__("pathlib").Path(__file__).resolve().parents[2]
+    assert binary is not None, "no bedsight binary: ./test.sh builds it (or cargo build and BEDSIGHT_BIN)"
+    repo = Path(__file__).resolve().parents[2]
     camera = tmp_path / "frames"
     camera.mkdir()
     for path in sorted((repo / "assets" / "sample-build").glob("layer-*.png"))[:frames]:

@@ -104,17 +104,23 @@ def test_resume_refuses_another_command_and_a_run_that_is_not_there(tiny_data, t
         train_tiny("isdnet-sr", tiny_data, run, epochs=2, crop=32, max_steps_per_epoch=2, resume=True, overwrite=True)
 
 
-def test_a_cuda_device_that_is_not_there_is_refused_by_name(tiny_data, tmp_path):
+def test_the_device_is_the_one_asked_for_or_refused_by_name(tiny_data, tmp_path):
+    """--device cuda trains on CUDA where PyTorch has it and is refused by name where it has not;
+    auto takes CUDA where there is one, else the CPU; the checkpoints are on the CPU either way."""
     import torch
 
     from bedsight_train.common import BadInput
 
     if torch.cuda.is_available():
-        pytest.skip("this machine has a CUDA device")
-    with pytest.raises(BadInput, match="--device cuda: PyTorch sees no CUDA device"):
-        train_tiny("isdnet-sr", tiny_data, tmp_path / "run", epochs=1, device="cuda")
+        history = train_tiny("isdnet-sr", tiny_data, tmp_path / "run", epochs=1, crop=32, max_steps_per_epoch=2, device="cuda")
+        assert len(history["epochs"]) == 1
+    else:
+        with pytest.raises(BadInput, match="--device cuda: PyTorch sees no CUDA device"):
+            train_tiny("isdnet-sr", tiny_data, tmp_path / "run", epochs=1, device="cuda")
     history = train_tiny("isdnet-sr", tiny_data, tmp_path / "auto", epochs=1, crop=32, max_steps_per_epoch=2, device="auto")
     assert len(history["epochs"]) == 1
+    saved = torch.load(tmp_path / "auto" / "checkpoints" / "epoch-0001.pt", weights_only=False)
+    assert all(v.device.type == "cpu" for v in saved["state_dict"].values())
 
 
 def test_foreground_crops_land_on_the_classes_a_layer_holds():
