@@ -26,6 +26,10 @@ pub const ENTRY_INT8_GRAPH: &str = "model.int8.onnx";
 pub const ENTRY_SELFTEST_INPUT: &str = "selftest/input.png";
 /// The optional self-test expectation: the mask the fp32 graph gives on the input.
 pub const ENTRY_SELFTEST_EXPECTED: &str = "selftest/expected_mask.png";
+/// The optional training weights: the members' PyTorch state (`bedsight-train calibrate`'s
+/// `ensemble.pt`), so that `bedsight-train finetune` can start from the image itself. The box
+/// never reads it; its sha256 is checked like every entry's.
+pub const ENTRY_TRAINING_WEIGHTS: &str = "training/ensemble.pt";
 /// The optional signature: 64 raw bytes, ed25519 over the exact bytes of `manifest.toml`.
 pub const ENTRY_SIGNATURE: &str = "manifest.sig";
 
@@ -44,11 +48,12 @@ const BLOCK_BYTES: u64 = 512;
 const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
 
 /// The entries a manifest's `[files]` table may list.
-const LISTABLE_ENTRIES: [&str; 4] = [
+const LISTABLE_ENTRIES: [&str; 5] = [
     ENTRY_FP32_GRAPH,
     ENTRY_INT8_GRAPH,
     ENTRY_SELFTEST_INPUT,
     ENTRY_SELFTEST_EXPECTED,
+    ENTRY_TRAINING_WEIGHTS,
 ];
 
 pub(crate) fn is_listable_entry(name: &str) -> bool {
@@ -66,6 +71,8 @@ pub struct PackInput<'a> {
     pub int8_graph: Option<&'a Path>,
     /// The self-test: (input layer image, expected mask), both PNG, stored under `selftest/`.
     pub selftest: Option<(&'a Path, &'a Path)>,
+    /// The members' PyTorch weights, stored as `training/ensemble.pt` for fine-tuning off the box.
+    pub training_weights: Option<&'a Path>,
     /// When given, the manifest is signed with it and the signature stored as `manifest.sig`.
     pub signing_key: Option<&'a SigningKey>,
 }
@@ -105,6 +112,9 @@ pub fn pack(input: &PackInput, out: &Path) -> Result<PackedInfo, ImageError> {
     if let Some((selftest_input, expected_mask)) = input.selftest {
         sources.push((ENTRY_SELFTEST_INPUT, selftest_input, "self-test input"));
         sources.push((ENTRY_SELFTEST_EXPECTED, expected_mask, "self-test expected mask"));
+    }
+    if let Some(weights) = input.training_weights {
+        sources.push((ENTRY_TRAINING_WEIGHTS, weights, "training weights"));
     }
 
     let mut contents: Vec<(&str, Vec<u8>)> = Vec::with_capacity(sources.len());
@@ -503,6 +513,11 @@ impl ModelImage {
     /// (input layer image, expected mask), both PNG, when the image has a self-test.
     pub fn selftest(&self) -> Option<(&[u8], &[u8])> {
         Some((self.file(ENTRY_SELFTEST_INPUT)?, self.file(ENTRY_SELFTEST_EXPECTED)?))
+    }
+
+    /// The members' PyTorch weights (`training/ensemble.pt`), when the image carries them.
+    pub fn training_weights(&self) -> Option<&[u8]> {
+        self.file(ENTRY_TRAINING_WEIGHTS)
     }
 
     /// The content of one entry listed in `[files]`.

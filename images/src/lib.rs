@@ -29,7 +29,8 @@ pub mod slots;
 
 pub use archive::{
     pack, ModelImage, PackInput, PackedInfo, ENTRY_FP32_GRAPH, ENTRY_INT8_GRAPH, ENTRY_MANIFEST,
-    ENTRY_SELFTEST_EXPECTED, ENTRY_SELFTEST_INPUT, ENTRY_SIGNATURE, MAX_IMAGE_BYTES, MAX_MANIFEST_BYTES,
+    ENTRY_SELFTEST_EXPECTED, ENTRY_SELFTEST_INPUT, ENTRY_SIGNATURE, ENTRY_TRAINING_WEIGHTS, MAX_IMAGE_BYTES,
+    MAX_MANIFEST_BYTES,
 };
 pub use error::ImageError;
 pub use keys::{keygen, load_signing_key, load_trusted_key, load_trusted_keys, TrustedKey};

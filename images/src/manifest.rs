@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::archive::{
     is_listable_entry, ENTRY_FP32_GRAPH, ENTRY_INT8_GRAPH, ENTRY_SELFTEST_EXPECTED, ENTRY_SELFTEST_INPUT,
-    MAX_MANIFEST_BYTES,
+    ENTRY_TRAINING_WEIGHTS, MAX_MANIFEST_BYTES,
 };
 use crate::ImageError;
 
@@ -16,10 +16,10 @@ use crate::ImageError;
 /// version is refused.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The minor format version this build writes. A higher minor version of the same major is read.
-pub const FORMAT_MINOR: u32 = 2;
+pub const FORMAT_MINOR: u32 = 3;
 /// The `format_version` string this build writes. 1.1 added the optional `[layer_head]`, 1.2 the
-/// optional `[domain]`.
-pub const FORMAT_VERSION: &str = "1.2";
+/// optional `[domain]`, 1.3 the optional `training/ensemble.pt` entry.
+pub const FORMAT_VERSION: &str = "1.3";
 
 /// Input sizes the manifest may declare, in pixels, for width and height alike.
 const INPUT_SIDE_PX: std::ops::RangeInclusive<u32> = 8..=8192;
@@ -385,13 +385,20 @@ impl Manifest {
             if !is_listable_entry(name) {
                 problems.push(format!(
                     "files lists \"{name}\", which format {FORMAT_MAJOR}.x does not define (it \
-                     defines {ENTRY_FP32_GRAPH}, {ENTRY_INT8_GRAPH}, {ENTRY_SELFTEST_INPUT} and \
-                     {ENTRY_SELFTEST_EXPECTED})"
+                     defines {ENTRY_FP32_GRAPH}, {ENTRY_INT8_GRAPH}, {ENTRY_SELFTEST_INPUT}, \
+                     {ENTRY_SELFTEST_EXPECTED} and {ENTRY_TRAINING_WEIGHTS})"
                 ));
             }
             if parse_sha256(hash).is_none() {
                 problems.push(format!("files.\"{name}\" = \"{hash}\" is not a sha256 (64 hex digits)"));
             }
+        }
+        if self.files.contains_key(ENTRY_TRAINING_WEIGHTS) && self.format().is_some_and(|(_, minor)| minor < 3) {
+            problems.push(format!(
+                "files lists {ENTRY_TRAINING_WEIGHTS}, which format_version 1.3 added, but says \
+                 format_version \"{}\"",
+                self.format_version
+            ));
         }
         let has_int8 = self.files.contains_key(ENTRY_INT8_GRAPH);
         if !self.files.contains_key(ENTRY_FP32_GRAPH) {

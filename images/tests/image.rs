@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use images::{
     keygen, load_signing_key, load_trusted_keys, pack, ImageError, Manifest, ModelImage, PackInput, SigningKey,
+    ENTRY_TRAINING_WEIGHTS,
 };
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
@@ -103,6 +104,7 @@ impl Fixture {
             fp32_graph: &self.fp32,
             int8_graph: Some(&self.int8),
             selftest: Some((&self.selftest_input, &self.selftest_expected)),
+            training_weights: None,
             signing_key,
         }
     }
@@ -282,6 +284,7 @@ fn fp32_only_image_runs_the_fp32_graph() {
     let input = PackInput {
         int8_graph: None,
         selftest: None,
+        training_weights: None,
         ..fixture.input(None)
     };
     pack(&input, &out).unwrap();
@@ -324,6 +327,7 @@ fn a_failed_pack_leaves_the_old_image_in_place() {
     let not_png = fixture.fp32.clone();
     let input = PackInput {
         selftest: Some((&not_png, &fixture.selftest_expected)),
+        training_weights: None,
         ..fixture.input(None)
     };
     let error = pack(&input, &out).unwrap_err();
@@ -1083,5 +1087,49 @@ fn domain_table_is_optional_and_checked() {
     refused(
         &with_domain.replace("mean = [0.5, -1.0]", "mean = [0.5, nan]"),
         &["finite numbers"],
+    );
+}
+
+#[test]
+fn training_weights_travel_in_the_image_and_are_hash_checked() {
+    let fixture = Fixture::new();
+    let weights = fixture.path("ensemble.pt");
+    let weights_bytes = fake_bytes(9, 900);
+    fs::write(&weights, &weights_bytes).unwrap();
+    let out = fixture.path("with-weights.bsimg");
+    let mut input = PackInput {
+        training_weights: Some(&weights),
+        ..fixture.input(None)
+    };
+    // The fixture's manifest says format 1.0, before the entry existed.
+    let error = pack(&input, &out).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("training/ensemble.pt, which format_version 1.3 added"),
+        "{error}"
+    );
+    input.manifest.format_version = "1.3".to_string();
+    let info = pack(&input, &out).unwrap();
+    assert!(info.manifest.files.contains_key(ENTRY_TRAINING_WEIGHTS));
+
+    let image = ModelImage::open(&out).unwrap();
+    assert_eq!(image.training_weights(), Some(weights_bytes.as_slice()));
+    // The image without them reads as before.
+    let without = ModelImage::open(&fixture.pack("plain.bsimg", None)).unwrap();
+    assert_eq!(without.training_weights(), None);
+
+    // A changed byte in the weights is refused like one in a graph.
+    rewrite(&out, |entries| {
+        let entry = entries
+            .iter_mut()
+            .find(|(name, _, _)| name == ENTRY_TRAINING_WEIGHTS)
+            .unwrap();
+        entry.2[10] ^= 0xff;
+    });
+    let error = open_err(&out);
+    assert!(
+        matches!(&error, ImageError::HashMismatch { entry, .. } if entry == ENTRY_TRAINING_WEIGHTS),
+        "{error:?}"
     );
 }

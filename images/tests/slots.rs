@@ -44,6 +44,7 @@ fn image(dir: &Path, version: &str) -> ModelImage {
         fp32_graph: &graph,
         int8_graph: None,
         selftest: Some((&png, &png)),
+        training_weights: None,
         signing_key: None,
     };
     pack(&input, &out).unwrap();
@@ -354,6 +355,7 @@ fn an_image_without_a_self_test_is_refused() {
         fp32_graph: &graph,
         int8_graph: None,
         selftest: None,
+        training_weights: None,
         signing_key: None,
     };
     let out = temp.path().join("bare.bsimg");

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,8 @@ from .calibrate import load_ensemble, read_run, run_split
 from .common import BadInput, limit_threads, toml_dumps
 
 MAX_ABS_DIFF = 1e-3
+# the members' weights beside the exported graph, packed as the image's training/ensemble.pt
+WEIGHTS_NAME = "ensemble.pt"
 # the grouped heads against the separate ones, both in PyTorch (issue 17: within 1e-5)
 GROUPED_MAX_ABS_DIFF = 1e-5
 OPSET = 17
@@ -174,7 +177,9 @@ def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, 
     inp = saved["input"]
     head = saved.get("layer_head")
     manifest = {
-        "format_version": "1.2" if domain else "1.1" if head else "1.0",
+        # 1.3: the image may carry the members' PyTorch weights (training/ensemble.pt), which
+        # `export` puts beside the graph for `pack`
+        "format_version": "1.3",
         "name": name,
         "version": version,
         "architecture": saved["arch"],
@@ -281,6 +286,9 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
     )
     manifest = manifest_dict(saved, training, name, version, description, domain_table)
     manifest_path = out.parent / "manifest.toml"
+    # the members' weights travel in the image (training/ensemble.pt) so that `finetune --from
+    # IMAGE` can start from it
+    shutil.copyfile(run / "ensemble.pt", out.parent / WEIGHTS_NAME)
     manifest_path.write_text("# written by bedsight-train export; `bedsight image pack` adds [graphs] and [files]\n" + toml_dumps(manifest))
     report = {"onnx": str(out), "manifest": str(manifest_path), "max_abs_diff": max_diff, "grouped_heads_max_abs_diff": grouped_diff, "flops": flops, "timing": timing, "members": m}
     (out.parent / (out.stem + ".export.json")).write_text(json.dumps(report, indent=1))

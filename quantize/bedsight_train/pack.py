@@ -2,7 +2,8 @@
 
 The format has one implementation, in Rust (`images`); this module only prepares the inputs and
 calls the binary: the fp32 graph, the INT8 graph (the default one the box runs, when present), the
-manifest written by `export`, and a self-test sample made here: a synthetic layer at the model's
+manifest written by `export`, the members' PyTorch weights `export` put beside them (for
+`finetune --from IMAGE`; the box never reads them), and a self-test sample made here: a synthetic layer at the model's
 input size and the mask that the fp32 graph gives on it through onnxruntime and the appliance's
 fusion (mean of softmax(z_i / T_i), argmax; seed 000 Eq. 21 and 12).
 
@@ -23,6 +24,7 @@ import numpy as np
 from . import data as data_mod
 from .common import BadInput, read_toml, save_png_grey
 from .evaluate import check_manifest, run_members
+from .export import WEIGHTS_NAME
 from .metrics import fuse
 from .synth import DEFECT_CLASSES, render_layer
 
@@ -98,6 +100,7 @@ def pack(
     selftest_mask: Path | None = None,
     selftest_seed: int = 7,
     progress: bool = True,
+    weights: Path | None = None,
 ) -> Path:
     model = Path(model)
     if not model.is_file():
@@ -108,6 +111,10 @@ def pack(
         int8 = model.parent / "model.int8.onnx"
     if int8 is not None and not Path(int8).is_file():
         raise BadInput(f"{int8}: INT8 graph not found")
+    if weights is None and (model.parent / WEIGHTS_NAME).is_file():
+        weights = model.parent / WEIGHTS_NAME  # what `export` put there
+    if weights is not None and not Path(weights).is_file():
+        raise BadInput(f"{weights}: training weights not found")
     if key is not None and not Path(key).is_file():
         raise BadInput(f"{key}: signing key not found")
     if (selftest_input is None) != (selftest_mask is None):
@@ -122,6 +129,8 @@ def pack(
         if int8 is not None:
             cmd += ["--int8", str(int8)]
         cmd += ["--manifest", str(manifest), "--selftest-input", str(selftest_input), "--selftest-mask", str(selftest_mask)]
+        if weights is not None:
+            cmd += ["--training-weights", str(weights)]
         if key is not None:
             cmd += ["--key", str(key)]
         Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -32,13 +32,16 @@ def packed(tiny_isdnet_model, tiny_isdnet_int8, tmp_path_factory):
 
 
 @needs_bin
-def test_pack_builds_a_model_image(packed):
+def test_pack_builds_a_model_image(packed, tiny_isdnet_run):
     import tarfile
 
     with tarfile.open(packed) as tar:
         names = tar.getnames()
+        weights = tar.extractfile("training/ensemble.pt").read()
     assert names[0] == "manifest.toml"
     assert {"model.onnx", "model.int8.onnx", "selftest/input.png", "selftest/expected_mask.png"} <= set(names)
+    # the members' weights travel with the graphs, for `finetune --from IMAGE`
+    assert weights == (tiny_isdnet_run / "ensemble.pt").read_bytes()
 
 
 @needs_bin

@@ -92,7 +92,7 @@ def test_multitask_training_lowers_both_losses_and_exports_the_layer_head(tiny_d
     logits, layer_logits, features = session.run(None, {"image": np.zeros((1, 1, 64, 64), np.float32)})
     assert logits.shape == (1, 2, 6, 64, 64) and layer_logits.shape == (1, 3) and features.shape[0] == 1
     manifest = (out.parent / "manifest.toml").read_text()
-    assert 'format_version = "1.2"' in manifest and "[domain]" in manifest
+    assert 'format_version = "1.3"' in manifest and "[domain]" in manifest
     assert 'classes = ["incompleteness", "streaking", "super-elevation"]' in manifest
     assert "[layer_head]" in manifest
 

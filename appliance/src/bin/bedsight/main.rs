@@ -184,6 +184,10 @@ enum ImageCommand {
         selftest_input: Option<PathBuf>,
         #[arg(long, requires = "selftest_input")]
         selftest_mask: Option<PathBuf>,
+        /// The members' PyTorch weights (`ensemble.pt`), carried for `bedsight-train finetune`;
+        /// the box never reads them.
+        #[arg(long)]
+        training_weights: Option<PathBuf>,
         /// ed25519 private key to sign the manifest with (see `image keygen`).
         #[arg(long)]
         key: Option<PathBuf>,
@@ -348,6 +352,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     manifest,
                     selftest_input,
                     selftest_mask,
+                    training_weights,
                     key,
                     out,
                 } => model_image::pack(&model_image::PackArgs {
@@ -356,6 +361,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     manifest: &manifest,
                     selftest_input: selftest_input.as_deref(),
                     selftest_mask: selftest_mask.as_deref(),
+                    training_weights: training_weights.as_deref(),
                     key: key.as_deref(),
                     out: &out,
                 })?,

@@ -15,6 +15,7 @@ pub struct PackArgs<'a> {
     pub manifest: &'a Path,
     pub selftest_input: Option<&'a Path>,
     pub selftest_mask: Option<&'a Path>,
+    pub training_weights: Option<&'a Path>,
     pub key: Option<&'a Path>,
     pub out: &'a Path,
 }
@@ -36,6 +37,7 @@ pub fn pack(args: &PackArgs) -> Result<()> {
         fp32_graph: args.onnx,
         int8_graph: args.int8,
         selftest,
+        training_weights: args.training_weights,
         signing_key: signing_key.as_ref(),
     };
     let staging = args.out.with_extension("bsimg.staging");
