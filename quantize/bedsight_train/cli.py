@@ -136,6 +136,29 @@ def build_parser() -> argparse.ArgumentParser:
     ld.add_argument("--images", type=Path, default=None, help="the folder the labels' image paths are relative to (default: images/ beside the store, as on a box)")
     ld.add_argument("--out", required=True, type=Path, help="the dataset folder to write (new)")
 
+    f = sub.add_parser("finetune", help="fine-tune a model image on a site's labels (with replay), recalibrate, refit its domain check, report before/after, pack")
+    f.add_argument("--from", dest="source", required=True, type=Path, help="the model image the box runs (.bsimg, format 1.3 with its training weights)")
+    f.add_argument("--labels", required=True, type=Path, help="the label store (the box's labels/ folder, or `labels import`'s)")
+    f.add_argument("--images", type=Path, default=None, help="the folder the labels' image paths are relative to (default: images/ beside the store, as on a box)")
+    f.add_argument("--out", required=True, type=Path, help="the fine-tune's folder (new, or the one to --resume)")
+    f.add_argument("--replay", type=Path, default=None, help="a dataset of the model's original training data (default: --replay-layers layers of the project's generator at the model's size)")
+    f.add_argument("--replay-layers", type=int, default=40)
+    f.add_argument("--replay-ratio", type=float, default=1.0, help="replayed training layers per site training layer")
+    f.add_argument("--held-out", type=float, default=0.25, help="share of the site's layers, the last run of them, held out to compare before and after")
+    f.add_argument("--epochs", type=int, default=4)
+    f.add_argument("--lr", type=float, default=3e-4, help="at the start; it falls along a cosine")
+    f.add_argument("--batch-size", type=int, default=2)
+    f.add_argument("--crop", type=int, default=None, help="training crops (default 256 for models larger than that)")
+    f.add_argument("--steps-per-epoch", type=int, default=None, help="cap each epoch at this many steps (a quick trial)")
+    f.add_argument("--members", type=int, default=None, help="ensemble members (default: the image's)")
+    f.add_argument("--int8-margin", type=float, default=0.02, help="largest MIoU drop of the INT8 graph on the held-out run")
+    f.add_argument("--key", type=Path, default=None, help="ed25519 key to sign the image with (flash.sh installs signed images)")
+    f.add_argument("--trusted-keys", type=Path, default=None, help="folder of public keys the --from image must be signed by")
+    f.add_argument("--version", default=None)
+    f.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    f.add_argument("--resume", action="store_true", help="carry on the fine-tune in --out from its last checkpoint")
+    f.add_argument("--seed", type=int, default=0)
+
     l = sub.add_parser("select", help="pick the layers most worth labelling next")
     l.add_argument("--journal", required=True, type=Path, help="folder of REVIEW layers (or any images)")
     l.add_argument("--strategy", choices=["uncertainty", "smile"], default="uncertainty")
@@ -220,6 +243,16 @@ def run(args: argparse.Namespace) -> None:
         else:
             layers = labels.import_labels(args.source, args.format, args.out, labelled_by=args.by)
             print(f"imported {len(layers)} labelled layer(s) into {args.out}")
+    elif args.command == "finetune":
+        from .finetune import finetune
+
+        finetune(
+            args.source, args.labels, args.out, images=args.images, replay=args.replay, replay_ratio=args.replay_ratio,
+            replay_layers=args.replay_layers, held_out=args.held_out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+            crop=args.crop, members=args.members, int8_margin=args.int8_margin, key=args.key, trusted_keys=args.trusted_keys,
+            version=args.version, device=args.device, resume=args.resume, seed=args.seed, max_steps_per_epoch=args.steps_per_epoch,
+            progress=progress,
+        )
     elif args.command == "select":
         from .select import select
 

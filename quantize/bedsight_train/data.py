@@ -224,6 +224,33 @@ def split_dataset(ds: Dataset, seed: int = 0, ratios: tuple[int, int, int] = (8,
     return {k: sorted(int(i) for i in v) for k, v in splits.items()}
 
 
+def dataset_split(ds: Dataset, seed: int = 0) -> dict[str, list[int]]:
+    """The dataset's own split when it carries one (split.json beside dataset.toml: the image
+    names of train, val and test, as `finetune` writes for a site's labels split by runs of
+    layers), else `split_dataset`'s."""
+    path = Path(ds.root) / "split.json"
+    if not path.is_file():
+        return split_dataset(ds, seed=seed)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise BadInput(f"{path}: not readable JSON ({e})") from None
+    index = {name: i for i, name in enumerate(ds.names)}
+    split = {}
+    for which in ("train", "val", "test"):
+        names = doc.get(which) if isinstance(doc, dict) else None
+        if not isinstance(names, list) or not names:
+            raise BadInput(f"{path}: {which} must be a non-empty list of image names")
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise BadInput(f"{path}: {which} names {unknown[0]!r}, which is not an image of {ds.root}")
+        split[which] = sorted(index[n] for n in names)
+    seen = split["train"] + split["val"] + split["test"]
+    if len(set(seen)) != len(seen):
+        raise BadInput(f"{path}: an image is in more than one split")
+    return split
+
+
 def save_split(path: Path, ds: Dataset, split: dict[str, list[int]]) -> None:
     path.write_text(json.dumps({k: [ds.names[i] for i in v] for k, v in split.items()}, indent=1))
 

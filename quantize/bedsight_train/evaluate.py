@@ -199,7 +199,7 @@ def evaluate(model: Path, data: Path, out: Path, split: str = "all", split_seed:
     if split != "all":
         if split not in ("train", "val", "test"):
             raise BadInput(f"--split {split!r}: expected all, train, val or test")
-        ds = ds.subset(data_mod.split_dataset(ds, seed=split_seed)[split])
+        ds = ds.subset(data_mod.dataset_split(ds, seed=split_seed)[split])
     with tempfile.TemporaryDirectory() as tmp:
         graph, manifest = open_model(Path(model), Path(tmp))
         names = [c["name"] for c in manifest["classes"]]

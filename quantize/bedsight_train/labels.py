@@ -385,26 +385,39 @@ def _import_labelme(folder: Path, classes: list[str], labelled_by: str) -> list[
     return out
 
 
-def make_dataset(store: Path, images: Path | None, out: Path) -> int:
-    """A dataset of the store's labelled layers for `train`: each layer's image (its `image`
-    path, relative to `images`: by default the box's `images/` beside the store) and its mask, at
-    the layer's size, with the store's classes. Refused by name: a missing or unreadable image,
-    one whose size is not its mask's, layers of different sizes or classes, an existing `out`."""
-    layers = read_store(store)
+def labelled_images(store: Path, images: Path | None) -> list[tuple[LayerLabels, np.ndarray]]:
+    """Every layer of the store with its layer image (its `image` path, relative to `images`: by
+    default the box's `images/` beside the store). Refused by name: an empty store, a missing or
+    unreadable image, one whose size is not its mask's."""
+    layers = read_store(Path(store))
+    if not layers:
+        raise BadInput(f"{store}: no labelled layers (NAME.labels.json and NAME.mask.png)")
     images = Path(images) if images is not None else Path(store).parent / "images"
-    classes, size = layers[0].classes, layers[0].mask.shape
-    pairs = []
+    out = []
     for layer in layers:
-        if layer.classes != classes:
-            raise BadInput(f"{layer.name}: classes {layer.classes} differ from {layers[0].name}'s {classes}")
-        if layer.mask.shape != size:
-            raise BadInput(f"{layer.name}: {layer.mask.shape[1]}x{layer.mask.shape[0]}, but {layers[0].name} is {size[1]}x{size[0]}: a dataset has one size")
         path = images / layer.image
         if not layer.image or not path.is_file():
             raise BadInput(f"{layer.name}: its image {path} is not there (give --images, the folder its image path is relative to)")
         image = load_grey(path)
         if image.shape != layer.mask.shape:
-            raise BadInput(f"{path}: {image.shape[1]}x{image.shape[0]}, but its mask is {size[1]}x{size[0]}")
+            raise BadInput(f"{path}: {image.shape[1]}x{image.shape[0]}, but its mask is {layer.mask.shape[1]}x{layer.mask.shape[0]}")
+        out.append((layer, image))
+    return out
+
+
+def make_dataset(store: Path, images: Path | None, out: Path) -> int:
+    """A dataset of the store's labelled layers for `train`: each layer's image (its `image`
+    path, relative to `images`: by default the box's `images/` beside the store) and its mask, at
+    the layer's size, with the store's classes. Refused by name: a missing or unreadable image,
+    one whose size is not its mask's, layers of different sizes or classes, an existing `out`."""
+    labelled = labelled_images(store, images)
+    classes, size = labelled[0][0].classes, labelled[0][0].mask.shape
+    pairs = []
+    for layer, image in labelled:
+        if layer.classes != classes:
+            raise BadInput(f"{layer.name}: classes {layer.classes} differ from {labelled[0][0].name}'s {classes}")
+        if layer.mask.shape != size:
+            raise BadInput(f"{layer.name}: {layer.mask.shape[1]}x{layer.mask.shape[0]}, but {labelled[0][0].name} is {size[1]}x{size[0]}: a dataset has one size")
         pairs.append((layer.name, image, layer.mask))
     if Path(out).exists():
         raise BadInput(f"{out}: already there; pick a new folder")

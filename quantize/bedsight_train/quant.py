@@ -109,7 +109,7 @@ def quantize(model: Path, data: Path, out: Path, margin: float = 0.02, calibrati
         raise BadInput(f"{data}: images are {ds.size[1]}x{ds.size[0]} but {model} takes {expect[1]}x{expect[0]}")
     if len(ds.classes) != len(manifest["classes"]):
         raise BadInput(f"{data / 'dataset.toml'}: {len(ds.classes)} classes, the model's manifest has {len(manifest['classes'])}")
-    split = data_mod.split_dataset(ds, seed=split_seed)
+    split = data_mod.dataset_split(ds, seed=split_seed)
     mean, std = manifest["input"]["mean"][0], manifest["input"]["std"][0]
     rng = np.random.default_rng(0)
     train_idx = list(split["train"])

@@ -236,7 +236,7 @@ def train(opts: TrainOptions) -> dict:
         raise BadInput(f"{opts.data}: images are {w}x{h}; {opts.arch} needs sides that are multiples of {multiple}")
     if opts.crop is not None and (opts.crop % multiple or opts.crop > min(h, w)):
         raise BadInput(f"--crop {opts.crop}: must be a multiple of {multiple} and at most {min(h, w)}")
-    split = data_mod.split_dataset(ds, seed=opts.split_seed)
+    split = data_mod.dataset_split(ds, seed=opts.split_seed)
     layer_data = None
     if opts.layers is not None or (opts.label_map is not None and opts.real_layers is None):
         from . import multitask
@@ -272,6 +272,8 @@ def train(opts: TrainOptions) -> dict:
 
         init = load_checkpoint(opts.init, expect_arch=opts.arch)
         opts.widths = {**{key: v for key, v in init["config"].items() if key not in ("in_channels", "num_classes")}, **opts.widths}
+        if "input" in init:  # the weights learnt under their own input normalisation: keep it
+            mean, std = float(init["input"]["mean"][0]), float(init["input"]["std"][0])
     try:
         config = make_config(opts.arch, 1, k, opts.widths)
         model = build_model(opts.arch, config.to_dict())

@@ -16,6 +16,17 @@ os.environ.setdefault("BEDSIGHT_TRAIN_THREADS", "1")
 
 
 @pytest.fixture(scope="session")
+def require_bin() -> Path:
+    """The `bedsight` binary; a test that needs it fails, saying how to build it, without one."""
+    from bt_helpers import bedsight_bin
+
+    path = bedsight_bin()
+    if path is None:
+        pytest.fail("no bedsight binary: BEDSIGHT_BIN is unset and none is on PATH or in target/ (run ./test.sh, or cargo build)")
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     from bedsight_train import synth
 

@@ -13,10 +13,6 @@ import pytest
 from bt_helpers import bedsight_bin
 
 BIN = bedsight_bin()
-@pytest.fixture
-def require_bin():
-    if BIN is None:
-        pytest.fail("no bedsight binary: BEDSIGHT_BIN is unset and none is on PATH or in target/ (run ./test.sh, or cargo build)")
 
 
 needs_bin = pytest.mark.usefixtures("require_bin")

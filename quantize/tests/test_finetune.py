@@ -1,0 +1,179 @@
+"""`bedsight-train finetune`: a model image fine-tuned on a site's label store, split by runs of
+layers, with replay, recalibrated, its domain check refitted, compared before and after on the
+held-out run, packed and signed (issue 15 item 4)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bt_helpers import SIZE
+
+needs_bin = pytest.mark.usefixtures("require_bin")
+CLASSES = ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]
+# as the box names a layer's folder: sequence number, layer number, verdict
+NAMES = [f"{seq:06d}-L{seq + 100:05d}-PASS" for seq in range(1, 9)]
+
+
+def bt(*args: object) -> subprocess.CompletedProcess:
+    env = {**os.environ, "BEDSIGHT_TRAIN_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "bedsight_train.cli", "--quiet", *map(str, args)], capture_output=True, text=True, env=env, timeout=900)
+
+
+def image_entry(image: Path, entry: str) -> bytes:
+    with tarfile.open(image) as tar:
+        return tar.extractfile(entry).read()
+
+
+@pytest.fixture(scope="module")
+def image(tiny_isdnet_model, tiny_isdnet_int8, tmp_path_factory, require_bin) -> Path:
+    from bedsight_train.pack import pack
+
+    out = tmp_path_factory.mktemp("image") / "box.bsimg"
+    pack(tiny_isdnet_model, out, int8=tiny_isdnet_int8, progress=False)
+    return out
+
+
+@pytest.fixture()
+def store(tiny_data, tmp_path) -> Path:
+    """A box's labels/ beside its images/: eight layers of the tiny dataset, labelled with their
+    masks, the layer image of NAME at images/NAME/rectified.png as on the box."""
+    from bedsight_train.data import load_dataset
+    from bedsight_train.labels import LayerLabels, write_layer
+
+    ds = load_dataset(tiny_data)
+    for i, name in enumerate(NAMES):
+        (tmp_path / "images" / name).mkdir(parents=True)
+        shutil.copy(tiny_data / "images" / f"{ds.names[i]}.png", tmp_path / "images" / name / "rectified.png")
+        write_layer(tmp_path / "labels", LayerLabels(name, f"{name}/rectified.png", ds.masks[i], CLASSES, labelled_by="operator"))
+    return tmp_path / "labels"
+
+
+def test_runs_of_layers_split_in_time_order():
+    from bedsight_train.finetune import split_by_runs
+
+    shuffled = [NAMES[i] for i in (3, 0, 7, 5, 1, 6, 2, 4)]
+    # 8 layers, a quarter held out: the last 2 test, the 1 before them validation
+    assert split_by_runs(shuffled, 0.25) == {"train": NAMES[:5], "val": NAMES[5:6], "test": NAMES[6:]}
+    assert split_by_runs(NAMES[:3], 0.25) == {"train": NAMES[:1], "val": NAMES[1:2], "test": NAMES[2:3]}
+
+
+def test_a_dataset_split_names_images_it_has(tiny_data, tmp_path):
+    from bedsight_train.common import BadInput
+    from bedsight_train.data import dataset_split, load_dataset
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    ds = load_dataset(data)
+    (data / "split.json").write_text(json.dumps({"train": ds.names[:30], "val": ds.names[30:35], "test": ds.names[35:]}))
+    split = dataset_split(ds)
+    assert split == {"train": list(range(30)), "val": list(range(30, 35)), "test": list(range(35, 40))}
+    (data / "split.json").write_text(json.dumps({"train": ds.names[:30], "val": ["no-such-layer"], "test": ds.names[35:]}))
+    with pytest.raises(BadInput, match="val names 'no-such-layer'"):
+        dataset_split(ds)
+    (data / "split.json").write_text(json.dumps({"train": ds.names[:30], "val": ds.names[29:35], "test": ds.names[35:]}))
+    with pytest.raises(BadInput, match="more than one split"):
+        dataset_split(ds)
+
+
+@needs_bin
+def test_finetune_from_the_box_image_packs_a_signed_site_model(image, store, tiny_data, tmp_path, require_bin):
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    subprocess.run([str(require_bin), "image", "keygen", keys / "site"], check=True, capture_output=True)
+    out = tmp_path / "site-model"
+    result = bt("finetune", "--from", image, "--labels", store, "--out", out, "--replay", tiny_data, "--epochs", 3,
+                "--steps-per-epoch", 3, "--int8-margin", 1.0, "--key", keys / "site.key")
+    assert result.returncode == 0, result.stderr
+
+    # signed by the site's key: what flash.sh installs
+    trusted = tmp_path / "trusted"
+    trusted.mkdir()
+    shutil.copy(keys / "site.pub", trusted / "site.pub")
+    verify = subprocess.run([str(require_bin), "image", "verify", out / "model.bsimg", "--trusted-keys", trusted], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    import tomllib
+
+    manifest = tomllib.loads(image_entry(out / "model.bsimg", "manifest.toml").decode())
+    source = tomllib.loads(image_entry(image, "manifest.toml").decode())
+    assert manifest["name"] == f"{source['name']}-site"
+    assert manifest["ensemble"]["members"] == 3 and len(manifest["ensemble"]["temperatures"]) == 3
+    assert manifest["input"]["mean"] == source["input"]["mean"]  # the image's normalisation kept
+    assert "domain" in manifest and manifest["domain"]["threshold"] != source["domain"]["threshold"]  # refitted
+    assert manifest["graphs"]["default"] == "model.int8.onnx"
+    before = torch.load(io.BytesIO(image_entry(image, "training/ensemble.pt")), weights_only=True)
+    after = torch.load(io.BytesIO(image_entry(out / "model.bsimg", "training/ensemble.pt")), weights_only=True)
+    changed = [k for k in before["trunk_state"] if not torch.equal(before["trunk_state"][k], after["trunk_state"][k])]
+    assert changed, "the trunk was not trained"
+
+    # the split: runs of layers, the held-out run the last two, replay only in training and validation
+    split = json.loads((out / "data" / "split.json").read_text())
+    assert [n for n in split["train"] if n.startswith("site-")] == [f"site-{n}" for n in NAMES[:5]]
+    assert [n for n in split["val"] if n.startswith("site-")] == [f"site-{NAMES[5]}"]
+    assert split["test"] == [f"site-{n}" for n in NAMES[6:]]
+    # one per site training layer, but at least the 8 that the domain check's refit needs; 2 validate
+    assert sum(n.startswith("replay-") for n in split["train"]) == 8
+    assert sum(n.startswith("replay-") for n in split["val"]) == 2
+
+    # the report: every class of the two held-out layers, its labelled pixels counted from their masks
+    from bedsight_train.labels import read_store
+
+    held_out = [layer.mask for layer in read_store(store) if layer.name in NAMES[6:]]
+    labelled = np.bincount(np.concatenate([m.ravel() for m in held_out]), minlength=len(CLASSES))
+    report = json.loads((out / "finetune.json").read_text())
+    assert report["held_out_layers"] == NAMES[6:]
+    for when in ("before", "after"):
+        assert [row["labelled_px"] for row in report[when]] == labelled.tolist()
+        assert sum(row["predicted_px"] for row in report[when]) == 2 * SIZE * SIZE
+    table = (out / "finetune.md").read_text()
+    assert f"| background | {labelled[0]} |" in table
+
+
+@needs_bin
+def test_bad_labels_and_images_are_refused_before_anything_is_written(image, store, tiny_isdnet_model, tmp_path):
+    out = tmp_path / "site-model"
+    # a class the model does not have
+    doc_path = store / f"{NAMES[2]}.labels.json"
+    doc = json.loads(doc_path.read_text())
+    doc_path.write_text(json.dumps({**doc, "classes": [*CLASSES[:5], "spatter"]}))
+    result = bt("finetune", "--from", image, "--labels", store, "--out", out)
+    assert result.returncode == 2
+    assert f"{NAMES[2]}.labels.json: classes" in result.stderr and "spatter" in result.stderr
+    assert not out.exists()
+    doc_path.write_text(json.dumps(doc))
+
+    # a labelled layer whose image is gone
+    shutil.rmtree(store.parent / "images" / NAMES[4])
+    result = bt("finetune", "--from", image, "--labels", store, "--out", out)
+    assert result.returncode == 2 and f"{NAMES[4]}: its image" in result.stderr
+    assert not out.exists()
+
+    # an image packed without its training weights
+    from bedsight_train.pack import pack
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("model.onnx", "manifest.toml"):
+        shutil.copy(tiny_isdnet_model.parent / name, bare / name)
+    pack(bare / "model.onnx", tmp_path / "bare.bsimg", progress=False)
+    result = bt("finetune", "--from", tmp_path / "bare.bsimg", "--labels", store, "--out", out)
+    assert result.returncode == 2 and "carries no training weights (training/ensemble.pt)" in result.stderr
+
+    # an image whose bytes changed since it was packed
+    broken = tmp_path / "broken.bsimg"
+    data = bytearray(image.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    broken.write_bytes(bytes(data))
+    result = bt("finetune", "--from", broken, "--labels", store, "--out", out)
+    assert result.returncode == 2 and "broken.bsimg" in result.stderr
+    assert not out.exists()
