@@ -269,6 +269,7 @@ def finetune(
     size = int(saved["input"]["width"])
     classes = [c["name"] for c in saved["classes"]]
     site = site_layers(Path(labels), images, classes, size)  # every label checked before anything is written
+    split_by_runs([name for name, _, _ in site], held_out)  # enough layers for the three runs
     if out.exists() and any(out.iterdir()) and not resume:
         raise BadInput(f"--out {out}: already holds a fine-tune; --resume carries it on, or pick a new folder")
     out.mkdir(parents=True, exist_ok=True)

@@ -158,6 +158,16 @@ def test_bad_labels_and_images_are_refused_before_anything_is_written(image, sto
     assert result.returncode == 2 and f"{NAMES[4]}: its image" in result.stderr
     assert not out.exists()
 
+    # too few layers for a training, a validation and a held-out run
+    few = tmp_path / "few"
+    few.mkdir()
+    for name in NAMES[:2]:
+        for suffix in (".labels.json", ".mask.png"):
+            shutil.copy(store / f"{name}{suffix}", few / f"{name}{suffix}")
+    result = bt("finetune", "--from", image, "--labels", few, "--images", store.parent / "images", "--out", out)
+    assert result.returncode == 2 and "2 labelled layer(s): fine-tuning needs at least 3" in result.stderr
+    assert not out.exists()
+
     # an image packed without its training weights
     from bedsight_train.pack import pack
 
