@@ -12,6 +12,10 @@
 //! reads this folder as it is and exports it for CVAT or labelme. Every save is checked whole
 //! before anything is written; the mask and the labels file are each written to a temporary
 //! file and renamed, the mask first, so a labels file is never beside a half-written mask.
+//!
+//! A second save of a layer (another person, or the same one later) wins, and the labels it
+//! replaces are kept: moved to `revisions/NAME.N.mask.png` and `revisions/NAME.N.labels.json`,
+//! N counting from 1. The dashboard serves requests one at a time, so two saves never interleave.
 
 use std::path::{Path, PathBuf};
 
@@ -125,6 +129,7 @@ pub fn save(store: &Path, bed: &LayerBed, labels: &Labels, now_ms: u64) -> Resul
     use image::ImageEncoder;
 
     std::fs::create_dir_all(store).with_context(|| format!("label store {}", store.display()))?;
+    keep_revision(store, bed.name)?;
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png)
         .write_image(&labels.mask, bed.width, bed.height, image::ExtendedColorType::L8)
@@ -155,6 +160,26 @@ pub fn load(store: &Path, name: &str) -> Result<Option<Value>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("{}", path.display())),
     }
+}
+
+/// Moves the layer's saved labels, when there are any, to the next free `revisions/NAME.N.*`.
+fn keep_revision(store: &Path, name: &str) -> Result<()> {
+    let labels = store.join(format!("{name}.labels.json"));
+    if !labels.exists() {
+        return Ok(());
+    }
+    let revisions = store.join("revisions");
+    std::fs::create_dir_all(&revisions).with_context(|| format!("{}", revisions.display()))?;
+    let number = (1..)
+        .find(|n| !revisions.join(format!("{name}.{n}.labels.json")).exists())
+        .expect("a free number");
+    let mask = store.join(format!("{name}.mask.png"));
+    if mask.exists() {
+        let kept = revisions.join(format!("{name}.{number}.mask.png"));
+        std::fs::rename(&mask, &kept).with_context(|| format!("keeping {} as {}", mask.display(), kept.display()))?;
+    }
+    let kept = revisions.join(format!("{name}.{number}.labels.json"));
+    std::fs::rename(&labels, &kept).with_context(|| format!("keeping {} as {}", labels.display(), kept.display()))
 }
 
 fn write_replacing(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -205,6 +230,57 @@ mod tests {
         let read = load(folder.path(), "000001-L00002-PAUSE").unwrap().unwrap();
         assert_eq!(read["polygons"][0]["class"], "streaking");
         assert!(load(folder.path(), "000002-L00003-PASS").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_later_save_wins_and_the_earlier_labels_are_kept_as_revisions() {
+        let folder = tempfile::tempdir().unwrap();
+        let classes = classes();
+        let bed = LayerBed {
+            name: "000001-L00002-PAUSE",
+            image: "000001-L00002-PAUSE/rectified.png",
+            width: 4,
+            height: 3,
+            classes: &classes,
+        };
+        let by = |who: &str, class: u8| {
+            let mut upload = upload(&[class; 12]);
+            upload.labelled_by = who.into();
+            check(upload, 4, 3, &classes).unwrap()
+        };
+        save(folder.path(), &bed, &by("ana", 2), 1_796_292_000_000).unwrap();
+        save(folder.path(), &bed, &by("ben", 3), 1_796_292_060_000).unwrap();
+        save(folder.path(), &bed, &by("cai", 4), 1_796_292_120_000).unwrap();
+
+        let current = load(folder.path(), bed.name).unwrap().unwrap();
+        assert_eq!(current["labelled_by"], "cai");
+        let mask_of = |path: PathBuf| image::open(path).unwrap().to_luma8().into_raw();
+        assert_eq!(mask_of(folder.path().join("000001-L00002-PAUSE.mask.png")), vec![4; 12]);
+        let revisions = folder.path().join("revisions");
+        for (number, who, class) in [(1, "ana", 2), (2, "ben", 3)] {
+            let text =
+                std::fs::read_to_string(revisions.join(format!("000001-L00002-PAUSE.{number}.labels.json"))).unwrap();
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(doc["labelled_by"], who);
+            assert_eq!(
+                mask_of(revisions.join(format!("000001-L00002-PAUSE.{number}.mask.png"))),
+                vec![class; 12]
+            );
+        }
+        // the store itself holds only the current labels
+        let mut names: Vec<String> = std::fs::read_dir(folder.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "000001-L00002-PAUSE.labels.json",
+                "000001-L00002-PAUSE.mask.png",
+                "revisions"
+            ]
+        );
     }
 
     #[test]
