@@ -204,6 +204,17 @@ mod tests {
         }
     }
 
+    /// Layer 2's 4x3 bed.
+    fn bed(classes: &[String]) -> LayerBed<'_> {
+        LayerBed {
+            name: "000001-L00002-PAUSE",
+            image: "000001-L00002-PAUSE/rectified.png",
+            width: 4,
+            height: 3,
+            classes,
+        }
+    }
+
     #[test]
     fn a_save_writes_the_mask_and_the_labels_file_the_training_tool_reads() {
         let folder = tempfile::tempdir().unwrap();
@@ -212,13 +223,7 @@ mod tests {
         let labels = check(upload(&mask), 4, 3, &classes()).unwrap();
         // 2026-12-03T10:00:00Z
         let classes = classes();
-        let bed = LayerBed {
-            name: "000001-L00002-PAUSE",
-            image: "000001-L00002-PAUSE/rectified.png",
-            width: 4,
-            height: 3,
-            classes: &classes,
-        };
+        let bed = bed(&classes);
         let doc = save(folder.path(), &bed, &labels, 1_796_292_000_000).unwrap();
         assert_eq!(doc["labelled_at"], "2026-12-03T10:00:00.000Z");
         assert_eq!(doc["format"], FORMAT);
@@ -236,13 +241,7 @@ mod tests {
     fn a_later_save_wins_and_the_earlier_labels_are_kept_as_revisions() {
         let folder = tempfile::tempdir().unwrap();
         let classes = classes();
-        let bed = LayerBed {
-            name: "000001-L00002-PAUSE",
-            image: "000001-L00002-PAUSE/rectified.png",
-            width: 4,
-            height: 3,
-            classes: &classes,
-        };
+        let bed = bed(&classes);
         let by = |who: &str, class: u8| {
             let mut upload = upload(&[class; 12]);
             upload.labelled_by = who.into();
