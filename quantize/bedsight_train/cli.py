@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to train: cpu, cuda, or auto (cuda where PyTorch sees one)")
     t.add_argument("--foreground-share", type=float, default=0.0, help="with --crop: this share of the crops is placed over a pixel of a class the layer holds, each class present equally likely (nnU-Net's foreground oversampling); 0: uniform crops")
     t.add_argument("--photometric", type=float, default=0.15, help="random grey-level gain/offset augmentation strength (0: off)")
+    t.add_argument("--preset", default="small", choices=["small", "paper"], help="named widths: small (the CPU box's, default) or paper (ISDNet-SR at seed 000's widths); --width overrides them")
     t.add_argument("--width", action="append", metavar="KEY=V[,V..]", help="architecture widths, e.g. shallow=16,32,64 fuse=64 sr=24,16,8 head_sr=1")
     t.add_argument("--layers", type=Path, default=None, help="multi-task mode: folder of label folders of image-level labelled layers (e.g. pblm/)")
     t.add_argument("--label-map", type=Path, default=None, help="label folder -> layer classes (TOML; `pblm` = the shipped label_maps/pblm.toml)")
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> None:
         history = train(
             TrainOptions(
                 arch=args.arch, data=args.data, epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr=args.lr,
-                seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), crop=args.crop,
+                seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), preset=args.preset, crop=args.crop,
                 class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, foreground_share=args.foreground_share, overwrite=args.overwrite, progress=progress,
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,

@@ -33,6 +33,8 @@ from .calibrate import load_ensemble, read_run, run_split
 from .common import BadInput, limit_threads, toml_dumps
 
 MAX_ABS_DIFF = 1e-3
+# seed 000 §4.4: ISDNet-SR's count at 1024x1024 by thop (multiply-adds), one member and 5
+PAPER_GMAC = {"member": 165.1, "five": 299.4}
 # the members' weights beside the exported graph, packed as the image's training/ensemble.pt
 WEIGHTS_NAME = "ensemble.pt"
 # the grouped heads against the separate ones, both in PyTorch (issue 17: within 1e-5)
@@ -300,6 +302,7 @@ def export(run: Path, out: Path, name: str = "bedsight-synthetic", version: str 
             f"ensemble of {m} {flops['ensemble'] / 1e9:.3f} G ({flops['ensemble_over_member']:.2f}x; "
             f"5 members would be {flops['five_members_over_member']:.2f}x, seed 000 §4.4 claims under 2x); "
             f"in multiply-adds, seed 000's unit: {flops['member'] / 2e9:.3f} and {flops['ensemble'] / 2e9:.3f} GMAC"
+            + (f" (seed 000 §4.4, at 1024x1024: {PAPER_GMAC['member']} and {PAPER_GMAC['five']} for 5)" if saved["arch"] == "isdnet-sr" else "")
         )
         print(f"  heads grouped into one branch: max |logit difference| to the separate heads = {grouped_diff:.2e} (limit {GROUPED_MAX_ABS_DIFF:g})")
         print(

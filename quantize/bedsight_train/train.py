@@ -28,7 +28,7 @@ from . import data as data_mod
 from .common import BadInput, limit_threads, read_toml
 from .losses import LOSSES, focal_tversky_loss
 from .metrics import confusion, segmentation_metrics
-from .models import ARCHS, SIZE_MULTIPLE, build_model, device_of, make_config
+from .models import ARCHS, SIZE_MULTIPLE, build_model, device_of, make_config, preset_widths
 
 # Learning rates: seed 000 §4.2 trains ISDNet-SR with Adam at a constant, "relatively large"
 # learning rate (0.01) so that checkpoints along the way differ (§3.2.1); on our small CPU budget
@@ -48,6 +48,7 @@ class TrainOptions:
     seed: int = 0
     split_seed: int = 0
     widths: dict[str, Any] = field(default_factory=dict)  # architecture config overrides
+    preset: str = "small"  # named widths (models.PRESETS) that `widths` overrides
     crop: int | None = None  # train on random square crops of this size (full images if None)
     class_weights: str = "none"  # "none" or "inverse-sqrt"
     focal_tversky: bool = False  # add seed 001's Focal Tversky loss (Eq. 1) to the architecture's loss
@@ -127,7 +128,8 @@ def _last_checkpoint(out: Path, arch: str) -> tuple[Path, dict[str, Any]]:
 
 
 # run.json keys that may differ between a run and its resumption: none of them changes what is trained
-RESUME_MAY_DIFFER = {"parameters"}
+# "preset": its widths are in "config", which is compared (runs from before presets have none)
+RESUME_MAY_DIFFER = {"parameters", "preset"}
 
 
 def _check_same_run(run_json: Path, run_info: dict[str, Any]) -> None:
@@ -266,16 +268,19 @@ def train(opts: TrainOptions) -> dict:
     k = ds.num_classes
     train_ds, val_ds = ds.subset(split["train"]), ds.subset(split["val"])
     mean, std = data_mod.normalisation(train_ds.images)
+    widths = {**preset_widths(opts.arch, opts.preset), **opts.widths}
     init = None
     if opts.init is not None:
         from .models import load_checkpoint
 
         init = load_checkpoint(opts.init, expect_arch=opts.arch)
-        opts.widths = {**{key: v for key, v in init["config"].items() if key not in ("in_channels", "num_classes")}, **opts.widths}
+        if opts.preset != "small":
+            raise BadInput(f"--preset {opts.preset} with --init: the checkpoint's widths are used; give one of them")
+        widths = {**{key: v for key, v in init["config"].items() if key not in ("in_channels", "num_classes")}, **opts.widths}
         if "input" in init:  # the weights learnt under their own input normalisation: keep it
             mean, std = float(init["input"]["mean"][0]), float(init["input"]["std"][0])
     try:
-        config = make_config(opts.arch, 1, k, opts.widths)
+        config = make_config(opts.arch, 1, k, widths)
         model = build_model(opts.arch, config.to_dict())
     except (TypeError, ValueError) as e:
         raise BadInput(f"--widths: {e}") from None
@@ -305,6 +310,7 @@ def train(opts: TrainOptions) -> dict:
         raise BadInput(f"lr schedule {schedule!r}: expected cosine or constant")
     run_info = {
         "arch": opts.arch,
+        "preset": opts.preset,
         "config": config.to_dict(),
         "data": str(Path(opts.data).resolve()),
         "classes": [{"name": c.name, "colour": c.colour, "defect": c.defect} for c in ds.classes],

@@ -17,6 +17,46 @@ ARCHS = ("isdnet-sr", "am-segnet")
 SIZE_MULTIPLE = {"isdnet-sr": 16, "am-segnet": 8}
 
 
+# Named widths for `train --preset` (what --width then overrides).
+# - "small": the widths the box runs on a CPU (the config dataclasses' defaults), about 1/20 of
+#   seed 000's compute.
+# - "paper": ISDNet-SR at the widths seed 000 §3.1 names: a ResNet-18 deep branch (64-128-256-512,
+#   two basic blocks per stage, DeepLabv3's atrous rates 12-24-36 at output stride 8), STDC1's
+#   stage widths (32, 64, 256) in the shallow branch, and all three SR modules in each head
+#   (head_sr 3, Eq. 14's S_i). The paper does not give its fusion and SR widths; 128 and
+#   64-64-32 put one head at 31 GMAC at 1024x1024 against the paper's 34 ((299.4 - 165.1) / 4,
+#   §4.4). The trunk counts 63 GMAC against the paper's 132: the paper does not say where the
+#   rest of its trunk's cost lies (fusion width, STDC stage 4); `export` prints both counts.
+# AM-SegNet has no "paper" preset yet: seed 002's reference is a level deeper than this network
+# (issue 21 item 2), so its widths alone would not be the paper's model.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "isdnet-sr": {
+        "small": {},
+        "paper": {
+            "shallow": [32, 64, 256],
+            "deep": [64, 128, 256, 512],
+            "deep_blocks": 2,
+            "aspp_rates": [12, 24, 36],
+            "fuse": 128,
+            "groups": 8,
+            "sr": [64, 64, 32],
+            "head_sr": 3,
+        },
+    },
+    "am-segnet": {"small": {}},
+}
+
+
+def preset_widths(arch: str, preset: str) -> dict[str, Any]:
+    """The widths of a named preset of `arch`; refused by name when there is no such preset."""
+    presets = PRESETS.get(arch, {})
+    if preset not in presets:
+        if arch == "am-segnet" and preset == "paper":
+            raise BadInput("--preset paper: AM-SegNet has none yet (seed 002's reference is a level deeper than this network); use --preset small")
+        raise BadInput(f"--preset {preset!r}: {arch} has {', '.join(presets)}")
+    return dict(presets[preset])
+
+
 def device_of(model: nn.Module) -> torch.device:
     """Where the model's weights are (the CPU for a model without any): its inputs go there."""
     return next(model.parameters(), torch.empty(0)).device

@@ -1,0 +1,70 @@
+"""`train --preset`: named widths. "paper" is ISDNet-SR at seed 000's widths (issue 21 item 1):
+its heads cost what the paper's heads cost, and it goes the whole way (train, calibrate, export,
+quantize, pack, the box) on a small input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import torch
+
+from bedsight_train.common import BadInput
+from bedsight_train.models import PRESETS, Ensemble, build_model, make_config, preset_widths
+
+# seed 000 §4.4: one member 165.1, five 299.4 (thop, multiply-adds): four more heads cost 134.3
+PAPER_HEAD_GMAC = (299.4 - 165.1) / 4
+
+
+def test_the_paper_preset_is_resnet18_and_three_sr_modules_per_head():
+    from bedsight_train.export import count_flops
+
+    config = make_config("isdnet-sr", 1, 6, preset_widths("isdnet-sr", "paper")).to_dict()
+    model = build_model("isdnet-sr", config).eval()
+    assert len(model.head.sr) == 3 and len(model.trunk.sr) == 0  # Eq. 14: S_i holds all three SR modules
+    assert [len(getattr(model.trunk.deep, f"layer{i}")) for i in range(1, 5)] == [2, 2, 2, 2]  # ResNet-18
+    assert [getattr(model.trunk.deep, f"layer{i}")[0].conv2[0].out_channels for i in range(1, 5)] == [64, 128, 256, 512]
+    # every conv's cost scales with the pixels: count at 256x256, compare at the paper's 1024x1024
+    ensemble = Ensemble(model.trunk, [model.head]).eval()
+    flops = count_flops(ensemble, torch.zeros(1, 1, 256, 256))
+    head_gmac = flops["head"] * 16 / 2e9
+    assert 0.8 * PAPER_HEAD_GMAC < head_gmac < 1.2 * PAPER_HEAD_GMAC, head_gmac
+    small = build_model("isdnet-sr", make_config("isdnet-sr", 1, 6, {}).to_dict()).eval()
+    small_flops = count_flops(Ensemble(small.trunk, [small.head]).eval(), torch.zeros(1, 1, 256, 256))
+    assert flops["member"] > 15 * small_flops["member"]
+
+
+def test_unknown_presets_are_refused_by_name():
+    assert preset_widths("isdnet-sr", "small") == {} and set(PRESETS["am-segnet"]) == {"small"}
+    with pytest.raises(BadInput, match="AM-SegNet has none yet"):
+        preset_widths("am-segnet", "paper")
+    with pytest.raises(BadInput, match="--preset 'huge': isdnet-sr has small, paper"):
+        preset_widths("isdnet-sr", "huge")
+
+
+@pytest.mark.usefixtures("require_bin")
+def test_the_paper_preset_trains_exports_packs_and_runs_in_the_box(tiny_data, tmp_path, require_bin):
+    from bedsight_train.calibrate import calibrate
+    from bedsight_train.export import export
+    from bedsight_train.pack import pack
+    from bedsight_train.quant import quantize
+    from bedsight_train.train import TrainOptions, train
+
+    run = tmp_path / "run"
+    train(TrainOptions(arch="isdnet-sr", data=tiny_data, epochs=2, out=run, batch_size=4, preset="paper", max_steps_per_epoch=2, progress=False))
+    info = json.loads((run / "run.json").read_text())
+    assert info["preset"] == "paper" and info["config"]["deep"] == [64, 128, 256, 512] and info["config"]["head_sr"] == 3
+    calibrate(run, members=2, progress=False)
+    model = tmp_path / "model" / "model.onnx"
+    report = export(run, model, progress=False)
+    assert report["members"] == 2
+    quantize(model, tiny_data, model.parent / "model.int8.onnx", margin=1.0, calibration_images=4, progress=False)
+    image = pack(model, tmp_path / "paper.bsimg", progress=False)
+    layer = sorted((tiny_data / "images").glob("*.png"))[0]
+    for precision in ("fp32", "int8"):
+        result = subprocess.run([str(require_bin), "analyze", "--model", str(image), "--precision", precision, "--json", str(layer)],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        record = json.loads(result.stdout.splitlines()[0])
+        assert record["model"]["graph"] == precision and record["verdict"] in ("PASS", "RECOAT", "PAUSE", "REVIEW")
