@@ -1,6 +1,7 @@
-"""`train --preset`: named widths. "paper" is ISDNet-SR at seed 000's widths (issue 21 item 1):
-its heads cost what the paper's heads cost, and it goes the whole way (train, calibrate, export,
-quantize, pack, the box) on a small input."""
+"""`train --preset`: named widths (issue 21 items 1-2). "paper" is ISDNet-SR at seed 000's widths
+(its heads cost what the paper's heads cost) and AM-SegNet as seed 002's reference builds it (its
+parameter count is Table 2's); both go the whole way (train, calibrate, export, quantize, pack,
+the box) on a small input."""
 
 from __future__ import annotations
 
@@ -35,16 +36,30 @@ def test_the_paper_preset_is_resnet18_and_three_sr_modules_per_head():
     assert flops["member"] > 15 * small_flops["member"]
 
 
+def test_the_paper_am_segnet_is_the_reference_network():
+    config = make_config("am-segnet", 1, 5, preset_widths("am-segnet", "paper")).to_dict()
+    model = build_model("am-segnet", config).eval()
+    n = 12  # the reference's filter_num
+    assert [block.expand[0].out_channels * 4 for block in model.trunk.enc] == [4 * n, 8 * n, 16 * n, 32 * n]
+    assert [conv[0].out_channels for conv in model.trunk.bottleneck] == [64 * n] * 3
+    assert isinstance(model.head.classify[1], torch.nn.BatchNorm2d)  # batch norm on the logits
+    # Table 2: AM-SegNet* (without the attention block) has 1.63e7 trainable parameters
+    gate = sum(p.numel() for p in model.trunk.gate.parameters())
+    without_gate = sum(p.numel() for p in model.parameters()) - gate
+    assert abs(without_gate - 1.63e7) < 0.01 * 1.63e7, without_gate
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 5, 64, 64)
+
+
 def test_unknown_presets_are_refused_by_name():
-    assert preset_widths("isdnet-sr", "small") == {} and set(PRESETS["am-segnet"]) == {"small"}
-    with pytest.raises(BadInput, match="AM-SegNet has none yet"):
-        preset_widths("am-segnet", "paper")
+    assert preset_widths("isdnet-sr", "small") == {} and set(PRESETS["am-segnet"]) == {"small", "paper"}
     with pytest.raises(BadInput, match="--preset 'huge': isdnet-sr has small, paper"):
         preset_widths("isdnet-sr", "huge")
 
 
 @pytest.mark.usefixtures("require_bin")
-def test_the_paper_preset_trains_exports_packs_and_runs_in_the_box(tiny_data, tmp_path, require_bin):
+@pytest.mark.parametrize("arch", ["isdnet-sr", "am-segnet"])
+def test_the_paper_preset_trains_exports_packs_and_runs_in_the_box(arch, tiny_data, tmp_path, require_bin):
     from bedsight_train.calibrate import calibrate
     from bedsight_train.export import export
     from bedsight_train.pack import pack
@@ -52,9 +67,9 @@ def test_the_paper_preset_trains_exports_packs_and_runs_in_the_box(tiny_data, tm
     from bedsight_train.train import TrainOptions, train
 
     run = tmp_path / "run"
-    train(TrainOptions(arch="isdnet-sr", data=tiny_data, epochs=2, out=run, batch_size=4, preset="paper", max_steps_per_epoch=2, progress=False))
+    train(TrainOptions(arch=arch, data=tiny_data, epochs=2, out=run, batch_size=4, preset="paper", max_steps_per_epoch=2, progress=False))
     info = json.loads((run / "run.json").read_text())
-    assert info["preset"] == "paper" and info["config"]["deep"] == [64, 128, 256, 512] and info["config"]["head_sr"] == 3
+    assert info["preset"] == "paper" and all(info["config"][k] == v for k, v in preset_widths(arch, "paper").items())
     calibrate(run, members=2, progress=False)
     model = tmp_path / "model" / "model.onnx"
     report = export(run, model, progress=False)

@@ -13,8 +13,9 @@ from .am_segnet import AmSegNet, AmSegNetConfig
 from .isdnet_sr import IsdnetConfig, IsdnetSr
 
 ARCHS = ("isdnet-sr", "am-segnet")
-# the input size must be a multiple of this (ISDNet-SR's deep branch works at 1/16)
-SIZE_MULTIPLE = {"isdnet-sr": 16, "am-segnet": 8}
+# the input size must be a multiple of this (ISDNet-SR's deep branch works at 1/16, AM-SegNet's
+# "paper" layout pools four times)
+SIZE_MULTIPLE = {"isdnet-sr": 16, "am-segnet": 16}
 
 
 # Named widths for `train --preset` (what --width then overrides).
@@ -27,8 +28,7 @@ SIZE_MULTIPLE = {"isdnet-sr": 16, "am-segnet": 8}
 #   64-64-32 put one head at 31 GMAC at 1024x1024 against the paper's 34 ((299.4 - 165.1) / 4,
 #   §4.4). The trunk counts 63 GMAC against the paper's 132: the paper does not say where the
 #   rest of its trunk's cost lies (fusion width, STDC stage 4); `export` prints both counts.
-# AM-SegNet has no "paper" preset yet: seed 002's reference is a level deeper than this network
-# (issue 21 item 2), so its widths alone would not be the paper's model.
+# - "paper" for AM-SegNet: seed 002's reference network (am_segnet.py, layout "paper", n = 12).
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "isdnet-sr": {
         "small": {},
@@ -43,7 +43,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "head_sr": 3,
         },
     },
-    "am-segnet": {"small": {}},
+    "am-segnet": {"small": {}, "paper": {"layout": "paper", "filters": 12}},
 }
 
 
@@ -51,8 +51,6 @@ def preset_widths(arch: str, preset: str) -> dict[str, Any]:
     """The widths of a named preset of `arch`; refused by name when there is no such preset."""
     presets = PRESETS.get(arch, {})
     if preset not in presets:
-        if arch == "am-segnet" and preset == "paper":
-            raise BadInput("--preset paper: AM-SegNet has none yet (seed 002's reference is a level deeper than this network); use --preset small")
         raise BadInput(f"--preset {preset!r}: {arch} has {', '.join(presets)}")
     return dict(presets[preset])
 

@@ -14,6 +14,21 @@ convolution block, standard convolutions at the last encoder stage, and an atten
 For the checkpoint ensemble with feature reuse (seed 000 Eq. 14) the trunk is the encoder and the
 decoder up to the last skip concatenation; each head S_i is the last decoder block and the 1x1
 classifier, at full resolution.
+
+Two layouts (`AmSegNetConfig.layout`):
+- "paper": seed 002's network as its reference implementation builds it (facts read from the
+  authors' published notebook, code ours): with n filters (12 there), four light blocks of 4n, 8n,
+  16n and 32n channels, each followed by max pooling; at 1/16 three standard convs of 64n; the
+  attention gate at that last encoding stage, gating the first of them with the third (Eq. 1-2),
+  batch-normalised and added back to the third; a decoder of standard convs (16n, 8n, 4n, each
+  followed by a plain 3x3 conv, and 2n at full resolution) on nearest x2 upsampling and skip
+  concatenation; a 1x1 classifier with batch norm on its logits. In its light blocks the squeeze
+  conv has no batch norm and the depth-wise conv doubles the channels (depth multiplier 2). About
+  16 M parameters at n = 12 (Table 2: 1.63e7).
+- "small" (the box's CPU default): a level fewer (three light blocks, two standard convs at 1/8),
+  16 to 128 channels (about 1/70 of the parameters), the attention gate on the last skip instead
+  of at the bottleneck, light blocks in the decoder and no batch norm on the logits: each choice
+  cuts compute on the full-resolution bed where the paper's 256x512 X-ray frames did not need to.
 """
 
 from __future__ import annotations
@@ -30,7 +45,9 @@ from .blocks import ConvBNReLU, up2
 class AmSegNetConfig:
     in_channels: int = 1
     num_classes: int = 6
-    widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # encoder stages 1-3 (light blocks), 4 (standard)
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)  # "small": encoder stages 1-3 (light blocks), 4 (standard)
+    layout: str = "small"  # "small" or "paper" (the module docstring)
+    filters: int = 12  # "paper": n, the reference's filter_num
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -42,18 +59,26 @@ class AmSegNetConfig:
 
 
 class LightBlock(nn.Module):
-    """Squeeze/expand block (seed 002 Fig. 1(b)); cout must be a multiple of 4 (= 4 n1)."""
+    """Squeeze/expand block (seed 002 Fig. 1(b)); cout must be a multiple of 4 (= 4 n1). `paper`:
+    the reference's squeeze conv without batch norm and depth-wise conv with depth multiplier 2."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, paper: bool = False):
         super().__init__()
         if cout % 4:
             raise ValueError(f"AM-SegNet block width {cout} must be a multiple of 4")
         n1 = cout // 4
-        self.squeeze = ConvBNReLU(cin, n1, 1)
-        self.separable = nn.Sequential(
-            ConvBNReLU(n1, n1, 3, groups=n1, relu=False),  # depth-wise
-            ConvBNReLU(n1, 2 * n1, 1),  # point-wise
-        )
+        if paper:
+            self.squeeze = nn.Sequential(nn.Conv2d(cin, n1, 1), nn.ReLU(inplace=True))
+            self.separable = nn.Sequential(
+                nn.Conv2d(n1, 2 * n1, 3, padding=1, groups=n1),  # depth-wise, multiplier 2
+                ConvBNReLU(2 * n1, 2 * n1, 1),  # point-wise
+            )
+        else:
+            self.squeeze = ConvBNReLU(cin, n1, 1)
+            self.separable = nn.Sequential(
+                ConvBNReLU(n1, n1, 3, groups=n1, relu=False),  # depth-wise
+                ConvBNReLU(n1, 2 * n1, 1),  # point-wise
+            )
         self.residual = ConvBNReLU(n1, n1, 1)
         self.expand = ConvBNReLU(n1, n1, 3)
 
@@ -112,14 +137,60 @@ class AmSegNetHead(nn.Module):
         return (logits, {}) if return_aux else logits
 
 
+class PaperTrunk(nn.Module):
+    """The "paper" layout's encoder, bottleneck and decoder up to the last skip concatenation."""
+
+    def __init__(self, cfg: AmSegNetConfig):
+        super().__init__()
+        n = cfg.filters
+        self.pool = nn.MaxPool2d(2)
+        self.enc = nn.ModuleList([LightBlock(cin, cout, paper=True) for cin, cout in ((cfg.in_channels, 4 * n), (4 * n, 8 * n), (8 * n, 16 * n), (16 * n, 32 * n))])
+        self.bottleneck = nn.ModuleList([ConvBNReLU(32 * n, 64 * n, 3), ConvBNReLU(64 * n, 64 * n, 3), ConvBNReLU(64 * n, 64 * n, 3)])
+        self.gate = AttentionGate(64 * n, 64 * n, 64 * n)
+        self.gate_bn = nn.BatchNorm2d(64 * n)
+        # (input channels after the skip concatenation, output channels) of the decoder steps at 1/8, 1/4, 1/2
+        steps = ((64 * n + 32 * n, 16 * n), (16 * n + 16 * n, 8 * n), (8 * n + 8 * n, 4 * n))
+        self.dec = nn.ModuleList([nn.Sequential(ConvBNReLU(cin, cout, 3), nn.Conv2d(cout, cout, 3, padding=1)) for cin, cout in steps])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.enc:
+            x = block(x)
+            skips.append(x)
+            x = self.pool(x)
+        s1 = self.bottleneck[0](x)
+        s3 = self.bottleneck[2](self.bottleneck[1](s1))
+        y = s3 + self.gate_bn(self.gate(s1, s3))  # Eq. 1-2 at the last encoding stage, added to it
+        for step, skip in zip(self.dec, reversed(skips[1:])):
+            y = step(torch.cat([up2(y, "nearest"), skip], dim=1))
+        return torch.cat([up2(y, "nearest"), skips[0]], dim=1)
+
+
+class PaperHead(nn.Module):
+    """The "paper" layout's last decoder step (2n at full resolution) and the 1x1 classifier with
+    batch norm on the logits (the reference's softmax is the fusion's, outside the graph)."""
+
+    def __init__(self, cfg: AmSegNetConfig):
+        super().__init__()
+        n = cfg.filters
+        self.dec1 = ConvBNReLU(8 * n, 2 * n, 3)
+        self.classify = nn.Sequential(nn.Conv2d(2 * n, cfg.num_classes, 1), nn.BatchNorm2d(cfg.num_classes))
+
+    def forward(self, features: torch.Tensor, return_aux: bool = False):
+        logits = self.classify(self.dec1(features))
+        return (logits, {}) if return_aux else logits
+
+
 class AmSegNet(nn.Module):
     arch = "am-segnet"
 
     def __init__(self, cfg: AmSegNetConfig):
         super().__init__()
+        if cfg.layout not in ("small", "paper"):
+            raise ValueError(f"layout {cfg.layout!r}: small or paper")
         self.cfg = cfg
-        self.trunk = AmSegNetTrunk(cfg)
-        self.head = AmSegNetHead(cfg)
+        self.trunk = PaperTrunk(cfg) if cfg.layout == "paper" else AmSegNetTrunk(cfg)
+        self.head = PaperHead(cfg) if cfg.layout == "paper" else AmSegNetHead(cfg)
 
     def forward(self, x: torch.Tensor, return_aux: bool = False):
         return self.head(self.trunk(x), return_aux=return_aux)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .am_segnet import AmSegNetHead, LightBlock
+from .am_segnet import AmSegNetHead, LightBlock, PaperHead
 from .blocks import ConvBNReLU, up2
 from .isdnet_sr import IsdnetHead, SrModule
 
@@ -125,6 +125,12 @@ class GroupedHeads(nn.Module):
             self.layers = nn.ModuleList([
                 GroupedLightBlock([h.dec1 for h in heads], shared_input=True),
                 _conv([h.classify for h in heads], shared_input=False),
+            ])
+        elif all(isinstance(h, PaperHead) for h in heads):
+            self.layers = nn.ModuleList([
+                _conv_bn_relu([h.dec1 for h in heads], shared_input=True),
+                _conv([h.classify[0] for h in heads], shared_input=False),
+                _batch_norm([h.classify[1] for h in heads]),
             ])
         else:
             raise ValueError(f"heads of type {type(heads[0]).__name__} cannot be grouped")
