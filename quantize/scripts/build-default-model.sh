@@ -36,13 +36,15 @@ layers="${LAYERS:-160}"
 size=1024          # the camera's resolution: the graph is exported at the bed's full size
 crop=256           # training crops (the network is fully convolutional)
 stage1_epochs="${STAGE1_EPOCHS:-8}"
-epochs="${EPOCHS:-6}"   # the last stage's
+stage2_epochs="${STAGE2_EPOCHS:-6}"
+epochs="${EPOCHS:-8}"   # the last stage's
 members=3
 version="${VERSION:-$(date +%Y.%m.%d)}"
 real_layers="${REAL_LAYERS:-$repo/../shared/data/pblm}"
 label_map="${LABEL_MAP:-pblm}"
 lr="${LR:-2e-3}"     # the first stage's
 lr2="${LR2:-1e-3}"   # the second stage's, at its start
+lr3="${LR3:-5e-4}"   # the third stage's, at its start
 if [[ ! -d "$real_layers" ]]; then
     echo "real layers $real_layers: not found; set REAL_LAYERS to a folder of label folders (e.g. the PBLM photographs)" >&2
     exit 2
@@ -107,14 +109,21 @@ real=(--real-layers "$real_layers" --label-map "$label_map" --max-layers-per-lab
 # Half the synthetic crops over a pixel of a class the layer holds: with uniform crops streaking
 # and lattice were never learnt at 1024x1024 (a 256-px crop rarely holds them).
 real+=(--foreground-share 0.5)
-# Two stages: one at a constant learning rate finds its feet (from scratch, or from INIT); the
-# second starts from its last checkpoint with a learning rate that falls along a cosine, and its
-# checkpoints are the ensemble's members. On two CPU cores a step takes about a second.
+# Three stages: one at a constant learning rate finds its feet (from scratch, or from INIT); the
+# second and the third each start from the last checkpoint before them with a learning rate that
+# falls along a cosine, and the third's checkpoints are the ensemble's members. The third stage
+# (measured 2026-12-03 on the held-out real layers, its first two stages alike): the clean real
+# layers went from 0 of 4 PASS (a hopping blob in a dim corner) to 4 of 4 with 0.0 % flagged,
+# flagged pixels inside the hand-labelled regions from 51 % to 68 %, synthetic test MIoU from
+# 0.54 to 0.63. On two CPU cores an epoch takes about a minute.
 train_stage "$work/run-stage1" "$stage1_epochs" --arch isdnet-sr --data "$work/data" \
     --crop "$crop" --batch-size 2 --lr "$lr" --class-weights inverse-sqrt --seed 0 "${real[@]}" "${init[@]}"
 last="$(ls "$work/run-stage1/checkpoints/"*.pt | sort | tail -n 1)"
-train_stage "$work/run" "$epochs" --arch isdnet-sr --data "$work/data" \
+train_stage "$work/run-stage2" "$stage2_epochs" --arch isdnet-sr --data "$work/data" \
     --crop "$crop" --batch-size 2 --lr "$lr2" --lr-schedule cosine --class-weights inverse-sqrt --seed 1 "${real[@]}" --init "$last"
+last="$(ls "$work/run-stage2/checkpoints/"*.pt | sort | tail -n 1)"
+train_stage "$work/run" "$epochs" --arch isdnet-sr --data "$work/data" \
+    --crop "$crop" --batch-size 2 --lr "$lr3" --lr-schedule cosine --class-weights inverse-sqrt --seed 2 "${real[@]}" --init "$last"
 bt calibrate --run "$work/run" --members "$members"
 bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-real --version "$version" \
     --description "$description"
