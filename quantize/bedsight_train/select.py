@@ -329,7 +329,10 @@ def box_priorities(folder: Path, files: list[Path]) -> dict[Path, str]:
         domain = record.get("domain")
         if domain and not domain.get("familiar", True):
             why.setdefault(index, []).append(f"unfamiliar to the model (domain score {domain['score']:.2f} > {domain['threshold']:.2f})")
-    return {frames[i]: "; ".join(reasons) for i, reasons in sorted(why.items()) if i in frames}
+    # what an operator marked first (the surest sign the model was wrong), then the rest, each in
+    # journal order: whoever labels only the top rows labels those
+    order = sorted(why, key=lambda i: (not any(r.startswith(("false alarm", "REVIEW acknowledged")) for r in why[i]), i))
+    return {frames[i]: "; ".join(why[i]) for i in order if i in frames}
 
 
 def select(journal: Path, strategy: str, count: int, out: Path, model: Path | None = None, seed: int = 0, progress: bool = True, verdict: str | None = None) -> list[dict[str, Any]]:
@@ -347,7 +350,8 @@ def select(journal: Path, strategy: str, count: int, out: Path, model: Path | No
     images = [load_grey(p) for p in files]
     predictions, manifest = (model_predictions(Path(model), images, progress) if model else (None, None))
     rows: list[dict[str, Any]] = []
-    first = [i for i, p in enumerate(files) if p in must]
+    where = {p: i for i, p in enumerate(files)}
+    first = [where[p] for p in must]  # in box_priorities' order
     rest = [i for i, p in enumerate(files) if p not in must]
     labels = None
     if not rest:

@@ -110,7 +110,7 @@ def test_from_a_box_the_operators_marks_come_first_and_only_frames_are_candidate
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir())[:2] == [f"001-{records[1].name}.png", f"002-{records[5].name}.png"]
 
 
-def test_a_layer_the_domain_check_called_unfamiliar_is_picked_first(tmp_path, monkeypatch):
+def test_unfamiliar_layers_are_picked_first_after_what_an_operator_marked(tmp_path, monkeypatch):
     import json
     import subprocess
 
@@ -127,7 +127,12 @@ def test_a_layer_the_domain_check_called_unfamiliar_is_picked_first(tmp_path, mo
             (folder / product).write_bytes(b"")
         frames.append(folder / "rectified.png")
     exported = "\n".join(json.dumps({"layer": i + 1, "verdict": "PASS", "domain": {"score": s, "threshold": 0.5, "familiar": s <= 0.5}}) for i, s in enumerate([0.2, 1.7, 0.4]))
+    (state / "journal" / "annotations.jsonl").write_text(json.dumps({"index": 2, "layer": 3, "action": "false-alarm", "time_ms": 1, "note": ""}) + "\n")
     monkeypatch.setattr(select_mod.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, exported, ""))
     monkeypatch.setattr("bedsight_train.pack.find_bedsight_bin", lambda: "bedsight")
     assert select_mod.find_images(state) == frames
-    assert select_mod.box_priorities(state, frames) == {frames[1]: "unfamiliar to the model (domain score 1.70 > 0.50)"}
+    # the operator's mark first, though its layer comes later in the journal
+    assert list(select_mod.box_priorities(state, frames).items()) == [
+        (frames[2], "false alarm (marked by an operator)"),
+        (frames[1], "unfamiliar to the model (domain score 1.70 > 0.50)"),
+    ]
