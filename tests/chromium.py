@@ -95,7 +95,13 @@ class Chromium:
         """Polls until the expression is truthy; returns its value."""
         deadline = time.monotonic() + timeout
         while True:
-            value = self.evaluate(expression)
+            try:
+                value = self.evaluate(expression)
+            except AssertionError as error:
+                # asked while the page was navigating (a link just clicked): not an answer, ask again
+                if "Inspected target navigated or closed" not in str(error) or time.monotonic() > deadline:
+                    raise
+                value = None
             if value:
                 return value
             if time.monotonic() > deadline:
