@@ -31,6 +31,7 @@ import io
 import json
 import subprocess
 import tarfile
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,7 @@ def read_image_weights(image: Path, trusted_keys: Path | None = None) -> tuple[d
     if result.returncode != 0:
         raise BadInput(f"--from {image}: {(result.stderr or result.stdout).strip()}")
     with tarfile.open(image, "r") as tar:
-        manifest = read_toml_bytes(tar.extractfile("manifest.toml").read())
+        manifest = tomllib.loads(tar.extractfile("manifest.toml").read().decode())
         try:
             member = tar.getmember(WEIGHTS_ENTRY)
         except KeyError:
@@ -80,12 +81,6 @@ def read_image_weights(image: Path, trusted_keys: Path | None = None) -> tuple[d
             "only and would leave that head judging features it was not trained on"
         )
     return manifest, saved
-
-
-def read_toml_bytes(blob: bytes) -> dict[str, Any]:
-    import tomllib
-
-    return tomllib.loads(blob.decode())
 
 
 def split_by_runs(names: list[str], held_out: float) -> dict[str, list[str]]:
