@@ -224,7 +224,7 @@ def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: 
     if progress:
         print(
             f"  domain check: {table['feature_size']} features, fitted on {table['fit_layers']} training layers; threshold "
-            f"{table['threshold']:.3f} (the {table['threshold_quantile']:.0%} quantile of {table['validation_layers']} validation layers)"
+            f"{table['threshold']:.3f} (the {table['threshold_quantile']:.0%} quantile of {table['validation_layers']} validation layers' scores, or of the training layers' where higher)"
         )
     return table
 

@@ -29,6 +29,21 @@ def test_the_score_is_the_mahalanobis_distance_per_feature():
     assert np.allclose(table["validation_scores"], [0.0, a, b])
 
 
+def test_the_threshold_covers_the_training_layers_when_few_validation_layers_sit_low():
+    """Three validation layers at the mean (score 0) would put the threshold at 0 and call every
+    layer the model learnt from unfamiliar; the training layers' own 99 % quantile holds instead.
+    One feature: seven training layers at 0 and one at 8, mean 1, S = (7 + 49) / 7 = 8 (shrinking
+    a single feature changes nothing), scores |f - 1| / sqrt(8): seven of 1/sqrt(8), one of
+    7/sqrt(8); the 99 % quantile of the eight sits 0.93 of the way from the seventh to the eighth."""
+    train = np.array([[0.0]] * 7 + [[8.0]])
+    table = domain.fit(train, np.array([[1.0]] * 3))
+    low, high = 1 / math.sqrt(8), 7 / math.sqrt(8)
+    assert math.isclose(table["threshold"], low + 0.93 * (high - low))
+    assert np.allclose(table["validation_scores"], [0.0, 0.0, 0.0])
+    # every training layer but the farthest is familiar
+    assert (domain.table_scores(train, table) <= table["threshold"]).sum() == 7
+
+
 def test_the_covariance_is_shrunk_toward_a_scaled_identity():
     # all the spread on the first feature: S = diag(8/7, 0) is singular; shrunk by 0.1 toward
     # (tr S / 2) I = 4/7 I: diag(0.9 * 8/7 + 0.1 * 4/7, 0.1 * 4/7)
