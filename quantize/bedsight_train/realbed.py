@@ -307,7 +307,7 @@ class RealLayers:
     defective ones under the presence loss, the clean ones as beds to plant on) and a few
     validation layers judged whole after each epoch."""
 
-    def __init__(self, train, val, classes, label_map):
+    def __init__(self, train, val, classes, label_map, weak_classes: list[str] | None = None):
         self.train = train
         self.val = val
         self.label_map = label_map
@@ -315,6 +315,13 @@ class RealLayers:
         self.defect = np.array([c.defect for c in classes])
         names = [label_map.labels[label] for label in train.labels]
         self.present, self.absent = class_targets(names, self.class_names)
+        # The weak losses speak only of `weak_classes` (None: every class). The clean and
+        # defective layers below still come from the whole label.
+        self.weak_classes = list(self.class_names[1:]) if weak_classes is None else list(weak_classes)
+        unsupervised = [c for c, name in enumerate(self.class_names) if name not in self.weak_classes]
+        self.weak_present, self.weak_absent = self.present.copy(), self.absent.copy()
+        self.weak_present[:, unsupervised] = False
+        self.weak_absent[:, unsupervised] = False
         self.clean = np.nonzero(~self.present.any(1))[0]
         self.defective = np.nonzero(self.present.any(1))[0]
         if len(self.clean) == 0 or len(self.defective) == 0:
@@ -370,9 +377,11 @@ class RealLayers:
         # the planted (labelled) crops teach where it is true. Measured: relit, the clean-only
         # absence drove incompleteness to 0.02 synthetic IoU within one epoch.
         relight = (lambda image: image) if clean_only else (lambda image: lighting(rng, image))
-        x = self._normalise([relight(self._crop(rng, self.train.images[i], crop).astype(np.float32)) for i in picks], mean, std)
+        # Flush with a side as often as the planted crops: the rim is where false defects sit
+        # (a uniform crop holds a given side's outermost rows one time in crop-less-bed pixels).
+        x = self._normalise([relight(self._crop(rng, self.train.images[i], crop, EDGE_SHARE).astype(np.float32)) for i in picks], mean, std)
         with frozen_batch_norm(model):
-            absent, _ = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.present[picks]).to(device), torch.from_numpy(self.absent[picks]).to(device), top_k_share=None)
+            absent, _ = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.weak_present[picks]).to(device), torch.from_numpy(self.weak_absent[picks]).to(device), top_k_share=None)
             present = absent * 0.0
             if whole:
                 i = int(rng.choice(self.clean if clean_only or rng.random() < WHOLE_CLEAN_SHARE else self.defective))
@@ -380,7 +389,7 @@ class RealLayers:
                 if rng.random() < 0.5:
                     image = image[::-1, :]
                 x = self._normalise([relight(image.astype(np.float32))], mean, std)
-                whole_absent, present = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.present[i : i + 1]).to(device), torch.from_numpy(self.absent[i : i + 1]).to(device))
+                whole_absent, present = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.weak_present[i : i + 1]).to(device), torch.from_numpy(self.weak_absent[i : i + 1]).to(device))
                 absent = 0.5 * (absent + whole_absent)
         return absent, present
 
@@ -416,7 +425,7 @@ class RealLayers:
         }
 
 
-def load_real_layers(root, label_map_path, size: int, classes, max_per_label: int | None, mixed_sizes: str, val_layers: int, progress: bool) -> RealLayers:
+def load_real_layers(root, label_map_path, size: int, classes, max_per_label: int | None, mixed_sizes: str, val_layers: int, progress: bool, weak_classes: list[str] | None = None) -> RealLayers:
     """The training split of the real layers at the model's input size (turned to the bed's
     convention), and `val_layers` of the validation split: every clean one, then the others
     spread over the folders in turn."""
@@ -436,4 +445,4 @@ def load_real_layers(root, label_map_path, size: int, classes, max_per_label: in
         for q in queues:
             if q and len(chosen) < val_layers:
                 chosen.append(q.pop(0))
-    return RealLayers(train, val.subset(sorted(chosen)), classes, label_map)
+    return RealLayers(train, val.subset(sorted(chosen)), classes, label_map, weak_classes)

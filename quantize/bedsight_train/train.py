@@ -74,6 +74,7 @@ class TrainOptions:
     mil_every: int = 4  # one whole defective real layer every this many steps (presence and absence)
     weak_layers: str = "all"  # which real layers the weak losses read: all, or the clean ones only
     weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
+    weak_classes: list[str] | None = None  # the classes the weak losses speak of (None: all)
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
     # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
     # anneals, seed 002 §3.1); "constant": it stays at --lr. None: the architecture's default.
@@ -256,7 +257,11 @@ def train(opts: TrainOptions) -> dict:
 
         if opts.label_map is None:
             raise BadInput("--real-layers needs --label-map (which label folder carries which classes)")
-        real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress)
+        seg_names = [c.name for c in ds.classes]
+        for name in opts.weak_classes or []:
+            if name not in seg_names[1:]:
+                raise BadInput(f"--weak-classes {name}: not a defect class of {opts.data} ({', '.join(seg_names[1:])})")
+        real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress, opts.weak_classes)
         if opts.crop is None or opts.crop > h:
             raise BadInput("--real-layers trains on crops: give --crop")
     device = pick_device(opts.device)
@@ -357,6 +362,7 @@ def train(opts: TrainOptions) -> dict:
             "mil_every": opts.mil_every,
             "weak_layers": opts.weak_layers,
             "weak_weight": opts.weak_weight,
+            "weak_classes": real.weak_classes,
             "top_k_share": realbed.TOP_K_SHARE,
             "split": "per label folder, the last 20 % of layers (or whole dates) are test, the 10 % before them validation (layers.held_out_split)",
         }

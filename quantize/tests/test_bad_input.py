@@ -107,3 +107,11 @@ def test_run_folder_with_earlier_checkpoints(tiny_data, tiny_isdnet_run, tmp_pat
     result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", run)
     assert result.returncode == 2 and "--overwrite" in result.stderr and "Traceback" not in result.stderr
     assert {p.name: p.stat().st_mtime for p in (run / "checkpoints").glob("*.pt")} == before
+
+
+def test_weak_class_the_model_does_not_have(tiny_data, tmp_path):
+    result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", tmp_path / "run", "--crop", 32,
+                  "--real-layers", tmp_path / "layers", "--label-map", "pblm", "--weak-classes", "super-elevation,spatter")
+    assert result.returncode == 2
+    assert "--weak-classes spatter: not a defect class" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()

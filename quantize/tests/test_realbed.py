@@ -189,7 +189,7 @@ def test_clean_only_weak_losses_read_the_clean_layers_alone(monkeypatch):
     monkeypatch.setattr(realbed, "WHOLE_CLEAN_SHARE", 0.0)  # whole layers would all be defective
     seen = []
     original = realbed.RealLayers._crop
-    monkeypatch.setattr(realbed.RealLayers, "_crop", lambda self, rng, image, crop: (seen.append(np.array_equal(image, self.train.images[0])), original(self, rng, image, crop))[1])
+    monkeypatch.setattr(realbed.RealLayers, "_crop", lambda self, rng, image, crop, *edge: (seen.append(np.array_equal(image, self.train.images[0])), original(self, rng, image, crop, *edge))[1])
     for seed in range(5):
         absent, present = real.weak_step(np.random.default_rng(seed), _Constant(), 3, 32, True, 0.5, 0.2, clean_only=True)
         assert float(present) == 0.0
@@ -198,6 +198,32 @@ def test_clean_only_weak_losses_read_the_clean_layers_alone(monkeypatch):
         expected = (2 * -math.log(0.1) + 4 * 2 * -math.log(0.98)) / 5
         assert float(absent) == pytest.approx(expected, rel=1e-4)
     assert seen and all(seen)
+
+
+def test_weak_classes_limit_the_weak_losses_to_the_classes_named():
+    """--weak-classes super-elevation: the constant network's p(incompleteness) = 0.9 costs
+    nothing on any layer, though the clean ones do not name it and the Uneven ones do: only
+    super-elevation, absent from both labels at p = 0.02, is under the absence loss, per pixel and
+    pooled, and no class is under the presence loss."""
+    from bedsight_train.layers import LayerSet, LabelMap
+    from bedsight_train.common import ClassInfo
+
+    label_map = LabelMap(path=None, classes=["incompleteness"], labels={"Clean": [], "Uneven": ["incompleteness"]})
+    images = np.stack([_bed(s, 64) for s in range(4)])
+    train = LayerSet(None, label_map, ["Clean/0", "Clean/1", "Uneven/0", "Uneven/1"], ["Clean", "Clean", "Uneven", "Uneven"], np.array([[0], [0], [1], [1]], np.float32), images)
+    classes = [ClassInfo(name, "#000000", name not in ("background", "lattice")) for name in CLASSES]
+    real = realbed.RealLayers(train, train.subset([0, 2]), classes, label_map, weak_classes=["super-elevation"])
+    assert real.weak_absent.sum() == 4 and real.weak_absent[:, CLASSES.index("super-elevation")].all()
+    assert not real.weak_present.any()
+    # the layers themselves are still clean and defective by the whole label
+    assert list(real.clean) == [0, 1] and list(real.defective) == [2, 3]
+    for share in (1.0, 0.0):
+        monkeypatch_share = pytest.MonkeyPatch()
+        monkeypatch_share.setattr(realbed, "WHOLE_CLEAN_SHARE", share)
+        absent, present = real.weak_step(np.random.default_rng(1), _Constant(), 3, 32, True, 0.5, 0.2)
+        monkeypatch_share.undo()
+        assert float(present) == 0.0
+        assert float(absent) == pytest.approx(2 * -math.log(0.98), rel=1e-4)
 
 
 def test_planted_crops_show_the_bed_rim_in_its_place():
