@@ -17,7 +17,9 @@
    on beside them; a tenth as many again validate beside the site's validation run.
 4. `train` (--init from the image, the image's input normalisation kept), `calibrate` (the image's
    member count, temperatures refitted), `export` (the domain statistics refitted on the new
-   training layers), `quantize` (INT8 checked on the held-out run), `pack` (signed with --key).
+   training layers), `quantize` (INT8 checked on the held-out run), the box's own install
+   self-test on a spare state folder (an INT8 graph that fails it is left out of the image,
+   `selftested_int8`), `pack` (signed with --key).
 5. Before and after, on the held-out run: the image as it was and the fine-tuned one, per class
    (IoU, precision, recall, labelled and predicted pixels), in OUT/finetune.md and finetune.json.
 
@@ -43,6 +45,30 @@ from .common import BadInput, load_grey, read_toml, save_png_grey, toml_dumps
 from .labels import labelled_images
 
 WEIGHTS_ENTRY = "training/ensemble.pt"  # images/src/archive.rs ENTRY_TRAINING_WEIGHTS
+
+
+# A configuration for the spare box of `box_selftest`: the bed is irrelevant to the self-test, and
+# the image is checked before it is signed.
+SPARE_BOX_CONFIG = "[bed]\nwidth_mm = 250.0\nheight_mm = 250.0\n\n[images]\nallow_unsigned = true\n"
+
+
+def box_selftest(image: Path) -> tuple[bool, str]:
+    """Install `image` on a spare, empty state folder with `bedsight image install`: the box's own
+    self-test of every graph it may run (the same agreement and per-class IoU that `flash.sh`
+    will ask for). (passed, what install said)."""
+    import tempfile
+
+    from .pack import PackError, find_bedsight_bin
+
+    binary = find_bedsight_bin()
+    if binary is None:
+        raise PackError("no `bedsight` binary to self-test the image with: set BEDSIGHT_BIN or build it")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "spare.toml"
+        config.write_text(SPARE_BOX_CONFIG)
+        cmd = [str(binary), "image", "install", str(image), "--state-dir", str(Path(tmp) / "box"), "--config", str(config)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+    return result.returncode == 0, (result.stdout + result.stderr).strip()
 
 
 def read_image_weights(image: Path, trusted_keys: Path | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -125,6 +151,34 @@ def site_layers(store: Path, images: Path | None, classes: list[str], size: int)
             raise BadInput(f"{layer.name}: {image.shape[1]}x{image.shape[0]}; the box's rectified bed is square")
         out.append((layer.name, _resize(image, size, False), _resize(layer.mask, size, True)))
     return out
+
+
+def selftested_int8(out: Path, progress: bool) -> Path | None:
+    """The INT8 graph to pack, after the box's own self-test (`box_selftest`) of an unsigned image
+    holding both graphs: the fine-tune's `--int8-margin` is a mean over the held-out run, the
+    self-test asks 99 % of one layer's pixels, so an INT8 graph can pass the one and fail the
+    other, and `flash.sh` would refuse the image at the box. Such an INT8 graph is left out (the
+    image is fp32 only: the box runs fp32 on every backend, TensorRT included, slower there),
+    and said. An fp32 graph that fails its own self-test stops the fine-tune."""
+    from .pack import pack
+
+    model = out / "model"
+    log = model / "selftest.log"
+    check = out / "selftest-check.bsimg"
+    pack(model / "model.onnx", check, progress=False)
+    passed, said = box_selftest(check)
+    log.write_text(said + "\n")
+    if passed:
+        check.unlink()
+        return model / "model.int8.onnx"
+    pack(model / "model.onnx", check, fp32_only=True, progress=False)
+    fp32_passed, fp32_said = box_selftest(check)
+    check.unlink()
+    log.write_text(said + "\n\nwithout the INT8 graph:\n" + fp32_said + "\n")
+    if not fp32_passed:
+        raise BadInput(f"{model}: the fine-tuned graph fails the box's self-test; nothing packed ({log}):\n{fp32_said}")
+    print(f"finetune: the INT8 graph fails the box's self-test, so the image carries the fp32 graph alone ({log})")
+    return None
 
 
 def write_dataset(out: Path, saved: dict[str, Any], site: list[tuple[str, np.ndarray, np.ndarray]], replay: data_mod.Dataset,
@@ -299,12 +353,14 @@ def finetune(
         raise BadInput(f"{out / 'model'}: the domain check could not be refitted (see above); the box would run without one")
     quantize(out / "model" / "model.onnx", out / "data", out / "model" / "model.int8.onnx", margin=int8_margin,
              calibration_images=min(16, len(split["train"])), progress=progress)
-    pack(out / "model" / "model.onnx", out / "model.bsimg", key=key, progress=progress)
+    int8 = selftested_int8(out, progress)
+    pack(out / "model" / "model.onnx", out / "model.bsimg", int8=int8, fp32_only=int8 is None, key=key, progress=progress)
 
     before = evaluate(Path(source), out / "site-test", out / "eval-before", progress=progress)
     after = evaluate(out / "model.bsimg", out / "site-test", out / "eval-after", progress=progress)
     text, doc = before_after(classes, before, after, held_out_layers)
-    doc.update(source=str(source), labels=str(labels), site_layers=len(site), split={k: len(v) for k, v in split.items()}, model=str(out / "model.bsimg"))
+    doc.update(source=str(source), labels=str(labels), site_layers=len(site), split={k: len(v) for k, v in split.items()}, model=str(out / "model.bsimg"),
+               int8_graph="packed" if int8 else "left out: it failed the box's self-test (model/selftest.log)")
     (out / "finetune.md").write_text(text)
     (out / "finetune.json").write_text(json.dumps(doc, indent=1))
     if progress:

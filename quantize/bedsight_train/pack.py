@@ -101,13 +101,14 @@ def pack(
     selftest_seed: int = 7,
     progress: bool = True,
     weights: Path | None = None,
+    fp32_only: bool = False,
 ) -> Path:
     model = Path(model)
     if not model.is_file():
         raise BadInput(f"{model}: model not found")
     manifest = Path(manifest) if manifest else model.parent / "manifest.toml"
     manifest_doc = check_manifest(manifest, read_toml(manifest))
-    if int8 is None and (model.parent / "model.int8.onnx").is_file() and model.name == "model.onnx":
+    if int8 is None and not fp32_only and (model.parent / "model.int8.onnx").is_file() and model.name == "model.onnx":
         int8 = model.parent / "model.int8.onnx"
     if int8 is not None and not Path(int8).is_file():
         raise BadInput(f"{int8}: INT8 graph not found")

@@ -110,7 +110,19 @@ def test_finetune_from_the_box_image_packs_a_signed_site_model(image, store, tin
     assert manifest["ensemble"]["members"] == 3 and len(manifest["ensemble"]["temperatures"]) == 3
     assert manifest["input"]["mean"] == source["input"]["mean"]  # the image's normalisation kept
     assert "domain" in manifest and manifest["domain"]["threshold"] != source["domain"]["threshold"]  # refitted
-    assert manifest["graphs"]["default"] == "model.int8.onnx"
+    # the box's own self-test ran on a spare state folder before signing, and its log says which
+    # graphs the image carries: both when the INT8 graph passed it, else the fp32 graph alone
+    log = (out / "model" / "selftest.log").read_text()
+    report = json.loads((out / "finetune.json").read_text())
+    if "without the INT8 graph" in log:
+        assert manifest["graphs"]["default"] == "model.onnx" and report["int8_graph"].startswith("left out")
+    else:
+        assert "int8 graph:" in log and manifest["graphs"]["default"] == "model.int8.onnx" and report["int8_graph"] == "packed"
+    box = tmp_path / "box"
+    (box / "trusted-keys").mkdir(parents=True)
+    shutil.copy(keys / "site.pub", box / "trusted-keys" / "site.pub")
+    installed = subprocess.run([str(require_bin), "image", "install", out / "model.bsimg", "--state-dir", box], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stdout + installed.stderr
     before = torch.load(io.BytesIO(image_entry(image, "training/ensemble.pt")), weights_only=True)
     after = torch.load(io.BytesIO(image_entry(out / "model.bsimg", "training/ensemble.pt")), weights_only=True)
     changed = [k for k in before["trunk_state"] if not torch.equal(before["trunk_state"][k], after["trunk_state"][k])]
@@ -137,6 +149,47 @@ def test_finetune_from_the_box_image_packs_a_signed_site_model(image, store, tin
         assert sum(row["predicted_px"] for row in report[when]) == 2 * SIZE * SIZE
     table = (out / "finetune.md").read_text()
     assert f"| background | {labelled[0]} |" in table
+
+
+@needs_bin
+def test_an_int8_graph_that_fails_the_box_self_test_is_left_out(tiny_isdnet_model, tiny_isdnet_int8, tmp_path):
+    """An INT8 graph whose members all call every pixel super-elevation (the logits' last convs,
+    kept fp32 in the QDQ graph, get +50 on that class's bias) passes no self-test: the image is
+    packed with the fp32 graph alone, and the log holds both self-tests. The real INT8 graph,
+    put back, is kept."""
+    import onnx
+    from onnx import numpy_helper
+
+    from bedsight_train.finetune import box_selftest, selftested_int8
+    from bedsight_train.quant import logit_producers
+
+    out = tmp_path / "ft"
+    (out / "model").mkdir(parents=True)
+    for name in ("model.onnx", "manifest.toml"):
+        shutil.copy(tiny_isdnet_model.parent / name, out / "model" / name)
+    graph = onnx.load(str(tiny_isdnet_int8))
+    producers = set(logit_producers(tiny_isdnet_int8))
+    biases = {node.input[2] for node in graph.graph.node if node.name in producers and len(node.input) > 2}
+    assert biases, "no fp32 logits convolution with a bias in the INT8 graph"
+    for init in graph.graph.initializer:
+        if init.name in biases:
+            bias = numpy_helper.to_array(init).copy()
+            bias[CLASSES.index("super-elevation")] += 50.0
+            init.CopyFrom(numpy_helper.from_array(bias, init.name))
+    onnx.save(graph, str(out / "model" / "model.int8.onnx"))
+
+    assert selftested_int8(out, progress=False) is None
+    log = (out / "model" / "selftest.log").read_text()
+    assert "int8 graph:" in log and "without the INT8 graph:" in log
+    assert not (out / "selftest-check.bsimg").exists()
+
+    shutil.copy(tiny_isdnet_int8, out / "model" / "model.int8.onnx")
+    from bedsight_train.pack import pack
+
+    pack(out / "model" / "model.onnx", tmp_path / "check.bsimg", progress=False)
+    passed, said = box_selftest(tmp_path / "check.bsimg")
+    # the fixture's INT8 graph as the box judges it decides what selftested_int8 keeps
+    assert selftested_int8(out, progress=False) == (out / "model" / "model.int8.onnx" if passed else None), said
 
 
 @needs_bin
