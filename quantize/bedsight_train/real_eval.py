@@ -647,10 +647,15 @@ def evaluate_real(
         groups.setdefault(key, []).append(layer)
 
     judged = 0
-    for key, members in groups.items():
-        out_dir = work / "analysis" / re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
-        for start in range(0, len(members), batch):
-            part = members[start : start + batch]
+    for key, group in groups.items():
+        # one folder of outputs per label folder: layers of two folders may share a file name
+        # (PBLM numbers each folder's layers on its own), and the box names its masks by it
+        by_label: dict[str, list[Layer]] = {}
+        for layer in group:
+            by_label.setdefault(layer.label, []).append(layer)
+        parts = [(label, members[start : start + batch]) for label, members in by_label.items() for start in range(0, len(members), batch)]
+        for label, part in parts:
+            out_dir = work / "analysis" / re.sub(r"[^A-Za-z0-9_.-]+", "_", key) / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
             results = run_box(binary, model, group_config[key], [l.png for l in part], out_dir)
             for layer in part:
                 layer.result = results[str(layer.png)]

@@ -294,6 +294,28 @@ def test_end_to_end_on_three_real_layers(tmp_path):
         assert im.width == re_.OVERLAY_WIDTH
 
 
+def test_layers_of_two_folders_with_one_file_name_keep_their_own_masks(tmp_path):
+    """PBLM numbers each folder's layers on its own, so a clean layer and an uneven one can share
+    a file name, and the box names its masks by it: each layer must be scored on its own mask."""
+    binary = re_.find_binary()
+    if binary is None:
+        pytest.fail("no bedsight binary: run ./test.sh (it builds one and sets BEDSIGHT_BIN), or cargo build")
+    layers = tmp_path / "pblm"
+    same = "converted_ 0646.jpg"
+    for name, source in ((f"No_Defect/{same}", "No_Defect/converted_ 0018.jpg"), (f"Powder_Uneven/{same}", f"Powder_Uneven/{same}"),
+                         (FLAT_FIELD_REFERENCE, FLAT_FIELD_REFERENCE)):
+        (layers / name).parent.mkdir(parents=True, exist_ok=True)
+        (layers / name).symlink_to(PBLM / source)
+    report = re_.evaluate_real(MODEL, layers, None, tmp_path / "out", split="test", bedsight_bin=binary, progress=False)
+    by_folder = {l["folder"]: l for l in report["layers"]}
+    assert set(by_folder) == {"No_Defect", "Powder_Uneven"}
+    masks = {folder: re_.read_mask(next((tmp_path / "out" / "work" / "analysis").glob(f"*/{folder}/converted__0646.mask.png"))) for folder in by_folder}
+    assert not np.array_equal(masks["No_Defect"], masks["Powder_Uneven"])
+    for folder, layer in by_folder.items():
+        defect = np.isin(masks[folder], [i for i, name in enumerate(["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]) if name in report["run"]["defect_classes"]])
+        assert layer["flagged_share"] == pytest.approx(float(defect.mean()))
+
+
 def test_the_domain_check_is_summarised_per_folder():
     from bedsight_train.real_eval import domain_summary
 
