@@ -86,6 +86,7 @@ import numpy as np
 
 from .common import BadInput, read_toml
 from .layers import CAMERA_LONG_SIDE, bed_corners_px, bed_square, flat_field_references, held_out_split, homography, load_label_map, load_photograph, map_points, rectify, scan_layer_folders
+from .metrics import auroc
 
 VERDICTS = ("PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT")
 # A photograph whose long side is above this is resized to it (keeping the aspect ratio), as the
@@ -695,6 +696,7 @@ def evaluate_real(
     }
     report["layers"] = [_layer_record(l, class_names, defect_ids) for l in chosen]
     report["domain"] = domain_summary(report["layers"], split)
+    report["uncertainty"] = uncertainty_summary(report["layers"], split, lmap.labels)
     if labels_doc is not None:
         _write_overlays(chosen, out / "overlays", mask_size, class_names, defect_ids, colours, k)
     (out / "real-eval.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -762,6 +764,10 @@ def _layer_record(layer: Layer, class_names: Sequence[str], defect_ids: Sequence
         "flagged_share": flagged_share(layer.mask, defect_ids) if layer.mask is not None else None,
         "layer_head": (r.get("layer_class") or {}).get("class"),
         "domain": r.get("domain"),
+        # the box's per-layer uncertainty: the share of the bed's pixels whose ensemble variance
+        # (seed 000 Eq. 13, summed over classes) passes the gate's pixel threshold
+        # (`analyze --json` uncertainty.score)
+        "uncertainty": (r.get("uncertainty") or {}).get("score"),
         **layer.extra,
     }
 
@@ -990,6 +996,35 @@ def _ci(ci: list[float] | None) -> str:
     return "" if ci is None else f" ({ci[0] * 100:.0f}-{ci[1] * 100:.0f})"
 
 
+def uncertainty_summary(layers: list[dict[str, Any]], split: str, label_classes: dict[str, list[str]]) -> dict[str, Any] | None:
+    """Whether the ensemble's per-layer uncertainty says when the box is wrong (issue 19): per
+    folder the mean score, and the AUROC of the score for "the layer is judged wrong", where a
+    layer is judged wrong when the classes the box reports (none on PASS, the classification's
+    rule) are not exactly its label's. None when no layer has a score (FAULT alone)."""
+    scored = [l for l in layers if l["split"] == split and l.get("uncertainty") is not None and l["verdict"] != "FAULT"]
+    if not scored:
+        return None
+    wrong = [set(l["classes_found"] if l["verdict"] != "PASS" else []) != set(label_classes[l["folder"]]) for l in scored]
+    score = np.array([l["uncertainty"] for l in scored], dtype=np.float64)
+    per_folder: dict[str, dict[str, Any]] = {}
+    for layer, w in zip(scored, wrong):
+        entry = per_folder.setdefault(layer["folder"], {"judged": 0, "wrong": 0, "scores": []})
+        entry["judged"] += 1
+        entry["wrong"] += int(w)
+        entry["scores"].append(layer["uncertainty"])
+    for entry in per_folder.values():
+        entry["mean_score"] = float(np.mean(entry.pop("scores")))
+    return {
+        "judged": len(scored),
+        "wrong": int(sum(wrong)),
+        "mean_score_wrong": float(score[np.array(wrong)].mean()) if any(wrong) else None,
+        "mean_score_right": float(score[~np.array(wrong)].mean()) if not all(wrong) else None,
+        "auroc_wrong": auroc(score, np.array(wrong)),
+        "per_folder": per_folder,
+        "rule": "judged wrong: the classes the box reports (none on PASS) differ from the label's",
+    }
+
+
 def domain_summary(layers: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
     """The domain check's findings per folder on the chosen split: layers judged with a finding,
     how many familiar; None for a model without a domain check."""
@@ -1013,6 +1048,10 @@ def domain_summary(layers: list[dict[str, Any]], split: str) -> dict[str, Any] |
         "familiar_share": familiar / len(scored),
         "per_folder": per_folder,
     }
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.5f}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -1137,6 +1176,21 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for folder, entry in sorted(domain["per_folder"].items()):
             lines.append(f"| {folder} | {entry['judged']} | {entry['familiar']} ({_pct(entry['familiar_share'], 0)}) | {entry['median_score']:.3f} |")
+    unc = report.get("uncertainty")
+    if unc:
+        auc = "n/a (no layer judged wrong, or none right)" if unc["auroc_wrong"] is None else f"{unc['auroc_wrong']:.3f}"
+        lines += [
+            "",
+            f"## Uncertainty ({report['split']} split)",
+            "",
+            f"The box's per-layer uncertainty score against {unc['rule']}: {unc['wrong']} of {unc['judged']} layers judged wrong; "
+            f"AUROC of the score for them {auc}; mean score {_num(unc['mean_score_wrong'])} on those, {_num(unc['mean_score_right'])} on the rest.",
+            "",
+            "| folder | judged | judged wrong | mean score |",
+            "|---|---|---|---|",
+        ]
+        for folder, entry in sorted(unc["per_folder"].items()):
+            lines.append(f"| {folder} | {entry['judged']} | {entry['wrong']} | {entry['mean_score']:.5f} |")
     lines += [
         "",
         "## What these figures cannot show",

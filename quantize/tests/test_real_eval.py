@@ -316,6 +316,29 @@ def test_layers_of_two_folders_with_one_file_name_keep_their_own_masks(tmp_path)
         assert layer["flagged_share"] == pytest.approx(float(defect.mean()))
 
 
+def test_the_uncertainty_is_summarised_against_the_layers_judged_wrong():
+    """Four layers: a clean one PASS (right), an uneven one with incompleteness (right), an uneven
+    one called super-elevation too (wrong), an uneven one PASS (wrong). Scores 0.1, 0.2, 0.4,
+    0.3: every wrong layer scores above every right one, AUROC 1; the means by hand."""
+    def layer(folder, verdict, found, score):
+        return {"split": "test", "folder": folder, "verdict": verdict, "classes_found": found, "uncertainty": score}
+
+    layers = [
+        layer("No_Defect", "PASS", ["hopping"], 0.1),  # found below the rules' limits: PASS, no class
+        layer("Powder_Uneven", "RECOAT", ["incompleteness"], 0.2),
+        layer("Powder_Uneven", "PAUSE", ["incompleteness", "super-elevation"], 0.4),
+        layer("Powder_Uneven", "PASS", ["incompleteness"], 0.3),
+        layer("Powder_Uneven", "FAULT", [], None),
+        {**layer("Powder_Uneven", "RECOAT", ["incompleteness"], 0.9), "split": "train"},
+    ]
+    summary = re_.uncertainty_summary(layers, "test", {"No_Defect": [], "Powder_Uneven": ["incompleteness"]})
+    assert summary["judged"] == 4 and summary["wrong"] == 2
+    assert summary["auroc_wrong"] == 1.0
+    assert summary["mean_score_wrong"] == pytest.approx(0.35) and summary["mean_score_right"] == pytest.approx(0.15)
+    assert summary["per_folder"]["Powder_Uneven"] == {"judged": 3, "wrong": 2, "mean_score": pytest.approx(0.3)}
+    assert re_.uncertainty_summary([layers[4]], "test", {"Powder_Uneven": ["incompleteness"]}) is None
+
+
 def test_the_domain_check_is_summarised_per_folder():
     from bedsight_train.real_eval import domain_summary
 
