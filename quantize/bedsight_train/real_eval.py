@@ -696,7 +696,7 @@ def evaluate_real(
     }
     report["layers"] = [_layer_record(l, class_names, defect_ids) for l in chosen]
     report["domain"] = domain_summary(report["layers"], split)
-    report["uncertainty"] = uncertainty_summary(report["layers"], split, lmap.labels)
+    report["uncertainty"] = uncertainty_summary(report["layers"], split, lmap.labels, lmap.classes)
     if labels_doc is not None:
         _write_overlays(chosen, out / "overlays", mask_size, class_names, defect_ids, colours, k)
     (out / "real-eval.json").write_text(json.dumps(report, indent=1) + "\n")
@@ -996,15 +996,16 @@ def _ci(ci: list[float] | None) -> str:
     return "" if ci is None else f" ({ci[0] * 100:.0f}-{ci[1] * 100:.0f})"
 
 
-def uncertainty_summary(layers: list[dict[str, Any]], split: str, label_classes: dict[str, list[str]]) -> dict[str, Any] | None:
+def uncertainty_summary(layers: list[dict[str, Any]], split: str, label_classes: dict[str, list[str]], classes: Sequence[str]) -> dict[str, Any] | None:
     """Whether the ensemble's per-layer uncertainty says when the box is wrong (issue 19): per
     folder the mean score, and the AUROC of the score for "the layer is judged wrong", where a
     layer is judged wrong when the classes the box reports (none on PASS, the classification's
-    rule) are not exactly its label's. None when no layer has a score (FAULT alone)."""
+    rule), of the label map's `classes`, are not exactly its label's. None when no layer has a
+    score (FAULT alone)."""
     scored = [l for l in layers if l["split"] == split and l.get("uncertainty") is not None and l["verdict"] != "FAULT"]
     if not scored:
         return None
-    wrong = [set(l["classes_found"] if l["verdict"] != "PASS" else []) != set(label_classes[l["folder"]]) for l in scored]
+    wrong = [set(l["classes_found"] if l["verdict"] != "PASS" else []) & set(classes) != set(label_classes[l["folder"]]) for l in scored]
     score = np.array([l["uncertainty"] for l in scored], dtype=np.float64)
     per_folder: dict[str, dict[str, Any]] = {}
     for layer, w in zip(scored, wrong):
@@ -1021,7 +1022,7 @@ def uncertainty_summary(layers: list[dict[str, Any]], split: str, label_classes:
         "mean_score_right": float(score[~np.array(wrong)].mean()) if not all(wrong) else None,
         "auroc_wrong": auroc(score, np.array(wrong)),
         "per_folder": per_folder,
-        "rule": "judged wrong: the classes the box reports (none on PASS) differ from the label's",
+        "rule": "judged wrong: the label map's classes the box reports (none on PASS) differ from the label's",
     }
 
 

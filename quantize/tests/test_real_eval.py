@@ -317,7 +317,8 @@ def test_layers_of_two_folders_with_one_file_name_keep_their_own_masks(tmp_path)
 
 
 def test_the_uncertainty_is_summarised_against_the_layers_judged_wrong():
-    """Four layers: a clean one PASS (right), an uneven one with incompleteness (right), an uneven
+    """Four layers: a clean one PASS (right), an uneven one with incompleteness and hopping, which
+    the label map has no class for (right), an uneven
     one called super-elevation too (wrong), an uneven one PASS (wrong). Scores 0.1, 0.2, 0.4,
     0.3: every wrong layer scores above every right one, AUROC 1; the means by hand."""
     def layer(folder, verdict, found, score):
@@ -325,18 +326,18 @@ def test_the_uncertainty_is_summarised_against_the_layers_judged_wrong():
 
     layers = [
         layer("No_Defect", "PASS", ["hopping"], 0.1),  # found below the rules' limits: PASS, no class
-        layer("Powder_Uneven", "RECOAT", ["incompleteness"], 0.2),
+        layer("Powder_Uneven", "RECOAT", ["hopping", "incompleteness"], 0.2),  # hopping: no label speaks of it
         layer("Powder_Uneven", "PAUSE", ["incompleteness", "super-elevation"], 0.4),
         layer("Powder_Uneven", "PASS", ["incompleteness"], 0.3),
         layer("Powder_Uneven", "FAULT", [], None),
         {**layer("Powder_Uneven", "RECOAT", ["incompleteness"], 0.9), "split": "train"},
     ]
-    summary = re_.uncertainty_summary(layers, "test", {"No_Defect": [], "Powder_Uneven": ["incompleteness"]})
+    summary = re_.uncertainty_summary(layers, "test", {"No_Defect": [], "Powder_Uneven": ["incompleteness"]}, ["incompleteness", "super-elevation"])
     assert summary["judged"] == 4 and summary["wrong"] == 2
     assert summary["auroc_wrong"] == 1.0
     assert summary["mean_score_wrong"] == pytest.approx(0.35) and summary["mean_score_right"] == pytest.approx(0.15)
     assert summary["per_folder"]["Powder_Uneven"] == {"judged": 3, "wrong": 2, "mean_score": pytest.approx(0.3)}
-    assert re_.uncertainty_summary([layers[4]], "test", {"Powder_Uneven": ["incompleteness"]}) is None
+    assert re_.uncertainty_summary([layers[4]], "test", {"Powder_Uneven": ["incompleteness"]}, ["incompleteness"]) is None
 
 
 def test_the_domain_check_is_summarised_per_folder():
