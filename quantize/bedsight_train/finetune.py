@@ -153,7 +153,7 @@ def site_layers(store: Path, images: Path | None, classes: list[str], size: int)
     return out
 
 
-def selftested_int8(out: Path, progress: bool) -> Path | None:
+def selftested_int8(out: Path) -> Path | None:
     """The INT8 graph to pack, after the box's own self-test (`box_selftest`) of an unsigned image
     holding both graphs: the fine-tune's `--int8-margin` is a mean over the held-out run, the
     self-test asks 99 % of one layer's pixels, so an INT8 graph can pass the one and fail the
@@ -353,7 +353,7 @@ def finetune(
         raise BadInput(f"{out / 'model'}: the domain check could not be refitted (see above); the box would run without one")
     quantize(out / "model" / "model.onnx", out / "data", out / "model" / "model.int8.onnx", margin=int8_margin,
              calibration_images=min(16, len(split["train"])), progress=progress)
-    int8 = selftested_int8(out, progress)
+    int8 = selftested_int8(out)
     pack(out / "model" / "model.onnx", out / "model.bsimg", int8=int8, fp32_only=int8 is None, key=key, progress=progress)
 
     before = evaluate(Path(source), out / "site-test", out / "eval-before", progress=progress)

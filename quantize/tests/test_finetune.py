@@ -178,7 +178,7 @@ def test_an_int8_graph_that_fails_the_box_self_test_is_left_out(tiny_isdnet_mode
             init.CopyFrom(numpy_helper.from_array(bias, init.name))
     onnx.save(graph, str(out / "model" / "model.int8.onnx"))
 
-    assert selftested_int8(out, progress=False) is None
+    assert selftested_int8(out) is None
     log = (out / "model" / "selftest.log").read_text()
     assert "int8 graph:" in log and "without the INT8 graph:" in log
     assert not (out / "selftest-check.bsimg").exists()
@@ -189,7 +189,7 @@ def test_an_int8_graph_that_fails_the_box_self_test_is_left_out(tiny_isdnet_mode
     pack(out / "model" / "model.onnx", tmp_path / "check.bsimg", progress=False)
     passed, said = box_selftest(tmp_path / "check.bsimg")
     # the fixture's INT8 graph as the box judges it decides what selftested_int8 keeps
-    assert selftested_int8(out, progress=False) == (out / "model" / "model.int8.onnx" if passed else None), said
+    assert selftested_int8(out) == (out / "model" / "model.int8.onnx" if passed else None), said
 
 
 @needs_bin
