@@ -38,6 +38,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -332,6 +333,12 @@ def box_priorities(folder: Path, files: list[Path]) -> dict[Path, str]:
     # what an operator marked first (the surest sign the model was wrong), then the rest, each in
     # journal order: whoever labels only the top rows labels those
     order = sorted(why, key=lambda i: (not any(r.startswith(("false alarm", "REVIEW acknowledged")) for r in why[i]), i))
+    # a layer the box recorded no images of cannot be labelled: said, never dropped unseen (the
+    # recorder drops a layer's images when it falls behind, and [record] max_gb prunes old ones)
+    for i in order:
+        if i not in frames:
+            layer = records[i].get("layer", "?") if i < len(records) else "?"
+            print(f"select: record {i} (layer {layer}) is {'; '.join(why[i])}, but {folder / 'images'} holds no images of it; it cannot be labelled", file=sys.stderr)
     return {frames[i]: "; ".join(why[i]) for i in order if i in frames}
 
 

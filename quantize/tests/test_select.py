@@ -110,7 +110,7 @@ def test_from_a_box_the_operators_marks_come_first_and_only_frames_are_candidate
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir())[:2] == [f"001-{records[1].name}.png", f"002-{records[5].name}.png"]
 
 
-def test_unfamiliar_layers_are_picked_first_after_what_an_operator_marked(tmp_path, monkeypatch):
+def test_unfamiliar_layers_are_picked_first_after_what_an_operator_marked(tmp_path, monkeypatch, capsys):
     import json
     import subprocess
 
@@ -126,8 +126,9 @@ def test_unfamiliar_layers_are_picked_first_after_what_an_operator_marked(tmp_pa
         for product in ("rectified.png", "raw.png", "overlay.png", "mask.png", "uncertainty.png"):
             (folder / product).write_bytes(b"")
         frames.append(folder / "rectified.png")
-    exported = "\n".join(json.dumps({"layer": i + 1, "verdict": "PASS", "domain": {"score": s, "threshold": 0.5, "familiar": s <= 0.5}}) for i, s in enumerate([0.2, 1.7, 0.4]))
-    (state / "journal" / "annotations.jsonl").write_text(json.dumps({"index": 2, "layer": 3, "action": "false-alarm", "time_ms": 1, "note": ""}) + "\n")
+    # a fourth record whose images the recorder dropped
+    exported = "\n".join(json.dumps({"layer": i + 1, "verdict": "PASS", "domain": {"score": s, "threshold": 0.5, "familiar": s <= 0.5}}) for i, s in enumerate([0.2, 1.7, 0.4, 0.3]))
+    (state / "journal" / "annotations.jsonl").write_text("".join(json.dumps({"index": i, "layer": i + 1, "action": "false-alarm", "time_ms": 1, "note": ""}) + "\n" for i in (2, 3)))
     monkeypatch.setattr(select_mod.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 0, exported, ""))
     monkeypatch.setattr("bedsight_train.pack.find_bedsight_bin", lambda: "bedsight")
     assert select_mod.find_images(state) == frames
@@ -136,3 +137,4 @@ def test_unfamiliar_layers_are_picked_first_after_what_an_operator_marked(tmp_pa
         (frames[2], "false alarm (marked by an operator)"),
         (frames[1], "unfamiliar to the model (domain score 1.70 > 0.50)"),
     ]
+    assert f"select: record 3 (layer 4) is false alarm (marked by an operator), but {state / 'images'} holds no images of it; it cannot be labelled" in capsys.readouterr().err
