@@ -1022,7 +1022,7 @@ def uncertainty_summary(layers: list[dict[str, Any]], split: str, label_classes:
         "mean_score_right": float(score[~np.array(wrong)].mean()) if not all(wrong) else None,
         "auroc_wrong": auroc(score, np.array(wrong)),
         "per_folder": per_folder,
-        "rule": "judged wrong: the label map's classes the box reports (none on PASS) differ from the label's",
+        "rule": "a layer is judged wrong when the label map's classes the box reports (none on PASS) differ from the label's",
     }
 
 
@@ -1052,7 +1052,8 @@ def domain_summary(layers: list[dict[str, Any]], split: str) -> dict[str, Any] |
 
 
 def _num(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.5f}"
+    # scores are shares of the bed's pixels, often 1e-5 and below: significant digits, not places
+    return "n/a" if value is None else f"{value:.2e}"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -1184,14 +1185,15 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             f"## Uncertainty ({report['split']} split)",
             "",
-            f"The box's per-layer uncertainty score against {unc['rule']}: {unc['wrong']} of {unc['judged']} layers judged wrong; "
+            f"The box's per-layer uncertainty score (the share of the bed's pixels the ensemble is unsure of) against the layers it judged wrong "
+            f"({unc['rule']}): {unc['wrong']} of {unc['judged']} layers judged wrong; "
             f"AUROC of the score for them {auc}; mean score {_num(unc['mean_score_wrong'])} on those, {_num(unc['mean_score_right'])} on the rest.",
             "",
             "| folder | judged | judged wrong | mean score |",
             "|---|---|---|---|",
         ]
         for folder, entry in sorted(unc["per_folder"].items()):
-            lines.append(f"| {folder} | {entry['judged']} | {entry['wrong']} | {entry['mean_score']:.5f} |")
+            lines.append(f"| {folder} | {entry['judged']} | {entry['wrong']} | {_num(entry['mean_score'])} |")
     lines += [
         "",
         "## What these figures cannot show",
