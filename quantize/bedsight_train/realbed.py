@@ -377,8 +377,9 @@ class RealLayers:
         # the planted (labelled) crops teach where it is true. Measured: relit, the clean-only
         # absence drove incompleteness to 0.02 synthetic IoU within one epoch.
         relight = (lambda image: image) if clean_only else (lambda image: lighting(rng, image))
-        # Flush with a side as often as the planted crops: the rim is where false defects sit
-        # (a uniform crop holds a given side's outermost rows one time in crop-less-bed pixels).
+        # Flush with a side as often as the planted crops: the rim is where false defects sit,
+        # and a uniform 256-px crop of a 1024-px bed holds a given side's outermost rows one
+        # time in 769.
         x = self._normalise([relight(self._crop(rng, self.train.images[i], crop, EDGE_SHARE).astype(np.float32)) for i in picks], mean, std)
         with frozen_batch_norm(model):
             absent, _ = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.weak_present[picks]).to(device), torch.from_numpy(self.weak_absent[picks]).to(device), top_k_share=None)

@@ -362,10 +362,11 @@ def train(opts: TrainOptions) -> dict:
             "mil_every": opts.mil_every,
             "weak_layers": opts.weak_layers,
             "weak_weight": opts.weak_weight,
-            "weak_classes": real.weak_classes,
             "top_k_share": realbed.TOP_K_SHARE,
             "split": "per label folder, the last 20 % of layers (or whole dates) are test, the 10 % before them validation (layers.held_out_split)",
         }
+        if opts.weak_classes is not None:  # only when given: runs made before the option resume as they were
+            run_info["real_layers"]["weak_classes"] = real.weak_classes
     if resume is not None:
         _check_same_run(out / "run.json", run_info)
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
