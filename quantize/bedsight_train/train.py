@@ -284,6 +284,9 @@ def train(opts: TrainOptions) -> dict:
         widths = {**{key: v for key, v in init["config"].items() if key not in ("in_channels", "num_classes")}, **opts.widths}
         if "input" in init:  # the weights learnt under their own input normalisation: keep it
             mean, std = float(init["input"]["mean"][0]), float(init["input"]["std"][0])
+    # seeded before the weights are drawn, so that one --seed gives one model (on one machine and
+    # thread count); seeding only the training stream left every run's starting weights random
+    torch.manual_seed(opts.seed)
     try:
         config = make_config(opts.arch, 1, k, widths)
         model = build_model(opts.arch, config.to_dict())

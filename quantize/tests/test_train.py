@@ -91,6 +91,21 @@ def test_resume_carries_on_exactly_where_the_run_stopped(tiny_data, tmp_path):
     assert resumed["epochs"][1]["miou"] == a["metrics"]["miou"]
 
 
+def test_one_seed_gives_one_model_and_another_seed_another(tiny_data, tmp_path):
+    """--seed fixes the starting weights as well as the training stream: two runs of one seed give
+    the same weights bit for bit (the site loop's stand-in model and fine-tune depend on it), and
+    another seed starts elsewhere."""
+    import torch
+
+    weights = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        train_tiny("isdnet-sr", tiny_data, tmp_path / name, epochs=1, crop=32, max_steps_per_epoch=2, seed=seed)
+        weights[name] = torch.load(tmp_path / name / "checkpoints" / "epoch-0001.pt", weights_only=False)["state_dict"]
+    for key, value in weights["a"].items():
+        assert torch.equal(value, weights["b"][key]), key
+    assert any(not torch.equal(value, weights["c"][key]) for key, value in weights["a"].items() if value.is_floating_point())
+
+
 def test_resume_refuses_another_command_and_a_run_that_is_not_there(tiny_data, tmp_path):
     from bedsight_train.common import BadInput
 
