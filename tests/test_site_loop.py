@@ -9,9 +9,9 @@ they were labelled: the clean ones PASS, the defect labelled is found.
 A small model (128 px, trained here in about a minute) stands for the shipped one so that the
 loop runs in a few minutes on two cores; the commands and the box are the real ones. Its training
 and the fine-tune are seeded (weights included), so every run on one kind of machine trains the
-same models: before train seeded its starting weights, one run in five failed on that noise. The labels
-go through the request the labelling page makes (test_labelling.py drives the page itself in
-Chromium)."""
+same models: before train seeded its starting weights, one run in five failed on that noise. The
+labels go through the request the labelling page makes (test_labelling.py drives the page itself
+in Chromium)."""
 import base64
 import csv
 import json

@@ -374,6 +374,7 @@ def train(opts: TrainOptions) -> dict:
         _check_same_run(out / "run.json", run_info)
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
 
+    # the training stream seeded anew: it does not depend on how many draws the network's widths took
     torch.manual_seed(opts.seed)
     rng = np.random.default_rng(opts.seed)
     x_train = data_mod.to_input(train_ds.images, mean, std)
