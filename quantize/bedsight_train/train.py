@@ -55,6 +55,7 @@ class TrainOptions:
     sr_weight: float = 0.1  # weight of L_MSE for ISDNet-SR
     photometric: float = 0.15  # random gain 1 +- this and offset +- this/3 (0..1 scale); 0 turns it off
     foreground_share: float = 0.0  # share of crops placed over a pixel of a class the layer holds (_augment)
+    min_scale: float = 1.0  # with a crop, half the crops are shrunk from windows up to crop / min_scale wide (_augment)
     overwrite: bool = False  # replace the checkpoints of an earlier run in the same folder
     max_steps_per_epoch: int | None = None  # for tests
     progress: bool = True
@@ -228,6 +229,10 @@ def train(opts: TrainOptions) -> dict:
         raise BadInput("--epochs must be at least 1")
     if not 0.0 <= opts.foreground_share <= 1.0:
         raise BadInput(f"--foreground-share {opts.foreground_share}: a share, from 0 to 1")
+    if not 0.0 < opts.min_scale <= 1.0:
+        raise BadInput(f"--min-scale {opts.min_scale}: a scale, above 0 and at most 1")
+    if opts.min_scale < 1.0 and opts.crop is None:
+        raise BadInput("--min-scale shrinks windows to the crop: give --crop")
     limit_threads()
     toml_path = Path(opts.data) / "dataset.toml"
     if toml_path.is_file() and read_toml(toml_path).get("test_only"):
@@ -336,6 +341,7 @@ def train(opts: TrainOptions) -> dict:
         "sr_weight": opts.sr_weight,
         "photometric": opts.photometric,
         "foreground_share": opts.foreground_share,
+        "min_scale": opts.min_scale,
         "epochs": opts.epochs,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "init": str(opts.init) if opts.init else None,
@@ -437,7 +443,7 @@ def train(opts: TrainOptions) -> dict:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{opts.epochs}", unit="batch", disable=not opts.progress)
         for step in bar:
             idx = order[step * opts.batch_size : (step + 1) * opts.batch_size]
-            xb, yb = _augment(rng, x_train[idx], y_train[idx], opts.crop, opts.photometric, mean, std, opts.foreground_share)
+            xb, yb = _augment(rng, x_train[idx], y_train[idx], opts.crop, opts.photometric, mean, std, opts.foreground_share, opts.min_scale)
             if real is not None:
                 xp, yp = real.planted_batch(rng, opts.plant_batch, opts.crop, mean, std)
                 xb, yb = np.concatenate([xb, xp]), np.concatenate([yb, yp])
@@ -536,7 +542,7 @@ def train(opts: TrainOptions) -> dict:
     return history
 
 
-def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int | None, photometric: float = 0.0, mean: float = 0.0, std: float = 1.0, foreground: float = 0.0):
+def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int | None, photometric: float = 0.0, mean: float = 0.0, std: float = 1.0, foreground: float = 0.0, min_scale: float = 1.0):
     """Random flips (they keep stripes parallel or perpendicular to the recoater as they were; no
     rotations, which would turn streaking into hopping), a random gain and offset of the grey
     levels (so that the model learns texture, not only brightness: a dark corner under uneven
@@ -546,7 +552,10 @@ def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int |
     oversampling (Isensee et al., Nature Methods 2021). A uniform 256-px crop of a 1024-px layer
     rarely holds a streak or a lattice patch; measured, those two classes were not learnt at all
     without it and reached validation IoU 0.39 and 0.78 within 300 steps with half the crops
-    placed so."""
+    placed so. With `min_scale` below 1, half the crops are taken from a window up to
+    crop / min_scale px wide (its scale drawn log-uniformly) and shrunk to the crop: multi-scale
+    training (random rescaling, as DeepLab's and PSPNet's), so that the network also sees a
+    pattern at a size where a small kernel spans its period, and the context of a whole bed."""
     x, y = x.copy(), y.copy()
     for i in range(len(x)):
         if rng.random() < 0.5:
@@ -562,17 +571,31 @@ def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int |
         h, w = x.shape[-2:]
         xs, ys = [], []
         for i in range(len(x)):
-            top, left = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+            window = crop
+            if min_scale < 1.0 and rng.random() < 0.5:
+                window = min(h, w, int(round(crop / np.exp(rng.uniform(np.log(min_scale), 0.0)))))
+            top, left = int(rng.integers(0, h - window + 1)), int(rng.integers(0, w - window + 1))
             present = [k for k in np.unique(y[i]) if k != 0] if foreground > 0 and rng.random() < foreground else []
             if present:
                 rows, cols = np.nonzero(y[i] == rng.choice(present))
                 j = int(rng.integers(len(rows)))
-                top = int(np.clip(rows[j] - rng.integers(0, crop), 0, h - crop))
-                left = int(np.clip(cols[j] - rng.integers(0, crop), 0, w - crop))
-            xs.append(x[i, :, top : top + crop, left : left + crop])
-            ys.append(y[i, top : top + crop, left : left + crop])
+                top = int(np.clip(rows[j] - rng.integers(0, window), 0, h - window))
+                left = int(np.clip(cols[j] - rng.integers(0, window), 0, w - window))
+            xi, yi = x[i, :, top : top + window, left : left + window], y[i, top : top + window, left : left + window]
+            if window != crop:
+                xi, yi = _shrink(xi, yi, crop)
+            xs.append(xi)
+            ys.append(yi)
         x, y = np.stack(xs), np.stack(ys)
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def _shrink(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A window of a layer brought down to `size` px: the image by area averaging (what a camera
+    with larger pixels would see), the mask by the nearest source pixel."""
+    image = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(x)), size).numpy()
+    pick = ((np.arange(size) + 0.5) * y.shape[-1] / size).astype(np.int64)
+    return image.astype(x.dtype), y[np.ix_(pick, pick)]
 
 
 def plot_curves(history: dict, class_names: list[str], path: Path) -> None:

@@ -160,3 +160,36 @@ def test_foreground_crops_land_on_the_classes_a_layer_holds():
     # with the share 0 the draws are those of a run before the option existed
     a, b = np.random.default_rng(5), np.random.default_rng(5)
     assert np.array_equal(_augment(a, x, y, 32)[1], _augment(b, x, y, 32, foreground=0.0)[1])
+
+
+def test_shrunk_crops_average_the_image_and_keep_the_mask_aligned():
+    """--min-scale: a window twice the crop's side is brought to the crop by averaging each 2x2
+    block (a camera with pixels twice as large) and the mask by the nearest pixel; with
+    min_scale 0.25 about half the crops are shrunk, and a 64-px crop of a 128-px layer then shows
+    at most the whole layer; with 1 the draws are those of a run before the option existed."""
+    from bedsight_train.train import _augment, _shrink
+
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
+    y = np.array([[0, 0, 3, 3], [0, 0, 3, 3], [1, 1, 0, 0], [1, 1, 0, 0]])
+    image, mask = _shrink(x, y, 2)
+    assert np.array_equal(image, [[[2.5, 4.5], [10.5, 12.5]]])  # (0 + 1 + 4 + 5) / 4 = 2.5, ...
+    assert np.array_equal(mask, [[0, 3], [1, 0]])
+
+    # a layer whose columns count 0..127 and whose mask marks the columns from 64: in every crop,
+    # shrunk or not, the mask's edge sits where the image crosses 63.5
+    layer = np.tile(np.arange(128, dtype=np.float32), (128, 1))[None, None]
+    labels = (layer[:, 0] >= 64).astype(np.int64)
+    rng = np.random.default_rng(1)
+    spans = []
+    for _ in range(200):
+        xb, yb = _augment(rng, layer, labels, 64, min_scale=0.25)
+        row, marks = xb[0, 0, 0], yb[0, 0]
+        # (flips included) a crop pixel averages at most 2 source columns (windows of up to
+        # 128 px): the marked ones average columns from 64 on, give or take that pixel
+        assert np.all(row[marks == 1] >= 63.5 - 1.0) and np.all(row[marks == 0] <= 63.5 + 1.0)
+        spans.append(abs(row[-1] - row[0]))
+    shrunk = np.mean([span > 63 for span in spans])  # a 64-px window unshrunk spans 63 columns
+    assert shrunk == pytest.approx(0.5, abs=0.08)
+    assert max(spans) <= 127
+    a, b = np.random.default_rng(5), np.random.default_rng(5)
+    assert np.array_equal(_augment(a, layer, labels, 64)[0], _augment(b, layer, labels, 64, min_scale=1.0)[0])
