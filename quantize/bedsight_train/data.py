@@ -270,3 +270,23 @@ def to_input(images_u8: np.ndarray, mean: float, std: float) -> np.ndarray:
 def class_frequencies(masks: np.ndarray, k: int) -> np.ndarray:
     counts = np.bincount(masks.ravel(), minlength=k).astype(np.float64)
     return counts / counts.sum()
+
+
+def scaled_window(rng: np.random.Generator, crop: int, min_scale: float) -> int:
+    """The side of the window a training crop is taken from: the crop itself, or with min_scale
+    below 1, one time in two crop / scale with the scale log-uniform in [min_scale, 1]
+    (multi-scale training, as DeepLab's and PSPNet's random rescaling). Draws nothing at 1."""
+    if min_scale < 1.0 and rng.random() < 0.5:
+        return int(round(crop / np.exp(rng.uniform(np.log(min_scale), 0.0))))
+    return crop
+
+
+def shrink(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A window of a layer ([..., H, W] image, [H, W] mask) brought down to `size` px: the image
+    by area averaging (what a camera with larger pixels would see), the mask by the nearest
+    source pixel."""
+    import torch
+
+    image = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None], size)[0].numpy()
+    pick = ((np.arange(size) + 0.5) * y.shape[-1] / size).astype(np.int64)
+    return image.astype(x.dtype), y[np.ix_(pick, pick)]

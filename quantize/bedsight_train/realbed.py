@@ -48,6 +48,7 @@ import torch
 from scipy import ndimage
 from torch.nn import functional as F
 
+from .data import scaled_window, shrink
 from .models import device_of
 from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION, blob, random_parts
 
@@ -350,13 +351,20 @@ class RealLayers:
     def _normalise(images: list[np.ndarray], mean: float, std: float) -> np.ndarray:
         return ((np.stack(images)[:, None] / 255.0 - mean) / std).astype(np.float32)
 
-    def planted_batch(self, rng, n: int, crop: int, mean: float, std: float) -> tuple[np.ndarray, np.ndarray]:
-        """n crops of clean real layers with planted defects, lit anew: (inputs [n,1,c,c], masks [n,c,c])."""
+    def planted_batch(self, rng, n: int, crop: int, mean: float, std: float, min_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """n crops of clean real layers with planted defects, lit anew: (inputs [n,1,c,c], masks
+        [n,c,c]). With `min_scale` below 1, as train._augment's synthetic crops: half of them
+        planted on a window up to crop / min_scale wide and shrunk to the crop, so that real
+        powder is background at every scale the synthetic patterns are shown at."""
         xs, ys = [], []
         for _ in range(n):
-            bed = self._crop(rng, self.train.images[int(rng.choice(self.clean))], crop, EDGE_SHARE)
-            image, mask = plant(rng, bed)
-            xs.append(lighting(rng, image))
+            layer = self.train.images[int(rng.choice(self.clean))]
+            window = min(*layer.shape, scaled_window(rng, crop, min_scale))
+            image, mask = plant(rng, self._crop(rng, layer, window, EDGE_SHARE))
+            image = lighting(rng, image)
+            if window != crop:
+                image, mask = shrink(image, mask, crop)
+            xs.append(image)
             ys.append(mask.astype(np.int64))
         return self._normalise(xs, mean, std), np.stack(ys)
 

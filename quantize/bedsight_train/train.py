@@ -445,7 +445,7 @@ def train(opts: TrainOptions) -> dict:
             idx = order[step * opts.batch_size : (step + 1) * opts.batch_size]
             xb, yb = _augment(rng, x_train[idx], y_train[idx], opts.crop, opts.photometric, mean, std, opts.foreground_share, opts.min_scale)
             if real is not None:
-                xp, yp = real.planted_batch(rng, opts.plant_batch, opts.crop, mean, std)
+                xp, yp = real.planted_batch(rng, opts.plant_batch, opts.crop, mean, std, opts.min_scale)
                 xb, yb = np.concatenate([xb, xp]), np.concatenate([yb, yp])
             xb_t, yb_t = torch.from_numpy(xb).to(device), torch.from_numpy(yb).to(device)
             if real is not None:
@@ -571,9 +571,7 @@ def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int |
         h, w = x.shape[-2:]
         xs, ys = [], []
         for i in range(len(x)):
-            window = crop
-            if min_scale < 1.0 and rng.random() < 0.5:
-                window = min(h, w, int(round(crop / np.exp(rng.uniform(np.log(min_scale), 0.0)))))
+            window = min(h, w, data_mod.scaled_window(rng, crop, min_scale))
             top, left = int(rng.integers(0, h - window + 1)), int(rng.integers(0, w - window + 1))
             present = [k for k in np.unique(y[i]) if k != 0] if foreground > 0 and rng.random() < foreground else []
             if present:
@@ -583,19 +581,11 @@ def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int |
                 left = int(np.clip(cols[j] - rng.integers(0, window), 0, w - window))
             xi, yi = x[i, :, top : top + window, left : left + window], y[i, top : top + window, left : left + window]
             if window != crop:
-                xi, yi = _shrink(xi, yi, crop)
+                xi, yi = data_mod.shrink(xi, yi, crop)
             xs.append(xi)
             ys.append(yi)
         x, y = np.stack(xs), np.stack(ys)
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
-
-
-def _shrink(x: np.ndarray, y: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """A window of a layer brought down to `size` px: the image by area averaging (what a camera
-    with larger pixels would see), the mask by the nearest source pixel."""
-    image = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(np.ascontiguousarray(x)), size).numpy()
-    pick = ((np.arange(size) + 0.5) * y.shape[-1] / size).astype(np.int64)
-    return image.astype(x.dtype), y[np.ix_(pick, pick)]
 
 
 def plot_curves(history: dict, class_names: list[str], path: Path) -> None:

@@ -247,3 +247,29 @@ def test_planted_crops_show_the_bed_rim_in_its_place():
     assert with_rim == pytest.approx(expected, abs=0.015)
     uniform = np.mean([(real._crop(rng, bed, 32) == 0).any() for _ in range(4000)])
     assert uniform == pytest.approx(1 / 33, abs=0.01)
+
+
+def test_planted_crops_are_shrunk_from_larger_windows_with_min_scale(monkeypatch):
+    """--min-scale 0.25: half the planted crops come from windows of up to 4 crops' side, shrunk
+    to the crop, as the synthetic crops are. On a bed whose grey level is its column number (and
+    nothing planted, no relighting) a 32-px crop taken as it is spans 31 grey levels; a shrunk
+    one spans more, at most the whole bed's 127; at min_scale 1 none is shrunk."""
+    from bedsight_train.layers import LayerSet, LabelMap
+
+    monkeypatch.setattr(realbed, "plant", lambda rng, bed: (bed.astype(np.float32), np.zeros(bed.shape, np.uint8)))
+    monkeypatch.setattr(realbed, "lighting", lambda rng, image: image)
+    label_map = LabelMap(path=None, classes=["incompleteness"], labels={"Clean": []})
+    bed = np.tile(np.arange(128, dtype=np.uint8), (128, 1))
+    train = LayerSet(None, label_map, ["Clean/0"], ["Clean"], np.array([[0]], np.float32), bed[None])
+    real = realbed.RealLayers.__new__(realbed.RealLayers)
+    real.train, real.clean = train, np.array([0])
+    rng = np.random.default_rng(2)
+    spans = []
+    for _ in range(100):
+        x, y = real.planted_batch(rng, 4, 32, 0.0, 1.0 / 255, min_scale=0.25)  # inputs = grey levels
+        assert x.shape == (4, 1, 32, 32) and y.shape == (4, 32, 32) and not y.any()
+        spans += [float(np.abs(row[0, 0, -1] - row[0, 0, 0])) for row in x]
+    shrunk = np.mean([span > 31.5 for span in spans])
+    assert shrunk == pytest.approx(0.5, abs=0.06) and max(spans) <= 127.0
+    x, _ = real.planted_batch(rng, 50, 32, 0.0, 1.0 / 255)
+    assert all(np.abs(c[0, 0, -1] - c[0, 0, 0]) == pytest.approx(31.0, abs=1e-3) for c in x)

@@ -167,11 +167,12 @@ def test_shrunk_crops_average_the_image_and_keep_the_mask_aligned():
     block (a camera with pixels twice as large) and the mask by the nearest pixel; with
     min_scale 0.25 about half the crops are shrunk, and a 64-px crop of a 128-px layer then shows
     at most the whole layer; with 1 the draws are those of a run before the option existed."""
-    from bedsight_train.train import _augment, _shrink
+    from bedsight_train.data import shrink
+    from bedsight_train.train import _augment
 
     x = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
     y = np.array([[0, 0, 3, 3], [0, 0, 3, 3], [1, 1, 0, 0], [1, 1, 0, 0]])
-    image, mask = _shrink(x, y, 2)
+    image, mask = shrink(x, y, 2)
     assert np.array_equal(image, [[[2.5, 4.5], [10.5, 12.5]]])  # (0 + 1 + 4 + 5) / 4 = 2.5, ...
     assert np.array_equal(mask, [[0, 3], [1, 0]])
 
