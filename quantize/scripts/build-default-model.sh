@@ -140,7 +140,8 @@ bt pack --model "$work/model/model.onnx" -o "$work/model.bsimg"
     --label-map "$label_map" --labels "$repo/quantize/real-eval/labels.json" --split test --out "$work/eval-real"
 
 mkdir -p "$assets"
-# checks the model on the sample build; replaces assets/default-model and assets/sample-build only if it passes
+# checks the model on the sample build and on the clean held-out real layers (the real-bed gate);
+# replaces assets/default-model and assets/sample-build only if both pass
 "$py" -m bedsight_train.default_model --work "$work" --assets "$assets" --command "quantize/scripts/build-default-model.sh"
 cp "$work/model.bsimg" "$assets/default.bsimg"
 "$py" "$repo/quantize/scripts/make-real-sample-build.py" "$real_layers" "$assets/sample-build-real"
