@@ -115,3 +115,17 @@ def test_weak_class_the_model_does_not_have(tiny_data, tmp_path):
     assert result.returncode == 2
     assert "--weak-classes spatter: not a defect class" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--crop", 32, "--min-scale", 0), "--min-scale 0.0: a scale, above 0 and at most 1"),
+        (("--crop", 32, "--min-scale", 1.5), "--min-scale 1.5: a scale, above 0 and at most 1"),
+        (("--min-scale", 0.5), "--min-scale shrinks windows to the crop: give --crop"),
+    ],
+)
+def test_a_min_scale_out_of_range_or_without_a_crop_is_refused(tiny_data, tmp_path, args, message):
+    result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", tmp_path / "run", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written
