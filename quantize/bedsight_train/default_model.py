@@ -59,7 +59,9 @@ def check_clean_real(real_eval: dict[str, Any] | None) -> dict[str, Any]:
     share = clean["mean_flagged_share"]
     if clean["not_pass"]:
         why = f"{clean['not_pass']} of {clean['layers']} clean real layers not PASS"
-    elif share is None or share >= MAX_CLEAN_REAL_FLAGGED:
+    elif share is None:
+        why = "no clean real layer has a mask to measure its flagged share"
+    elif share >= MAX_CLEAN_REAL_FLAGGED:
         why = f"clean real layers {share * 100:.2f} % flagged on average (at most {MAX_CLEAN_REAL_FLAGGED * 100:.0f} %)"
     else:
         return {"ok": True, "why": f"{clean['layers']} of {clean['layers']} clean real layers PASS, {share * 100:.2f} % flagged on average"}
@@ -240,11 +242,11 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
     if alt.exists():
         metrics["alt_generator_fp32"] = {k: json.loads(alt.read_text())[k] for k in ("cpa", "iou", "mpa", "miou")}
     real = work / "eval-real" / "real-eval.json"
-    real_gate = check_clean_real(json.loads(real.read_text()) if real.exists() else None)
+    report = json.loads(real.read_text()) if real.exists() else None
+    real_gate = check_clean_real(report)
     print(f"real beds: {real_gate['why']}  {'ok' if real_gate['ok'] else 'CHECK FAILED'}")
     metrics["real_gate"] = real_gate
-    if real.exists():
-        report = json.loads(real.read_text())
+    if report is not None:
         metrics["real_eval"] = {k: report[k] for k in ("split", "overall", "per_folder", "clean", "classification", "hand_labelled")}
         shutil.copyfile(work / "eval-real" / "real-eval.md", out / "real-eval.md")
         _overlay_mosaic(work / "eval-real" / "overlays", plots / "real-overlays.png")
@@ -321,7 +323,7 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         )
     if m.get("min_scale", 1.0) < 1.0:
         lines.append(
-            f"Multi-scale crops: half the synthetic crops are windows of up to 1/{m['min_scale']:g} of the bed's side shrunk to the crop "
+            f"Multi-scale crops: half the synthetic crops and half the planted real ones are windows of up to 1/{m['min_scale']:g} of the bed's side shrunk to the crop "
             "(`train --min-scale`), so the network also sees each pattern at the scale of its first stage, whole layers at 256x256 "
             "(quantize/README.md, \"Real beds\")."
         )

@@ -30,3 +30,5 @@ def test_no_real_evaluation_or_no_clean_layer_closes_the_gate():
     assert check_clean_real(None)["ok"] is False
     assert "not judged on real beds" in check_clean_real(None)["why"]
     assert check_clean_real(clean_figures(0, 0, None)) == {"ok": False, "why": "the real-layer evaluation holds no clean layer"}
+    # clean layers judged PASS but none with a mask: nothing says how much of them is flagged
+    assert check_clean_real(clean_figures(2, 0, None)) == {"ok": False, "why": "no clean real layer has a mask to measure its flagged share"}
