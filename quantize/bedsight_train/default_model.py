@@ -323,7 +323,7 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         )
     if m.get("min_scale", 1.0) < 1.0:
         lines.append(
-            f"Multi-scale crops: half the synthetic crops and half the planted real ones are windows of up to 1/{m['min_scale']:g} of the bed's side shrunk to the crop "
+            f"Multi-scale crops: half the synthetic crops and half the planted real ones are windows of up to {1 / m['min_scale']:g} times the crop's side shrunk to the crop "
             "(`train --min-scale`), so the network also sees each pattern at the scale of its first stage, whole layers at 256x256 "
             "(quantize/README.md, \"Real beds\")."
         )
