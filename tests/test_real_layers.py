@@ -51,11 +51,11 @@ def test_analyze_on_real_layers_carries_the_layer_class_and_its_confidence():
 
 
 def test_a_layer_the_classifier_calls_defective_with_nothing_segmented_is_review(tmp_path, ledger):
-    """Segmentation told to measure nothing (every component below min_defect_area_px): the real
+    """Segmentation told to measure nothing (every component below min_defect_area_mm2): the real
     layers, which the head calls defective, are REVIEW with the classifier's reason; a clean
     synthetic layer, which the head calls clean, stays PASS."""
-    config = (ASSETS / "bedsight.toml").read_text().replace("min_defect_area_px = 6 ", "min_defect_area_px = 1000000 ")
-    assert "min_defect_area_px = 1000000" in config
+    config = (ASSETS / "bedsight.toml").read_text().replace("min_defect_area_mm2 = 5.0 ", "min_defect_area_mm2 = 1000000.0 ")
+    assert "min_defect_area_mm2 = 1000000.0" in config
     (tmp_path / "blind.toml").write_text(config)
     clean = next(f for f, planted in sorted(ledger.items()) if not planted)
     layers = real_layers()
@@ -79,7 +79,8 @@ def test_the_review_threshold_is_the_configurations(tmp_path):
     """Nothing segmented (as above) and review_threshold = 1.0: a layer the head called defective
     at 0.5 is now PASS unless its probability is exactly 1; the class and confidence are still
     shown. An out-of-range threshold is refused by name."""
-    blind = (ASSETS / "bedsight.toml").read_text().replace("min_defect_area_px = 6 ", "min_defect_area_px = 1000000 ")
+    blind = (ASSETS / "bedsight.toml").read_text().replace("min_defect_area_mm2 = 5.0 ", "min_defect_area_mm2 = 1000000.0 ")
+    assert "min_defect_area_mm2 = 1000000.0" in blind
     (tmp_path / "blind.toml").write_text(blind)
     (tmp_path / "strict.toml").write_text(blind.replace("review_threshold = 0.5", "review_threshold = 1.0"))
     layers = real_layers()

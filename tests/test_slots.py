@@ -293,7 +293,9 @@ def test_a_graph_whose_verdict_differs_is_refused(box, tmp_path, kit, fault_case
         else f'\n[rules.{name}]\nmax_total_area_mm2 = 1000000.0\nverdict = "RECOAT"\n'
         for i, name in defects.items())
     config = tmp_path / "box.toml"
-    config.write_text(f"[bed]\nwidth_mm = 250\nheight_mm = 250\n\n[model]\nmin_defect_area_px = {min_area}\n{rules}")
+    # exactly min_area pixels' area of the self-test mask (250 mm / 256 px is exact in binary)
+    area_mm2 = min_area * (250 / mask.shape[1]) * (250 / mask.shape[0])
+    config.write_text(f"[bed]\nwidth_mm = 250\nheight_mm = 250\n\n[model]\nmin_defect_area_mm2 = {area_mm2}\n{rules}")
     broken = pack(tmp_path / "planted.bsimg", "2.0.0", kit["alice_key"], expected_mask=tmp_path / "planted.png")
     before = box_state(box)
     result = install(box, broken, "--config", config)

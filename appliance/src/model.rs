@@ -319,7 +319,7 @@ impl LoadedModel {
             fused,
             &self.spec.classes,
             mm_per_px,
-            config.model.min_defect_area_px,
+            config.model.min_defect_area_px(mm_per_px),
             &mut buffers,
             &mut defects,
         );

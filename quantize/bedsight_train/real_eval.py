@@ -17,8 +17,9 @@ What it measures (OUT/real-eval.json, and the same for a person in OUT/real-eval
   of the layer's folder, and their macro mean (FAULT layers were not judged and are left out);
 - on the hand-labelled layers (labels.json, polygons drawn on the original photographs): the
   share of flagged pixels inside the labelled regions of any class, and inside a region of the
-  same class; per region, whether at least N flagged pixels (N = the configuration's
-  [model] min_defect_area_px, 6 by default) fall inside it, of any defect class and of its own;
+  same class; per region, whether at least N flagged pixels (N = the configuration's [model]
+  min_defect_area_mm2 in pixels of the model's mask) fall inside it, of any defect class and of
+  its own;
   the flagged share of the hand-labelled clean layers;
 - one overlay PNG per hand-labelled layer in OUT/overlays/ (the turned photograph, the box's
   flagged pixels tinted in their class colour, the labelled polygons outlined).
@@ -29,7 +30,7 @@ split they are in (each layer record says which).
 Why through the binary: the box's figure is what matters, and the box is not the Python model.
 It resizes the frame itself, runs the graph the box runs (`[model] precision = "auto"`: fp32 on
 these CPUs, INT8 on TensorRT), fuses the members, refines, drops
-components below min_defect_area_px, applies the configured rules, the uncertainty gate and the
+components below min_defect_area_mm2, applies the configured rules, the uncertainty gate and the
 layer-head call. A figure computed by Python inference would miss any of those, and any drift
 between the two implementations. So the photographs are written out as the camera would deliver
 a rectified bed (grey, turned so the recoater travels left to right) and judged by
@@ -97,7 +98,7 @@ BATCH = 50
 # The box refuses a frame whose aspect differs from the bed's by more than this
 # (appliance/src/judge/pipeline.rs, check_frame).
 ASPECT_TOLERANCE = 0.02
-DEFAULT_MIN_AREA_PX = 6  # the box's default (appliance/src/config/model.rs)
+DEFAULT_MIN_AREA_MM2 = 5.0  # the box's default (appliance/src/config/model.rs)
 LABELS_FORMAT = "bedsight-real-eval 1"
 OVERLAY_WIDTH = 512
 # The overlays stretch the grey levels of at least this range to 0..255.
@@ -107,6 +108,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 # ---------------------------------------------------------------------------------------------
 # Pure geometry and metric functions (numpy in, numbers out): what the tests check by hand.
+
+
+def min_area_px(area_mm2: float, bed_mm: tuple[float, float], mask_size: tuple[int, int]) -> int:
+    """The box's smallest component in mask pixels (ModelConfig::min_defect_area_px in
+    appliance/src/config/model.rs): the least whole number of pixels covering `area_mm2` of
+    the bed."""
+    pixel_mm2 = (bed_mm[0] / mask_size[0]) * (bed_mm[1] / mask_size[1])
+    return max(0, math.ceil(area_mm2 / pixel_mm2 - 1e-9))
 
 
 def turn_points(points: Sequence[Sequence[float]], width: int, height: int, quarter_turns: int) -> np.ndarray:
@@ -589,9 +598,9 @@ def evaluate_real(
     mask_size = (int(manifest["input"]["width"]), int(manifest["input"]["height"]))
     config_text_path = Path(config) if config is not None else default_config_path()
     config_doc = read_toml(config_text_path) if config_text_path is not None else {}
-    min_area = int(config_doc.get("model", {}).get("min_defect_area_px", DEFAULT_MIN_AREA_PX))
     bed = config_doc.get("bed", {"width_mm": 250.0, "height_mm": 250.0})
     bed_mm = (float(bed.get("width_mm", 250.0)), float(bed.get("height_mm", 250.0)))
+    min_area = min_area_px(float(config_doc.get("model", {}).get("min_defect_area_mm2", DEFAULT_MIN_AREA_MM2)), bed_mm, mask_size)
     notes: list[str] = []
     if bed.get("corners_px") is not None:
         notes.append("the configuration sets bed.corners_px: the box rectifies every photograph with those corners, which belong to another camera")

@@ -21,7 +21,7 @@ def test_one_clean_real_layer_stopped_closes_the_gate():
 
 
 def test_clean_real_layers_that_pass_but_are_flagged_one_percent_close_the_gate():
-    # PASS because every flagged component is below min_defect_area_px, yet 1 % of the bed painted
+    # PASS because every flagged component is below min_defect_area_mm2, yet 1 % of the bed painted
     assert check_clean_real(clean_figures(4, 0, 0.01)) == {"ok": False, "why": "clean real layers 1.00 % flagged on average (at most 1 %)"}
 
 

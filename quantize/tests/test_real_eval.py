@@ -18,6 +18,7 @@ from bedsight_train.real_eval import (
     config_with_bed_aspect,
     flagged_share,
     inside_counts,
+    min_area_px,
     rasterise_polygon,
     region_detection,
     scale_points,
@@ -112,6 +113,15 @@ def test_inside_shares_by_hand():
     assert c["inside_same"] / c["flagged"] == pytest.approx(0.4)
     assert c["per_class"]["streaking"] == {"flagged": 12, "inside_any": 8, "inside_same": 8}
     assert c["per_class"]["incompleteness"] == {"flagged": 8, "inside_any": 8, "inside_same": 0}
+
+
+def test_min_area_is_the_boxs_pixel_count_for_an_area_of_bed():
+    # 250 mm over 256 px: 0.954 mm² a pixel, 5 mm² is 5.24 px; over 1024 px, 83.9 px
+    assert min_area_px(5.0, (250.0, 250.0), (256, 256)) == 6
+    assert min_area_px(5.0, (250.0, 250.0), (1024, 1024)) == 84
+    # exactly four pixels' area is four pixels
+    assert min_area_px(1.0, (1.0, 1.0), (2, 2)) == 4
+    assert min_area_px(0.0, (250.0, 250.0), (256, 256)) == 0
 
 
 def test_region_recall_by_hand():

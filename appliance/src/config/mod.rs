@@ -446,6 +446,8 @@ mod tests {
                 "rules.streaking.verdict",
             ),
             ("[model]\nbackend = \"gpu\"\n", "model.backend"),
+            ("[model]\nmin_defect_area_mm2 = -1\n", "model.min_defect_area_mm2"),
+            ("[model]\nmin_defect_area_mm2 = nan\n", "model.min_defect_area_mm2"),
         ];
         for (extra, key) in cases {
             let message = format!(
@@ -611,6 +613,29 @@ mod tests {
         assert!(config.rules.contains_key("super-elevation") && config.rules.contains_key("streaking"));
         assert!(config.defaulted_tables.contains(&"rules") && !config.defaulted_tables.contains(&"bed"));
         assert!(embedded.defaulted_tables.contains(&"camera") && !embedded.defaulted_tables.contains(&"rules"));
+    }
+
+    #[test]
+    fn the_smallest_defect_is_an_area_of_bed_whatever_the_models_resolution() {
+        let model = Config::embedded().model;
+        // 250 mm over 256 px: 0.954 mm² a pixel, so 5 mm² is 5.24 px: components from 6 px
+        assert_eq!(model.min_defect_area_px(250.0 / 256.0), 6);
+        // over 1024 px: 0.0596 mm² a pixel, 5 mm² is 83.9 px
+        assert_eq!(model.min_defect_area_px(250.0 / 1024.0), 84);
+        // exactly four pixels' area is four pixels
+        let config = Config::parse(&format!("{BED}[model]\nmin_defect_area_mm2 = 1.0\n"), "t.toml").unwrap();
+        assert_eq!(config.model.min_defect_area_px(0.5), 4);
+        // the pixel count it replaced is refused by name, and the error names the key to use
+        let message = format!(
+            "{:#}",
+            Config::parse(&format!("{BED}[model]\nmin_defect_area_px = 6\n"), "t.toml").unwrap_err()
+        );
+        assert!(
+            message.contains("t.toml")
+                && message.contains("min_defect_area_px")
+                && message.contains("min_defect_area_mm2"),
+            "{message}"
+        );
     }
 
     #[test]

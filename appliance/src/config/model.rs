@@ -21,9 +21,11 @@ pub struct ModelConfig {
     /// is slower: docs/performance.md), `int8` or `fp32`.
     #[serde(default = "default_precision")]
     pub precision: String,
-    /// Components smaller than this are noise, not defects.
-    #[serde(default = "default_min_defect_area_px")]
-    pub min_defect_area_px: u32,
+    /// Components smaller than this many square millimetres of bed are noise, not defects. In
+    /// mm², not pixels: a pixel count changes meaning with the installed model's resolution
+    /// (6 px is 5.7 mm² at 256x256 on a 250 mm bed, 0.36 mm² at 1024x1024).
+    #[serde(default = "default_min_defect_area_mm2")]
+    pub min_defect_area_mm2: f64,
 }
 
 impl Default for ModelConfig {
@@ -32,7 +34,7 @@ impl Default for ModelConfig {
             image: None,
             backend: default_backend(),
             precision: default_precision(),
-            min_defect_area_px: default_min_defect_area_px(),
+            min_defect_area_mm2: default_min_defect_area_mm2(),
         }
     }
 }
@@ -45,15 +47,27 @@ fn default_precision() -> String {
     "auto".into()
 }
 
-fn default_min_defect_area_px() -> u32 {
-    6
+fn default_min_defect_area_mm2() -> f64 {
+    5.0
 }
 
 impl ModelConfig {
     pub(super) fn check(&self) -> Result<()> {
         parse_backend(&self.backend).context("model.backend")?;
         parse_precision(&self.precision).context("model.precision")?;
+        let area = self.min_defect_area_mm2;
+        if !(area.is_finite() && area >= 0.0) {
+            bail!("model.min_defect_area_mm2 must be a number >= 0, got {area}");
+        }
         Ok(())
+    }
+
+    /// The smallest component, in pixels of a mask whose pixel is `mm_per_px` wide, that is at
+    /// least `min_defect_area_mm2`.
+    pub fn min_defect_area_px(&self, mm_per_px: f64) -> u32 {
+        let pixels = self.min_defect_area_mm2 / (mm_per_px * mm_per_px);
+        // a limit of exactly k pixels' area is k pixels, not k + 1 from rounding
+        (pixels - 1e-9).ceil().clamp(0.0, u32::MAX as f64) as u32
     }
 
     pub fn backend_choice(&self) -> models::BackendChoice {

@@ -283,7 +283,7 @@ impl Pipeline {
             &self.fused,
             &self.model.spec.classes,
             self.bed_mm_per_px,
-            self.config.model.min_defect_area_px,
+            self.config.model.min_defect_area_px(self.bed_mm_per_px),
             &mut self.measure_buffers,
             &mut self.measured,
         );
