@@ -34,13 +34,6 @@ CONFIG = """
 width_mm = 250.0
 height_mm = 250.0
 
-[model]
-backend = "auto"
-min_defect_area_px = 60        # the default model's thin part-edge speckle is not a defect
-
-[uncertainty_gate]
-max_share = 1.0                # the layer's own uncertainty does not decide here
-
 [rules.super-elevation]
 max_largest_area_mm2 = {se_limit}
 verdict = "{se_verdict}"
