@@ -26,7 +26,8 @@ backgrounds under the pixel losses, beside the synthetic layers (`train --real-l
 2. Synthetic defects on real beds (`plant`). The generator's kinds of defect, drawn onto real
    clean layers with their masks, so that the pixel losses see real powder texture, real lighting
    and the real camera: streaks along the recoater's travel (left to right on the bed), dragged
-   to the end of the travel; incompleteness as an uncovered region behind a ragged spreading front;
+   to the end of the travel; incompleteness as an uncovered region behind a ragged spreading front,
+   or as a short feed's wedge along a side, cracked into thin dark fissures;
    super-elevation as specular glare on the edge of a part; hopping as bands across the travel.
    Clean parts (brighter, smoother melted metal) are drawn under half of them as background, as
    the generator draws them: a part's edge is not a defect. Planted on clean layers only: on a defective layer the unlabelled pixels may hold a
@@ -193,6 +194,39 @@ def _plant_incompleteness(rng, image, mask, local):
     mask[soft > 0.5] = INCOMPLETENESS
 
 
+def _plant_short_feed(rng, image, mask, local):
+    """Too little powder at the side of the bed towards the end of the travel (PBLM's uneven
+    layers, training split: a wedge along one side, ending at the far edge): the blade leaves a
+    layer too thin to hold, which cracks, and the layer below shows through a network of thin
+    dark fissures; the region as a whole is only a little darker. The fissures are the zero set
+    of smoothed noise (meandering, joined lines), fading out away from the side."""
+    h, w = image.shape
+    x0 = rng.uniform(0.2, 0.8) * w
+    depth = rng.uniform(0.08, 0.3) * h
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    # the wedge deepens from where the powder started to run short to the end of the travel
+    reach = depth * np.clip((xx - x0) / max(1.0, w - x0), 0, 1) ** 0.5 + _smooth_walk(rng, w, rng.uniform(2, 6), 8.0)[None, :]
+    from_side = yy if rng.random() < 0.5 else (h - 1) - yy
+    region = (from_side < reach) & (xx >= x0)
+    if region.sum() < 50:
+        return
+    soft = ndimage.gaussian_filter(region.astype(np.float32), 2.0)
+    # smoothed unequally along the two axes, so the cracks run jagged and mostly one way
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), (rng.uniform(2, 5), rng.uniform(2, 5)))
+    fissure = np.exp(-((noise / (noise.std() * rng.uniform(0.04, 0.08))) ** 2))
+    # fissures are densest at the side and fade towards the region's inner edge
+    fade = np.clip(1.2 - from_side / np.maximum(reach, 1.0), 0, 1)
+    image -= soft * local * (rng.uniform(0.05, 0.12) + rng.uniform(0.15, 0.35) * fissure * fade)
+    mask[soft > 0.5] = INCOMPLETENESS
+
+
+def _plant_uncovered(rng, image, mask, local):
+    """Incompleteness, one of its two looks on PBLM's beds: an uncovered region behind a
+    spreading front, or a short feed's cracked wedge along a side."""
+    (_plant_incompleteness if rng.random() < 0.5 else _plant_short_feed)(rng, image, mask, local)
+
+
 # A planted part's size is the generator's on a 1024-px bed (synth.random_parts), whatever the crop.
 PART_BED_PX = 1024
 
@@ -262,7 +296,7 @@ def _plant_hopping(rng, image, mask, local):
 # Super-elevation is planted on a part's edge (_plant_super_elevation), the others anywhere.
 PLANTERS = {
     STREAKING: _plant_streak,
-    INCOMPLETENESS: _plant_incompleteness,
+    INCOMPLETENESS: _plant_uncovered,
     SUPER_ELEVATION: None,
     HOPPING: _plant_hopping,
 }

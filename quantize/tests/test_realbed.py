@@ -107,6 +107,26 @@ def test_a_streak_runs_along_the_recoater_travel_to_the_far_edge():
     assert streak.sum(axis=1).max() > 100
 
 
+def test_a_short_feed_is_a_cracked_wedge_along_a_side_to_the_end_of_the_travel():
+    bed = _bed()
+    local = np.full(bed.shape, 120.0, np.float32)
+    for seed in range(4):
+        image, mask = bed.astype(np.float32), np.zeros(bed.shape, np.uint8)
+        realbed._plant_short_feed(np.random.default_rng(seed), image, mask, local)
+        wedge = mask == INCOMPLETENESS
+        assert wedge.sum() > 200
+        # on the top or the bottom side (along the travel), and reaching the end of the travel
+        assert wedge[0].any() or wedge[-1].any()
+        assert wedge[:, -1].any() and not wedge[:, 0].any()
+        darker = bed.astype(np.float32) - image
+        # a little darker as a whole (5-12 % of 120 and the fissures), and cracked: a few
+        # pixels far darker than the rest of the wedge
+        assert 6 < darker[wedge].mean() < 40
+        assert 0.01 < (darker[wedge] > 0.2 * 120).mean() < 0.5
+        # the change stays in the wedge: under half a grey level a few pixels beyond its edge
+        assert np.abs(darker[~ndimage.binary_dilation(wedge, iterations=6)]).max() < 0.5
+
+
 def test_lighting_changes_brightness_not_the_size_and_stays_in_range():
     bed = _bed().astype(np.float32)
     for seed in range(5):
