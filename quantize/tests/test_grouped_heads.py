@@ -65,3 +65,35 @@ def test_the_export_runs_the_members_as_one_branch(tmp_path):
     assert groups[-1] == 5
     ops = {n.op_type for n in onnx.load(str(grouped_path)).graph.node}
     assert not ops & {"Dropout", "Shape", "NonZero", "Loop", "If"}
+
+
+def test_the_export_check_scales_with_the_logits_and_still_catches_a_wrong_grouping(monkeypatch):
+    """A trained model's logits reach tens, where float32 summed in another order differs by
+    about 1e-5 alone: the check is relative to the largest logit. Logits made 1e4 times larger
+    pass it; a grouping that swaps two members does not."""
+    from bedsight_train.export import ExportMismatch, group_heads_checked
+
+    ensemble = _ensemble("isdnet-sr", members=3, seed=5)
+    for head in ensemble.heads:
+        # the convolution that gives the 6 classes' logits (the SR module's reconstruction is another)
+        last = [m for m in head.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 6][-1]
+        last.weight.data *= 1e4
+        if last.bias is not None:
+            last.bias.data *= 1e4
+    x = np.random.default_rng(3).normal(size=(1, 1, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        largest = float(ensemble.members(ensemble.trunk(torch.from_numpy(x))).abs().max())
+    assert largest > 1e3
+    assert group_heads_checked(ensemble, x) <= 1e-5
+
+    swapped = _ensemble("isdnet-sr", members=3, seed=5)
+    group = swapped.group_heads
+
+    def group_then_swap():
+        group()
+        members = swapped.members
+        swapped.members = lambda features: members(features)[:, [1, 0, 2]]
+
+    monkeypatch.setattr(swapped, "group_heads", group_then_swap)
+    with pytest.raises(ExportMismatch, match="the grouping is wrong"):
+        group_heads_checked(swapped, x)
