@@ -113,6 +113,8 @@ pub struct Pipeline {
     pub bed_image: GrayImage,
     /// Millimetres per pixel of `bed_image`.
     pub bed_mm_per_px: f64,
+    /// `[model] min_defect_area_mm2` in pixels of the mask, set once with the pixel pitch.
+    min_defect_area_px: u32,
 }
 
 impl Pipeline {
@@ -186,6 +188,7 @@ impl Pipeline {
             measured: Vec::with_capacity(RESERVED_DEFECTS),
             bed_image: GrayImage::new(input.width, input.height),
             bed_mm_per_px,
+            min_defect_area_px: config.model.min_defect_area_px(bed_mm_per_px),
             config,
             model,
         })
@@ -283,7 +286,7 @@ impl Pipeline {
             &self.fused,
             &self.model.spec.classes,
             self.bed_mm_per_px,
-            self.config.model.min_defect_area_px(self.bed_mm_per_px),
+            self.min_defect_area_px,
             &mut self.measure_buffers,
             &mut self.measured,
         );
