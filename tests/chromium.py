@@ -3,7 +3,9 @@ DevTools protocol: open a page, evaluate JavaScript in it, wait for what a perso
 take a screenshot."""
 import base64
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -57,6 +59,9 @@ class Chromium:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # its own process group: close() ends the renderers and the network service too, so no
+            # page of this test goes on polling a later test's appliance on a reused port
+            start_new_session=True,
         )
         self.next_id = 0
         deadline = time.monotonic() + 60
@@ -128,4 +133,8 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         shutil.rmtree(self.profile, ignore_errors=True)

@@ -5,6 +5,7 @@ import html.parser
 import json
 import re
 import shutil
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -221,6 +222,57 @@ def test_controls_need_the_token_and_bad_requests_change_nothing(tmp_path, line_
         assert [(a["index"], a["action"]) for a in state["annotations"]] == [(flagged, "false-alarm")]
         assert appliance.stop() == 0
     finally:
+        appliance.kill()
+
+
+def test_clients_that_stall_hold_nothing_but_themselves(tmp_path, line_port):
+    """A control whose body never comes (a phone that lost its Wi-Fi mid-request) must not
+    freeze the page or /healthz, which a monitoring system polls; past 16 such requests at once
+    the server says it is busy instead of queueing, and when they give up nothing is recorded."""
+    appliance, url = start(tmp_path, line_port)
+    stalled = []
+    try:
+        verdicts = [layer(line_port, n) for n in (1, 2, 3)]
+        wait_for_records(url, 3)
+        flagged = next(i for i, v in enumerate(verdicts) if v != "PASS")
+        host, port = url.removeprefix("http://").split(":")
+        # the head of a false-alarm with the right token, and 2 of the 2000 body bytes it announces
+        # (over 1024 bytes, so the body is read by the request's handler, not ahead of it)
+        head = (
+            f"POST /api/records/{flagged}/false-alarm HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n{\""
+        ).encode()
+
+        def stall():
+            client = socket.create_connection((host, int(port)))
+            client.sendall(head)
+            stalled.append(client)
+
+        stall()
+        time.sleep(0.5)
+        started = time.monotonic()
+        assert get(url + "/healthz") == (200, "ok: camera, model and PLC link are up\n")
+        assert len(json.loads(get(url + "/api/state")[1])["records"]) == 3
+        assert time.monotonic() - started < 5
+
+        for _ in range(15):
+            stall()
+        time.sleep(0.5)
+        status, text = get(url + "/healthz")
+        assert (status, text) == (503, "the dashboard is busy: 16 requests are being handled; try again\n")
+
+        for client in stalled:
+            client.close()
+        stalled.clear()
+        wait_until(lambda: get(url + "/healthz")[0] == 200, "/healthz answering again after the clients gave up", timeout=10)
+        assert not (tmp_path / "journal" / "annotations.jsonl").exists(), "a control that never arrived must record nothing"
+        # the control itself still works, whole
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        assert get(f"{url}/api/records/{flagged}/false-alarm", "POST", bearer, b'{"note": "spatter"}')[0] == 200
+        assert appliance.stop() == 0
+    finally:
+        for client in stalled:
+            client.close()
         appliance.kill()
 
 

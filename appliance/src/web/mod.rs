@@ -1,7 +1,8 @@
 //! The operator's web page of `bedsight run`, with `/metrics` and `/healthz`: a small
-//! synchronous HTTP server (tiny_http) over the shared `Board`. Read-only routes need nothing;
-//! routes that change anything need the configured token. Every request is checked: a bad path,
-//! record number, method or token is one 4xx with the reason, and nothing changes.
+//! synchronous HTTP server (tiny_http, a thread per request) over the shared `Board`. Read-only
+//! routes need nothing; routes that change anything need the configured token. Every request
+//! is checked: a bad path, record number, method or token is one 4xx with the reason, and
+//! nothing changes.
 //!
 //! Routes (docs/dashboard.md): `GET /`, `/api/state`, `/api/records/<i>`,
 //! `/images/<i>/<kind>.png`, `/chart.svg`, `/stacked.svg`, `/map.svg`, `/tracks.html`,
@@ -23,7 +24,7 @@ pub mod metrics;
 pub mod report;
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +41,23 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 /// The largest request body read (a note on an annotation).
 const MAX_BODY: u64 = 4096;
 
-/// Starts the server on `address`; returns the bound address (port 0 gets a free one).
+/// Requests handled at once. Each has its own thread, so a client that stalls (a POST whose
+/// body never comes, a browser that stopped reading its response) holds that thread and nothing
+/// else: /healthz and the page go on. Past this many the server answers 503 at once.
+const MAX_IN_FLIGHT: usize = 16;
+
+/// One request being handled; the count goes down when its thread ends, however it ends.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Starts the server on `address`; returns the bound address (port 0 gets a free one) and the
+/// thread that takes requests, which ends when `stop` is set. Requests still being handled
+/// then are not waited for (a stalled client would hold the shutdown).
 pub fn spawn(
     address: &str,
     token: Option<String>,
@@ -56,9 +73,35 @@ pub fn spawn(
         .name("dashboard".into())
         .spawn(move || {
             let token = token.map(Arc::new);
+            let in_flight = Arc::new(AtomicUsize::new(0));
             while !stop.load(Ordering::Relaxed) {
                 match server.recv_timeout(Duration::from_millis(200)) {
-                    Ok(Some(request)) => handle(request, &board, token.as_deref().map(String::as_str), &stop),
+                    Ok(Some(request)) => {
+                        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
+                            in_flight.fetch_sub(1, Ordering::AcqRel);
+                            text(
+                                request,
+                                503,
+                                &format!(
+                                    "the dashboard is busy: {MAX_IN_FLIGHT} requests are being handled; try again"
+                                ),
+                            );
+                            continue;
+                        }
+                        let guard = InFlight(in_flight.clone());
+                        let (board, stop, token) = (board.clone(), stop.clone(), token.clone());
+                        let spawned = std::thread::Builder::new()
+                            .name("dashboard-request".into())
+                            .spawn(move || {
+                                let _guard = guard;
+                                handle(request, &board, token.as_deref().map(String::as_str), &stop);
+                            });
+                        // On failure the closure, request and guard are dropped: tiny_http
+                        // answers 500 and the count goes down.
+                        if let Err(error) = spawned {
+                            tracing::error!("dashboard: cannot start a request's thread: {error}");
+                        }
+                    }
                     Ok(None) => {}
                     Err(error) => tracing::error!("dashboard: {error}"),
                 }
