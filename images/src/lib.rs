@@ -35,8 +35,8 @@ pub use archive::{
 pub use error::ImageError;
 pub use keys::{keygen, load_signing_key, load_trusted_key, load_trusted_keys, TrustedKey};
 pub use manifest::{
-    ClassEntry, DomainTable, EnsembleTable, GraphsTable, InputTable, LayerHeadTable, Manifest, FORMAT_MAJOR,
-    FORMAT_MINOR, FORMAT_VERSION,
+    ClassEntry, DomainGroup, DomainTable, EnsembleTable, GraphsTable, InputTable, LayerHeadTable, Manifest,
+    FORMAT_MAJOR, FORMAT_MINOR, FORMAT_VERSION,
 };
 pub use slots::{
     active_generation, ActiveGeneration, InstallReport, SelfTestOutcome, Slot, SlotStatus, SlotView, Slots,

@@ -16,10 +16,10 @@ use crate::ImageError;
 /// version is refused.
 pub const FORMAT_MAJOR: u32 = 1;
 /// The minor format version this build writes. A higher minor version of the same major is read.
-pub const FORMAT_MINOR: u32 = 3;
+pub const FORMAT_MINOR: u32 = 4;
 /// The `format_version` string this build writes. 1.1 added the optional `[layer_head]`, 1.2 the
-/// optional `[domain]`, 1.3 the optional `training/ensemble.pt` entry.
-pub const FORMAT_VERSION: &str = "1.3";
+/// optional `[domain]`, 1.3 the optional `training/ensemble.pt` entry, 1.4 `[[domain.groups]]`.
+pub const FORMAT_VERSION: &str = "1.4";
 
 /// Input sizes the manifest may declare, in pixels, for width and height alike.
 const INPUT_SIDE_PX: std::ops::RangeInclusive<u32> = 8..=8192;
@@ -31,6 +31,8 @@ const MAX_CLASSES: usize = 255;
 const MAX_LAYER_CLASSES: usize = 64;
 /// The most features a `[domain]` table may declare (its matrix is D x D numbers in TOML).
 const MAX_DOMAIN_FEATURES: usize = 512;
+/// The most groups a `[domain]` table may hold (the synthetic set and a few real folders).
+const MAX_DOMAIN_GROUPS: usize = 64;
 /// The longest name, version, architecture or class name, in bytes.
 const MAX_LABEL_BYTES: usize = 128;
 
@@ -116,8 +118,9 @@ pub struct LayerHeadTable {
 }
 
 /// `[domain]`: the graph's third output `features` `[1, D]` against the training layers'. A
-/// layer's score is `sqrt((f - mean)^T inverse_covariance (f - mean) / D)`; above `threshold` the
-/// layer is unlike the training data (quantize/bedsight_train/domain.py fits it).
+/// layer's score is `sqrt((f - mean)^T inverse_covariance (f - mean) / D)`, or with `groups`
+/// (format 1.4) the smallest of that over the groups' means; above `threshold` the layer is
+/// unlike the training data (quantize/bedsight_train/domain.py fits it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DomainTable {
@@ -140,6 +143,23 @@ pub struct DomainTable {
     /// Their scores, ascending (up to 1000): what commissioning plots a new camera's against.
     #[serde(default, skip_serializing_if = "Vec::is_empty", serialize_with = "shortest_floats")]
     pub validation_scores: Vec<f32>,
+    /// Format 1.4: the training layers by group (the synthetic set, each real label folder), each
+    /// with its own mean under the one (tied) covariance; empty: `mean` is the only centre.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<DomainGroup>,
+}
+
+/// One `[[domain.groups]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainGroup {
+    /// What the group's layers are ("synthetic", "real No_Defect"), unique in the table.
+    pub name: String,
+    /// How many training layers it holds.
+    pub layers: u64,
+    /// Their mean features, D values.
+    #[serde(serialize_with = "shortest_floats")]
+    pub mean: Vec<f32>,
 }
 
 /// One `[[classes]]` entry.
@@ -474,6 +494,7 @@ impl DomainTable {
         if self.mean.iter().chain(&self.inverse_covariance).any(|v| !v.is_finite()) {
             problems.push("domain.mean and domain.inverse_covariance must hold finite numbers".to_string());
         }
+        self.check_groups(manifest, problems);
         if !(self.threshold.is_finite() && self.threshold > 0.0) {
             problems.push(format!(
                 "domain.threshold {} must be a finite number > 0",
@@ -491,6 +512,46 @@ impl DomainTable {
                 "domain.threshold_quantile {} must be in (0, 1)",
                 self.threshold_quantile
             ));
+        }
+    }
+}
+
+impl DomainTable {
+    fn check_groups(&self, manifest: &Manifest, problems: &mut Vec<String>) {
+        if self.groups.is_empty() {
+            return;
+        }
+        if manifest.format().is_some_and(|(_, minor)| minor < 4) {
+            problems.push(format!(
+                "has [[domain.groups]], which format_version 1.4 added, but says format_version \"{}\"",
+                manifest.format_version
+            ));
+        }
+        if self.groups.len() > MAX_DOMAIN_GROUPS {
+            problems.push(format!(
+                "domain.groups has {} groups; at most {MAX_DOMAIN_GROUPS}",
+                self.groups.len()
+            ));
+        }
+        let d = self.feature_size;
+        for (i, group) in self.groups.iter().enumerate() {
+            let name = &group.name;
+            if name.trim().is_empty() {
+                problems.push(format!("domain.groups[{i}] has an empty name"));
+            } else if self.groups[..i].iter().any(|g| &g.name == name) {
+                problems.push(format!("domain.groups[{i}]: the name {name:?} appears twice"));
+            }
+            if group.mean.len() != d {
+                problems.push(format!(
+                    "domain.groups[{i}] ({name:?}) has {} mean values, feature_size is {d}",
+                    group.mean.len()
+                ));
+            }
+            if group.mean.iter().any(|v| !v.is_finite()) {
+                problems.push(format!(
+                    "domain.groups[{i}] ({name:?}): the mean must hold finite numbers"
+                ));
+            }
         }
     }
 }

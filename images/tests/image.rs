@@ -1090,6 +1090,53 @@ fn domain_table_is_optional_and_checked() {
     );
 }
 
+/// `[[domain.groups]]` (format 1.4): each group's mean under the one covariance; read, written
+/// back as read, and every bad group refused by name.
+#[test]
+fn domain_groups_are_read_and_checked() {
+    let with_groups = MANIFEST.replace("\"1.0\"", "\"1.4\"").replace(
+        "[training]",
+        "[domain]\nfeature_size = 2\nmean = [0.5, -1.0]\ninverse_covariance = [2.0, 0.5, 0.5, 1.0]\n\
+         threshold = 1.4\nthreshold_quantile = 0.99\nfit_layers = 300\nvalidation_layers = 40\n\n\
+         [[domain.groups]]\nname = \"synthetic\"\nlayers = 290\nmean = [0.4, -1.1]\n\n\
+         [[domain.groups]]\nname = \"real No_Defect\"\nlayers = 10\nmean = [3.0, 2.0]\n\n[training]",
+    );
+    let parsed = Manifest::parse(&with_groups, "m.toml").unwrap();
+    let groups = &parsed.domain.as_ref().unwrap().groups;
+    assert_eq!(
+        groups
+            .iter()
+            .map(|g| (g.name.as_str(), g.layers, g.mean.clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("synthetic", 290, vec![0.4, -1.1]),
+            ("real No_Defect", 10, vec![3.0, 2.0])
+        ]
+    );
+    assert_eq!(Manifest::parse(&parsed.to_toml(), "again.toml").unwrap(), parsed);
+
+    refused(
+        &with_groups.replace("\"1.4\"", "\"1.3\""),
+        &["m.toml", "[[domain.groups]]", "1.4", "\"1.3\""],
+    );
+    refused(
+        &with_groups.replace("mean = [3.0, 2.0]", "mean = [3.0]"),
+        &["domain.groups[1] (\"real No_Defect\") has 1 mean values, feature_size is 2"],
+    );
+    refused(
+        &with_groups.replace("mean = [3.0, 2.0]", "mean = [3.0, inf]"),
+        &["domain.groups[1]", "finite"],
+    );
+    refused(
+        &with_groups.replace("\"real No_Defect\"", "\"synthetic\""),
+        &["domain.groups[1]", "\"synthetic\" appears twice"],
+    );
+    refused(
+        &with_groups.replace("\"real No_Defect\"", "\" \""),
+        &["domain.groups[1] has an empty name"],
+    );
+}
+
 #[test]
 fn training_weights_travel_in_the_image_and_are_hash_checked() {
     let fixture = Fixture::new();

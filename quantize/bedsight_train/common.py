@@ -81,25 +81,27 @@ def _toml_value(value: Any) -> str:
 
 
 def toml_dumps(doc: dict[str, Any]) -> str:
-    """A small TOML writer for our own files: top-level scalars and arrays first, then tables
-    (dicts) and arrays of tables (lists of dicts) in the order they were given."""
+    """A small TOML writer for our own files: in each table its scalars and arrays first, then its
+    tables (dicts) and arrays of tables (lists of dicts), nested as deep as they go, in the order
+    they were given."""
     lines: list[str] = []
-    for key, value in doc.items():
+    _write_table(lines, [], doc)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _write_table(lines: list[str], path: list[str], table: dict[str, Any]) -> None:
+    for key, value in table.items():
         if not isinstance(value, dict) and not _is_table_array(value):
             lines.append(f"{_toml_key(key)} = {_toml_value(value)}")
-    for key, value in doc.items():
+    for key, value in table.items():
+        name = ".".join(_toml_key(k) for k in [*path, key])
         if isinstance(value, dict):
-            lines.append("")
-            lines.append(f"[{_toml_key(key)}]")
-            for sub_key, sub_value in value.items():
-                lines.append(f"{_toml_key(sub_key)} = {_toml_value(sub_value)}")
+            lines += ["", f"[{name}]"]
+            _write_table(lines, [*path, key], value)
         elif _is_table_array(value):
             for item in value:
-                lines.append("")
-                lines.append(f"[[{_toml_key(key)}]]")
-                for sub_key, sub_value in item.items():
-                    lines.append(f"{_toml_key(sub_key)} = {_toml_value(sub_value)}")
-    return "\n".join(lines) + "\n"
+                lines += ["", f"[[{name}]]"]
+                _write_table(lines, [*path, key], item)
 
 
 def _is_table_array(value: Any) -> bool:

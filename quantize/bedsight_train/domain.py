@@ -18,6 +18,22 @@ where that is higher: a layer the model learnt from is its ground by definition.
 validation layers the validation quantile decides; with a handful (a site's fine-tune: a short
 validation run and a few replayed layers) the 99 % quantile is their maximum, an estimate far too
 low, which called the site's own training layers unfamiliar (measured in issue 15's loop).
+
+Groups (format 1.4). The features carry what a bed shows as well as how it was photographed, so
+one mean over mostly defective and synthetic layers put a camera's own clean beds, 12 of 564
+training layers, beyond the threshold: clean held-out layers of a training camera scored 1.24-1.34
+against 1.07, REVIEW on every clean layer. With the training layers named by group (the synthetic
+set, each real label folder) each group keeps its own mean, the covariance is tied (pooled within
+groups), and a layer's score is its distance to the nearest group's mean: the class-conditional
+Gaussians with a shared covariance of Lee, Lee, Lee and Shin (NeurIPS 2018, "A Simple Unified
+Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", the Mahalanobis
+confidence score: the closest class-conditional mean under the tied covariance).
+
+    score(f) = min_g sqrt((f - mu_g)^T Sigma^-1 (f - mu_g) / D),
+    Sigma = sum_g sum_{i in g} (f_i - mu_g)(f_i - mu_g)^T / (n - G), shrunk as above.
+
+A group of fewer than MIN_GROUP_LAYERS layers is too few for a mean: its layers join the largest
+group.
 """
 
 from __future__ import annotations
@@ -34,6 +50,7 @@ THRESHOLD_QUANTILE = 0.99
 # The shrinkage keeps the covariance invertible with fewer layers than features; the figures are
 # worth little that low, so the manifest says how many layers the fit and the threshold saw.
 MIN_FIT_LAYERS = 8
+MIN_GROUP_LAYERS = 5
 MIN_VALIDATION_LAYERS = 3
 # The validation scores kept in the manifest for commissioning's histogram (all of them, up to this).
 MAX_KEPT_SCORES = 1000
@@ -55,27 +72,30 @@ def features_of(ensemble: torch.nn.Module, images_u8: np.ndarray, mean: float, s
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def fit(train: np.ndarray, val: np.ndarray, quantile: float = THRESHOLD_QUANTILE) -> dict[str, Any]:
+def fit(train: np.ndarray, val: np.ndarray, quantile: float = THRESHOLD_QUANTILE, train_groups: list[str] | None = None) -> dict[str, Any]:
     """The manifest's [domain] table from the training layers' features [N, D] and the validation
-    layers' [V, D]."""
+    layers' [V, D]. `train_groups` names each training layer's group (None: one group)."""
     n, d = train.shape
     if n < MIN_FIT_LAYERS:
         raise BadInput(f"domain statistics: {n} training layers; at least {MIN_FIT_LAYERS} are needed")
     if len(val) < MIN_VALIDATION_LAYERS:
         raise BadInput(f"domain threshold: {len(val)} validation layers; at least {MIN_VALIDATION_LAYERS} are needed")
-    mu = train.mean(0)
-    centred = train - mu
-    sample = centred.T @ centred / (n - 1)
+    if train_groups is not None and len(train_groups) != n:
+        raise BadInput(f"domain statistics: {len(train_groups)} group names for {n} training layers")
+    names, members = _groups(train_groups or ["all"] * n)
+    means = np.stack([train[m].mean(0) for m in members])
+    within = np.concatenate([train[m] - mu for m, mu in zip(members, means)])
+    sample = within.T @ within / (n - len(members))
     shrunk = (1 - SHRINKAGE) * sample + SHRINKAGE * (np.trace(sample) / d) * np.eye(d)
     inverse = np.linalg.inv(shrunk)
     inverse = (inverse + inverse.T) / 2
-    val_scores = scores(val, mu, inverse)
-    threshold = float(max(np.quantile(val_scores, quantile), np.quantile(scores(train, mu, inverse), quantile)))
+    val_scores = scores(val, means, inverse)
+    threshold = float(max(np.quantile(val_scores, quantile), np.quantile(scores(train, means, inverse), quantile)))
     if not np.isfinite(threshold):
         raise BadInput("domain threshold: not finite (the validation features are not finite)")
-    return {
+    table: dict[str, Any] = {
         "feature_size": d,
-        "mean": [float(v) for v in mu],
+        "mean": [float(v) for v in train.mean(0)],
         "inverse_covariance": [float(v) for v in inverse.ravel()],
         "threshold": threshold,
         "threshold_quantile": quantile,
@@ -84,16 +104,35 @@ def fit(train: np.ndarray, val: np.ndarray, quantile: float = THRESHOLD_QUANTILE
         # what commissioning (`bedsight calibrate --domain`) plots a new camera's scores against
         "validation_scores": [float(v) for v in np.sort(val_scores)[:MAX_KEPT_SCORES]],
     }
+    if len(names) > 1:
+        table["groups"] = [{"name": name, "layers": int(len(m)), "mean": [float(v) for v in mu]} for name, m, mu in zip(names, members, means)]
+    return table
 
 
-def scores(features: np.ndarray, mu: np.ndarray, inverse_covariance: np.ndarray) -> np.ndarray:
-    """The domain score of each row of `features` [N, D] (the equation in the module's text)."""
-    d = len(mu)
+def _groups(names: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """The groups in order of first appearance and their layers' indices; a group of fewer than
+    MIN_GROUP_LAYERS layers joins the largest."""
+    order = list(dict.fromkeys(names))
+    index = {name: np.flatnonzero(np.asarray(names) == name) for name in order}
+    largest = max(order, key=lambda name: len(index[name]))
+    small = [name for name in order if len(index[name]) < MIN_GROUP_LAYERS and name != largest]
+    if small:
+        index[largest] = np.sort(np.concatenate([index[largest], *(index[name] for name in small)]))
+    kept = [name for name in order if name not in small]
+    return kept, [index[name] for name in kept]
+
+
+def scores(features: np.ndarray, means: np.ndarray, inverse_covariance: np.ndarray) -> np.ndarray:
+    """The domain score of each row of `features` [N, D] against the group means [G, D] (or one
+    mean [D]): the distance to the nearest (the equations in the module's text)."""
+    means = np.atleast_2d(np.asarray(means, dtype=np.float64))
+    d = means.shape[1]
     inverse = np.asarray(inverse_covariance, dtype=np.float64).reshape(d, d)
-    centred = features - np.asarray(mu, dtype=np.float64)
-    return np.sqrt(np.einsum("nd,de,ne->n", centred, inverse, centred) / d)
+    centred = np.asarray(features, dtype=np.float64)[:, None, :] - means[None, :, :]
+    return np.sqrt(np.einsum("ngd,de,nge->ng", centred, inverse, centred) / d).min(axis=1)
 
 
 def table_scores(features: np.ndarray, table: dict[str, Any]) -> np.ndarray:
     """Scores against a manifest's [domain] table."""
-    return scores(features, np.asarray(table["mean"]), np.asarray(table["inverse_covariance"]))
+    means = [g["mean"] for g in table["groups"]] if table.get("groups") else [table["mean"]]
+    return scores(features, np.asarray(means), np.asarray(table["inverse_covariance"]))

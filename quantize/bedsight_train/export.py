@@ -187,8 +187,8 @@ def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, 
     head = saved.get("layer_head")
     manifest = {
         # 1.3: the image may carry the members' PyTorch weights (training/ensemble.pt), which
-        # `export` puts beside the graph for `pack`
-        "format_version": "1.3",
+        # `export` puts beside the graph for `pack`; 1.4: the domain check's groups
+        "format_version": "1.4" if domain and domain.get("groups") else "1.3",
         "name": name,
         "version": version,
         "architecture": saved["arch"],
@@ -219,6 +219,9 @@ def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: 
 
     train = run_split(run, info, "train")
     train_f = [domain.features_of(ensemble, train.images, mean, std)]
+    # groups (domain.py): the synthetic layers, and each real label folder (a camera's clean beds
+    # are few and must not sit beyond the threshold for being few)
+    groups = ["synthetic"] * len(train.images)
     val_f = [domain.features_of(ensemble, val.images, mean, std)]
     real = info.get("real_layers")
     if real:
@@ -227,11 +230,15 @@ def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: 
         for split, bucket in (("train", train_f), ("val", val_f)):
             layers = load_layer_folders(Path(real["root"]), label_map, size, splits=(split,), max_per_label=real.get("max_per_label"), progress=progress)
             bucket.append(domain.features_of(ensemble, layers.images, mean, std))
-    table = domain.fit(np.concatenate(train_f), np.concatenate(val_f))
+            if split == "train":
+                groups += [f"real {label}" for label in layers.labels]
+    table = domain.fit(np.concatenate(train_f), np.concatenate(val_f), train_groups=groups)
     if progress:
+        kept = ", ".join(f"{g['name']} ({g['layers']})" for g in table.get("groups", []))
         print(
-            f"  domain check: {table['feature_size']} features, fitted on {table['fit_layers']} training layers; threshold "
-            f"{table['threshold']:.3f} (the {table['threshold_quantile']:.0%} quantile of {table['validation_layers']} validation layers' scores, or of the training layers' where higher)"
+            f"  domain check: {table['feature_size']} features, fitted on {table['fit_layers']} training layers"
+            + (f" in groups {kept}" if kept else "")
+            + f"; threshold {table['threshold']:.3f} (the {table['threshold_quantile']:.0%} quantile of {table['validation_layers']} validation layers' scores, or of the training layers' where higher)"
         )
     return table
 

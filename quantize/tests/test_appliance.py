@@ -117,6 +117,52 @@ def test_the_box_scores_each_layer_against_the_training_data(packed, tiny_data, 
     assert board_record["verdict"] == "REVIEW" or reason.endswith("PAUSE stands"), board_record
 
 
+@needs_bin
+def test_the_box_measures_a_layer_from_the_nearest_groups_mean(tiny_isdnet_model, tiny_data, tmp_path):
+    """Format 1.4: a [domain] table with groups (here the dataset's first and second halves) is
+    read by the box, and each layer's score is domain.py's distance to the nearest group's mean,
+    which for some layers is not the first group's."""
+    import shutil
+    import tomllib
+
+    import numpy as np
+    from PIL import Image
+
+    from bedsight_train import domain
+    from bedsight_train.common import toml_dumps
+    from bedsight_train.data import to_input
+    from bedsight_train.export import ort_session
+    from bedsight_train.pack import pack
+
+    images = sorted((tiny_data / "images").glob("*.png"))
+    session = ort_session(tiny_isdnet_model)
+    mean, std = mean_std(tiny_isdnet_model)
+    features = np.concatenate([session.run(["features"], {"image": to_input(np.array(Image.open(p).convert("L"))[None], mean, std)})[0] for p in images]).astype(np.float64)
+    half = len(images) // 2
+    table = domain.fit(features, features[:5], train_groups=["first half"] * half + ["second half"] * (len(images) - half))
+    assert [g["name"] for g in table["groups"]] == ["first half", "second half"]
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_isdnet_model.parent, model)
+    manifest = tomllib.loads((model / "manifest.toml").read_text())
+    manifest["format_version"] = "1.4"
+    manifest["domain"] = table
+    (model / "manifest.toml").write_text(toml_dumps(manifest))
+    image = pack(model / "model.onnx", tmp_path / "grouped.bsimg", fp32_only=True, progress=False)
+
+    result = subprocess.run([str(BIN), "analyze", "--model", str(image), "--json", *map(str, images)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    expected = domain.table_scores(features, table)
+    first_only = domain.scores(features, np.asarray(table["groups"][0]["mean"]), np.asarray(table["inverse_covariance"]))
+    judged = [(record, e, f) for record, e, f in zip(records, expected, first_only) if record["frame_check"] is None]
+    assert len(judged) >= len(images) // 2
+    for record, e, _ in judged:
+        assert abs(record["domain"]["score"] - e) < 1e-3 * max(1.0, e), (record["domain"], e)
+        assert record["domain"]["familiar"] == (record["domain"]["score"] <= table["threshold"])
+    assert any(f > e + 0.01 for _, e, f in judged), "no layer is nearer the second group's mean"
+
+
 def mean_std(model):
     import tomllib
 

@@ -58,3 +58,43 @@ def test_too_few_layers_are_refused_by_name():
         domain.fit(TRAIN[:3], TRAIN[:3])
     with pytest.raises(BadInput, match="2 validation layers; at least 3"):
         domain.fit(TRAIN, TRAIN[:2])
+
+
+def test_groups_keep_their_own_means_under_one_tied_covariance():
+    """Two groups of eight: TRAIN round (0, 0) and the same round (10, 0). Within each group the
+    squares per axis sum to 4, 8 over both, over n - G = 14: S = diag(4/7, 4/7), inverse diag(7/4)
+    (one mean over all sixteen would see a spread of 25 along the first axis). A layer is as far
+    as its nearest group's mean; the midpoint between the groups, the overall mean, is far from
+    both."""
+    train = np.concatenate([TRAIN, TRAIN + [10.0, 0.0]])
+    groups = ["synthetic"] * 8 + ["real No_Defect"] * 8
+    table = domain.fit(train, np.array([[0.0, 0.0], [10.0, 0.0], [10.0, 1.0]]), train_groups=groups)
+    assert np.allclose(table["inverse_covariance"], [1.75, 0.0, 0.0, 1.75])
+    assert [(g["name"], g["layers"], g["mean"]) for g in table["groups"]] == [("synthetic", 8, [0.0, 0.0]), ("real No_Defect", 8, [10.0, 0.0])]
+    assert table["mean"] == [5.0, 0.0]
+    # (10, 1): 1 from (10, 0), sqrt(1.75 / 2); (5, 0): 5 from both, sqrt(25 * 1.75 / 2)
+    assert np.allclose(domain.table_scores(np.array([[10.0, 1.0], [5.0, 0.0]]), table), [math.sqrt(0.875), math.sqrt(21.875)])
+    # validation scores 0, 0, sqrt(0.875)
+    assert np.allclose(table["validation_scores"], [0.0, 0.0, math.sqrt(0.875)])
+
+
+def test_a_group_too_small_for_a_mean_joins_the_largest():
+    train = np.concatenate([TRAIN, [[0.0, 0.0]] * 3])
+    table = domain.fit(train, TRAIN[:3], train_groups=["synthetic"] * 8 + ["real No_Defect"] * 3)
+    # one group left: the table is the single-mean one over all eleven layers
+    assert "groups" not in table and table["fit_layers"] == 11
+    assert table == domain.fit(train, TRAIN[:3])
+    with pytest.raises(BadInput, match="2 group names for 8 training layers"):
+        domain.fit(TRAIN, TRAIN[:3], train_groups=["a", "b"])
+
+
+def test_a_table_with_groups_is_written_as_domain_groups_and_reads_back_the_same():
+    import tomllib
+
+    from bedsight_train.common import toml_dumps
+
+    train = np.concatenate([TRAIN, TRAIN + [10.0, 0.0]])
+    table = domain.fit(train, TRAIN[:3], train_groups=["synthetic"] * 8 + ["real No_Defect"] * 8)
+    text = toml_dumps({"format_version": "1.4", "domain": table, "training": {"miou": 0.5}})
+    assert text.count("[[domain.groups]]") == 2 and text.index("[[domain.groups]]") < text.index("[training]")
+    assert tomllib.loads(text) == {"format_version": "1.4", "domain": table, "training": {"miou": 0.5}}
