@@ -8,6 +8,7 @@ import numpy as np
 from PIL import Image
 
 from chromium import Chromium
+from conftest import MODEL_SIZE
 from test_dashboard import TOKEN, get, layer, start, wait_until
 
 STREAK = [(20, 30), (120, 30), (120, 40), (20, 40)]  # bed pixels
@@ -37,7 +38,7 @@ def test_label_a_layer_with_the_mouse_save_and_find_it_again(tmp_path, line_port
         assert layer(line_port, 2) == "PAUSE"  # the sample build's super-elevation
         wait_until(lambda: get(f"{url}/api/labels/1")[0] == 200, "layer images of record 1")
         info = json.loads(get(f"{url}/api/labels/1")[1])
-        assert info["saved"] is None and (info["width"], info["height"]) == (256, 256)
+        assert info["saved"] is None and (info["width"], info["height"]) == MODEL_SIZE
         name = info["name"]
         model_mask = np.asarray(Image.open(tmp_path / "images" / name / "mask.png"))
 
@@ -112,7 +113,7 @@ def test_bad_saves_are_refused_by_name_and_write_nothing(tmp_path, line_port):
         assert layer(line_port, 1) == "PASS"
         wait_until(lambda: get(f"{url}/api/labels/0")[0] == 200, "layer images of record 0")
         auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-        good = {"labelled_by": "ana", "polygons": [], "mask": base64.b64encode(bytes(256 * 256)).decode()}
+        good = {"labelled_by": "ana", "polygons": [], "mask": base64.b64encode(bytes(MODEL_SIZE[0] * MODEL_SIZE[1])).decode()}
 
         def save(body, headers=auth, record=0):
             return get(f"{url}/api/labels/{record}", "POST", headers, json.dumps(body).encode() if isinstance(body, dict) else body)
@@ -120,7 +121,7 @@ def test_bad_saves_are_refused_by_name_and_write_nothing(tmp_path, line_port):
         assert save(good, headers={})[0] == 401
         assert save(b"{not json")[0] == 400
         status, message = save(dict(good, mask=base64.b64encode(bytes(100)).decode()))
-        assert (status, message.strip()) == (400, "mask: 100 class indices, but the bed is 256x256 = 65536 pixels")
+        assert (status, message.strip()) == (400, f"mask: 100 class indices, but the bed is {MODEL_SIZE[0]}x{MODEL_SIZE[1]} = {MODEL_SIZE[0] * MODEL_SIZE[1]} pixels")
         status, message = save(dict(good, polygons=[{"class": "scratch", "points": [[0, 0], [5, 0], [5, 5]]}]))
         assert status == 400 and message.startswith('polygons[0]: class "scratch" is not one of super-elevation'), message
         assert save(good, record=7)[0] == 404  # no such record

@@ -8,12 +8,13 @@ import re
 import sys
 import time
 import urllib.request
+from dataclasses import replace
 
 import numpy as np
 from pymodbus.client import ModbusTcpClient
 
 from chromium import Chromium
-from conftest import REPO, run
+from conftest import MODEL_SIZE, REPO, run
 from run_harness import MODBUS_TCP_FREE_PORT, Appliance, replay_over_modbus
 
 sys.path.insert(0, str(REPO / "quantize"))
@@ -26,7 +27,7 @@ SE, INC, STREAK = 1, 2, 4
 CLASS_LIMIT, NOT_FIXABLE, TRACK_GROWTH, TRACK_LENGTH, TRACK_AFTER_RECOAT = 1, 4, 6, 5, 7
 
 # Two part cross-sections, the same on every layer; the super-elevation sits on the left edge of
-# the second one. Pixels of a 256 x 256 bed of 250 mm.
+# the second one. Pixels of a 256 x 256 bed of 250 mm (render_at_model_size scales them).
 PARTS = [Part("ellipse", 80, 170, 30, 22, 0.0), Part("ellipse", 180, 80, 25, 25, 0.0)]
 
 CONFIG = """
@@ -81,8 +82,18 @@ def write_build(folder, inspections, seed):
         again = seen.get(layer, 0)
         seen[layer] = again + 1
         name = f"layer-{layer:04d}.png" if again == 0 else f"layer-{layer:04d}.recoat{again}.png"
-        save_png_grey(folder / name, render_layer(rng, 256, (), parts=PARTS, placed=placed).image)
+        save_png_grey(folder / name, render_at_model_size(rng, placed))
     return folder
+
+
+def render_at_model_size(rng, placed):
+    """The scene, laid out in pixels of a 256 x 256 bed, rendered at the model's input size (the
+    camera's resolution for the model the box runs) with every position and size scaled to it."""
+    side = MODEL_SIZE[0]
+    s = side / 256
+    parts = [replace(p, cx=p.cx * s, cy=p.cy * s, rx=p.rx * s, ry=p.ry * s) for p in PARTS]
+    placed = [replace(d, x=d.x * s, y=d.y * s, radius=d.radius * s) for d in placed]
+    return render_layer(rng, side, (), parts=parts, placed=placed).image
 
 
 class Plc:
