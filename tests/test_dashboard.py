@@ -226,9 +226,9 @@ def test_controls_need_the_token_and_bad_requests_change_nothing(tmp_path, line_
 
 
 def test_clients_that_stall_hold_nothing_but_themselves(tmp_path, line_port):
-    """A control whose body never comes (a phone that lost its Wi-Fi mid-request) must not
-    freeze the page or /healthz, which a monitoring system polls; past 16 such requests at once
-    the server says it is busy instead of queueing, and when they give up nothing is recorded."""
+    """Controls whose body never comes (a phone that lost its Wi-Fi mid-request) must not freeze
+    the page or /healthz, which a monitoring system polls, and when they give up nothing is
+    recorded."""
     appliance, url = start(tmp_path, line_port)
     stalled = []
     try:
@@ -242,29 +242,19 @@ def test_clients_that_stall_hold_nothing_but_themselves(tmp_path, line_port):
             f"POST /api/records/{flagged}/false-alarm HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
             "Content-Type: application/json\r\nContent-Length: 2000\r\n\r\n{\""
         ).encode()
-
-        def stall():
+        # Each stalled control, then at once the page's state and /healthz: every one answered
+        # (a server frozen by a stalled body leaves them unanswered: urlopen gives up after 10 s).
+        for _ in range(20):
             client = socket.create_connection((host, int(port)))
             client.sendall(head)
             stalled.append(client)
-
-        stall()
-        time.sleep(0.5)
-        started = time.monotonic()
-        assert get(url + "/healthz") == (200, "ok: camera, model and PLC link are up\n")
-        assert len(json.loads(get(url + "/api/state")[1])["records"]) == 3
-        assert time.monotonic() - started < 5
-
-        for _ in range(15):
-            stall()
-        time.sleep(0.5)
-        status, text = get(url + "/healthz")
-        assert (status, text) == (503, "the dashboard is busy: 16 requests are being handled; try again\n")
+            assert get(url + "/healthz") == (200, "ok: camera, model and PLC link are up\n")
+            assert len(json.loads(get(url + "/api/state")[1])["records"]) == 3
 
         for client in stalled:
             client.close()
         stalled.clear()
-        wait_until(lambda: get(url + "/healthz")[0] == 200, "/healthz answering again after the clients gave up", timeout=10)
+        assert get(url + "/healthz")[0] == 200
         assert not (tmp_path / "journal" / "annotations.jsonl").exists(), "a control that never arrived must record nothing"
         # the control itself still works, whole
         bearer = {"Authorization": f"Bearer {TOKEN}"}

@@ -24,7 +24,7 @@ pub mod metrics;
 pub mod report;
 
 use std::io::{Read, Write};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,23 +41,15 @@ const KEEPALIVE: Duration = Duration::from_secs(10);
 /// The largest request body read (a note on an annotation).
 const MAX_BODY: u64 = 4096;
 
-/// Requests handled at once. Each has its own thread, so a client that stalls (a POST whose
-/// body never comes, a browser that stopped reading its response) holds that thread and nothing
-/// else: /healthz and the page go on. Past this many the server answers 503 at once.
-const MAX_IN_FLIGHT: usize = 16;
-
-/// One request being handled; the count goes down when its thread ends, however it ends.
-struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 /// Starts the server on `address`; returns the bound address (port 0 gets a free one) and the
-/// thread that takes requests, which ends when `stop` is set. Requests still being handled
-/// then are not waited for (a stalled client would hold the shutdown).
+/// thread that takes requests, which ends when `stop` is set.
+///
+/// Each request is handled on a thread of its own, so that a client that stalls holds that
+/// thread and nothing else: a control whose body never comes (tiny_http reads a request's body,
+/// or drops the rest of it, on the thread that handles it), or a browser that stopped reading
+/// its response. Requests still being handled when `stop` is set are not waited for (a stalled
+/// client would hold the shutdown). tiny_http itself gives every connection a thread, so these
+/// threads add one per request in hand, not a new kind of cost.
 pub fn spawn(
     address: &str,
     token: Option<String>,
@@ -73,31 +65,15 @@ pub fn spawn(
         .name("dashboard".into())
         .spawn(move || {
             let token = token.map(Arc::new);
-            let in_flight = Arc::new(AtomicUsize::new(0));
             while !stop.load(Ordering::Relaxed) {
                 match server.recv_timeout(Duration::from_millis(200)) {
                     Ok(Some(request)) => {
-                        if in_flight.fetch_add(1, Ordering::AcqRel) >= MAX_IN_FLIGHT {
-                            in_flight.fetch_sub(1, Ordering::AcqRel);
-                            text(
-                                request,
-                                503,
-                                &format!(
-                                    "the dashboard is busy: {MAX_IN_FLIGHT} requests are being handled; try again"
-                                ),
-                            );
-                            continue;
-                        }
-                        let guard = InFlight(in_flight.clone());
                         let (board, stop, token) = (board.clone(), stop.clone(), token.clone());
                         let spawned = std::thread::Builder::new()
                             .name("dashboard-request".into())
-                            .spawn(move || {
-                                let _guard = guard;
-                                handle(request, &board, token.as_deref().map(String::as_str), &stop);
-                            });
-                        // On failure the closure, request and guard are dropped: tiny_http
-                        // answers 500 and the count goes down.
+                            .spawn(move || handle(request, &board, token.as_deref().map(String::as_str), &stop));
+                        // On failure the closure and the request in it are dropped, and tiny_http
+                        // answers 500.
                         if let Err(error) = spawned {
                             tracing::error!("dashboard: cannot start a request's thread: {error}");
                         }
