@@ -16,8 +16,10 @@ REPO = Path(__file__).resolve().parent.parent
 ASSETS = REPO / "assets"
 SAMPLE_BUILD = ASSETS / "sample-build"
 # The default model's input (width, height): the size of the bed it judges and of its masks.
-_INPUT = tomllib.loads((ASSETS / "default-model" / "manifest.toml").read_text())["input"]
-MODEL_SIZE = (_INPUT["width"], _INPUT["height"])
+_MANIFEST = tomllib.loads((ASSETS / "default-model" / "manifest.toml").read_text())
+MODEL_SIZE = (_MANIFEST["input"]["width"], _MANIFEST["input"]["height"])
+# Its name, as the box reports it (kit images re-version it, keeping the name).
+MODEL_NAME = _MANIFEST["name"]
 
 
 # tests/test_soak.py: layers in the normal suite, and with --soak-long (or BEDSIGHT_SOAK_LAYERS).

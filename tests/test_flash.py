@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bsimg_tools import box_state, flip_byte, keygen, make_box, pack
-from conftest import MODEL_SIZE, REPO, bedsight_bin
+from conftest import MODEL_NAME, MODEL_SIZE, REPO, bedsight_bin
 
 FLASH = REPO / "flash.sh"
 
@@ -46,7 +46,7 @@ def test_flash_installs_activates_and_checks_health(box, kit):
     result = flash(kit["v1"], "--target", box)
     assert result.returncode == 0, result.stdout + result.stderr
     for step in ["1/4 verifying", "signed by alice", "2/4 copying", "3/4 installing", "self-test on",
-                 "4/4 health check", "done: bedsight-synthetic 1.0.0 is active"]:
+                 "4/4 health check", f"done: {MODEL_NAME} 1.0.0 is active"]:
         assert step in result.stdout, (step, result.stdout)
     assert box_state(box)["active"] == "a"
 
@@ -134,7 +134,7 @@ exec cp "${{@: -2:1}}" "${{dst#*:}}"
     }
     result = flash(kit["v1"], "--host", "operator@box", env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "done: bedsight-synthetic 1.0.0 is active on operator@box" in result.stdout, result.stdout
+    assert f"done: {MODEL_NAME} 1.0.0 is active on operator@box" in result.stdout, result.stdout
     calls = log.read_text()
     assert "scp -q -o BatchMode=yes" in calls and "operator@box:/tmp/bedsight-flash-" in calls, calls
     assert "image install /tmp/bedsight-flash-" in calls and f"--state-dir {box}" in calls, calls
@@ -211,7 +211,7 @@ def test_flash_over_real_ssh_to_localhost(box, kit, sshd):
     }
     result = flash(kit["v1"], "--host", sshd["host"], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"done: bedsight-synthetic 1.0.0 is active on {sshd['host']}" in result.stdout, result.stdout
+    assert f"done: {MODEL_NAME} 1.0.0 is active on {sshd['host']}" in result.stdout, result.stdout
     result = flash(kit["v2"], "--host", sshd["host"], env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     state = box_state(box)
