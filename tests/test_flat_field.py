@@ -60,12 +60,13 @@ def test_a_layer_under_the_commissioned_lighting_is_judged_as_under_even_light(t
 
 def test_a_frame_of_another_size_is_a_fault_with_the_reason(tmp_path, ledger):
     config, clean = commission(tmp_path, ledger)
-    image = Image.open(SAMPLE_BUILD / clean[1]).convert("L").resize((128, 128))
+    w, h = Image.open(SAMPLE_BUILD / clean[1]).size
+    # a camera of twice the resolution (a smaller frame than the model's input is refused first)
+    image = Image.open(SAMPLE_BUILD / clean[1]).convert("L").resize((2 * w, 2 * h))
     image.save(tmp_path / "other-camera.png")
     result, [report] = analyze_json("--config", config, tmp_path / "other-camera.png")
     assert report["verdict"] == "FAULT", report
-    w, h = Image.open(SAMPLE_BUILD / clean[1]).size
-    assert f"flat field: frame is 128x128 px but the flat field is {w}x{h}" in report["fault"], report["fault"]
+    assert f"flat field: frame is {2 * w}x{2 * h} px but the flat field is {w}x{h}" in report["fault"], report["fault"]
     assert report["defects"] == []
 
 

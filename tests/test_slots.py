@@ -10,7 +10,7 @@ import pytest
 
 from bsimg_tools import (box_state, ed25519_sign, entries, flip_byte, install, keygen, make_box,
                          manifest_with_files, pack, training_manifest, write_tar)
-from conftest import MODEL_SIZE, run
+from conftest import ASSETS, MODEL_SIZE, run
 
 
 @pytest.fixture(scope="session")
@@ -142,10 +142,17 @@ def empty_fp32_graph(kit, out):
     return write_tar(out, [("manifest.toml", manifest), *files.items(), ("manifest.sig", signature)])
 
 
-def domain_without_features(kit, out):
-    # A [domain] table (format 1.2) whose graph has no `features` output; signed, hashes right.
+# Whether the default model's graph has the domain check's `features` output (its manifest a
+# [domain] table).
+DEFAULT_HAS_DOMAIN = "\n[domain]\n" in "\n" + (ASSETS / "default-model" / "manifest.toml").read_text()
+
+
+def domain_not_the_graphs(kit, out):
+    # A [domain] table (format 1.2) of 2 features that the graph does not give: it has no
+    # `features` output, or (a default model with a domain check) another number of them; signed,
+    # hashes right.
     files = {m.name: data for m, data in entries(kit["v2"]) if m.name not in ("manifest.toml", "manifest.sig")}
-    text = re.sub(r'format_version = "1\.\d+"', 'format_version = "1.2"', training_manifest("2.0.0"))
+    text = re.sub(r'format_version = "1\.\d+"', 'format_version = "1.2"', training_manifest("2.0.0", without_domain=True))
     text += ("\n[domain]\nfeature_size = 2\nmean = [0.0, 0.0]\ninverse_covariance = [1.0, 0.0, 0.0, 1.0]\n"
              "threshold = 1.5\nthreshold_quantile = 0.99\nfit_layers = 100\nvalidation_layers = 20\n")
     manifest = manifest_with_files(text, files).encode()
@@ -170,7 +177,10 @@ FAULTS = {
     "output shape disagrees with the graph": (shape_disagrees, ["members", "5", "3"]),
     "self-test fails": (wrong_golden_mask, ["self-test failed", "expected_mask.png", "99%"]),
     "the fp32 graph is 0 bytes": (empty_fp32_graph, ["fp32", "model.onnx"]),
-    "a [domain] table its graph does not have": (domain_without_features, ["[domain] table", "no output named `features`"]),
+    "a [domain] table its graph does not match": (
+        domain_not_the_graphs,
+        ["[domain] table", "has feature_size 2" if DEFAULT_HAS_DOMAIN else "no output named `features`"],
+    ),
     "unknown major format version": (newer_major_format, ["manifest.toml", 'format_version "2.0" is not supported']),
 }
 
