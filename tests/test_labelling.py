@@ -133,3 +133,40 @@ def test_bad_saves_are_refused_by_name_and_write_nothing(tmp_path, line_port):
         assert get(f"{url}/labels/0/mask.png")[0] == 200
     finally:
         appliance.stop()
+
+
+def test_saves_of_one_layer_at_once_each_keep_their_revision(tmp_path, line_port):
+    """Two people saving the same layer at the same moment (each request has its own thread):
+    one save is the labels, the others are kept as revisions, whole, and no half-written file is
+    left behind."""
+    import base64
+    import threading
+
+    appliance, url = start(tmp_path, line_port)
+    try:
+        layer(line_port, 1)
+        wait_until(lambda: get(f"{url}/api/labels/0")[0] == 200, "layer images of record 0")
+        auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+        mask = base64.b64encode(bytes(MODEL_SIZE[0] * MODEL_SIZE[1])).decode()
+        people = ["ana", "ben", "cem", "dov", "eva", "fay"]
+        answers = {}
+
+        def save(person):
+            body = json.dumps({"labelled_by": person, "polygons": [], "mask": mask}).encode()
+            answers[person] = get(f"{url}/api/labels/0", "POST", auth, body)[0]
+
+        threads = [threading.Thread(target=save, args=(person,)) for person in people]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert answers == {person: 200 for person in people}
+        store = tmp_path / "labels"
+        current = json.loads(next(store.glob("*.labels.json")).read_text())
+        revisions = [json.loads(p.read_text()) for p in (store / "revisions").glob("*.labels.json")]
+        # every save is there once: the last as the labels, the others as revisions 1 to 5
+        assert sorted([current["labelled_by"]] + [r["labelled_by"] for r in revisions]) == people
+        assert sorted(p.name.split(".")[-3] for p in (store / "revisions").glob("*.labels.json")) == ["1", "2", "3", "4", "5"]
+        assert not list(store.rglob("*.part"))
+    finally:
+        appliance.stop()

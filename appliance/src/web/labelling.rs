@@ -99,6 +99,9 @@ pub fn mask(request: Request, board: &Board, segment: &str) {
     }
 }
 
+/// Held while a save writes the label store.
+static SAVING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn save(mut request: Request, board: &Board, token: Option<&str>, segment: &str) {
     if let Err((status, message)) = authorise(&request, token) {
         return refuse(request, status, &message);
@@ -140,12 +143,18 @@ pub fn save(mut request: Request, board: &Board, token: Option<&str>, segment: &
         .duration_since(std::time::UNIX_EPOCH)
         .map(|t| t.as_millis() as u64)
         .unwrap_or(0);
-    match site_labels::save(
-        &site_labels::folder_for(&layer.images_folder),
-        &layer_bed,
-        &labels,
-        now_ms,
-    ) {
+    // One save at a time: requests run on threads of their own, and two saves of one layer
+    // would race for its revision number and its `.part` files.
+    let saved = {
+        let _one_at_a_time = SAVING.lock().unwrap_or_else(|p| p.into_inner());
+        site_labels::save(
+            &site_labels::folder_for(&layer.images_folder),
+            &layer_bed,
+            &labels,
+            now_ms,
+        )
+    };
+    match saved {
         Ok(doc) => {
             tracing::info!(
                 "labels: record {} ({}) saved by {}",
