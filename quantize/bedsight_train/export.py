@@ -219,9 +219,10 @@ def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: 
 
     train = run_split(run, info, "train")
     train_f = [domain.features_of(ensemble, train.images, mean, std)]
-    # groups (domain.py): the synthetic layers, and each real label folder (a camera's clean beds
-    # are few and must not sit beyond the threshold for being few)
-    groups = ["synthetic"] * len(train.images)
+    # groups (domain.py): the synthetic layers, a site's own labelled layers (`finetune` names
+    # them site-*), and each real label folder: a camera's layers are few among the generator's
+    # and must not sit beyond the threshold for being few
+    groups = ["site" if name.startswith("site-") else "synthetic" for name in train.names]
     val_f = [domain.features_of(ensemble, val.images, mean, std)]
     real = info.get("real_layers")
     if real:

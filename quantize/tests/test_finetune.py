@@ -110,6 +110,9 @@ def test_finetune_from_the_box_image_packs_a_signed_site_model(image, store, tin
     assert manifest["ensemble"]["members"] == 3 and len(manifest["ensemble"]["temperatures"]) == 3
     assert manifest["input"]["mean"] == source["input"]["mean"]  # the image's normalisation kept
     assert "domain" in manifest and manifest["domain"]["threshold"] != source["domain"]["threshold"]  # refitted
+    # the site's 5 training layers keep a mean of their own beside the 8 replayed ones (format 1.4)
+    groups = {g["name"]: g["layers"] for g in manifest["domain"]["groups"]}
+    assert manifest["format_version"] == "1.4" and groups == {"synthetic": 8, "site": 5}, (manifest["format_version"], groups)
     # the box's own self-test ran on a spare state folder before signing, and its log says which
     # graphs the image carries: both when the INT8 graph passed it, else the fp32 graph alone
     log = (out / "model" / "selftest.log").read_text()
