@@ -1048,16 +1048,24 @@ fn layer_head_is_optional_and_checked() {
     );
 }
 
+/// The test manifest at `format_version` with a `[domain]` table of two features, followed by
+/// `after` (more domain tables) before `[training]`.
+fn manifest_with_domain(format_version: &str, after: &str) -> String {
+    MANIFEST.replace("\"1.0\"", &format!("\"{format_version}\"")).replace(
+        "[training]",
+        &format!(
+            "[domain]\nfeature_size = 2\nmean = [0.5, -1.0]\ninverse_covariance = [2.0, 0.5, 0.5, 1.0]\n\
+             threshold = 1.4\nthreshold_quantile = 0.99\nfit_layers = 300\nvalidation_layers = 40\n\n{after}[training]"
+        ),
+    )
+}
+
 /// `[domain]` (format 1.2): read, written back as read, checked by name; an image without one
 /// still parses with `domain` absent.
 #[test]
 fn domain_table_is_optional_and_checked() {
     assert_eq!(manifest().domain, None);
-    let with_domain = MANIFEST.replace("\"1.0\"", "\"1.2\"").replace(
-        "[training]",
-        "[domain]\nfeature_size = 2\nmean = [0.5, -1.0]\ninverse_covariance = [2.0, 0.5, 0.5, 1.0]\n\
-         threshold = 1.4\nthreshold_quantile = 0.99\nfit_layers = 300\nvalidation_layers = 40\n\n[training]",
-    );
+    let with_domain = manifest_with_domain("1.2", "");
     let parsed = Manifest::parse(&with_domain, "m.toml").unwrap();
     let domain = parsed.domain.as_ref().unwrap();
     assert_eq!((domain.feature_size, domain.threshold), (2, 1.4));
@@ -1094,12 +1102,10 @@ fn domain_table_is_optional_and_checked() {
 /// back as read, and every bad group refused by name.
 #[test]
 fn domain_groups_are_read_and_checked() {
-    let with_groups = MANIFEST.replace("\"1.0\"", "\"1.4\"").replace(
-        "[training]",
-        "[domain]\nfeature_size = 2\nmean = [0.5, -1.0]\ninverse_covariance = [2.0, 0.5, 0.5, 1.0]\n\
-         threshold = 1.4\nthreshold_quantile = 0.99\nfit_layers = 300\nvalidation_layers = 40\n\n\
-         [[domain.groups]]\nname = \"synthetic\"\nlayers = 290\nmean = [0.4, -1.1]\n\n\
-         [[domain.groups]]\nname = \"real No_Defect\"\nlayers = 10\nmean = [3.0, 2.0]\n\n[training]",
+    let with_groups = manifest_with_domain(
+        "1.4",
+        "[[domain.groups]]\nname = \"synthetic\"\nlayers = 290\nmean = [0.4, -1.1]\n\n\
+         [[domain.groups]]\nname = \"real No_Defect\"\nlayers = 10\nmean = [3.0, 2.0]\n\n",
     );
     let parsed = Manifest::parse(&with_groups, "m.toml").unwrap();
     let groups = &parsed.domain.as_ref().unwrap().groups;
