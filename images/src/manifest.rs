@@ -514,9 +514,7 @@ impl DomainTable {
             ));
         }
     }
-}
 
-impl DomainTable {
     fn check_groups(&self, manifest: &Manifest, problems: &mut Vec<String>) {
         if self.groups.is_empty() {
             return;

@@ -60,7 +60,9 @@ impl DomainCheck {
     /// Scores one layer's features (D values: the backend's `features()`).
     pub fn assess(&mut self, features: &[f32]) -> DomainFinding {
         let d = self.centred.len();
-        let score = if features.len() == d {
+        // features of the wrong length, or not numbers, are unfamiliar (and would make every
+        // distance NaN, which `f64::min` drops)
+        let score = if features.len() == d && features.iter().all(|f| f.is_finite()) {
             let mut nearest = f64::INFINITY;
             for mean in &self.means {
                 for ((c, &f), &m) in self.centred.iter_mut().zip(features).zip(mean) {
@@ -72,14 +74,7 @@ impl DomainCheck {
                     .zip(&self.centred)
                     .map(|(row, &ci)| ci * row.iter().zip(&self.centred).map(|(a, cj)| a * cj).sum::<f64>())
                     .sum();
-                // NaN features give NaN here; `min` would drop it, so it is kept by hand
-                let score = (quadratic / d as f64).sqrt();
-                if score.is_nan() || score < nearest {
-                    nearest = score;
-                    if score.is_nan() {
-                        break;
-                    }
-                }
+                nearest = nearest.min((quadratic / d as f64).sqrt());
             }
             nearest
         } else {
