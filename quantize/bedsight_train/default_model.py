@@ -40,17 +40,23 @@ MIN_FOUND_PIXELS = 40
 # that was not planted there.
 MAX_CLEAN_SHARE = 0.0005
 MAX_STRAY_SHARE = 0.001
-# The real-bed gate (issue 20's target for clean beds): every clean held-out real layer PASS, and
-# under this share of those beds flagged on average. A model that passes the synthetic sample build
+# The real-bed gate (issue 20's targets for real beds): every clean held-out real layer PASS with
+# under MAX_CLEAN_REAL_FLAGGED of those beds flagged on average, and at least MIN_DEFECTIVE_NOT_PASS
+# of the defective held-out real layers not PASS. A model that passes the synthetic sample build
 # can still stop a printer on every clean real layer (measured 2026-12-04: quantize/README.md,
-# "Real beds"), so the sample build alone never replaces the shipped model.
+# "Real beds"), and one that is quiet on clean beds can be quiet on every real defect too (the
+# curriculum with the clean beds as background: 0 of 270 uneven layers found), so neither the
+# sample build nor the clean beds alone replace the shipped model.
 MAX_CLEAN_REAL_FLAGGED = 0.01
+MIN_DEFECTIVE_NOT_PASS = 0.90
 
 
-def check_clean_real(real_eval: dict[str, Any] | None) -> dict[str, Any]:
+def check_real_beds(real_eval: dict[str, Any] | None) -> dict[str, Any]:
     """The real-bed gate on `real_eval.py`'s report (real-eval.json): fails when there is none
-    (the build judged no real bed), when it holds no clean layer, when a clean layer is not PASS,
-    or when the clean layers' mean flagged share is MAX_CLEAN_REAL_FLAGGED or more."""
+    (the build judged no real bed), when it holds no clean or no defective layer, when a clean
+    layer is not PASS, when the clean layers' mean flagged share is MAX_CLEAN_REAL_FLAGGED or
+    more, or when under MIN_DEFECTIVE_NOT_PASS of the defective layers are not PASS (the folder
+    found least is named)."""
     if real_eval is None:
         return {"ok": False, "why": "no real-layer evaluation (eval-real/real-eval.json): the model was not judged on real beds"}
     clean = real_eval["clean"]
@@ -58,14 +64,28 @@ def check_clean_real(real_eval: dict[str, Any] | None) -> dict[str, Any]:
         return {"ok": False, "why": "the real-layer evaluation holds no clean layer"}
     share = clean["mean_flagged_share"]
     if clean["not_pass"]:
-        why = f"{clean['not_pass']} of {clean['layers']} clean real layers not PASS"
-    elif share is None:
-        why = "no clean real layer has a mask to measure its flagged share"
-    elif share >= MAX_CLEAN_REAL_FLAGGED:
-        why = f"clean real layers {share * 100:.2f} % flagged on average (at most {MAX_CLEAN_REAL_FLAGGED * 100:.0f} %)"
-    else:
-        return {"ok": True, "why": f"{clean['layers']} of {clean['layers']} clean real layers PASS, {share * 100:.2f} % flagged on average"}
-    return {"ok": False, "why": why}
+        return {"ok": False, "why": f"{clean['not_pass']} of {clean['layers']} clean real layers not PASS"}
+    if share is None:
+        return {"ok": False, "why": "no clean real layer has a mask to measure its flagged share"}
+    if share >= MAX_CLEAN_REAL_FLAGGED:
+        return {"ok": False, "why": f"clean real layers {share * 100:.2f} % flagged on average (at most {MAX_CLEAN_REAL_FLAGGED * 100:.0f} %)"}
+    # a folder's layers are defective when its label names a class (FAULT layers count as not PASS:
+    # the box stopped the printer and asked for a person)
+    defective = {name: f for name, f in real_eval["per_folder"].items() if f["label_classes"] and f["layers"]}
+    layers = sum(f["layers"] for f in defective.values())
+    if layers == 0:
+        return {"ok": False, "why": "the real-layer evaluation holds no defective layer"}
+    stopped = {name: f["layers"] - f["verdicts"]["PASS"] for name, f in defective.items()}
+    found = sum(stopped.values()) / layers
+    clean_why = f"{clean['layers']} of {clean['layers']} clean real layers PASS, {share * 100:.2f} % flagged on average"
+    if found < MIN_DEFECTIVE_NOT_PASS:
+        least = min(defective, key=lambda name: stopped[name] / defective[name]["layers"])
+        return {
+            "ok": False,
+            "why": f"{clean_why}, but {sum(stopped.values())} of {layers} defective real layers not PASS ({found * 100:.1f} %, at least {MIN_DEFECTIVE_NOT_PASS * 100:.0f} %); "
+            f"{least}: {stopped[least]} of {defective[least]['layers']}",
+        }
+    return {"ok": True, "why": f"{clean_why}; {sum(stopped.values())} of {layers} defective real layers not PASS ({found * 100:.1f} %)"}
 
 
 def check_sample_build(graph: Path, manifest: dict[str, Any], sample: Path) -> dict[str, Any]:
@@ -243,7 +263,7 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
         metrics["alt_generator_fp32"] = {k: json.loads(alt.read_text())[k] for k in ("cpa", "iou", "mpa", "miou")}
     real = work / "eval-real" / "real-eval.json"
     report = json.loads(real.read_text()) if real.exists() else None
-    real_gate = check_clean_real(report)
+    real_gate = check_real_beds(report)
     print(f"real beds: {real_gate['why']}  {'ok' if real_gate['ok'] else 'CHECK FAILED'}")
     metrics["real_gate"] = real_gate
     if report is not None:
