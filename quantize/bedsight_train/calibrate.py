@@ -43,6 +43,21 @@ def read_run(run: Path) -> dict[str, Any]:
         raise BadInput(f"{run_json}: not valid JSON ({e})") from None
 
 
+# The label maps a run trained with, copied into the run folder by `train`: a run outlives the
+# checkout it was trained in (a worktree removed, a repository moved), and `calibrate` and `export`
+# read its label maps again.
+RUN_LABEL_MAPS = {"layers": "layers-label-map.toml", "real_layers": "real-label-map.toml"}
+
+
+def run_label_map(run: Path, info: dict[str, Any], which: str):
+    """The label map of the run's `which` ("layers" or "real_layers"): the copy in the run folder,
+    or, for a run trained before copies were kept, the file that run.json names."""
+    from .layers import load_label_map
+
+    copy = Path(run) / RUN_LABEL_MAPS[which]
+    return load_label_map(copy if copy.exists() else Path(info[which]["label_map"]))
+
+
 def run_split(run: Path, info: dict[str, Any], which: str) -> data_mod.Dataset:
     """The run's dataset restricted to one split, as recorded at training time."""
     ds = data_mod.load_dataset(Path(info["data"]))
@@ -187,7 +202,7 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
 
     layer_head_saved, layer_report = None, None
     if best.get("layer_head") is not None:
-        layer_head_saved, layer_report = calibrate_layer_head(info, trunk_model.trunk, best["layer_head"], mean, std, progress)
+        layer_head_saved, layer_report = calibrate_layer_head(run, info, trunk_model.trunk, best["layer_head"], mean, std, progress)
     torch.save(
         {
             "layer_head": layer_head_saved,
@@ -246,16 +261,16 @@ def binary_ece(probs: np.ndarray, targets: np.ndarray, bins: int = 10) -> float:
     return float(ece)
 
 
-def calibrate_layer_head(info: dict[str, Any], trunk: torch.nn.Module, saved: dict[str, Any], mean: float, std: float, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
+def calibrate_layer_head(run: Path, info: dict[str, Any], trunk: torch.nn.Module, saved: dict[str, Any], mean: float, std: float, progress: bool) -> tuple[dict[str, Any], dict[str, Any]]:
     """Fit the layer head's temperature on the run's layer validation split."""
-    from .layers import load_label_map, load_layer_folders
+    from .layers import load_layer_folders
     from .models.layer_head import LayerHead, LayerHeadConfig
     from .multitask import layer_logits_of, multilabel_metrics
 
     layers = info["layers"]
-    label_map = load_label_map(Path(layers["label_map"]))
+    label_map = run_label_map(run, info, "layers")
     if label_map.classes != saved["classes"]:
-        raise BadInput(f"{layers['label_map']}: its classes {label_map.classes} differ from the trained head's {saved['classes']}; the map changed since training")
+        raise BadInput(f"{label_map.path}: its classes {label_map.classes} differ from the trained head's {saved['classes']}; the map changed since training")
     size = int(info["input"]["width"])
     val = load_layer_folders(Path(layers["root"]), label_map, size, splits=("val",), max_per_label=layers.get("max_per_label"), mixed_sizes=layers.get("mixed_sizes", "resize"))
     head = LayerHead(LayerHeadConfig(**saved["config"]))

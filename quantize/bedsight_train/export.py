@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
-from .calibrate import load_ensemble, read_run, run_split
+from .calibrate import load_ensemble, read_run, run_label_map, run_split
 from .common import BadInput, limit_threads, toml_dumps
 
 MAX_ABS_DIFF = 1e-3
@@ -215,7 +215,7 @@ def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: 
     """The [domain] table (domain.py) from the run's training layers, its threshold from its
     validation layers: the synthetic splits, and the real layers' when the run trained on them."""
     from . import domain
-    from .layers import load_label_map, load_layer_folders
+    from .layers import load_layer_folders
 
     train = run_split(run, info, "train")
     train_f = [domain.features_of(ensemble, train.images, mean, std)]
@@ -226,7 +226,7 @@ def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: 
     val_f = [domain.features_of(ensemble, val.images, mean, std)]
     real = info.get("real_layers")
     if real:
-        label_map = load_label_map(Path(real["label_map"]))
+        label_map = run_label_map(run, info, "real_layers")
         size = int(info["input"]["width"])
         for split, bucket in (("train", train_f), ("val", val_f)):
             layers = load_layer_folders(Path(real["root"]), label_map, size, splits=(split,), max_per_label=real.get("max_per_label"), progress=progress)

@@ -16,6 +16,7 @@ layers; each checkpoint then also records the head's validation macro F1 and ran
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from . import data as data_mod
+from .calibrate import RUN_LABEL_MAPS
 from .common import BadInput, limit_threads, read_toml
 from .losses import LOSSES, focal_tversky_loss
 from .metrics import confusion, segmentation_metrics
@@ -379,6 +381,12 @@ def train(opts: TrainOptions) -> dict:
     if resume is not None:
         _check_same_run(out / "run.json", run_info)
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
+    # the label maps beside run.json: `calibrate` and `export` read them again, maybe after the
+    # checkout the run was trained in is gone (calibrate.run_label_map)
+    for which, maps in (("layers", layer_data), ("real_layers", real)):
+        if maps is not None:
+            source = maps.train.label_map.path if which == "layers" else maps.label_map.path
+            shutil.copyfile(source, out / RUN_LABEL_MAPS[which])
 
     # the training stream seeded anew: it does not depend on how many draws the network's widths took
     torch.manual_seed(opts.seed)

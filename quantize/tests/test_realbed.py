@@ -9,6 +9,7 @@ import torch
 from scipy import ndimage
 
 from bedsight_train import realbed
+from bedsight_train.layers import LABEL_MAPS
 from bedsight_train.synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATION
 
 CLASSES = ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]
@@ -164,6 +165,30 @@ def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path)
     assert 0.0 <= record["real_clean_flagged"] <= 1.0
     assert len(history["step_present_loss"]) == len(history["step_seg_loss"]) > 0
     assert all(np.isfinite(history["step_absent_loss"]))
+    # the label map travels with the run: `calibrate` and `export` read the copy
+    assert (tmp_path / "run" / "real-label-map.toml").read_text() == (LABEL_MAPS / "pblm.toml").read_text()
+
+
+def test_a_run_reads_its_own_copy_of_the_label_map_once_the_trained_one_is_gone(tmp_path):
+    """A run trained in a checkout that is gone since (a worktree removed) still exports with its
+    domain check: it carries its label map; a run from before copies were kept reads run.json's."""
+    from bedsight_train.calibrate import run_label_map
+    from bedsight_train.common import BadInput
+
+    source = tmp_path / "maps" / "site.toml"
+    source.parent.mkdir()
+    source.write_text((LABEL_MAPS / "pblm.toml").read_text().replace("No_Defect = []", "No_Defect = []\nSite_Clean = []"))
+    info = {"real_layers": {"label_map": str(source)}}
+    run = tmp_path / "run"
+    run.mkdir()
+    assert "Site_Clean" in run_label_map(run, info, "real_layers").labels  # no copy: the recorded file
+    (run / "real-label-map.toml").write_text(source.read_text())
+    source.unlink()
+    label_map = run_label_map(run, info, "real_layers")
+    assert label_map.labels["Site_Clean"] == [] and label_map.path == run / "real-label-map.toml"
+    (run / "real-label-map.toml").unlink()
+    with pytest.raises(BadInput, match="site.toml"):
+        run_label_map(run, info, "real_layers")
 
 
 class _Constant(torch.nn.Module):
