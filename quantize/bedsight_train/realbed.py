@@ -196,29 +196,40 @@ def _plant_incompleteness(rng, image, mask, local):
 
 def _plant_short_feed(rng, image, mask, local):
     """Too little powder at the side of the bed towards the end of the travel (PBLM's uneven
-    layers, training split: a wedge along one side, ending at the far edge): the blade leaves a
-    layer too thin to hold, which cracks, and the layer below shows through a network of thin
-    dark fissures; the region as a whole is only a little darker. The fissures are the zero set
-    of smoothed noise (meandering, joined lines), fading out away from the side."""
+    layers): a wedge along one side, ending at the far edge, where the blade left a layer too thin
+    to hold and it cracked. As the training split's uneven beds show it at 1024 px: no step in
+    brightness at the wedge's edge, but a dark crack along its front, a network of cracks between
+    the front and the side, densest at the side (2-5 px wide, 15-35 % darker than the powder), and
+    mottled powder between them, a few per cent darker as a whole. The cracks are the zero set of
+    smoothed noise, drawn a set width wide (|f| / |grad f| is the distance to it), and broken where
+    a second noise is low, so that they branch and end instead of closing into cells."""
     h, w = image.shape
     x0 = rng.uniform(0.2, 0.8) * w
-    depth = rng.uniform(0.08, 0.3) * h
+    depth = rng.uniform(0.06, 0.22) * h
     xx = np.arange(w, dtype=np.float32)[None, :]
     yy = np.arange(h, dtype=np.float32)[:, None]
     # the wedge deepens from where the powder started to run short to the end of the travel
-    reach = depth * np.clip((xx - x0) / max(1.0, w - x0), 0, 1) ** 0.5 + _smooth_walk(rng, w, rng.uniform(2, 6), 8.0)[None, :]
+    reach = depth * np.clip((xx - x0) / max(1.0, w - x0), 0, 1) ** 0.3 + _smooth_walk(rng, w, rng.uniform(3, 8), 5.0)[None, :]
     from_side = yy if rng.random() < 0.5 else (h - 1) - yy
     region = (from_side < reach) & (xx >= x0)
     if region.sum() < 50:
         return
-    soft = ndimage.gaussian_filter(region.astype(np.float32), 2.0)
+    inside = ndimage.gaussian_filter(region.astype(np.float32), 1.0)
     # smoothed unequally along the two axes, so the cracks run jagged and mostly one way
-    noise = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), (rng.uniform(2, 5), rng.uniform(2, 5)))
-    fissure = np.exp(-((noise / (noise.std() * rng.uniform(0.04, 0.08))) ** 2))
-    # fissures are densest at the side and fade towards the region's inner edge
-    fade = np.clip(1.2 - from_side / np.maximum(reach, 1.0), 0, 1)
-    image -= soft * local * (rng.uniform(0.05, 0.12) + rng.uniform(0.15, 0.35) * fissure * fade)
-    mask[soft > 0.5] = INCOMPLETENESS
+    noise = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), (rng.uniform(4, 10), rng.uniform(4, 10)))
+    gy, gx = np.gradient(noise)
+    to_crack = np.abs(noise) / (np.hypot(gy, gx) + 1e-6)
+    half_width = rng.uniform(1.0, 2.5)
+    near_side = np.clip(1.3 - from_side / np.maximum(reach, 1.0), 0, 1)
+    broken = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), rng.uniform(6, 15))
+    broken = np.clip(broken / (broken.std() + 1e-6) + rng.uniform(0.0, 0.8), 0, 1)
+    cracks = np.exp(-((to_crack / half_width) ** 2)) * near_side * broken
+    front = np.exp(-(((from_side - reach) / half_width) ** 2)) * (xx >= x0) * np.clip(broken + 0.5, 0, 1)
+    mottle = ndimage.gaussian_filter(rng.normal(0, 1, image.shape), rng.uniform(5, 12))
+    mottle /= mottle.std() + 1e-6
+    shade = ndimage.gaussian_filter(region.astype(np.float32), 8.0) * (rng.uniform(0.02, 0.06) + 0.03 * mottle * near_side)
+    image -= local * (shade + rng.uniform(0.15, 0.35) * np.maximum(cracks * inside, front))
+    mask[region] = INCOMPLETENESS
 
 
 def _plant_uncovered(rng, image, mask, local):

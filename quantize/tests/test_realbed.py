@@ -120,12 +120,14 @@ def test_a_short_feed_is_a_cracked_wedge_along_a_side_to_the_end_of_the_travel()
         assert wedge[0].any() or wedge[-1].any()
         assert wedge[:, -1].any() and not wedge[:, 0].any()
         darker = bed.astype(np.float32) - image
-        # a little darker as a whole (5-12 % of 120 and the fissures), and cracked: a few
-        # pixels far darker than the rest of the wedge
-        assert 6 < darker[wedge].mean() < 40
-        assert 0.01 < (darker[wedge] > 0.2 * 120).mean() < 0.5
-        # the change stays in the wedge: under half a grey level a few pixels beyond its edge
-        assert np.abs(darker[~ndimage.binary_dilation(wedge, iterations=6)]).max() < 0.5
+        # a little darker as a whole (2-6 % of 120, mottled, and the cracks), and cracked: a
+        # few pixels 15 % darker or more
+        assert 2 < darker[wedge].mean() < 30
+        assert 0.005 < (darker[wedge] > 0.15 * 120).mean() < 0.5
+        # no step at the wedge's edge: the shade fades out over a few pixels beyond it (under 2.5
+        # grey levels 6 px out, under the powder's grain), and under half a grey level 20 px out
+        assert np.abs(darker[~ndimage.binary_dilation(wedge, iterations=6)]).max() < 2.5
+        assert np.abs(darker[~ndimage.binary_dilation(wedge, iterations=20)]).max() < 0.5
 
 
 def test_lighting_changes_brightness_not_the_size_and_stays_in_range():
