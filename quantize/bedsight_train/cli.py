@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-layers-per-label", type=int, default=None, help="use at most this many layers of each label per split")
     t.add_argument("--mixed-sizes", choices=["resize", "refuse"], default="resize", help="layers whose size differs from the first: resize them, or stop")
     t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (same architecture)")
+    t.add_argument("--freeze-batch-norm", action="store_true", help="BatchNorm normalises with its running statistics and does not update them (fine-tuning from --init with small mixed batches)")
     t.add_argument("--min-scale", type=float, default=1.0, help="with --crop: half the crops come from windows up to crop/MIN_SCALE wide shrunk to the crop (scale log-uniform in [MIN_SCALE, 1]): multi-scale training; 1: every crop at the layer's own scale")
     t.add_argument("--real-layers", type=Path, default=None, help="real-bed mode: folder of label folders of real layers (e.g. pblm/) under weak pixel losses, with planted defects on their clean layers (realbed.py); needs --label-map and --crop")
     t.add_argument("--plant-batch", type=int, default=2, help="real-bed mode: crops of clean real layers with planted defects per step")
@@ -200,7 +201,7 @@ def run(args: argparse.Namespace) -> None:
             TrainOptions(
                 arch=args.arch, data=args.data, epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr=args.lr,
                 seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), preset=args.preset, crop=args.crop,
-                class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, foreground_share=args.foreground_share, min_scale=args.min_scale, overwrite=args.overwrite, progress=progress,
+                class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, foreground_share=args.foreground_share, min_scale=args.min_scale, freeze_batch_norm=args.freeze_batch_norm, overwrite=args.overwrite, progress=progress,
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every, weak_layers=args.weak_layers,

@@ -58,6 +58,7 @@ class TrainOptions:
     photometric: float = 0.15  # random gain 1 +- this and offset +- this/3 (0..1 scale); 0 turns it off
     foreground_share: float = 0.0  # share of crops placed over a pixel of a class the layer holds (_augment)
     min_scale: float = 1.0  # with a crop, half the crops are shrunk from windows up to crop / min_scale wide (_augment)
+    freeze_batch_norm: bool = False  # BatchNorm normalises with its running statistics and keeps them (fine-tuning)
     overwrite: bool = False  # replace the checkpoints of an earlier run in the same folder
     max_steps_per_epoch: int | None = None  # for tests
     progress: bool = True
@@ -344,6 +345,7 @@ def train(opts: TrainOptions) -> dict:
         "photometric": opts.photometric,
         "foreground_share": opts.foreground_share,
         "min_scale": opts.min_scale,
+        **({"freeze_batch_norm": True} if opts.freeze_batch_norm else {}),  # only when set: older runs resume as they were
         "epochs": opts.epochs,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "init": str(opts.init) if opts.init else None,
@@ -444,6 +446,11 @@ def train(opts: TrainOptions) -> dict:
 
     for epoch in range(first_epoch, opts.epochs + 1):
         model.train()
+        if opts.freeze_batch_norm:
+            # batches of two to six crops from two domains (synthetic and real beds) give running
+            # statistics that swing from one epoch's end to the next, and the box judges with them
+            for norm in batch_norms(model):
+                norm.eval()
         if layer_head is not None:
             layer_head.train()
         order = rng.permutation(len(x_train))
@@ -548,6 +555,10 @@ def train(opts: TrainOptions) -> dict:
     history["train_seconds"] = time.time() - started
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return history
+
+
+def batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int | None, photometric: float = 0.0, mean: float = 0.0, std: float = 1.0, foreground: float = 0.0, min_scale: float = 1.0):

@@ -194,3 +194,29 @@ def test_shrunk_crops_average_the_image_and_keep_the_mask_aligned():
     assert max(spans) <= 127
     a, b = np.random.default_rng(5), np.random.default_rng(5)
     assert np.array_equal(_augment(a, layer, labels, 64)[0], _augment(b, layer, labels, 64, min_scale=1.0)[0])
+
+
+def test_frozen_batch_norm_keeps_the_running_statistics_and_still_trains(tiny_data, tmp_path):
+    """--freeze-batch-norm: fine-tuned from a checkpoint, BatchNorm keeps the running statistics it
+    came with (it normalises by them in training as on the box) while every weight still learns;
+    without it they move."""
+    import torch
+
+    train_tiny("isdnet-sr", tiny_data, tmp_path / "init", epochs=1, crop=32, max_steps_per_epoch=2, seed=5)
+    init = tmp_path / "init" / "checkpoints" / "epoch-0001.pt"
+    before = torch.load(init, weights_only=False)["state_dict"]
+    after = {}
+    for name, freeze in (("frozen", True), ("free", False)):
+        train_tiny("isdnet-sr", tiny_data, tmp_path / name, epochs=2, crop=32, max_steps_per_epoch=2, seed=5, init=init, freeze_batch_norm=freeze)
+        after[name] = torch.load(tmp_path / name / "checkpoints" / "epoch-0002.pt", weights_only=False)["state_dict"]
+    statistics = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    weights = [k for k in before if k.endswith("weight") and k.replace("weight", "running_mean") not in before]
+    assert statistics and weights
+    assert all(torch.equal(after["frozen"][k], before[k]) for k in statistics)
+    assert all(not torch.equal(after["free"][k], before[k]) for k in statistics)
+    # the weights learn as they do with BatchNorm free (in 4 steps a few get no gradient either way:
+    # the relation-aware fusion's fine branch waits for its alpha, zero at the start)
+    moved = {name: sum(not torch.equal(a[k], before[k]) for k in weights) for name, a in after.items()}
+    assert moved["frozen"] >= 0.9 * len(weights) and moved["free"] >= 0.9 * len(weights), (moved, len(weights))
+    run = json.loads((tmp_path / "frozen" / "run.json").read_text())
+    assert run["freeze_batch_norm"] is True and "freeze_batch_norm" not in json.loads((tmp_path / "free" / "run.json").read_text())
