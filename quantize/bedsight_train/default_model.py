@@ -76,16 +76,14 @@ def check_real_beds(real_eval: dict[str, Any] | None) -> dict[str, Any]:
     if layers == 0:
         return {"ok": False, "why": "the real-layer evaluation holds no defective layer"}
     stopped = {name: f["layers"] - f["verdicts"]["PASS"] for name, f in defective.items()}
-    found = sum(stopped.values()) / layers
+    found = sum(stopped.values())
     clean_why = f"{clean['layers']} of {clean['layers']} clean real layers PASS, {share * 100:.2f} % flagged on average"
-    if found < MIN_DEFECTIVE_NOT_PASS:
+    defective_why = f"{found} of {layers} defective real layers not PASS ({found / layers * 100:.1f} %"
+    if found / layers < MIN_DEFECTIVE_NOT_PASS:
         least = min(defective, key=lambda name: stopped[name] / defective[name]["layers"])
-        return {
-            "ok": False,
-            "why": f"{clean_why}, but {sum(stopped.values())} of {layers} defective real layers not PASS ({found * 100:.1f} %, at least {MIN_DEFECTIVE_NOT_PASS * 100:.0f} %); "
-            f"{least}: {stopped[least]} of {defective[least]['layers']}",
-        }
-    return {"ok": True, "why": f"{clean_why}; {sum(stopped.values())} of {layers} defective real layers not PASS ({found * 100:.1f} %)"}
+        why = f"{clean_why}, but {defective_why}, at least {MIN_DEFECTIVE_NOT_PASS * 100:.0f} %); {least}: {stopped[least]} of {defective[least]['layers']}"
+        return {"ok": False, "why": why}
+    return {"ok": True, "why": f"{clean_why}; {defective_why})"}
 
 
 def check_sample_build(graph: Path, manifest: dict[str, Any], sample: Path) -> dict[str, Any]:

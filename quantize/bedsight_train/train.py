@@ -385,10 +385,10 @@ def train(opts: TrainOptions) -> dict:
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
     # the label maps beside run.json: `calibrate` and `export` read them again, maybe after the
     # checkout the run was trained in is gone (calibrate.run_label_map)
-    for which, maps in (("layers", layer_data), ("real_layers", real)):
-        if maps is not None:
-            source = maps.train.label_map.path if which == "layers" else maps.label_map.path
-            shutil.copyfile(source, out / RUN_LABEL_MAPS[which])
+    if layer_data is not None:
+        shutil.copyfile(layer_data.train.label_map.path, out / RUN_LABEL_MAPS["layers"])
+    if real is not None:
+        shutil.copyfile(real.label_map.path, out / RUN_LABEL_MAPS["real_layers"])
 
     # the training stream seeded anew: it does not depend on how many draws the network's widths took
     torch.manual_seed(opts.seed)
@@ -449,8 +449,9 @@ def train(opts: TrainOptions) -> dict:
         if opts.freeze_batch_norm:
             # batches of two to six crops from two domains (synthetic and real beds) give running
             # statistics that swing from one epoch's end to the next, and the box judges with them
-            for norm in batch_norms(model):
-                norm.eval()
+            for norm in model.modules():
+                if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
+                    norm.eval()
         if layer_head is not None:
             layer_head.train()
         order = rng.permutation(len(x_train))
@@ -555,10 +556,6 @@ def train(opts: TrainOptions) -> dict:
     history["train_seconds"] = time.time() - started
     (out / "history.json").write_text(json.dumps(history, indent=1))
     return history
-
-
-def batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 
 
 def _augment(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, crop: int | None, photometric: float = 0.0, mean: float = 0.0, std: float = 1.0, foreground: float = 0.0, min_scale: float = 1.0):
