@@ -363,15 +363,16 @@ class RealLayers:
         self.defect = np.array([c.defect for c in classes])
         names = [label_map.labels[label] for label in train.labels]
         self.present, self.absent = class_targets(names, self.class_names)
-        # The weak losses speak only of `weak_classes` (None: every class). The clean and
-        # defective layers below still come from the whole label.
+        self.clean = np.nonzero(~self.present.any(1))[0]
+        self.defective = np.nonzero(self.present.any(1))[0]
+        # On the defective layers the weak losses speak only of `weak_classes` (None: every
+        # class). A clean layer keeps every class absent whatever they are: its label is a pixel
+        # label (no defect anywhere), the one image label that says where.
         self.weak_classes = list(self.class_names[1:]) if weak_classes is None else list(weak_classes)
         unsupervised = [c for c, name in enumerate(self.class_names) if name not in self.weak_classes]
         self.weak_present, self.weak_absent = self.present.copy(), self.absent.copy()
-        self.weak_present[:, unsupervised] = False
-        self.weak_absent[:, unsupervised] = False
-        self.clean = np.nonzero(~self.present.any(1))[0]
-        self.defective = np.nonzero(self.present.any(1))[0]
+        self.weak_present[np.ix_(self.defective, unsupervised)] = False
+        self.weak_absent[np.ix_(self.defective, unsupervised)] = False
         if len(self.clean) == 0 or len(self.defective) == 0:
             raise ValueError("the real training layers need clean and defective layers")
 
@@ -427,15 +428,19 @@ class RealLayers:
 
         device = device_of(model)
         picks = rng.choice(self.clean, n_crops) if clean_only else rng.integers(0, len(self.train.names), n_crops)
-        # Clean beds alone are taken as the box delivers them (flat-fielded, not lit anew): relit,
-        # their darkened corners would teach that a darker region is never incompleteness, which
-        # the planted (labelled) crops teach where it is true. Measured: relit, the clean-only
-        # absence drove incompleteness to 0.02 synthetic IoU within one epoch.
-        relight = (lambda image: image) if clean_only else (lambda image: lighting(rng, image))
+        # Clean beds are taken as the box delivers them (flat-fielded, not lit anew): relit, their
+        # darkened corners would teach that a darker region is never incompleteness, which the
+        # planted (labelled) crops teach where it is true. Measured: relit, the clean-only absence
+        # drove incompleteness to 0.02 synthetic IoU within one epoch.
+        clean = set(self.clean.tolist())
+
+        def relight(i: int, image: np.ndarray) -> np.ndarray:
+            return image if i in clean else lighting(rng, image)
+
         # Flush with a side as often as the planted crops: the rim is where false defects sit,
         # and a uniform 256-px crop of a 1024-px bed holds a given side's outermost rows one
         # time in 769.
-        x = self._normalise([relight(self._crop(rng, self.train.images[i], crop, EDGE_SHARE).astype(np.float32)) for i in picks], mean, std)
+        x = self._normalise([relight(i, self._crop(rng, self.train.images[i], crop, EDGE_SHARE).astype(np.float32)) for i in picks], mean, std)
         with frozen_batch_norm(model):
             absent, _ = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.weak_present[picks]).to(device), torch.from_numpy(self.weak_absent[picks]).to(device), top_k_share=None)
             present = absent * 0.0
@@ -444,7 +449,7 @@ class RealLayers:
                 image = self.train.images[i]
                 if rng.random() < 0.5:
                     image = image[::-1, :]
-                x = self._normalise([relight(image.astype(np.float32))], mean, std)
+                x = self._normalise([relight(i, image.astype(np.float32))], mean, std)
                 whole_absent, present = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.weak_present[i : i + 1]).to(device), torch.from_numpy(self.weak_absent[i : i + 1]).to(device))
                 absent = 0.5 * (absent + whole_absent)
         return absent, present

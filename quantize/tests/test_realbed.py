@@ -247,11 +247,11 @@ def test_clean_only_weak_losses_read_the_clean_layers_alone(monkeypatch):
     assert seen and all(seen)
 
 
-def test_weak_classes_limit_the_weak_losses_to_the_classes_named():
-    """--weak-classes super-elevation: the constant network's p(incompleteness) = 0.9 costs
-    nothing on any layer, though the clean ones do not name it and the Uneven ones do: only
-    super-elevation, absent from both labels at p = 0.02, is under the absence loss, per pixel and
-    pooled, and no class is under the presence loss."""
+def test_weak_classes_limit_the_weak_losses_on_defective_layers_and_clean_ones_stay_clean(monkeypatch):
+    """--weak-classes super-elevation: on the Uneven layers only super-elevation (absent from the
+    label, p = 0.02 under the constant network) is under the absence loss, and no class under the
+    presence loss, so their p(incompleteness) = 0.9 costs nothing; a clean layer keeps every class
+    absent (its label is a pixel label). Clean beds are never lit anew, the others always."""
     from bedsight_train.layers import LayerSet, LabelMap
     from bedsight_train.common import ClassInfo
 
@@ -260,17 +260,30 @@ def test_weak_classes_limit_the_weak_losses_to_the_classes_named():
     train = LayerSet(None, label_map, ["Clean/0", "Clean/1", "Uneven/0", "Uneven/1"], ["Clean", "Clean", "Uneven", "Uneven"], np.array([[0], [0], [1], [1]], np.float32), images)
     classes = [ClassInfo(name, "#000000", name not in ("background", "lattice")) for name in CLASSES]
     real = realbed.RealLayers(train, train.subset([0, 2]), classes, label_map, weak_classes=["super-elevation"])
-    assert real.weak_absent.sum() == 4 and real.weak_absent[:, CLASSES.index("super-elevation")].all()
+    assert real.weak_absent[:2].all(1).tolist() == [False, False] and real.weak_absent[:2, 1:].all()
+    assert real.weak_absent[2:].sum() == 2 and real.weak_absent[2:, CLASSES.index("super-elevation")].all()
     assert not real.weak_present.any()
-    # the layers themselves are still clean and defective by the whole label
     assert list(real.clean) == [0, 1] and list(real.defective) == [2, 3]
-    for share in (1.0, 0.0):
-        monkeypatch_share = pytest.MonkeyPatch()
-        monkeypatch_share.setattr(realbed, "WHOLE_CLEAN_SHARE", share)
-        absent, present = real.weak_step(np.random.default_rng(1), _Constant(), 3, 32, True, 0.5, 0.2)
-        monkeypatch_share.undo()
+    # per (layer, class) pair, per pixel and pooled: incompleteness on a clean bed -log(0.1) twice,
+    # any other class -log(0.98) twice; a clean layer gives 5 pairs, an Uneven one 1
+    clean_sum, other = 2 * -math.log(0.1) + 4 * 2 * -math.log(0.98), 2 * -math.log(0.98)
+    relit = []
+    lighting = realbed.lighting
+    monkeypatch.setattr(realbed, "lighting", lambda rng, image: (relit.append(1), lighting(rng, image))[1])
+    cropped = []
+    original = realbed.RealLayers._crop
+    monkeypatch.setattr(realbed.RealLayers, "_crop", lambda self, rng, image, crop, *edge: (cropped.append(next(i for i in range(4) if np.array_equal(image, images[i]))), original(self, rng, image, crop, *edge))[1])
+    for seed, share in ((1, 1.0), (2, 0.0), (3, 0.0)):
+        cropped.clear()
+        monkeypatch.setattr(realbed, "WHOLE_CLEAN_SHARE", share)
+        relit.clear()
+        absent, present = real.weak_step(np.random.default_rng(seed), _Constant(), 3, 32, True, 0.5, 0.2)
         assert float(present) == 0.0
-        assert float(absent) == pytest.approx(2 * -math.log(0.98), rel=1e-4)
+        clean_crops = sum(i < 2 for i in cropped)
+        crops = (clean_crops * clean_sum + (3 - clean_crops) * other) / (clean_crops * 5 + 3 - clean_crops)
+        whole = clean_sum / 5 if share == 1.0 else other
+        assert float(absent) == pytest.approx(0.5 * (crops + whole), rel=1e-4)
+        assert len(relit) == (3 - clean_crops) + (share == 0.0)
 
 
 def test_planted_crops_show_the_bed_rim_in_its_place():
