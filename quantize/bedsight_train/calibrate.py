@@ -2,8 +2,9 @@
 
 Seed 000 Algorithm 1, steps 2-4:
 - rank every checkpoint of the run by its validation Score = 0.5 MPA + 0.5 MIoU (Eq. 28) and take
-  the top M; the best one supplies the trunk, feature extraction and fusion (§3.2.1, Eq. 14), and
-  each of the M supplies one segmentation head S_i;
+  the top M (of a snapshot-schedule run, the best of each of M cycles: choose_members); the best
+  one supplies the trunk, feature extraction and fusion (§3.2.1, Eq. 14), and each of the M
+  supplies one segmentation head S_i;
 - for each member (best trunk + head i) fit a temperature T_i on the validation split by minimising
   the negative log-likelihood of softmax(z / T_i) (Eq. 19-20);
 - report each member's ECE with 10 bins before and after (Eq. 16-18; the table follows seed 000
@@ -89,6 +90,26 @@ def ranked_checkpoints(run: Path, arch: str) -> list[tuple[Path, dict[str, Any]]
     return ckpts
 
 
+def choose_members(ranked: list[tuple[Path, dict[str, Any]]], members: int, info: dict[str, Any]) -> list[tuple[Path, dict[str, Any]]]:
+    """The top `members` checkpoints (Algorithm 1 step 2), the best first. A run trained with the
+    snapshot schedule gives one member per cycle: the best of each cycle, the cycles in the order
+    of their bests, so that the members come from the different minima the restarts reached
+    (Huang et al. 2017) rather than from neighbouring epochs of one."""
+    if info.get("lr_schedule") != "snapshot":
+        return ranked[:members]
+    from .train import cycle_of
+
+    cycles = int(info["cycles"])
+    if cycles < members:
+        raise BadInput(f"--members {members}: the run has {cycles} snapshot cycle(s), one member each; train with --cycles {members} or more")
+    best_of_cycle: dict[int, tuple[Path, dict[str, Any]]] = {}
+    for path, ckpt in ranked:  # best first, so the first seen of a cycle is its best
+        best_of_cycle.setdefault(cycle_of(int(ckpt["epoch"]), int(info["epochs"]), cycles), (path, ckpt))
+    if len(best_of_cycle) < members:
+        raise BadInput(f"--members {members}: checkpoints of only {len(best_of_cycle)} cycle(s) in the run; finish its training")
+    return list(best_of_cycle.values())[:members]
+
+
 def fit_temperature(logits: np.ndarray, target: np.ndarray, max_pixels: int = 2_000_000, seed: int = 0) -> float:
     """T minimising the NLL of softmax(z / T) (seed 000 Eq. 20) on [N, K, H, W] logits.
     A one-dimensional bounded search over log T (the paper uses Adam; the minimiser is the same)."""
@@ -135,7 +156,7 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
     ckpts = ranked_checkpoints(run, info["arch"])
     if len(ckpts) < members:
         raise BadInput(f"{run / 'checkpoints'}: {len(ckpts)} checkpoint(s), fewer than --members {members}; train more epochs")
-    chosen = ckpts[:members]
+    chosen = choose_members(ckpts, members, info)
     val = run_split(run, info, "val")
     mean, std = info["input"]["mean"][0], info["input"]["std"][0]
     x_val = data_mod.to_input(val.images, mean, std)

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, type=Path, help="the run folder")
     t.add_argument("--batch-size", type=int, default=8)
     t.add_argument("--lr", type=float, default=None)
-    t.add_argument("--lr-schedule", choices=["cosine", "constant"], default=None, help="cosine: fall to 5 %% of --lr over the run (default for am-segnet); constant (default for isdnet-sr)")
+    t.add_argument("--lr-schedule", choices=["cosine", "constant", "snapshot"], default=None, help="cosine: fall to 5 %% of --lr over the run (default for am-segnet); constant (default for isdnet-sr); snapshot: --cycles cosine cycles, each restarting at --lr (snapshot ensembles: calibrate takes each member from another cycle)")
+    t.add_argument("--cycles", type=int, default=1, help="with --lr-schedule snapshot: how many cycles (--epochs a multiple of it; at least calibrate's --members)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--split-seed", type=int, default=0)
     t.add_argument("--crop", type=int, default=None, help="train on random square crops of this size")
@@ -205,7 +206,7 @@ def run(args: argparse.Namespace) -> None:
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every, weak_layers=args.weak_layers,
-                weak_weight=args.weak_weight, weak_classes=args.weak_classes, real_val_layers=args.real_val_layers, lr_schedule=args.lr_schedule,
+                weak_weight=args.weak_weight, weak_classes=args.weak_classes, real_val_layers=args.real_val_layers, lr_schedule=args.lr_schedule, cycles=args.cycles,
                 device=args.device, resume=args.resume,
             )
         )

@@ -16,6 +16,7 @@ layers; each checkpoint then also records the head's validation macro F1 and ran
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -81,8 +82,10 @@ class TrainOptions:
     weak_classes: list[str] | None = None  # the classes the weak losses speak of (None: all)
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
     # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
-    # anneals, seed 002 §3.1); "constant": it stays at --lr. None: the architecture's default.
+    # anneals, seed 002 §3.1); "constant": it stays at --lr; "snapshot": `cycles` cosine cycles, each
+    # restarting at --lr (snapshot_factor). None: the architecture's default.
     lr_schedule: str | None = None
+    cycles: int = 1  # the snapshot schedule's cycles (calibrate takes each member from another)
     device: str = "cpu"  # cpu, cuda or auto (pick_device)
     # carry on an interrupted run in --out from its last checkpoint: the weights, the optimiser's
     # and the learning-rate schedule's state, the random generators and the history (the same
@@ -178,6 +181,21 @@ def _on_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in state.items()}
 
 
+def snapshot_factor(step: int, steps_per_cycle: int) -> float:
+    """The snapshot schedule's learning rate at `step` (from 0) as a share of --lr: Huang et al.,
+    "Snapshot ensembles: train 1, get M for free" (ICLR 2017; seed 000's reference [37]), Eq. 2,
+    alpha(t) = alpha_0 / 2 (cos(pi mod(t - 1, ceil(T / M)) / ceil(T / M)) + 1) with t = step + 1:
+    each cycle starts at alpha_0 and falls to near 0 at its end, where the checkpoint is a member;
+    the restart then carries the weights away to another minimum, so members differ more than
+    neighbouring checkpoints of one slow descent."""
+    return 0.5 * (math.cos(math.pi * (step % steps_per_cycle) / steps_per_cycle) + 1.0)
+
+
+def cycle_of(epoch: int, epochs: int, cycles: int) -> int:
+    """The snapshot cycle (from 0) that epoch `epoch` (from 1) of a run of `epochs` belongs to."""
+    return (epoch - 1) // (epochs // cycles)
+
+
 def class_weight_vector(masks: np.ndarray, k: int, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None
@@ -236,6 +254,10 @@ def train(opts: TrainOptions) -> dict:
         raise BadInput(f"--min-scale {opts.min_scale}: a scale, above 0 and at most 1")
     if opts.min_scale < 1.0 and opts.crop is None:
         raise BadInput("--min-scale shrinks windows to the crop: give --crop")
+    if opts.cycles != 1 and opts.lr_schedule != "snapshot":
+        raise BadInput(f"--cycles {opts.cycles}: cycles belong to --lr-schedule snapshot")
+    if opts.lr_schedule == "snapshot" and (opts.cycles < 1 or opts.epochs % opts.cycles):
+        raise BadInput(f"--cycles {opts.cycles}: a whole number of epochs per cycle (--epochs {opts.epochs}), so that each cycle ends on a checkpoint")
     limit_threads()
     toml_path = Path(opts.data) / "dataset.toml"
     if toml_path.is_file() and read_toml(toml_path).get("test_only"):
@@ -322,8 +344,8 @@ def train(opts: TrainOptions) -> dict:
     if resume is None:
         data_mod.save_split(out / "split.json", ds, split)
     schedule = opts.lr_schedule or ("cosine" if opts.arch == "am-segnet" else "constant")
-    if schedule not in ("cosine", "constant"):
-        raise BadInput(f"lr schedule {schedule!r}: expected cosine or constant")
+    if schedule not in ("cosine", "constant", "snapshot"):
+        raise BadInput(f"lr schedule {schedule!r}: expected cosine, constant or snapshot")
     run_info = {
         "arch": opts.arch,
         "preset": opts.preset,
@@ -337,6 +359,7 @@ def train(opts: TrainOptions) -> dict:
         "seed": opts.seed,
         "lr": opts.lr or DEFAULT_LR[opts.arch],
         "lr_schedule": schedule,
+        **({"cycles": opts.cycles} if schedule == "snapshot" else {}),  # only then: older runs resume as they were
         "batch_size": opts.batch_size,
         "crop": opts.crop,
         "class_weights": opts.class_weights,
@@ -420,6 +443,9 @@ def train(opts: TrainOptions) -> dict:
     scheduler = None
     if run_info["lr_schedule"] == "cosine":  # annealed learning rate (seed 002 §3.1 for AM-SegNet)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=opts.epochs * steps_per_epoch, eta_min=run_info["lr"] * 0.05)
+    elif run_info["lr_schedule"] == "snapshot":
+        steps_per_cycle = opts.epochs // opts.cycles * steps_per_epoch
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: snapshot_factor(step, steps_per_cycle))
 
     history: dict[str, Any] = {"arch": opts.arch, "step_loss": [], "epochs": []}
     if layer_data is not None:

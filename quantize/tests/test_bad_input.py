@@ -129,3 +129,17 @@ def test_a_min_scale_out_of_range_or_without_a_crop_is_refused(tiny_data, tmp_pa
     result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", tmp_path / "run", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--cycles", 2), "--cycles 2: cycles belong to --lr-schedule snapshot"),
+        (("--lr-schedule", "snapshot", "--cycles", 3), "--cycles 3: a whole number of epochs per cycle (--epochs 4)"),
+        (("--lr-schedule", "snapshot", "--cycles", 0), "--cycles 0: a whole number of epochs per cycle (--epochs 4)"),
+    ],
+)
+def test_snapshot_cycles_that_do_not_divide_the_run_are_refused(tiny_data, tmp_path, args, message):
+    result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 4, "--out", tmp_path / "run", *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written

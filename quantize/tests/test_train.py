@@ -220,3 +220,43 @@ def test_frozen_batch_norm_keeps_the_running_statistics_and_still_trains(tiny_da
     assert moved["frozen"] >= 0.9 * len(weights) and moved["free"] >= 0.9 * len(weights), (moved, len(weights))
     run = json.loads((tmp_path / "frozen" / "run.json").read_text())
     assert run["freeze_batch_norm"] is True and "freeze_batch_norm" not in json.loads((tmp_path / "free" / "run.json").read_text())
+
+
+def test_snapshot_schedule_restarts_the_learning_rate_at_each_cycle(tiny_data, tmp_path):
+    """--lr-schedule snapshot (Huang et al. 2017, Eq. 2): within a cycle of L steps the rate is
+    alpha_0 / 2 (cos(pi t / L) + 1), back at alpha_0 when the next cycle starts. Four epochs of
+    three steps in two cycles: L = 6; after epoch 1 (3 steps) the next step's rate is alpha_0 / 2,
+    after epoch 2 (6 steps) alpha_0 again."""
+    import math
+
+    import torch
+
+    from bedsight_train.train import snapshot_factor
+
+    assert snapshot_factor(0, 6) == 1.0
+    assert math.isclose(snapshot_factor(3, 6), 0.5)
+    assert math.isclose(snapshot_factor(5, 6), 0.5 * (math.cos(5 * math.pi / 6) + 1))  # 0.067: the cycle's last step
+    assert snapshot_factor(6, 6) == 1.0
+    run = tmp_path / "run"
+    train_tiny("isdnet-sr", tiny_data, run, epochs=4, lr=1e-3, lr_schedule="snapshot", cycles=2, max_steps_per_epoch=3)
+    rates = [torch.load(run / "checkpoints" / f"epoch-{e:04d}.pt", weights_only=False)["optimiser"]["param_groups"][0]["lr"] for e in (1, 2, 3, 4)]
+    assert rates == pytest.approx([5e-4, 1e-3, 5e-4, 1e-3])
+    assert json.loads((run / "run.json").read_text())["cycles"] == 2
+
+
+def test_a_snapshot_run_gives_each_member_from_another_cycle(tiny_data, tmp_path):
+    """calibrate on a snapshot-schedule run: the best checkpoint of each cycle, not the top M of
+    the whole run, which may all be neighbours in one cycle; more members than cycles is refused."""
+    import torch
+
+    from bedsight_train.calibrate import calibrate
+    from bedsight_train.common import BadInput
+
+    run = tmp_path / "run"
+    train_tiny("isdnet-sr", tiny_data, run, epochs=4, lr_schedule="snapshot", cycles=2, max_steps_per_epoch=3)
+    calibrate(run, members=2, progress=False)
+    chosen = torch.load(run / "ensemble.pt", weights_only=False)["head_checkpoints"]
+    cycles = sorted((int(name[6:10]) - 1) // 2 for name in chosen)  # epoch-NNNN.pt, two epochs a cycle
+    assert cycles == [0, 1], chosen
+    with pytest.raises(BadInput, match="--members 3: the run has 2 snapshot cycle"):
+        calibrate(run, members=3, progress=False)
