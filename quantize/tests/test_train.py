@@ -260,3 +260,27 @@ def test_a_snapshot_run_gives_each_member_from_another_cycle(tiny_data, tmp_path
     assert cycles == [0, 1], chosen
     with pytest.raises(BadInput, match="--members 3: the run has 2 snapshot cycle"):
         calibrate(run, members=3, progress=False)
+
+
+def test_the_kept_chain_checkpoint_is_a_start_for_the_last_stage(tiny_data, tmp_path):
+    """quantize/checkpoints/chain-o.pt (the build chain's O, kept so the last stage can be rerun
+    without the chain before it) loads as an ISDNet-SR checkpoint of the small widths, runs on any
+    size the architecture takes, and `train --init` accepts it with its own input normalisation."""
+    from pathlib import Path
+
+    import torch
+
+    from bedsight_train.models import load_checkpoint, model_from_checkpoint
+
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / "chain-o.pt"
+    ckpt = load_checkpoint(path, expect_arch="isdnet-sr")
+    assert ckpt["config"]["sr"] == [24, 16, 8] and ckpt["config"]["num_classes"] == 6
+    assert ckpt["input"]["width"] == 1024
+    model = model_from_checkpoint(path, ckpt).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 6, 64, 64)
+    from bedsight_train.train import TrainOptions, train
+
+    run = tmp_path / "run"
+    train(TrainOptions(arch="isdnet-sr", data=tiny_data, epochs=1, out=run, batch_size=2, crop=32, max_steps_per_epoch=1, init=path, freeze_batch_norm=True, progress=False))
+    assert json.loads((run / "run.json").read_text())["input"]["mean"] == ckpt["input"]["mean"]
