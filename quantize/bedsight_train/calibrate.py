@@ -97,14 +97,13 @@ def choose_members(ranked: list[tuple[Path, dict[str, Any]]], members: int, info
     (Huang et al. 2017) rather than from neighbouring epochs of one."""
     if info.get("lr_schedule") != "snapshot":
         return ranked[:members]
-    from .train import cycle_of
-
     cycles = int(info["cycles"])
+    epochs_per_cycle = int(info["epochs"]) // cycles
     if cycles < members:
         raise BadInput(f"--members {members}: the run has {cycles} snapshot cycle(s), one member each; train with --cycles {members} or more")
     best_of_cycle: dict[int, tuple[Path, dict[str, Any]]] = {}
     for path, ckpt in ranked:  # best first, so the first seen of a cycle is its best
-        best_of_cycle.setdefault(cycle_of(int(ckpt["epoch"]), int(info["epochs"]), cycles), (path, ckpt))
+        best_of_cycle.setdefault((int(ckpt["epoch"]) - 1) // epochs_per_cycle, (path, ckpt))
     if len(best_of_cycle) < members:
         raise BadInput(f"--members {members}: checkpoints of only {len(best_of_cycle)} cycle(s) in the run; finish its training")
     return list(best_of_cycle.values())[:members]

@@ -191,11 +191,6 @@ def snapshot_factor(step: int, steps_per_cycle: int) -> float:
     return 0.5 * (math.cos(math.pi * (step % steps_per_cycle) / steps_per_cycle) + 1.0)
 
 
-def cycle_of(epoch: int, epochs: int, cycles: int) -> int:
-    """The snapshot cycle (from 0) that epoch `epoch` (from 1) of a run of `epochs` belongs to."""
-    return (epoch - 1) // (epochs // cycles)
-
-
 def class_weight_vector(masks: np.ndarray, k: int, mode: str) -> torch.Tensor | None:
     if mode == "none":
         return None

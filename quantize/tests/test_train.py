@@ -271,6 +271,7 @@ def test_the_kept_chain_checkpoint_is_a_start_for_the_last_stage(tiny_data, tmp_
     import torch
 
     from bedsight_train.models import load_checkpoint, model_from_checkpoint
+    from bedsight_train.train import TrainOptions, train
 
     path = Path(__file__).resolve().parents[1] / "checkpoints" / "chain-o.pt"
     ckpt = load_checkpoint(path, expect_arch="isdnet-sr")
@@ -279,8 +280,6 @@ def test_the_kept_chain_checkpoint_is_a_start_for_the_last_stage(tiny_data, tmp_
     model = model_from_checkpoint(path, ckpt).eval()
     with torch.no_grad():
         assert model(torch.zeros(1, 1, 64, 64)).shape == (1, 6, 64, 64)
-    from bedsight_train.train import TrainOptions, train
-
     run = tmp_path / "run"
     train(TrainOptions(arch="isdnet-sr", data=tiny_data, epochs=1, out=run, batch_size=2, crop=32, max_steps_per_epoch=1, init=path, freeze_batch_norm=True, progress=False))
     assert json.loads((run / "run.json").read_text())["input"]["mean"] == ckpt["input"]["mean"]
