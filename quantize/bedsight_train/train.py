@@ -80,6 +80,7 @@ class TrainOptions:
     weak_layers: str = "all"  # which real layers the weak losses read: all, or the clean ones only
     weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
     weak_classes: list[str] | None = None  # the classes the weak losses speak of (None: all)
+    mask_absence_weight: float = 0.0  # weight of realbed.mask_absence_loss on the crops with masks
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
     # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
     # anneals, seed 002 §3.1); "constant": it stays at --lr; "snapshot": `cycles` cosine cycles, each
@@ -253,6 +254,10 @@ def train(opts: TrainOptions) -> dict:
         raise BadInput(f"--cycles {opts.cycles}: cycles belong to --lr-schedule snapshot")
     if opts.lr_schedule == "snapshot" and (opts.cycles < 1 or opts.epochs % opts.cycles):
         raise BadInput(f"--cycles {opts.cycles}: a whole number of epochs per cycle (--epochs {opts.epochs}), so that each cycle ends on a checkpoint")
+    if opts.mask_absence_weight < 0:
+        raise BadInput(f"--mask-absence-weight {opts.mask_absence_weight}: a weight, 0 or more")
+    if opts.mask_absence_weight and opts.real_layers is None:
+        raise BadInput("--mask-absence-weight belongs to the real-bed mode: give --real-layers")
     limit_threads()
     toml_path = Path(opts.data) / "dataset.toml"
     if toml_path.is_file() and read_toml(toml_path).get("test_only"):
@@ -398,6 +403,8 @@ def train(opts: TrainOptions) -> dict:
         }
         if opts.weak_classes is not None:  # only when given: runs made before the option resume as they were
             run_info["real_layers"]["weak_classes"] = real.weak_classes
+        if opts.mask_absence_weight:  # likewise
+            run_info["real_layers"]["mask_absence_weight"] = opts.mask_absence_weight
     if resume is not None:
         _check_same_run(out / "run.json", run_info)
     (out / "run.json").write_text(json.dumps(run_info, indent=1))
@@ -493,6 +500,8 @@ def train(opts: TrainOptions) -> dict:
                 else:  # planted defects on real beds without the weak losses: no passes of the real layers
                     weak_absent = weak_present = seg_loss * 0.0
                 loss = seg_loss + opts.weak_weight * (weak_absent + weak_present)
+                if opts.mask_absence_weight:
+                    loss = loss + opts.mask_absence_weight * realbed.mask_absence_loss(logits, yb_t)
                 history["step_seg_loss"].append(float(seg_loss.detach()))
                 history["step_absent_loss"].append(float(weak_absent.detach()))
                 history["step_present_loss"].append(float(weak_present.detach()))

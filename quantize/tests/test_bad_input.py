@@ -143,3 +143,16 @@ def test_snapshot_cycles_that_do_not_divide_the_run_are_refused(tiny_data, tmp_p
     result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 4, "--out", tmp_path / "run", *args)
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("--mask-absence-weight", -1), "--mask-absence-weight -1.0: a weight, 0 or more"),
+        (("--mask-absence-weight", 1), "--mask-absence-weight belongs to the real-bed mode: give --real-layers"),
+    ],
+)
+def test_a_mask_absence_weight_below_zero_or_without_real_layers_is_refused(tiny_data, tmp_path, args, message):
+    result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", tmp_path / "run", "--crop", 32, *args)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written

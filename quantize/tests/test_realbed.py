@@ -1,6 +1,7 @@
 """Real-bed training (realbed.py): the weak losses against values worked out by hand, the targets a
 label gives, the planted defects and their masks, the lighting changes, and a short run."""
 
+import json
 import math
 
 import numpy as np
@@ -40,6 +41,20 @@ def test_the_presence_loss_pools_the_top_k_pixels():
     # crops: no presence term
     _, none = realbed.weak_losses(logits, present, absent, top_k_share=None)
     assert none.item() == 0.0
+
+
+def test_a_crops_mask_makes_absent_every_class_none_of_its_pixels_holds():
+    # three classes, two pixels: class 1 has p 0.75 and 0.5 (logits log 3 and 0 against class 0's
+    # 0), class 2 is all but impossible (p clamped to 1e-6)
+    logits = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), 0.0]], [[-100.0, -100.0]]]])
+    both_absent = torch.tensor([[[0, 0]]])
+    # class 1: (log 4 + log 2) / 2 + log 4 as in weak_losses; class 2: about 0; the mean of the two
+    class1 = (math.log(4.0) + math.log(2.0)) / 2 + math.log(4.0)
+    assert realbed.mask_absence_loss(logits, both_absent).item() == pytest.approx(class1 / 2, abs=1e-5)
+    # a pixel of class 1 in the mask: class 1 is held, only class 2 is absent
+    assert realbed.mask_absence_loss(logits, torch.tensor([[[0, 1]]])).item() == pytest.approx(0.0, abs=1e-5)
+    # class 2 held: class 1 absent alone, its whole term
+    assert realbed.mask_absence_loss(logits, torch.tensor([[[2, 0]]])).item() == pytest.approx(class1, abs=1e-5)
 
 
 def test_a_label_makes_every_class_it_does_not_name_absent():
@@ -169,6 +184,17 @@ def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path)
     assert all(np.isfinite(history["step_absent_loss"]))
     # the label map travels with the run: `calibrate` and `export` read the copy
     assert (tmp_path / "run" / "real-label-map.toml").read_text() == (LABEL_MAPS / "pblm.toml").read_text()
+    assert "mask_absence_weight" not in json.loads((tmp_path / "run" / "run.json").read_text())["real_layers"]
+    # with the masks' absence term the run trains and says so in run.json (a run resumes only with it)
+    history = train(
+        TrainOptions(
+            arch="isdnet-sr", data=tmp_path / "data", epochs=1, out=tmp_path / "run-masks", batch_size=2, crop=32,
+            progress=False, real_layers=layers, label_map="pblm", real_val_layers=3, mil_every=1, mask_absence_weight=0.5,
+            max_steps_per_epoch=2,
+        )
+    )
+    assert all(np.isfinite(history["step_loss"])) and len(history["step_loss"]) == 2
+    assert json.loads((tmp_path / "run-masks" / "run.json").read_text())["real_layers"]["mask_absence_weight"] == 0.5
 
 
 def test_a_run_reads_its_own_copy_of_the_label_map_once_the_trained_one_is_gone(tmp_path):
