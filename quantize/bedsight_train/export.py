@@ -213,7 +213,8 @@ def manifest_dict(saved: dict[str, Any], training: dict[str, float], name: str, 
 
 def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: data_mod.Dataset, mean: float, std: float, progress: bool) -> dict[str, Any]:
     """The [domain] table (domain.py) from the run's training layers, its threshold from its
-    validation layers: the synthetic splits, and the real layers' when the run trained on them."""
+    validation layers: the synthetic splits, and the real layers' when the run trained on them
+    (each real training layer twice: as photographed and with `domain.camera_drift`)."""
     from . import domain
     from .layers import load_layer_folders
 
@@ -232,6 +233,11 @@ def fit_domain(ensemble: torch.nn.Module, run: Path, info: dict[str, Any], val: 
             layers = load_layer_folders(Path(real["root"]), label_map, size, splits=(split,), max_per_label=real.get("max_per_label"), progress=progress)
             bucket.append(domain.features_of(ensemble, layers.images, mean, std))
             if split == "train":
+                groups += [f"real {label}" for label in layers.labels]
+                # and each once more with the noise or focus of later in a build (domain.py)
+                rng = np.random.default_rng(0)
+                drifted = np.stack([domain.camera_drift(rng, image) for image in layers.images])
+                bucket.append(domain.features_of(ensemble, drifted, mean, std))
                 groups += [f"real {label}" for label in layers.labels]
     table = domain.fit(np.concatenate(train_f), np.concatenate(val_f), train_groups=groups)
     if progress:

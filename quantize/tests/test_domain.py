@@ -98,3 +98,22 @@ def test_a_table_with_groups_is_written_as_domain_groups_and_reads_back_the_same
     text = toml_dumps({"format_version": "1.4", "domain": table, "training": {"miou": 0.5}})
     assert text.count("[[domain.groups]]") == 2 and text.index("[[domain.groups]]") < text.index("[training]")
     assert tomllib.loads(text) == {"format_version": "1.4", "domain": table, "training": {"miou": 0.5}}
+
+
+def test_camera_drift_blurs_or_adds_noise_and_keeps_the_brightness():
+    from bedsight_train.domain import camera_drift
+
+    rng = np.random.default_rng(0)
+    # a bed of fine texture (alternating columns 80 and 120): blur lowers its contrast, noise raises
+    # the pixel differences of a flat bed; neither moves the mean by more than rounding
+    texture = np.tile(np.array([80, 120], dtype=np.uint8), (64, 32))
+    flat = np.full((64, 64), 100, dtype=np.uint8)
+    blurred = noisy = 0
+    for _ in range(40):
+        out_texture, out_flat = camera_drift(rng, texture), camera_drift(rng, flat)
+        assert out_texture.dtype == np.uint8 and out_texture.shape == texture.shape
+        assert abs(float(out_texture.mean()) - 100.0) < 0.5 and abs(float(out_flat.mean()) - 100.0) < 0.5
+        blurred += out_texture.std() < texture.std() - 1.0
+        noisy += out_flat.std() > 0.3
+    # one of the two each time, with equal odds: both come up in 40 draws
+    assert 0 < blurred < 40 and 0 < noisy < 40

@@ -196,6 +196,23 @@ def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path)
     assert all(np.isfinite(history["step_loss"])) and len(history["step_loss"]) == 2
     assert json.loads((tmp_path / "run-masks" / "run.json").read_text())["real_layers"]["mask_absence_weight"] == 0.5
 
+    # its domain check: each real training layer fitted twice (as photographed and with a camera's
+    # drift, domain.camera_drift), in its folder's group
+    import tomllib
+
+    from bedsight_train.calibrate import calibrate
+    from bedsight_train.export import export
+
+    calibrate(tmp_path / "run-masks", members=1, progress=False)
+    export(tmp_path / "run-masks", tmp_path / "model" / "model.onnx", progress=False)
+    table = tomllib.loads((tmp_path / "model" / "manifest.toml").read_text())["domain"]
+    info = json.loads((tmp_path / "run-masks" / "run.json").read_text())
+    groups = {g["name"]: g["layers"] for g in table["groups"]}
+    clean = info["real_layers"]["clean_train_layers"]
+    uneven = info["real_layers"]["train_layers"] - clean
+    assert groups["real No_Defect"] == 2 * clean and groups["real Powder_Uneven"] == 2 * uneven, groups
+    assert table["fit_layers"] == sum(groups.values()) == groups["synthetic"] + 2 * info["real_layers"]["train_layers"]
+
 
 def test_a_run_reads_its_own_copy_of_the_label_map_once_the_trained_one_is_gone(tmp_path):
     """A run trained in a checkout that is gone since (a worktree removed) still exports with its
