@@ -10,14 +10,18 @@
 # synthetic layers and on synthetic defects planted on the clean real layers, and the weak losses
 # of the real layers' image-level labels. It is the chain of runs that gave the best held-out
 # real-bed figures measured here (README of quantize/, "Real beds": stage 0, the stages with the
-# clean beds as background, K, L, then N, O and Q with the weak losses on every real layer):
+# clean beds as background, K, L, then N, O and Q with the weak losses on every real layer, and R):
 #   stage 0   whole synthetic 256x256 layers (the patterns' scale: hopping and lattice apart);
 #   stage 1-2 1024x1024 layers on 256-px crops, half of them shrunk from larger windows, the clean
 #             real beds background everywhere (--weak-layers clean);
 #   K, L      BatchNorm frozen at its running statistics (the box normalises with them), twice
 #             the planted crops in L;
 #   N, O, Q   absence and presence on every real layer (--weak-layers all), Q with twice the
-#             synthetic crops per step. Q's checkpoints are the ensemble's members.
+#             synthetic crops per step;
+#   R         Q carried on at a low rate with the absence of every class a crop's mask does not
+#             hold, on its top k pixels too (--mask-absence-weight): the part edges of synthetic
+#             beds, which Q calls streaking, become background. R's checkpoints are the
+#             ensemble's members.
 # The real layers reach the network as the box's camera path delivers them: the label map's
 # cameras cut the bed out of each photograph and divide the camera's lighting out (flat field).
 # The fully convolutional graph is exported at 1024x1024. REAL_LAYERS is a folder of label
@@ -136,7 +140,8 @@ stage_after "$work/run-k" "$work/run-l" 10 "${clean[@]}" "${frozen[@]}" --plant-
 weak=(--weak-weight 1 --weak-layers all --weak-classes super-elevation,streaking,hopping "${frozen[@]}" --plant-batch 4)
 stage_after "$work/run-l" "$work/run-n" 8 "${weak[@]}" --batch-size 2 --lr 1.5e-4 --seed 5
 stage_after "$work/run-n" "$work/run-o" 8 "${weak[@]}" --batch-size 2 --lr 1e-4 --seed 6
-stage_after "$work/run-o" "$work/run" 16 "${weak[@]}" --batch-size 4 --lr 1e-4 --seed 8
+stage_after "$work/run-o" "$work/run-q" 16 "${weak[@]}" --batch-size 4 --lr 1e-4 --seed 8
+stage_after "$work/run-q" "$work/run" 6 "${weak[@]}" --batch-size 4 --lr 5e-5 --seed 9 --mask-absence-weight 1
 bt calibrate --run "$work/run" --members "$members"
 bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-real --version "$version" \
     --description "$description"
