@@ -5,7 +5,8 @@ quantize/scripts/build-default-model.sh. It
 
 - runs the fp32 and INT8 graphs on every layer of WORK/sample-build with the appliance's fusion
   and checks that every planted class is found where it was planted and that clean layers stay
-  (almost) clean; it fails otherwise;
+  clean: (almost) no pixel of any class, and no defect the box would report (a component of a
+  defect class as large as the shipped configuration's min_defect_area_mm2); it fails otherwise;
 - lays out the unpacked model (manifest.toml, model.onnx, model.int8.onnx), a self-test sample and
   the training, calibration and evaluation plots, with a report.md and metrics.json that hold the
   measured numbers, and, only when the check passes and the held-out clean real layers
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from . import data as data_mod
 from .common import BadInput, ClassInfo, class_colours_rgb, limit_threads, load_grey, read_toml
@@ -36,8 +38,9 @@ from .metrics import fuse
 MIN_FOUND_SHARE = 0.25
 MIN_FOUND_PIXELS = 40
 # A clean layer may have at most this share of its pixels called a defect or lattice (33 px at
-# 256x256), and a layer with planted classes at most MAX_STRAY_SHARE of its pixels called a class
-# that was not planted there.
+# 256x256, 524 at 1024x1024) and no defect as large as the box reports (judge_layer), and a layer
+# with planted classes at most MAX_STRAY_SHARE of its pixels called a class that was not planted
+# there.
 MAX_CLEAN_SHARE = 0.0005
 MAX_STRAY_SHARE = 0.001
 # The real-bed gate (issue 20's targets for real beds): every clean held-out real layer PASS with
@@ -86,10 +89,73 @@ def check_real_beds(real_eval: dict[str, Any] | None) -> dict[str, Any]:
     return {"ok": True, "why": f"{clean_why}; {defective_why})"}
 
 
-def check_sample_build(graph: Path, manifest: dict[str, Any], sample: Path) -> dict[str, Any]:
+def largest_defect(mask: np.ndarray, defect_ids: list[int]) -> tuple[int, int | None]:
+    """The largest connected component of any defect class in `mask` (8-connected, as the box's
+    measurement labels them): its pixels and its class index, (0, None) when there is none."""
+    best: tuple[int, int | None] = (0, None)
+    for k in defect_ids:
+        labelled, n = ndimage.label(mask == k, structure=np.ones((3, 3), dtype=bool))
+        if n:
+            size = int(np.bincount(labelled.ravel())[1:].max())
+            if size > best[0]:
+                best = (size, k)
+    return best
+
+
+def judge_layer(mask: np.ndarray, truth: np.ndarray, layer: dict[str, Any], names: list[str], defect_ids: list[int], min_area_px: int) -> dict[str, Any]:
+    """One sample-build layer's row: each planted class found where it was planted (at least
+    MIN_FOUND_SHARE of its pixels or MIN_FOUND_PIXELS of them); a clean layer with at most
+    MAX_CLEAN_SHARE of its pixels called a class and no defect of `min_area_px` pixels or more (the
+    box would report it: a clean bed with a defect listed); a planted layer with at most
+    MAX_STRAY_SHARE of its pixels called a class that was not planted there. `ok` is all of it."""
+    found = {}
+    ok = True
+    for k in layer["planted_index"]:
+        planted = truth == k
+        hit = int((planted & (mask == k)).sum())
+        share = hit / max(1, int(planted.sum()))
+        good = share >= MIN_FOUND_SHARE or hit >= MIN_FOUND_PIXELS
+        found[names[k]] = {"planted_px": int(planted.sum()), "found_px": hit, "share": share, "ok": good}
+        ok &= good
+    non_background = float((mask > 0).mean())
+    stray = float(((mask > 0) & ~np.isin(mask, layer["planted_index"])).mean())
+    largest_px, largest_class = largest_defect(mask, defect_ids) if layer["clean"] else (0, None)
+    if layer["clean"]:
+        clean_ok = non_background <= MAX_CLEAN_SHARE and largest_px < min_area_px
+    else:
+        clean_ok = stray <= MAX_STRAY_SHARE
+    return {
+        "file": layer["file"],
+        "planted": layer["planted"],
+        "found": found,
+        "clean": layer["clean"],
+        "clean_ok": clean_ok,
+        "ok": bool(ok and clean_ok),
+        "non_background_share": non_background,
+        "stray_share": stray,
+        "largest_defect_px": largest_px,
+        "largest_defect_class": names[largest_class] if largest_class is not None else None,
+        "predicted_px": {names[k]: int((mask == k).sum()) for k in range(1, len(names)) if (mask == k).any()},
+    }
+
+
+def config_min_area_px(config: Path, manifest: dict[str, Any]) -> int:
+    """The box's smallest reported defect in pixels of the model's mask, under `config` (the
+    shipped bedsight.toml): [model] min_defect_area_mm2 over the [bed]'s size."""
+    from .real_eval import DEFAULT_MIN_AREA_MM2, min_area_px
+
+    doc = read_toml(config)
+    bed = doc.get("bed", {})
+    area = float(doc.get("model", {}).get("min_defect_area_mm2", DEFAULT_MIN_AREA_MM2))
+    size = (int(manifest["input"]["width"]), int(manifest["input"]["height"]))
+    return min_area_px(area, (float(bed["width_mm"]), float(bed["height_mm"])), size)
+
+
+def check_sample_build(graph: Path, manifest: dict[str, Any], sample: Path, min_area_px: int) -> dict[str, Any]:
     ledger = read_toml(sample / "layers.toml")
     session = ort_session(graph)
     names = [c["name"] for c in manifest["classes"]]
+    defect_ids = [k for k, c in enumerate(manifest["classes"]) if c["defect"]]
     mean, std = manifest["input"]["mean"][0], manifest["input"]["std"][0]
     temps = manifest["ensemble"]["temperatures"]
     rows, ok = [], True
@@ -103,41 +169,20 @@ def check_sample_build(graph: Path, manifest: dict[str, Any], sample: Path) -> d
         seconds.append(time.perf_counter() - t0)
         _, mask, uncertainty = fuse(logits, temps)
         masks_out.append(mask)
-        found = {}
-        for k in layer["planted_index"]:
-            planted = truth == k
-            hit = int((planted & (mask == k)).sum())
-            share = hit / max(1, int(planted.sum()))
-            good = share >= MIN_FOUND_SHARE or hit >= MIN_FOUND_PIXELS
-            found[names[k]] = {"planted_px": int(planted.sum()), "found_px": hit, "share": share, "ok": good}
-            ok &= good
-        non_background = float((mask > 0).mean())
-        stray = float(((mask > 0) & ~np.isin(mask, layer["planted_index"])).mean())
-        clean_ok = non_background <= MAX_CLEAN_SHARE if layer["clean"] else stray <= MAX_STRAY_SHARE
-        ok &= clean_ok
-        predicted = {names[k]: int((mask == k).sum()) for k in range(1, len(names)) if (mask == k).any()}
-        rows.append(
-            {
-                "file": layer["file"],
-                "planted": layer["planted"],
-                "found": found,
-                "clean": layer["clean"],
-                "clean_ok": clean_ok,
-                "non_background_share": non_background,
-                "stray_share": stray,
-                "predicted_px": predicted,
-                "mean_uncertainty": float(uncertainty.mean()),
-            }
-        )
-    return {"ok": bool(ok), "layers": rows, "seconds_per_layer": float(np.median(seconds)), "masks": masks_out}
+        row = judge_layer(mask, truth, layer, names, defect_ids, min_area_px)
+        row["mean_uncertainty"] = float(uncertainty.mean())
+        ok &= row["ok"]
+        rows.append(row)
+    return {"ok": bool(ok), "layers": rows, "min_area_px": min_area_px, "seconds_per_layer": float(np.median(seconds)), "masks": masks_out}
 
 
 def format_check(result: dict[str, Any], label: str) -> str:
-    lines = [f"sample build, {label} graph ({result['seconds_per_layer'] * 1000:.0f} ms per layer in onnxruntime):"]
+    lines = [f"sample build, {label} graph ({result['seconds_per_layer'] * 1000:.0f} ms per layer in onnxruntime; the box reports a defect from {result['min_area_px']} px):"]
     for row in result["layers"]:
         if row["clean"]:
             status = "ok" if row["clean_ok"] else "FALSE ALARM"
-            lines.append(f"  {row['file']}  clean: {row['non_background_share'] * 100:.3f}% non-background  {status}  {row['predicted_px'] or ''}")
+            largest = f", largest defect {row['largest_defect_class']} {row['largest_defect_px']} px" if row["largest_defect_px"] else ""
+            lines.append(f"  {row['file']}  clean: {row['non_background_share'] * 100:.3f}% non-background{largest}  {status}  {row['predicted_px'] or ''}")
         else:
             parts = [
                 f"{name} {f['found_px']}/{f['planted_px']} px ({f['share'] * 100:.0f}%) {'ok' if f['ok'] else 'MISSED'}"
@@ -205,8 +250,9 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
     classes = [ClassInfo(c["name"], c["colour"], c["defect"]) for c in manifest["classes"]]
 
     checks = {}
+    min_area = config_min_area_px(assets / "bedsight.toml", manifest)
     for label, graph in (("fp32", model_dir / "model.onnx"), ("int8", model_dir / "model.int8.onnx")):
-        checks[label] = check_sample_build(graph, manifest, sample)
+        checks[label] = check_sample_build(graph, manifest, sample, min_area)
         print(format_check(checks[label], label))
 
     if out.exists():

@@ -1,8 +1,16 @@
 """The real-bed gate of the default model's build (default_model.check_real_beds): a model
 replaces the shipped one only if every clean held-out real layer is PASS with under 1 % of its
-bed flagged on average, and at least 90 % of the defective held-out real layers are not PASS."""
+bed flagged on average, and at least 90 % of the defective held-out real layers are not PASS;
+and the sample-build check of one layer (default_model.judge_layer)."""
 
-from bedsight_train.default_model import check_real_beds
+from pathlib import Path
+
+import numpy as np
+
+from bedsight_train.default_model import check_real_beds, config_min_area_px, judge_layer
+
+NAMES = ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]
+DEFECTS = [1, 2, 3, 4]
 
 
 def folder(label_classes: list[str], layers: int, passed: int) -> dict:
@@ -66,3 +74,52 @@ def test_no_real_evaluation_or_no_clean_or_defective_layer_closes_the_gate():
     # clean layers judged PASS but none with a mask: nothing says how much of them is flagged
     assert check_real_beds(figures(2, 0, None)) == {"ok": False, "why": "no clean real layer has a mask to measure its flagged share"}
     assert check_real_beds(figures(4, 0, 0.0, {})) == {"ok": False, "why": "the real-layer evaluation holds no defective layer"}
+
+
+def clean_layer_with(pixels: list[tuple[int, int]], cls: int, size: int = 1024) -> np.ndarray:
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for y, x in pixels:
+        mask[y, x] = cls
+    return mask
+
+
+def test_a_clean_layer_fails_on_a_defect_the_box_would_report_though_few_of_its_pixels_are_called():
+    clean = {"file": "layer-0001.png", "planted": [], "planted_index": [], "clean": True}
+    truth = np.zeros((1024, 1024), dtype=np.uint8)
+    # a streak of 84 pixels along a row (one component, 0.008 % of the bed: under the 0.05 % share)
+    streak = clean_layer_with([(610, x) for x in range(700, 784)], 4)
+    row = judge_layer(streak, truth, clean, NAMES, DEFECTS, min_area_px=84)
+    assert (row["largest_defect_px"], row["largest_defect_class"]) == (84, "streaking")
+    assert not row["clean_ok"] and not row["ok"]
+    # one pixel shorter: under the box's smallest defect
+    row = judge_layer(streak * (np.arange(1024)[None, :] != 783), truth, clean, NAMES, DEFECTS, min_area_px=84)
+    assert row["largest_defect_px"] == 83 and row["clean_ok"] and row["ok"]
+    # two diagonal neighbours are one component (8-connected, as the box labels them)
+    diagonal = clean_layer_with([(100 + i, 100 + i) for i in range(84)], 3)
+    assert judge_layer(diagonal, truth, clean, NAMES, DEFECTS, min_area_px=84)["largest_defect_px"] == 84
+    # lattice is no defect: a lattice region counts toward the share only (600 px > 0.05 % of 1M)
+    lattice = clean_layer_with([(y, x) for y in range(20) for x in range(30)], 5)
+    row = judge_layer(lattice, truth, clean, NAMES, DEFECTS, min_area_px=84)
+    assert row["largest_defect_px"] == 0 and not row["clean_ok"]
+
+
+def test_a_planted_layer_needs_its_class_found_and_little_else():
+    layer = {"file": "layer-0007.png", "planted": ["streaking"], "planted_index": [4], "clean": False}
+    truth = np.zeros((1024, 1024), dtype=np.uint8)
+    truth[500:504, 100:900] = 4  # 3200 planted pixels
+    mask = truth.copy()
+    mask[500:504, 100:400] = 0  # 2000 of 3200 found: 62 %
+    mask[10:40, 10:40] = 1  # 900 px of super-elevation that was not planted: 0.086 %, under 0.1 %
+    row = judge_layer(mask, truth, layer, NAMES, DEFECTS, min_area_px=84)
+    assert row["found"]["streaking"] == {"planted_px": 3200, "found_px": 2000, "share": 0.625, "ok": True}
+    assert row["ok"] and abs(row["stray_share"] - 900 / 1024**2) < 1e-12
+    mask[10:45, 10:45] = 1  # 1225 px: 0.117 %
+    assert not judge_layer(mask, truth, layer, NAMES, DEFECTS, min_area_px=84)["ok"]
+
+
+def test_the_smallest_defect_comes_from_the_shipped_configuration():
+    assets = Path(__file__).resolve().parents[2] / "assets"
+    manifest = {"input": {"width": 1024, "height": 1024}}
+    # 5 mm² over (250 mm / 1024)² = 0.0596 mm² per pixel: 83.9, so 84 pixels
+    assert config_min_area_px(assets / "bedsight.toml", manifest) == 84
+    assert config_min_area_px(assets / "bedsight.toml", {"input": {"width": 256, "height": 256}}) == 6
