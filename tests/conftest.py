@@ -63,6 +63,11 @@ def analyze_json(*args, **kwargs):
     return result, objects
 
 
+def report_row(page: str, index: int) -> str:
+    """The row of the journal's record `index` (from 0) in the layer table of a build report's HTML."""
+    return page.split(f'<tr class="layer-row"><td>{index}</td>')[1].split("</tr>")[0]
+
+
 def sample_ledger():
     """The sample build's ledger: layer file -> set of planted class names."""
     ledger = tomllib.loads((SAMPLE_BUILD / "layers.toml").read_text())

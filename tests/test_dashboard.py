@@ -14,19 +14,26 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from chromium import Chromium
-from conftest import MODEL_SIZE, SAMPLE_BUILD, run
+from conftest import MODEL_SIZE, SAMPLE_BUILD, report_row, run
 from run_harness import Appliance, LinePort, serial_line_config
 
 TOKEN = "test-token-0123"
+# A model image with a layer-level head (the default image before the real-bed model).
+LAYER_HEAD = Path(__file__).resolve().parent / "data" / "layer-head-256.bsimg"
 VERDICT_LINE = re.compile(r"^VERDICT (\d+) (PASS|RECOAT|PAUSE|REVIEW|FAULT) ")
 
 
-def start(tmp_path: Path, line_port: LinePort, folder: Path = SAMPLE_BUILD, record: str = "") -> tuple[Appliance, str]:
+def start(tmp_path: Path, line_port: LinePort, folder: Path = SAMPLE_BUILD, record: str = "", model: Path | None = None) -> tuple[Appliance, str]:
     """`bedsight run` on a replay of `folder`, LAYER lines on the pty, the dashboard on a free
-    port; returns the appliance and the dashboard's base URL."""
+    port (with the model image `model` instead of the embedded one); returns the appliance and the
+    dashboard's base URL."""
     config = serial_line_config(tmp_path, line_port.path, folder, dashboard=f'\n[dashboard]\naddress = "127.0.0.1:0"\ntoken = "{TOKEN}"\n')
+    text = config.read_text()
+    if model is not None:
+        assert '[model]\nbackend = "auto"\n' in text
+        text = text.replace('[model]\nbackend = "auto"\n', f'[model]\nbackend = "auto"\nimage = "{model}"\n')
     config.write_text(
-        config.read_text()
+        text
         + f'\n[journal]\npath = "{tmp_path / "journal" / "layers.bsj"}"\n'
         + f'\n[record]\nfolder = "{tmp_path / "images"}"\n{record}'
     )
@@ -167,6 +174,30 @@ def test_the_page_in_chromium_follows_the_build_live(tmp_path, line_port):
         if browser:
             browser.close()
         appliance.kill()
+
+
+def test_a_layer_head_s_class_is_on_the_page_and_in_the_report(tmp_path, line_port):
+    """A model image with a layer-level head (format 1.1; tests/data/layer-head-256.bsimg): what the
+    head called a layer, as the journal record holds it, on the page and in the report's row."""
+    appliance, url = start(tmp_path, line_port, model=LAYER_HEAD)
+    try:
+        layer(line_port, 1)
+        wait_for_images(url, 1)
+        record = json.loads(get(url + "/api/records/0")[1])["record"]
+        assert record["layer_class"] in ("clean", "incompleteness", "streaking", "super-elevation"), record
+        called = f"layer class {record['layer_class']} ({int(record['layer_class_confidence'] * 100 + 0.5)}%)"  # Math.round
+        browser = Chromium(url + "/")
+        try:
+            browser.wait_for(f"(document.getElementById('layer-facts')?.textContent || '').includes({called!r})", what=called)
+        finally:
+            browser.close()
+        assert appliance.stop() == 0
+    finally:
+        appliance.kill()
+    out = tmp_path / "report.html"
+    run("report", "--journal", tmp_path / "journal" / "layers.bsj", "--out", out, check=True)
+    row = report_row(out.read_text(), 0)
+    assert f"layer class {record['layer_class']} ({record['layer_class_confidence'] * 100:.0f}%)" in row, row
 
 
 def test_controls_need_the_token_and_bad_requests_change_nothing(tmp_path, line_port):
