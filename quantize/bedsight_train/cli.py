@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weak-layers", choices=["all", "clean"], default="all", help="real-bed mode: the real layers under the weak losses: all (absence and presence by their labels), or the clean ones only (absence everywhere)")
     t.add_argument("--weak-weight", type=float, default=1.0, help="real-bed mode: weight of the weak losses (0: planted defects on real beds only, the real layers are not passed)")
     t.add_argument("--weak-classes", type=lambda v: [c for c in v.split(",") if c], default=None, metavar="NAME[,NAME..]", help="real-bed mode: the defect classes the weak losses speak of on the defective layers (default: all; a clean layer keeps every class absent); the others are left to the pixel losses, for labels that cannot be trusted on them")
-    t.add_argument("--mask-absence-weight", type=float, default=0.0, help="real-bed mode: weight of the absence of every class a crop's mask does not hold, on its mean and its top k pixels, for the synthetic and planted crops (realbed.mask_absence_loss; 0: off)")
+    t.add_argument("--mask-absence-weight", type=float, default=0.0, help="real-bed mode: weight of the absence of every class a synthetic crop's mask does not hold, on its mean and its top k pixels (realbed.mask_absence_loss; 0: off)")
     t.add_argument("--real-val-layers", type=int, default=12, help="real-bed mode: validation real layers judged whole after each epoch")
 
     c = sub.add_parser("calibrate", help="pick the top-M checkpoints and fit a temperature per member")

@@ -80,7 +80,7 @@ class TrainOptions:
     weak_layers: str = "all"  # which real layers the weak losses read: all, or the clean ones only
     weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
     weak_classes: list[str] | None = None  # the classes the weak losses speak of (None: all)
-    mask_absence_weight: float = 0.0  # weight of realbed.mask_absence_loss on the crops with masks
+    mask_absence_weight: float = 0.0  # weight of realbed.mask_absence_loss on the synthetic crops
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
     # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
     # anneals, seed 002 §3.1); "constant": it stays at --lr; "snapshot": `cycles` cosine cycles, each
@@ -501,7 +501,10 @@ def train(opts: TrainOptions) -> dict:
                     weak_absent = weak_present = seg_loss * 0.0
                 loss = seg_loss + opts.weak_weight * (weak_absent + weak_present)
                 if opts.mask_absence_weight:
-                    loss = loss + opts.mask_absence_weight * realbed.mask_absence_loss(logits, yb_t)
+                    # the synthetic crops only (the batch's first len(xb) - len(xp)): on the planted
+                    # real crops it taught the real uneven beds' texture away (README, "Part edges")
+                    synthetic = len(xb) - len(xp)
+                    loss = loss + opts.mask_absence_weight * realbed.mask_absence_loss(logits[:synthetic], yb_t[:synthetic])
                 history["step_seg_loss"].append(float(seg_loss.detach()))
                 history["step_absent_loss"].append(float(weak_absent.detach()))
                 history["step_present_loss"].append(float(weak_present.detach()))

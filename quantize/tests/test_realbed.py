@@ -155,7 +155,7 @@ def test_lighting_changes_brightness_not_the_size_and_stays_in_range():
     assert np.ptp(means) > 20  # exposure varies
 
 
-def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path):
+def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path, monkeypatch):
     from bedsight_train.synth import write_dataset
     from bedsight_train.train import TrainOptions, train
 
@@ -185,7 +185,16 @@ def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path)
     # the label map travels with the run: `calibrate` and `export` read the copy
     assert (tmp_path / "run" / "real-label-map.toml").read_text() == (LABEL_MAPS / "pblm.toml").read_text()
     assert "mask_absence_weight" not in json.loads((tmp_path / "run" / "run.json").read_text())["real_layers"]
-    # with the masks' absence term the run trains and says so in run.json (a run resumes only with it)
+    # with the masks' absence term the run trains and says so in run.json (a run resumes only with
+    # it); the term reads the synthetic crops of each step (batch_size), not the planted real ones
+    seen = []
+    absence = realbed.mask_absence_loss
+
+    def counted(logits, target):
+        seen.append((logits.shape[0], target.shape[0]))
+        return absence(logits, target)
+
+    monkeypatch.setattr(realbed, "mask_absence_loss", counted)
     history = train(
         TrainOptions(
             arch="isdnet-sr", data=tmp_path / "data", epochs=1, out=tmp_path / "run-masks", batch_size=2, crop=32,
@@ -194,6 +203,7 @@ def test_a_real_bed_run_trains_on_weak_labels_and_reports_real_figures(tmp_path)
         )
     )
     assert all(np.isfinite(history["step_loss"])) and len(history["step_loss"]) == 2
+    assert seen == [(2, 2), (2, 2)]  # two steps of two synthetic crops (and two planted ones unread)
     assert json.loads((tmp_path / "run-masks" / "run.json").read_text())["real_layers"]["mask_absence_weight"] == 0.5
 
     # its domain check: each real training layer fitted twice (as photographed and with a camera's
