@@ -262,10 +262,12 @@ def test_a_snapshot_run_gives_each_member_from_another_cycle(tiny_data, tmp_path
         calibrate(run, members=3, progress=False)
 
 
-def test_the_kept_chain_checkpoint_is_a_start_for_the_last_stage(tiny_data, tmp_path):
-    """quantize/checkpoints/chain-o.pt (the build chain's O, kept so the last stage can be rerun
-    without the chain before it) loads as an ISDNet-SR checkpoint of the small widths, runs on any
-    size the architecture takes, and `train --init` accepts it with its own input normalisation."""
+@pytest.mark.parametrize("name", ["chain-o.pt", "chain-q.pt"])
+def test_the_kept_chain_checkpoints_are_starts_for_the_last_stages(tiny_data, tmp_path, name):
+    """quantize/checkpoints/chain-o.pt and chain-q.pt (the build chain's O and Q, kept so that the
+    last stages can be rerun without the chain before them) load as ISDNet-SR checkpoints of the
+    small widths, run on any size the architecture takes, and `train --init` accepts them with
+    their own input normalisation."""
     from pathlib import Path
 
     import torch
@@ -273,7 +275,7 @@ def test_the_kept_chain_checkpoint_is_a_start_for_the_last_stage(tiny_data, tmp_
     from bedsight_train.models import load_checkpoint, model_from_checkpoint
     from bedsight_train.train import TrainOptions, train
 
-    path = Path(__file__).resolve().parents[1] / "checkpoints" / "chain-o.pt"
+    path = Path(__file__).resolve().parents[1] / "checkpoints" / name
     ckpt = load_checkpoint(path, expect_arch="isdnet-sr")
     assert ckpt["config"]["sr"] == [24, 16, 8] and ckpt["config"]["num_classes"] == 6
     assert ckpt["input"]["width"] == 1024
