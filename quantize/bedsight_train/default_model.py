@@ -105,9 +105,10 @@ def largest_defect(mask: np.ndarray, defect_ids: list[int]) -> tuple[int, int | 
 def judge_layer(mask: np.ndarray, truth: np.ndarray, layer: dict[str, Any], names: list[str], defect_ids: list[int], min_area_px: int) -> dict[str, Any]:
     """One sample-build layer's row: each planted class found where it was planted (at least
     MIN_FOUND_SHARE of its pixels or MIN_FOUND_PIXELS of them); a clean layer with at most
-    MAX_CLEAN_SHARE of its pixels called a class and no defect of `min_area_px` pixels or more (the
-    box would report it: a clean bed with a defect listed); a planted layer with at most
-    MAX_STRAY_SHARE of its pixels called a class that was not planted there. `ok` is all of it."""
+    MAX_CLEAN_SHARE of its pixels called a class, a planted layer with at most MAX_STRAY_SHARE of
+    its pixels called a class that was not planted there; and a layer that should PASS (clean, or
+    planted with classes that are no defects, such as lattice) with no defect of `min_area_px`
+    pixels or more (the box would report it and might stop the printer for it). `ok` is all of it."""
     found = {}
     ok = True
     for k in layer["planted_index"]:
@@ -119,11 +120,9 @@ def judge_layer(mask: np.ndarray, truth: np.ndarray, layer: dict[str, Any], name
         ok &= good
     non_background = float((mask > 0).mean())
     stray = float(((mask > 0) & ~np.isin(mask, layer["planted_index"])).mean())
-    largest_px, largest_class = largest_defect(mask, defect_ids) if layer["clean"] else (0, None)
-    if layer["clean"]:
-        clean_ok = non_background <= MAX_CLEAN_SHARE and largest_px < min_area_px
-    else:
-        clean_ok = stray <= MAX_STRAY_SHARE
+    should_pass = not any(k in defect_ids for k in layer["planted_index"])
+    largest_px, largest_class = largest_defect(mask, defect_ids) if should_pass else (0, None)
+    clean_ok = (non_background <= MAX_CLEAN_SHARE if layer["clean"] else stray <= MAX_STRAY_SHARE) and largest_px < min_area_px
     return {
         "file": layer["file"],
         "planted": layer["planted"],
@@ -189,6 +188,8 @@ def format_check(result: dict[str, Any], label: str) -> str:
                 for name, f in row["found"].items()
             ]
             stray = "" if row["clean_ok"] else f"; STRAY classes on {row['stray_share'] * 100:.3f}% of the layer"
+            if row["largest_defect_px"]:
+                stray += f", largest defect {row['largest_defect_class']} {row['largest_defect_px']} px on a layer that should PASS"
             lines.append(f"  {row['file']}  " + "; ".join(parts) + stray + f"  {row['predicted_px']}")
     lines.append("  => " + ("every planted class found, nothing else called" if result["ok"] else "CHECK FAILED"))
     return "\n".join(lines)

@@ -123,3 +123,18 @@ def test_the_smallest_defect_comes_from_the_shipped_configuration():
     # 5 mm² over (250 mm / 1024)² = 0.0596 mm² per pixel: 83.9, so 84 pixels
     assert config_min_area_px(assets / "bedsight.toml", manifest) == 84
     assert config_min_area_px(assets / "bedsight.toml", {"input": {"width": 256, "height": 256}}) == 6
+
+
+def test_a_lattice_layer_fails_on_a_defect_the_box_would_report():
+    """Lattice is no defect: a layer with only lattice planted should PASS, so a stray hopping blob
+    the box would report fails it though it covers less than MAX_STRAY_SHARE of the layer."""
+    layer = {"file": "layer-0008.png", "planted": ["lattice"], "planted_index": [5], "clean": False}
+    truth = np.zeros((1024, 1024), dtype=np.uint8)
+    truth[100:300, 100:300] = 5
+    mask = truth.copy()
+    mask[30:42, 1010:1017] = 3  # 84 px of hopping at the bed's edge: 0.008 % of the layer
+    row = judge_layer(mask, truth, layer, NAMES, DEFECTS, min_area_px=84)
+    assert row["found"]["lattice"]["ok"] and row["stray_share"] < 0.001
+    assert (row["largest_defect_px"], row["largest_defect_class"], row["ok"]) == (84, "hopping", False)
+    mask[41, 1010] = 0  # 83 px: under the box's smallest defect
+    assert judge_layer(mask, truth, layer, NAMES, DEFECTS, min_area_px=84)["ok"]
