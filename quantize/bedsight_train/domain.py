@@ -52,7 +52,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from .common import BadInput
 
@@ -70,12 +69,12 @@ MAX_KEPT_SCORES = 1000
 def camera_drift(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     """One grey layer (uint8) as the same camera may give it later in a build: blurred (Gaussian,
     sigma 0.5-1.5 px, a focus that moved) or with sensor noise added (Gaussian, 0.5-4 grey levels),
-    one of the two with equal odds. The brightness and the lighting are left as they are."""
+    one of the two with equal odds, as training's `realbed.lighting` draws them. The brightness
+    and the lighting are left as they are."""
+    from .realbed import defocus, sensor_noise
+
     out = image.astype(np.float32)
-    if rng.random() < 0.5:
-        out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.5))
-    else:
-        out = out + rng.normal(0.0, rng.uniform(0.5, 4.0), size=out.shape)
+    out = defocus(rng, out) if rng.random() < 0.5 else sensor_noise(rng, out)
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 

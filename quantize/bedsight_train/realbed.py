@@ -146,9 +146,9 @@ def lighting(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
     light *= 1.0 - rng.uniform(0.0, 0.35) * ((u - cx) ** 2 + (v - cy) ** 2) / 0.5
     out = image.astype(np.float32) * light * rng.uniform(0.7, 1.3) + rng.uniform(-15, 15)
     if rng.random() < 0.3:
-        out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.5))
+        out = defocus(rng, out)
     if rng.random() < 0.5:
-        out = out + rng.normal(0, rng.uniform(0.5, 4.0), size=out.shape)
+        out = sensor_noise(rng, out)
     out = np.clip(out, 0, 255)
     if rng.random() < 0.3:
         from PIL import Image
@@ -157,6 +157,16 @@ def lighting(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
         Image.fromarray(np.round(out).astype(np.uint8)).save(buffer, format="JPEG", quality=int(rng.integers(50, 96)))
         out = np.asarray(Image.open(buffer), dtype=np.float32)
     return out.astype(np.float32)
+
+
+def defocus(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """A focus that moved: Gaussian blur of sigma 0.5-1.5 px (float in, float out)."""
+    return ndimage.gaussian_filter(image, rng.uniform(0.5, 1.5))
+
+
+def sensor_noise(rng: np.random.Generator, image: np.ndarray) -> np.ndarray:
+    """Gaussian sensor noise of 0.5-4 grey levels (float in, float out, not clipped)."""
+    return image + rng.normal(0, rng.uniform(0.5, 4.0), size=image.shape)
 
 
 def _smooth_walk(rng: np.random.Generator, n: int, scale: float, smoothness: float) -> np.ndarray:

@@ -488,6 +488,7 @@ def train(opts: TrainOptions) -> dict:
         for step in bar:
             idx = order[step * opts.batch_size : (step + 1) * opts.batch_size]
             xb, yb = _augment(rng, x_train[idx], y_train[idx], opts.crop, opts.photometric, mean, std, opts.foreground_share, opts.min_scale)
+            synthetic = len(xb)  # the batch's first crops; the planted real ones follow
             if real is not None:
                 xp, yp = real.planted_batch(rng, opts.plant_batch, opts.crop, mean, std, opts.min_scale)
                 xb, yb = np.concatenate([xb, xp]), np.concatenate([yb, yp])
@@ -501,9 +502,8 @@ def train(opts: TrainOptions) -> dict:
                     weak_absent = weak_present = seg_loss * 0.0
                 loss = seg_loss + opts.weak_weight * (weak_absent + weak_present)
                 if opts.mask_absence_weight:
-                    # the synthetic crops only (the batch's first len(xb) - len(xp)): on the planted
-                    # real crops it taught the real uneven beds' texture away (README, "Part edges")
-                    synthetic = len(xb) - len(xp)
+                    # the synthetic crops only: on the planted real crops it taught the real
+                    # uneven beds' texture away (README, "Part edges")
                     loss = loss + opts.mask_absence_weight * realbed.mask_absence_loss(logits[:synthetic], yb_t[:synthetic])
                 history["step_seg_loss"].append(float(seg_loss.detach()))
                 history["step_absent_loss"].append(float(weak_absent.detach()))
