@@ -50,7 +50,6 @@ impl Footprint {
         (self.x1 - self.x0).max(0.0) * (self.y1 - self.y0).max(0.0)
     }
 
-    /// Intersection over union of two boxes (0 when they do not overlap or both are empty).
     /// Intersection over union of the two spans along y (the blade), whatever their x.
     pub fn iou_along_y(self, other: Footprint) -> f64 {
         let intersection = (self.y1.min(other.y1) - self.y0.max(other.y0)).max(0.0);
@@ -62,20 +61,46 @@ impl Footprint {
         }
     }
 
+    /// Intersection over union of two boxes (0 when they do not overlap or both are empty).
     pub fn iou(self, other: Footprint) -> f64 {
-        let overlap = Footprint {
-            x0: self.x0.max(other.x0),
-            y0: self.y0.max(other.y0),
-            x1: self.x1.min(other.x1),
-            y1: self.y1.min(other.y1),
-        };
-        let intersection = overlap.area();
+        let intersection = self.intersection_area(other);
         let union = self.area() + other.area() - intersection;
         if union <= 0.0 {
             0.0
         } else {
             intersection / union
         }
+    }
+
+    /// The share of the smaller box that lies inside the other (0 when either is empty): 1 for
+    /// a box inside the other, whatever their sizes.
+    pub fn cover(self, other: Footprint) -> f64 {
+        let smaller = self.area().min(other.area());
+        if smaller <= 0.0 {
+            0.0
+        } else {
+            self.intersection_area(other) / smaller
+        }
+    }
+
+    /// The smallest box holding both.
+    pub fn union(self, other: Footprint) -> Footprint {
+        Footprint {
+            x0: self.x0.min(other.x0),
+            y0: self.y0.min(other.y0),
+            x1: self.x1.max(other.x1),
+            y1: self.y1.max(other.y1),
+        }
+    }
+
+    fn intersection_area(self, other: Footprint) -> f64 {
+        Footprint {
+            x0: self.x0.max(other.x0),
+            y0: self.y0.max(other.y0),
+            x1: self.x1.min(other.x1),
+            y1: self.y1.min(other.y1),
+        }
+        .area()
     }
 }
 

@@ -2,10 +2,12 @@
 //!
 //! A defect on layer L continues a track of its class when the track was last seen on layer
 //! L - 1 (up to `tracks.max_gap_layers` layers earlier) or on layer L itself, and their
-//! footprints (bounding boxes in bed millimetres) overlap by at least `tracks.min_iou`: as boxes
-//! (intersection over union), or, for a class in `tracks.along_blade` (streaking), as spans
-//! along the blade (y) alone, since a streak at one place of the blade may start anywhere
-//! along the travel.
+//! footprints (bounding boxes in bed millimetres) overlap by `tracks.min_iou`: as boxes, the
+//! share of the smaller box inside the other against the share two boxes of one size have at
+//! that IoU (`min_cover`: a defect growing fast in its place goes on); for a class in
+//! `tracks.along_blade` (streaking), as spans along the blade (y) alone, since a streak at one
+//! place of the blade may start anywhere along the travel, and the pieces of one streak on a
+//! layer are one sighting.
 //! "Layer L itself" is the re-spread of the same layer after a RECOAT: it is the same layer of
 //! the part, so the re-spread's area replaces the first inspection's, the track does not get
 //! longer, and a track whose defect is gone on the re-spread ends there (the recoat fixed it).
@@ -23,6 +25,14 @@ use crate::judge::reason::{Reason, RuleKind};
 
 /// The most (layer, area) pairs a track keeps: its growth rate is over these.
 pub const MAX_AREAS_PER_TRACK: usize = 32;
+
+/// The share of the smaller of two boxes that must lie inside the other for them to be one
+/// defect: what two boxes of one size share at an IoU of `min_iou` (I / A at I / (2A - I) =
+/// min_iou). On boxes of one size it is the IoU test; unlike IoU it lets a defect that grows or
+/// shrinks fast in its place go on (a box three times its last one, around it, has IoU 0.33).
+pub fn min_cover(min_iou: f64) -> f64 {
+    2.0 * min_iou / (1.0 + min_iou)
+}
 
 /// The most finished tracks kept for the summary and the dashboard (the journal has them all).
 pub const MAX_FINISHED_TRACKS: usize = 256;
@@ -132,6 +142,28 @@ impl Tracker {
         self.active.iter().find(|t| t.id == id)
     }
 
+    /// The sightings with the pieces of one streak joined: sightings of a class matched along
+    /// the blade whose spans along y overlap by `min_iou` are one defect of the blade, however
+    /// the mask broke it along the travel (their boxes joined, their areas summed).
+    fn join_along_blade(&self, sightings: &[Sighting]) -> Vec<Sighting> {
+        let mut joined: Vec<Sighting> = Vec::with_capacity(sightings.len());
+        for sighting in sightings {
+            let same_line = self.settings.along_blade(&sighting.class).then(|| {
+                joined.iter_mut().find(|j| {
+                    j.class == sighting.class && j.footprint.iou_along_y(sighting.footprint) >= self.settings.min_iou
+                })
+            });
+            match same_line.flatten() {
+                Some(line) => {
+                    line.footprint = line.footprint.union(sighting.footprint);
+                    line.area_mm2 += sighting.area_mm2;
+                }
+                None => joined.push(sighting.clone()),
+            }
+        }
+        joined
+    }
+
     /// Adds one inspection of `layer`: `respread` when it is the same layer spread again after
     /// a RECOAT.
     pub fn observe(&mut self, layer: u32, respread: bool, sightings: &[Sighting]) -> TrackUpdate {
@@ -149,17 +181,19 @@ impl Tracker {
             self.finish(track);
         }
 
-        // Every (overlap, track, sighting) pair of one class over the threshold, best first.
+        let sightings = &self.join_along_blade(sightings);
+        // Every (IoU, track, sighting) pair of one class that matches, best IoU first.
         let mut pairs = Vec::new();
         for (t, track) in self.active.iter().enumerate() {
             for (s, sighting) in sightings.iter().enumerate() {
                 if sighting.class == track.class {
-                    let iou = if self.settings.along_blade(&track.class) {
-                        track.footprint.iou_along_y(sighting.footprint)
+                    let (a, b) = (track.footprint, sighting.footprint);
+                    let (iou, matches) = if self.settings.along_blade(&track.class) {
+                        (a.iou_along_y(b), a.iou_along_y(b) >= self.settings.min_iou)
                     } else {
-                        track.footprint.iou(sighting.footprint)
+                        (a.iou(b), a.cover(b) >= min_cover(self.settings.min_iou))
                     };
-                    if iou >= self.settings.min_iou {
+                    if matches {
                         pairs.push((iou, t, s));
                     }
                 }
@@ -379,6 +413,65 @@ mod tests {
     }
 
     #[test]
+    fn a_defect_growing_in_its_place_goes_on_though_its_boxes_iou_is_low() {
+        // min_cover(0.3) = 0.6 / 1.3; min_cover(0.5) = 1 / 1.5.
+        assert!((min_cover(0.3) - 0.461_538_461_538).abs() < 1e-9);
+        assert!((min_cover(0.5) - 2.0 / 3.0).abs() < 1e-12);
+        let square = |x0: f64, y0: f64, side: f64| Sighting {
+            class: "super-elevation".into(),
+            area_mm2: side * side / 2.0,
+            footprint: Footprint {
+                x0,
+                y0,
+                x1: x0 + side,
+                y1: y0 + side,
+            },
+        };
+        let mut tracker = Tracker::new(&settings(0.3, 0));
+        tracker.observe(3, false, &[square(10.0, 10.0, 4.0)]);
+        // 8..16 around 10..14: IoU 16 / 64 = 0.25, but the last box lies wholly inside (cover 1).
+        assert_eq!(tracker.observe(4, false, &[square(8.0, 8.0, 8.0)]).seen, vec![1]);
+        // 8..16 and 14..22 on x, the same y: 2 x 8 of 64 in common, cover 0.25 (IoU 0.14): a
+        // new track.
+        assert_eq!(tracker.observe(5, false, &[square(14.0, 8.0, 8.0)]).seen, vec![2]);
+    }
+
+    #[test]
+    fn the_pieces_of_one_streak_on_a_layer_are_one_sighting() {
+        let streak = |x0: f64, x1: f64, y0: f64, y1: f64, area_mm2: f64| Sighting {
+            class: "streaking".into(),
+            area_mm2,
+            footprint: Footprint { x0, y0, x1, y1 },
+        };
+        let mut tracker = Tracker::new(&settings(0.3, 0));
+        tracker.observe(1, false, &[streak(0.0, 200.0, 10.0, 12.0, 400.0)]);
+        // The mask broke the streak in three along the travel, and a second streak sits at y 50.
+        let update = tracker.observe(
+            2,
+            false,
+            &[
+                streak(0.0, 50.0, 10.0, 12.0, 100.0),
+                streak(150.0, 200.0, 10.0, 11.8, 90.0),
+                streak(20.0, 80.0, 50.0, 52.0, 120.0),
+                streak(60.0, 100.0, 10.2, 12.0, 70.0),
+            ],
+        );
+        assert_eq!(update.seen, vec![1, 2]);
+        let track = tracker.get(1).unwrap();
+        assert_eq!(track.areas_mm2, VecDeque::from([(1, 400.0), (2, 260.0)]));
+        assert_eq!(
+            track.footprint,
+            Footprint {
+                x0: 0.0,
+                y0: 10.0,
+                x1: 200.0,
+                y1: 12.0
+            }
+        );
+        assert_eq!(tracker.get(2).unwrap().footprint.y0, 50.0);
+    }
+
+    #[test]
     fn a_respread_replaces_the_area_and_a_fixed_defect_ends_its_track() {
         let mut tracker = Tracker::new(&settings(0.3, 0));
         tracker.observe(4, false, &[sighting("incompleteness", 0.0, 10.0, 50.0)]);
@@ -511,7 +604,8 @@ mod tests {
             "streaking track #1 over layers 1-6: 6 layers > 5 → REVIEW: recoater blade damage suspected"
         );
         // a streak at another place of the blade (y 70..75) is another track; and a class not
-        // along the blade keeps box overlap
+        // along the blade keeps box overlap (x 226..326 against 0..256: 30 of the smaller box's
+        // 100 mm in common, cover 0.3 < min_cover(0.3); along the blade they would be one)
         let update = tracker.observe(
             11,
             false,
@@ -527,7 +621,7 @@ mod tests {
         assert_eq!(update.seen, vec![2]);
         let mut boxes = Tracker::new(&config.tracks);
         boxes.observe(1, false, &[sighting("super-elevation", 0.0, 256.0, 10.0)]);
-        let update = boxes.observe(2, false, &[sighting("super-elevation", 206.0, 50.0, 10.0)]);
+        let update = boxes.observe(2, false, &[sighting("super-elevation", 226.0, 100.0, 10.0)]);
         assert_eq!(update.seen, vec![2]);
     }
 
