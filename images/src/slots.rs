@@ -155,11 +155,13 @@ pub struct SelfTestOutcome {
 }
 
 impl SelfTestOutcome {
-    /// Why this outcome fails the self-test, if it does: too few pixels agree, or a defect class
-    /// was lost, moved or invented.
+    /// Why this outcome fails the self-test, if it does: too few pixels agree, a defect class
+    /// was lost, moved or invented, or both (each said, so that a lost class is named even
+    /// when the pixels fail first).
     pub fn failure(&self) -> Option<String> {
+        let mut problems = Vec::new();
         if self.agreement.is_nan() || self.agreement < SELFTEST_MIN_AGREEMENT {
-            return Some(format!(
+            problems.push(format!(
                 "the golden input gave a mask that agrees with selftest/expected_mask.png on \
                  {:.2}% of {} pixels, at least {:.0}% is required",
                 self.agreement * 100.0,
@@ -174,13 +176,13 @@ impl SelfTestOutcome {
             .map(|(class, iou)| format!("{class} IoU {iou:.2}"))
             .collect();
         if !poor.is_empty() {
-            return Some(format!(
+            problems.push(format!(
                 "the golden input's defects differ from selftest/expected_mask.png: {} (at least {:.2} required per defect class)",
                 poor.join(", "),
                 SELFTEST_MIN_CLASS_IOU
             ));
         }
-        None
+        (!problems.is_empty()).then(|| problems.join("; "))
     }
 }
 
@@ -775,6 +777,31 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_650_000), "2026-11-25T23:40:00Z");
+    }
+
+    #[test]
+    fn a_self_test_that_fails_on_pixels_and_on_a_class_says_both() {
+        let outcome = |agreement: f64, super_elevation_iou: f64| SelfTestOutcome {
+            agreement,
+            pixels: 1_048_576,
+            backend: "ort (CPU)".into(),
+            graph: "int8".into(),
+            class_iou: BTreeMap::from([
+                ("streaking".to_string(), 0.9),
+                ("super-elevation".to_string(), super_elevation_iou),
+            ]),
+        };
+        assert_eq!(outcome(0.995, 0.85).failure(), None);
+        assert_eq!(
+            outcome(0.9894, 0.0).failure().unwrap(),
+            "the golden input gave a mask that agrees with selftest/expected_mask.png on 98.94% of 1048576 pixels, \
+             at least 99% is required; the golden input's defects differ from selftest/expected_mask.png: \
+             super-elevation IoU 0.00 (at least 0.80 required per defect class)"
+        );
+        assert_eq!(
+            outcome(0.995, 0.5).failure().unwrap(),
+            "the golden input's defects differ from selftest/expected_mask.png: super-elevation IoU 0.50 (at least 0.80 required per defect class)"
+        );
     }
 
     #[test]
