@@ -1,17 +1,19 @@
-"""Real powder-bed layers (assets/sample-build-real, from the PBLM photographs) through the box:
-the same verdicts on ONNX Runtime and tract, and the real build replayed by `bedsight demo --build
-real` with the shipped model's layer class. And the layer-level head (model format 1.1) on an
-image that has one (tests/data/layer-head-256.bsimg, kept apart from the shipped model, which a
-real-bed model without a head is to replace): its class and confidence in what `bedsight analyze`
-shows, its REVIEW gate and threshold; an image of format 1.0 (no layer head) still loads and
-judges."""
+"""Real powder-bed layers (assets/sample-build-real: held-out PBLM photographs, made beds as the
+camera path makes them) through the box with the shipped model: each layer judged as its label
+folder says, the same verdicts on ONNX Runtime and tract, and the real build replayed by `bedsight
+demo --build real`. And the layer-level head (model format 1.1) on an image that has one
+(tests/data/layer-head-256.bsimg, the default image before the real-bed model): its class and
+confidence in what `bedsight analyze` shows, its REVIEW gate and threshold; an image of format 1.0
+(no layer head) still loads and judges."""
 import json
 import re
+import tomllib
 from pathlib import Path
 
 from conftest import ASSETS, REPO, analyze_json, run
 
 REAL = ASSETS / "sample-build-real"
+LABELS = tomllib.loads((REPO / "quantize" / "bedsight_train" / "label_maps" / "pblm.toml").read_text())["labels"]
 LAYER_CLASSES = {"incompleteness", "streaking", "super-elevation"}
 LAYER_HEAD = REPO / "tests" / "data" / "layer-head-256.bsimg"
 OLD_IMAGE = REPO / "tests" / "data" / "model-format-1.0.bsimg"
@@ -25,6 +27,27 @@ def real_layers():
     return layers
 
 
+def test_each_real_layer_is_judged_as_its_label_folder_says():
+    """A clean bed PASS with nothing found and familiar to the domain check; a defective bed
+    stopped, by a rule on a class its label names (the verdict comes from the defect the layer
+    carries, not from something else on the bed)."""
+    layers = real_layers()
+    result, objects = analyze_json(*layers)
+    assert result.returncode == 0, result.stderr
+    assert len(objects) == len(layers)
+    for path, report in zip(layers, objects):
+        label = LABELS[path.parent.name]
+        found = {d["class"] for d in report["defects"]}
+        assert report["layer_class"] is None, report["layer_class"]  # the shipped model has no layer head
+        if not label:
+            assert (report["verdict"], report["reasons"], found) == ("PASS", [], set()), (path.name, report["reasons"])
+            assert report["domain"]["familiar"], (path.name, report["domain"])
+            continue
+        assert report["verdict"] in ("RECOAT", "PAUSE"), (path.name, report["verdict"], report["reasons"])
+        fired = {reason.split(":")[0] for reason in report["reasons"] if "→" in reason}
+        assert fired & set(label), (path.name, label, report["reasons"])
+
+
 def test_demo_replays_the_real_build(tmp_path):
     out = tmp_path / "demo"
     result = run("demo", "--build", "real", "--out", out)
@@ -32,12 +55,14 @@ def test_demo_replays_the_real_build(tmp_path):
     layers = real_layers()
     lines = [l for l in result.stdout.splitlines() if re.match(r"\[\s*\d+/\d+\] layer", l)]
     assert len(lines) == len(layers), result.stdout
-    assert all(re.search(r"; layer (clean|incompleteness|streaking|super-elevation) \d+%", l) for l in lines), lines
     # each line ends with the layer's file, as the build holds it
     assert [l.rsplit("  ", 1)[-1] for l in lines] == [p.relative_to(REAL).as_posix() for p in layers], lines
     summary = json.loads((out / "summary.json").read_text())
     assert [Path(l["image"]).as_posix() for l in summary["layers"]] == [p.relative_to(REAL).as_posix() for p in layers]
-    assert all(l["layer_class"] is not None for l in summary["layers"])
+    # what analyze says of each layer, the demo says too
+    _, objects = analyze_json(*layers)
+    assert [l["verdict"] for l in summary["layers"]] == [o["verdict"] for o in objects]
+    assert all(l["layer_class"] is None for l in summary["layers"])
 
 
 def test_the_layer_head_class_and_its_confidence_are_in_what_analyze_shows():
@@ -147,8 +172,14 @@ def test_onnx_runtime_and_tract_judge_real_layers_alike(tmp_path):
         masks = [np.array(Image.open(out / f"{path.stem}.mask.png")) for path in layers]
         judged[backend] = (objects, masks)
     (ort, ort_masks), (tract, tract_masks) = judged["ort"], judged["tract"]
+    number = re.compile(r"\d+\.\d+")
     for path, a, b, mask_a, mask_b in zip(layers, ort, tract, ort_masks, tract_masks):
-        assert (a["verdict"], a["reasons"]) == (b["verdict"], b["reasons"]), (path.name, a["reasons"], b["reasons"])
+        # the same verdict for the same rules; the areas they measured within 0.1 % (a pixel
+        # of a 1024 x 1024 mask the two runtimes' float rounding put on either side)
+        assert a["verdict"] == b["verdict"], (path.name, a["reasons"], b["reasons"])
+        assert [number.sub("#", r) for r in a["reasons"]] == [number.sub("#", r) for r in b["reasons"]], (path.name, a["reasons"], b["reasons"])
+        for x, y in zip((float(v) for r in a["reasons"] for v in number.findall(r)), (float(v) for r in b["reasons"] for v in number.findall(r))):
+            assert abs(x - y) <= 1e-3 * max(abs(x), abs(y)), (path.name, a["reasons"], b["reasons"])
         assert a["layer_class"] == b["layer_class"], path.name
         agreement = float((mask_a == mask_b).mean())
         assert agreement >= 0.999, (path.name, agreement)

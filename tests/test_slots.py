@@ -256,8 +256,9 @@ def selftest_mask_and_defect_classes():
 
 
 def test_a_graph_that_loses_a_defect_class_is_refused_though_most_pixels_agree(box, tmp_path, kit, fault_case):
-    # The expected mask without the smallest defect class it holds (at least 50 pixels): over 99%
-    # of the pixels still agree, the class's IoU is 0.
+    # The expected mask without the smallest defect class it holds (at least 50 pixels): under 1%
+    # of the pixels change, the class's IoU is 0, and the refusal names the class (beside the
+    # pixel agreement where that fails too).
     from PIL import Image
     mask, defects = selftest_mask_and_defect_classes()
     counts = {index: int((mask == index).sum()) for index in defects}

@@ -110,18 +110,19 @@ fn ort_and_tract_agree_on_the_default_model() {
         worst_uncertainty <= tolerance,
         "ort and tract uncertainty differ by up to {worst_uncertainty}"
     );
-    // The layer-level head (the default model is multi-task): both backends return its logits,
-    // and read with its temperature they agree as closely.
-    let head = spec.layer_head.as_ref().expect("the default model has a layer head");
-    let mut ort_layer = vec![0.0f32; spec.layer_logits_len()];
-    let mut tract_layer = vec![0.0f32; spec.layer_logits_len()];
-    models::layer_probabilities(ort.layer_logits(), head.temperature, &mut ort_layer);
-    models::layer_probabilities(tract.layer_logits(), head.temperature, &mut tract_layer);
-    assert_eq!(ort.layer_logits().len(), head.classes.len());
-    for (a, b) in ort_layer.iter().zip(&tract_layer) {
+    // The trunk's pooled features (the default model carries a domain check): both backends
+    // return them, as closely as the probabilities.
+    assert_eq!(
+        (ort.features().len(), tract.features().len()),
+        (spec.features_len(), spec.features_len())
+    );
+    assert!(spec.features_len() > 0, "the default model has a domain check");
+    for (a, b) in ort.features().iter().zip(tract.features()) {
         assert!(
-            (a - b).abs() <= tolerance && (0.0..=1.0).contains(a),
-            "layer probabilities ort {ort_layer:?}, tract {tract_layer:?}"
+            (a - b).abs() <= tolerance * a.abs().max(1.0),
+            "features ort {:?}, tract {:?}",
+            ort.features(),
+            tract.features()
         );
     }
 
@@ -182,24 +183,57 @@ fn a_graph_that_disagrees_with_the_manifest_is_refused() {
             spec.classes.len() + 1
         );
         assert!(message.contains(&expected), "{choice:?}: {message}");
+    }
+}
 
-        // A layer head that the graph does not have the classes of: named.
+/// A layer-level head (a multi-task model): both backends return its logits, and read with its
+/// temperature they agree to 1e-4. A layer head that the graph does not have the classes of is
+/// named; the same graph read as an older manifest without a head loads and reads no layer logits.
+#[test]
+fn a_layer_head_runs_alike_on_both_backends_and_must_match_the_graph() {
+    require_onnxruntime();
+    let (graph, spec) = common::layer_head_model();
+    let head = spec
+        .layer_head
+        .as_ref()
+        .expect("tests/data/layer-head-256.bsimg has a layer head");
+    let input = input_for(&spec);
+    let mut probabilities = Vec::new();
+    for choice in [BackendChoice::Ort, BackendChoice::Tract] {
+        let mut backend = load_backend(choice, &graph, &spec, None).unwrap();
+        backend.infer(&input).unwrap();
+        assert_eq!(backend.layer_logits().len(), head.classes.len());
+        let mut layer = vec![0.0f32; spec.layer_logits_len()];
+        models::layer_probabilities(backend.layer_logits(), head.temperature, &mut layer);
+        probabilities.push(layer);
+    }
+    for (a, b) in probabilities[0].iter().zip(&probabilities[1]) {
+        assert!(
+            (a - b).abs() <= 1e-4 && (0.0..=1.0).contains(a),
+            "layer probabilities ort {:?}, tract {:?}",
+            probabilities[0],
+            probabilities[1]
+        );
+    }
+    for choice in [BackendChoice::Ort, BackendChoice::Tract] {
         let mut more_layer_classes = spec.clone();
         let head = more_layer_classes
             .layer_head
             .as_mut()
-            .expect("the default model has a layer head");
+            .expect("tests/data/layer-head-256.bsimg has a layer head");
         head.classes.push("extra".into());
         let layer_classes = head.classes.len();
-        let message = contract_error(choice, &more_layer_classes);
+        let message = match load_backend(choice, &graph, &more_layer_classes, None) {
+            Err(error @ ModelError::Contract(_)) => error.to_string(),
+            Err(other) => panic!("{choice:?}: expected a contract error, got {other}"),
+            Ok(_) => panic!("{choice:?}: a layer head the graph lacks was accepted"),
+        };
         let expected = format!(
             "graph returns {} layer classes, manifest lists {layer_classes}",
             layer_classes - 1
         );
         assert!(message.contains(&expected), "{choice:?}: {message}");
 
-        // The same graph read as an older manifest without a head: it loads, and reads no
-        // layer logits.
         let mut without_head = spec.clone();
         without_head.layer_head = None;
         let backend = load_backend(choice, &graph, &without_head, None).unwrap();

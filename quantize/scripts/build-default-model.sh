@@ -20,7 +20,8 @@
 #             synthetic crops per step;
 #   R         Q carried on at a low rate with the absence of every class a synthetic crop's mask
 #             does not hold, on its top k pixels too (--mask-absence-weight): the part edges of
-#             synthetic beds, which Q calls streaking, become background. R's checkpoints are the
+#             synthetic beds, which Q calls streaking, become background; 18 epochs, since after
+#             6 a support lattice's edge was still called hopping. R's checkpoints are the
 #             ensemble's members.
 # The real layers reach the network as the box's camera path delivers them: the label map's
 # cameras cut the bed out of each photograph and divide the camera's lighting out (flat field).
@@ -141,7 +142,7 @@ weak=(--weak-weight 1 --weak-layers all --weak-classes super-elevation,streaking
 stage_after "$work/run-l" "$work/run-n" 8 "${weak[@]}" --batch-size 2 --lr 1.5e-4 --seed 5
 stage_after "$work/run-n" "$work/run-o" 8 "${weak[@]}" --batch-size 2 --lr 1e-4 --seed 6
 stage_after "$work/run-o" "$work/run-q" 16 "${weak[@]}" --batch-size 4 --lr 1e-4 --seed 8
-stage_after "$work/run-q" "$work/run" 6 "${weak[@]}" --batch-size 4 --lr 5e-5 --seed 9 --mask-absence-weight 3
+stage_after "$work/run-q" "$work/run" 18 "${weak[@]}" --batch-size 4 --lr 5e-5 --seed 9 --mask-absence-weight 3
 bt calibrate --run "$work/run" --members "$members"
 bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-real --version "$version" \
     --description "$description"

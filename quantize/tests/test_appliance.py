@@ -7,6 +7,7 @@ BEDSIGHT_BIN); without one they fail and say how to build it."""
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -214,8 +215,9 @@ def test_commissioning_says_whether_the_model_fits_a_camera(packed, tiny_data, t
 
 @needs_bin
 def test_commissioning_needs_a_model_with_a_domain_check(tiny_data, tmp_path):
-    # the embedded default model predates the domain check
-    result = subprocess.run([str(BIN), "commission", "--out", str(tmp_path / "out"), str(tiny_data / "images")],
+    # the 256 x 256 image kept for the layer head's tests predates the domain check
+    old_image = Path(__file__).resolve().parents[2] / "tests" / "data" / "layer-head-256.bsimg"
+    result = subprocess.run([str(BIN), "commission", "--model", str(old_image), "--out", str(tmp_path / "out"), str(tiny_data / "images")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "has no domain check (no [domain] table: model format 1.2 added it)" in result.stderr, result.stderr

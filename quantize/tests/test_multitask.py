@@ -141,11 +141,12 @@ def test_mixed_channels_are_refused_and_mixed_sizes_resized_or_refused(tmp_path)
     Image.open(next(REAL.glob("Powder_Uneven/*.png"))).resize((100, 80)).save(odd)
     loaded = load_layer_folders(layers, label_map, 64)
     assert loaded.images.shape[1:] == (64, 64) and len(loaded.names) == 9
-    with pytest.raises(BadInput, match=r"zz-small.png: 100x80 px, but .* is 256x256 px"):
+    width, height = Image.open(next(REAL.glob("*/*.png"))).size  # the real sample layers' size
+    with pytest.raises(BadInput, match=rf"zz-small.png: 100x80 px, but .* is {width}x{height} px"):
         load_layer_folders(layers, label_map, 64, mixed_sizes="refuse")
     odd.unlink()
     colour = layers / "No_Defect" / "zz-colour.png"
-    Image.new("RGB", (256, 256), (90, 90, 90)).save(colour)
+    Image.new("RGB", (width, height), (90, 90, 90)).save(colour)
     with pytest.raises(BadInput, match=r"zz-colour.png: 3 channel\(s\), but .* has 1"):
         load_layer_folders(layers, label_map, 64)
 

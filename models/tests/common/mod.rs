@@ -38,6 +38,15 @@ pub fn default_model() -> (Vec<u8>, ModelSpec) {
     (graph, spec_from_manifest(&text))
 }
 
+/// A model image with a layer-level head (tests/data/layer-head-256.bsimg: the 256 x 256 default
+/// image before the real-bed model, which has none): its fp32 graph and its spec.
+pub fn layer_head_model() -> (Vec<u8>, ModelSpec) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/data/layer-head-256.bsimg");
+    let image = images::ModelImage::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = String::from_utf8(image.manifest_bytes.clone()).expect("manifest.toml is UTF-8");
+    (image.fp32_graph().to_vec(), spec_from_manifest(&text))
+}
+
 /// The parts of a manifest (docs/model-image.md) that make a [`ModelSpec`].
 pub fn spec_from_manifest(text: &str) -> ModelSpec {
     let manifest: toml::Table = text.parse().expect("manifest.toml is not valid TOML");
@@ -82,7 +91,9 @@ pub fn spec_from_manifest(text: &str) -> ModelSpec {
         members: integer(ensemble, "members") as usize,
         temperatures: floats(&ensemble["temperatures"]),
         classes,
-        features: None,
+        features: manifest
+            .get("domain")
+            .map(|domain| domain["feature_size"].as_integer().expect("domain.feature_size") as usize),
         layer_head: manifest.get("layer_head").map(|head| LayerHeadSpec {
             classes: head["classes"]
                 .as_array()
