@@ -529,9 +529,11 @@ shape = [int(v) for v in shape.split(",")]
 providers = {"CPU": "CPUExecutionProvider", "CUDA": "CUDAExecutionProvider", "TensorRT": "TensorrtExecutionProvider"}
 options = ort.SessionOptions()
 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-# The session settings of the Rust backend: one thread per core, workers that do not spin.
+# The session settings of the Rust backend: one thread per core, workers that do not spin, no
+# memory pattern.
 options.intra_op_num_threads = os.cpu_count()
 options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+options.enable_mem_pattern = False
 session = ort.InferenceSession(graph, options, providers=[providers.get(provider, "CPUExecutionProvider")])
 x = np.fromfile(input_file, dtype="<f4").reshape(shape)
 for line in sys.stdin:
