@@ -189,7 +189,8 @@ impl Tracker {
                 if sighting.class == track.class {
                     let (a, b) = (track.footprint, sighting.footprint);
                     let (iou, matches) = if self.settings.along_blade(&track.class) {
-                        (a.iou_along_y(b), a.iou_along_y(b) >= self.settings.min_iou)
+                        let iou = a.iou_along_y(b);
+                        (iou, iou >= self.settings.min_iou)
                     } else {
                         (a.iou(b), a.cover(b) >= min_cover(self.settings.min_iou))
                     };
