@@ -6,7 +6,7 @@ import onnx
 import pytest
 import torch
 
-from bedsight_train.models import Ensemble, build_model, make_config
+from bedsight_train.models import Ensemble, build_model, make_config, preset_widths
 
 
 def _ensemble(arch: str, members: int, seed: int, **widths) -> Ensemble:
@@ -97,3 +97,69 @@ def test_the_export_check_scales_with_the_logits_and_still_catches_a_wrong_group
     monkeypatch.setattr(swapped, "group_heads", group_then_swap)
     with pytest.raises(ExportMismatch, match="the grouping is wrong"):
         group_heads_checked(swapped, x)
+
+
+@pytest.mark.parametrize(
+    "arch, widths",
+    [("isdnet-sr", {}), ("isdnet-sr", {"head_sr": 3}), ("am-segnet", {}), ("am-segnet", preset_widths("am-segnet", "paper"))],
+    ids=["isdnet-sr", "isdnet-sr-three-sr-modules-per-head", "am-segnet", "am-segnet-paper"],
+)
+def test_the_full_resolution_layers_in_bands_give_the_whole_images_logits(arch, widths):
+    """160 rows are bands of 64, 64 and 32 output rows (the last one short): every band's edge
+    away from the image's lies inside the image, where a wrong halo would show."""
+    from bedsight_train.models.grouped import BAND_ROWS, Banded
+
+    ensemble = _ensemble(arch, members=3, seed=6, **widths)
+    x = torch.from_numpy(np.random.default_rng(4).normal(size=(1, 1, 160, 96)).astype(np.float32))
+    with torch.no_grad():
+        features = ensemble.trunk(x)
+        separate = torch.stack([head(features) for head in ensemble.heads], dim=1)
+        ensemble.group_heads()
+        banded = [m for m in ensemble.grouped.modules() if isinstance(m, Banded)]
+        assert len(banded) == 1 and BAND_ROWS == 64
+        grouped = ensemble(x)
+    assert grouped.shape == (1, 3, 6, 160, 96)
+    assert float((grouped - separate).abs().max()) <= 1e-5 * max(1.0, float(separate.abs().max()))
+
+
+def test_a_band_needs_its_convolutions_halo_and_no_more():
+    """Two 3x3 convolutions after a nearest x2 upsampling reach 2 output rows, 1 input row; a
+    dilated 3x3 (dilation 2) reaches 2 rows alone. A strided convolution cannot be banded."""
+    from torch import nn
+
+    from bedsight_train.models.grouped import Banded
+
+    class Up(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(2, 2, 3, padding=1)
+            self.b = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.b(self.a(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")))
+
+    assert Banded(Up(), scale=2, band_rows=8).halo == 1
+    assert Banded(nn.Conv2d(2, 2, 3, padding=2, dilation=2), scale=1, band_rows=8).halo == 2
+    with pytest.raises(ValueError, match="stride-1"):
+        Banded(nn.Conv2d(2, 2, 3, padding=1, stride=2), scale=1)
+    torch.manual_seed(0)
+    up, x = Up().eval(), torch.randn(1, 2, 13, 5)
+    with torch.no_grad():
+        assert float((Banded(up, scale=2, band_rows=4)(x) - up(x)).abs().max()) <= 1e-6
+
+
+def test_the_export_computes_the_banded_layers_with_static_slices(tmp_path):
+    """The bands are fixed at export: constant Slices and one Concat, no Shape ops (the model
+    contract leaves them out), and onnxruntime agrees with PyTorch."""
+    from bedsight_train.export import check_against_torch, export_onnx, group_heads_checked
+
+    ensemble = _ensemble("isdnet-sr", members=3, seed=7)
+    x = np.random.default_rng(5).normal(size=(1, 1, 160, 64)).astype(np.float32)
+    assert group_heads_checked(ensemble, x) <= 1e-5
+    path = tmp_path / "banded.onnx"
+    export_onnx(ensemble, torch.from_numpy(x), path)
+    assert check_against_torch(ensemble, path, x) < 1e-4
+    nodes = onnx.load(str(path)).graph.node
+    # 3 bands of the last SR module's two convolutions
+    assert sum(n.op_type == "Conv" and any(a.name == "group" and a.i == 3 for a in n.attribute) for n in nodes) == 3
+    assert not {n.op_type for n in nodes} & {"Shape", "Dropout", "NonZero", "Loop", "If"}

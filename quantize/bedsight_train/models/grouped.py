@@ -14,11 +14,19 @@ The result is the same arithmetic in the same order per output pixel, so the mem
 with the separate heads' to rounding (a test holds them within 1e-5). The graph's contract is
 unchanged: logits [N, M, K, H, W] (docs/model-image.md).
 
+The layers at the output's resolution run a band of rows at a time (`Banded`): the same logits,
+but the largest feature maps of the graph are never whole. At 1024x1024 the last SR module's two
+full-resolution layers held 96 + 72 MiB at once and ONNX Runtime's convolution scratch beside
+them; in bands of 64 rows the process holds about 170 MiB less and runs no slower
+(docs/performance.md).
+
 Built at export, from the heads of a calibrated ensemble in eval mode; training keeps the separate
 heads (each is trained alone, seed 000's checkpoint ensemble).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -108,6 +116,49 @@ class GroupedLightBlock(nn.Module):
         return torch.cat([block for i in range(self.m) for block in _blocks(parts, i, self.m)], dim=1)
 
 
+# Output rows per band of the full-resolution layers: 16 bands at 1024 rows. Fewer, larger bands
+# hold more memory (8 bands: 36 MiB more); more, smaller ones recompute more halo rows.
+BAND_ROWS = 64
+
+
+class Banded(nn.Module):
+    """`layers` (stride-1 convolutions and per-pixel operations, after an upsampling by `scale`)
+    computed on overlapping bands of input rows, each band's halo cropped away, the bands
+    concatenated: the same output as `layers` on the whole input.
+
+    A band's input reaches past its own rows by `halo` rows on each side, where the image has
+    them: the convolutions' zero padding at a band's cut edge spoils at most their summed reach
+    (sum of dilation * (k - 1) / 2 output rows), which is what is cropped. Nearest upsampling copies
+    each input row alone, so it spoils nothing more. At the image's own edges the band's edge is
+    the image's, and the padding is the real one."""
+
+    def __init__(self, layers: nn.Module, scale: int, band_rows: int = BAND_ROWS):
+        super().__init__()
+        convs = [m for m in layers.modules() if isinstance(m, nn.Conv2d)]
+        if any(c.stride != (1, 1) or c.padding[0] != c.dilation[0] * (c.kernel_size[0] - 1) // 2 for c in convs):
+            raise ValueError("only stride-1 convolutions padded to their input's size can be computed in bands")
+        if band_rows % scale:
+            raise ValueError(f"bands of {band_rows} rows do not split into whole input rows at x{scale}")
+        reach = sum(c.dilation[0] * (c.kernel_size[0] - 1) // 2 for c in convs)
+        self.layers = layers
+        self.scale = scale
+        self.step = band_rows // scale  # input rows per band
+        self.halo = math.ceil(reach / scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = int(x.shape[2])
+        if rows <= self.step:
+            return self.layers(x)
+        bands = []
+        for start in range(0, rows, self.step):
+            stop = min(rows, start + self.step)
+            low, high = max(0, start - self.halo), min(rows, stop + self.halo)
+            y = self.layers(x[:, :, low:high])
+            first = (start - low) * self.scale
+            bands.append(y[:, :, first : first + (stop - start) * self.scale])
+        return torch.cat(bands, dim=2)
+
+
 class GroupedHeads(nn.Module):
     """The M heads of an ensemble as one branch: trunk features [N, C, h, w] -> the members'
     logits [N, M, K, H, W], as torch.stack([head(f) for head in heads], dim=1) gives them."""
@@ -120,18 +171,22 @@ class GroupedHeads(nn.Module):
         self.static_shape: tuple[int, ...] | None = None  # set by export: [1, M, K, H, W]
         if all(isinstance(h, IsdnetHead) for h in heads):
             depth = len(heads[0].sr)
-            self.layers = nn.ModuleList([GroupedSr([h.sr[i] for h in heads], shared_input=i == 0) for i in range(depth)])
+            layers = [GroupedSr([h.sr[i] for h in heads], shared_input=i == 0) for i in range(depth)]
+            # only the last SR module runs at full resolution (its input is half of it)
+            layers[-1] = Banded(layers[-1], scale=2)
+            self.layers = nn.ModuleList(layers)
         elif all(isinstance(h, AmSegNetHead) for h in heads):
-            self.layers = nn.ModuleList([
+            # the head reads full-resolution decoder features: all of it runs in bands
+            self.layers = nn.ModuleList([Banded(nn.Sequential(
                 GroupedLightBlock([h.dec1 for h in heads], shared_input=True),
                 _conv([h.classify for h in heads], shared_input=False),
-            ])
+            ), scale=1)])
         elif all(isinstance(h, PaperHead) for h in heads):
-            self.layers = nn.ModuleList([
+            self.layers = nn.ModuleList([Banded(nn.Sequential(
                 _conv_bn_relu([h.dec1 for h in heads], shared_input=True),
                 _conv([h.classify[0] for h in heads], shared_input=False),
                 _batch_norm([h.classify[1] for h in heads]),
-            ])
+            ), scale=1)])
         else:
             raise ValueError(f"heads of type {type(heads[0]).__name__} cannot be grouped")
         self.eval()
