@@ -141,7 +141,6 @@ def group_heads_checked(ensemble: torch.nn.Module, x: np.ndarray) -> float:
         separate = ensemble.members(ensemble.trunk(torch.from_numpy(x)))
         ensemble.group_heads()
         grouped = ensemble.members(ensemble.trunk(torch.from_numpy(x)))
-        ensemble.grouped.static_shape = tuple(grouped.shape)
     scale = max(1.0, float(separate.abs().max()))
     diff = float((grouped - separate).abs().max()) / scale
     if not diff <= GROUPED_MAX_REL_DIFF:

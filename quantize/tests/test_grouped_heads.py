@@ -138,19 +138,21 @@ def test_a_band_needs_its_convolutions_halo_and_no_more():
         def forward(self, x):
             return self.b(self.a(torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")))
 
-    assert Banded(Up(), scale=2, band_rows=8).halo == 1
-    assert Banded(nn.Conv2d(2, 2, 3, padding=2, dilation=2), scale=1, band_rows=8).halo == 2
+    assert Banded(Up(), scale=2, members=1, band_rows=8).halo == 1
+    assert Banded(nn.Conv2d(2, 2, 3, padding=2, dilation=2), scale=1, members=1, band_rows=8).halo == 2
     with pytest.raises(ValueError, match="stride-1"):
-        Banded(nn.Conv2d(2, 2, 3, padding=1, stride=2), scale=1)
+        Banded(nn.Conv2d(2, 2, 3, padding=1, stride=2), scale=1, members=1)
     torch.manual_seed(0)
     up, x = Up().eval(), torch.randn(1, 2, 13, 5)
     with torch.no_grad():
-        assert float((Banded(up, scale=2, band_rows=4)(x) - up(x)).abs().max()) <= 1e-6
+        # 2 members of 1 class each: channel i is member i
+        whole = up(x).unflatten(1, (2, 1))
+        assert float((Banded(up, scale=2, members=2, band_rows=4)(x) - whole).abs().max()) <= 1e-6
 
 
 def test_the_export_computes_the_banded_layers_with_static_slices(tmp_path):
-    """The bands are fixed at export: constant Slices and one Concat, no Shape ops (the model
-    contract leaves them out), and onnxruntime agrees with PyTorch."""
+    """The bands are fixed at export: constant Slices and Reshapes and one Concat, no Shape ops
+    (the model contract leaves them out), and onnxruntime agrees with PyTorch."""
     from bedsight_train.export import check_against_torch, export_onnx, group_heads_checked
 
     ensemble = _ensemble("isdnet-sr", members=3, seed=7)
@@ -160,6 +162,8 @@ def test_the_export_computes_the_banded_layers_with_static_slices(tmp_path):
     export_onnx(ensemble, torch.from_numpy(x), path)
     assert check_against_torch(ensemble, path, x) < 1e-4
     nodes = onnx.load(str(path)).graph.node
+    # the bands are concatenated straight into the output: no Reshape copies the whole logits
+    assert [n.op_type for n in nodes if "logits" in n.output] == ["Concat"]
     # 3 bands of the last SR module's two convolutions
     assert sum(n.op_type == "Conv" and any(a.name == "group" and a.i == 3 for a in n.attribute) for n in nodes) == 3
     assert not {n.op_type for n in nodes} & {"Shape", "Dropout", "NonZero", "Loop", "If"}
