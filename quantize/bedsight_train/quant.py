@@ -51,7 +51,8 @@ class _Reader:
 
 def logit_producers(model_path: Path) -> list[str]:
     """The nodes that produce each member's logits (the heads' last Conv), found by walking back
-    from the `logits` output through the Concat/Unsqueeze that stack the members."""
+    from the `logits` output through the Concat/Unsqueeze that stack the members and the
+    Slice/Reshape/Concat that cut the full-resolution layers into bands (models/grouped.py)."""
     import onnx
 
     graph = onnx.load(str(model_path)).graph
@@ -64,7 +65,7 @@ def logit_producers(model_path: Path) -> list[str]:
             continue
         if node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
             names.append(node.name)
-        elif node.op_type in ("Concat", "Unsqueeze", "Reshape", "Identity"):
+        elif node.op_type in ("Concat", "Unsqueeze", "Reshape", "Identity", "Slice"):
             frontier.extend(i for i in node.input[:1] if node.op_type != "Concat")
             if node.op_type == "Concat":
                 frontier.extend(node.input)

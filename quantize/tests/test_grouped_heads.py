@@ -167,3 +167,7 @@ def test_the_export_computes_the_banded_layers_with_static_slices(tmp_path):
     # 3 bands of the last SR module's two convolutions
     assert sum(n.op_type == "Conv" and any(a.name == "group" and a.i == 3 for a in n.attribute) for n in nodes) == 3
     assert not {n.op_type for n in nodes} & {"Shape", "Dropout", "NonZero", "Loop", "If"}
+    # the quantizer keeps the logits' convolutions in fp32: it must find every band's
+    from bedsight_train.quant import logit_producers
+
+    assert sorted(logit_producers(path)) == sorted(n.name for n in nodes if n.op_type == "Conv" and any(a.name == "group" and a.i == 3 for a in n.attribute))
