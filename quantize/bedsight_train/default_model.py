@@ -317,6 +317,9 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
         _overlay_mosaic(work / "eval-real" / "overlays", plots / "real-overlays.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     (out / "report.md").write_text(_report(metrics, manifest, command, checks))
+    from .presets import carry
+
+    carry(assets / "default-model", out)  # the width comparison (compare-presets.sh), as it was run
     if not all(c["ok"] for c in checks.values()) or not real_gate["ok"]:
         print(f"left {assets} as it was; the rejected model is in {out}")
         return False

@@ -1,0 +1,163 @@
+"""The shipped width chosen by measurement (issue 21): each preset's figures beside its layer time.
+
+`quantize/scripts/compare-presets.sh` trains the `paper` preset on what two CPU cores afford,
+judges it as the shipped model is judged (the second synthetic generator; the box on the held-out
+real layers, `real_eval`) and times both in the box at the camera's resolution (`bedsight bench`).
+This module turns those files into one table, `presets.md` beside the shipped model, and puts
+the same table in the model's report.md (its own section, replaced on every run; `default_model`
+carries presets.md over when it rebuilds the report).
+
+    python -m bedsight_train.presets --shipped assets/default-model --shipped-bench small.json \\
+        --candidate out/preset-paper --candidate-bench paper.json --assets assets/default-model
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+SECTION = "## Width: the presets measured (issue 21)"
+
+
+def _bench_row(bench: dict[str, Any]) -> dict[str, Any]:
+    """The one model of a `bedsight bench --json` file: its fp32 ort inference and layer medians
+    and its resident memory."""
+    if len(bench.get("models", [])) != 1:
+        raise ValueError("a bench file here must time exactly one model (bench --model DIR --sizes 1024)")
+    model = bench["models"][0]
+    infer = next((r for r in model["inference"] if r["runner"] == "ort" and r["precision"] == "fp32"), None)
+    if infer is None:
+        raise ValueError(f"{model['name']}: the bench has no ort fp32 row")
+    stages = model.get("stages") or {}
+    layer = next((s["median_ms"] for s in stages.get("stages", []) if s["stage"] == "layer"), None)
+    return {
+        "name": model["name"],
+        "members": model["members"],
+        "gflops": model.get("gflops_ensemble"),
+        "infer_ms": infer["median_ms"],
+        "layer_ms": layer,
+        "resident_mib": model["resident_mib_after_warmup"],
+        "cpu": bench.get("cpu"),
+    }
+
+
+def collect(work: Path) -> dict[str, Any]:
+    """The comparison run's metrics.json, in the keys of default_model's: from its run (history,
+    run.json), its evaluations (eval-fp32, eval-alt-fp32) and the box's real-layer report."""
+    history = json.loads((work / "run" / "history.json").read_text())
+    run_info = json.loads((work / "run" / "run.json").read_text())
+    first = json.loads((work / "eval-fp32" / "metrics.json").read_text())
+    second = json.loads((work / "eval-alt-fp32" / "metrics.json").read_text())
+    real = json.loads((work / "eval-real" / "real-eval.json").read_text())
+    before = work / "run-0" / "history.json"
+    seconds = history.get("train_seconds") or 0.0
+    epochs = len(history["epochs"])
+    if before.exists():  # the stage before, which the run started from
+        earlier = json.loads(before.read_text())
+        seconds += earlier.get("train_seconds") or 0.0
+        epochs += len(earlier["epochs"])
+    return {
+        "parameters": run_info.get("parameters"),
+        "config": run_info["config"],
+        "epochs": epochs,
+        "train_seconds": seconds,
+        "test_fp32": {k: first[k] for k in ("cpa", "iou", "mpa", "miou")},
+        "alt_generator_fp32": {k: second[k] for k in ("cpa", "iou", "mpa", "miou")},
+        "real_eval": {k: real[k] for k in ("split", "overall", "per_folder", "clean", "classification", "hand_labelled")},
+    }
+
+
+def figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """What the table shows of a model's metrics.json (default_model's, or the comparison's)."""
+    real = metrics["real_eval"]
+    return {
+        "parameters": metrics.get("parameters"),
+        "trained": f"{metrics.get('epochs')} epochs, {(metrics.get('train_seconds') or 0) / 60:.0f} min",
+        "miou_first": metrics["test_fp32"]["miou"],
+        "miou_second": metrics["alt_generator_fp32"]["miou"],
+        "clean_pass": real["clean"]["layers"] - real["clean"]["not_pass"],
+        "clean_layers": real["clean"]["layers"],
+        "clean_flagged": real["clean"]["mean_flagged_share"],
+        "macro_f1": real["classification"]["macro_f1"],
+        "inside_any": real["hand_labelled"].get("inside_any_share"),
+        "regions_same": real["hand_labelled"]["regions"]["all"]["detected_same"],
+        "regions": real["hand_labelled"]["regions"]["all"]["regions"],
+    }
+
+
+def table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
+    """rows: (label, figures, bench row) per preset."""
+    lines = [
+        "| preset | parameters | trained | MIoU first / second generator | clean real layers PASS (flagged) | real layer classes, macro F1 | flagged px inside hand labels | hand-labelled regions found | GFLOP per layer | inference / layer at 1024x1024, ort fp32 | resident |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, f, b in rows:
+        inside = "n/a" if f["inside_any"] is None else f"{f['inside_any'] * 100:.0f} %"
+        layer = "n/a" if b["layer_ms"] is None else f"{b['layer_ms']:.0f} ms"
+        gflops = "n/a" if b["gflops"] is None else f"{b['gflops']:.1f}"
+        lines.append(
+            f"| {label} | {f['parameters'] / 1e6:.2f} M | {f['trained']} | "
+            f"{f['miou_first']:.3f} / {f['miou_second']:.3f} | {f['clean_pass']}/{f['clean_layers']} ({f['clean_flagged'] * 100:.2f} %) | "
+            f"{f['macro_f1']:.3f} | {inside} | {f['regions_same']}/{f['regions']} | {gflops} | {b['infer_ms']:.0f} ms / {layer} | {b['resident_mib']:.0f} MiB |"
+        )
+    return "\n".join(lines)
+
+
+def write(assets: Path, body: str) -> None:
+    """presets.md in `assets`, and the same section in its report.md (replaced, or appended)."""
+    section = f"{SECTION}\n\n{body.strip()}\n"
+    (assets / "presets.md").write_text(f"# {SECTION[3:]}\n\n{body.strip()}\n")
+    report = assets / "report.md"
+    text = report.read_text() if report.exists() else ""
+    pattern = re.compile(re.escape(SECTION) + r"\n.*?(?=\n## |\Z)", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section.rstrip("\n"), text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    report.write_text(text)
+
+
+def carry(old: Path, new: Path) -> None:
+    """Keep the comparison when the model is rebuilt: `old`'s presets.md (the assets before the
+    rebuild) into `new`, with its section in `new`'s report.md. The table is the comparison as it
+    was run; rerun compare-presets.sh to measure the new model."""
+    source = old / "presets.md"
+    if not source.exists():
+        return
+    body = source.read_text().split("\n", 1)[1] if "\n" in source.read_text() else ""
+    write(new, body)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bedsight_train.presets", description=__doc__.splitlines()[0])
+    ap.add_argument("--shipped", type=Path, required=True, help="the shipped model's folder (metrics.json)")
+    ap.add_argument("--shipped-bench", type=Path, required=True, help="bench --json of the shipped model")
+    ap.add_argument("--candidate", type=Path, required=True, help="the other preset's work folder (run-0/, run/, eval-fp32/, eval-alt-fp32/, eval-real/)")
+    ap.add_argument("--candidate-bench", type=Path, required=True, help="bench --json of the other preset")
+    ap.add_argument("--shipped-trained", default=None, help="how the shipped model was trained, for the table (its metrics.json counts only its last stage)")
+    ap.add_argument("--notes", type=Path, default=None, help="markdown put under the table: how each was trained, the choice")
+    ap.add_argument("--assets", type=Path, required=True, help="where presets.md and report.md are")
+    args = ap.parse_args(argv)
+    shipped = json.loads((args.shipped / "metrics.json").read_text())
+    candidate = collect(args.candidate)
+    (args.candidate / "metrics.json").write_text(json.dumps(candidate, indent=1))
+    shipped_figures = figures(shipped)
+    if args.shipped_trained:
+        shipped_figures["trained"] = args.shipped_trained
+    rows = [
+        ("small (shipped)", shipped_figures, _bench_row(json.loads(args.shipped_bench.read_text()))),
+        ("paper", figures(candidate), _bench_row(json.loads(args.candidate_bench.read_text()))),
+    ]
+    body = table(rows)
+    if args.notes is not None:
+        body += "\n\n" + args.notes.read_text().strip()
+    write(args.assets, body)
+    print(f"wrote {args.assets / 'presets.md'} and its section of {args.assets / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
