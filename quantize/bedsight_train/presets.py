@@ -31,8 +31,7 @@ def _bench_row(bench: dict[str, Any]) -> dict[str, Any]:
     infer = next((r for r in model["inference"] if r["runner"] == "ort" and r["precision"] == "fp32"), None)
     if infer is None:
         raise ValueError(f"{model['name']}: the bench has no ort fp32 row")
-    stages = model.get("stages") or {}
-    layer = next((s["median_ms"] for s in stages.get("stages", []) if s["stage"] == "layer"), None)
+    layer = (model.get("stages") or {}).get("layer_median_ms")
     return {
         "name": model["name"],
         "members": model["members"],
