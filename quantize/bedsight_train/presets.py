@@ -33,13 +33,10 @@ def _bench_row(bench: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"{model['name']}: the bench has no ort fp32 row")
     layer = (model.get("stages") or {}).get("layer_median_ms")
     return {
-        "name": model["name"],
-        "members": model["members"],
         "gflops": model.get("gflops_ensemble"),
         "infer_ms": infer["median_ms"],
         "layer_ms": layer,
         "resident_mib": model["resident_mib_after_warmup"],
-        "cpu": bench.get("cpu"),
     }
 
 
@@ -60,7 +57,6 @@ def collect(work: Path) -> dict[str, Any]:
         epochs += len(earlier["epochs"])
     return {
         "parameters": run_info.get("parameters"),
-        "config": run_info["config"],
         "epochs": epochs,
         "train_seconds": seconds,
         "test_fp32": {k: first[k] for k in ("cpa", "iou", "mpa", "miou")},
@@ -126,8 +122,7 @@ def carry(old: Path, new: Path) -> None:
     source = old / "presets.md"
     if not source.exists():
         return
-    body = source.read_text().split("\n", 1)[1] if "\n" in source.read_text() else ""
-    write(new, body)
+    write(new, source.read_text().partition("\n")[2])  # the body under presets.md's title
 
 
 def main(argv: list[str] | None = None) -> int:

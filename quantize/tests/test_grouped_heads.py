@@ -24,6 +24,15 @@ def _ensemble(arch: str, members: int, seed: int, **widths) -> Ensemble:
     return Ensemble(model.trunk, heads).eval()
 
 
+def _separate_then_grouped(ensemble: Ensemble, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The members' logits from the separate heads, then from the heads grouped (in place)."""
+    with torch.no_grad():
+        features = ensemble.trunk(x)
+        separate = torch.stack([head(features) for head in ensemble.heads], dim=1)
+        ensemble.group_heads()
+        return separate, ensemble(x)
+
+
 @pytest.mark.parametrize(
     "arch, widths",
     [("isdnet-sr", {}), ("isdnet-sr", {"head_sr": 2}), ("am-segnet", {})],
@@ -32,11 +41,7 @@ def _ensemble(arch: str, members: int, seed: int, **widths) -> Ensemble:
 def test_grouped_heads_give_the_separate_heads_logits(arch, widths):
     ensemble = _ensemble(arch, members=5, seed=3, **widths)
     x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 1, 64, 64)).astype(np.float32))
-    with torch.no_grad():
-        features = ensemble.trunk(x)
-        separate = torch.stack([head(features) for head in ensemble.heads], dim=1)
-        ensemble.group_heads()
-        grouped = ensemble(x)
+    separate, grouped = _separate_then_grouped(ensemble, x)
     assert grouped.shape == (2, 5, 6, 64, 64)
     assert float((grouped - separate).abs().max()) <= 1e-5
     # member i is head i: a swapped block would still pass a loose test of the mean
@@ -111,13 +116,9 @@ def test_the_full_resolution_layers_in_bands_give_the_whole_images_logits(arch, 
 
     ensemble = _ensemble(arch, members=3, seed=6, **widths)
     x = torch.from_numpy(np.random.default_rng(4).normal(size=(1, 1, 160, 96)).astype(np.float32))
-    with torch.no_grad():
-        features = ensemble.trunk(x)
-        separate = torch.stack([head(features) for head in ensemble.heads], dim=1)
-        ensemble.group_heads()
-        banded = [m for m in ensemble.grouped.modules() if isinstance(m, Banded)]
-        assert len(banded) == 1 and BAND_ROWS == 64
-        grouped = ensemble(x)
+    separate, grouped = _separate_then_grouped(ensemble, x)
+    banded = [m for m in ensemble.grouped.modules() if isinstance(m, Banded)]
+    assert len(banded) == 1 and BAND_ROWS == 64
     assert grouped.shape == (1, 3, 6, 160, 96)
     assert float((grouped - separate).abs().max()) <= 1e-5 * max(1.0, float(separate.abs().max()))
 

@@ -259,8 +259,8 @@ impl OrtBackend {
             .and_then(|b| b.with_intra_op_spinning(false).map_err(Into::into))
             // The memory pattern plans one block for every intermediate tensor on top of the
             // arena that already caches them: without it the 1024x1024 default model's process
-            // holds 607 MiB instead of 766, at the same inference time (docs/performance.md). The
-            // arena stays: without it inference took 1.5x as long.
+            // held 632 MiB instead of 786, at the same inference time (docs/performance.md, before
+            // the export's bands). The arena stays: without it inference took 1.5x as long.
             .and_then(|b| b.with_memory_pattern(false).map_err(Into::into))
             .map_err(|e: ort::Error| ModelError::Graph {
                 backend: BACKEND,

@@ -142,11 +142,12 @@ class Banded(nn.Module):
     def __init__(self, layers: nn.Module, scale: int, members: int, band_rows: int = BAND_ROWS):
         super().__init__()
         convs = [m for m in layers.modules() if isinstance(m, nn.Conv2d)]
-        if any(c.stride != (1, 1) or c.padding[0] != c.dilation[0] * (c.kernel_size[0] - 1) // 2 for c in convs):
+        reaches = [c.dilation[0] * (c.kernel_size[0] - 1) // 2 for c in convs]  # output rows each
+        if any(c.stride != (1, 1) or c.padding[0] != r for c, r in zip(convs, reaches)):
             raise ValueError("only stride-1 convolutions padded to their input's size can be computed in bands")
         if band_rows % scale:
             raise ValueError(f"bands of {band_rows} rows do not split into whole input rows at x{scale}")
-        reach = sum(c.dilation[0] * (c.kernel_size[0] - 1) // 2 for c in convs)
+        reach = sum(reaches)
         self.layers = layers
         self.scale = scale
         self.m = members
@@ -160,7 +161,7 @@ class Banded(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = int(x.shape[2])
-        if rows <= self.step:
+        if rows <= self.step:  # one band: no Slice of the input in the graph
             return self._members(self.layers(x), 0, rows * self.scale)
         bands = []
         for start in range(0, rows, self.step):
