@@ -363,12 +363,13 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
                 "nothing else. It judges the bed at 1024x1024 (about 0.24 mm per pixel).",
             ]
         else:
+            own_k = "".join(f", {name} over {share * 100:.2f} %" for name, share in real.get("presence_top_k", {}).items())
             lines += [
                 "",
                 f"Real beds (`train --real-layers`, realbed.py): beside the pixel losses on synthetic layers, {real['train_layers']} real layers of "
                 f"`{Path(real['root']).name}` ({'at most ' + str(real['max_per_label']) + ' per label folder of ' if real.get('max_per_label') else ''}their training split; label map "
                 f"`{Path(real['label_map']).name}`) under weak pixel losses: a class the label does not name is absent from every pixel (Pathak et al. 2015), "
-                f"a class it names is somewhere (top-k pooling over {real['top_k_share'] * 100:.1f} % of a whole layer, WILDCAT); and synthetic defects planted "
+                f"a class it names is somewhere (top-k pooling over {real['top_k_share'] * 100:.1f} % of a whole layer{own_k}, WILDCAT); and synthetic defects planted "
                 f"on crops of the {real['clean_train_layers']} clean real training layers, with their masks. {camera} Per step: {real['plant_batch']} planted crops, "
                 f"{real['real_batch']} real crops under the absence loss, one whole defective real layer every {real['mil_every']} steps. {real['val_layers']} "
                 "validation real layers rank the checkpoints (with the synthetic validation Score) and fit nothing else. It judges the bed at 1024x1024 "

@@ -57,6 +57,13 @@ from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATI
 # about a scratch across a 1024-px bed (3 px x 1024 px = 0.3 %), and at most what a small uncovered
 # patch covers, so that a present class is not asked to cover clean powder.
 TOP_K_SHARE = 0.002
+# A class whose instances are far smaller than that asks for its own k (`train --presence-top-k`):
+# L_pres pulls its k pixels towards the class, so a k larger than the defect makes the network
+# call that many pixels of every such layer the class, wherever it can find something to call it.
+# Measured on PBLM: super-elevation there is a speck of 200-250 px (a part's tip, hand labels) on
+# a 1024x1024 bed, and under k = 2,100 px the model called the dark rim of uneven beds
+# super-elevation (115 of 286 held-out layers without any).
+
 # The share of the whole real layers of weak_step that are clean (absence of every class). Crops of
 # every real layer already carry the absence terms each step; a whole defective layer is the only
 # place the presence term is taken, so most whole layers are defective.
@@ -65,12 +72,13 @@ WHOLE_CLEAN_SHARE = 0.3
 EPS = 1e-6
 
 
-def weak_losses(logits: torch.Tensor, present: torch.Tensor, absent: torch.Tensor, top_k_share: float | None = TOP_K_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
+def weak_losses(logits: torch.Tensor, present: torch.Tensor, absent: torch.Tensor, top_k_share: float | list[float] | None = TOP_K_SHARE) -> tuple[torch.Tensor, torch.Tensor]:
     """(L_abs, L_pres) of a batch of real layers. `logits` [N, K, H, W]; `present` and `absent`
     [N, K] booleans per segmentation class (a class in neither is not supervised: background, and
-    classes the label cannot speak of). `top_k_share=None` skips L_pres (crops); L_abs pools its
-    top k over TOP_K_SHARE of the pixels whatever the image. Each term is the mean over the
-    (layer, class) pairs it covers; a batch without any gives 0."""
+    classes the label cannot speak of). `top_k_share`: L_pres's k as a share of the pixels, one for
+    every class or a list of K (`presence_top_k`); None skips L_pres (crops). L_abs pools its top k
+    over TOP_K_SHARE of the pixels whatever the image. Each term is the mean over the (layer,
+    class) pairs it covers; a batch without any gives 0."""
     p = torch.softmax(logits.float(), dim=1).clamp(EPS, 1.0 - EPS)
     n, k, h, w = p.shape
     flat = p.flatten(2)  # [N, K, H*W]
@@ -86,8 +94,8 @@ def weak_losses(logits: torch.Tensor, present: torch.Tensor, absent: torch.Tenso
         loss_absent = zero
     present_pairs = present.nonzero()
     if top_k_share is not None and len(present_pairs):
-        top = max(1, int(round(top_k_share * h * w)))
-        scores = flat[present_pairs[:, 0], present_pairs[:, 1]].topk(top, dim=1).values.mean(dim=1)
+        shares = [float(top_k_share)] * k if isinstance(top_k_share, (int, float)) else list(top_k_share)
+        scores = torch.stack([flat[i, c].topk(max(1, int(round(shares[c] * h * w)))).values.mean() for i, c in present_pairs.tolist()])
         loss_present = -torch.log(scores).mean()
     else:
         loss_present = zero
@@ -384,7 +392,7 @@ class RealLayers:
     defective ones under the presence loss, the clean ones as beds to plant on) and a few
     validation layers judged whole after each epoch."""
 
-    def __init__(self, train, val, classes, label_map, weak_classes: list[str] | None = None):
+    def __init__(self, train, val, classes, label_map, weak_classes: list[str] | None = None, presence_top_k: dict[str, float] | None = None):
         self.train = train
         self.val = val
         self.label_map = label_map
@@ -404,6 +412,8 @@ class RealLayers:
         self.weak_absent[np.ix_(self.defective, unsupervised)] = False
         if len(self.clean) == 0 or len(self.defective) == 0:
             raise ValueError("the real training layers need clean and defective layers")
+        # L_pres's k per class (TOP_K_SHARE where not given): see presence_top_k
+        self.presence_shares = [float((presence_top_k or {}).get(name, TOP_K_SHARE)) for name in self.class_names]
 
     def _crop(self, rng, image: np.ndarray, crop: int, edge_share: float = 0.0) -> np.ndarray:
         """A random crop, flipped at random; one time in `edge_share` flush with a random side of
@@ -479,7 +489,7 @@ class RealLayers:
                 if rng.random() < 0.5:
                     image = image[::-1, :]
                 x = self._normalise([relight(i, image.astype(np.float32))], mean, std)
-                whole_absent, present = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.weak_present[i : i + 1]).to(device), torch.from_numpy(self.weak_absent[i : i + 1]).to(device))
+                whole_absent, present = weak_losses(model(torch.from_numpy(x).to(device)), torch.from_numpy(self.weak_present[i : i + 1]).to(device), torch.from_numpy(self.weak_absent[i : i + 1]).to(device), self.presence_shares)
                 absent = 0.5 * (absent + whole_absent)
         return absent, present
 
@@ -515,7 +525,7 @@ class RealLayers:
         }
 
 
-def load_real_layers(root, label_map_path, size: int, classes, max_per_label: int | None, mixed_sizes: str, val_layers: int, progress: bool, weak_classes: list[str] | None = None) -> RealLayers:
+def load_real_layers(root, label_map_path, size: int, classes, max_per_label: int | None, mixed_sizes: str, val_layers: int, progress: bool, weak_classes: list[str] | None = None, presence_top_k: dict[str, float] | None = None) -> RealLayers:
     """The training split of the real layers at the model's input size (turned to the bed's
     convention), and `val_layers` of the validation split: every clean one, then the others
     spread over the folders in turn."""
@@ -535,4 +545,4 @@ def load_real_layers(root, label_map_path, size: int, classes, max_per_label: in
         for q in queues:
             if q and len(chosen) < val_layers:
                 chosen.append(q.pop(0))
-    return RealLayers(train, val.subset(sorted(chosen)), classes, label_map, weak_classes)
+    return RealLayers(train, val.subset(sorted(chosen)), classes, label_map, weak_classes, presence_top_k)

@@ -80,6 +80,7 @@ class TrainOptions:
     weak_layers: str = "all"  # which real layers the weak losses read: all, or the clean ones only
     weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
     weak_classes: list[str] | None = None  # the classes the weak losses speak of (None: all)
+    presence_top_k: dict[str, float] | None = None  # L_pres's k per class, a share of the layer (realbed.TOP_K_SHARE elsewhere)
     mask_absence_weight: float = 0.0  # weight of realbed.mask_absence_loss on the synthetic crops
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
     # "cosine": the learning rate falls along a cosine to 5 % of --lr over the run (AM-SegNet always
@@ -291,7 +292,12 @@ def train(opts: TrainOptions) -> dict:
         for name in opts.weak_classes or []:
             if name not in seg_names[1:]:
                 raise BadInput(f"--weak-classes {name}: not a defect class of {opts.data} ({', '.join(seg_names[1:])})")
-        real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress, opts.weak_classes)
+        for name, share in (opts.presence_top_k or {}).items():
+            if name not in seg_names[1:]:
+                raise BadInput(f"--presence-top-k {name}: not a defect class of {opts.data} ({', '.join(seg_names[1:])})")
+            if not 0.0 < share <= 1.0:
+                raise BadInput(f"--presence-top-k {name}={share}: the share of a layer's pixels must be in (0, 1]")
+        real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress, opts.weak_classes, opts.presence_top_k)
         if opts.crop is None or opts.crop > h:
             raise BadInput("--real-layers trains on crops: give --crop")
     device = pick_device(opts.device)
@@ -405,6 +411,8 @@ def train(opts: TrainOptions) -> dict:
             run_info["real_layers"]["weak_classes"] = real.weak_classes
         if opts.mask_absence_weight:  # likewise
             run_info["real_layers"]["mask_absence_weight"] = opts.mask_absence_weight
+        if opts.presence_top_k:  # likewise
+            run_info["real_layers"]["presence_top_k"] = dict(sorted(opts.presence_top_k.items()))
     if resume is not None:
         _check_same_run(out / "run.json", run_info)
     (out / "run.json").write_text(json.dumps(run_info, indent=1))

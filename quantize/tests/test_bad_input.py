@@ -118,6 +118,23 @@ def test_weak_class_the_model_does_not_have(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "top_k, message",
+    [
+        ("spatter=0.001", "--presence-top-k spatter: not a defect class"),
+        ("super-elevation=0", "--presence-top-k super-elevation=0.0: the share of a layer's pixels must be in (0, 1]"),
+        ("super-elevation=2", "--presence-top-k super-elevation=2.0: the share of a layer's pixels must be in (0, 1]"),
+        ("super-elevation", "argument --presence-top-k: 'super-elevation': expected NAME=SHARE"),
+    ],
+)
+def test_presence_k_for_a_class_the_model_does_not_have_or_out_of_range(tiny_data, tmp_path, top_k, message):
+    result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", tmp_path / "run", "--crop", 32,
+                  "--real-layers", tmp_path / "layers", "--label-map", "pblm", "--presence-top-k", top_k)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
     "args, message",
     [
         (("--crop", 32, "--min-scale", 0), "--min-scale 0.0: a scale, above 0 and at most 1"),

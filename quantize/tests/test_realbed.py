@@ -43,6 +43,22 @@ def test_the_presence_loss_pools_the_top_k_pixels():
     assert none.item() == 0.0
 
 
+def test_the_presence_loss_takes_each_class_its_own_k():
+    # three classes, four pixels: p1 = 0.6, 0.2, 0.2, 0.0 and p2 = 0.2, 0.6, 0.2, 0.0 (class 0
+    # holds the rest, the last pixel all of it)
+    p = torch.tensor([[[0.2, 0.2, 0.6, 1.0], [0.6, 0.2, 0.2, 0.0], [0.2, 0.6, 0.2, 0.0]]]).clamp(1e-9).log()
+    logits = p.reshape(1, 3, 1, 4)
+    present = torch.tensor([[False, True, True]])
+    absent = torch.tensor([[False, False, False]])
+    # class 1 pools its k = 1 pixel (0.25 of 4): 0.6; class 2 its k = 3 (0.75): (0.6 + 0.2 + 0.2) / 3
+    _, loss = realbed.weak_losses(logits, present, absent, top_k_share=[0.5, 0.25, 0.75])
+    assert loss.item() == pytest.approx((-math.log(0.6) - math.log(1.0 / 3.0)) / 2, rel=1e-5)
+    # one share for every class is the same as the list of it
+    _, one = realbed.weak_losses(logits, present, absent, top_k_share=0.25)
+    _, listed = realbed.weak_losses(logits, present, absent, top_k_share=[0.25, 0.25, 0.25])
+    assert one.item() == pytest.approx(listed.item()) == pytest.approx(-math.log(0.6), rel=1e-5)
+
+
 def test_a_crops_mask_makes_absent_every_class_none_of_its_pixels_holds():
     # three classes, two pixels: class 1 has p 0.75 and 0.5 (logits log 3 and 0 against class 0's
     # 0), class 2 is all but impossible (p clamped to 1e-6)
@@ -298,6 +314,35 @@ def test_clean_only_weak_losses_read_the_clean_layers_alone(monkeypatch):
         expected = (2 * -math.log(0.1) + 4 * 2 * -math.log(0.98)) / 5
         assert float(absent) == pytest.approx(expected, rel=1e-4)
     assert seen and all(seen)
+
+
+def test_a_class_given_its_own_presence_k_pools_that_many_pixels_of_a_whole_layer(monkeypatch):
+    """--presence-top-k incompleteness=SHARE: the whole Uneven layer's L_pres averages the top
+    SHARE of its 64x64 pixels; under a network whose p(incompleteness) is 0.9 on one column and
+    0.1 elsewhere, k = 64 px (1/64) is -log 0.9 and k = 128 px (1/32) -log 0.5. Every other class
+    keeps TOP_K_SHARE."""
+    from bedsight_train.layers import LayerSet, LabelMap
+    from bedsight_train.common import ClassInfo
+
+    class OneColumn(torch.nn.Module):
+        def forward(self, x):
+            p = torch.full((x.shape[0], len(CLASSES), x.shape[2], x.shape[3]), 1e-9)
+            p[:, CLASSES.index("incompleteness")] = 0.1
+            p[:, CLASSES.index("incompleteness"), :, 5] = 0.9
+            p[:, 0] = 1.0 - p[:, CLASSES.index("incompleteness")]
+            return p.log()
+
+    label_map = LabelMap(path=None, classes=["incompleteness"], labels={"Clean": [], "Uneven": ["incompleteness"]})
+    images = np.stack([_bed(s, 64) for s in range(2)])
+    train = LayerSet(None, label_map, ["Clean/0", "Uneven/0"], ["Clean", "Uneven"], np.array([[0], [1]], np.float32), images)
+    classes = [ClassInfo(name, "#000000", name not in ("background", "lattice")) for name in CLASSES]
+    monkeypatch.setattr(realbed, "WHOLE_CLEAN_SHARE", 0.0)
+    monkeypatch.setattr(realbed.RealLayers, "_crop", lambda self, rng, image, crop, *edge: image[:crop, :crop])
+    for share, expected in ((1 / 64, -math.log(0.9)), (1 / 32, -math.log(0.5))):
+        real = realbed.RealLayers(train, train.subset([0, 1]), classes, label_map, presence_top_k={"incompleteness": share})
+        assert real.presence_shares == [realbed.TOP_K_SHARE, realbed.TOP_K_SHARE, share, realbed.TOP_K_SHARE, realbed.TOP_K_SHARE, realbed.TOP_K_SHARE]
+        _, present = real.weak_step(np.random.default_rng(0), OneColumn(), 1, 32, True, 0.5, 0.2)
+        assert float(present) == pytest.approx(expected, rel=1e-4)
 
 
 def test_weak_classes_limit_the_weak_losses_on_defective_layers_and_clean_ones_stay_clean(monkeypatch):
