@@ -3,8 +3,10 @@
 The project's test command (./test.sh) builds the binary and sets BEDSIGHT_BIN; run alone,
 these tests fall back to target/debug/bedsight and fail clearly when it is missing.
 """
+import atexit
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 import tomllib
@@ -45,11 +47,24 @@ def bedsight_bin() -> str:
     return path
 
 
+# Every scratch state folder of this test session lives under one folder, removed when the
+# session ends: a `bedsight run`'s journal and layer images reach gigabytes, and the folders that
+# every run used to leave in /tmp filled the disk (4,635 of them, 38 GB, on 2026-12-06).
+_STATE_ROOT = Path(tempfile.mkdtemp(prefix="bedsight-states-"))
+atexit.register(shutil.rmtree, _STATE_ROOT, True)
+
+
+def scratch_state_dir() -> str:
+    """A fresh state folder for one `bedsight` process: never the box's /var/lib/bedsight."""
+    return tempfile.mkdtemp(prefix="state-", dir=_STATE_ROOT)
+
+
 def run(*args, cwd=None, check=False, env=None):
     """Runs bedsight with args; returns the CompletedProcess (text)."""
     if env is None:
-        # Never the box's /var/lib/bedsight: a scratch state folder unless --state-dir is given.
-        env = dict(os.environ, BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
+        # a scratch state folder unless --state-dir is given, gone when the command is
+        with tempfile.TemporaryDirectory(prefix="state-", dir=_STATE_ROOT) as state:
+            return run(*args, cwd=cwd, check=check, env=dict(os.environ, BEDSIGHT_STATE_DIR=state))
     result = subprocess.run([bedsight_bin(), *map(str, args)], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
     if check and result.returncode != 0:
         raise AssertionError(f"bedsight {' '.join(map(str, args))} failed ({result.returncode}):\n{result.stderr}")

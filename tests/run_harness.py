@@ -4,15 +4,15 @@ import os
 import queue
 import re
 import select
+import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import tty
 from pathlib import Path
 
-from conftest import bedsight_bin
+from conftest import bedsight_bin, scratch_state_dir
 
 BASE_CONFIG = """
 [bed]
@@ -103,8 +103,10 @@ class Appliance:
     level cut off: `logged` keeps them, a line without them has the level None)."""
 
     def __init__(self, config: Path, *extra):
-        # Never the box's /var/lib/bedsight: a fresh state folder unless --state-dir is given.
-        env = dict(os.environ, BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
+        # Never the box's /var/lib/bedsight: a fresh state folder unless --state-dir is given,
+        # removed when the appliance is stopped or killed.
+        self.state_dir = scratch_state_dir()
+        env = dict(os.environ, BEDSIGHT_STATE_DIR=self.state_dir)
         self.process = subprocess.Popen(
             [bedsight_bin(), "run", "--config", str(config), *map(str, extra)],
             env=env,
@@ -170,12 +172,14 @@ class Appliance:
                 break
             self.seen.append(line)
         self.stderr += self.process.stderr.read() if self.process.stderr else ""
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         return self.process.returncode
 
     def kill(self):
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=5)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
 
 def raw_pty():

@@ -7,10 +7,9 @@ import shlex
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 
-from conftest import REPO, SAMPLE_BUILD, bedsight_bin
+from conftest import REPO, SAMPLE_BUILD, bedsight_bin, scratch_state_dir
 from run_harness import LOG_LINE, MODBUS_TCP_FREE_PORT, replay_over_modbus, write_config
 
 UNIT = REPO / "board" / "systemd" / "bedsight.service"
@@ -22,7 +21,7 @@ def test_ready_watchdog_and_stopping_reach_the_service_manager(tmp_path):
     path = tmp_path / "notify.sock"
     notify.bind(str(path))
     notify.settimeout(0.05)
-    env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="400000", BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
+    env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="400000", BEDSIGHT_STATE_DIR=scratch_state_dir())
     # systemd sets WATCHDOG_PID to the service's pid: the shell's, which exec keeps
     command = f"WATCHDOG_PID=$$ exec {shlex.quote(bedsight_bin())} run --config {shlex.quote(str(config))}"
     process = subprocess.Popen(["sh", "-c", command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -87,7 +86,7 @@ def test_under_journald_a_pause_is_a_warning_and_a_pass_is_info(tmp_path, ledger
     for name in names:
         (frames / name).write_bytes((SAMPLE_BUILD / name).read_bytes())
     config = write_config(tmp_path, replay_camera(frames) + '\n[trigger]\nkind = "timer"\ninterval_ms = 200\n')
-    env = dict(os.environ, JOURNAL_STREAM="8:12345", BEDSIGHT_STATE_DIR=tempfile.mkdtemp(prefix="bedsight-state-"))
+    env = dict(os.environ, JOURNAL_STREAM="8:12345", BEDSIGHT_STATE_DIR=scratch_state_dir())
     process = subprocess.Popen([bedsight_bin(), "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     try:
