@@ -467,7 +467,7 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         r = m["real_eval"]
         clean, cls, hand = r["clean"], r["classification"], r["hand_labelled"]
         lines += [
-            "## Real layers, as the box judges them (held-out split, INT8, the shipped configuration)",
+            "## Real layers, as the box judges them (held-out split, the shipped configuration: fp32 on these CPUs, precision \"auto\")",
             "",
             "The whole report, with intervals, per-class tables and what the figures cannot show, is `real-eval.md` beside this file; "
             "report/real-overlays.png shows hand-labelled layers as an operator would see them (tint: the box's flagged pixels; outline: the hand labels).",
