@@ -56,14 +56,13 @@ from .synth import BACKGROUND, HOPPING, INCOMPLETENESS, STREAKING, SUPER_ELEVATI
 # The share of a whole layer's pixels that top-k pooling averages for a present class (L_pres):
 # about a scratch across a 1024-px bed (3 px x 1024 px = 0.3 %), and at most what a small uncovered
 # patch covers, so that a present class is not asked to cover clean powder.
-TOP_K_SHARE = 0.002
-# A class whose instances are far smaller than that asks for its own k (`train --presence-top-k`):
+# A class whose instances are far smaller than that gets its own k (`train --presence-top-k`):
 # L_pres pulls its k pixels towards the class, so a k larger than the defect makes the network
 # call that many pixels of every such layer the class, wherever it can find something to call it.
-# Measured on PBLM: super-elevation there is a speck of 200-250 px (a part's tip, hand labels) on
+# Measured on PBLM: super-elevation there is a speck of 200-260 px (a part's tip, hand labels) on
 # a 1024x1024 bed, and under k = 2,100 px the model called the dark rim of uneven beds
-# super-elevation (115 of 286 held-out layers without any).
-
+# super-elevation (115 of 286 held-out layers without any; quantize/README.md, "Real beds").
+TOP_K_SHARE = 0.002
 # The share of the whole real layers of weak_step that are clean (absence of every class). Crops of
 # every real layer already carry the absence terms each step; a whole defective layer is the only
 # place the presence term is taken, so most whole layers are defective.
