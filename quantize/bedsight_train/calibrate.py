@@ -146,7 +146,33 @@ def ece_of(probs: np.ndarray, target: np.ndarray, bins: int = 10) -> EceAccumula
     return acc
 
 
-def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
+def head_run_members(head_runs: list[Path], info: dict[str, Any], trunk_path: Path, trunk_state: dict[str, torch.Tensor]) -> list[tuple[Path, dict[str, Any]]]:
+    """The best checkpoint of each head run (`train --init TRUNK --freeze-trunk --fresh-head`), one
+    member each, checked to carry the ensemble's trunk weight for weight: a head only means what it
+    learnt on the features it was trained on."""
+    extra = []
+    for head_run in head_runs:
+        head_info = read_run(head_run)
+        for key in ("arch", "config", "classes", "input"):
+            if head_info[key] != info[key]:
+                raise BadInput(f"--head-runs {head_run}: its {key} differs from the run's; a head run trains on the run's best trunk (train --init {trunk_path} --freeze-trunk)")
+        path, ckpt = ranked_checkpoints(head_run, info["arch"])[0]
+        for name, tensor in trunk_state.items():
+            theirs = ckpt["state_dict"].get(f"trunk.{name}")
+            if theirs is None or not torch.equal(theirs, tensor):
+                raise BadInput(f"--head-runs {head_run}: {path.name}'s trunk is not {trunk_path}'s (trunk.{name} differs); train the head with --init {trunk_path} --freeze-trunk")
+        extra.append((path, ckpt))
+    return extra
+
+
+def member_name(run: Path, checkpoint: Path) -> str:
+    """A member's checkpoint as the reports name it: its file, and the head run's folder for a
+    member from another run."""
+    owner = checkpoint.parent.parent
+    return checkpoint.name if owner.resolve() == run.resolve() else f"{owner.name}/{checkpoint.name}"
+
+
+def calibrate(run: Path, members: int, head_runs: list[Path] = (), progress: bool = True) -> dict[str, Any]:
     limit_threads()
     run = Path(run)
     info = read_run(run)
@@ -164,6 +190,7 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
     best_path, best = chosen[0]
     trunk_model = model_from_checkpoint(best_path, best)
     trunk = trunk_model.trunk.eval()
+    chosen = chosen + head_run_members([Path(r) for r in head_runs], info, best_path, trunk.state_dict())
     heads = []
     for path, ckpt in chosen:
         heads.append(model_from_checkpoint(path, ckpt).head.eval())
@@ -187,7 +214,7 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
         rows.append(
             {
                 "member": i + 1,
-                "checkpoint": path.name,
+                "checkpoint": member_name(run, path),
                 "epoch": int(ckpt["epoch"]),
                 # the checkpoint's own Score (its own trunk), which ranked it
                 "checkpoint_score": float(ckpt["metrics"]["score"]),
@@ -206,7 +233,7 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
     temperatures = [r["temperature"] for r in rows]
     stacked = np.stack(member_logits, axis=1)  # [N, M, K, H, W]
     ens = {}
-    for label, temps in (("before", [1.0] * members), ("after", temperatures)):
+    for label, temps in (("before", [1.0] * len(chosen)), ("after", temperatures)):
         acc = EceAccumulator(10)
         conf = np.zeros((k, k), dtype=np.int64)
         nll_sum, count = 0.0, 0
@@ -229,7 +256,7 @@ def calibrate(run: Path, members: int, progress: bool = True) -> dict[str, Any]:
             "arch": info["arch"],
             "config": best["config"],
             "trunk_checkpoint": best_path.name,
-            "head_checkpoints": [p.name for p, _ in chosen],
+            "head_checkpoints": [member_name(run, p) for p, _ in chosen],
             "trunk_state": trunk.state_dict(),
             "head_states": [h.state_dict() for h in heads],
             "temperatures": temperatures,

@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--mixed-sizes", choices=["resize", "refuse"], default="resize", help="layers whose size differs from the first: resize them, or stop")
     t.add_argument("--init", type=Path, default=None, help="start from this checkpoint's weights (same architecture)")
     t.add_argument("--freeze-batch-norm", action="store_true", help="BatchNorm normalises with its running statistics and does not update them (fine-tuning from --init with small mixed batches)")
+    t.add_argument("--freeze-trunk", action="store_true", help="with --init: keep its trunk exactly as it is and train the head alone (an ensemble member for calibrate --head-runs)")
+    t.add_argument("--fresh-head", action="store_true", help="with --init: draw the head afresh from --seed instead of starting from the checkpoint's")
     t.add_argument("--min-scale", type=float, default=1.0, help="with --crop: half the crops come from windows up to crop/MIN_SCALE wide shrunk to the crop (scale log-uniform in [MIN_SCALE, 1]): multi-scale training; 1: every crop at the layer's own scale")
     t.add_argument("--real-layers", type=Path, default=None, help="real-bed mode: folder of label folders of real layers (e.g. pblm/) under weak pixel losses, with planted defects on their clean layers (realbed.py); needs --label-map and --crop")
     t.add_argument("--plant-batch", type=int, default=2, help="real-bed mode: crops of clean real layers with planted defects per step")
@@ -98,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("calibrate", help="pick the top-M checkpoints and fit a temperature per member")
     c.add_argument("--run", required=True, type=Path)
     c.add_argument("--members", type=int, default=5)
+    c.add_argument("--head-runs", type=Path, nargs="+", default=[], metavar="RUN", help="one more member from the best checkpoint of each RUN: heads trained on the run's best trunk (train --init BEST --freeze-trunk --fresh-head)")
 
     e = sub.add_parser("export", help="export the ensemble to one ONNX graph plus manifest.toml, checked against PyTorch")
     e.add_argument("--run", required=True, type=Path)
@@ -216,7 +219,7 @@ def run(args: argparse.Namespace) -> None:
             TrainOptions(
                 arch=args.arch, data=args.data, epochs=args.epochs, out=args.out, batch_size=args.batch_size, lr=args.lr,
                 seed=args.seed, split_seed=args.split_seed, widths=_widths(args.width), preset=args.preset, crop=args.crop,
-                class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, foreground_share=args.foreground_share, min_scale=args.min_scale, freeze_batch_norm=args.freeze_batch_norm, overwrite=args.overwrite, progress=progress,
+                class_weights=args.class_weights, focal_tversky=args.focal_tversky, sr_weight=args.sr_weight, photometric=args.photometric, foreground_share=args.foreground_share, min_scale=args.min_scale, freeze_batch_norm=args.freeze_batch_norm, freeze_trunk=args.freeze_trunk, fresh_head=args.fresh_head, overwrite=args.overwrite, progress=progress,
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every, weak_layers=args.weak_layers,
@@ -229,7 +232,7 @@ def run(args: argparse.Namespace) -> None:
     elif args.command == "calibrate":
         from .calibrate import calibrate
 
-        calibrate(args.run, args.members, progress=progress)
+        calibrate(args.run, args.members, args.head_runs, progress=progress)
     elif args.command == "export":
         from .export import export
 

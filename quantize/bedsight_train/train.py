@@ -71,6 +71,10 @@ class TrainOptions:
     max_layers_per_label: int | None = None  # per split, to bound a recipe's time
     mixed_sizes: str = "resize"  # layers of another size than the first: "resize" or "refuse"
     init: Path | None = None  # start from this checkpoint's weights (same architecture)
+    # with --init: keep its trunk as it is and train the head alone (an ensemble member of its own
+    # beside that checkpoint's heads), and draw that head afresh from --seed instead of keeping its
+    fresh_head: bool = False
+    freeze_trunk: bool = False
     # real-bed mode (realbed.py): image-level labelled real layers (with --label-map) under weak
     # pixel losses, and synthetic defects planted on their clean layers
     real_layers: Path | None = None
@@ -259,6 +263,9 @@ def train(opts: TrainOptions) -> dict:
         raise BadInput(f"--mask-absence-weight {opts.mask_absence_weight}: a weight, 0 or more")
     if opts.mask_absence_weight and opts.real_layers is None:
         raise BadInput("--mask-absence-weight belongs to the real-bed mode: give --real-layers")
+    for flag, on in (("--fresh-head", opts.fresh_head), ("--freeze-trunk", opts.freeze_trunk)):
+        if on and opts.init is None:
+            raise BadInput(f"{flag} trains a head on another checkpoint's trunk: give that checkpoint with --init")
     limit_threads()
     toml_path = Path(opts.data) / "dataset.toml"
     if toml_path.is_file() and read_toml(toml_path).get("test_only"):
@@ -339,6 +346,16 @@ def train(opts: TrainOptions) -> dict:
         saved_head = init.get("layer_head")
         if layer_head is not None and saved_head and saved_head["classes"] == layer_data.train.label_map.classes:
             layer_head.load_state_dict(saved_head["state_dict"])
+        if opts.fresh_head:
+            # a head of its own random initialisation: members that start apart settle in other
+            # minima and part where the data did not pin them (Fort et al. 2019; Lee et al. 2015's
+            # M heads on a shared trunk), where a run's checkpoints stay in one (seed 000 Alg. 1)
+            for module in model.head.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+    if opts.freeze_trunk:
+        for p in model.trunk.parameters():
+            p.requires_grad_(False)
 
     out = opts.out
     for stale in sorted((out / "checkpoints").glob("*.pt")) if opts.overwrite else []:
@@ -375,6 +392,8 @@ def train(opts: TrainOptions) -> dict:
         "foreground_share": opts.foreground_share,
         "min_scale": opts.min_scale,
         **({"freeze_batch_norm": True} if opts.freeze_batch_norm else {}),  # only when set: older runs resume as they were
+        **({"fresh_head": True} if opts.fresh_head else {}),
+        **({"freeze_trunk": True} if opts.freeze_trunk else {}),
         "epochs": opts.epochs,
         "parameters": int(sum(p.numel() for p in model.parameters())),
         "init": str(opts.init) if opts.init else None,
@@ -441,7 +460,7 @@ def train(opts: TrainOptions) -> dict:
             total = total + ftl
             parts["ftl"] = float(ftl.detach())
         return total, parts
-    parameters = list(model.parameters()) + (list(layer_head.parameters()) if layer_head is not None else [])
+    parameters = [p for p in model.parameters() if p.requires_grad] + (list(layer_head.parameters()) if layer_head is not None else [])
     optimiser = torch.optim.Adam(parameters, lr=run_info["lr"])
     if layer_data is not None:
         x_layers = data_mod.to_input(layer_data.train.images, mean, std)
@@ -488,6 +507,8 @@ def train(opts: TrainOptions) -> dict:
             for norm in model.modules():
                 if isinstance(norm, torch.nn.modules.batchnorm._BatchNorm):
                     norm.eval()
+        if opts.freeze_trunk:
+            model.trunk.eval()  # its features exactly as the box computes them: no dropout, BatchNorm's running statistics
         if layer_head is not None:
             layer_head.train()
         order = rng.permutation(len(x_train))

@@ -285,3 +285,52 @@ def test_the_kept_chain_checkpoints_are_starts_for_the_last_stages(tiny_data, tm
     run = tmp_path / "run"
     train(TrainOptions(arch="isdnet-sr", data=tiny_data, epochs=1, out=run, batch_size=2, crop=32, max_steps_per_epoch=1, init=path, freeze_batch_norm=True, progress=False))
     assert json.loads((run / "run.json").read_text())["input"]["mean"] == ckpt["input"]["mean"]
+
+
+def test_a_head_trained_on_a_frozen_trunk_joins_the_ensemble_as_a_member(tiny_data, tmp_path):
+    """train --init C --freeze-trunk --fresh-head: the trunk comes out weight for weight as C's
+    (BatchNorm statistics included), the head starts from its own draw (not C's head) and learns;
+    calibrate --head-runs adds that head as one more member on C's run's best trunk."""
+    import torch
+
+    from bedsight_train.calibrate import calibrate
+
+    run = tmp_path / "run"
+    train_tiny("isdnet-sr", tiny_data, run, epochs=2, crop=32, max_steps_per_epoch=2, seed=5)
+    calibrate(run, members=1, progress=False)
+    best = run / "checkpoints" / torch.load(run / "ensemble.pt", weights_only=False)["trunk_checkpoint"]
+    before = torch.load(best, weights_only=False)["state_dict"]
+    heads = []
+    for seed in (21, 22):
+        head_run = tmp_path / f"head-{seed}"
+        train_tiny("isdnet-sr", tiny_data, head_run, epochs=1, crop=32, max_steps_per_epoch=2, seed=seed, init=best, freeze_trunk=True, fresh_head=True)
+        after = torch.load(head_run / "checkpoints" / "epoch-0001.pt", weights_only=False)["state_dict"]
+        trunk = [k for k in before if k.startswith("trunk.")]
+        assert trunk and all(torch.equal(after[k], before[k]) for k in trunk)
+        assert not torch.equal(after["head.sr.0.conv2.weight"], before["head.sr.0.conv2.weight"])
+        heads.append(after["head.sr.0.conv2.weight"])
+        recorded = json.loads((head_run / "run.json").read_text())
+        assert recorded["freeze_trunk"] is True and recorded["fresh_head"] is True
+    assert not torch.equal(heads[0], heads[1])  # two seeds, two draws
+    report = calibrate(run, members=1, head_runs=[tmp_path / "head-21", tmp_path / "head-22"], progress=False)
+    assert [m["checkpoint"] for m in report["members"]] == [best.name, "head-21/epoch-0001.pt", "head-22/epoch-0001.pt"]
+    saved = torch.load(run / "ensemble.pt", weights_only=False)
+    assert len(saved["head_states"]) == len(saved["temperatures"]) == 3
+    assert torch.equal(saved["head_states"][1]["sr.0.conv2.weight"], heads[0])
+
+
+def test_a_head_run_on_another_trunk_is_refused_by_calibrate(tiny_data, tmp_path):
+    """A head learnt on other features means nothing on this trunk: calibrate names the head run
+    and the trunk weight that differs; and --freeze-trunk or --fresh-head without --init is refused."""
+    from bedsight_train.calibrate import calibrate
+    from bedsight_train.common import BadInput
+
+    run, other = tmp_path / "run", tmp_path / "other"
+    train_tiny("isdnet-sr", tiny_data, run, epochs=1, crop=32, max_steps_per_epoch=2, seed=5)
+    train_tiny("isdnet-sr", tiny_data, other, epochs=1, crop=32, max_steps_per_epoch=2, seed=6)
+    with pytest.raises(BadInput, match=r"--head-runs .*other: epoch-0001.pt's trunk is not .*run/checkpoints/epoch-0001.pt's \(trunk\.\S+ differs\)"):
+        calibrate(run, members=1, head_runs=[other], progress=False)
+    assert not (run / "ensemble.pt").exists()
+    for flag in ("freeze_trunk", "fresh_head"):
+        with pytest.raises(BadInput, match=f"--{flag.replace('_', '-')} trains a head on another checkpoint's trunk: give that checkpoint with --init"):
+            train_tiny("isdnet-sr", tiny_data, tmp_path / flag, epochs=1, crop=32, max_steps_per_epoch=1, **{flag: True})
