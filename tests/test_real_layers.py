@@ -48,6 +48,22 @@ def test_each_real_layer_is_judged_as_its_label_folder_says():
         assert fired & set(label), (path.name, label, report["reasons"])
 
 
+def test_the_members_disagree_on_defective_real_beds_not_on_the_clean_one():
+    """Issue 19: members that never disagree (one run's checkpoints, which differ in a small head)
+    give every layer an uncertainty score of 0, and the score the PLC reads says nothing. The
+    shipped members (two checkpoints of one run and a head of its own random draw on their trunk)
+    are unsure of part of every defective real bed, and of none of the clean one."""
+    layers = real_layers()
+    result, objects = analyze_json(*layers)
+    assert result.returncode == 0, result.stderr
+    for path, report in zip(layers, objects):
+        score = report["uncertainty"]["score"]
+        if LABELS[path.parent.name]:
+            assert score > 0.0, (path.name, report["uncertainty"])
+        else:
+            assert score == 0.0, (path.name, report["uncertainty"])
+
+
 def test_demo_replays_the_real_build(tmp_path):
     out = tmp_path / "demo"
     result = run("demo", "--build", "real", "--out", out)

@@ -343,7 +343,7 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         "",
         f"`{manifest['name']}` {manifest['version']}: {manifest['description']}.",
         "",
-        f"Rebuild it with `{command}` (about an hour on two idle CPU cores).",
+        f"Rebuild it with `{command}` (about an hour and three quarters on two idle CPU cores).",
     ]
     if m.get("real_layers"):
         real = m["real_layers"]
