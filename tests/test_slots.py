@@ -278,34 +278,36 @@ def test_a_graph_that_loses_a_defect_class_is_refused_though_most_pixels_agree(b
 
 
 def test_a_graph_whose_verdict_differs_is_refused(box, tmp_path, kit, fault_case):
-    # One more defect of 42 pixels in the expected mask, on clean powder: too small to move any
+    # One more defect of 100 pixels in the expected mask, on clean powder: too small to move any
     # class's IoU or the pixel share past its limit, but under a rule that allows as many defects of
-    # that class as the graph finds, the expected mask is a PAUSE and the graph's is not.
+    # that class as the graph finds, the expected mask is a PAUSE and the graph's is not. Defects
+    # count from the shipped configuration's 5 mm² (84 px here): below it are specks the box never
+    # reports, such as the 37-px incompleteness that tract's INT8 arithmetic adds on this sample.
     import numpy as np
     from PIL import Image
     from scipy import ndimage
     mask, defects = selftest_mask_and_defect_classes()
     counts = {index: int((mask == index).sum()) for index in defects}
-    # a class the mask lacks, else the largest one (42 pixels move its IoU by under 0.2)
+    # a class the mask lacks, else the largest one (100 pixels move its IoU by at most 0.25)
     index = next((i for i in defects if counts[i] == 0), max(counts, key=counts.get))
     assert counts[index] == 0 or counts[index] >= 300, counts
     occupied = ndimage.binary_dilation(mask != 0, iterations=3)
-    free = ndimage.minimum_filter((~occupied).astype(np.uint8), size=(6, 7))
+    free = ndimage.minimum_filter((~occupied).astype(np.uint8), size=(10, 10))
     y, x = np.argwhere(free == 1)[len(np.argwhere(free == 1)) // 2]
     planted = mask.copy()
-    planted[y - 3:y + 3, x - 3:x + 4] = index
-    assert int((planted == index).sum()) == counts[index] + 42
+    planted[y - 5:y + 5, x - 5:x + 5] = index
+    assert int((planted == index).sum()) == counts[index] + 100
     Image.fromarray(planted).save(tmp_path / "planted.png")
-    min_area = 30
+    area_mm2 = 5.0  # assets/bedsight.toml's min_defect_area_mm2
+    px_mm2 = (250 / mask.shape[1]) * (250 / mask.shape[0])  # 250 mm / 1024 px is exact in binary
+    assert 100 * px_mm2 >= area_mm2
     labels, _ = ndimage.label(mask == index, structure=np.ones((3, 3)))
-    found = sum(1 for size in np.bincount(labels.ravel())[1:] if size >= min_area)
+    found = sum(1 for size in np.bincount(labels.ravel())[1:] if size * px_mm2 >= area_mm2)
     rules = "".join(
         f'\n[rules.{name}]\nmax_count = {found}\nverdict = "PAUSE"\n' if i == index
         else f'\n[rules.{name}]\nmax_total_area_mm2 = 1000000.0\nverdict = "RECOAT"\n'
         for i, name in defects.items())
     config = tmp_path / "box.toml"
-    # exactly min_area pixels' area of the self-test mask (250 mm / 256 px is exact in binary)
-    area_mm2 = min_area * (250 / mask.shape[1]) * (250 / mask.shape[0])
     config.write_text(f"[bed]\nwidth_mm = 250\nheight_mm = 250\n\n[model]\nmin_defect_area_mm2 = {area_mm2}\n{rules}")
     broken = pack(tmp_path / "planted.bsimg", "2.0.0", kit["alice_key"], expected_mask=tmp_path / "planted.png")
     before = box_state(box)
