@@ -72,9 +72,10 @@ class TrainOptions:
     mixed_sizes: str = "resize"  # layers of another size than the first: "resize" or "refuse"
     init: Path | None = None  # start from this checkpoint's weights (same architecture)
     # with --init: keep its trunk as it is and train the head alone (an ensemble member of its own
-    # beside that checkpoint's heads), and draw that head afresh from --seed instead of keeping its
-    fresh_head: bool = False
+    # beside that checkpoint's heads, calibrate --head-runs) ...
     freeze_trunk: bool = False
+    # ... and draw that head afresh from --seed instead of starting from the checkpoint's
+    fresh_head: bool = False
     # real-bed mode (realbed.py): image-level labelled real layers (with --label-map) under weak
     # pixel losses, and synthetic defects planted on their clean layers
     real_layers: Path | None = None
