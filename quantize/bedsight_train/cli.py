@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=int, default=2)
     f.add_argument("--crop", type=int, default=None, help="training crops (default 256 for models larger than that)")
     f.add_argument("--steps-per-epoch", type=int, default=None, help="cap each epoch at this many steps (a quick trial)")
-    f.add_argument("--members", type=int, default=None, help="ensemble members (default: the image's)")
+    f.add_argument("--members", type=int, default=None, help="ensemble members (default: the image's), its heads of their own draw among them, at least one checkpoint of the fine-tune")
     f.add_argument("--int8-margin", type=float, default=0.02, help="largest MIoU drop of the INT8 graph on the held-out run")
     f.add_argument("--key", type=Path, default=None, help="ed25519 key to sign the image with (flash.sh installs signed images)")
     f.add_argument("--trusted-keys", type=Path, default=None, help="folder of public keys the --from image must be signed by")

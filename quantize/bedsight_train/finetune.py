@@ -15,8 +15,10 @@
    on, at its input size (or --replay DATA, a dataset of the original training data), as many as
    the site's training layers times --replay-ratio (at least the domain check's minimum), trained
    on beside them; a tenth as many again validate beside the site's validation run.
-4. `train` (--init from the image, the image's input normalisation kept), `calibrate` (the image's
-   member count, temperatures refitted), `export` (the domain statistics refitted on the new
+4. `train` (--init from the image, the image's input normalisation kept); each of the image's
+   heads of their own random draw (`calibrate --head-runs`) carried on alone on the fine-tuned
+   trunk from its own weights (`train --freeze-trunk`); `calibrate` (the image's member count and
+   make-up, temperatures refitted), `export` (the domain statistics refitted on the new
    training layers), `quantize` (INT8 checked on the held-out run), the box's own install
    self-test on a spare state folder (an INT8 graph that fails it is left out of the image,
    `selftested_int8`), `pack` (signed with --key).
@@ -50,6 +52,13 @@ WEIGHTS_ENTRY = "training/ensemble.pt"  # images/src/archive.rs ENTRY_TRAINING_W
 # A configuration for the spare box of `box_selftest`: the bed is irrelevant to the self-test, and
 # the image is checked before it is signed.
 SPARE_BOX_CONFIG = "[bed]\nwidth_mm = 250.0\nheight_mm = 250.0\n\n[images]\nallow_unsigned = true\n"
+
+
+def own_draw_heads(saved: dict[str, Any]) -> list[int]:
+    """The members that `calibrate --head-runs` added (heads of their own random draw on the
+    trunk), by index: the ensemble names them HEAD-RUN/epoch-NNNN.pt, a checkpoint of the run
+    itself by its file alone. Images from before head runs name none."""
+    return [i for i, name in enumerate(saved.get("head_checkpoints", [])) if "/" in name]
 
 
 def box_selftest(image: Path) -> tuple[bool, str]:
@@ -338,14 +347,34 @@ def finetune(
 
     if crop is None and size > 256:
         crop = 256
-    train(TrainOptions(
-        arch=saved["arch"], data=out / "data", epochs=epochs, out=out / "run", batch_size=batch_size, lr=lr, seed=seed,
-        crop=crop, class_weights="inverse-sqrt", foreground_share=0.5 if crop else 0.0, init=init, lr_schedule="cosine",
-        device=device, resume=resume and (out / "run" / "checkpoints").is_dir(), max_steps_per_epoch=max_steps_per_epoch,
-        progress=progress,
-    ))
+    def fit(run: Path, init: Path, seed: int, freeze_trunk: bool) -> None:
+        train(TrainOptions(
+            arch=saved["arch"], data=out / "data", epochs=epochs, out=run, batch_size=batch_size, lr=lr, seed=seed,
+            crop=crop, class_weights="inverse-sqrt", foreground_share=0.5 if crop else 0.0, init=init, lr_schedule="cosine",
+            freeze_trunk=freeze_trunk, device=device, resume=resume and (run / "checkpoints").is_dir(),
+            max_steps_per_epoch=max_steps_per_epoch, progress=progress,
+        ))
+
+    fit(out / "run", init, seed, freeze_trunk=False)
+    # Members as the image made them: checkpoints of the run, and heads of their own random draw
+    # (calibrate --head-runs). A fine-tune's checkpoints differ in one head trained a few epochs
+    # at a low rate and never disagree; each own-draw head is carried on, alone, on the
+    # fine-tuned trunk from the image's weights, so that it stays in the minimum its own start
+    # settled in and the box's uncertainty keeps saying where the model is wrong.
+    own_draw = own_draw_heads(saved)
     m = members or len(saved["head_states"])
-    calibrate(out / "run", members=min(m, epochs), progress=progress)
+    checkpoints = min(max(1, m - len(own_draw)), epochs)
+    head_runs = []
+    if own_draw:
+        calibrate(out / "run", members=1, progress=False)  # names the fine-tuned run's best trunk
+        best = out / "run" / "checkpoints" / json.loads((out / "run" / "calibration.json").read_text())["trunk_checkpoint"]
+        for n, i in enumerate(own_draw, start=1):
+            ckpt = torch.load(best, map_location="cpu", weights_only=False)
+            ckpt["state_dict"].update({f"head.{k}": v for k, v in saved["head_states"][i].items()})
+            torch.save(ckpt, out / f"init-head-{n}.pt")
+            fit(out / f"run-head-{n}", out / f"init-head-{n}.pt", seed + n, freeze_trunk=True)
+            head_runs.append(out / f"run-head-{n}")
+    calibrate(out / "run", members=checkpoints, head_runs=head_runs, progress=progress)
     name = manifest.get("name", "bedsight")
     description = f"{manifest.get('description', name)}; fine-tuned on {len(site)} labelled layers of this site ({len(split['train'])} training layers with replay)"
     export(out / "run", out / "model" / "model.onnx", name=f"{name}-site", version=version, description=description, progress=progress)

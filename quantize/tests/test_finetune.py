@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from bt_helpers import SIZE
+from bt_helpers import SIZE, train_tiny
 
 needs_bin = pytest.mark.usefixtures("require_bin")
 CLASSES = ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]
@@ -193,6 +193,50 @@ def test_an_int8_graph_that_fails_the_box_self_test_is_left_out(tiny_isdnet_mode
     passed, said = box_selftest(tmp_path / "check.bsimg")
     # the fixture's INT8 graph as the box judges it decides what selftested_int8 keeps
     assert selftested_int8(out) == (out / "model" / "model.int8.onnx" if passed else None), said
+
+
+@needs_bin
+def test_a_head_of_its_own_draw_stays_a_member_of_its_own_after_a_fine_tune(store, tiny_data, tmp_path):
+    """An image whose third member is a head of its own random draw (calibrate --head-runs): the
+    fine-tune carries that head on, alone, on the fine-tuned trunk from the image's weights, and
+    the fine-tuned image has it as its third member, still nearer its own start than the head the
+    fine-tune trained with the trunk. Checkpoints of the fine-tune alone would agree everywhere
+    and the box's uncertainty would say nothing (issue 19 item 3)."""
+    from bedsight_train.calibrate import calibrate
+    from bedsight_train.export import export
+    from bedsight_train.pack import pack
+
+    run = tmp_path / "run"
+    train_tiny("isdnet-sr", tiny_data, run, epochs=2, crop=32, max_steps_per_epoch=2, seed=5)
+    calibrate(run, members=1, progress=False)
+    best = run / "checkpoints" / torch.load(run / "ensemble.pt", weights_only=False)["trunk_checkpoint"]
+    train_tiny("isdnet-sr", tiny_data, tmp_path / "head-21", epochs=1, crop=32, max_steps_per_epoch=2, seed=21, init=best, freeze_trunk=True, fresh_head=True)
+    calibrate(run, members=2, head_runs=[tmp_path / "head-21"], progress=False)
+    export(run, tmp_path / "model" / "model.onnx", progress=False)
+    image = pack(tmp_path / "model" / "model.onnx", tmp_path / "box.bsimg", fp32_only=True, progress=False)
+    before = torch.load(io.BytesIO(image_entry(image, "training/ensemble.pt")), weights_only=True)
+    assert before["head_checkpoints"][2] == "head-21/epoch-0001.pt"
+
+    out = tmp_path / "site-model"
+    result = bt("finetune", "--from", image, "--labels", store, "--out", out, "--replay", tiny_data, "--epochs", 2,
+                "--steps-per-epoch", 2, "--int8-margin", 1.0)
+    assert result.returncode == 0, result.stderr
+    after = torch.load(io.BytesIO(image_entry(out / "model.bsimg", "training/ensemble.pt")), weights_only=True)
+    assert len(after["head_states"]) == len(after["temperatures"]) == 3
+    assert [n.startswith("epoch-") for n in after["head_checkpoints"]] == [True, True, False]
+    assert after["head_checkpoints"][2].startswith("run-head-1/epoch-")
+    # the head run started from the image's own-draw head on the fine-tuned trunk, which it kept
+    start = torch.load(out / "init-head-1.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(start[f"head.{k}"], v) for k, v in before["head_states"][2].items())
+    assert all(torch.equal(start[f"trunk.{k}"], v) for k, v in after["trunk_state"].items())
+    assert json.loads((out / "run-head-1" / "run.json").read_text())["freeze_trunk"] is True
+
+    def distance(a: dict, b: dict) -> float:
+        return float(sum(((a[k].float() - b[k].float()) ** 2).sum() for k in a if a[k].is_floating_point()) ** 0.5)
+
+    own, trained_with_trunk = after["head_states"][2], after["head_states"][0]
+    assert distance(own, before["head_states"][2]) < distance(own, trained_with_trunk)
+    assert distance(own, before["head_states"][2]) > 0  # it learnt the site
 
 
 @needs_bin
