@@ -432,13 +432,20 @@ def load_labels(path: Path) -> dict[str, Any]:
     return doc
 
 
+def in_judged_split(layer_split: str, split: str) -> bool:
+    """Whether a layer of `layer_split` (train, val or test) is among the judged `split`, which
+    may be `all` (every layer: a camera the model never learnt from, commission's view)."""
+    return split == "all" or layer_split == split
+
+
 def pick_layers(layers_root: Path, label_map, split: str, labels: dict[str, Any] | None) -> list[Layer]:
     """The layers of `split` in every label folder, plus every hand-labelled layer."""
     found = scan_layer_folders(layers_root, label_map)
     names = [f"{label}/{path.name}" for label, path in found]
     splits = held_out_split(names)
-    if split not in splits:
-        raise BadInput(f"--split {split!r}: expected one of {', '.join(splits)}")
+    splits_and_all = {**splits, "all": list(range(len(names)))}
+    if split not in splits_and_all:
+        raise BadInput(f"--split {split!r}: expected one of {', '.join(splits_and_all)}")
     which = {}
     for s, indices in splits.items():
         for i in indices:
@@ -450,7 +457,7 @@ def pick_layers(layers_root: Path, label_map, split: str, labels: dict[str, Any]
     missing = [n for n in hand if n not in index_of]
     if missing:
         raise BadInput(f"{layers_root}: the hand-labelled layer(s) {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''} are not in the layer folders")
-    chosen = sorted(set(splits[split]) | {index_of[n] for n in hand})
+    chosen = sorted(set(splits_and_all[split]) | {index_of[n] for n in hand})
     return [Layer(name=names[i], label=found[i][0], source=found[i][1], split=which[i], hand=hand.get(names[i])) for i in chosen]
 
 
@@ -615,7 +622,7 @@ def evaluate_real(
     work = Path(work) if work is not None else out / "work"
     out.mkdir(parents=True, exist_ok=True)
 
-    _progress(progress, f"real-eval: {len(chosen)} layers ({sum(1 for l in chosen if l.split == split)} {split}, {sum(1 for l in chosen if l.hand)} hand-labelled); writing turned PNGs to {work / 'layers'}")
+    _progress(progress, f"real-eval: {len(chosen)} layers ({sum(1 for l in chosen if in_judged_split(l.split, split))} {split}, {sum(1 for l in chosen if l.hand)} hand-labelled); writing turned PNGs to {work / 'layers'}")
     for n, layer in enumerate(chosen):
         write_turned_png(layer, work / "layers" / layer.label, k)
         if progress and (n + 1) % 100 == 0:
@@ -782,7 +789,7 @@ def _layer_record(layer: Layer, class_names: Sequence[str], defect_ids: Sequence
 
 
 def _figures(chosen: list[Layer], split: str, lmap, class_names, defect_ids, mask_size, min_area: int, k: int) -> dict[str, Any]:
-    in_split = [l for l in chosen if l.split == split]
+    in_split = [l for l in chosen if in_judged_split(l.split, split)]
     defect_names = [class_names[i] for i in defect_ids]
 
     # per folder
@@ -878,7 +885,7 @@ def _figures(chosen: list[Layer], split: str, lmap, class_names, defect_ids, mas
         all_regions["recall_same"] = _share(all_regions["detected_same"], all_regions["regions"])
         hand_fig = {
             "layers": len(hand),
-            "in_split": sum(1 for l in hand if l.split == split),
+            "in_split": sum(1 for l in hand if in_judged_split(l.split, split)),
             "not_judged": not_judged,
             "min_pixels": min_area,
             "flagged_pixels": totals["flagged"],
@@ -1011,7 +1018,7 @@ def uncertainty_summary(layers: list[dict[str, Any]], split: str, label_classes:
     layer is judged wrong when the classes the box reports (none on PASS, the classification's
     rule), of the label map's `classes`, are not exactly its label's. None when no layer has a
     score (FAULT alone)."""
-    scored = [l for l in layers if l["split"] == split and l.get("uncertainty") is not None and l["verdict"] != "FAULT"]
+    scored = [l for l in layers if in_judged_split(l["split"], split) and l.get("uncertainty") is not None and l["verdict"] != "FAULT"]
     if not scored:
         return None
     wrong = [set(l["classes_found"] if l["verdict"] != "PASS" else []) & set(classes) != set(label_classes[l["folder"]]) for l in scored]
@@ -1038,7 +1045,7 @@ def uncertainty_summary(layers: list[dict[str, Any]], split: str, label_classes:
 def domain_summary(layers: list[dict[str, Any]], split: str) -> dict[str, Any] | None:
     """The domain check's findings per folder on the chosen split: layers judged with a finding,
     how many familiar; None for a model without a domain check."""
-    scored = [l for l in layers if l["split"] == split and l.get("domain")]
+    scored = [l for l in layers if in_judged_split(l["split"], split) and l.get("domain")]
     if not scored:
         return None
     per_folder: dict[str, dict[str, Any]] = {}
@@ -1073,8 +1080,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Model `{run['model']}` ({run['model_name']} {run['model_version']}), configuration "
         f"{'`' + run['config'] + '`' if run['config'] else 'embedded'}, judged by `{run['binary']}` "
-        f"(backend {run['backend']}), on the `{run['split']}` split of `{run['layers_folder']}` "
-        f"and the hand-labelled layers of `{run['labels']}`.",
+        f"(backend {run['backend']}), on the `{run['split']}` split of `{run['layers_folder']}`"
+        + (f" and the hand-labelled layers of `{run['labels']}`." if run["labels"] else " (no hand-labelled layers)."),
         "",
         f"- The photographs are turned {run['quarter_turns']} quarter(s) counter-clockwise (label map "
         f"`{run['label_map']}`) and written as grey PNGs; {run['resized_layers']} photograph(s) with a long side above "
@@ -1119,8 +1126,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Clean layers",
         "",
-        f"{c['layers']} layer(s) of {', '.join(c['folders'])}: false-alarm rate (not PASS) {_pct(c['false_alarm_rate'], 0)}{_ci(c['false_alarm_ci95'])}, "
-        f"mean flagged share {_pct(c['mean_flagged_share'])}.",
+        (f"{c['layers']} layer(s) of {', '.join(c['folders'])}: false-alarm rate (not PASS) {_pct(c['false_alarm_rate'], 0)}{_ci(c['false_alarm_ci95'])}, "
+         f"mean flagged share {_pct(c['mean_flagged_share'])}." if c["folders"] else "No clean folder in the label map."),
         "",
         "## Layer classification",
         "",
@@ -1224,7 +1231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", required=True, type=Path, help="folder of label folders (e.g. /work/shared/data/pblm)")
     ap.add_argument("--labels", type=Path, default=None, help="hand-labelled regions (quantize/real-eval/labels.json)")
     ap.add_argument("--label-map", default="pblm", help="label map (TOML, or `pblm`)")
-    ap.add_argument("--split", default="test", choices=["train", "val", "test"])
+    ap.add_argument("--split", default="test", choices=["train", "val", "test", "all"], help="which layers of each folder (the held-out split of layers.py; all: every layer, for a camera or machine the model never learnt from)")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--work", type=Path, default=None, help="where the turned PNGs and the box's masks go (default OUT/work)")
     ap.add_argument("--batch", type=int, default=BATCH, help=f"images per bedsight process (default {BATCH})")

@@ -364,3 +364,67 @@ def test_the_domain_check_is_summarised_per_folder():
     assert summary["per_folder"]["No_Defect"] == {"judged": 3, "familiar": 2, "familiar_share": 2 / 3, "median_score": 1.0}
     assert summary["per_folder"]["Powder_Uneven"]["median_score"] == 0.7
     assert domain_summary([{"folder": "x", "split": "test", "domain": None}], "test") is None
+
+
+def test_split_all_judges_every_layer_of_a_folder(tmp_path):
+    """--split all: every layer of a camera the model never learnt from, whatever the held-out
+    split would call it; the summaries count them all."""
+    from bedsight_train.layers import load_label_map
+
+    layers = tmp_path / "pblm"
+    (layers / "Powder_Uneven").mkdir(parents=True)
+    for n in range(10):
+        (layers / "Powder_Uneven" / f"converted_ {n:04d}.jpg").symlink_to(PBLM / "Powder_Uneven" / "converted_ 0646.jpg")
+    lmap = load_label_map(Path("pblm"))
+    test = re_.pick_layers(layers, lmap, "test", None)
+    every = re_.pick_layers(layers, lmap, "all", None)
+    assert len(every) == 10 and {l.split for l in every} == {"train", "val", "test"}
+    assert 0 < len(test) < 10 and all(l.split == "test" for l in test)
+    scored = [{"folder": "Powder_Uneven", "split": l.split, "domain": {"score": 1.0, "threshold": 1.5, "familiar": True}} for l in every]
+    assert re_.domain_summary(scored, "all")["judged"] == 10
+    assert re_.domain_summary(scored, "test")["judged"] == len(test)
+    with pytest.raises(re_.BadInput, match="--split 'some': expected one of train, val, test, all"):
+        re_.pick_layers(layers, lmap, "some", None)
+
+
+def _report(name, split, layers):
+    return {"run": {"model": f"/x/{name}.bsimg", "model_name": name, "model_version": "1", "split": split}, "layers": layers}
+
+
+def _foreign_layer(folder, split, uncertainty, domain_score, verdict="RECOAT"):
+    domain = None if domain_score is None else {"score": domain_score, "threshold": 1.5, "familiar": domain_score <= 1.5}
+    return {"folder": folder, "split": split, "verdict": verdict, "uncertainty": uncertainty, "domain": domain}
+
+
+def test_foreign_layers_against_the_models_own_by_hand(tmp_path):
+    """Own held-out layers score uncertainty 0.0, 0.1, 0.2 (domain 0.5, 1.0, 2.0: two familiar);
+    foreign ones 0.15 and 0.3 (domain 1.2, 3.0: one unfamiliar). The uncertainty AUROC counts the
+    own-foreign pairs a foreign layer wins: 0.15 beats 0.0 and 0.1, 0.3 beats all three, 5 of 6;
+    the domain score's: 1.2 beats 0.5 and 1.0, 3.0 all three, 5 of 6. A training layer and a
+    FAULT of the own report, and a foreign layer without a domain finding, count as said."""
+    from bedsight_train import foreign
+
+    own = _report("m", "test", [_foreign_layer("A", "test", 0.0, 0.5), _foreign_layer("A", "test", 0.1, 1.0, "PASS"),
+                                _foreign_layer("A", "test", 0.2, 2.0, "REVIEW"), _foreign_layer("A", "train", 0.9, 9.0),
+                                _foreign_layer("A", "test", None, None, "FAULT")])
+    theirs = _report("m", "all", [_foreign_layer("B", "train", 0.15, 1.2), _foreign_layer("B", "test", 0.3, 3.0, "REVIEW")])
+    r = foreign.compare(own, theirs)
+    assert r["auroc_uncertainty"] == pytest.approx(5 / 6) and r["auroc_domain_score"] == pytest.approx(5 / 6)
+    assert (r["own"]["layers"], r["own"]["familiar"], r["own"]["domain_scored"]) == (3, 2, 3)
+    assert r["own"]["mean_uncertainty"] == pytest.approx(0.1) and r["own"]["verdicts"] == {"PASS": 1, "RECOAT": 1, "REVIEW": 1}
+    assert r["foreign"]["unfamiliar_share"] == pytest.approx(0.5) and r["foreign"]["mean_uncertainty"] == pytest.approx(0.225)
+    assert list(r["targets"].values()) == [False, False, True]
+    text = foreign.markdown(r)
+    assert "| own | 3 | 2/3 = 67 % (21-94) | 1.00e-01 |" in text and "the uncertainty score 0.833, the domain score 0.833" in text
+
+    # written by the command, and refused by name: another model, a shared folder, a missing report
+    (tmp_path / "own.json").write_text(json.dumps(own))
+    (tmp_path / "foreign.json").write_text(json.dumps(theirs))
+    assert foreign.main(["--own", str(tmp_path / "own.json"), "--foreign", str(tmp_path / "foreign.json"), "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "foreign.json").read_text())["auroc_uncertainty"] == pytest.approx(5 / 6)
+    with pytest.raises(re_.BadInput, match="different models \\(model_name: 'm' and 'n'\\)"):
+        foreign.compare(own, {**theirs, "run": {**theirs["run"], "model_name": "n"}})
+    with pytest.raises(re_.BadInput, match="both hold the folder\\(s\\) A"):
+        foreign.compare(own, _report("m", "all", [_foreign_layer("A", "test", 0.3, 3.0)]))
+    with pytest.raises(re_.BadInput, match="--foreign .*missing.json: not found"):
+        foreign.load_report(tmp_path / "missing.json", "--foreign")
