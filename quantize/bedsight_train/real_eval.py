@@ -846,6 +846,8 @@ def _figures(chosen: list[Layer], split: str, lmap, class_names, defect_ids, mas
         regions_fig = {c: {"regions": 0, "detected_any": 0, "detected_same": 0, "below_min_area": 0, "zero_pixels": 0} for c in region_classes}
         clean_hand = []
         not_judged = []
+        # per label folder (one camera's few layers can hold most of the flagged pixels)
+        per_folder_px: dict[str, dict[str, int]] = {}
         chance_flagged: list[int] = []
         chance_labelled: list[float] = []
         for l in hand:
@@ -856,6 +858,10 @@ def _figures(chosen: list[Layer], split: str, lmap, class_names, defect_ids, mas
             counts = inside_counts(l.mask, class_names, defect_ids, regions)
             for key in totals:
                 totals[key] += counts[key]
+            folder_px = per_folder_px.setdefault(l.label, {"layers": 0, "flagged": 0, "inside_any": 0, "inside_same": 0})
+            folder_px["layers"] += 1
+            for key in ("flagged", "inside_any", "inside_same"):
+                folder_px[key] += counts[key]
             chance_flagged.append(counts["flagged"])
             chance_labelled.append(counts["labelled_pixels"] / l.mask.size)
             for c, v in counts["per_class"].items():
@@ -896,6 +902,10 @@ def _figures(chosen: list[Layer], split: str, lmap, class_names, defect_ids, mas
             "per_flagged_class": {
                 c: {**v, "inside_any_share": _share(v["inside_any"], v["flagged"]), "inside_same_share": _share(v["inside_same"], v["flagged"])}
                 for c, v in per_class_px.items()
+            },
+            "per_folder": {
+                f: {**v, "inside_any_share": _share(v["inside_any"], v["flagged"]), "inside_same_share": _share(v["inside_same"], v["flagged"])}
+                for f, v in sorted(per_folder_px.items())
             },
             "regions": {"all": all_regions, **regions_fig},
             "clean_layers": {
@@ -1161,6 +1171,15 @@ def markdown(report: dict[str, Any]) -> str:
         ]
         for name, v in h["per_flagged_class"].items():
             lines.append(f"| {name} | {v['flagged']} | {_pct(v['inside_any_share'])} | {_pct(v['inside_same_share'])} |")
+        lines += [
+            "",
+            "Per folder (the shares above weigh each flagged pixel alike, so the folder with most flagged pixels sets them):",
+            "",
+            "| folder | layers | flagged px | inside any region | inside a region of the same class |",
+            "|---|---|---|---|---|",
+        ]
+        for name, v in h["per_folder"].items():
+            lines.append(f"| {name} | {v['layers']} | {v['flagged']} | {_pct(v['inside_any_share'])} | {_pct(v['inside_same_share'])} |")
         lines += [
             "",
             f"Regions detected (at least {h['min_pixels']} flagged pixels inside; a box that flags much of every bed "

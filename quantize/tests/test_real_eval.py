@@ -287,6 +287,10 @@ def test_end_to_end_on_three_real_layers(tmp_path):
     assert sum(v["regions"] for k, v in hand["regions"].items() if k != "all") == n_regions
     assert isinstance(hand["flagged_pixels"], int)
     assert sum(v["flagged"] for v in hand["per_flagged_class"].values()) == hand["flagged_pixels"]
+    # per folder: each of the three layers in its own, the pixels adding up to the whole
+    assert {f: v["layers"] for f, v in hand["per_folder"].items()} == {n.split("/")[0]: 1 for n in E2E_LAYERS}
+    for key in ("flagged", "inside_any", "inside_same"):
+        assert sum(v[key] for v in hand["per_folder"].values()) == round(hand["flagged_pixels"] * (1 if key == "flagged" else hand[f"{key}_share"] or 0))
     if hand["flagged_pixels"]:
         assert 0.0 <= hand["inside_same_share"] <= hand["inside_any_share"] <= 1.0
         assert 0.0 <= hand["inside_any_chance"] <= 1.0
