@@ -46,12 +46,11 @@
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
 work="${WORK:-$repo/out/default-model-build}"
 assets="$repo/assets"
 layers="${LAYERS:-160}"
 size=1024          # the camera's resolution: the graph is exported at the bed's full size
-crop=256           # training crops (the network is fully convolutional)
-members=2          # checkpoints of the last stage; the fresh head comes on top (3 members)
 version="${VERSION:-$(date +%Y.%m.%d)}"
 real_layers="${REAL_LAYERS:-$repo/../shared/data/pblm}"
 label_map="${LABEL_MAP:-pblm}"
@@ -82,30 +81,7 @@ synth_once() {
         bt synth "$@"
     fi
 }
-# train_stage RUN EPOCHS ARGS...: train a stage, or with RESUME=1 carry it on from its last
-# checkpoint (or skip it when all its epochs are there)
-train_stage() {
-    local run=$1 epochs=$2
-    shift 2
-    local done=0
-    if [[ "$resume" == 1 && -d "$run/checkpoints" ]]; then
-        done=$(find "$run/checkpoints" -name 'epoch-*.pt' | wc -l)
-    fi
-    if (( done >= epochs )); then
-        echo "kept $run ($done epochs)"
-    elif (( done > 0 )); then
-        bt train --out "$run" --epochs "$epochs" "$@" --resume
-    else
-        bt train --out "$run" --epochs "$epochs" "$@"
-    fi
-}
-
-bin="$("$py" -c "from bedsight_train.pack import find_bedsight_bin; print(find_bedsight_bin() or '')")"
-if [[ -z "$bin" ]]; then
-    echo "no bedsight binary: build it first (cargo build --release --bin bedsight) or set BEDSIGHT_BIN" >&2
-    exit 2
-fi
-export BEDSIGHT_BIN="$bin"
+need_bedsight_bin
 
 synth_once "$work/data/dataset.toml" --out "$work/data" --layers "$layers" --size "$size" --seed 11
 synth_once "$work/sample-build/layers.toml" --sample-build --out "$work/sample-build" --size "$size" --seed 2026
@@ -117,50 +93,17 @@ synth_once "$work/data-256/dataset.toml" --out "$work/data-256" --layers "$layer
 train_stage "$work/run-stage0" 60 --arch isdnet-sr --data "$work/data-256" --crop 128 --batch-size 8 \
     --lr 2e-3 --class-weights inverse-sqrt --seed 0
 
-# Every 1024x1024 stage: 256-px crops, half of them over a pixel of a class the layer holds (with
-# uniform crops streaking and lattice were never learnt), half shrunk from windows up to the whole
-# bed (stage 0's scale); each starts from the last checkpoint of the one before it, its learning
-# rate falling along a cosine.
-common=(--arch isdnet-sr --data "$work/data" --crop "$crop" --class-weights inverse-sqrt
-    --foreground-share 0.5 --min-scale 0.25
-    --real-layers "$real_layers" --label-map "$label_map" --max-layers-per-label 150)
-# stage_after PREVIOUS RUN EPOCHS ARGS...: train RUN from PREVIOUS's last checkpoint
-stage_after() {
-    local previous=$1 run=$2 epochs=$3
-    shift 3
-    train_stage "$run" "$epochs" "${common[@]}" --init "$(ls "$previous/checkpoints/"*.pt | sort | tail -n 1)" "$@"
-}
+# Every 1024x1024 stage starts from the last checkpoint of the one before it (stages.sh)
+common_options "$work/data" "$real_layers" "$label_map"
 # the clean real beds background everywhere, BatchNorm free to move to the new scale
 clean=(--weak-weight 1 --weak-layers clean)
 stage_after "$work/run-stage0" "$work/run-stage1" 8 "${clean[@]}" --batch-size 2 --lr 2e-3 --lr-schedule constant --seed 0
 stage_after "$work/run-stage1" "$work/run-stage2" 6 "${clean[@]}" --batch-size 2 --lr 1e-3 --lr-schedule cosine --seed 1
-# K, L: BatchNorm frozen, so that training normalises as the box does (small mixed batches of
-# synthetic and real crops left the running statistics fitting neither domain)
-frozen=(--freeze-batch-norm --lr-schedule cosine)
+# K, L: BatchNorm frozen (stages.sh)
 stage_after "$work/run-stage2" "$work/run-k" 10 "${clean[@]}" "${frozen[@]}" --batch-size 2 --lr 5e-4 --seed 2
 stage_after "$work/run-k" "$work/run-l" 10 "${clean[@]}" "${frozen[@]}" --plant-batch 4 --batch-size 2 --lr 2.5e-4 --seed 3
-# N, O, Q: absence and presence on every real layer, limited on the defective layers to the
-# classes whose image labels can be trusted (a clean layer keeps every class absent)
-# super-elevation's presence pooled over its own k (0.01 % of a layer, about the box's smallest
-# defect): a part's tip standing proud is a speck, and the 0.2 % that suits a scratch made the
-# network paint the dark rim of uneven beds super-elevation to fill it (realbed.py, TOP_K_SHARE)
-weak=(--weak-weight 1 --weak-layers all --weak-classes super-elevation,streaking,hopping
-    --presence-top-k super-elevation=0.0001 "${frozen[@]}" --plant-batch 4)
-stage_after "$work/run-l" "$work/run-n" 8 "${weak[@]}" --batch-size 2 --lr 1.5e-4 --seed 5
-stage_after "$work/run-n" "$work/run-o" 8 "${weak[@]}" --batch-size 2 --lr 1e-4 --seed 6
-stage_after "$work/run-o" "$work/run-q" 16 "${weak[@]}" --batch-size 4 --lr 1e-4 --seed 8
-stage_after "$work/run-q" "$work/run" 18 "${weak[@]}" --batch-size 4 --lr 5e-5 --seed 9 --mask-absence-weight 3
-# One more member: a head of its own random draw trained on R's best trunk. R's checkpoints differ
-# in one small head and never disagree; a head from another start parts from them where the data
-# did not pin it, and the box's uncertainty then says where it is wrong (issue 19). The first
-# calibrate names R's best checkpoint, the trunk it learns on. (Two such heads beside R's three
-# said it better but cost 40 % more time and 525 MiB: quantize/README.md, "Members of their own
-# random draw".)
-bt calibrate --run "$work/run" --members 1
-best="$work/run/checkpoints/$("$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))["trunk_checkpoint"])' "$work/run/calibration.json")"
-train_stage "$work/run-head-22" 24 "${common[@]}" --init "$best" --freeze-trunk --fresh-head "${weak[@]}" \
-    --batch-size 4 --lr 1e-3 --seed 22 --mask-absence-weight 3
-bt calibrate --run "$work/run" --members "$members" --head-runs "$work/run-head-22"
+# N, O, Q, R and the head of its own draw, from L (stages.sh)
+weak_stages "$work"
 bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-real --version "$version" \
     --description "$description"
 bt quantize --model "$work/model/model.onnx" --data "$work/data" -o "$work/model/model.int8.onnx" --margin 0.02 --calibration-images 16

@@ -9,3 +9,14 @@ if ! "$py" -c "import bedsight_train" 2>/dev/null; then
     "$(dirname "$py")/pip" install -q -e "$repo/quantize"
 fi
 bt() { "$py" -m bedsight_train.cli "$@"; }
+# need_bedsight_bin: export BEDSIGHT_BIN, the binary that packs and judges (BEDSIGHT_BIN, PATH or
+# target/), or stop
+need_bedsight_bin() {
+    local bin
+    bin="$("$py" -c "from bedsight_train.pack import find_bedsight_bin; print(find_bedsight_bin() or '')")"
+    if [[ -z "$bin" ]]; then
+        echo "no bedsight binary: build it first (cargo build --release --bin bedsight) or set BEDSIGHT_BIN" >&2
+        exit 2
+    fi
+    export BEDSIGHT_BIN="$bin"
+}

@@ -32,12 +32,7 @@ for need in "$work/data-256/dataset.toml" "$work/data/dataset.toml" "$work/data-
         exit 2
     fi
 done
-bin="$("$py" -c "from bedsight_train.pack import find_bedsight_bin; print(find_bedsight_bin() or '')")"
-if [[ -z "$bin" ]]; then
-    echo "no bedsight binary: build it first (cargo build --release --bin bedsight) or set BEDSIGHT_BIN" >&2
-    exit 2
-fi
-export BEDSIGHT_BIN="$bin"
+need_bedsight_bin
 rm -rf "$pwork"
 mkdir -p "$pwork"
 
