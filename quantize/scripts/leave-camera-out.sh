@@ -18,7 +18,7 @@
 #   WORK/foreign/       foreign.md and foreign.json: the share the domain check calls unfamiliar
 #                       on each side, the uncertainty score's, and the AUROC of the uncertainty
 #                       and of the domain score for telling the two apart
-# About an hour and a half on two idle CPU cores. Nothing in assets/ changes.
+# About 75 minutes on two idle CPU cores. Nothing in assets/ changes.
 set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
