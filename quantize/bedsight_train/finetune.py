@@ -57,7 +57,7 @@ SPARE_BOX_CONFIG = "[bed]\nwidth_mm = 250.0\nheight_mm = 250.0\n\n[images]\nallo
 def own_draw_heads(saved: dict[str, Any]) -> list[int]:
     """The members that `calibrate --head-runs` added (heads of their own random draw on the
     trunk), by index: the ensemble names them HEAD-RUN/epoch-NNNN.pt, a checkpoint of the run
-    itself by its file alone. Images from before head runs name none."""
+    itself by its file alone (calibrate.member_name). Images from before head runs name none."""
     return [i for i, name in enumerate(saved.get("head_checkpoints", [])) if "/" in name]
 
 
@@ -312,7 +312,7 @@ def finetune(
     max_steps_per_epoch: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    from .calibrate import calibrate
+    from .calibrate import calibrate, ranked_checkpoints
     from .evaluate import evaluate
     from .export import export
     from .models import build_model
@@ -366,12 +366,10 @@ def finetune(
     checkpoints = min(max(1, m - len(own_draw)), epochs)
     head_runs = []
     if own_draw:
-        calibrate(out / "run", members=1, progress=False)  # names the fine-tuned run's best trunk
-        best = out / "run" / "checkpoints" / json.loads((out / "run" / "calibration.json").read_text())["trunk_checkpoint"]
+        _, best = ranked_checkpoints(out / "run", saved["arch"])[0]  # the trunk calibrate will keep
         for n, i in enumerate(own_draw, start=1):
-            ckpt = torch.load(best, map_location="cpu", weights_only=False)
-            ckpt["state_dict"].update({f"head.{k}": v for k, v in saved["head_states"][i].items()})
-            torch.save(ckpt, out / f"init-head-{n}.pt")
+            head = {f"head.{k}": v for k, v in saved["head_states"][i].items()}
+            torch.save({**best, "state_dict": {**best["state_dict"], **head}}, out / f"init-head-{n}.pt")
             fit(out / f"run-head-{n}", out / f"init-head-{n}.pt", seed + n, freeze_trunk=True)
             head_runs.append(out / f"run-head-{n}")
     calibrate(out / "run", members=checkpoints, head_runs=head_runs, progress=progress)
