@@ -99,3 +99,37 @@ def test_the_training_tool_divides_out_the_same_lighting_as_the_box(tmp_path, le
     # the same low-pass up to resampling: within 2 % of the lighting, 0.5 % on average
     relative = np.abs(ours - box) / box
     assert relative.max() < 0.02 and relative.mean() < 0.005, (relative.max(), relative.mean())
+
+
+def test_the_median_of_recoated_layers_stands_for_an_evenly_spread_bed(tmp_path):
+    """A camera that never sees an evenly spread bed (every layer has a defect somewhere): the
+    per-pixel median of several layers, each with its dark patch elsewhere, is the even bed's
+    lighting, in the box and in the training tool alike."""
+    from bedsight_train import flat_field
+
+    even = lit(empty_bed(256), 0.6, 1.2)
+    Image.fromarray(even).save(tmp_path / "even.png")
+    layers = []
+    for n in range(6):
+        layer = even.copy()
+        layer[40 * n : 40 * n + 30, 60:200] //= 2  # uncovered powder, a band lower on each layer
+        Image.fromarray(layer).save(tmp_path / f"layer-{n}.png")
+        layers.append(layer)
+    config = tmp_path / "box.toml"
+    config.write_text("[bed]\nwidth_mm = 250\nheight_mm = 250\n")
+    frames = [a for n in range(6) for a in ("--frame", tmp_path / f"layer-{n}.png")]
+    result = run("calibrate", "--config", config, *frames, "--flat-field", "--out", tmp_path / "median")
+    assert result.returncode == 0, result.stderr
+    assert "the lighting of the median of 6 frames" in result.stdout, result.stdout
+    result = run("calibrate", "--config", config, "--frame", tmp_path / "even.png", "--flat-field", "--out", tmp_path / "even")
+    assert result.returncode == 0, result.stderr
+    with Image.open(tmp_path / "median.flat-field.tiff") as median, Image.open(tmp_path / "even.flat-field.tiff") as reference:
+        assert np.array_equal(np.asarray(median), np.asarray(reference))
+    assert np.array_equal(flat_field.median_frame(layers, "layers"), even)
+
+    # fewer than 5 frames, or several frames without --flat-field, are refused with the reason
+    result = run("calibrate", "--config", config, *frames[:8], "--flat-field", "--out", tmp_path / "four")
+    assert result.returncode != 0 and "4 frame(s): a median lighting reference needs at least 5" in result.stderr, result.stderr
+    assert not (tmp_path / "four.flat-field.tiff").exists()
+    result = run("calibrate", "--config", config, *frames[:4], "--out", tmp_path / "two")
+    assert result.returncode != 0 and "2 frames given: several frames are the median of --flat-field" in result.stderr, result.stderr

@@ -9,6 +9,11 @@
 //! reference's mean brightness. It works in the camera's pixels, before rectification, so a
 //! reference stays right when the model or its input size changes; a frame of another size is
 //! refused, since it comes from another camera or another camera setting.
+//!
+//! Where no evenly spread bed can be photographed (a camera that only ever sees beds with a defect
+//! somewhere), the reference frame is the per-pixel median of several recoated layers
+//! (`median_frame`): a defect that moves from layer to layer drops out of the median, and the
+//! lighting, the same on every layer, stays.
 
 use image::{GrayImage, ImageBuffer, Luma};
 
@@ -26,6 +31,42 @@ const DOWNSCALE: u32 = 8;
 /// 1 / MIN_RELATIVE: the bed is not lit there (a wall, the recoater's shadow), and amplifying
 /// noise by more than that would make texture out of nothing.
 pub const MIN_RELATIVE: f32 = 0.2;
+/// The fewest frames whose median may stand for an evenly spread bed: with fewer, a defect on two
+/// of them is already half of the frames and stays in the median.
+pub const MIN_MEDIAN_FRAMES: usize = 5;
+
+/// The per-pixel median of frames of one camera: the lower of the two middle values when their
+/// count is even, so that every pixel is one of the frames' values (bedsight_train's
+/// flat_field.median_frame computes the same).
+pub fn median_frame(frames: &[GrayImage]) -> Result<GrayImage, ModelError> {
+    if frames.len() < MIN_MEDIAN_FRAMES {
+        return Err(ModelError::Input(format!(
+            "{} frame(s): a median lighting reference needs at least {MIN_MEDIAN_FRAMES}",
+            frames.len()
+        )));
+    }
+    let (width, height) = frames[0].dimensions();
+    if let Some((n, other)) = frames
+        .iter()
+        .enumerate()
+        .find(|(_, f)| f.dimensions() != (width, height))
+    {
+        return Err(ModelError::Input(format!(
+            "frame {} is {}x{} px and frame 1 {width}x{height}: the frames of one camera have one size",
+            n + 1,
+            other.width(),
+            other.height()
+        )));
+    }
+    let mut values = vec![0u8; frames.len()];
+    let middle = (frames.len() - 1) / 2;
+    Ok(GrayImage::from_fn(width, height, |x, y| {
+        for (value, frame) in values.iter_mut().zip(frames) {
+            *value = frame.get_pixel(x, y)[0];
+        }
+        Luma([*values.select_nth_unstable(middle).1])
+    }))
+}
 
 /// The correction for one camera: a gain per camera pixel.
 #[derive(Debug, Clone, PartialEq)]
@@ -168,6 +209,35 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a frame of an evenly lit bed"));
+    }
+
+    #[test]
+    fn the_median_of_six_frames_is_the_lower_middle_value_and_a_moving_defect_drops_out() {
+        // one pixel over six frames: 10, 20, 30, 40, 50, 60 -> the lower middle, 30
+        let frames: Vec<GrayImage> = [40u8, 10, 60, 30, 20, 50]
+            .iter()
+            .map(|v| GrayImage::from_raw(1, 1, vec![*v]).unwrap())
+            .collect();
+        assert_eq!(median_frame(&frames).unwrap().into_raw(), vec![30]);
+        // a lit bed of 100 with a dark patch (40) at another place on each of 5 frames
+        let frames: Vec<GrayImage> = (0..5u32)
+            .map(|n| GrayImage::from_fn(5, 1, |x, _| Luma([if x == n { 40 } else { 100 }])))
+            .collect();
+        assert_eq!(median_frame(&frames).unwrap().into_raw(), vec![100; 5]);
+    }
+
+    #[test]
+    fn too_few_frames_or_frames_of_two_sizes_are_refused_for_a_median() {
+        let four = vec![GrayImage::new(2, 2); 4];
+        let message = median_frame(&four).unwrap_err().to_string();
+        assert!(
+            message.contains("4 frame(s): a median lighting reference needs at least 5"),
+            "{message}"
+        );
+        let mut five = vec![GrayImage::new(2, 2); 5];
+        five[3] = GrayImage::new(3, 2);
+        let message = median_frame(&five).unwrap_err().to_string();
+        assert!(message.contains("frame 4 is 3x2 px and frame 1 2x2"), "{message}");
     }
 
     #[test]

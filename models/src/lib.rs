@@ -32,7 +32,7 @@ pub use backend::{find_onnxruntime, load_backend, tensorrt_built_in, Backend, Ba
 pub use classify::{layer_probabilities, most_probable};
 pub use components::Labeller;
 pub use error::ModelError;
-pub use flat_field::{lighting_reference, FlatField};
+pub use flat_field::{lighting_reference, median_frame, FlatField};
 pub use fuse::{fuse, Fused};
 pub use measure::{measure, measure_into, Defect, Ellipse, MeasureBuffers};
 pub use preprocess::{preprocess, preprocess_gray, rectify, Rectifier};

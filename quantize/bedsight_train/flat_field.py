@@ -6,6 +6,11 @@ until the powder's grain is gone (a Gaussian of sigma = LOW_PASS_SHARE of the lo
 gain = mean(reference) / max(reference, MIN_RELATIVE * mean(reference)), so a darker or brighter
 region of evenly spread powder reaches the model at the bed's mean brightness. The constants are
 the box's; tests/test_flat_field.py checks this port against the `bedsight` binary's reference.
+
+Where no evenly spread bed can be photographed (a camera that only ever saw beds with a defect
+somewhere), the commissioning frame is the per-pixel median of several recoated layers
+(`median_frame`, the box's `bedsight calibrate --flat-field` given several frames): a defect that
+moves from layer to layer drops out of the median, the lighting, the same on every layer, stays.
 """
 
 from __future__ import annotations
@@ -17,6 +22,20 @@ from .common import BadInput
 LOW_PASS_SHARE = 0.01  # why this sigma: models/src/flat_field.rs
 DOWNSCALE = 8
 MIN_RELATIVE = 0.2
+# The fewest frames whose median is taken for a reference: with fewer, a defect on two of them
+# is already half the frames and stays in the median.
+MIN_MEDIAN_FRAMES = 5
+
+
+def median_frame(frames: list[np.ndarray], origin: str) -> np.ndarray:
+    """The per-pixel median of grey frames (uint8 [H, W], one camera): the lower of the two middle
+    values when their count is even, so that it is one of the frames' values (models::median_frame)."""
+    if len(frames) < MIN_MEDIAN_FRAMES:
+        raise BadInput(f"{origin}: {len(frames)} frame(s); a median lighting reference needs at least {MIN_MEDIAN_FRAMES}")
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise BadInput(f"{origin}: frames of {len(shapes)} sizes ({', '.join(f'{s[1]}x{s[0]}' for s in sorted(shapes))}); the frames of one camera have one")
+    return np.sort(np.stack(frames), axis=0)[(len(frames) - 1) // 2]
 
 
 def lighting_reference(frame: np.ndarray) -> np.ndarray:

@@ -121,24 +121,27 @@ def runs(paths: list[Path], n: int, length: int = 5) -> list[Path]:
     return [paths[i] for start in starts for i in range(start, start + length)]
 
 
-def camera_config(binary: Path, base_text: str, reference_png: Path, corners: np.ndarray, flat_field_from: Path | None, quarter_turns: int, folder: Path) -> Path:
+def camera_config(binary: Path, base_text: str, reference_png: Path, corners: np.ndarray, flat_field_from: list[Path] | None, quarter_turns: int, folder: Path) -> Path:
     """The configuration its integrator would write for one build: [bed] corners_px, the flat
-    field (from `flat_field_from`, the camera's clean layer) and [frame_check] reference (the
-    build's commissioning frame), both written by `bedsight calibrate`."""
+    field (from `flat_field_from`, the camera's clean layer or the layers whose median lit it) and
+    [frame_check] reference (the build's commissioning frame), both written by `bedsight calibrate`."""
     corners_list = [[round(float(x), 2), round(float(y), 2)] for x, y in corners]
     bed: dict[str, Any] = {"corners_px": corners_list}
     path = folder / "bedsight.toml"
     path.write_text(config_with_bed_keys(base_text, bed))
 
-    def calibrate(frame: Path, flag: str, stem: str) -> None:
-        cmd = [str(binary), "calibrate", "--config", str(path), "--frame", str(frame), "--out", str(folder / stem), flag]
+    def calibrate(frames: list[Path], flag: str, stem: str) -> None:
+        cmd = [str(binary), "calibrate", "--config", str(path), "--out", str(folder / stem), flag]
+        for frame in frames:
+            cmd += ["--frame", str(frame)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise BadInput(f"{binary} calibrate {flag} on {frame} failed: {proc.stderr.strip()}")
+            raise BadInput(f"{binary} calibrate {flag} on {frames[0]} failed: {proc.stderr.strip()}")
 
-    calibrate(reference_png, "--frame-reference", "commissioning")
-    if flat_field_from is not None:
-        calibrate(_save(load_photograph(flat_field_from, quarter_turns), folder / "flat-field-frame.png"), "--flat-field", "lighting")
+    calibrate([reference_png], "--frame-reference", "commissioning")
+    if flat_field_from:
+        frames = [_save(load_photograph(p, quarter_turns), folder / f"flat-field-frame-{n}.png") for n, p in enumerate(flat_field_from)]
+        calibrate(frames, "--flat-field", "lighting")
         bed["flat_field"] = str((folder / "lighting.flat-field.tiff").resolve())
     text = config_with_bed_keys(base_text, bed)
     reference = str((folder / "commissioning.frame-reference.png").resolve())

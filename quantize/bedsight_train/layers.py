@@ -30,6 +30,9 @@ that quadrilateral to the model's square, as the box's homography does, so walls
 around the bed are never taken for powder. `flat_field_from` names a clean label folder: its
 first training-split layer is the camera's commissioning frame, and its lighting is divided out
 of every layer of the camera before the warp (flat_field.py, the box's `[bed] flat_field`). A
+camera that has no clean folder may name instead `flat_field_median_of = "FOLDER"`, one of its
+folders: the per-pixel median of that folder's training-split layers is its commissioning frame (a
+defect that moves from layer to layer drops out of the median; flat_field.median_frame). A
 folder in no camera is taken as the bed itself, lit as it is.
 
 Split (`held_out_split`): by build and by long runs of layers, the way new layers reach a box.
@@ -85,6 +88,7 @@ class Camera:
     folders: list[str]
     bed_corners: list[tuple[float, float]] | None  # shares of the turned photograph: TL, TR, BR, BL
     flat_field_from: str | None  # a clean label folder of this camera
+    flat_field_median_of: str | None = None  # or a folder whose training layers' median lit it
 
 
 @dataclass
@@ -150,9 +154,9 @@ def _read_cameras(path: Path, tables: Any, labels: dict[str, list[str]]) -> dict
         where = f"{path}: cameras.{name}"
         if not isinstance(table, dict):
             raise BadInput(f"{where} must be a table")
-        unknown = sorted(set(table) - {"folders", "bed_corners", "flat_field_from"})
+        unknown = sorted(set(table) - {"folders", "bed_corners", "flat_field_from", "flat_field_median_of"})
         if unknown:
-            raise BadInput(f"{where}: unknown key(s) {', '.join(unknown)}; a camera has folders, bed_corners and flat_field_from")
+            raise BadInput(f"{where}: unknown key(s) {', '.join(unknown)}; a camera has folders, bed_corners and flat_field_from or flat_field_median_of")
         folders = table.get("folders")
         if not (isinstance(folders, list) and folders and all(isinstance(f, str) for f in folders)):
             raise BadInput(f"{where}.folders must be a non-empty list of label folders")
@@ -177,7 +181,13 @@ def _read_cameras(path: Path, tables: Any, labels: dict[str, list[str]]) -> dict
                 raise BadInput(f"{where}.flat_field_from = {reference!r}: not one of this camera's folders")
             if labels[reference]:
                 raise BadInput(f"{where}.flat_field_from = {reference!r}: a flat field is measured on a clean bed, and this folder's layers carry {', '.join(labels[reference])}")
-        camera = Camera(name=name, folders=list(folders), bed_corners=corners, flat_field_from=reference)
+        median_of = table.get("flat_field_median_of")
+        if median_of is not None:
+            if reference is not None:
+                raise BadInput(f"{where}: flat_field_from and flat_field_median_of both set; a camera's lighting is measured one way")
+            if median_of not in folders:
+                raise BadInput(f"{where}.flat_field_median_of = {median_of!r}: not one of this camera's folders")
+        camera = Camera(name=name, folders=list(folders), bed_corners=corners, flat_field_from=reference, flat_field_median_of=median_of)
         for folder in folders:
             by_folder[folder] = camera
     return by_folder
@@ -346,18 +356,20 @@ class CameraViews:
     out (flat field from the clean reference layer), their bed warped to the model's square. The
     flat-field gains are computed once per camera and photograph size."""
 
-    def __init__(self, label_map: LabelMap, references: dict[str, Path]):
+    def __init__(self, label_map: LabelMap, references: dict[str, list[Path]]):
         self.label_map = label_map
-        self.references = references  # camera name -> its commissioning frame
+        self.references = references  # camera name -> its commissioning frame(s)
         self._gains: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
 
     def gains(self, camera: Camera, shape: tuple[int, int], draft_to: int | None) -> np.ndarray | None:
-        if camera.flat_field_from is None:
+        if camera.name not in self.references:
             return None
         key = (camera.name, shape)
         if key not in self._gains:
-            reference = load_photograph(self.references[camera.name], self.label_map.quarter_turns, draft_to)
-            origin = f"flat field of camera {camera.name} ({self.references[camera.name]})"
+            paths = self.references[camera.name]
+            frames = [load_photograph(p, self.label_map.quarter_turns, draft_to) for p in paths]
+            origin = f"flat field of camera {camera.name} ({paths[0] if len(paths) == 1 else f'the median of {len(paths)} layers of {paths[0].parent}'})"
+            reference = frames[0] if len(frames) == 1 else flat_field.median_frame(frames, origin)
             if reference.shape != shape:
                 raise BadInput(f"{origin}: {reference.shape[1]}x{reference.shape[0]} px, but its camera's layers are {shape[1]}x{shape[0]}")
             self._gains[key] = flat_field.gain(flat_field.lighting_reference(reference), origin)
@@ -380,20 +392,26 @@ class CameraViews:
         return rectify(photo, bed_corners_px(camera, photo.shape[1], photo.shape[0]), size)
 
 
-def flat_field_references(label_map: LabelMap, found: list[tuple[str, Path]]) -> dict[str, Path]:
-    """Each camera's commissioning frame: the first training-split layer of its flat_field_from
-    folder (the layer an integrator would have photographed before the build)."""
+def flat_field_references(label_map: LabelMap, found: list[tuple[str, Path]]) -> dict[str, list[Path]]:
+    """Each camera's commissioning frames: the first training-split layer of its flat_field_from
+    folder (the layer an integrator would have photographed before the build), or every
+    training-split layer of its flat_field_median_of folder (their median is the frame)."""
     names = [f"{label}/{path.name}" for label, path in found]
     train = held_out_split(names)["train"]
-    references: dict[str, Path] = {}
+    references: dict[str, list[Path]] = {}
     for camera in {c.name: c for c in label_map.cameras.values()}.values():
-        if camera.flat_field_from is None:
-            continue
-        candidates = [i for i in train if found[i][0] == camera.flat_field_from]
+        key, folder = ("flat_field_from", camera.flat_field_from) if camera.flat_field_from else ("flat_field_median_of", camera.flat_field_median_of)
+        if folder is None or not any(label in camera.folders for label, _ in found):
+            continue  # no lighting to measure, or no layer of this camera to correct
+        candidates = sorted((i for i in train if found[i][0] == folder), key=lambda i: (_numbers(names[i]), names[i]))
         if not candidates:
-            raise BadInput(f"{label_map.path}: cameras.{camera.name}.flat_field_from = {camera.flat_field_from!r}, but that folder has no training layer to measure the lighting on")
-        first = min(candidates, key=lambda i: (_numbers(names[i]), names[i]))
-        references[camera.name] = found[first][1]
+            raise BadInput(f"{label_map.path}: cameras.{camera.name}.{key} = {folder!r}, but that folder has no training layer to measure the lighting on")
+        if camera.flat_field_from:
+            references[camera.name] = [found[candidates[0]][1]]
+        else:
+            if len(candidates) < flat_field.MIN_MEDIAN_FRAMES:
+                raise BadInput(f"{label_map.path}: cameras.{camera.name}.flat_field_median_of = {folder!r}: {len(candidates)} training layer(s); the median needs at least {flat_field.MIN_MEDIAN_FRAMES}")
+            references[camera.name] = [found[i][1] for i in candidates]
     return references
 
 

@@ -721,11 +721,11 @@ def evaluate_real(
     return report
 
 
-def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: Layer, reference: Path | None, work: Path, k: int) -> tuple[Path, dict[str, Any]]:
+def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: Layer, references: list[Path] | None, work: Path, k: int) -> tuple[Path, dict[str, Any]]:
     """A copy of the configuration for one camera of the label map, as its integrator would set
     it: [bed] corners_px from the label map's bed corners (in the PNG's pixels) and, when the
-    camera has a clean reference layer, [bed] flat_field written from it by `bedsight calibrate
-    --flat-field`. Returns the configuration's path and what was set."""
+    camera has a clean reference layer (or layers whose median lit it), [bed] flat_field written
+    from it by `bedsight calibrate --flat-field`. Returns the configuration's path and what was set."""
     if config_text_path is None:
         raise BadInput(f"camera {camera.name}: no configuration text to set its bed corners in (pass --config)")
     folder = work / "configs"
@@ -736,19 +736,24 @@ def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: L
     path = folder / f"{stem}.toml"
     path.write_text(text)
     record: dict[str, Any] = {"camera": camera.name, "folders": camera.folders, "frame_px": list(layer.png_size), "corners_px": corners, "config": str(path), "flat_field": None}
-    if reference is not None:
-        ref = Layer(name=reference.name, label=camera.flat_field_from, source=reference, split="train")
-        write_turned_png(ref, work / "references", k)
-        if ref.png_size != layer.png_size:
-            raise BadInput(f"camera {camera.name}: its reference layer {reference} is {ref.png_size[0]}x{ref.png_size[1]} px, its layer {layer.source} {layer.png_size[0]}x{layer.png_size[1]}")
+    if references:
+        folder_name = camera.flat_field_from or camera.flat_field_median_of
+        command = [str(binary), "calibrate", "--config", str(path), "--out", str(folder / stem), "--flat-field"]
+        for reference in references:
+            ref = Layer(name=reference.name, label=folder_name, source=reference, split="train")
+            write_turned_png(ref, work / "references", k)
+            if ref.png_size != layer.png_size:
+                raise BadInput(f"camera {camera.name}: its reference layer {reference} is {ref.png_size[0]}x{ref.png_size[1]} px, its layer {layer.source} {layer.png_size[0]}x{layer.png_size[1]}")
+            command += ["--frame", str(ref.png)]
         out_stem = folder / stem
-        proc = subprocess.run([str(binary), "calibrate", "--config", str(path), "--frame", str(ref.png), "--out", str(out_stem), "--flat-field"], capture_output=True, text=True)
+        proc = subprocess.run(command, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise BadInput(f"{binary} calibrate --flat-field on {ref.png} failed: {proc.stderr.strip()}")
+            raise BadInput(f"{binary} calibrate --flat-field on {references[0]} failed: {proc.stderr.strip()}")
         tiff = Path(f"{out_stem}.flat-field.tiff")
         text = config_with_bed_keys(text, {"corners_px": corners, "flat_field": str(tiff.resolve())})
         path.write_text(text)
-        record.update(flat_field=str(tiff), flat_field_reference=f"{camera.flat_field_from}/{reference.name}", rectified_check=f"{out_stem}.rectified.png")
+        described = f"{folder_name}/{references[0].name}" if len(references) == 1 else f"the median of {len(references)} training layers of {folder_name}"
+        record.update(flat_field=str(tiff), flat_field_reference=described, rectified_check=f"{out_stem}.rectified.png")
     return path, record
 
 
@@ -1236,7 +1241,7 @@ def markdown(report: dict[str, Any]) -> str:
         "- Folder labels are image-level and sometimes wrong for what a layer shows (quantize/real-eval/README.md); classification figures inherit that.",
         "- Hand-labelled regions were drawn by eye by one person: agreement with that person, not pixel truth.",
         "- Small samples (the clean folder especially): read the intervals.",
-        "- Other printers' photographs: bed corners read off each camera's mean photograph by eye, the flat field from one clean layer (none for a camera without a clean layer); every layer judged alone (no tracks, no recoat loop).",
+        "- Other printers' photographs: bed corners read off each camera's mean photograph by eye, the flat field from one clean layer (for a camera without one, the median of its training layers, which keeps what recurs in their place); every layer judged alone (no tracks, no recoat loop).",
         "",
     ]
     return "\n".join(lines)

@@ -35,6 +35,8 @@ def test_a_camera_names_its_folders_corners_and_clean_reference(tmp_path):
         ('[cameras.a]\nfolders = ["Clean", "Uneven"]\nflat_field_from = "Uneven"\n', "a flat field is measured on a clean bed, and this folder's layers carry incompleteness"),
         ('[cameras.a]\nfolders = ["Uneven"]\nflat_field_from = "Clean"\n', "not one of this camera's folders"),
         ('[cameras.a]\nfolders = ["Clean"]\nlens = "wide"\n', "cameras.a: unknown key(s) lens"),
+        ('[cameras.a]\nfolders = ["Clean", "Uneven"]\nflat_field_from = "Clean"\nflat_field_median_of = "Uneven"\n', "cameras.a: flat_field_from and flat_field_median_of both set"),
+        ('[cameras.a]\nfolders = ["Uneven"]\nflat_field_median_of = "Clean"\n', "cameras.a.flat_field_median_of = 'Clean': not one of this camera's folders"),
     ],
 )
 def test_a_bad_camera_is_refused_by_name(tmp_path, cameras, says):
@@ -110,7 +112,7 @@ def test_layers_are_read_through_their_camera_flat_fielded_and_rectified(tmp_pat
     lm = label_map(tmp_path, '[cameras.a]\nfolders = ["Clean", "Uneven"]\nbed_corners = [[0.0, 0.2], [1.0, 0.2], [1.0, 1.0], [0.0, 1.0]]\nflat_field_from = "Clean"\n')
     found = scan_layer_folders(root, lm)
     # the commissioning frame: the first training-split layer of the clean folder
-    assert flat_field_references(lm, found) == {"a": root / "Clean" / "0000.png"}
+    assert flat_field_references(lm, found) == {"a": [root / "Clean" / "0000.png"]}
     layers = load_layer_folders(root, lm, 32, splits=("train",))
     clean = layers.images[[i for i, label in enumerate(layers.labels) if label == "Clean"]]
     uneven = layers.images[[i for i, label in enumerate(layers.labels) if label == "Uneven"]]
@@ -130,3 +132,32 @@ def test_a_reference_of_another_size_than_its_cameras_layers_is_refused(tmp_path
     views = CameraViews(lm, flat_field_references(lm, scan_layer_folders(root, lm)))
     with pytest.raises(BadInput, match=r"flat field of camera a \(.*Clean/0000.png\): 60x50 px, but its camera's layers are 120x100"):
         views.bed("Uneven", root / "Uneven" / "0003.png", 32)
+
+
+def test_a_camera_without_a_clean_folder_is_lit_by_the_median_of_its_training_layers(tmp_path):
+    """flat_field_median_of: every layer has its dark patch at another place; the median of the
+    training layers is the lighting alone, so a layer comes out even but for its own patch."""
+    root = tmp_path / "layers"
+    light = np.linspace(0.6, 1.2, 120, dtype=np.float32)[None, :]
+    (root / "Uneven").mkdir(parents=True)
+    for i in range(10):
+        image = np.full((100, 120), 100.0, np.float32)
+        image[10 * i : 10 * i + 8, 20:100] = 50  # a patch of uncovered powder, lower each layer
+        Image.fromarray(np.round(image * light).astype(np.uint8)).save(root / "Uneven" / f"{i:04d}.png")
+    lm = label_map(tmp_path, '[cameras.a]\nfolders = ["Uneven"]\nflat_field_median_of = "Uneven"\n')
+    found = scan_layer_folders(root, lm)
+    # the training split: the first 7 of 10 layers (the last 20 % test, the 10 % before them validation)
+    assert flat_field_references(lm, found) == {"a": [root / "Uneven" / f"{i:04d}.png" for i in range(7)]}
+    layers = load_layer_folders(root, lm, 120, splits=("test",))
+    bed = layers.images[-1].astype(np.float32)  # layer 0009: its patch in rows 90-97, 108-116 in the square bed
+    # even but for its own patch, which keeps its ratio to the powder (0.5)
+    assert abs(bed[40:80, 4:10].mean() - bed[40:80, -10:-4].mean()) < 3
+    assert abs(bed[110:115, 30:90].mean() / bed[40:80, 30:90].mean() - 0.5) < 0.05
+
+
+def test_a_median_of_too_few_training_layers_is_refused(tmp_path):
+    root = tmp_path / "layers"
+    write_folder(root, "Uneven", 6, 60)  # 4 training layers
+    lm = label_map(tmp_path, '[cameras.a]\nfolders = ["Uneven"]\nflat_field_median_of = "Uneven"\n')
+    with pytest.raises(BadInput, match=r"cameras.a.flat_field_median_of = 'Uneven': 4 training layer\(s\); the median needs at least 5"):
+        flat_field_references(lm, scan_layer_folders(root, lm))

@@ -93,15 +93,26 @@ pub fn calibrate(config_path: &Path, frame_path: &Path, out_stem: &Path) -> Resu
     Ok(vec![rectified_path, corners_path])
 }
 
-/// Writes `<stem>.flat-field.tiff`, the lighting of `frame_path` (a frame of an evenly spread,
-/// empty bed), and says how to use it.
-pub fn write_flat_field(frame_path: &Path, out_stem: &Path) -> Result<PathBuf> {
-    let frame = image::open(frame_path)
-        .with_context(|| format!("frame {}: not a readable image", frame_path.display()))?
-        .to_luma8();
+/// Writes `<stem>.flat-field.tiff`, the lighting of one frame of an evenly spread, empty bed (or
+/// of the per-pixel median of several frames of recoated layers), and says how to use it.
+pub fn write_flat_field(frame_paths: &[PathBuf], out_stem: &Path) -> Result<PathBuf> {
+    let frames = frame_paths
+        .iter()
+        .map(|p| {
+            image::open(p)
+                .with_context(|| format!("frame {}: not a readable image", p.display()))
+                .map(|f| f.to_luma8())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (frame, source) = match frames.as_slice() {
+        [one] => (one.clone(), frame_paths[0].display().to_string()),
+        _ => (
+            models::median_frame(&frames).map_err(|e| anyhow::anyhow!("--frame for the flat field: {e}"))?,
+            format!("the median of {} frames", frames.len()),
+        ),
+    };
     let path = PathBuf::from(format!("{}.flat-field.tiff", out_stem.display()));
-    let field = appliance::record::flat_field::write(&path, &frame)
-        .with_context(|| format!("frame {}", frame_path.display()))?;
+    let field = appliance::record::flat_field::write(&path, &frame).with_context(|| source.clone())?;
     let (low, high) = field
         .gain
         .iter()
@@ -109,7 +120,7 @@ pub fn write_flat_field(frame_path: &Path, out_stem: &Path) -> Result<PathBuf> {
     println!(
         "wrote {}: the lighting of {} ({}x{} camera px); it brightens the bed by up to x{high:.2} and darkens it by up to x{low:.2}",
         path.display(),
-        frame_path.display(),
+        source,
         field.width,
         field.height
     );

@@ -92,14 +92,17 @@ enum Command {
         /// Configuration file (TOML) with the [bed] table.
         #[arg(long)]
         config: PathBuf,
-        /// A camera frame of the empty bed.
-        #[arg(long)]
-        frame: PathBuf,
-        /// Stem of the check images (default: next to the frame).
+        /// A camera frame of the empty bed. With --flat-field it may be given several times (or
+        /// followed by several frames): frames of recoated layers, whose per-pixel median is the
+        /// lighting where no evenly spread bed can be photographed (at least 5; a defect that
+        /// moves from layer to layer drops out). The checks use the first.
+        #[arg(long, required = true, num_args = 1..)]
+        frame: Vec<PathBuf>,
+        /// Stem of the check images (default: next to the first frame).
         #[arg(long)]
         out: Option<PathBuf>,
         /// Also write STEM.flat-field.tiff: the lighting of this frame of an evenly spread,
-        /// empty bed, which `[bed] flat_field` divides out of every frame.
+        /// empty bed (or of the frames' median), which `[bed] flat_field` divides out of every frame.
         #[arg(long)]
         flat_field: bool,
         /// Also write STEM.frame-reference.png: this frame as the commissioning reference that
@@ -315,13 +318,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
             flat_field,
             frame_reference,
         } => {
-            let stem = out.unwrap_or_else(|| frame.with_extension(""));
-            calibrate::calibrate(&config, &frame, &stem)?;
+            if frame.len() > 1 && !flat_field {
+                anyhow::bail!(
+                    "{} frames given: several frames are the median of --flat-field; the corner check takes one",
+                    frame.len()
+                );
+            }
+            let stem = out.unwrap_or_else(|| frame[0].with_extension(""));
+            calibrate::calibrate(&config, &frame[0], &stem)?;
             if flat_field {
                 calibrate::write_flat_field(&frame, &stem)?;
             }
             if frame_reference {
-                calibrate::write_frame_reference(&config, &frame, &stem)?;
+                calibrate::write_frame_reference(&config, &frame[0], &stem)?;
             }
             Ok(ExitCode::SUCCESS)
         }
