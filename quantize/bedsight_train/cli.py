@@ -93,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--weak-layers", choices=["all", "clean"], default="all", help="real-bed mode: the real layers under the weak losses: all (absence and presence by their labels), or the clean ones only (absence everywhere)")
     t.add_argument("--weak-weight", type=float, default=1.0, help="real-bed mode: weight of the weak losses (0: planted defects on real beds only, the real layers are not passed)")
     t.add_argument("--weak-classes", type=lambda v: [c for c in v.split(",") if c], default=None, metavar="NAME[,NAME..]", help="real-bed mode: the defect classes the weak losses speak of on the defective layers (default: all; a clean layer keeps every class absent); the others are left to the pixel losses, for labels that cannot be trusted on them")
+    t.add_argument("--weak-absent-classes", type=lambda v: [c for c in v.split(",") if c], default=None, metavar="NAME[,NAME..]", help="real-bed mode: classes besides --weak-classes whose absence alone the weak losses speak of on the defective layers whose label lacks them (a label that names a class may be unsure where it is, and still be sure where it is not)")
     t.add_argument("--presence-top-k", type=_class_shares, default=None, metavar="NAME=SHARE[,NAME=SHARE..]", help="real-bed mode: the presence loss's k for these classes, as a share of a whole layer's pixels (default for every class: realbed.TOP_K_SHARE, 0.002); give a class whose instances are smaller than that its own, e.g. super-elevation=0.0001")
     t.add_argument("--mask-absence-weight", type=float, default=0.0, help="real-bed mode: weight of the absence of every class a synthetic crop's mask does not hold, on its mean and its top k pixels (realbed.mask_absence_loss; 0: off)")
     t.add_argument("--real-val-layers", type=int, default=12, help="real-bed mode: validation real layers judged whole after each epoch")
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> None:
                 layers=args.layers, label_map=args.label_map, layer_weight=args.layer_weight, layer_batch_size=args.layer_batch_size,
                 max_layers_per_label=args.max_layers_per_label, mixed_sizes=args.mixed_sizes, init=args.init,
                 real_layers=args.real_layers, plant_batch=args.plant_batch, real_batch=args.real_batch, mil_every=args.mil_every, weak_layers=args.weak_layers,
-                weak_weight=args.weak_weight, weak_classes=args.weak_classes, presence_top_k=args.presence_top_k, mask_absence_weight=args.mask_absence_weight, real_val_layers=args.real_val_layers, lr_schedule=args.lr_schedule, cycles=args.cycles,
+                weak_weight=args.weak_weight, weak_classes=args.weak_classes, weak_absent_classes=args.weak_absent_classes, presence_top_k=args.presence_top_k, mask_absence_weight=args.mask_absence_weight, real_val_layers=args.real_val_layers, lr_schedule=args.lr_schedule, cycles=args.cycles,
                 device=args.device, resume=args.resume,
             )
         )

@@ -185,6 +185,12 @@ def _plant_streak(rng, image, mask, local):
     h, w = image.shape
     yc = rng.uniform(0.03, 0.97) * h
     x0 = int(rng.uniform(0.0, 0.7) * w) if rng.random() < 0.6 else 0
+    _drag_streak(rng, image, mask, local, yc, x0)
+
+
+def _drag_streak(rng, image, mask, local, yc: float, x0: int):
+    """The groove of _plant_streak from (x0, yc) to the far edge of the travel."""
+    h, w = image.shape
     width = rng.uniform(1.5, 4.0)
     # mostly darker grooves, as faint as real ones: PBLM's scratches are 4-7 % darker than the
     # powder beside them (flat-fielded, 2-4 px wide at 1024 px), under a grain of about 5 %
@@ -321,6 +327,21 @@ def _plant_super_elevation(rng, image, mask, local, parts):
         mask[region] = SUPER_ELEVATION
 
 
+def _plant_tip(rng, image, mask, local):
+    """Super-elevation as PBLM's Deformation beds show it: the tip of a part standing proud of the
+    fresh powder, a small glint near saturation (5-12 px across at 0.24 mm per pixel), and most
+    times the scratch the blade dragged from it to the end of the travel (the blade catches on
+    the tip). The glint is labelled super-elevation, the scratch streaking."""
+    h, w = image.shape
+    x, y = rng.uniform(0.02, 0.8) * w, rng.uniform(0.03, 0.97) * h
+    if rng.random() < 0.8:
+        _drag_streak(rng, image, mask, local, y, int(x))
+    region = blob(rng, h, float(x), float(y), rng.uniform(2.5, 6.0), 0.3)
+    glare = ndimage.gaussian_filter(region.astype(np.float32), 0.7)
+    image[:] = image * (1 - glare) + np.minimum(250.0, local * rng.uniform(1.8, 2.4)) * glare
+    mask[region] = SUPER_ELEVATION
+
+
 def _plant_hopping(rng, image, mask, local):
     """Bands across the travel where the blade hopped over an obstacle and chattered."""
     h, w = image.shape
@@ -340,7 +361,8 @@ def _plant_hopping(rng, image, mask, local):
     mask[band] = HOPPING
 
 
-# Super-elevation is planted on a part's edge (_plant_super_elevation), the others anywhere.
+# Super-elevation is planted on a part's edge (_plant_super_elevation) or as a part's tip
+# (_plant_tip), the others anywhere.
 PLANTERS = {
     STREAKING: _plant_streak,
     INCOMPLETENESS: _plant_uncovered,
@@ -372,7 +394,11 @@ def plant(rng: np.random.Generator, bed: np.ndarray, classes: list[int] | None =
     part_union = _plant_parts(rng, image, local, parts)
     for c in classes:
         if c == SUPER_ELEVATION:
-            _plant_super_elevation(rng, image, mask, local, part_union)
+            # a part's edge in glare, or a part's tip standing proud with its scratch
+            if rng.random() < 0.5:
+                _plant_super_elevation(rng, image, mask, local, part_union)
+            else:
+                _plant_tip(rng, image, mask, local)
             continue
         for _ in range(int(rng.integers(1, 3))):
             PLANTERS[c](rng, image, mask, local)
@@ -391,7 +417,7 @@ class RealLayers:
     defective ones under the presence loss, the clean ones as beds to plant on) and a few
     validation layers judged whole after each epoch."""
 
-    def __init__(self, train, val, classes, label_map, weak_classes: list[str] | None = None, presence_top_k: dict[str, float] | None = None):
+    def __init__(self, train, val, classes, label_map, weak_classes: list[str] | None = None, presence_top_k: dict[str, float] | None = None, weak_absent_classes: list[str] | None = None):
         self.train = train
         self.val = val
         self.label_map = label_map
@@ -403,12 +429,15 @@ class RealLayers:
         self.defective = np.nonzero(self.present.any(1))[0]
         # On the defective layers the weak losses speak only of `weak_classes` (None: every
         # class). A clean layer keeps every class absent whatever they are: its label is a pixel
-        # label (no defect anywhere), the one image label that says where.
+        # label (no defect anywhere), the one image label that says where. Of `weak_absent_classes`
+        # they speak only where the label lacks the class (its absence, not its presence).
         self.weak_classes = list(self.class_names[1:]) if weak_classes is None else list(weak_classes)
+        absent_only = set(weak_absent_classes or [])
         unsupervised = [c for c, name in enumerate(self.class_names) if name not in self.weak_classes]
+        not_absent = [c for c in unsupervised if self.class_names[c] not in absent_only]
         self.weak_present, self.weak_absent = self.present.copy(), self.absent.copy()
         self.weak_present[np.ix_(self.defective, unsupervised)] = False
-        self.weak_absent[np.ix_(self.defective, unsupervised)] = False
+        self.weak_absent[np.ix_(self.defective, not_absent)] = False
         if len(self.clean) == 0 or len(self.defective) == 0:
             raise ValueError("the real training layers need clean and defective layers")
         # L_pres's k per class (TOP_K_SHARE where not given): see presence_top_k
@@ -524,7 +553,7 @@ class RealLayers:
         }
 
 
-def load_real_layers(root, label_map_path, size: int, classes, max_per_label: int | None, mixed_sizes: str, val_layers: int, progress: bool, weak_classes: list[str] | None = None, presence_top_k: dict[str, float] | None = None) -> RealLayers:
+def load_real_layers(root, label_map_path, size: int, classes, max_per_label: int | None, mixed_sizes: str, val_layers: int, progress: bool, weak_classes: list[str] | None = None, presence_top_k: dict[str, float] | None = None, weak_absent_classes: list[str] | None = None) -> RealLayers:
     """The training split of the real layers at the model's input size (turned to the bed's
     convention), and `val_layers` of the validation split: every clean one, then the others
     spread over the folders in turn."""
@@ -544,4 +573,4 @@ def load_real_layers(root, label_map_path, size: int, classes, max_per_label: in
         for q in queues:
             if q and len(chosen) < val_layers:
                 chosen.append(q.pop(0))
-    return RealLayers(train, val.subset(sorted(chosen)), classes, label_map, weak_classes, presence_top_k)
+    return RealLayers(train, val.subset(sorted(chosen)), classes, label_map, weak_classes, presence_top_k, weak_absent_classes)

@@ -85,6 +85,7 @@ class TrainOptions:
     weak_layers: str = "all"  # which real layers the weak losses read: all, or the clean ones only
     weak_weight: float = 1.0  # weight of the weak losses beside the pixel losses
     weak_classes: list[str] | None = None  # the classes the weak losses speak of (None: all)
+    weak_absent_classes: list[str] | None = None  # and those whose absence alone they speak of
     presence_top_k: dict[str, float] | None = None  # L_pres's k per class, a share of the layer (realbed.TOP_K_SHARE elsewhere)
     mask_absence_weight: float = 0.0  # weight of realbed.mask_absence_loss on the synthetic crops
     real_val_layers: int = 12  # validation real layers judged whole after each epoch
@@ -297,15 +298,18 @@ def train(opts: TrainOptions) -> dict:
         if opts.label_map is None:
             raise BadInput("--real-layers needs --label-map (which label folder carries which classes)")
         seg_names = [c.name for c in ds.classes]
-        for name in opts.weak_classes or []:
-            if name not in seg_names[1:]:
-                raise BadInput(f"--weak-classes {name}: not a defect class of {opts.data} ({', '.join(seg_names[1:])})")
+        for option, names in (("--weak-classes", opts.weak_classes), ("--weak-absent-classes", opts.weak_absent_classes)):
+            for name in names or []:
+                if name not in seg_names[1:]:
+                    raise BadInput(f"{option} {name}: not a defect class of {opts.data} ({', '.join(seg_names[1:])})")
+        for name in sorted(set(opts.weak_absent_classes or []) & set(opts.weak_classes if opts.weak_classes is not None else seg_names[1:])):
+            raise BadInput(f"--weak-absent-classes {name}: --weak-classes already speaks of its absence and presence")
         for name, share in (opts.presence_top_k or {}).items():
             if name not in seg_names[1:]:
                 raise BadInput(f"--presence-top-k {name}: not a defect class of {opts.data} ({', '.join(seg_names[1:])})")
             if not 0.0 < share <= 1.0:
                 raise BadInput(f"--presence-top-k {name}={share}: the share of a layer's pixels must be in (0, 1]")
-        real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress, opts.weak_classes, opts.presence_top_k)
+        real = realbed.load_real_layers(opts.real_layers, opts.label_map, h, list(ds.classes), opts.max_layers_per_label, opts.mixed_sizes, opts.real_val_layers, opts.progress, opts.weak_classes, opts.presence_top_k, opts.weak_absent_classes)
         if opts.crop is None or opts.crop > h:
             raise BadInput("--real-layers trains on crops: give --crop")
     device = pick_device(opts.device)
@@ -429,6 +433,8 @@ def train(opts: TrainOptions) -> dict:
         }
         if opts.weak_classes is not None:  # only when given: runs made before the option resume as they were
             run_info["real_layers"]["weak_classes"] = real.weak_classes
+        if opts.weak_absent_classes:  # likewise
+            run_info["real_layers"]["weak_absent_classes"] = opts.weak_absent_classes
         if opts.mask_absence_weight:  # likewise
             run_info["real_layers"]["mask_absence_weight"] = opts.mask_absence_weight
         if opts.presence_top_k:  # likewise

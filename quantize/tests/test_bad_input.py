@@ -118,6 +118,22 @@ def test_weak_class_the_model_does_not_have(tiny_data, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "weak, message",
+    [
+        (("--weak-absent-classes", "spatter"), "--weak-absent-classes spatter: not a defect class"),
+        (("--weak-classes", "streaking", "--weak-absent-classes", "streaking"), "--weak-absent-classes streaking: --weak-classes already speaks of its absence and presence"),
+        (("--weak-absent-classes", "incompleteness"), "--weak-absent-classes incompleteness: --weak-classes already speaks of its absence and presence"),
+    ],
+)
+def test_absent_only_weak_class_unknown_or_already_weak(tiny_data, tmp_path, weak, message):
+    result = _cli("train", "--arch", "isdnet-sr", "--data", tiny_data, "--epochs", 1, "--out", tmp_path / "run", "--crop", 32,
+                  "--real-layers", tmp_path / "layers", "--label-map", "pblm", *weak)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
     "top_k, message",
     [
         ("spatter=0.001", "--presence-top-k spatter: not a defect class"),

@@ -120,7 +120,9 @@ def test_clean_parts_are_brighter_background():
 def test_super_elevation_is_glare_on_a_part_edge():
     bed = _bed().astype(np.float32)
     for seed in range(4):
-        image, mask = realbed.plant(np.random.default_rng(seed), bed.astype(np.uint8), [SUPER_ELEVATION], parts=0)
+        image, mask = bed.copy(), np.full(bed.shape, BACKGROUND, np.uint8)
+        parts = np.zeros(bed.shape, bool)
+        realbed._plant_super_elevation(np.random.default_rng(seed), image, mask, np.full(bed.shape, 120.0, np.float32), parts)
         glare = mask == SUPER_ELEVATION
         assert glare.sum() > 100  # blobs of radius 13-29 px
         part = (image - bed > 15) & ~glare
@@ -128,6 +130,29 @@ def test_super_elevation_is_glare_on_a_part_edge():
         # far brighter than the part (about twice the powder), and touching it
         assert image[glare].mean() > image[part].mean() + 40
         assert (ndimage.binary_dilation(glare, iterations=3) & part).any()
+
+
+def test_a_parts_tip_is_a_small_glint_with_the_scratch_it_dragged():
+    bed = _bed().astype(np.float32)
+    local = np.full(bed.shape, 120.0, np.float32)
+    dragged = 0
+    for seed in range(12):
+        image, mask = bed.copy(), np.full(bed.shape, BACKGROUND, np.uint8)
+        realbed._plant_tip(np.random.default_rng(seed), image, mask, local)
+        glint = mask == SUPER_ELEVATION
+        # a speck 5-12 px across (radius 2.5-6 px, rough), near twice the powder's brightness
+        assert 8 <= glint.sum() <= 160, glint.sum()
+        assert image[glint].mean() > 1.6 * 120
+        streak = mask == STREAKING
+        if streak.any():
+            dragged += 1
+            ys, xs = np.nonzero(glint)
+            sy, sx = np.nonzero(streak)
+            # downstream of the tip (the travel runs along +x), to the far edge, at its height
+            assert sx.min() >= xs.min() and sx.max() == bed.shape[1] - 1
+            assert abs(np.median(sy[sx < sx.min() + 10]) - ys.mean()) < 8
+            assert abs(image[streak] - bed[streak]).mean() > 1  # a groove (or a ridge) 3-15 % deep
+    assert 6 <= dragged <= 12  # most tips drag a scratch (8 in 10)
 
 
 def test_a_streak_runs_along_the_recoater_travel_to_the_far_edge():
@@ -382,6 +407,29 @@ def test_weak_classes_limit_the_weak_losses_on_defective_layers_and_clean_ones_s
         whole = clean_sum / 5 if share == 1.0 else other
         assert float(absent) == pytest.approx(0.5 * (crops + whole), rel=1e-4)
         assert len(relit) == (3 - clean_crops) + (share == 0.0)
+
+
+def test_weak_absent_classes_speak_only_of_absence_where_the_label_lacks_the_class():
+    """--weak-classes streaking --weak-absent-classes incompleteness on a Scratch layer (label:
+    streaking) and an Uneven one (label: incompleteness): incompleteness is absent on the Scratch
+    layer and under no term on the Uneven one (its presence is never asked); streaking keeps both
+    terms; the classes in neither list are under none on the defective layers."""
+    from bedsight_train.layers import LayerSet, LabelMap
+    from bedsight_train.common import ClassInfo
+
+    label_map = LabelMap(path=None, classes=["incompleteness", "streaking"], labels={"Clean": [], "Uneven": ["incompleteness"], "Scratch": ["streaking"]})
+    images = np.stack([_bed(s, 64) for s in range(3)])
+    train = LayerSet(None, label_map, ["Clean/0", "Uneven/0", "Scratch/0"], ["Clean", "Uneven", "Scratch"], np.array([[0, 0], [1, 0], [0, 1]], np.float32), images)
+    classes = [ClassInfo(name, "#000000", name not in ("background", "lattice")) for name in CLASSES]
+    real = realbed.RealLayers(train, train.subset([0, 1]), classes, label_map, weak_classes=["streaking"], weak_absent_classes=["incompleteness"])
+    inc, streak = CLASSES.index("incompleteness"), CLASSES.index("streaking")
+    absent = {(layer, CLASSES[c]) for layer, c in zip(*np.nonzero(real.weak_absent[1:]))}
+    present = {(layer, CLASSES[c]) for layer, c in zip(*np.nonzero(real.weak_present[1:]))}
+    # layer 0 here is Uneven, 1 Scratch
+    assert absent == {(0, "streaking"), (1, "incompleteness")}
+    assert present == {(1, "streaking")}
+    assert real.weak_absent[0, 1:].all() and not real.weak_present[0].any()  # the clean layer
+    assert real.weak_absent[2, inc] and not real.weak_present[1, inc] and real.weak_present[2, streak]
 
 
 def test_planted_crops_show_the_bed_rim_in_its_place():
