@@ -392,10 +392,12 @@ class CameraViews:
         return rectify(photo, bed_corners_px(camera, photo.shape[1], photo.shape[0]), size)
 
 
-def flat_field_references(label_map: LabelMap, found: list[tuple[str, Path]]) -> dict[str, list[Path]]:
+def flat_field_references(label_map: LabelMap, found: list[tuple[str, Path]], any_split: bool = False) -> dict[str, list[Path]]:
     """Each camera's commissioning frames: the first training-split layer of its flat_field_from
     folder (the layer an integrator would have photographed before the build), or every
-    training-split layer of its flat_field_median_of folder (their median is the frame)."""
+    training-split layer of its flat_field_median_of folder (their median is the frame).
+    `any_split` (an evaluation of a small folder set): a median folder with too few training
+    layers takes every layer it has, and with fewer than the median needs, none (no entry)."""
     names = [f"{label}/{path.name}" for label, path in found]
     train = held_out_split(names)["train"]
     references: dict[str, list[Path]] = {}
@@ -404,11 +406,15 @@ def flat_field_references(label_map: LabelMap, found: list[tuple[str, Path]]) ->
         if folder is None or not any(label in camera.folders for label, _ in found):
             continue  # no lighting to measure, or no layer of this camera to correct
         candidates = sorted((i for i in train if found[i][0] == folder), key=lambda i: (_numbers(names[i]), names[i]))
-        if not candidates:
+        if not candidates and not (any_split and camera.flat_field_median_of):
             raise BadInput(f"{label_map.path}: cameras.{camera.name}.{key} = {folder!r}, but that folder has no training layer to measure the lighting on")
         if camera.flat_field_from:
             references[camera.name] = [found[candidates[0]][1]]
         else:
+            if len(candidates) < flat_field.MIN_MEDIAN_FRAMES and any_split:
+                candidates = sorted((i for i in range(len(found)) if found[i][0] == folder), key=lambda i: (_numbers(names[i]), names[i]))
+                if len(candidates) < flat_field.MIN_MEDIAN_FRAMES:
+                    continue
             if len(candidates) < flat_field.MIN_MEDIAN_FRAMES:
                 raise BadInput(f"{label_map.path}: cameras.{camera.name}.flat_field_median_of = {folder!r}: {len(candidates)} training layer(s); the median needs at least {flat_field.MIN_MEDIAN_FRAMES}")
             references[camera.name] = [found[i][1] for i in candidates]

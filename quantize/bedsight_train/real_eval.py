@@ -86,6 +86,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from .common import BadInput, read_toml
+from .flat_field import MIN_MEDIAN_FRAMES
 from .layers import CAMERA_LONG_SIDE, bed_corners_px, bed_square, flat_field_references, held_out_split, homography, load_label_map, load_photograph, map_points, rectify, scan_layer_folders
 from .metrics import auroc
 
@@ -634,7 +635,17 @@ def evaluate_real(
     group_config: dict[str, Path | None] = {}
     fitted: dict[str, dict[str, Any]] = {}
     cameras: dict[str, dict[str, Any]] = {}
-    references = flat_field_references(lmap, scan_layer_folders(Path(layers), lmap)) if flat_field else {}
+    found = scan_layer_folders(Path(layers), lmap)
+    references = flat_field_references(lmap, found, any_split=True) if flat_field else {}
+    training = {found[i][1] for i in held_out_split([f"{label}/{path.name}" for label, path in found])["train"]}
+    for camera in {c.name: c for c in lmap.cameras.values()}.values():
+        median_of = camera.flat_field_median_of if flat_field else None
+        if median_of is None or not any(label in camera.folders for label, _ in found):
+            continue
+        if camera.name not in references:
+            notes.append(f"camera {camera.name}: fewer than {MIN_MEDIAN_FRAMES} layers of {median_of} to take the median of, so judged without a flat field")
+        elif not set(references[camera.name]) <= training:
+            notes.append(f"camera {camera.name}: fewer than {MIN_MEDIAN_FRAMES} training-split layers of {median_of}, so its flat field is the median of all its {len(references[camera.name])} layers, the judged ones among them")
     if not flat_field:
         notes.append("judged without the cameras' flat fields (--no-flat-field): the lighting reaches the model as the camera saw it")
     for layer in chosen:
@@ -752,7 +763,7 @@ def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: L
         tiff = Path(f"{out_stem}.flat-field.tiff")
         text = config_with_bed_keys(text, {"corners_px": corners, "flat_field": str(tiff.resolve())})
         path.write_text(text)
-        described = f"{folder_name}/{references[0].name}" if len(references) == 1 else f"the median of {len(references)} training layers of {folder_name}"
+        described = f"{folder_name}/{references[0].name}" if len(references) == 1 else f"the median of {len(references)} layers of {folder_name}"
         record.update(flat_field=str(tiff), flat_field_reference=described, rectified_check=f"{out_stem}.rectified.png")
     return path, record
 

@@ -161,3 +161,15 @@ def test_a_median_of_too_few_training_layers_is_refused(tmp_path):
     lm = label_map(tmp_path, '[cameras.a]\nfolders = ["Uneven"]\nflat_field_median_of = "Uneven"\n')
     with pytest.raises(BadInput, match=r"cameras.a.flat_field_median_of = 'Uneven': 4 training layer\(s\); the median needs at least 5"):
         flat_field_references(lm, scan_layer_folders(root, lm))
+
+
+def test_an_evaluation_of_few_layers_takes_the_median_of_every_layer_it_has_or_none(tmp_path):
+    """real_eval judges folder sets of any size (any_split): with fewer than 5 training layers the
+    median is taken over all the folder's layers, and with fewer than 5 in all there is none."""
+    root = tmp_path / "layers"
+    write_folder(root, "Uneven", 6, 60)  # 4 training layers, 1 validation, 1 test
+    lm = label_map(tmp_path, '[cameras.a]\nfolders = ["Uneven"]\nflat_field_median_of = "Uneven"\n')
+    found = scan_layer_folders(root, lm)
+    assert flat_field_references(lm, found, any_split=True) == {"a": [root / "Uneven" / f"{i:04d}.png" for i in range(6)]}
+    few = [f for f in found if f[1].name < "0004"]
+    assert flat_field_references(lm, few, any_split=True) == {}

@@ -265,6 +265,9 @@ def test_end_to_end_on_three_real_layers(tmp_path):
     assert set(cameras) == {"pblm-1024", "pblm-plate"}
     assert cameras["pblm-1024"]["flat_field_reference"] == FLAT_FIELD_REFERENCE
     assert Path(cameras["pblm-1024"]["flat_field"]).is_file() and cameras["pblm-plate"]["flat_field"] is None
+    # the Plateform camera is lit by the median of its layers, and one layer is too few: judged
+    # without a flat field, and the report says so
+    assert "camera pblm-plate: fewer than 5 layers of Plateform_Powder_Uneven to take the median of, so judged without a flat field" in report["run"]["notes"]
     assert cameras["pblm-plate"]["frame_px"] == [896, 1024]
     assert cameras["pblm-plate"]["corners_px"][1] == [pytest.approx(0.955 * 895, abs=0.01), pytest.approx(0.035 * 1023, abs=0.01)]
     import tomllib
