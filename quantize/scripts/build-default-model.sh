@@ -18,6 +18,7 @@
 #             the planted crops in L;
 #   N, O, Q   absence and presence on every real layer (--weak-layers all), Q with twice the
 #             synthetic crops per step; super-elevation's presence pooled over a speck's area;
+#             incompleteness's absence alone where the label lacks it (--weak-absent-classes);
 #   R         Q carried on at a low rate with the absence of every class a synthetic crop's mask
 #             does not hold, on its top k pixels too (--mask-absence-weight): the part edges of
 #             synthetic beds, which Q calls streaking, become background; 18 epochs, since after
@@ -27,7 +28,8 @@
 #             --fresh-head, 24 epochs, the R recipe at 1e-3): the third member, which disagrees
 #             with R's two where the box is wrong (calibrate --head-runs).
 # The real layers reach the network as the box's camera path delivers them: the label map's
-# cameras cut the bed out of each photograph and divide the camera's lighting out (flat field).
+# cameras cut the bed out of each photograph and divide the camera's lighting out (flat field: from
+# a clean layer, or for the Plateform camera, which has none, the median of its training layers).
 # The fully convolutional graph is exported at 1024x1024. REAL_LAYERS is a folder of label
 # folders of real layers (the PBLM photographs) with the label map LABEL_MAP (default: pblm,
 # quantize/bedsight_train/label_maps/pblm.toml); its held-out split (the last fifth of each
