@@ -18,7 +18,6 @@
 #             the planted crops in L;
 #   N, O, Q   absence and presence on every real layer (--weak-layers all), Q with twice the
 #             synthetic crops per step; super-elevation's presence pooled over a speck's area;
-#             incompleteness's absence alone where the label lacks it (--weak-absent-classes);
 #   R         Q carried on at a low rate with the absence of every class a synthetic crop's mask
 #             does not hold, on its top k pixels too (--mask-absence-weight): the part edges of
 #             synthetic beds, which Q calls streaking, become background; 18 epochs, since after

@@ -51,11 +51,9 @@ weak_stages() {
     # super-elevation's presence pooled over its own k (0.01 % of a layer, about the box's smallest
     # defect): a part's tip standing proud is a speck, and the 0.2 % that suits a scratch made the
     # network paint the dark rim of uneven beds super-elevation to fill it (realbed.py, TOP_K_SHARE)
-    # Incompleteness's absence alone where the label lacks it (the Deformation beds): the shipped
-    # model before it called part of every Deformation bed's scratches incompleteness (32 of 32
-    # held-out layers), which nothing on those layers told it was not.
+    # (Incompleteness's absence on the Deformation beds, --weak-absent-classes, lost the uneven
+    # beds: quantize/README.md, "A part's tip, and incompleteness's absence".)
     local weak=(--weak-weight 1 --weak-layers all --weak-classes super-elevation,streaking,hopping
-        --weak-absent-classes incompleteness
         --presence-top-k super-elevation=0.0001 "${frozen[@]}" --plant-batch 4)
     stage_after "$work/run-l" "$work/run-n" 8 "${weak[@]}" --batch-size 2 --lr 1.5e-4 --seed 5
     stage_after "$work/run-n" "$work/run-o" 8 "${weak[@]}" --batch-size 2 --lr 1e-4 --seed 6
