@@ -45,7 +45,9 @@ MAX_CLEAN_SHARE = 0.0005
 MAX_STRAY_SHARE = 0.001
 # The real-bed gate (issue 20's targets for real beds): every clean held-out real layer PASS with
 # under MAX_CLEAN_REAL_FLAGGED of those beds flagged on average, and at least MIN_DEFECTIVE_NOT_PASS
-# of the defective held-out real layers not PASS. A model that passes the synthetic sample build
+# of the defective held-out real layers not PASS, in all and in each defective folder (a folder is
+# one kind of defect: a model that stopped 96 % of them in all let 12 of 32 scratched Deformation
+# beds PASS, measured 2026-12-06). A model that passes the synthetic sample build
 # can still stop a printer on every clean real layer (measured 2026-12-04: quantize/README.md,
 # "Real beds"), and one that is quiet on clean beds can be quiet on every real defect too (the
 # curriculum with the clean beds as background: 0 of 270 uneven layers found), so neither the
@@ -58,8 +60,8 @@ def check_real_beds(real_eval: dict[str, Any] | None) -> dict[str, Any]:
     """The real-bed gate on `real_eval.py`'s report (real-eval.json): fails when there is none
     (the build judged no real bed), when it holds no clean or no defective layer, when a clean
     layer is not PASS, when the clean layers' mean flagged share is MAX_CLEAN_REAL_FLAGGED or
-    more, or when under MIN_DEFECTIVE_NOT_PASS of the defective layers are not PASS (the folder
-    found least is named)."""
+    more, or when under MIN_DEFECTIVE_NOT_PASS of the defective layers, or of one defective
+    folder's, are not PASS (the folder found least is named)."""
     if real_eval is None:
         return {"ok": False, "why": "no real-layer evaluation (eval-real/real-eval.json): the model was not judged on real beds"}
     clean = real_eval["clean"]
@@ -82,9 +84,14 @@ def check_real_beds(real_eval: dict[str, Any] | None) -> dict[str, Any]:
     found = sum(stopped.values())
     clean_why = f"{clean['layers']} of {clean['layers']} clean real layers PASS, {share * 100:.2f} % flagged on average"
     defective_why = f"{found} of {layers} defective real layers not PASS ({found / layers * 100:.1f} %"
+    least = min(defective, key=lambda name: stopped[name] / defective[name]["layers"])
+    least_share = stopped[least] / defective[least]["layers"]
     if found / layers < MIN_DEFECTIVE_NOT_PASS:
-        least = min(defective, key=lambda name: stopped[name] / defective[name]["layers"])
         why = f"{clean_why}, but {defective_why}, at least {MIN_DEFECTIVE_NOT_PASS * 100:.0f} %); {least}: {stopped[least]} of {defective[least]['layers']}"
+        return {"ok": False, "why": why}
+    if least_share < MIN_DEFECTIVE_NOT_PASS:
+        why = (f"{clean_why}; {defective_why}), but {least}: {stopped[least]} of {defective[least]['layers']} not PASS "
+               f"({least_share * 100:.1f} %, at least {MIN_DEFECTIVE_NOT_PASS * 100:.0f} % of each defective folder)")
         return {"ok": False, "why": why}
     return {"ok": True, "why": f"{clean_why}; {defective_why})"}
 

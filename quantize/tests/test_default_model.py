@@ -1,7 +1,7 @@
 """The real-bed gate of the default model's build (default_model.check_real_beds): a model
 replaces the shipped one only if every clean held-out real layer is PASS with under 1 % of its
-bed flagged on average, and at least 90 % of the defective held-out real layers are not PASS;
-and the sample-build check of one layer (default_model.judge_layer)."""
+bed flagged on average, and at least 90 % of the defective held-out real layers are not PASS, in
+all and in each defective folder; and the sample-build check of one layer (default_model.judge_layer)."""
 
 from pathlib import Path
 
@@ -36,8 +36,8 @@ def test_clean_layers_passed_and_defective_layers_stopped_open_the_gate():
         "ok": True,
         "why": "4 of 4 clean real layers PASS, 0.04 % flagged on average; 314 of 314 defective real layers not PASS (100.0 %)",
     }
-    # 283 of 314 stopped is 90.1 %
-    assert check_real_beds(figures(4, 0, 0.0, {"Powder_Uneven": (129, 31), "Powder_Uneven_With_Scratch": (185, 0)}))["ok"] is True
+    # 117 of 129 stopped is 90.7 %, 11 of 12 is 91.7 %: each folder at least 90 %
+    assert check_real_beds(figures(4, 0, 0.0, {"Powder_Uneven": (129, 12), "Plateform_Powder_Uneven": (12, 1)}))["ok"] is True
 
 
 def test_one_clean_real_layer_stopped_closes_the_gate():
@@ -62,6 +62,22 @@ def test_a_model_quiet_on_clean_beds_and_on_real_defects_closes_the_gate():
     # one folder missed whole is enough: 282 of 314 stopped is 89.8 %
     assert check_real_beds(figures(4, 0, 0.0, {"Powder_Uneven": (129, 0), "Powder_Uneven_With_Scratch": (141, 0), "Deformation_With_Scratch": (32, 32), "Plateform_Powder_Uneven": (12, 0)}))["why"].endswith(
         "(89.8 %, at least 90 %); Deformation_With_Scratch: 0 of 32"
+    )
+
+
+def test_one_kind_of_defect_let_through_closes_the_gate_though_most_layers_are_stopped():
+    """The 2026-12-06 rebuild (tip planter, Plateform flat field): 302 of 314 defective layers
+    stopped, 96 %, but 12 of the 32 scratched Deformation beds PASS with their scratches unmarked.
+    The small folder is a kind of defect of its own, not 10 % of the layers."""
+    scratches_missed = figures(4, 0, 0.0, {"Powder_Uneven": (129, 0), "Powder_Uneven_With_Scratch": (141, 0), "Deformation_With_Scratch": (32, 12), "Plateform_Powder_Uneven": (12, 0)})
+    assert check_real_beds(scratches_missed) == {
+        "ok": False,
+        "why": "4 of 4 clean real layers PASS, 0.00 % flagged on average; 302 of 314 defective real layers not PASS (96.2 %), "
+        "but Deformation_With_Scratch: 20 of 32 not PASS (62.5 %, at least 90 % of each defective folder)",
+    }
+    # 10 of 12 is 83.3 %: two layers of a small folder are enough
+    assert check_real_beds(figures(4, 0, 0.0, {"Powder_Uneven": (129, 0), "Plateform_Powder_Uneven": (12, 2)}))["why"].endswith(
+        "but Plateform_Powder_Uneven: 10 of 12 not PASS (83.3 %, at least 90 % of each defective folder)"
     )
 
 
