@@ -64,7 +64,9 @@ What the figures cannot show:
   of the 1024 camera comes from one clean layer of a build; the Plateform camera has no clean
   layer, so its lighting is not corrected. A camera that moved within a folder would shift the bed.
 - No RECOAT outcome, track or defect-map rule is exercised: every layer is judged on its own,
-  as a fresh `bedsight analyze` judges it.
+  as a fresh `bedsight analyze` judges it. `--as-build` adds them: each folder's layers of the
+  split replayed as a build through `bedsight run` (build_replay.py), where the photograph after
+  a RECOAT stands in for the re-spread bed.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from . import build_replay
 from .common import BadInput, read_toml
 from .flat_field import MIN_MEDIAN_FRAMES
 from .layers import CAMERA_LONG_SIDE, bed_corners_px, bed_square, flat_field_references, held_out_split, homography, load_label_map, load_photograph, map_points, rectify, scan_layer_folders
@@ -587,12 +590,14 @@ def evaluate_real(
     work: Path | None = None,
     batch: int = BATCH,
     flat_field: bool = True,
+    as_build: bool = False,
 ) -> dict[str, Any]:
     """Judge the `split` layers of `layers` and the hand-labelled layers of `labels` with the
     `bedsight` binary, write OUT/real-eval.json, OUT/real-eval.md and OUT/overlays/, and return
     the report (the JSON's content). `work` (default OUT/work) keeps the turned PNGs and the
     box's masks; a rerun reuses the PNGs. `flat_field=False` judges without the cameras' flat
-    fields (the corners stay)."""
+    fields (the corners stay). `as_build=True` also replays each folder's layers of the split as
+    a build through `bedsight run` (build_replay.py: the recoat budget and the tracks act)."""
     started = time.time()
     model = Path(model)
     out = Path(out)
@@ -696,6 +701,8 @@ def evaluate_real(
             _progress(progress, f"  judged {judged}/{len(chosen)} ({key})")
 
     report = _figures(chosen, split, lmap, class_names, defect_ids, mask_size, min_area, k)
+    if as_build:
+        report["builds"] = _replay_builds(binary, model, groups, group_config, config_text_path, split, work, progress)
     first = next((l.result for l in chosen if l.result and l.result.get("backend")), {}) or {}
     report["run"] = {
         "model": str(model),
@@ -730,6 +737,25 @@ def evaluate_real(
     (out / "real-eval.md").write_text(markdown(report))
     _progress(progress, f"real-eval: wrote {out / 'real-eval.json'} and {out / 'real-eval.md'} in {report['run']['seconds']} s")
     return report
+
+
+def _replay_builds(binary: Path, model: Path, groups: dict[str, list[Layer]], group_config: dict[str, Path | None], config_text_path: Path | None, split: str, work: Path, progress: bool) -> dict[str, dict[str, Any]]:
+    """Each folder's layers of the split, in name order, replayed as one build with its camera's
+    configuration (build_replay.py): {folder: summary}."""
+    builds: dict[str, dict[str, Any]] = {}
+    for key, group in groups.items():
+        config_path = group_config[key] or config_text_path
+        if config_path is None:
+            raise BadInput("a replayed build needs a configuration text to add its camera and trigger to (pass --config)")
+        for label in dict.fromkeys(l.label for l in group):
+            layers = sorted((l for l in group if l.label == label and in_judged_split(l.split, split)), key=lambda l: l.source.name)
+            if not layers:
+                continue
+            _progress(progress, f"  replaying {label} as a build of {len(layers)} layers ({key})")
+            folder = work / "builds" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+            records = build_replay.replay(binary, model, Path(config_path).read_text(), [l.png for l in layers], folder)
+            builds[label] = build_replay.summarise(records, [l.name for l in layers])
+    return builds
 
 
 def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: Layer, references: list[Path] | None, work: Path, k: int) -> tuple[Path, dict[str, Any]]:
@@ -1166,6 +1192,8 @@ def markdown(report: dict[str, Any]) -> str:
     for name, m in report["classification"]["per_class"].items():
         lines.append(f"| {name} | {m['support']} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | {m['tp']} | {m['fp']} | {m['fn']} | {m['tn']} |")
     lines += ["", f"Macro F1 {report['classification']['macro_f1']:.3f}; exact set match {_pct(report['classification']['exact_match'], 0)}."]
+    if report.get("builds"):
+        lines += [""] + build_replay.markdown(report["builds"], {label: f["label_classes"] for label, f in report["per_folder"].items()})
     h = report.get("hand_labelled")
     if h:
         lines += [
@@ -1271,12 +1299,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, default=None, help="where the turned PNGs and the box's masks go (default OUT/work)")
     ap.add_argument("--batch", type=int, default=BATCH, help=f"images per bedsight process (default {BATCH})")
     ap.add_argument("--no-flat-field", action="store_true", help="judge without the cameras' flat fields (to measure what the correction does)")
+    ap.add_argument("--as-build", action="store_true", help="also replay each folder's layers as a build through `bedsight run` (recoat budget and tracks)")
     ap.add_argument("--quiet", action="store_true")
     args = ap.parse_args(argv)
     try:
         report = evaluate_real(
             args.model, args.layers, args.labels, args.out, split=args.split, config=args.config, bedsight_bin=args.bin,
             label_map=args.label_map, progress=not args.quiet, work=args.work, batch=max(1, args.batch), flat_field=not args.no_flat_field,
+            as_build=args.as_build,
         )
     except BadInput as e:
         print(f"error: {e}", file=sys.stderr)
