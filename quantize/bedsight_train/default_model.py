@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from . import build_replay
 from . import data as data_mod
 from .common import BadInput, ClassInfo, class_colours_rgb, limit_threads, load_grey, read_toml
 from .evaluate import check_manifest, overlay, run_members
@@ -319,7 +320,7 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
     print(f"real beds: {real_gate['why']}  {'ok' if real_gate['ok'] else 'CHECK FAILED'}")
     metrics["real_gate"] = real_gate
     if report is not None:
-        metrics["real_eval"] = {k: report[k] for k in ("split", "overall", "per_folder", "clean", "classification", "hand_labelled")}
+        metrics["real_eval"] = {k: report[k] for k in ("split", "overall", "per_folder", "clean", "classification", "hand_labelled", "builds") if k in report}
         shutil.copyfile(work / "eval-real" / "real-eval.md", out / "real-eval.md")
         _overlay_mosaic(work / "eval-real" / "overlays", plots / "real-overlays.png")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -493,6 +494,8 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
             f"regions detected with their own class {hand['regions']['all']['detected_same']} of {hand['regions']['all']['regions']}.",
             "",
         ]
+        if r.get("builds"):
+            lines += build_replay.markdown(r["builds"], {label: f["label_classes"] for label, f in r["per_folder"].items()})
     if m.get("real_gate"):
         gate = m["real_gate"]
         lines += [f"Real-bed gate (the model replaces the shipped one only if it passes): {gate['why']}, {'passed' if gate['ok'] else 'FAILED'}.", ""]

@@ -114,10 +114,11 @@ bt evaluate --model "$work/model/model.int8.onnx" --data "$work/data" --split te
 bt evaluate --model "$work/model/model.onnx" --data "$work/data-alt" --split all --out "$work/eval-alt-fp32"
 
 # the real figures, as the box judges: the held-out split and the hand-labelled layers, with the
-# shipped configuration (each camera's corners and flat field set as its integrator would)
+# shipped configuration (each camera's corners and flat field set as its integrator would), each
+# layer alone and each folder replayed as a build (recoats and tracks)
 bt pack --model "$work/model/model.onnx" -o "$work/model.bsimg"
 "$py" -m bedsight_train.real_eval --model "$work/model.bsimg" --config "$assets/bedsight.toml" --layers "$real_layers" \
-    --label-map "$label_map" --labels "$repo/quantize/real-eval/labels.json" --split test --out "$work/eval-real"
+    --label-map "$label_map" --labels "$repo/quantize/real-eval/labels.json" --split test --out "$work/eval-real" --as-build
 
 mkdir -p "$assets"
 # checks the model on the sample build and on the clean held-out real layers (the real-bed gate);
