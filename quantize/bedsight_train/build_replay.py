@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -85,8 +86,7 @@ def replay(binary: Path, model: Path, config_text: str, photographs: Sequence[Pa
     work = Path(work)
     frames, state = work / "frames", work / "state"
     for folder in (frames, state):
-        if folder.exists():
-            subprocess.run(["rm", "-rf", str(folder)], check=True)
+        shutil.rmtree(folder, ignore_errors=True)
     frames.mkdir(parents=True)
     # the replay camera plays a folder in name order: the names keep the order given
     for n, photo in enumerate(photographs):
