@@ -169,3 +169,17 @@ def test_evaluate_real_reports_each_folder_as_a_build(tmp_path):
     md = (tmp_path / "out" / "real-eval.md").read_text()
     assert "## As a build (bedsight run)" in md
     assert "| No_Defect | clean | 1 | 1 | 1 | 0 | 0 | 0 | 0 | none | none |" in md
+
+
+def test_a_loop_that_does_not_start_is_one_error_with_the_boxs_message(tmp_path):
+    """A model image that is not there: `bedsight run` refuses to start, and the replay says so
+    with the binary's own words instead of waiting for photographs."""
+    binary = re_.find_binary()
+    if binary is None:
+        pytest.fail("no bedsight binary: run ./test.sh (it builds one and sets BEDSIGHT_BIN), or cargo build")
+    photo = tmp_path / "layer.png"
+    from PIL import Image
+
+    Image.new("L", (64, 64), 120).save(photo)
+    with pytest.raises(BadInput, match=r"run exited with status [1-9]\d* before the last photograph: .*no-such-model\.bsimg"):
+        br.replay(binary, tmp_path / "no-such-model.bsimg", CONFIG.read_text(), [photo], tmp_path / "build", timeout_s=60)
