@@ -178,7 +178,8 @@ def summarise(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[s
 
 
 def markdown(builds: dict[str, dict[str, Any]], label_classes: dict[str, list[str]]) -> list[str]:
-    """The report's section on the replayed builds, one row per folder."""
+    """The report's section on the replayed builds, one row per build (named by its folder, or
+    `folder @ group`; its `folder` gives its label classes)."""
     lines = [
         "## As a build (bedsight run)",
         "",
@@ -189,13 +190,13 @@ def markdown(builds: dict[str, dict[str, Any]], label_classes: dict[str, list[st
         "| folder | label classes | photographs | layers | PASS | RECOAT | REVIEW | PAUSE | FAULT | first stop for a person | classes of the rules behind the verdicts not PASS |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for folder, b in builds.items():
+    for name, b in builds.items():
         stop = b["first_stop"]
         stop_text = "none" if stop is None else f"photograph {stop['photograph']} (layer {stop['layer']}): {stop['verdict']}, {stop['rule'] or 'no rule'}"
         classes = ", ".join(f"{c} {n}" for c, n in b["rule_classes"].items()) or "none"
         v = b["verdicts"]
         lines.append(
-            f"| {folder} | {', '.join(label_classes.get(folder, [])) or 'clean'} | {b['photographs']} | {b['layers']} | "
+            f"| {name} | {', '.join(label_classes[b.get('folder', name)]) or 'clean'} | {b['photographs']} | {b['layers']} | "
             f"{v['PASS']} | {v['RECOAT']} | {v['REVIEW']} | {v['PAUSE']} | {v['FAULT']} | {stop_text} | {classes} |"
         )
     lines.append("")

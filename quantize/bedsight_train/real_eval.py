@@ -81,6 +81,7 @@ import sys
 import tarfile
 import time
 import tomllib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -741,8 +742,10 @@ def evaluate_real(
 
 def _replay_builds(binary: Path, model: Path, groups: dict[str, list[Layer]], group_config: dict[str, Path | None], config_text_path: Path | None, split: str, work: Path, progress: bool) -> dict[str, dict[str, Any]]:
     """Each folder's layers of the split, in name order, replayed as one build with its camera's
-    configuration (build_replay.py): {folder: summary}."""
+    configuration (build_replay.py): {folder: summary}. A folder whose frames come in two sizes
+    (two set-ups of the box) is two builds, named `folder @ group`."""
     builds: dict[str, dict[str, Any]] = {}
+    groups_of = Counter(label for group in groups.values() for label in {l.label for l in group})
     for key, group in groups.items():
         config_path = group_config[key] or config_text_path
         if config_path is None:
@@ -754,7 +757,8 @@ def _replay_builds(binary: Path, model: Path, groups: dict[str, list[Layer]], gr
             _progress(progress, f"  replaying {label} as a build of {len(layers)} layers ({key})")
             folder = work / "builds" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
             records = build_replay.replay(binary, model, Path(config_path).read_text(), [l.png for l in layers], folder)
-            builds[label] = build_replay.summarise(records, [l.name for l in layers])
+            name = label if groups_of[label] == 1 else f"{label} @ {key}"
+            builds[name] = {"folder": label, **build_replay.summarise(records, [l.name for l in layers])}
     return builds
 
 

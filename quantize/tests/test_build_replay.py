@@ -183,3 +183,14 @@ def test_a_loop_that_does_not_start_is_one_error_with_the_boxs_message(tmp_path)
     Image.new("L", (64, 64), 120).save(photo)
     with pytest.raises(BadInput, match=r"run exited with status [1-9]\d* before the last photograph: .*no-such-model\.bsimg"):
         br.replay(binary, tmp_path / "no-such-model.bsimg", CONFIG.read_text(), [photo], tmp_path / "build", timeout_s=60)
+
+
+def test_the_report_rows_by_hand_a_folder_of_two_set_ups_is_two_builds():
+    one = br.summarise([_record(1, "PASS")], ["A/1.jpg"])
+    two = br.summarise([_record(1, "RECOAT", "rules.incompleteness.limit"), _record(1, "PAUSE", "rules.incompleteness.track.after_recoat", "not fixed")], ["B/1.jpg", "B/2.jpg"])
+    builds = {"A": {"folder": "A", **one}, "B @ cam@896x1024": {"folder": "B", **two}}
+    rows = [line for line in br.markdown(builds, {"A": [], "B": ["incompleteness"]}) if line.startswith("| A") or line.startswith("| B")]
+    assert rows == [
+        "| A | clean | 1 | 1 | 1 | 0 | 0 | 0 | 0 | none | none |",
+        "| B @ cam@896x1024 | incompleteness | 2 | 1 | 0 | 1 | 0 | 1 | 0 | photograph 2 (layer 1): PAUSE, rules.incompleteness.track.after_recoat | incompleteness 2 |",
+    ]
