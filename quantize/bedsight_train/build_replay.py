@@ -24,13 +24,12 @@ import shutil
 import signal
 import subprocess
 import threading
-import time
 import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
-from .common import BadInput
+from .common import BadInput, config_with_keys
 
 VERDICTS = ("PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT")
 # Verdicts that stop the printer for a person.
@@ -52,19 +51,11 @@ def run_config(config_text: str, model: Path, frames: Path) -> str:
     taken = [t for t in OWN_TABLES if t in doc]
     if taken:
         raise BadInput(f"configuration: it has [{'] ['.join(taken)}]; a replayed build sets those itself (pass the analysis configuration)")
-    model_table = doc.get("model", {})
-    if "image" in model_table:
+    if "image" in doc.get("model", {}):
         raise BadInput("configuration: [model] image is set; a replayed build runs the model it is given")
-    lines = config_text.splitlines(keepends=True)
-    header = next((i for i, line in enumerate(lines) if line.strip() == "[model]"), None)
-    image_line = f"image = {json.dumps(str(Path(model).resolve()))}\n"
-    if header is None:
-        if "model" in doc:
-            raise BadInput("configuration: write [model] as a plain table header to replay a build with it")
-        lines += ["\n[model]\n", image_line]
-    else:
-        lines.insert(header + 1, image_line)
-    text = "".join(lines)
+    if "model" not in doc:
+        config_text += "\n[model]\n"
+    text = config_with_keys(config_text, "model", {"image": str(Path(model).resolve())})
     if not text.endswith("\n"):
         text += "\n"
     text += (

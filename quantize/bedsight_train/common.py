@@ -4,6 +4,8 @@ thread limits and image I/O helpers."""
 from __future__ import annotations
 
 import os
+import re
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +58,40 @@ def limit_threads(n: int | None = None) -> None:
         torch.set_num_interop_threads(1)
     except RuntimeError:
         pass  # already set once in this process
+
+
+def config_with_keys(text: str, table: str, values: dict[str, Any]) -> str:
+    """Configuration text with the given keys of [table] set (an existing plain key line replaced,
+    a missing one added under the table's header); everything else, comments included, unchanged."""
+    lines = text.splitlines(keepends=True)
+    section = None
+    header_at = None
+    done = set()
+    for i, line in enumerate(lines):
+        header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
+        if header:
+            section = header.group(1).strip()
+            if section == table:
+                header_at = i
+            continue
+        if section != table:
+            continue
+        for key, value in values.items():
+            if re.match(rf"\s*{key}\s*=", line):
+                comment = line.split("#", 1)[1].strip() if "#" in line else None
+                lines[i] = f"{key} = {_toml_value(value)}" + (f"  # {comment}" if comment else "") + "\n"
+                done.add(key)
+    if header_at is None:
+        raise BadInput(f"configuration: no [{table}] table to set {', '.join(values)} in")
+    added = [f"{key} = {_toml_value(value)}\n" for key, value in values.items() if key not in done]
+    if not lines[header_at].endswith("\n"):  # the header is the file's last line
+        lines[header_at] += "\n"
+    lines[header_at + 1 : header_at + 1] = added
+    out = "".join(lines)
+    written = tomllib.loads(out).get(table, {})
+    if any(written.get(key) != value for key, value in values.items()):
+        raise BadInput(f"configuration: could not set the [{table}] keys (write them as plain keys under [{table}])")
+    return out
 
 
 def _toml_value(value: Any) -> str:

@@ -89,12 +89,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from . import build_replay
-from .common import BadInput, read_toml
+from .common import BadInput, config_with_keys, read_toml
 from .flat_field import MIN_MEDIAN_FRAMES
 from .layers import CAMERA_LONG_SIDE, bed_corners_px, bed_square, flat_field_references, held_out_split, homography, load_label_map, load_photograph, map_points, rectify, scan_layer_folders
 from .metrics import auroc
 
-VERDICTS = ("PASS", "RECOAT", "REVIEW", "PAUSE", "FAULT")
+VERDICTS = build_replay.VERDICTS
 # A photograph whose long side is above this is resized to it (keeping the aspect ratio), as the
 # training tool's loader does (layers.CAMERA_LONG_SIDE).
 MAX_SIDE = CAMERA_LONG_SIDE
@@ -350,35 +350,8 @@ def config_with_bed_aspect(text: str, frame_size: tuple[int, int]) -> tuple[str,
 
 
 def config_with_bed_keys(text: str, values: dict[str, Any]) -> str:
-    """Configuration text with the given [bed] keys set (an existing plain key line replaced, a
-    missing one added under the [bed] header); everything else, comments included, unchanged."""
-    lines = text.splitlines(keepends=True)
-    section = None
-    header_at = None
-    done = set()
-    for i, line in enumerate(lines):
-        header = re.match(r"\s*\[+\s*([^\]]+?)\s*\]+", line)
-        if header:
-            section = header.group(1).strip()
-            if section == "bed":
-                header_at = i
-            continue
-        if section != "bed":
-            continue
-        for key, value in values.items():
-            if re.match(rf"\s*{key}\s*=", line):
-                comment = line.split("#", 1)[1].strip() if "#" in line else None
-                lines[i] = f"{key} = {toml_value(value)}" + (f"  # {comment}" if comment else "") + "\n"
-                done.add(key)
-    if header_at is None:
-        raise BadInput("configuration: no [bed] table to set the camera's corners and flat field in")
-    added = [f"{key} = {toml_value(value)}\n" for key, value in values.items() if key not in done]
-    lines[header_at + 1 : header_at + 1] = added
-    out = "".join(lines)
-    bed = tomllib.loads(out).get("bed", {})
-    if any(bed.get(key) != value for key, value in values.items()):
-        raise BadInput("configuration: could not set the [bed] keys (write them as plain keys under [bed])")
-    return out
+    """Configuration text with the given [bed] keys set (common.config_with_keys)."""
+    return config_with_keys(text, "bed", values)
 
 
 def toml_value(value: Any) -> str:

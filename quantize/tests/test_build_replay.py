@@ -83,7 +83,7 @@ def test_a_configuration_with_its_own_camera_or_dashboard_is_refused(tmp_path, e
         br.run_config('[model]\nimage = "x.bsimg"\n', tmp_path / "m.bsimg", tmp_path / "f")
 
 
-def _camera_frames(tmp_path):
+def _camera_frames(tmp_path, binary):
     """The two repository layers of the 1024 camera as turned PNGs, and its configuration (bed
     corners, flat field from the reference layer), as real_eval sets the box up."""
     lmap = load_label_map(Path("pblm"))
@@ -95,17 +95,15 @@ def _camera_frames(tmp_path):
         re_.write_turned_png(layer, work / "layers" / layer.label, lmap.quarter_turns)
         layer.corners_px = re_.bed_corners_px(camera, *layer.png_size)
         pngs[name] = layer
-    config, _ = re_._camera_config(re_.find_binary(), CONFIG, camera, pngs[CLEAN], [PBLM / REFERENCE], work, lmap.quarter_turns)
+    config, _ = re_._camera_config(binary, CONFIG, camera, pngs[CLEAN], [PBLM / REFERENCE], work, lmap.quarter_turns)
     return {n: l.png for n, l in pngs.items()}, config
 
 
-def test_the_photograph_after_a_recoat_is_the_re_spread_layer(tmp_path):
+def test_the_photograph_after_a_recoat_is_the_re_spread_layer(tmp_path, require_bin):
     """An uneven bed (RECOAT under the shipped configuration) followed by a clean one: the box
     judges the clean photograph as layer 1 spread again, and the recoat as fixed."""
-    binary = re_.find_binary()
-    if binary is None:
-        pytest.fail("no bedsight binary: run ./test.sh (it builds one and sets BEDSIGHT_BIN), or cargo build")
-    pngs, config = _camera_frames(tmp_path)
+    binary = require_bin
+    pngs, config = _camera_frames(tmp_path, binary)
     alone = re_.run_box(binary, MODEL, config, [pngs[UNEVEN], pngs[CLEAN]], tmp_path / "alone")
     # judged alone, as real_eval judges them
     assert alone[str(pngs[UNEVEN])]["verdict"] == "RECOAT"
@@ -119,14 +117,12 @@ def test_the_photograph_after_a_recoat_is_the_re_spread_layer(tmp_path):
     assert s["layers"] == 1 and s["first_stop"] is None and s["recoats_fixed"] == 1
 
 
-def test_an_uneven_bed_still_there_after_its_recoat_pauses_the_build(tmp_path):
+def test_an_uneven_bed_still_there_after_its_recoat_pauses_the_build(tmp_path, require_bin):
     """The uneven bed, then the clean one, then the uneven one again: layer 2's incompleteness is
     still there after its recoat (the third photograph stands in for the re-spread bed), so the
     incompleteness track's after_recoat rule PAUSEs, the first stop for a person."""
-    binary = re_.find_binary()
-    if binary is None:
-        pytest.fail("no bedsight binary: run ./test.sh (it builds one and sets BEDSIGHT_BIN), or cargo build")
-    pngs, config = _camera_frames(tmp_path)
+    binary = require_bin
+    pngs, config = _camera_frames(tmp_path, binary)
     order = [pngs[CLEAN], pngs[UNEVEN], pngs[UNEVEN]]
     # the same photograph twice in a row is the box's frozen-camera FAULT: a copy that differs
     # by grain is not at hand, so the re-spread bed is the uneven bed mirrored top to bottom
@@ -147,12 +143,10 @@ def test_an_uneven_bed_still_there_after_its_recoat_pauses_the_build(tmp_path):
     assert s["rule_classes"] == {"incompleteness": 2}
 
 
-def test_evaluate_real_reports_each_folder_as_a_build(tmp_path):
+def test_evaluate_real_reports_each_folder_as_a_build(tmp_path, require_bin):
     """`real_eval --as-build` on the repository's layers: one build per folder; a build of one
     photograph is judged as `bedsight analyze` judged it (no history yet)."""
-    binary = re_.find_binary()
-    if binary is None:
-        pytest.fail("no bedsight binary: run ./test.sh (it builds one and sets BEDSIGHT_BIN), or cargo build")
+    binary = require_bin
     layers = tmp_path / "pblm"
     for name in (CLEAN, UNEVEN, REFERENCE):
         (layers / name).parent.mkdir(parents=True, exist_ok=True)
@@ -171,12 +165,10 @@ def test_evaluate_real_reports_each_folder_as_a_build(tmp_path):
     assert "| No_Defect | clean | 1 | 1 | 1 | 0 | 0 | 0 | 0 | none | none |" in md
 
 
-def test_a_loop_that_does_not_start_is_one_error_with_the_boxs_message(tmp_path):
+def test_a_loop_that_does_not_start_is_one_error_with_the_boxs_message(tmp_path, require_bin):
     """A model image that is not there: `bedsight run` refuses to start, and the replay says so
     with the binary's own words instead of waiting for photographs."""
-    binary = re_.find_binary()
-    if binary is None:
-        pytest.fail("no bedsight binary: run ./test.sh (it builds one and sets BEDSIGHT_BIN), or cargo build")
+    binary = require_bin
     photo = tmp_path / "layer.png"
     from PIL import Image
 
@@ -194,3 +186,8 @@ def test_the_report_rows_by_hand_a_folder_of_two_set_ups_is_two_builds():
         "| A | clean | 1 | 1 | 1 | 0 | 0 | 0 | 0 | none | none |",
         "| B @ cam@896x1024 | incompleteness | 2 | 1 | 0 | 1 | 0 | 1 | 0 | photograph 2 (layer 1): PAUSE, rules.incompleteness.track.after_recoat | incompleteness 2 |",
     ]
+
+
+def test_model_image_is_set_under_a_model_header_that_ends_the_file(tmp_path):
+    text = br.run_config("[bed]\nwidth_mm = 250.0\nheight_mm = 250.0\n[model]", tmp_path / "m.bsimg", tmp_path / "f")
+    assert tomllib.loads(text)["model"] == {"image": str((tmp_path / "m.bsimg").resolve())}
