@@ -36,9 +36,9 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .common import BadInput
+from .common import BadInput, config_with_keys
 from .layers import bed_corners_px, flat_field_references, load_label_map, load_photograph, scan_layer_folders
-from .real_eval import toml_value, config_with_bed_keys, default_config_path, find_binary
+from .real_eval import default_config_path, find_binary
 
 # The corruptions, what each stands for, and the checks that count as finding it.
 CORRUPTIONS: dict[str, tuple[str, set[str]]] = {
@@ -128,7 +128,7 @@ def camera_config(binary: Path, base_text: str, reference_png: Path, corners: np
     corners_list = [[round(float(x), 2), round(float(y), 2)] for x, y in corners]
     bed: dict[str, Any] = {"corners_px": corners_list}
     path = folder / "bedsight.toml"
-    path.write_text(config_with_bed_keys(base_text, bed))
+    path.write_text(config_with_keys(base_text, "bed", bed))
 
     def calibrate(frames: list[Path], flag: str, stem: str) -> None:
         cmd = [str(binary), "calibrate", "--config", str(path), "--out", str(folder / stem), flag]
@@ -143,11 +143,8 @@ def camera_config(binary: Path, base_text: str, reference_png: Path, corners: np
         frames = [_save(load_photograph(p, quarter_turns), folder / f"flat-field-frame-{n}.png") for n, p in enumerate(flat_field_from)]
         calibrate(frames, "--flat-field", "lighting")
         bed["flat_field"] = str((folder / "lighting.flat-field.tiff").resolve())
-    text = config_with_bed_keys(base_text, bed)
-    reference = str((folder / "commissioning.frame-reference.png").resolve())
-    if "[frame_check]\n" not in text:
-        raise BadInput("configuration: no [frame_check] table to set the commissioning frame in")
-    text = text.replace("[frame_check]\n", f"[frame_check]\nreference = {toml_value(reference)}\n", 1)
+    text = config_with_keys(base_text, "bed", bed)
+    text = config_with_keys(text, "frame_check", {"reference": str((folder / "commissioning.frame-reference.png").resolve())})
     path.write_text(text)
     return path
 

@@ -345,21 +345,8 @@ def config_with_bed_aspect(text: str, frame_size: tuple[int, int]) -> tuple[str,
     fw, fh = frame_size
     long_mm = max(w_mm, h_mm)
     new = (long_mm, long_mm * fh / fw) if fw >= fh else (long_mm * fw / fh, long_mm)
-    text = config_with_bed_keys(text, {"width_mm": new[0], "height_mm": new[1]})
+    text = config_with_keys(text, "bed", {"width_mm": new[0], "height_mm": new[1]})
     return text, new
-
-
-def config_with_bed_keys(text: str, values: dict[str, Any]) -> str:
-    """Configuration text with the given [bed] keys set (common.config_with_keys)."""
-    return config_with_keys(text, "bed", values)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
 
 
 def photo_to_bed(corners_px: np.ndarray, bed_size: tuple[int, int]) -> np.ndarray:
@@ -746,7 +733,7 @@ def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: L
     folder.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{camera.name}@{layer.png_size[0]}x{layer.png_size[1]}")
     corners = [[round(float(x), 2), round(float(y), 2)] for x, y in layer.corners_px]
-    text = config_with_bed_keys(config_text_path.read_text(), {"corners_px": corners})
+    text = config_with_keys(config_text_path.read_text(), "bed", {"corners_px": corners})
     path = folder / f"{stem}.toml"
     path.write_text(text)
     record: dict[str, Any] = {"camera": camera.name, "folders": camera.folders, "frame_px": list(layer.png_size), "corners_px": corners, "config": str(path), "flat_field": None}
@@ -764,7 +751,7 @@ def _camera_config(binary: Path, config_text_path: Path | None, camera, layer: L
         if proc.returncode != 0:
             raise BadInput(f"{binary} calibrate --flat-field on {references[0]} failed: {proc.stderr.strip()}")
         tiff = Path(f"{out_stem}.flat-field.tiff")
-        text = config_with_bed_keys(text, {"corners_px": corners, "flat_field": str(tiff.resolve())})
+        text = config_with_keys(text, "bed", {"corners_px": corners, "flat_field": str(tiff.resolve())})
         path.write_text(text)
         described = f"{folder_name}/{references[0].name}" if len(references) == 1 else f"the median of {len(references)} layers of {folder_name}"
         record.update(flat_field=str(tiff), flat_field_reference=described, rectified_check=f"{out_stem}.rectified.png")

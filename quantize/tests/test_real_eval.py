@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from bedsight_train import real_eval as re_
+from bedsight_train.common import config_with_keys
 from bedsight_train.real_eval import (
     Region,
     aspect_matches,
@@ -188,13 +189,13 @@ def test_the_cameras_corners_and_flat_field_are_set_in_the_bed_table():
 
     text = (REPO / "assets" / "bedsight.toml").read_text()
     corners = [[6.1, 58.3], [993.6, 16.4], [999.7, 984.1], [6.1, 984.1]]
-    new_text = re_.config_with_bed_keys(text, {"corners_px": corners, "flat_field": "/cal/bed.flat-field.tiff"})
+    new_text = config_with_keys(text, "bed", {"corners_px": corners, "flat_field": "/cal/bed.flat-field.tiff"})
     old, new = tomllib.loads(text), tomllib.loads(new_text)
     assert new["bed"] == {**old["bed"], "corners_px": corners, "flat_field": "/cal/bed.flat-field.tiff"}
     del old["bed"], new["bed"]
     assert old == new  # nothing else changed
     # set again: the keys are replaced, not added twice
-    again = re_.config_with_bed_keys(new_text, {"corners_px": corners, "flat_field": "/other.tiff"})
+    again = config_with_keys(new_text, "bed", {"corners_px": corners, "flat_field": "/other.tiff"})
     assert tomllib.loads(again)["bed"]["flat_field"] == "/other.tiff" and again.count("\ncorners_px = [[") == 1
 
 
