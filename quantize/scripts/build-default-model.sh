@@ -48,41 +48,10 @@ set -euo pipefail
 
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
-work="${WORK:-$repo/out/default-model-build}"
-assets="$repo/assets"
+build_setup "$repo/out/default-model-build"
 layers="${LAYERS:-160}"
 size=1024          # the camera's resolution: the graph is exported at the bed's full size
-version="${VERSION:-$(date +%Y.%m.%d)}"
-real_layers="${REAL_LAYERS:-$repo/../shared/data/pblm}"
-label_map="${LABEL_MAP:-pblm}"
-if [[ ! -d "$real_layers" ]]; then
-    echo "real layers $real_layers: not found; set REAL_LAYERS to a folder of label folders (e.g. the PBLM photographs)" >&2
-    exit 2
-fi
 description="ISDNet-SR (seed 000) ensemble, 3 heads on one trunk (2 checkpoints of one run, 1 head of its own random draw), judging the bed at 1024x1024; trained on synthetic layers, synthetic defects planted on the clean real beds of $(basename "$real_layers") and the weak losses of its image-level labels, checkpoints ranked on its validation real layers"
-# RESUME=1 carries on a build that stopped (a session that ended, a power cut): the data already
-# written in $WORK is kept, each training stage resumes from its last checkpoint (train --resume:
-# the weights, the optimiser, the schedule and the random state, so the result is the uninterrupted
-# build's), and a stage already complete is not trained again. Everything after training reruns.
-resume="${RESUME:-0}"
-if [[ "$resume" != 1 ]]; then
-    rm -rf "$work"
-fi
-mkdir -p "$work"
-start=$(date +%s)
-
-# synth_once MARKER ARGS...: write a dataset unless RESUME=1 finds it complete (its MARKER file,
-# written last)
-synth_once() {
-    local marker=$1
-    shift
-    if [[ "$resume" == 1 && -f "$marker" ]]; then
-        echo "kept $(dirname "$marker")"
-    else
-        bt synth "$@"
-    fi
-}
-need_bedsight_bin
 
 synth_once "$work/data/dataset.toml" --out "$work/data" --layers "$layers" --size "$size" --seed 11
 synth_once "$work/sample-build/layers.toml" --sample-build --out "$work/sample-build" --size "$size" --seed 2026
@@ -105,25 +74,5 @@ stage_after "$work/run-stage2" "$work/run-k" 10 "${clean[@]}" "${frozen[@]}" --b
 stage_after "$work/run-k" "$work/run-l" 10 "${clean[@]}" "${frozen[@]}" --plant-batch 4 --batch-size 2 --lr 2.5e-4 --seed 3
 # N, O, Q, R and the head of its own draw, from L (stages.sh)
 weak_stages "$work"
-bt export --run "$work/run" -o "$work/model/model.onnx" --name bedsight-real --version "$version" \
-    --description "$description"
-bt quantize --model "$work/model/model.onnx" --data "$work/data" -o "$work/model/model.int8.onnx" --margin 0.02 --calibration-images 16
-bt evaluate --model "$work/model/model.onnx" --data "$work/data" --split test --out "$work/eval-fp32"
-bt evaluate --model "$work/model/model.int8.onnx" --data "$work/data" --split test --out "$work/eval-int8"
-# the second generator, never trained on: how much of the first one's figure is the generator
-bt evaluate --model "$work/model/model.onnx" --data "$work/data-alt" --split all --out "$work/eval-alt-fp32"
-
-# the real figures, as the box judges: the held-out split and the hand-labelled layers, with the
-# shipped configuration (each camera's corners and flat field set as its integrator would), each
-# layer alone and each folder replayed as a build (recoats and tracks)
-bt pack --model "$work/model/model.onnx" -o "$work/model.bsimg"
-"$py" -m bedsight_train.real_eval --model "$work/model.bsimg" --config "$assets/bedsight.toml" --layers "$real_layers" \
-    --label-map "$label_map" --labels "$repo/quantize/real-eval/labels.json" --split test --out "$work/eval-real" --as-build
-
-mkdir -p "$assets"
-# checks the model on the sample build and on the clean held-out real layers (the real-bed gate);
-# replaces assets/default-model and assets/sample-build only if both pass
-"$py" -m bedsight_train.default_model --work "$work" --assets "$assets" --command "quantize/scripts/build-default-model.sh"
-cp "$work/model.bsimg" "$assets/default.bsimg"
-"$py" "$repo/quantize/scripts/make-real-sample-build.py" "$real_layers" "$assets/sample-build-real"
+finish_model "$work" "$version" "$description" "$real_layers" "$label_map" "quantize/scripts/build-default-model.sh"
 echo "default model rebuilt in $(( ($(date +%s) - start) / 60 )) min"
