@@ -255,6 +255,14 @@ def selftest_mask_and_defect_classes():
     return mask, defects
 
 
+def test_the_shipped_self_test_compares_every_defect_class():
+    # the install compares a class by IoU from 50 pixels on (SELFTEST_CLASS_MIN_PIXELS): the
+    # shipped sample holds at least that many of each, so a graph that loses any one is refused
+    mask, defects = selftest_mask_and_defect_classes()
+    counts = {name: int((mask == index).sum()) for index, name in defects.items()}
+    assert min(counts.values()) >= 50, counts
+
+
 def test_a_graph_that_loses_a_defect_class_is_refused_though_most_pixels_agree(box, tmp_path, kit, fault_case):
     # The expected mask without the smallest defect class it holds (at least 50 pixels): under 1%
     # of the pixels change, the class's IoU is 0, and the refusal names the class (beside the
@@ -288,9 +296,10 @@ def test_a_graph_whose_verdict_differs_is_refused(box, tmp_path, kit, fault_case
     from scipy import ndimage
     mask, defects = selftest_mask_and_defect_classes()
     counts = {index: int((mask == index).sum()) for index in defects}
-    # a class the mask lacks, else the largest one (100 pixels move its IoU by at most 0.25)
-    index = next((i for i in defects if counts[i] == 0), max(counts, key=counts.get))
-    assert counts[index] == 0 or counts[index] >= 300, counts
+    # the largest class: 100 pixels move its IoU by at most 0.25 (a class the mask lacks would
+    # be compared from 50 pixels on, SELFTEST_CLASS_MIN_PIXELS, and refused for its IoU of 0)
+    index = max(counts, key=counts.get)
+    assert counts[index] >= 300, counts
     occupied = ndimage.binary_dilation(mask != 0, iterations=3)
     free = ndimage.minimum_filter((~occupied).astype(np.uint8), size=(10, 10))
     y, x = np.argwhere(free == 1)[len(np.argwhere(free == 1)) // 2]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -70,19 +71,41 @@ def find_bedsight_bin() -> Path | None:
     return max(candidates, key=lambda p: p.stat().st_mtime)  # the most recently built
 
 
-def make_selftest(model: Path, manifest: dict, out_dir: Path, seed: int = 7) -> tuple[Path, Path]:
+# The box compares a defect class by IoU when either mask holds this many of its pixels
+# (images/src/slots.rs, SELFTEST_CLASS_MIN_PIXELS); fewer, and the install does not check it.
+SELFTEST_CLASS_MIN_PIXELS = 50
+# how many of the generator's layers make_selftest tries before it settles for the best one
+SELFTEST_TRIES = 8
+
+
+def make_selftest(model: Path, manifest: dict, out_dir: Path, seed: int = 7, tries: int = SELFTEST_TRIES) -> tuple[Path, Path]:
     """A synthetic layer with every class planted and the fp32 graph's fused mask on it, so that
-    the install's self-test sees every class (it compares the whole mask today; issue 19 asks for
-    a comparison per class)."""
+    the install's self-test compares every class. The generator draws some defects faint (a
+    shallow streak), and a class the graph does not find there is one the install would not
+    check: the first layer (seeds `seed`, `seed` + 1, ...) on which the graph finds every planted
+    class is the sample; when none of `tries` is, the one with the most classes, and a warning
+    names the classes left unchecked."""
     from .export import ort_session
 
     size_w, size_h = manifest["input"]["width"], manifest["input"]["height"]
     if size_w != size_h:
         raise BadInput(f"{model}: the self-test generator makes square layers; this model takes {size_w}x{size_h}")
-    layer = render_layer(np.random.default_rng(seed), size_w, set(DEFECT_CLASSES))
-    x = data_mod.to_input(layer.image[None], manifest["input"]["mean"][0], manifest["input"]["std"][0])
-    logits = run_members(ort_session(model), x)
-    _, mask, _ = fuse(logits, manifest["ensemble"]["temperatures"])
+    session = ort_session(model)
+    best = None
+    for attempt in range(seed, seed + tries):
+        layer = render_layer(np.random.default_rng(attempt), size_w, set(DEFECT_CLASSES))
+        x = data_mod.to_input(layer.image[None], manifest["input"]["mean"][0], manifest["input"]["std"][0])
+        _, mask, _ = fuse(run_members(session, x), manifest["ensemble"]["temperatures"])
+        counts = np.bincount(mask.ravel(), minlength=max(DEFECT_CLASSES) + 1)
+        missed = [c for c in sorted(layer.planted) if counts[c] < SELFTEST_CLASS_MIN_PIXELS]
+        if best is None or len(missed) < len(best[2]):
+            best = (layer, mask, missed)
+        if not missed:
+            break
+    layer, mask, missed = best
+    if missed:
+        names = ", ".join(c["name"] for i, c in enumerate(manifest["classes"]) if i in missed)
+        print(f"warning: {model}: the graph finds no {names} on any of {tries} self-test layers; the install will not check {'it' if len(missed) == 1 else 'them'}", file=sys.stderr)
     out_dir.mkdir(parents=True, exist_ok=True)
     input_png, mask_png = out_dir / "input.png", out_dir / "expected_mask.png"
     save_png_grey(input_png, layer.image)

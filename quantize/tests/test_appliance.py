@@ -9,7 +9,9 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from bt_helpers import bedsight_bin
 
@@ -221,3 +223,65 @@ def test_commissioning_needs_a_model_with_a_domain_check(tiny_data, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 1
     assert "has no domain check (no [domain] table: model format 1.2 added it)" in result.stderr, result.stderr
+
+
+class _GraphThatSees:
+    """An ONNX Runtime session stand-in whose 2 members find each class planted on the last
+    rendered layer as a 20x20 block of its own (400 pixels), except the classes in `blind[seed]`
+    on the layer of that seed."""
+
+    def __init__(self, rendered: list, blind: dict[int, set[int]]):
+        self.rendered, self.blind = rendered, blind
+
+    def run(self, names, feeds):
+        seed, layer = self.rendered[-1]
+        size = layer.mask.shape[0]
+        assert feeds["image"].shape == (1, 1, size, size)
+        found = [c for c in layer.planted if c not in self.blind.get(seed, set())]
+        logits = np.zeros((6, size, size), dtype=np.float32)
+        logits[0] = 1.0
+        for c in found:
+            logits[c, 10:30, 22 * c - 12:22 * c + 8] = 10.0
+        return [np.stack([logits, logits])[None]]
+
+
+def blocks(classes: list[int], size: int = 128) -> np.ndarray:
+    """The mask _GraphThatSees gives when it finds `classes`."""
+    mask = np.zeros((size, size), dtype=np.uint8)
+    for c in classes:
+        mask[10:30, 22 * c - 12:22 * c + 8] = c
+    return mask
+
+
+def _selftest_with(monkeypatch, tmp_path, blind, tries):
+    from bedsight_train import export, pack, synth
+
+    rendered = []
+
+    def render(rng, size, plant):
+        seed = int(rng.bit_generator.seed_seq.entropy)
+        rendered.append((seed, synth.render_layer(rng, size, plant)))
+        return rendered[-1][1]
+
+    monkeypatch.setattr(pack, "render_layer", render)
+    monkeypatch.setattr(export, "ort_session", lambda model: _GraphThatSees(rendered, blind))
+    manifest = {"input": {"width": 128, "height": 128, "mean": [0.5], "std": [0.25]}, "ensemble": {"temperatures": [1.0, 1.0]},
+                "classes": [{"name": n} for n in ["background", "super-elevation", "incompleteness", "hopping", "streaking", "lattice"]]}
+    _, mask_png = pack.make_selftest(tmp_path / "model.onnx", manifest, tmp_path / "selftest", seed=7, tries=tries)
+    return [seed for seed, _ in rendered], np.asarray(Image.open(mask_png))
+
+
+def test_the_self_test_sample_is_the_first_layer_where_the_graph_finds_every_class(monkeypatch, tmp_path, capsys):
+    # blind to streaking (4) on seeds 7 and 8: seed 9's layer, every class in its expected mask
+    seeds, mask = _selftest_with(monkeypatch, tmp_path, {7: {4}, 8: {4}}, tries=8)
+    assert seeds == [7, 8, 9]
+    assert np.array_equal(mask, blocks([1, 2, 3, 4, 5]))
+    assert capsys.readouterr().err == ""
+
+
+def test_a_class_the_graph_never_finds_is_named_and_the_best_layer_kept(monkeypatch, tmp_path, capsys):
+    # blind to streaking on every layer, and to lattice (5) too on seed 7: seed 8's, one class short
+    seeds, mask = _selftest_with(monkeypatch, tmp_path, {7: {4, 5}, 8: {4}, 9: {4}}, tries=3)
+    assert seeds == [7, 8, 9]
+    assert np.array_equal(mask, blocks([1, 2, 3, 5]))
+    assert "the graph finds no streaking on any of 3 self-test layers; the install will not check it" in capsys.readouterr().err
