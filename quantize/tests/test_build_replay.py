@@ -125,20 +125,33 @@ def test_an_uneven_bed_still_there_after_its_recoat_pauses_the_build(tmp_path, r
     pngs, config = _camera_frames(tmp_path, binary)
     order = [pngs[CLEAN], pngs[UNEVEN], pngs[UNEVEN]]
     # the same photograph twice in a row is the box's frozen-camera FAULT: a copy that differs
-    # by grain is not at hand, so the re-spread bed is the uneven bed mirrored top to bottom
-    from PIL import Image, ImageOps
+    # by grain is not at hand, so the re-spread bed is made: the photograph's grain (what a
+    # 3-px blur takes away) moved 16 px along the recoat inside the middle of the bed, where the
+    # box compares grain (it covers the middle half of the bed's box), and the rest (the bed's
+    # lighting, its uneven patch, its rim) left where it was. (Mirrored top to bottom, as it once
+    # was, its lighting stood upside down under the camera's flat field, and the box rightly
+    # found what that made of the rim; the whole photograph moved brings the chamber's wall in.)
+    import numpy as np
+    from PIL import Image
+    from scipy import ndimage
 
-    mirrored = tmp_path / "uneven-mirrored.png"
+    respread = tmp_path / "uneven-respread.png"
     with Image.open(pngs[UNEVEN]) as im:
-        ImageOps.flip(im).save(mirrored)
-    order[2] = mirrored
+        pixels = np.asarray(im.convert("L"), dtype=np.float32)
+    lighting = ndimage.gaussian_filter(pixels, 3)
+    grain = pixels - lighting
+    h, w = pixels.shape
+    middle = np.s_[h // 5:h - h // 5, w // 5:w - w // 5]
+    grain[middle] = np.roll(grain[middle], 16, axis=1)
+    Image.fromarray(np.clip(lighting + grain + 0.5, 0, 255).astype(np.uint8)).save(respread)
+    order[2] = respread
 
     records = br.replay(binary, MODEL, config.read_text(), order, tmp_path / "build")
 
     assert [(r["layer"], r["verdict"]) for r in records] == [(1, "PASS"), (2, "RECOAT"), (2, "PAUSE")]
     assert records[2]["rule"] == "rules.incompleteness.track.after_recoat"
     assert records[2]["recoat_outcome"] == "not fixed"
-    s = br.summarise(records, ["clean", "uneven", "uneven mirrored"])
+    s = br.summarise(records, ["clean", "uneven", "uneven re-spread"])
     assert s["first_stop"]["photograph"] == 3 and s["first_stop"]["verdict"] == "PAUSE"
     assert s["rule_classes"] == {"incompleteness": 2}
 
