@@ -351,7 +351,7 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
         "",
         f"`{manifest['name']}` {manifest['version']}: {manifest['description']}.",
         "",
-        f"Rebuild it with `{command}` (about an hour and three quarters on two idle CPU cores).",
+        f"Rebuild it with `{command}` (its opening comment says how long that takes on two CPU cores).",
     ]
     if m.get("real_layers"):
         real = m["real_layers"]
@@ -396,7 +396,7 @@ def _report(m: dict[str, Any], manifest: dict[str, Any], command: str, checks: d
     if m.get("init"):
         lines.append(
             f"The last stage of training started from the checkpoint `{Path(m['init']).parent.parent.name}/{Path(m['init']).name}` "
-            "of the stage before it (quantize/scripts/build-default-model.sh says what each stage does)."
+            f"of the stage before it (`{command}` says what each stage does)."
         )
     if m.get("min_scale", 1.0) < 1.0:
         lines.append(
