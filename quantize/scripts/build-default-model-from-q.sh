@@ -21,7 +21,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
 build_setup "$repo/out/default-model-from-q"
-description="ISDNet-SR (seed 000) ensemble, 3 heads on one trunk (2 checkpoints of one run, 1 head of its own random draw), judging the bed at 1024x1024; trained on synthetic layers, synthetic defects planted on the clean real beds of $(basename "$real_layers") and the weak losses of its image-level labels, from stage Q on over the first generator's widened ranges, checkpoints ranked on its validation real layers"
+description="$(model_description "from stage Q on over the first generator's widened ranges")"
 
 synth_once "$work/data/dataset.toml" --out "$work/data" --layers 160 --size 1024 --seed 11
 synth_once "$work/data-alt/dataset.toml" --generator alt --out "$work/data-alt" --layers 40 --size 1024 --seed 5

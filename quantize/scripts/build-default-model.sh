@@ -51,7 +51,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/stages.sh"
 build_setup "$repo/out/default-model-build"
 layers="${LAYERS:-160}"
 size=1024          # the camera's resolution: the graph is exported at the bed's full size
-description="ISDNet-SR (seed 000) ensemble, 3 heads on one trunk (2 checkpoints of one run, 1 head of its own random draw), judging the bed at 1024x1024; trained on synthetic layers, synthetic defects planted on the clean real beds of $(basename "$real_layers") and the weak losses of its image-level labels, checkpoints ranked on its validation real layers"
+description="$(model_description)"
 
 synth_once "$work/data/dataset.toml" --out "$work/data" --layers "$layers" --size "$size" --seed 11
 synth_once "$work/sample-build/layers.toml" --sample-build --out "$work/sample-build" --size "$size" --seed 2026

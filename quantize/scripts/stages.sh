@@ -29,6 +29,12 @@ build_setup() {
     start=$(date +%s)
 }
 
+# model_description [HOW]: the manifest's description of a model these stages build; HOW says
+# where its training differs from the full build's (from a committed stage, say)
+model_description() {
+    echo "ISDNet-SR (seed 000) ensemble, 3 heads on one trunk (2 checkpoints of one run, 1 head of its own random draw), judging the bed at 1024x1024; trained on synthetic layers, synthetic defects planted on the clean real beds of $(basename "$real_layers") and the weak losses of its image-level labels, ${1:+$1, }checkpoints ranked on its validation real layers"
+}
+
 # synth_once MARKER ARGS...: write a dataset unless RESUME=1 finds it complete (its MARKER file,
 # written last)
 synth_once() {
