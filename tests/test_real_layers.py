@@ -48,6 +48,24 @@ def test_each_real_layer_is_judged_as_its_label_folder_says():
         assert fired & set(label), (path.name, label, report["reasons"])
 
 
+def test_a_part_standing_proud_stops_the_printer_however_small():
+    """The Deformation bed whose tip the box finds (14 mm², a tip about 4 mm across, dragging the
+    scratches beside it) is PAUSE by the super-elevation rule: a recoat cannot fix a part standing
+    proud, and under the former 15 mm² limit the box told the operator of incompleteness and
+    scratches alone and asked for a recoat. The bed where it finds no tip is RECOAT."""
+    layers = sorted((REAL / "Deformation_With_Scratch").glob("*.png"))
+    result, objects = analyze_json(*layers)
+    assert result.returncode == 0, result.stderr
+    tips = [[d for d in report["defects"] if d["class"] == "super-elevation"] for report in objects]
+    assert [len(t) for t in tips] == [1, 0], [(p.name, t) for p, t in zip(layers, tips)]
+    (tip,) = tips[0]
+    assert 5.0 <= tip["area_mm2"] < 15.0, tip
+    assert objects[0]["verdict"] == "PAUSE", objects[0]["reasons"]
+    assert objects[0]["reasons"][0] == f"super-elevation: largest defect {tip['area_mm2']:.2f} mm² > 0.00 mm² → PAUSE", objects[0]["reasons"]
+    assert objects[1]["verdict"] == "RECOAT", objects[1]["reasons"]
+    assert not any(r.startswith("super-elevation") for r in objects[1]["reasons"]), objects[1]["reasons"]
+
+
 def test_the_members_disagree_on_defective_real_beds_not_on_the_clean_one():
     """Issue 19: members that never disagree (one run's checkpoints, which differ in a small head)
     give every layer an uncertainty score of 0, and the score the PLC reads says nothing. The
