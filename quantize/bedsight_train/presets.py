@@ -4,8 +4,10 @@
 judges it as the shipped model is judged (the second synthetic generator; the box on the held-out
 real layers, `real_eval`) and times both in the box at the camera's resolution (`bedsight bench`).
 This module turns those files into one table, `presets.md` beside the shipped model, and puts
-the same table in the model's report.md (its own section, replaced on every run; `default_model`
-carries presets.md over when it rebuilds the report).
+the same table in the model's report.md (its own section, replaced on every run). The rows are
+kept as data in `presets.json` beside it: when `default_model` rebuilds the model, the shipped
+row's figures are the new model's own (its time, FLOPs and memory were measured for its width and
+hold while the width is the same), so the report never shows two figures for one model.
 
     python -m bedsight_train.presets --shipped assets/default-model --shipped-bench small.json \\
         --candidate out/preset-paper --candidate-bench paper.json --assets assets/default-model
@@ -20,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 SECTION = "## Width: the presets measured (issue 21)"
+SHIPPED = "small (shipped)"  # the shipped model's row, rewritten from its own figures on a rebuild
 
 
 def _bench_row(bench: dict[str, Any]) -> dict[str, Any]:
@@ -101,8 +104,17 @@ def table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def write(assets: Path, body: str) -> None:
-    """presets.md in `assets`, and the same section in its report.md (replaced, or appended)."""
+def render(rows: list[dict[str, Any]], notes: str) -> str:
+    """The section's body: the table of `rows` (label, figures, bench), then the notes."""
+    body = table([(r["label"], r["figures"], r["bench"]) for r in rows])
+    return body + ("\n\n" + notes.strip() if notes.strip() else "")
+
+
+def write(assets: Path, body: str, rows: list[dict[str, Any]] | None = None, notes: str = "") -> None:
+    """presets.md in `assets`, and the same section in its report.md (replaced, or appended);
+    with `rows`, presets.json too (the rows and notes `body` was rendered from)."""
+    if rows is not None:
+        (assets / "presets.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1) + "\n")
     section = f"{SECTION}\n\n{body.strip()}\n"
     (assets / "presets.md").write_text(f"# {SECTION[3:]}\n\n{body.strip()}\n")
     report = assets / "report.md"
@@ -112,17 +124,29 @@ def write(assets: Path, body: str) -> None:
         text = pattern.sub(lambda _: section.rstrip("\n"), text)
     else:
         text = text.rstrip("\n") + "\n\n" + section
-    report.write_text(text)
+    report.write_text(text.rstrip("\n") + "\n")
 
 
 def carry(old: Path, new: Path) -> None:
-    """Keep the comparison when the model is rebuilt: `old`'s presets.md (the assets before the
-    rebuild) into `new`, with its section in `new`'s report.md. The table is the comparison as it
-    was run; rerun compare-presets.sh to measure the new model."""
-    source = old / "presets.md"
-    if not source.exists():
+    """Keep the comparison when the model is rebuilt: `old`'s comparison (the assets before the
+    rebuild) into `new`, with its section in `new`'s report.md. The shipped row takes the new
+    model's figures from `new`/metrics.json when its width is the one measured (the same
+    parameter count); a model of another width keeps the old row, relabelled as the model then
+    shipped, until compare-presets.sh is rerun."""
+    data = old / "presets.json"
+    if not data.exists():  # no comparison was ever run
         return
-    write(new, source.read_text().partition("\n")[2])  # the body under presets.md's title
+    kept = json.loads(data.read_text())
+    rows, metrics = kept["rows"], json.loads((new / "metrics.json").read_text())
+    for row in rows:
+        if row["label"] != SHIPPED:
+            continue
+        if row["figures"]["parameters"] == metrics.get("parameters"):
+            row["figures"] = figures(metrics)
+            row["figures"]["trained"] += " (its last stage)"
+        else:
+            row["label"] = "small (shipped when measured)"
+    write(new, render(rows, kept["notes"]), rows, kept["notes"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,16 +163,13 @@ def main(argv: list[str] | None = None) -> int:
     candidate = collect(args.candidate)
     (args.candidate / "metrics.json").write_text(json.dumps(candidate, indent=1))
     shipped_figures = figures(shipped)
-    if args.shipped_trained:
-        shipped_figures["trained"] = args.shipped_trained
+    shipped_figures["trained"] = args.shipped_trained or shipped_figures["trained"] + " (its last stage)"
     rows = [
-        ("small (shipped)", shipped_figures, _bench_row(json.loads(args.shipped_bench.read_text()))),
-        ("paper", figures(candidate), _bench_row(json.loads(args.candidate_bench.read_text()))),
+        {"label": SHIPPED, "figures": shipped_figures, "bench": _bench_row(json.loads(args.shipped_bench.read_text()))},
+        {"label": "paper", "figures": figures(candidate), "bench": _bench_row(json.loads(args.candidate_bench.read_text()))},
     ]
-    body = table(rows)
-    if args.notes is not None:
-        body += "\n\n" + args.notes.read_text().strip()
-    write(args.assets, body)
+    notes = args.notes.read_text() if args.notes is not None else ""
+    write(args.assets, render(rows, notes), rows, notes)
     print(f"wrote {args.assets / 'presets.md'} and its section of {args.assets / 'report.md'}")
     return 0
 

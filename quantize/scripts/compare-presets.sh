@@ -67,5 +67,4 @@ if [[ -f "$repo/quantize/presets-notes.md" ]]; then
     notes=(--notes "$repo/quantize/presets-notes.md")
 fi
 "$py" -m bedsight_train.presets --shipped "$assets/default-model" --shipped-bench "$pwork/bench-small.json" \
-    --shipped-trained "9 stages, about 90 min" \
     --candidate "$pwork" --candidate-bench "$pwork/bench-paper.json" "${notes[@]}" --assets "$assets/default-model"
