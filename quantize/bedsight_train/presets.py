@@ -104,17 +104,20 @@ def table(rows: list[tuple[str, dict[str, Any], dict[str, Any]]]) -> str:
     return "\n".join(lines)
 
 
-def render(rows: list[dict[str, Any]], notes: str) -> str:
-    """The section's body: the table of `rows` (label, figures, bench), then the notes."""
+def shipped_figures(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The shipped row's figures: its metrics.json counts the epochs of its last stage alone."""
+    own = figures(metrics)
+    own["trained"] += " (its last stage)"
+    return own
+
+
+def write(assets: Path, rows: list[dict[str, Any]], notes: str) -> None:
+    """The comparison in `assets`: its rows and notes as data (presets.json), the table with the
+    notes under it (presets.md), and the same section in report.md (replaced, or appended)."""
+    (assets / "presets.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1) + "\n")
     body = table([(r["label"], r["figures"], r["bench"]) for r in rows])
-    return body + ("\n\n" + notes.strip() if notes.strip() else "")
-
-
-def write(assets: Path, body: str, rows: list[dict[str, Any]] | None = None, notes: str = "") -> None:
-    """presets.md in `assets`, and the same section in its report.md (replaced, or appended);
-    with `rows`, presets.json too (the rows and notes `body` was rendered from)."""
-    if rows is not None:
-        (assets / "presets.json").write_text(json.dumps({"rows": rows, "notes": notes}, indent=1) + "\n")
+    if notes.strip():
+        body += "\n\n" + notes.strip()
     section = f"{SECTION}\n\n{body.strip()}\n"
     (assets / "presets.md").write_text(f"# {SECTION[3:]}\n\n{body.strip()}\n")
     report = assets / "report.md"
@@ -142,11 +145,10 @@ def carry(old: Path, new: Path) -> None:
         if row["label"] != SHIPPED:
             continue
         if row["figures"]["parameters"] == metrics.get("parameters"):
-            row["figures"] = figures(metrics)
-            row["figures"]["trained"] += " (its last stage)"
+            row["figures"] = shipped_figures(metrics)
         else:
             row["label"] = "small (shipped when measured)"
-    write(new, render(rows, kept["notes"]), rows, kept["notes"])
+    write(new, rows, kept["notes"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     shipped = json.loads((args.shipped / "metrics.json").read_text())
     candidate = collect(args.candidate)
     (args.candidate / "metrics.json").write_text(json.dumps(candidate, indent=1))
-    shipped_figures = figures(shipped)
-    shipped_figures["trained"] = args.shipped_trained or shipped_figures["trained"] + " (its last stage)"
+    shipped_row = shipped_figures(shipped)
+    if args.shipped_trained:
+        shipped_row["trained"] = args.shipped_trained
     rows = [
-        {"label": SHIPPED, "figures": shipped_figures, "bench": _bench_row(json.loads(args.shipped_bench.read_text()))},
+        {"label": SHIPPED, "figures": shipped_row, "bench": _bench_row(json.loads(args.shipped_bench.read_text()))},
         {"label": "paper", "figures": figures(candidate), "bench": _bench_row(json.loads(args.candidate_bench.read_text()))},
     ]
     notes = args.notes.read_text() if args.notes is not None else ""
-    write(args.assets, render(rows, notes), rows, notes)
+    write(args.assets, rows, notes)
     print(f"wrote {args.assets / 'presets.md'} and its section of {args.assets / 'report.md'}")
     return 0
 

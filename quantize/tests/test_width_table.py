@@ -59,10 +59,12 @@ def _rows(shipped_metrics):
 
 def test_the_report_section_is_replaced_on_a_rerun(tmp_path):
     (tmp_path / "report.md").write_text("# The default model\n\n## Training\n- 18 epochs\n")
-    presets.write(tmp_path, "first table")
-    presets.write(tmp_path, "second table")
+    rows = _rows(_metrics(0.844, 0.505, 0.722, 0.46))
+    presets.write(tmp_path, rows, "first notes")
+    presets.write(tmp_path, rows, "second notes")
     text = (tmp_path / "report.md").read_text()
-    assert text == f"# The default model\n\n## Training\n- 18 epochs\n\n{presets.SECTION}\n\nsecond table\n"
+    table = presets.table([(r["label"], r["figures"], r["bench"]) for r in rows])
+    assert text == f"# The default model\n\n## Training\n- 18 epochs\n\n{presets.SECTION}\n\n{table}\n\nsecond notes\n"
 
 
 def test_a_rebuild_at_the_same_width_shows_the_new_models_own_figures(tmp_path):
@@ -71,7 +73,7 @@ def test_a_rebuild_at_the_same_width_shows_the_new_models_own_figures(tmp_path):
     new.mkdir()
     shipped_then = _metrics(0.844, 0.505, 0.722, 0.46)
     rows = _rows(shipped_then)
-    presets.write(old, presets.render(rows, "How each was trained."), rows, "How each was trained.")
+    presets.write(old, rows, "How each was trained.")
     (new / "report.md").write_text("# The default model\n\n## Training\n- 20 epochs\n")
     rebuilt = _metrics(0.653, 0.531, 0.814, 0.7654)
     rebuilt["epochs"], rebuilt["train_seconds"] = 16, 982.0
@@ -94,7 +96,7 @@ def test_a_rebuild_at_another_width_keeps_the_measured_row_under_its_own_name(tm
     old.mkdir()
     new.mkdir()
     rows = _rows(_metrics(0.844, 0.505, 0.722, 0.46))
-    presets.write(old, presets.render(rows, ""), rows, "")
+    presets.write(old, rows, "")
     wider = _metrics(0.7, 0.6, 0.9, 0.8)
     wider["parameters"] = 2_000_000
     (new / "metrics.json").write_text(json.dumps(wider))
@@ -121,8 +123,6 @@ def test_the_shipped_report_shows_the_shipped_models_own_figures():
     metrics = json.loads((assets / "metrics.json").read_text())
     row = json.loads((assets / "presets.json").read_text())["rows"][0]
     assert row["label"] == presets.SHIPPED
-    own = presets.figures(metrics)
-    own["trained"] += " (its last stage)"
-    line = presets.table([(presets.SHIPPED, own, row["bench"])]).splitlines()[-1]
+    line = presets.table([(presets.SHIPPED, presets.shipped_figures(metrics), row["bench"])]).splitlines()[-1]
     assert line in (assets / "presets.md").read_text().splitlines()
     assert line in (assets / "report.md").read_text().splitlines()
