@@ -327,7 +327,7 @@ def finalize(work: Path, assets: Path, command: str) -> bool:
     (out / "report.md").write_text(_report(metrics, manifest, command, checks))
     from .presets import carry
 
-    carry(assets / "default-model", out)  # the width comparison (compare-presets.sh), as it was run
+    carry(assets / "default-model", out)  # the width comparison, its shipped row from this model's figures
     if not all(c["ok"] for c in checks.values()) or not real_gate["ok"]:
         print(f"left {assets} as it was; the rejected model is in {out}")
         return False

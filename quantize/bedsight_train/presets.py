@@ -157,18 +157,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--shipped-bench", type=Path, required=True, help="bench --json of the shipped model")
     ap.add_argument("--candidate", type=Path, required=True, help="the other preset's work folder (run-0/, run/, eval-fp32/, eval-alt-fp32/, eval-real/)")
     ap.add_argument("--candidate-bench", type=Path, required=True, help="bench --json of the other preset")
-    ap.add_argument("--shipped-trained", default=None, help="how the shipped model was trained, for the table (its metrics.json counts only its last stage)")
     ap.add_argument("--notes", type=Path, default=None, help="markdown put under the table: how each was trained, the choice")
     ap.add_argument("--assets", type=Path, required=True, help="where presets.md and report.md are")
     args = ap.parse_args(argv)
     shipped = json.loads((args.shipped / "metrics.json").read_text())
     candidate = collect(args.candidate)
     (args.candidate / "metrics.json").write_text(json.dumps(candidate, indent=1))
-    shipped_row = shipped_figures(shipped)
-    if args.shipped_trained:
-        shipped_row["trained"] = args.shipped_trained
     rows = [
-        {"label": SHIPPED, "figures": shipped_row, "bench": _bench_row(json.loads(args.shipped_bench.read_text()))},
+        {"label": SHIPPED, "figures": shipped_figures(shipped), "bench": _bench_row(json.loads(args.shipped_bench.read_text()))},
         {"label": "paper", "figures": figures(candidate), "bench": _bench_row(json.loads(args.candidate_bench.read_text()))},
     ]
     notes = args.notes.read_text() if args.notes is not None else ""
